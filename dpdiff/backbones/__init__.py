@@ -1,0 +1,19 @@
+"""Frozen feature extractors (paper Sec. 4.1, eq. 8-9; Sec. 5.1.3).
+
+``build_backbone(name, layers=None, weights=None, image_size=256, feature_stride=None)``
+returns a :class:`FeatureExtractor` mapping normalised ``(B, 3, H, W)`` images to a
+float32 ``(B, C, h, w)`` patch-feature map.  See :mod:`.efficientnet` (default, offline
+CNN backbone: multi-stage maps pooled to one grid and concatenated) and :mod:`.dinov2`
+(the paper's DINOv2 backbone: mean of blocks 6..11, eq. 9).
+"""
+from .base import CheckpointError, FeatureExtractor, read_checkpoint, unwrap_state_dict
+from .dinov2 import DinoV2Extractor, build_vit
+from .efficientnet import (EfficientNetLiteExtractor, load_efficientnet_lite_classifier,
+                           lukemelas_to_timm)
+from .registry import BACKBONES, build_backbone
+
+__all__ = [
+    "BACKBONES", "build_backbone", "FeatureExtractor", "EfficientNetLiteExtractor", "DinoV2Extractor",
+    "build_vit", "load_efficientnet_lite_classifier", "lukemelas_to_timm", "read_checkpoint",
+    "unwrap_state_dict", "CheckpointError",
+]

@@ -1,0 +1,57 @@
+"""Data: MVTec-layout reader, torch dataset, procedural synthetic dataset, shared-data location."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .mvtec import IMAGE_EXTENSIONS, Sample, count_samples, list_categories, load_dataset, load_split
+from .synthetic import DEFECT_TYPES, generate_synthetic_dataset
+
+#: Environment variable overriding the shared (read-only) data folder.
+SHARED_DATA_ENV = "DPDIFF_SHARED_DATA"
+
+
+def repo_root() -> Path:
+    """The project root (the folder holding the ``dpdiff`` package)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def shared_data_dir() -> Path:
+    """``$DPDIFF_SHARED_DATA`` if set (and non-empty), else ``<repo root>/../shared/data``.
+
+    The folder may not exist; callers (and tests) check and skip with a clear reason.
+    """
+    env = os.environ.get(SHARED_DATA_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    return (repo_root().parent / "shared" / "data").resolve()
+
+
+def __getattr__(name: str):
+    # torch is only imported when the torch Dataset is asked for
+    if name in ("ImageDataset", "load_image_rgb", "load_image_array", "load_mask", "IMAGENET_MEAN", "IMAGENET_STD"):
+        from . import dataset
+
+        return getattr(dataset, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "SHARED_DATA_ENV",
+    "Sample",
+    "count_samples",
+    "list_categories",
+    "load_dataset",
+    "load_split",
+    "DEFECT_TYPES",
+    "generate_synthetic_dataset",
+    "repo_root",
+    "shared_data_dir",
+    "ImageDataset",
+    "load_image_rgb",
+    "load_image_array",
+    "load_mask",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+]

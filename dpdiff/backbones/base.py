@@ -1,0 +1,196 @@
+"""Common pieces of the frozen backbones: the :class:`FeatureExtractor` base class,
+checkpoint reading (``.pth``/``.pt``/``.bin``/``.safetensors``) and wrapper unwrapping,
+and the map-resizing rule shared by the multi-scale extractors.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF_MEAN = (0.5, 0.5, 0.5)
+HALF_STD = (0.5, 0.5, 0.5)
+
+
+class CheckpointError(ValueError):
+    """A weights file exists but cannot be read or does not fit the requested architecture."""
+
+
+class FeatureExtractor(nn.Module):
+    """Frozen image -> patch-feature-map extractor.
+
+    ``forward(images)`` takes ``(B, 3, H, W)`` images that are *already normalised* with
+    :attr:`mean` / :attr:`std` and returns a float32 ``(B, out_channels, h, w)`` map with
+    ``(h, w) == grid_size(H)`` for square inputs.
+
+    All parameters have ``requires_grad=False`` and the module is pinned to eval mode:
+    :meth:`train` ignores its argument, so calling ``.train()`` on a parent model keeps
+    BatchNorm statistics / dropout of the backbone frozen.  Gradients are never needed,
+    so callers may wrap the call in ``torch.no_grad()``/``torch.inference_mode()``.
+    """
+
+    out_channels: int
+    mean: Tuple[float, float, float]
+    std: Tuple[float, float, float]
+    name: str
+    layers: List[int]
+
+    def _freeze(self) -> None:
+        for p in self.parameters():
+            p.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> "FeatureExtractor":  # noqa: D401 - always eval
+        """Ignore ``mode``: the backbone always stays in eval mode."""
+        return super().train(False)
+
+    def grid_size(self, image_size: int) -> Tuple[int, int]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"name={getattr(self, 'name', '?')}, layers={getattr(self, 'layers', '?')}, " \
+               f"out_channels={getattr(self, 'out_channels', '?')}"
+
+
+# ----------------------------------------------------------------------------------------
+# checkpoint reading
+# ----------------------------------------------------------------------------------------
+_WRAPPER_KEYS = ("teacher", "model_ema", "state_dict_ema", "model", "state_dict",
+                 "model_state_dict", "module", "net", "params")
+_STRIP_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _is_tensor_dict(d: Mapping) -> bool:
+    return len(d) > 0 and all(isinstance(v, Tensor) for v in d.values())
+
+
+def unwrap_state_dict(obj, path: str = "<checkpoint>") -> Dict[str, Tensor]:
+    """Return the plain ``{name: tensor}`` state dict inside a loaded checkpoint.
+
+    Handles the usual wrappers ``{"model": sd}``, ``{"state_dict": sd}``,
+    ``{"teacher": {"backbone.<...>": ...}}`` (DINOv2 training checkpoints), ``module.``
+    (DataParallel / DDP) and ``_orig_mod.`` (torch.compile) prefixes.  When some keys
+    start with ``backbone.`` only those are kept (with the prefix removed), so DINO
+    heads stored next to the backbone are dropped.
+    """
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    for _ in range(4):
+        if not isinstance(obj, Mapping):
+            break
+        if _is_tensor_dict(obj):
+            break
+        for k in _WRAPPER_KEYS:
+            if k in obj and isinstance(obj[k], (Mapping, nn.Module)):
+                obj = obj[k].state_dict() if isinstance(obj[k], nn.Module) else obj[k]
+                break
+        else:
+            # a dict mixing tensors with metadata (e.g. {"epoch": 3, ...tensors})
+            tensors = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+            if tensors:
+                obj = tensors
+            break
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{path}: no state dict (mapping of tensors) found in checkpoint")
+    sd = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
+    if not sd:
+        raise CheckpointError(f"{path}: checkpoint contains no tensors")
+    changed = True
+    while changed:
+        changed = False
+        for pre in _STRIP_PREFIXES:
+            if all(k.startswith(pre) for k in sd):
+                sd = {k[len(pre):]: v for k, v in sd.items()}
+                changed = True
+    if any(k.startswith("backbone.") for k in sd):
+        sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+    return sd
+
+
+def read_checkpoint(path: str | os.PathLike) -> Dict[str, Tensor]:
+    """Read a ``.safetensors`` or torch (``.pth``/``.pt``/``.bin``/``.ckpt``) file on CPU.
+
+    Raises ``FileNotFoundError`` naming the path when it does not exist and
+    :class:`CheckpointError` naming the path when the file is truncated/corrupt.
+    Torch files are read with ``weights_only=True`` (no arbitrary pickles executed).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    is_st = path.endswith(".safetensors")
+    if not is_st:  # sniff: safetensors starts with an 8-byte little-endian header length + '{'
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+        is_st = len(head) == 9 and head[8:9] == b"{" and not head.startswith(b"PK")
+    try:
+        if is_st:
+            from safetensors.torch import load_file
+
+            obj = load_file(path, device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle, bad header, ...
+        raise CheckpointError(
+            f"could not read weights file {path} ({type(e).__name__}: {e}); "
+            f"is it truncated or not a PyTorch/safetensors checkpoint?") from e
+    return unwrap_state_dict(obj, path)
+
+
+def check_and_load(module: nn.Module, sd: Dict[str, Tensor], path: str,
+                   ignore_unexpected: Iterable[str] = ()) -> None:
+    """Strictly load ``sd`` into ``module`` with readable errors.
+
+    Every key of ``module.state_dict()`` must be present with the right shape.  Keys of
+    ``sd`` not in the module are an error unless they start with one of
+    ``ignore_unexpected`` (e.g. a classifier head that the extractor does not use).
+    """
+    own = module.state_dict()
+    missing = [k for k in own if k not in sd]
+    if missing:
+        raise CheckpointError(
+            f"{path}: {len(missing)} parameter(s) of the model are missing from the checkpoint, "
+            f"e.g. {missing[:5]} (wrong architecture or checkpoint layout?)")
+    ign = tuple(ignore_unexpected)
+    unexpected = [k for k in sd if k not in own and not (ign and k.startswith(ign))]
+    if unexpected:
+        raise CheckpointError(
+            f"{path}: {len(unexpected)} unexpected key(s) in the checkpoint, e.g. {unexpected[:5]} "
+            f"(wrong architecture variant?)")
+    for k, v in own.items():
+        if tuple(sd[k].shape) != tuple(v.shape):
+            raise CheckpointError(
+                f"{path}: shape mismatch for '{k}': checkpoint {tuple(sd[k].shape)} vs model "
+                f"{tuple(v.shape)} (checkpoint is for a different model size?)")
+    module.load_state_dict({k: sd[k] for k in own}, strict=True)
+
+
+# ----------------------------------------------------------------------------------------
+# map resizing
+# ----------------------------------------------------------------------------------------
+def resize_map(x: Tensor, size: Sequence[int]) -> Tensor:
+    """Bring a ``(B, C, h, w)`` map to ``size``: adaptive average pooling when shrinking
+    (both sides), bilinear interpolation (``align_corners=False``) otherwise."""
+    h, w = int(size[0]), int(size[1])
+    if x.shape[-2] == h and x.shape[-1] == w:
+        return x
+    if x.shape[-2] >= h and x.shape[-1] >= w:
+        return F.adaptive_avg_pool2d(x, (h, w))
+    return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def check_layers(layers: Optional[Sequence[int]], n: int, what: str) -> List[int]:
+    layers = [int(i) for i in layers]
+    if not layers:
+        raise ValueError(f"{what}: at least one layer must be selected")
+    bad = [i for i in layers if i < 0 or i >= n]
+    if bad:
+        raise ValueError(f"{what}: layer indices {bad} out of range 0..{n - 1}")
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"{what}: duplicate layer indices in {layers}")
+    return sorted(layers)

@@ -1,0 +1,186 @@
+"""DINOv2 ViT patch features, eq. (8)-(9) of the paper.
+
+Architecture
+    ``dinov2_vit{s,b,l}14`` -> timm ``vit_{small,base,large}_patch14_dinov2`` and the
+    ``_reg`` variants (4 register tokens) -> ``vit_*_patch14_reg4_dinov2``, built with
+    ``pretrained=False`` and ``img_size=image_size`` (must be a multiple of the patch size
+    14; the grid is ``image_size // 14``, e.g. 32x32 at the paper's 448 px).
+
+Features (eq. 8-9)
+    The outputs of the selected transformer blocks (0-based indices, *before* the final
+    LayerNorm) are averaged (cross-layer mean pooling, eq. 9); class and register tokens
+    are dropped and the patch tokens reshaped to ``(B, C, h, w)``.  Defaults: blocks 6..11
+    for ViT-S and ViT-B (12 blocks; the paper's setting, Sec. 5.1.3), and the same relative
+    depth, blocks 12..23, for ViT-L (24 blocks).  Blocks after the deepest selected one
+    (and the final norm/head) are removed, so they cost nothing.  If ``feature_stride`` is
+    given and differs from 14 the averaged map is resized to ``image_size // feature_stride``
+    (adaptive average pooling down / bilinear up).
+
+Weights (required - nothing is downloaded, never random-initialised)
+    ``weights=PATH`` accepts
+      (a) official facebookresearch checkpoints (``dinov2_vitb14[_reg4]_pretrain.pth``:
+          ``cls_token``, ``pos_embed`` ``(1, 1+37*37, C)``, ``register_tokens``,
+          ``mask_token``, ``blocks.N.ls1.gamma`` ...),
+      (b) timm-layout ``.safetensors``/``.bin``/``.pth`` (``reg_token``, pos embed without
+          class position for the reg4 models), e.g. the HF-hub ``timm/...`` files,
+    optionally wrapped in ``{"model": ...}``, ``{"state_dict": ...}`` or
+    ``{"teacher": {"backbone.<...>": ...}}``.  Conversion is timm's
+    ``vision_transformer.checkpoint_filter_fn``: for the official layout it drops
+    ``mask_token``, renames ``register_tokens`` -> ``reg_token`` and, for register models
+    (timm ``no_embed_class=True``), folds the class position embedding into ``cls_token``;
+    it then resamples ``pos_embed`` bicubically to the model grid (518 px -> 37x37 ->
+    ``image_size // 14``).  As in the official hub models, antialiasing is used for the
+    register models and not for the plain ones (the official 0.1 interpolation offset of the
+    plain models is not reproduced, a negligible difference).  Loading is strict: missing
+    keys, unexpected keys (other than a classifier ``head``) or shape mismatches (a checkpoint
+    for another model size) raise :class:`~dpdiff.backbones.base.CheckpointError` naming
+    the file.
+
+Preprocessing
+    ImageNet mean (0.485, 0.456, 0.406) / std (0.229, 0.224, 0.225).
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .base import (IMAGENET_MEAN, IMAGENET_STD, CheckpointError, FeatureExtractor, check_and_load,
+                   check_layers, read_checkpoint, resize_map)
+
+PATCH = 14
+# dpdiff name -> (timm name, default block indices)
+DINOV2_MODELS: Dict[str, Tuple[str, list]] = {
+    "dinov2_vits14": ("vit_small_patch14_dinov2", list(range(6, 12))),
+    "dinov2_vitb14": ("vit_base_patch14_dinov2", list(range(6, 12))),
+    "dinov2_vitl14": ("vit_large_patch14_dinov2", list(range(12, 24))),
+    "dinov2_vits14_reg": ("vit_small_patch14_reg4_dinov2", list(range(6, 12))),
+    "dinov2_vitb14_reg": ("vit_base_patch14_reg4_dinov2", list(range(6, 12))),
+    "dinov2_vitl14_reg": ("vit_large_patch14_reg4_dinov2", list(range(12, 24))),
+}
+NO_WEIGHTS_MSG = ("DINOv2 weights must be given with --weights PATH (official .pth or timm/HF "
+                  ".safetensors); nothing is downloaded")
+
+
+def _default_layers(depth: int) -> list:
+    """Paper default 6..11 of 12 blocks, i.e. the second half of the network."""
+    return list(range(depth // 2, depth))
+
+
+def _prepare_state_dict(sd: Dict[str, Tensor], model: nn.Module, path: str, antialias: bool
+                        ) -> Dict[str, Tensor]:
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    if any(k.startswith(("embeddings.", "encoder.layer.")) for k in sd):
+        raise CheckpointError(
+            f"{path}: HuggingFace-transformers Dinov2Model layout is not supported; use the official "
+            f".pth or a timm-layout file (e.g. HF hub timm/vit_base_patch14_dinov2.lvd142m)")
+    sd = dict(sd)  # checkpoint_filter_fn pops from its input
+    if "register_tokens" in sd and "mask_token" not in sd:
+        sd["mask_token"] = torch.zeros(1, sd["register_tokens"].shape[-1])  # triggers conversion
+    try:
+        sd = checkpoint_filter_fn(sd, model, interpolation="bicubic", antialias=antialias)
+    except Exception as e:
+        raise CheckpointError(
+            f"{path}: could not convert checkpoint to {type(model).__name__} "
+            f"({type(e).__name__}: {e}); checkpoint for a different DINOv2 variant?") from e
+    return dict(sd)
+
+
+class DinoV2Extractor(FeatureExtractor):
+    """Frozen DINOv2 patch-token extractor with cross-layer mean pooling (eq. 9)."""
+
+    def __init__(self, model: nn.Module, layers: Sequence[int], weights: str, name: str,
+                 image_size: int, feature_stride: Optional[int] = None):
+        super().__init__()
+        depth = len(model.blocks)
+        self.layers = check_layers(layers, depth, name)
+        self.name, self.image_size = name, int(image_size)
+        self.patch_size = int(model.patch_embed.patch_size[0])
+        self.feature_stride = self.patch_size if feature_stride is None else int(feature_stride)
+        if self.feature_stride < 1 or self.image_size // self.feature_stride < 1:
+            raise ValueError(f"feature_stride={feature_stride} invalid for image_size={image_size}")
+        path = str(weights)
+        sd = read_checkpoint(path)
+        sd = _prepare_state_dict(sd, model, path, antialias=model.reg_token is not None)
+        on_meta = any(p.is_meta for p in model.parameters())
+        if on_meta:
+            own = model.state_dict()
+            # same checks as check_and_load, then materialise by assignment
+            check_and_load(_ShapeOnly(own), sd, path, ignore_unexpected=("head.",))
+            model.load_state_dict({k: sd[k].to(own[k].dtype) for k in own}, strict=True, assign=True)
+            left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+            if left:  # pragma: no cover - defensive
+                raise CheckpointError(f"{path}: tensors not filled by the checkpoint: {left[:5]}")
+        else:
+            check_and_load(model, sd, path, ignore_unexpected=("head.",))
+        self.weights_path = path
+        model.prune_intermediate_layers(indices=self.layers, prune_norm=True, prune_head=True)
+        self.vit = model
+        self.out_channels = int(model.embed_dim)
+        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+        self._freeze()
+
+    def grid_size(self, image_size: int) -> Tuple[int, int]:
+        g = int(image_size) // self.feature_stride
+        return (g, g)
+
+    def forward(self, images: Tensor) -> Tensor:
+        feats = self.vit.forward_intermediates(
+            images, indices=self.layers, norm=False, stop_early=True, output_fmt="NCHW",
+            intermediates_only=True)
+        x = torch.stack(feats, 0).float().mean(0)
+        if self.feature_stride != self.patch_size:
+            x = resize_map(x, (images.shape[-2] // self.feature_stride,
+                               images.shape[-1] // self.feature_stride))
+        return x.contiguous()
+
+
+class _ShapeOnly(nn.Module):
+    """Adapter so :func:`check_and_load` can validate against a (meta) state dict."""
+
+    def __init__(self, own: Dict[str, Tensor]):
+        super().__init__()
+        self._own = own
+
+    def state_dict(self, *a, **k):  # type: ignore[override]
+        return self._own
+
+    def load_state_dict(self, *a, **k):  # type: ignore[override]
+        return None
+
+
+def build_vit(arch: Union[str, dict], layers: Optional[Sequence[int]] = None,
+              weights: Optional[str] = None, image_size: int = 448,
+              feature_stride: Optional[int] = None, name: Optional[str] = None) -> DinoV2Extractor:
+    """Build a DINOv2-style extractor from a timm model name or ``VisionTransformer`` kwargs.
+
+    ``arch`` as a dict (e.g. ``dict(patch_size=14, embed_dim=64, depth=4, num_heads=2,
+    init_values=1e-5, reg_tokens=4, no_embed_class=True)``) allows small test models;
+    ``img_size`` and ``num_classes`` are set here.  ``layers=None`` -> second half of the
+    blocks (6..11 for 12 blocks).
+    """
+    import timm
+    from timm.models.vision_transformer import VisionTransformer
+
+    name = name or (arch if isinstance(arch, str) else "custom_vit")
+    if weights is None:
+        raise ValueError(NO_WEIGHTS_MSG)
+    patch = PATCH if isinstance(arch, str) else int(arch.get("patch_size", 16))
+    if int(image_size) % patch != 0:
+        raise ValueError(f"{name}: image_size={image_size} must be divisible by the patch size {patch} "
+                         f"(e.g. {int(image_size) // patch * patch} or {(int(image_size) // patch + 1) * patch})")
+    if not os.path.isfile(os.fspath(weights)):
+        raise FileNotFoundError(f"weights file not found: {weights}")
+    kw = dict(img_size=int(image_size), num_classes=0)
+    # build on the meta device (no slow random init), then materialise from the checkpoint
+    with torch.device("meta"):
+        if isinstance(arch, str):
+            model = timm.create_model(arch, pretrained=False, **kw)
+        else:
+            model = VisionTransformer(**{**arch, **kw})
+    if layers is None:
+        layers = _default_layers(len(model.blocks))
+    return DinoV2Extractor(model, layers, weights, name, image_size, feature_stride)

@@ -1,0 +1,190 @@
+"""Image loading and the torch ``Dataset`` used for training and evaluation.
+
+Resize policy
+    Every image is resized directly to ``S x S`` (aspect ratio *not* kept, no crop), as Dinomaly,
+    ADer and MambaAD do for MVTec-AD/VisA/MPDD. This matters for MTD, whose images are not
+    square and vary in size (103-632 x 222-403): a crop would cut defects off. Images use PIL
+    bicubic resampling (PIL's resize is antialiased: the filter support grows when downscaling);
+    masks use nearest neighbour so they stay binary and aligned with the image.
+
+Image conversion (:func:`load_image_rgb`)
+    Grayscale (``L``), 1-bit, palette, CMYK, YCbCr ... are converted to RGB with PIL. 16-bit
+    grayscale (``I;16*``, and 32-bit ``I``) is scaled with the *fixed* 16-bit range (value/257),
+    never per-image min/max, so that brightness anomalies survive. Float images (``F``) are taken
+    as [0, 1] if their maximum is <= 1, else as [0, 255]. Alpha is dropped (not composited), as
+    ``PIL.Image.convert("RGB")`` does in the reference implementations. EXIF orientation is *not*
+    applied (masks have none, and the reference implementations do not either).
+    Tensor: float in [0, 1], then ``(x - mean) / std`` per channel.
+
+Masks (:func:`load_mask`)
+    Binarised with ``> 0`` (any channel): MTD and MVTec-AD masks are 0/255, and Dinomaly's
+    loaders likewise treat every non-zero pixel as defective. A mask whose size differs from its
+    image is an error (:class:`ValueError` naming both files and sizes), never silently resized.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .mvtec import Sample
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageDataset",
+    "load_image_rgb",
+    "load_image_array",
+    "load_mask",
+    "read_mask",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+
+
+def _open(path: Path | str) -> Image.Image:
+    """Open and fully decode ``path``; any decoding problem becomes a ValueError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file {str(path)!r} does not exist")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            # Image.open is lazy and keeps the file handle; copy() detaches the decoded data.
+            return im.copy()
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, EOFError, ... on bad files
+        raise ValueError(f"cannot read image file {str(path)!r} (corrupt or truncated?): {e}") from e
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in _SIXTEEN_BIT_MODES or mode == "I":
+        a = np.asarray(im).astype(np.float64)
+        a = np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(a).convert("RGB")
+    if mode == "F":
+        a = np.asarray(im).astype(np.float64)
+        a = np.nan_to_num(a, nan=0.0, posinf=255.0, neginf=0.0)
+        if a.size and a.max() <= 1.0:
+            a = a * 255.0
+        a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+        return Image.fromarray(a).convert("RGB")
+    if mode == "P":
+        im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
+        return _to_rgb(im)
+    # L, LA, 1, RGBA, RGBX, CMYK, YCbCr, LAB, HSV, La, PA ...: PIL drops alpha when converting
+    return im.convert("RGB")
+
+
+def load_image_rgb(path: Path | str) -> Image.Image:
+    """Load any supported image as an 8-bit RGB PIL image (see module docstring)."""
+    return _to_rgb(_open(path))
+
+
+def _resize_rgb(im: Image.Image, size: int) -> Image.Image:
+    if im.size == (size, size):
+        return im
+    return im.resize((size, size), Image.Resampling.BICUBIC)
+
+
+def load_image_array(path: Path | str, size: int) -> np.ndarray:
+    """``uint8`` array ``(size, size, 3)``, resized like the model input (for visualisation)."""
+    return np.asarray(_resize_rgb(load_image_rgb(path), int(size)), dtype=np.uint8).copy()
+
+
+def read_mask(path: Path | str) -> np.ndarray:
+    """Mask at its native size as a bool array ``(H, W)``: ``True`` where any channel is > 0."""
+    im = _open(path)
+    if im.mode == "P":
+        im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
+    a = np.asarray(im)
+    if a.ndim == 3:
+        # ignore alpha: a 0/255 mask saved with an opaque alpha must not become all-foreground
+        keep = [k for k, b in enumerate(im.getbands()) if b not in ("A", "a")]
+        a = a[..., keep].max(axis=2)
+    return a > 0
+
+
+def _resize_mask(m: np.ndarray, size: int) -> np.ndarray:
+    if m.shape == (size, size):
+        return m
+    im = Image.fromarray(m.astype(np.uint8) * 255).resize((size, size), Image.Resampling.NEAREST)
+    return np.asarray(im) > 0
+
+
+def load_mask(path: Path | str, size: int) -> np.ndarray:
+    """Binarised (``> 0``) mask resized (nearest) to a bool array ``(size, size)``."""
+    return _resize_mask(read_mask(path), int(size))
+
+
+def _as_triple(v, name: str) -> tuple[float, float, float]:
+    if np.isscalar(v):
+        v = (float(v),) * 3
+    v = tuple(float(x) for x in v)
+    if len(v) != 3:
+        raise ValueError(f"{name} must have 3 values (one per RGB channel), got {v}")
+    return v  # type: ignore[return-value]
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Samples -> ``{"image", "mask", "label", "index"}``.
+
+    ``image``: ``FloatTensor (3, S, S)`` normalised with ``mean``/``std``;
+    ``mask``: ``FloatTensor (1, S, S)`` in {0, 1} (zeros for good images, for samples without a
+    mask, and for every sample when ``load_masks=False``); ``label``: 0 good / 1 defective;
+    ``index``: position in ``samples`` (use ``dataset.samples[index]`` for path/category/defect).
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        image_size: int,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        load_masks: bool = True,
+    ):
+        self.samples = list(samples)
+        self.image_size = int(image_size)
+        if self.image_size <= 0:
+            raise ValueError(f"image_size must be positive, got {image_size}")
+        self.mean = _as_triple(mean, "mean")
+        self.std = _as_triple(std, "std")
+        if min(self.std) <= 0:
+            raise ValueError(f"std must be positive, got {self.std}")
+        self.load_masks = bool(load_masks)
+        self._mean_t = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
+        self._std_t = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def to_tensor(self, im: Image.Image) -> torch.Tensor:
+        a = np.asarray(_resize_rgb(im, self.image_size), dtype=np.float32) / 255.0
+        x = torch.from_numpy(a.transpose(2, 0, 1).copy())
+        return (x - self._mean_t) / self._std_t
+
+    def __getitem__(self, i: int) -> dict:
+        if i < 0:
+            i += len(self.samples)
+        s = self.samples[i]
+        im = load_image_rgb(s.image_path)
+        S = self.image_size
+        if self.load_masks and s.mask_path is not None:
+            m = read_mask(s.mask_path)
+            if (m.shape[1], m.shape[0]) != im.size:
+                raise ValueError(
+                    f"mask {str(s.mask_path)!r} has size {m.shape[1]}x{m.shape[0]} (WxH) but its image "
+                    f"{str(s.image_path)!r} has size {im.size[0]}x{im.size[1]}"
+                )
+            mask = torch.from_numpy(_resize_mask(m, S).astype(np.float32))[None]
+        else:
+            mask = torch.zeros(1, S, S, dtype=torch.float32)
+        return {"image": self.to_tensor(im), "mask": mask, "label": int(s.label), "index": i}

@@ -1,0 +1,60 @@
+"""Run the frozen backbone once over a dataset and keep its tokens (the backbone is a pure function
+of the image, so training never needs to run it again)."""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@torch.inference_mode()
+def extract_features(backbone: torch.nn.Module, dataset: Dataset, batch_size: int = 16,
+                     device: torch.device | str = "cpu", num_workers: int = 0, desc: str = "features",
+                     dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """Backbone feature maps for every item, in dataset order: (len(dataset), C, h, w) in ``dtype``.
+
+    fp16 storage halves memory; tokens are standardised later in float32, so the rounding error
+    (~1e-3 relative) is far below the token noise the diffusion adds.
+    """
+    device = torch.device(device)
+    backbone = backbone.to(device).eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    out: torch.Tensor | None = None
+    pos = 0
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
+        images = batch["image"].to(device, non_blocking=True)
+        feats = backbone(images).to("cpu", dtype)
+        if out is None:
+            out = torch.empty((len(dataset), *feats.shape[1:]), dtype=dtype)
+        out[pos:pos + feats.shape[0]] = feats
+        pos += feats.shape[0]
+    if out is None:
+        raise ValueError("cannot extract features from an empty dataset")
+    return out
+
+
+def tokens_from_maps(maps: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, N=h*w, C) tokens, row-major as in Eq. (23)."""
+    return maps.flatten(2).transpose(1, 2)
+
+
+def channel_statistics(maps: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std over all tokens of (B, C, h, w) maps, accumulated in float64."""
+    c = maps.shape[1]
+    s = torch.zeros(c, dtype=torch.float64)
+    s2 = torch.zeros(c, dtype=torch.float64)
+    n = 0
+    for i in range(0, maps.shape[0], chunk):
+        x = maps[i:i + chunk].double().transpose(0, 1).reshape(c, -1)
+        s += x.sum(1)
+        s2 += (x * x).sum(1)
+        n += x.shape[1]
+    mean = s / n
+    var = (s2 / n - mean * mean).clamp_min(0)
+    return mean.float(), var.sqrt().float()
