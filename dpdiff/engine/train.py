@@ -101,7 +101,8 @@ def train(cfg: Config, run_dir: Path, overwrite: bool = False, resume: bool = Fa
     meta = {"categories": categories, "num_train_images": n, "feature_extraction_s": round(extract_s, 2)}
     bs = min(cfg.train.batch_size, n)
     t_start = time.perf_counter()
-    pbar = tqdm(range(start_step, cfg.train.steps), desc="train", initial=start_step, total=cfg.train.steps)
+    pbar = tqdm(range(start_step, cfg.train.steps), desc="train", initial=start_step, total=cfg.train.steps,
+                mininterval=2.0)
     running: dict[str, float] = {}
     for step in pbar:
         g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)

@@ -1,0 +1,139 @@
+"""End-to-end on a tiny synthetic dataset: train -> checkpoint -> test -> predict, and the CLI."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dpdiff.cli import main
+from dpdiff.config import Config
+from dpdiff.data.synthetic import generate_synthetic_dataset
+from dpdiff.engine.checkpoint import MODEL_FILE, load_model
+from dpdiff.engine.evaluate import evaluate
+from dpdiff.engine.predict import predict
+from dpdiff.engine.train import train
+
+
+def tiny_config(root: Path) -> Config:
+    cfg = Config()
+    cfg.backbone.image_size = 64
+    cfg.model.hidden_dim = 32
+    cfg.model.depth = 1
+    cfg.model.num_heads = 2
+    cfg.model.prototype_heads = 2
+    cfg.train.batch_size = 4
+    cfg.train.steps = 6
+    cfg.train.log_every = 2
+    cfg.train.checkpoint_every = 3
+    cfg.inference.pool_size = 4
+    cfg.inference.smoothing_sigma = 1.0
+    cfg.data.root = str(root)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    generate_synthetic_dataset(root, num_categories=2, train_per_category=6, test_good_per_category=3,
+                               test_defect_per_category=3, image_size=64, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("run") / "r"
+    train(tiny_config(dataset), run)
+    return run
+
+
+def test_train_writes_checkpoint_and_history(trained):
+    assert (trained / MODEL_FILE).is_file()
+    cfg = json.loads((trained / "config.json").read_text())
+    assert cfg["step"] == 6 and len(cfg["categories"]) == 2
+    assert (trained / "loss_history.csv").read_text().count("\n") == 4  # header + 3 rows
+    model, config, _ = load_model(trained)
+    assert config.backbone.image_size == 64 and model.grid_size == (4, 4)
+
+
+def test_existing_run_is_not_overwritten(trained, dataset):
+    before = (trained / MODEL_FILE).read_bytes()
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(tiny_config(dataset), trained)
+    assert (trained / MODEL_FILE).read_bytes() == before
+
+
+def test_resume_continues_to_the_same_weights(dataset, tmp_path):
+    cfg = tiny_config(dataset)
+    full = tmp_path / "full"
+    train(cfg, full)
+    part = tmp_path / "part"
+    cfg_short = tiny_config(dataset)
+    cfg_short.train.steps = 3
+    train(cfg_short, part)
+    train(cfg, part, resume=True)
+    a, _, _ = load_model(full)
+    b, _, _ = load_model(part)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(va, vb, atol=1e-6), k
+
+
+def test_evaluate_writes_results_and_overlays(trained, tmp_path):
+    out = tmp_path / "eval"
+    result = evaluate(trained, output_dir=out, overlays_per_category=2)
+    assert set(result["per_category"]) == {"synth_stripes", "synth_nut"}
+    for name in ("results.json", "results.csv", "results.md", "image_scores.csv"):
+        assert (out / name).is_file()
+    assert len(list((out / "overlays").rglob("*.png"))) >= 4
+    for metrics in result["per_category"].values():
+        assert all(0.0 <= metrics[k] <= 1.0 for k in metrics)
+    with pytest.raises(FileExistsError):
+        evaluate(trained, output_dir=out)
+
+
+def test_predict_on_a_folder(trained, dataset, tmp_path):
+    folder = dataset / "synth_nut" / "test"
+    csv_path = predict(trained, folder, tmp_path / "pred")
+    lines = csv_path.read_text().strip().splitlines()
+    assert lines[0] == "image,score,max_pixel_score" and len(lines) == 1 + len(list(folder.rglob("*.png")))
+    assert len(list((tmp_path / "pred" / "overlays").rglob("*.png"))) == len(lines) - 1
+
+
+def test_corrupt_checkpoint_is_a_clear_error(trained, tmp_path):
+    import shutil
+    bad = tmp_path / "bad"
+    shutil.copytree(trained, bad)
+    data = (bad / MODEL_FILE).read_bytes()
+    (bad / MODEL_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="model.safetensors"):
+        load_model(bad)
+
+
+def test_cli_train_test_predict(dataset, tmp_path, capsys):
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg = tiny_config(dataset).to_dict()
+    cfg["data"]["root"] = None
+    import yaml
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "cli_run"
+    assert main(["train", "--config", str(cfg_path), "--data", str(dataset), "--output", str(run),
+                 "--set", "train.steps=2"]) == 0
+    assert main(["test", str(run), "--overlays", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "| Category | I-AUROC |" in out and "mean" in out
+    assert main(["predict", str(run), str(dataset / "synth_stripes" / "test" / "good"), "-o", str(tmp_path / "p")]) == 0
+    # errors are reported, not raised, and name the problem
+    assert main(["train", "--config", str(cfg_path), "--data", str(dataset), "--output", str(run)]) == 2
+    assert "already holds a dpdiff run" in capsys.readouterr().err
+    assert main(["test", str(tmp_path / "nope")]) == 2
+
+
+def test_config_presets_load():
+    root = Path(__file__).resolve().parents[2] / "configs"
+    presets = sorted(root.glob("*.yaml"))
+    assert presets
+    for p in presets:
+        Config.from_yaml(p)
+    with pytest.raises(ValueError, match="unknown key"):
+        Config.from_dict({"model": {"not_a_key": 1}})
