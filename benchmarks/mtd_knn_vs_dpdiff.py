@@ -48,7 +48,8 @@ def main() -> int:
     ap.add_argument("--config", default=str(ROOT / "configs" / "mtd_lite0.yaml"))
     ap.add_argument("--data", default=None, help="MTD root (default: $DPDIFF_SHARED_DATA/mtd)")
     ap.add_argument("--steps", type=int, default=None, help="override train.steps")
-    ap.add_argument("--coreset", type=float, default=0.1, help="kNN coreset fraction (PatchCore: 0.1)")
+    ap.add_argument("--coreset", type=float, default=1.0,
+                    help="kNN coreset fraction; 1.0 = the full memory bank (strongest kNN; PatchCore subsamples to 0.1 or 0.01 for speed)")
     ap.add_argument("--run-dir", default=str(ROOT / "runs" / "bench_mtd"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--noise-steps", type=int, nargs="*", default=None,

@@ -20,7 +20,9 @@ def _parse_overrides(pairs: list[str]) -> dict:
 
 def _load_config(args):
     from .config import Config
-    cfg = Config.from_yaml(args.config) if args.config else Config()
+    cfg = getattr(args, "config_obj", None)
+    if cfg is None:
+        cfg = Config.from_yaml(args.config) if args.config else Config()
     overrides = _parse_overrides(args.set)
     if getattr(args, "data", None):
         overrides["data.root"] = str(args.data)
@@ -40,15 +42,46 @@ def _print_table(result: dict) -> None:
     print(format_table_markdown(rows))
 
 
+def _train_run_dir(args) -> tuple[Path, bool]:
+    """(run folder, resume?) from --output and --resume [RUN_DIR]."""
+    resume = args.resume is not None
+    given = Path(args.resume) if isinstance(args.resume, str) else None
+    if given is not None and args.output and Path(args.output).resolve() != given.resolve():
+        raise ValueError(f"--resume {given} and --output {args.output} name different run folders")
+    run = given or (Path(args.output) if args.output else None)
+    if run is None:
+        raise ValueError("pass --output RUN_DIR (or --resume RUN_DIR to continue a run)")
+    return run, resume
+
+
 def cmd_train(args) -> int:
+    from .engine.distributed import env_world
     from .engine.train import train
+    run, resume = _train_run_dir(args)
+    if resume and not args.config:
+        # continue with the run's own configuration; --set/--data/--device still apply on top
+        from .engine.checkpoint import STATE_FILE, resume_config
+        rank = env_world()[0]
+        if rank != 0 and not (run / STATE_FILE).is_file():
+            raise FileNotFoundError(f"rank {rank}: {run / STATE_FILE} is not visible on this node; pass the run's "
+                                    f"--config (only rank 0 needs the run folder)")
+        args.config_obj = resume_config(run)
     cfg = _load_config(args)
-    run = train(cfg, Path(args.output), overwrite=args.overwrite, resume=args.resume)
-    print(f"checkpoint written to {run}")
+    run = train(cfg, run, overwrite=args.overwrite, resume=resume)
+    if env_world()[0] == 0:
+        print(f"checkpoint written to {run}")
     return 0
 
 
+def _is_worker_rank() -> bool:
+    """True in a torchrun process other than rank 0: evaluation and prediction run on rank 0 only."""
+    from .engine.distributed import env_world
+    return env_world()[0] != 0
+
+
 def cmd_test(args) -> int:
+    if _is_worker_rank():
+        return 0
     from .engine.evaluate import evaluate
     result = evaluate(Path(args.run), data_root=args.data, categories=args.categories,
                       output_dir=Path(args.output) if args.output else None, device=args.device or "auto",
@@ -60,6 +93,8 @@ def cmd_test(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    if _is_worker_rank():
+        return 0
     from .engine.predict import predict
     path = predict(Path(args.run), Path(args.images), Path(args.output), device=args.device or "auto",
                    overlays=not args.no_overlays, overwrite=args.overwrite)
@@ -94,8 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", help="dataset root (MVTec layout: <cat>/train/good ...)")
     t.add_argument("--categories", nargs="*", help="subset of categories (default: all)")
     t.add_argument("--weights", help="backbone checkpoint (DINOv2 official .pth or timm/HF .safetensors)")
-    t.add_argument("--output", "-o", required=True, help="run folder for the checkpoint")
-    t.add_argument("--resume", action="store_true", help="continue the run in --output")
+    t.add_argument("--output", "-o", help="run folder for the checkpoint (required unless --resume RUN_DIR)")
+    t.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
+                   help="continue an interrupted run: RUN_DIR (or --output) from its last checkpoint, with the "
+                        "run's own config unless --config is given")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("test", help="evaluate a run on the test split: metrics, tables, overlays")
@@ -131,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as e:
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError, FloatingPointError) as e:
         print(f"dpdiff {args.command}: error: {e}", file=sys.stderr)
         return 2
 

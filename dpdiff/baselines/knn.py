@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 @torch.no_grad()
 def greedy_coreset(bank: torch.Tensor, fraction: float, projection_dim: int = 128, seed: int = 0,
-                   chunk: int = 65536) -> torch.Tensor:
+                   ) -> torch.Tensor:
     """Indices of a greedy k-center coreset (PatchCore's approximate version with a random projection)."""
     n = bank.shape[0]
     k = max(1, int(round(n * fraction)))
@@ -23,11 +23,15 @@ def greedy_coreset(bank: torch.Tensor, fraction: float, projection_dim: int = 12
     if x.shape[1] > projection_dim:
         proj = torch.randn(x.shape[1], projection_dim, generator=g) / projection_dim ** 0.5
         x = x @ proj
+    x = x.contiguous()
+    x_sq = x.pow(2).sum(1)
     selected = torch.empty(k, dtype=torch.long)
     selected[0] = int(torch.randint(0, n, (1,), generator=g))
     min_d = torch.full((n,), float("inf"))
     for i in tqdm(range(1, k + 1), desc="coreset", leave=False, mininterval=1.0):
-        d = (x - x[selected[i - 1]]).pow(2).sum(1)
+        s = selected[i - 1]
+        # ||x - s||^2 = ||x||^2 - 2 x.s + ||s||^2: one mat-vec, no (n, d) temporary per iteration
+        d = x_sq - 2.0 * (x @ x[s]) + x_sq[s]
         torch.minimum(min_d, d, out=min_d)
         if i < k:
             selected[i] = int(torch.argmax(min_d))

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 from .mvtec import IMAGE_EXTENSIONS, Sample, count_samples, list_categories, load_dataset, load_split
+from .formats import FORMATS, LayoutError, detect_format, list_categories_for, load_samples
 from .synthetic import DEFECT_TYPES, generate_synthetic_dataset
 
 #: Environment variable overriding the shared (read-only) data folder.
@@ -37,6 +38,11 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "FORMATS",
+    "LayoutError",
+    "detect_format",
+    "list_categories_for",
+    "load_samples",
     "IMAGE_EXTENSIONS",
     "SHARED_DATA_ENV",
     "Sample",

@@ -16,16 +16,19 @@ def resolve_device(name: str = "auto") -> torch.device:
 @torch.inference_mode()
 def extract_features(backbone: torch.nn.Module, dataset: Dataset, batch_size: int = 16,
                      device: torch.device | str = "cpu", num_workers: int = 0, desc: str = "features",
-                     dtype: torch.dtype = torch.float16) -> torch.Tensor:
+                     dtype: torch.dtype = torch.float16, out=None):
     """Backbone feature maps for every item, in dataset order: (len(dataset), C, h, w) in ``dtype``.
 
     fp16 storage halves memory; tokens are standardised later in float32, so the rounding error
     (~1e-3 relative) is far below the token noise the diffusion adds.
+
+    ``out``: optional destination written batch by batch in order with ``out[a:b] = maps`` (a
+    preallocated tensor, or a writer such as the feature cache's shard writer, so the maps never all sit
+    in RAM); it is returned instead of a new tensor.
     """
     device = torch.device(device)
     backbone = backbone.to(device).eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    out: torch.Tensor | None = None
     pos = 0
     for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
         images = batch["image"].to(device, non_blocking=True)
@@ -34,7 +37,7 @@ def extract_features(backbone: torch.nn.Module, dataset: Dataset, batch_size: in
             out = torch.empty((len(dataset), *feats.shape[1:]), dtype=dtype)
         out[pos:pos + feats.shape[0]] = feats
         pos += feats.shape[0]
-    if out is None:
+    if pos == 0:
         raise ValueError("cannot extract features from an empty dataset")
     return out
 
@@ -44,17 +47,23 @@ def tokens_from_maps(maps: torch.Tensor) -> torch.Tensor:
     return maps.flatten(2).transpose(1, 2)
 
 
-def channel_statistics(maps: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std over all tokens of (B, C, h, w) maps, accumulated in float64."""
+def channel_statistics(maps, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std over all tokens of (B, C, h, w) maps, accumulated in float64.
+
+    ``maps`` is a tensor or anything with ``shape`` and slice indexing returning tensors (e.g. the
+    memory-mapped :class:`~dpdiff.engine.cache.FeatureStore`); it is read ``chunk`` maps at a time.
+    """
     c = maps.shape[1]
     s = torch.zeros(c, dtype=torch.float64)
     s2 = torch.zeros(c, dtype=torch.float64)
     n = 0
     for i in range(0, maps.shape[0], chunk):
-        x = maps[i:i + chunk].double().transpose(0, 1).reshape(c, -1)
+        x = torch.as_tensor(maps[i:i + chunk]).double().transpose(0, 1).reshape(c, -1)
         s += x.sum(1)
         s2 += (x * x).sum(1)
         n += x.shape[1]
+    if n == 0:
+        raise ValueError("channel_statistics needs at least one feature map")
     mean = s / n
     var = (s2 / n - mean * mean).clamp_min(0)
     return mean.float(), var.sqrt().float()

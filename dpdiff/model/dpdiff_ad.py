@@ -6,6 +6,8 @@ model works on cached tokens. Tokens enter as (B, N, C) in backbone space.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -71,9 +73,38 @@ class DPDiffAD(nn.Module):
         return torch.cat(parts, dim=1), torch.tensor(types, dtype=torch.long, device=device)
 
     # ---------------------------------------------------------------- training (Eq. 18-19)
-    def training_losses(self, tokens: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    @property
+    def num_prototypes(self) -> int:
+        """Prototypes the DiT cross-attends to (0 when it attends to none)."""
+        if not self.cfg.prototype_cross_attention:
+            return 0
+        return sum(e.num_prototypes for e in (self.local_extractor, self.global_extractor) if e is not None)
+
+    def draw_training_noise(self, batch_size: int, generator: torch.Generator | None = None,
+                            device: torch.device | str | None = None) -> dict[str, torch.Tensor | None]:
+        """The random draws of one training step, ``{"t", "eps_x", "eps_p"}``, for ``batch_size`` samples.
+
+        Drawn in the order ``training_losses`` draws them itself, so passing the result (or a row
+        slice of a larger draw, as each data-parallel rank does) gives the same numbers.
+        """
+        device = torch.device(device) if device is not None else self.alphas_cumprod.device
+        t_max = self.cfg.train_max_timestep
+        t_high = self.cfg.num_timesteps if t_max is None else min(int(t_max) + 1, self.cfg.num_timesteps)
+        n_tokens = self.grid_size[0] * self.grid_size[1]
+        t = torch.randint(0, t_high, (batch_size,), device=device, generator=generator)
+        eps_x = torch.randn((batch_size, n_tokens, self.in_dim), device=device, generator=generator)
+        m = self.num_prototypes
+        eps_p = torch.randn((batch_size, m, self.in_dim), device=device, generator=generator) if m else None
+        return {"t": t, "eps_x": eps_x, "eps_p": eps_p}
+
+    def training_losses(self, tokens: torch.Tensor, generator: torch.Generator | None = None,
+                        noise: dict[str, torch.Tensor | None] | None = None) -> dict[str, torch.Tensor]:
+        """Eq. (19) on a batch of tokens. ``noise`` (from ``draw_training_noise``) replaces the draws
+        from ``generator``."""
         x0 = self.standardize(tokens)
         bsz = x0.shape[0]
+        if noise is None:
+            noise = self.draw_training_noise(bsz, generator, x0.device)
         p_local, p_global = self.prototypes(x0)
         zero = x0.new_zeros(())
         l_local = local_prototype_loss(x0, p_local) if p_local is not None else zero
@@ -83,14 +114,14 @@ class DPDiffAD(nn.Module):
             l_global = global_prototype_loss(x0, p_global, self.cfg.ot_epsilon, self.cfg.ot_iters, scale)
         p0, types = self._stack_prototypes(p_local, p_global)
 
-        t_max = self.cfg.train_max_timestep
-        t_high = self.cfg.num_timesteps if t_max is None else min(int(t_max) + 1, self.cfg.num_timesteps)
-        t = torch.randint(0, t_high, (bsz,), device=x0.device, generator=generator)
-        eps_x = torch.randn(x0.shape, device=x0.device, generator=generator)
+        t, eps_x = noise["t"], noise["eps_x"]
+        if t.shape[0] != bsz or eps_x.shape != x0.shape:
+            raise ValueError(f"noise for {t.shape[0]} samples of shape {tuple(eps_x.shape[1:])} does not fit "
+                             f"tokens {tuple(x0.shape)}")
         x_t = q_sample(x0, t, eps_x, self.alphas_cumprod)  # Eq. (14)
         p_t = None
         if p0 is not None:
-            eps_p = torch.randn(p0.shape, device=x0.device, generator=generator)
+            eps_p = noise["eps_p"]
             p_t = q_sample(p0, t, eps_p, self.alphas_cumprod)  # Eq. (15)
         eps_pred = self.denoiser(x_t, t, p_t, types)
         l_diff = F.mse_loss(eps_pred, eps_x)  # Eq. (18)
@@ -98,35 +129,129 @@ class DPDiffAD(nn.Module):
         return {"loss": total, "diff": l_diff, "local": l_local, "global": l_global}
 
     # ---------------------------------------------------------------- inference (Eq. 20-22)
-    @torch.no_grad()
-    def reconstruct(self, tokens: torch.Tensor, noise_step: int, ddim_steps: int,
-                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Noise standardised tokens to ``noise_step``, denoise with DDIM; returns (x0, x0_hat)."""
+    def _denoiser_for_inference(self, compile: bool):
+        """The DiT, or (``compile=True``) a cached ``torch.compile`` of it. The compiled wrapper is kept
+        out of ``_modules`` so ``state_dict`` and checkpoints are unchanged."""
+        if not compile:
+            return self.denoiser
+        fn = self.__dict__.get("_compiled_denoiser")
+        if fn is None:
+            fn = torch.compile(self.denoiser, dynamic=False)
+            self.__dict__["_compiled_denoiser"] = fn
+        return fn
+
+    def _draw_noise(self, x0: torch.Tensor, p0: torch.Tensor | None, ensemble: int,
+                    generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Noise for ``ensemble`` draws, stacked draw-major ((E*B, ...)). The generator is consumed in the
+        order of ``ensemble`` sequential single-draw runs (x-noise, then prototype noise, per draw), so a
+        seeded batched run reproduces the former per-draw loop."""
+        eps_x, eps_p = [], []
+        for _ in range(ensemble):
+            eps_x.append(torch.randn(x0.shape, device=x0.device, generator=generator))
+            if p0 is not None:
+                eps_p.append(torch.randn(p0.shape, device=x0.device, generator=generator))
+        return torch.cat(eps_x), (torch.cat(eps_p) if p0 is not None else None)
+
+    def _reconstruct_draws(self, tokens: torch.Tensor, noise_step: int, ddim_steps: int, ensemble: int,
+                           generator: torch.Generator | None, autocast_dtype, compile: bool,
+                           max_batch: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0 (B,N,C), x0_hat (E,B,N,C)): all E noise draws denoised as one batch of E*B rows (or in
+        row chunks of ``max_batch``; the noise is drawn up front, so chunking never changes a result)."""
         if not 0 <= noise_step < self.cfg.num_timesteps:
             raise ValueError(f"noise_step must be in [0, {self.cfg.num_timesteps - 1}], got {noise_step}")
+        ensemble = max(1, int(ensemble))
         x0 = self.standardize(tokens)
-        p_local, p_global = self.prototypes(x0)
+        amp_dtype = _autocast_dtype(x0.device, autocast_dtype)
+
+        def amp():
+            if amp_dtype is None:
+                return contextlib.nullcontext()
+            return torch.autocast(x0.device.type, dtype=amp_dtype)
+
+        with amp():
+            p_local, p_global = self.prototypes(x0)
+        if amp_dtype is not None:
+            p_local = p_local.float() if p_local is not None else None
+            p_global = p_global.float() if p_global is not None else None
         p0, types = self._stack_prototypes(p_local, p_global)
-        eps_x = torch.randn(x0.shape, device=x0.device, generator=generator)
-        t0 = torch.full((x0.shape[0],), noise_step, dtype=torch.long, device=x0.device)
-        x_t = q_sample(x0, t0, eps_x, self.alphas_cumprod)
-        eps_p = torch.randn(p0.shape, device=x0.device, generator=generator) if p0 is not None else None
+        eps_x, eps_p = self._draw_noise(x0, p0, ensemble, generator)
+        b = x0.shape[0]
+        x0_all = x0.repeat(ensemble, 1, 1) if ensemble > 1 else x0
+        p0_all = None if p0 is None else (p0.repeat(ensemble, 1, 1) if ensemble > 1 else p0)
+        denoiser = self._denoiser_for_inference(compile)
+        rows = x0_all.shape[0]
+        step = rows if not max_batch else max(1, int(max_batch))
+        outs = []
+        for r in range(0, rows, step):
+            sl = slice(r, r + step)
+            t0 = torch.full((x0_all[sl].shape[0],), noise_step, dtype=torch.long, device=x0.device)
+            x_t = q_sample(x0_all[sl], t0, eps_x[sl], self.alphas_cumprod)
+            p0_c = None if p0_all is None else p0_all[sl]
+            eps_p_c = None if eps_p is None else eps_p[sl]
 
-        def eps_fn(x_s: torch.Tensor, t_batch: torch.Tensor, s: int) -> torch.Tensor:
-            # Eq. (20): P_s is P_0 perturbed to the same step s (one fixed noise draw for the run)
-            p_s = q_sample(p0, t_batch, eps_p, self.alphas_cumprod) if p0 is not None else None
-            return self.denoiser(x_s, t_batch, p_s, types)
+            def eps_fn(x_s: torch.Tensor, t_batch: torch.Tensor, s: int, p0_c=p0_c, eps_p_c=eps_p_c) -> torch.Tensor:
+                # Eq. (20): P_s is P_0 perturbed to the same step s (one fixed noise draw for the run)
+                p_s = q_sample(p0_c, t_batch, eps_p_c, self.alphas_cumprod) if p0_c is not None else None
+                if amp_dtype is None:
+                    return denoiser(x_s, t_batch, p_s, types)
+                with amp():
+                    return denoiser(x_s, t_batch, p_s, types).float()
 
-        x0_hat = ddim_reconstruct(x_t, noise_step, ddim_steps, eps_fn, self.alphas_cumprod)
-        return x0, x0_hat
+            outs.append(ddim_reconstruct(x_t, noise_step, ddim_steps, eps_fn, self.alphas_cumprod))
+        x0_hat = outs[0] if len(outs) == 1 else torch.cat(outs)
+        return x0, x0_hat.view(ensemble, b, *x0.shape[1:])
 
-    @torch.no_grad()
+    @torch.inference_mode()
+    def reconstruct(self, tokens: torch.Tensor, noise_step: int, ddim_steps: int,
+                    generator: torch.Generator | None = None, *, autocast_dtype: torch.dtype | str | None = None,
+                    compile: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise standardised tokens to ``noise_step``, denoise with DDIM; returns (x0, x0_hat).
+
+        ``autocast_dtype`` (``torch.bfloat16``/``torch.float16`` or "bf16"/"fp16"; default off) runs the
+        networks under ``torch.autocast`` where the device supports it; ``compile=True`` uses a cached
+        ``torch.compile`` of the DiT. Both are speed options that change results at rounding level only.
+        """
+        x0, x0_hat = self._reconstruct_draws(tokens, noise_step, ddim_steps, 1, generator, autocast_dtype,
+                                             compile, None)
+        return x0, x0_hat[0]
+
+    @torch.inference_mode()
     def token_scores(self, tokens: torch.Tensor, noise_step: int, ddim_steps: int, ensemble: int = 1,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
-        """Eq. (22)-(23): per-token squared L2 reconstruction error, reshaped to (B, h, w)."""
-        total = None
-        for _ in range(max(1, ensemble)):
-            x0, x0_hat = self.reconstruct(tokens, noise_step, ddim_steps, generator)
-            s = (x0_hat - x0).pow(2).sum(-1)
-            total = s if total is None else total + s
-        return (total / max(1, ensemble)).view(tokens.shape[0], *self.grid_size)
+                     generator: torch.Generator | None = None, *, autocast_dtype: torch.dtype | str | None = None,
+                     compile: bool = False, max_batch: int | None = None) -> torch.Tensor:
+        """Eq. (22)-(23): per-token squared L2 reconstruction error, reshaped to (B, h, w).
+
+        The ``ensemble`` noise draws run as one batch of ``ensemble * B`` rows (``max_batch`` caps the rows
+        per DiT call); the seeded generator is consumed exactly as ``ensemble`` sequential
+        :meth:`reconstruct` calls would, and the maps are averaged in draw order.
+        """
+        ensemble = max(1, int(ensemble))
+        x0, x0_hat = self._reconstruct_draws(tokens, noise_step, ddim_steps, ensemble, generator, autocast_dtype,
+                                             compile, max_batch)
+        s = (x0_hat - x0).pow(2).sum(-1)  # (E, B, N)
+        total = s[0]
+        for e in range(1, ensemble):  # same summation order as the former per-draw loop
+            total = total + s[e]
+        return (total / ensemble).view(tokens.shape[0], *self.grid_size)
+
+
+_AUTOCAST_NAMES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+                   "float16": torch.float16, "half": torch.float16}
+
+
+def _autocast_dtype(device: torch.device, dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """Resolve an autocast dtype for ``device`` (``None`` = off); an unsupported combination is an
+    error, never silently ignored."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        if dtype.lower() not in _AUTOCAST_NAMES:
+            raise ValueError(f"autocast_dtype must be one of {sorted(_AUTOCAST_NAMES)}, got {dtype!r}")
+        dtype = _AUTOCAST_NAMES[dtype.lower()]
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"autocast_dtype must be torch.bfloat16 or torch.float16, got {dtype}")
+    if not torch.amp.is_autocast_available(device.type):
+        raise ValueError(f"autocast is not available on device type {device.type!r}")
+    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise ValueError("this CUDA device does not support bfloat16; use autocast_dtype=torch.float16")
+    return dtype

@@ -1,0 +1,177 @@
+"""Generic folder reader: a folder of normal images, folders of abnormal images, mask folders.
+
+For data that follows no benchmark layout (an in-house line camera, a customer's export ...)::
+
+    load_generic(normal_dir, abnormal_dir=None, mask_dir=None, category="generic",
+                 train_normal_dir=None, split="test", allow_missing_masks=False)
+
+* ``split="train"``: every image of ``train_normal_dir`` (label 0, defect ``"good"``).
+  ``train_normal_dir`` is required for the training split (the test normals of ``normal_dir``
+  are never reused for training, so there is no train/test leakage).
+* ``split="test"``: every image of ``normal_dir`` (label 0, defect ``"good"``), then every image
+  of each abnormal folder (label 1, defect = the folder's name). ``abnormal_dir`` may be one
+  folder or a list of folders (MVTec-style ``test/<defect>`` folders).
+* Masks (``mask_dir``) are matched to an abnormal image ``<stem>.<ext>`` by stem, in this order:
+  ``<stem>_mask.png``, ``<stem>_mask.<any image ext>``, ``<stem>.png``, ``<stem>.<any image ext>``
+  (case-insensitive, the same rule as :func:`dpdiff.data.mvtec.find_mask`). ``mask_dir`` is
+
+  - ``None``: no masks at all (``mask_path=None``; classification-only data);
+  - one folder: for each abnormal folder ``A`` the masks are looked up in ``mask_dir/<A.name>``
+    when that sub-folder exists (MVTec ``ground_truth/<defect>``), otherwise in ``mask_dir``
+    itself;
+  - a list: one mask folder per abnormal folder, in the same order (same length).
+
+  With a ``mask_dir``, an abnormal image without a mask raises :class:`FileNotFoundError`
+  naming the image and the first mask path tried, unless ``allow_missing_masks=True``.
+* Images are recognised by extension (:data:`dpdiff.data.mvtec.IMAGE_EXTENSIONS`), hidden
+  files are ignored, files are sorted by name; folders are not searched recursively.
+* Masks are binarised later with ``> 0`` (:func:`dpdiff.data.dataset.load_mask`).
+
+This module also defines :class:`LayoutError`, the error every reader in
+:mod:`dpdiff.data.formats` raises when a dataset root does not match the expected layout.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from .mvtec import GOOD, Sample, _index_folder, _list_images, find_mask
+
+__all__ = ["LayoutError", "expect_dir", "expect_file", "load_generic"]
+
+
+class LayoutError(FileNotFoundError, ValueError):
+    """A dataset root does not match the expected on-disk layout.
+
+    ``path`` is the first offending path (the one that was expected and is missing, or that has
+    the wrong content). Subclasses both :class:`FileNotFoundError` and :class:`ValueError`, so
+    callers catching either (as for :mod:`dpdiff.data.mvtec`) also catch it.
+    """
+
+    def __init__(self, message: str, path: Path | str | None = None):
+        super().__init__(message)
+        self.path = None if path is None else Path(path)
+
+    def __str__(self) -> str:  # FileNotFoundError would otherwise format errno-style args
+        return str(self.args[0]) if self.args else ""
+
+
+def expect_dir(path: Path, what: str) -> Path:
+    """``path`` if it is a directory, else :class:`LayoutError` ``"expected <path> <what>"``."""
+    path = Path(path)
+    if not path.is_dir():
+        state = "is a file, not a directory" if path.exists() else "does not exist"
+        raise LayoutError(f"expected directory {str(path)!r} {what} ({state})", path)
+    return path
+
+
+def expect_file(path: Path, what: str) -> Path:
+    """``path`` if it is a file, else :class:`LayoutError` ``"expected <path> <what>"``."""
+    path = Path(path)
+    if not path.is_file():
+        state = "is a directory, not a file" if path.exists() else "does not exist"
+        raise LayoutError(f"expected file {str(path)!r} {what} ({state})", path)
+    return path
+
+
+def _as_dir_list(value, name: str) -> list[Path]:
+    if value is None:
+        return []
+    if isinstance(value, (str, Path)):
+        return [Path(value)]
+    out = [Path(v) for v in value]
+    if not out:
+        raise ValueError(f"{name} is an empty list")
+    return out
+
+
+def _images_of(folder: Path, what: str) -> list[Path]:
+    expect_dir(folder, what)
+    return _list_images(folder)
+
+
+def load_generic(
+    normal_dir: Path | str | None,
+    abnormal_dir: Path | str | Sequence[Path | str] | None = None,
+    mask_dir: Path | str | Sequence[Path | str] | None = None,
+    category: str = "generic",
+    train_normal_dir: Path | str | None = None,
+    split: str = "test",
+    allow_missing_masks: bool = False,
+) -> list[Sample]:
+    """Samples of a generic folder dataset (see the module docstring)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if not category or "/" in category:
+        raise ValueError(f"category must be a non-empty name without '/', got {category!r}")
+
+    if split == "train":
+        if train_normal_dir is None:
+            raise ValueError(
+                "split='train' needs train_normal_dir (the normal images to train on); "
+                "normal_dir holds the normal *test* images and is not reused for training"
+            )
+        images = _images_of(Path(train_normal_dir), "(train_normal_dir: normal training images)")
+        if not images:
+            raise LayoutError(f"no training images in {str(train_normal_dir)!r}", Path(train_normal_dir))
+        return [Sample(p, None, 0, GOOD, category) for p in images]
+
+    samples: list[Sample] = []
+    if normal_dir is not None:
+        samples.extend(
+            Sample(p, None, 0, GOOD, category)
+            for p in _images_of(Path(normal_dir), "(normal_dir: normal test images)")
+        )
+
+    abnormal_dirs = _as_dir_list(abnormal_dir, "abnormal_dir")
+    names = [d.name for d in abnormal_dirs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"abnormal folders must have distinct names (used as defect names), repeated: {dupes}")
+    if isinstance(mask_dir, (str, Path)) or mask_dir is None:
+        single_mask_dir = None if mask_dir is None else Path(mask_dir)
+        mask_dirs: list[Path | None] = []
+        for d in abnormal_dirs:
+            if single_mask_dir is None:
+                mask_dirs.append(None)
+            else:
+                expect_dir(single_mask_dir, "(mask_dir)")
+                sub = single_mask_dir / d.name
+                mask_dirs.append(sub if sub.is_dir() else single_mask_dir)
+    else:
+        mask_dirs = list(_as_dir_list(mask_dir, "mask_dir"))
+        if len(mask_dirs) != len(abnormal_dirs):
+            raise ValueError(
+                f"mask_dir is a list of {len(mask_dirs)} folders but there are {len(abnormal_dirs)} "
+                f"abnormal folders: give one mask folder per abnormal folder, in the same order"
+            )
+        for md in mask_dirs:
+            expect_dir(md, "(mask_dir)")
+
+    for adir, mdir in zip(abnormal_dirs, mask_dirs):
+        defect = adir.name
+        if defect == GOOD:
+            raise ValueError(f"abnormal folder {str(adir)!r} is named {GOOD!r}, which is reserved for normal images")
+        images = _images_of(adir, "(abnormal_dir: abnormal test images)")
+        if mdir is None:
+            samples.extend(Sample(p, None, 1, defect, category) for p in images)
+            continue
+        if mdir.resolve() == adir.resolve():
+            raise ValueError(f"mask folder {str(mdir)!r} is the abnormal image folder itself; keep masks apart")
+        index = _index_folder(mdir)
+        for p in images:
+            mask, tried = find_mask(mdir, p, index)
+            if mask is None and not allow_missing_masks:
+                raise FileNotFoundError(
+                    f"no mask for abnormal image {str(p)!r}: tried {str(tried[0])!r} and the other "
+                    f"names {', '.join(t.name for t in tried[1:])} in {str(mdir)!r} "
+                    f"(pass allow_missing_masks=True to accept it without a mask)"
+                )
+            samples.append(Sample(p, mask, 1, defect, category))
+
+    if not samples:
+        raise LayoutError(
+            f"no test images: normal_dir={normal_dir!r} and abnormal_dir={abnormal_dir!r} hold no image files",
+            None if normal_dir is None else Path(normal_dir),
+        )
+    return samples

@@ -1,0 +1,101 @@
+"""Format registry: names, errors, MVTec/MPDD through the registry, format detection."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dpdiff.data.formats import FORMATS, LayoutError, detect_format, list_categories_for, load_samples
+from dpdiff.data.mvtec import load_dataset
+
+
+def _img(path: Path, size=(8, 8)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("L", size, 70).save(path)
+
+
+def _mask(path: Path, size=(8, 8)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    a = np.zeros((size[1], size[0]), np.uint8)
+    a[2:4, 2:4] = 255
+    Image.fromarray(a).save(path)
+
+
+def _mpdd(root: Path, cats=("metal_plate", "tubes")) -> Path:
+    """MPDD layout: MVTec folders, masks <stem>_mask.png."""
+    for c in cats:
+        _img(root / c / "train" / "good" / "000.png")
+        _img(root / c / "test" / "good" / "000.png")
+        _img(root / c / "test" / "major_rust" / "000.png")
+        _mask(root / c / "ground_truth" / "major_rust" / "000_mask.png")
+    return root
+
+
+def test_registry_names():
+    assert set(FORMATS) == {"mvtec", "mpdd", "visa", "realiad", "realiad_variety", "generic"}
+    for name, spec in FORMATS.items():
+        assert spec.name == name and callable(spec.load) and callable(spec.list_categories)
+
+
+def test_unknown_format_and_option(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown dataset format 'btad'.*'generic', 'mpdd', 'mvtec'"):
+        load_samples("btad", tmp_path, None, "test")
+    with pytest.raises(ValueError, match=r"unknown dataset format"):
+        list_categories_for("kolektor", tmp_path)
+    root = _mpdd(tmp_path / "mpdd")
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['resolution'\] for dataset format 'mpdd'"):
+        load_samples("mpdd", root, None, "test", resolution=256)
+    with pytest.raises(ValueError, match="split must be"):
+        load_samples("mpdd", root, None, "val")
+
+
+def test_mpdd_and_mvtec_through_registry(tmp_path):
+    root = _mpdd(tmp_path / "mpdd")
+    assert detect_format(root) == "mpdd"
+    assert list_categories_for("mpdd", root) == ["metal_plate", "tubes"]
+    test = load_samples("auto", root, None, "test")
+    assert test == load_dataset(root, None, "test")
+    assert [(s.category, s.defect, s.label) for s in test] == [
+        ("metal_plate", "good", 0), ("metal_plate", "major_rust", 1), ("tubes", "good", 0), ("tubes", "major_rust", 1),
+    ]
+    assert all((s.mask_path is None) == (s.label == 0) for s in test)
+    assert test[1].mask_path.name == "000_mask.png"
+    _img(root / "bottle" / "train" / "good" / "000.png")
+    assert detect_format(root) == "mvtec"
+    assert len(load_samples("mvtec", root, ["tubes"], "train")) == 1
+
+
+def test_mvtec_layout_error_names_path(tmp_path):
+    root = tmp_path / "notmvtec"
+    (root / "bottle" / "training").mkdir(parents=True)
+    with pytest.raises(LayoutError, match=r"expected '.*bottle/train/good' for MVTec-AD") as e:
+        load_samples("mvtec", root, None, "train")
+    assert e.value.path == root / "bottle" / "train" / "good"
+    with pytest.raises(LayoutError, match=r"expected directory '.*missing'.*does not exist"):
+        list_categories_for("mpdd", tmp_path / "missing")
+
+
+def test_detect_format(tmp_path):
+    (tmp_path / "v" / "split_csv").mkdir(parents=True)
+    (tmp_path / "v" / "split_csv" / "1cls.csv").write_text("object,split,label,image,mask\n")
+    assert detect_format(tmp_path / "v") == "visa"
+    (tmp_path / "r" / "realiad_jsons").mkdir(parents=True)
+    assert detect_format(tmp_path / "r") == "realiad"
+    (tmp_path / "r2" / "realiad_256").mkdir(parents=True)
+    assert detect_format(tmp_path / "r2") == "realiad"
+    (tmp_path / "rv" / "realiadvariety_raw").mkdir(parents=True)
+    (tmp_path / "rv" / "realiad_jsons").mkdir(parents=True)  # Dinomaly2 README puts Variety JSONs here
+    assert detect_format(tmp_path / "rv") == "realiad_variety"
+    (tmp_path / "x" / "images").mkdir(parents=True)
+    with pytest.raises(LayoutError, match=r"cannot detect the dataset format.*split_csv/1cls\.csv.*generic"):
+        detect_format(tmp_path / "x")
+    with pytest.raises(LayoutError, match="cannot detect"):
+        load_samples("auto", tmp_path / "x", None, "test")
+
+
+def test_list_categories_ignores_load_only_options(tmp_path):
+    root = _mpdd(tmp_path / "mpdd", cats=("tubes",))
+    assert list_categories_for("mpdd", root, allow_missing_masks=True) == ["tubes"]
+    assert list_categories_for("generic", root, category="line", normal_dir="x") == ["line"]
