@@ -28,6 +28,13 @@ def _load_config(args):
         overrides["data.root"] = str(args.data)
     if getattr(args, "categories", None):
         overrides["data.categories"] = args.categories
+    if getattr(args, "cache_dir", None):
+        overrides["train.feature_cache"] = True
+        overrides["train.cache_dir"] = str(args.cache_dir)
+    if getattr(args, "cache", False):
+        overrides["train.feature_cache"] = True
+    if getattr(args, "format", None):
+        overrides["data.format"] = args.format
     if getattr(args, "weights", None):
         overrides["backbone.weights"] = str(args.weights)
     if getattr(args, "device", None):
@@ -86,7 +93,7 @@ def cmd_test(args) -> int:
     result = evaluate(Path(args.run), data_root=args.data, categories=args.categories,
                       output_dir=Path(args.output) if args.output else None, device=args.device or "auto",
                       overwrite=args.overwrite, overlays_per_category=args.overlays,
-                      inference_overrides=_parse_overrides(args.set))
+                      inference_overrides=_parse_overrides(args.set), data_format=args.format)
     _print_table(result)
     print(f"results written to {result['output_dir']} (results.json/.csv/.md, image_scores.csv, overlays/)")
     return 0
@@ -112,6 +119,9 @@ def cmd_demo(args) -> int:
     return 0
 
 
+FORMAT_CHOICES = ["mvtec", "mpdd", "visa", "realiad", "realiad_variety", "generic", "auto"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dpdiff", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -126,7 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train one unified model on the normal images of all categories")
     common(t)
-    t.add_argument("--data", help="dataset root (MVTec layout: <cat>/train/good ...)")
+    t.add_argument("--data", help="dataset root (see --format)")
+    t.add_argument("--cache", action="store_true", help="use the on-disk feature cache ($DPDIFF_CACHE or ~/.cache/dpdiff)")
+    t.add_argument("--cache-dir", help="use the feature cache in this folder")
+    t.add_argument("--format", choices=FORMAT_CHOICES,
+                   help="dataset layout (default: the config's data.format, mvtec); see docs/datasets.md")
     t.add_argument("--categories", nargs="*", help="subset of categories (default: all)")
     t.add_argument("--weights", help="backbone checkpoint (DINOv2 official .pth or timm/HF .safetensors)")
     t.add_argument("--output", "-o", help="run folder for the checkpoint (required unless --resume RUN_DIR)")
@@ -138,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("test", help="evaluate a run on the test split: metrics, tables, overlays")
     e.add_argument("run", help="run folder written by `dpdiff train`")
     e.add_argument("--data", help="dataset root (default: the one used for training)")
+    e.add_argument("--format", choices=FORMAT_CHOICES, help="dataset layout (default: the one used for training)")
     e.add_argument("--categories", nargs="*")
     e.add_argument("--output", "-o", help="results folder (default RUN/eval)")
     e.add_argument("--overlays", type=int, default=4, help="overlay PNGs per category")

@@ -63,6 +63,8 @@ class TrainConfig:
     checkpoint_every: int = 500
     feature_batch_size: int = 16
     grad_clip: float | None = 1.0          # choice: stabilises the noisy diffusion loss
+    feature_cache: bool = False            # memory-mapped fp16 token cache reused across runs (engine/cache.py)
+    cache_dir: str | None = None           # default $DPDIFF_CACHE or ~/.cache/dpdiff/features
 
 
 @dataclass
@@ -80,7 +82,8 @@ class InferenceConfig:
 class DataConfig:
     root: str | None = None
     categories: list[str] | None = None    # None = all categories found under root
-    format: str = "mvtec"
+    format: str = "mvtec"                  # mvtec | mpdd | visa | realiad | realiad_variety | generic | auto
+    options: dict = field(default_factory=dict)  # reader options, e.g. {resolution: 512} for Real-IAD (docs/datasets.md)
 
 
 @dataclass

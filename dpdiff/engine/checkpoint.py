@@ -44,7 +44,7 @@ STATE_FORMAT = 2
 #: it trains). Everything else must match the checkpoint or the result would not be the run it claims.
 RESUME_MUTABLE_KEYS = frozenset({
     "train.steps", "train.device", "train.num_workers", "train.log_every", "train.checkpoint_every",
-    "train.feature_batch_size", "data.root", "backbone.weights",
+    "train.feature_batch_size", "data.root", "backbone.weights", "train.feature_cache", "train.cache_dir",
 })
 RESUME_MUTABLE_SECTIONS = frozenset({"inference"})
 

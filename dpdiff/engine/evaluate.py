@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config, InferenceConfig
 from ..data.dataset import ImageDataset, load_image_array
-from ..data.mvtec import load_split
+from ..data.formats import load_samples
 from ..io import atomic_write_text
 from ..metrics import METRIC_NAMES, compute_metrics
 from ..metrics.tables import write_results
@@ -95,8 +95,10 @@ def protocol_description(cfg: Config) -> dict:
 
 def evaluate(run_dir: Path, data_root: str | None = None, categories: list[str] | None = None,
              output_dir: Path | None = None, overlays_per_category: int = 4, device: str = "auto",
-             overwrite: bool = False, inference_overrides: dict | None = None) -> dict:
-    """Evaluate a run folder on the MVTec-layout test split of each category; writes results files."""
+             overwrite: bool = False, inference_overrides: dict | None = None,
+             data_format: str | None = None) -> dict:
+    """Evaluate a run folder on the test split of each category (layout: ``data_format``, default the
+    training run's ``data.format``); writes results files."""
     run_dir = Path(run_dir)
     detector = load_detector(run_dir, device)
     cfg = detector.cfg
@@ -118,7 +120,7 @@ def evaluate(run_dir: Path, data_root: str | None = None, categories: list[str] 
     per_category, image_rows = {}, []
     total_images, total_s = 0, 0.0
     for cat in cats:
-        samples = load_split(root, cat, "test")
+        samples = load_samples(data_format or cfg.data.format, root, [cat], "test", **cfg.data.options)
         ds = ImageDataset(samples, cfg.backbone.image_size, detector.backbone.mean, detector.backbone.std)
         maps, scores, labels, masks, secs = score_dataset(detector, ds, cfg.inference.batch_size, f"test {cat}",
                                                           seed=cfg.inference.seed)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from ..backbones import build_backbone
 from ..config import Config
 from ..data.dataset import ImageDataset
-from ..data.mvtec import load_dataset
+from ..data.formats import load_samples
 from ..io import atomic_write_text
 from ..model.dpdiff_ad import DPDiffAD
 from . import distributed as D
@@ -82,7 +82,7 @@ def build_backbone_from_config(cfg: Config):
 def _training_samples(cfg: Config) -> list:
     if not cfg.data.root:
         raise ValueError("no data root: set data.root in the config or pass --data PATH")
-    return load_dataset(Path(cfg.data.root), cfg.data.categories, "train")
+    return load_samples(cfg.data.format, Path(cfg.data.root), cfg.data.categories, "train", **cfg.data.options)
 
 
 def _shared_training_samples(cfg: Config, info: D.DistInfo) -> list:
@@ -104,6 +104,8 @@ def train_features(cfg: Config, backbone, device, info: D.DistInfo | None = None
     info = info or D.DistInfo(device=torch.device(device))
     if samples is None:
         samples = _shared_training_samples(cfg, info)
+    if cfg.train.feature_cache:
+        return _cached_train_features(cfg, backbone, device, info, samples), samples
     dataset = ImageDataset(samples, cfg.backbone.image_size, backbone.mean, backbone.std, load_masks=False)
     lo, hi = D.shard_range(len(dataset), info.rank, info.world_size)
     local, error = None, None
@@ -122,6 +124,23 @@ def train_features(cfg: Config, backbone, device, info: D.DistInfo | None = None
     else:
         feats = local
     return feats, samples
+
+
+def _cached_train_features(cfg: Config, backbone, device, info: D.DistInfo, samples: list):
+    """Training tokens from the on-disk feature cache (engine/cache.py); each rank fills its own slice."""
+    from .cache import FeatureCache
+    cache = FeatureCache(cfg.train.cache_dir)
+    key = {"name": cfg.backbone.name, "layers": cfg.backbone.layers, "feature_stride": cfg.backbone.feature_stride}
+    lo, hi = D.shard_range(len(samples), info.rank, info.world_size)
+    error = None
+    try:
+        if hi > lo:
+            cache.get(backbone, key, samples[lo:hi], cfg.backbone.image_size, cfg.train.feature_batch_size,
+                      device, cfg.train.num_workers)
+    except (FileNotFoundError, ValueError) as e:
+        error = e
+    D.raise_if_any_failed(error, info)  # collective: also the barrier before every rank reads all slices
+    return cache.get(backbone, key, samples, cfg.backbone.image_size, cfg.train.feature_batch_size, device)
 
 
 def check_finite_features(features: torch.Tensor, samples: list | None, chunk: int = 256) -> None:
@@ -238,6 +257,9 @@ def _train(cfg: Config, run_dir: Path, overwrite: bool, resume: bool, features: 
         prev_train_s = float(state.get("train_s", 0.0))
         set_rng_states(state.get("rng", {}))
     else:
+        # re-seed: feature extraction (DataLoader base seeds) may or may not have drawn from the global RNG,
+        # and the initial weights must depend on the seed alone (cached vs fresh features, CLI vs API)
+        torch.manual_seed(cfg.train.seed)
         model = DPDiffAD(c, (h, w), cfg.model, cfg.loss)
         mean, std = channel_statistics(features)
         model.set_token_statistics(mean, std)

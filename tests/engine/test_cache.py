@@ -360,3 +360,28 @@ def test_training_on_the_store_equals_training_on_the_tensor(tmp_path, samples, 
     run_b = train(cfg, tmp_path / "b", features=ref, samples=samples)
     wa, wb = load_file(str(run_a / MODEL_FILE)), load_file(str(run_b / MODEL_FILE))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_train_cli_uses_the_feature_cache(tmp_path):
+    """`dpdiff train --cache-dir` fills the cache once; a second run extracts nothing and trains identically."""
+    from dpdiff.cli import main
+    from dpdiff.data.synthetic import generate_synthetic_dataset
+    from dpdiff.engine.checkpoint import load_model
+
+    root = tmp_path / "data"
+    generate_synthetic_dataset(root, num_categories=1, train_per_category=4, test_good_per_category=1,
+                               test_defect_per_category=1, image_size=64)
+    common = ["--data", str(root), "--cache-dir", str(tmp_path / "cache"), "--set", "backbone.image_size=64",
+              "model.hidden_dim=32", "model.depth=1", "model.num_heads=2", "model.prototype_heads=2",
+              "train.batch_size=2", "train.steps=2", "inference.pool_size=4"]
+    assert main(["train", "--output", str(tmp_path / "a"), *common]) == 0
+    shards = sorted((tmp_path / "cache").rglob("*.npy"))
+    assert shards
+    mtimes = [p.stat().st_mtime_ns for p in shards]
+    assert main(["train", "--output", str(tmp_path / "b"), *common]) == 0
+    assert sorted((tmp_path / "cache").rglob("*.npy")) == shards
+    assert [p.stat().st_mtime_ns for p in shards] == mtimes
+    a, _, _ = load_model(tmp_path / "a")
+    b, _, _ = load_model(tmp_path / "b")
+    diffs = {k: (x - y).abs().max().item() for (k, x), y in zip(a.state_dict().items(), b.state_dict().values())}
+    assert max(diffs.values()) < 1e-6, sorted(diffs.items(), key=lambda kv: -kv[1])[:3]
