@@ -122,7 +122,7 @@ def main() -> int:
                 "model": cfg.to_dict()["model"], "inference": cfg.to_dict()["inference"],
                 "timings": timings, "torch_threads": torch.get_num_threads(), "device": str(device)}
     out = Path(args.out)
-    paths = write_results(rows, out, stem="mtd_knn_vs_dpdiff", protocol=protocol)
+    paths = write_results(rows, out, stem="mtd_knn_vs_dpdiff", protocol=protocol, mean_row=False)
     print(Path(paths["md"]).read_text() if "md" in paths else json.dumps(rows, indent=2))
     print(json.dumps(timings))
     return 0

@@ -75,16 +75,20 @@ def write_results(
     out_dir: Path,
     stem: str = "results",
     protocol: dict | None = None,
+    mean_row: bool = True,
 ) -> dict[str, Path]:
     """Write ``<stem>.json`` / ``.csv`` / ``.md`` (atomically) into ``out_dir``.
 
     ``per_category`` maps category -> metric dict (fractions in [0, 1]; mAD computed when absent).
-    A ``"mean"`` row (mean over categories of each column incl. mAD) is added.  The JSON holds
+    A ``"mean"`` row (mean over categories of each column incl. mAD) is added unless ``mean_row`` is
+    False (tables whose rows are methods, not categories).  The JSON holds
     ``{"columns", "per_category", "mean", "protocol"}``; the CSV holds fractions, the Markdown
     percentages with one decimal.  Returns ``{"json": path, "csv": path, "md": path}``.
     """
     out_dir = Path(out_dir)
     rows = add_mean_row(per_category)
+    if not mean_row:
+        rows.pop(MEAN_ROW)
     per_cat = {k: v for k, v in rows.items() if k != MEAN_ROW}
     paths = {
         "json": out_dir / f"{stem}.json",
@@ -96,7 +100,7 @@ def write_results(
         {
             "columns": list(TABLE_COLUMNS),
             "per_category": per_cat,
-            "mean": rows[MEAN_ROW],
+            "mean": rows.get(MEAN_ROW),
             "protocol": protocol or {},
         },
     )
