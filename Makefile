@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(VENV)/bin/dpdiff demo --output runs/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -rs -m "not slow"
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q

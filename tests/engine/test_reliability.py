@@ -229,7 +229,7 @@ def test_unknown_layout_is_named(tmp_path, capsys):
     msg = str(e.value)
     assert str(flat) in msg and ("train/good" in msg or "layout" in msg), msg
     err = _cli_error(capsys, ["train", "--data", str(tmp_path / "nowhere"), "--output", str(tmp_path / "run2")])
-    assert str(tmp_path / "nowhere") in err and "not a directory" in err
+    assert str(tmp_path / "nowhere") in err and ("not a directory" in err or "does not exist" in err)
 
 
 # ------------------------------------------------------------------ NaN / inf
