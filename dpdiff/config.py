@@ -75,7 +75,17 @@ class InferenceConfig:
     seed: int = 0
     smoothing_sigma: float = 4.0           # choice: Gaussian sigma in pixels after upsampling (0 = off)
     pool_size: int = 16                    # choice: AvgPool kernel (pixels) of Eq. (24)
+    image_score: str = "pooled_max"        # pooled_max (Eq. 24, paper/ADer) | top_percent_mean (Dinomaly)
+    top_percent: float = 1.0               # top_percent_mean: mean of the highest this-% pixels of the map
     batch_size: int = 16
+
+
+@dataclass
+class EvaluationConfig:
+    """The evaluation protocol; every results file records it (docs/datasets.md, "Evaluation protocol")."""
+    resolution: int | None = None          # maps and masks at this size; None = backbone.image_size (Dinomaly: 256)
+    mask_threshold: float = 0.0            # mask value in [0, 1] must be > this (Dinomaly 0, ADer 0.5)
+    mask_resize: str = "nearest"           # nearest | bilinear (resampling of the mask before thresholding)
 
 
 @dataclass
@@ -93,6 +103,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     data: DataConfig = field(default_factory=DataConfig)
 
     def to_dict(self) -> dict[str, Any]:

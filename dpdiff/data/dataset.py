@@ -17,7 +17,9 @@ Image conversion (:func:`load_image_rgb`)
     Tensor: float in [0, 1], then ``(x - mean) / std`` per channel.
 
 Masks (:func:`load_mask`)
-    Binarised with ``> 0`` (any channel): MTD and MVTec-AD masks are 0/255, and Dinomaly's
+    Read as values in [0, 1] (0/1-encoded masks as 0/1), resized nearest and binarised with ``> 0``
+    by default (any channel); threshold and resampling are protocol options (``evaluation``
+    config): MTD and MVTec-AD masks are 0/255, and Dinomaly's
     loaders likewise treat every non-zero pixel as defective. A mask whose size differs from its
     image is an error (:class:`ValueError` naming both files and sizes), never silently resized.
 """
@@ -100,8 +102,16 @@ def load_image_array(path: Path | str, size: int) -> np.ndarray:
     return np.asarray(_resize_rgb(load_image_rgb(path), int(size)), dtype=np.uint8).copy()
 
 
-def read_mask(path: Path | str) -> np.ndarray:
-    """Mask at its native size as a bool array ``(H, W)``: ``True`` where any channel is > 0."""
+MASK_RESIZE_MODES = ("nearest", "bilinear")
+#: Integer masks whose largest value is at most this are label ids (0/1, class ids), not intensities.
+LABEL_ID_MAX = 15
+
+
+def read_mask_values(path: Path | str) -> np.ndarray:
+    """Mask at its native size as float32 ``(H, W)`` in [0, 1]: the maximum over the colour channels
+    (alpha ignored) divided by the format's full scale (255 for 8-bit, 65535 for 16-bit). Integer
+    masks whose maximum is at most ``LABEL_ID_MAX`` are label encodings (0/1 copies, VisA class ids
+    1..9) and read as 0/1, not as 0/(1/255), so a 0.5 threshold keeps them."""
     im = _open(path)
     if im.mode == "P":
         im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
@@ -110,19 +120,40 @@ def read_mask(path: Path | str) -> np.ndarray:
         # ignore alpha: a 0/255 mask saved with an opaque alpha must not become all-foreground
         keep = [k for k, b in enumerate(im.getbands()) if b not in ("A", "a")]
         a = a[..., keep].max(axis=2)
-    return a > 0
+    if a.dtype == bool:
+        return a.astype(np.float32)
+    if a.dtype.kind == "f":
+        a = np.nan_to_num(a.astype(np.float32), nan=0.0)
+        return np.clip(a / 255.0 if a.max(initial=0.0) > 1.0 else a, 0.0, 1.0)
+    peak = int(a.max(initial=0))
+    if peak <= LABEL_ID_MAX:  # 0/1 or class-id encodings (VisA 1..9): any label is defect
+        return (a != 0).astype(np.float32)
+    full = 65535.0 if (im.mode in _SIXTEEN_BIT_MODES or im.mode == "I" or peak > 255) else 255.0
+    return np.clip(a.astype(np.float32) / full, 0.0, 1.0)
 
 
-def _resize_mask(m: np.ndarray, size: int) -> np.ndarray:
-    if m.shape == (size, size):
-        return m
-    im = Image.fromarray(m.astype(np.uint8) * 255).resize((size, size), Image.Resampling.NEAREST)
-    return np.asarray(im) > 0
+def read_mask(path: Path | str) -> np.ndarray:
+    """Mask at its native size as a bool array ``(H, W)``: ``True`` where any channel is > 0."""
+    return read_mask_values(path) > 0
 
 
-def load_mask(path: Path | str, size: int) -> np.ndarray:
-    """Binarised (``> 0``) mask resized (nearest) to a bool array ``(size, size)``."""
-    return _resize_mask(read_mask(path), int(size))
+def resize_binarise_mask(values: np.ndarray, size: int, threshold: float = 0.0, mode: str = "nearest") -> np.ndarray:
+    """Mask values in [0, 1] -> bool ``(size, size)``: resampled with ``mode`` (nearest | bilinear),
+    then ``> threshold``. The defaults (nearest, > 0) keep every labelled pixel; ``bilinear`` + 0.5
+    is the rule of repositories that resize masks like images and threshold at one half."""
+    if mode not in MASK_RESIZE_MODES:
+        raise ValueError(f"mask_resize must be one of {MASK_RESIZE_MODES}, got {mode!r}")
+    if not 0.0 <= float(threshold) < 1.0:
+        raise ValueError(f"mask_threshold must be in [0, 1), got {threshold}")
+    if values.shape != (size, size):
+        resample = Image.Resampling.NEAREST if mode == "nearest" else Image.Resampling.BILINEAR
+        values = np.asarray(Image.fromarray(np.ascontiguousarray(values, dtype=np.float32)).resize((size, size), resample))
+    return values > float(threshold)
+
+
+def load_mask(path: Path | str, size: int, threshold: float = 0.0, mode: str = "nearest") -> np.ndarray:
+    """Mask resized to ``(size, size)`` and binarised (default: nearest, ``> 0``) as a bool array."""
+    return resize_binarise_mask(read_mask_values(path), int(size), threshold, mode)
 
 
 def _as_triple(v, name: str) -> tuple[float, float, float]:
@@ -138,7 +169,8 @@ class ImageDataset(torch.utils.data.Dataset):
     """Samples -> ``{"image", "mask", "label", "index"}``.
 
     ``image``: ``FloatTensor (3, S, S)`` normalised with ``mean``/``std``;
-    ``mask``: ``FloatTensor (1, S, S)`` in {0, 1} (zeros for good images, for samples without a
+    ``mask``: ``FloatTensor (1, R, R)`` in {0, 1} (``R = mask_size``, default ``S``; binarised with
+    ``mask_threshold`` after ``mask_resize`` resampling) (zeros for good images, for samples without a
     mask, and for every sample when ``load_masks=False``); ``label``: 0 good / 1 defective;
     ``index``: position in ``samples`` (use ``dataset.samples[index]`` for path/category/defect).
     """
@@ -150,6 +182,9 @@ class ImageDataset(torch.utils.data.Dataset):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         load_masks: bool = True,
+        mask_size: int | None = None,
+        mask_threshold: float = 0.0,
+        mask_resize: str = "nearest",
     ):
         self.samples = list(samples)
         self.image_size = int(image_size)
@@ -160,6 +195,11 @@ class ImageDataset(torch.utils.data.Dataset):
         if min(self.std) <= 0:
             raise ValueError(f"std must be positive, got {self.std}")
         self.load_masks = bool(load_masks)
+        # evaluation protocol (config ``evaluation``): masks at their own resolution and binarisation rule
+        self.mask_size = int(mask_size) if mask_size else self.image_size
+        self.mask_threshold = float(mask_threshold)
+        self.mask_resize = mask_resize
+        resize_binarise_mask(np.zeros((1, 1), np.float32), 1, self.mask_threshold, self.mask_resize)  # validate
         self._mean_t = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
         self._std_t = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
 
@@ -176,15 +216,16 @@ class ImageDataset(torch.utils.data.Dataset):
             i += len(self.samples)
         s = self.samples[i]
         im = load_image_rgb(s.image_path)
-        S = self.image_size
+        S = self.mask_size
         if self.load_masks and s.mask_path is not None:
-            m = read_mask(s.mask_path)
+            m = read_mask_values(s.mask_path)
             if (m.shape[1], m.shape[0]) != im.size:
                 raise ValueError(
                     f"mask {str(s.mask_path)!r} has size {m.shape[1]}x{m.shape[0]} (WxH) but its image "
                     f"{str(s.image_path)!r} has size {im.size[0]}x{im.size[1]}"
                 )
-            mask = torch.from_numpy(_resize_mask(m, S).astype(np.float32))[None]
+            mask = torch.from_numpy(resize_binarise_mask(m, S, self.mask_threshold, self.mask_resize)
+                                    .astype(np.float32))[None]
         else:
             mask = torch.zeros(1, S, S, dtype=torch.float32)
         return {"image": self.to_tensor(im), "mask": mask, "label": int(s.label), "index": i}

@@ -33,13 +33,19 @@ class Detector:
         self.cfg = cfg
         self.device = device
 
+    @property
+    def map_size(self) -> int:
+        """Side of the output pixel maps: the evaluation resolution (default: the input image size)."""
+        return int(self.cfg.evaluation.resolution or self.cfg.backbone.image_size)
+
     @torch.inference_mode()
     def score_features(self, feats: torch.Tensor, inference: InferenceConfig | None = None,
                        generator: torch.Generator | None = None):
         inf = inference or self.cfg.inference
         tokens = tokens_from_maps(feats.float().to(self.device))
         token_maps = self.model.token_scores(tokens, inf.noise_step, inf.ddim_steps, inf.ensemble, generator)
-        return postprocess(token_maps, self.cfg.backbone.image_size, inf.smoothing_sigma, inf.pool_size)
+        return postprocess(token_maps, self.map_size, inf.smoothing_sigma, inf.pool_size,
+                           image_score=inf.image_score, top_percent=inf.top_percent)
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None):
@@ -83,14 +89,44 @@ def score_dataset(detector: Detector, dataset: ImageDataset, batch_size: int, de
 
 
 def protocol_description(cfg: Config) -> dict:
+    """Every setting that changes the numbers, recorded in each results file (docs/datasets.md)."""
+    inf, ev = cfg.inference, cfg.evaluation
+    res = int(ev.resolution or cfg.backbone.image_size)
+    if inf.image_score == "pooled_max":
+        rule = f"max of AvgPool(k={inf.pool_size}, stride 1) of the pixel map (Eq. 24)"
+    else:
+        rule = f"mean of the top {inf.top_percent}% pixels of the pixel map"
     return {
-        "evaluation_resolution": cfg.backbone.image_size,
-        "resize": "direct resize to SxS (aspect not kept); masks nearest, binarised > 0",
-        "image_score": f"max of AvgPool(k={cfg.inference.pool_size}, stride 1) of the upsampled map (Eq. 24)",
-        "smoothing_sigma": cfg.inference.smoothing_sigma,
+        "evaluation_resolution": res,
+        "input_resolution": cfg.backbone.image_size,
+        "resize": f"images: direct resize to {cfg.backbone.image_size}^2 (aspect not kept); "
+                  f"maps: token grid bilinearly upsampled to {res}^2",
+        "mask_rule": f"mask values in [0,1] resized ({ev.mask_resize}) to {res}^2, defect where > {ev.mask_threshold}",
+        "mask_threshold": ev.mask_threshold,
+        "mask_resize": ev.mask_resize,
+        "image_score_rule": inf.image_score,
+        "image_score": rule,
+        "smoothing_sigma": inf.smoothing_sigma,
         "aupro_fpr_limit": 0.3,
-        "inference": asdict(cfg.inference),
+        "aupro_regions": "8-connected components of each mask",
+        "pixel_metrics": "exact, per category, over all pixels of its test images at the evaluation resolution",
+        "inference": asdict(inf),
+        "evaluation": asdict(ev),
     }
+
+
+def apply_test_overrides(cfg: Config, overrides: dict | None) -> Config:
+    """``{"noise_step": 50, "evaluation.resolution": 256, ...}``: bare keys are inference options;
+    dotted keys may change the ``inference``, ``evaluation`` and ``data`` sections (never the model)."""
+    dotted = {}
+    for key, value in (overrides or {}).items():
+        section, dot, name = key.partition(".")
+        if not dot:
+            section, name = "inference", key
+        if section not in ("inference", "evaluation", "data"):
+            raise KeyError(f"test option {key!r}: only inference.*, evaluation.* and data.* can change at test time")
+        dotted[f"{section}.{name}"] = value
+    return cfg.override(dotted) if dotted else cfg
 
 
 def evaluate(run_dir: Path, data_root: str | None = None, categories: list[str] | None = None,
@@ -101,12 +137,7 @@ def evaluate(run_dir: Path, data_root: str | None = None, categories: list[str] 
     training run's ``data.format``); writes results files."""
     run_dir = Path(run_dir)
     detector = load_detector(run_dir, device)
-    cfg = detector.cfg
-    if inference_overrides:
-        for k, v in inference_overrides.items():
-            if not hasattr(cfg.inference, k):
-                raise KeyError(f"unknown inference option {k!r}")
-            setattr(cfg.inference, k, v)
+    detector.cfg = cfg = apply_test_overrides(detector.cfg, inference_overrides)
     _, meta = read_run_config(run_dir)
     root = Path(data_root or cfg.data.root or "")
     if not str(root) or not root.is_dir():
@@ -117,21 +148,31 @@ def evaluate(run_dir: Path, data_root: str | None = None, categories: list[str] 
         raise FileExistsError(f"{out} already holds results; pass --overwrite or choose another --output")
     out.mkdir(parents=True, exist_ok=True)
 
-    per_category, image_rows = {}, []
+    fmt = data_format or cfg.data.format
+    if fmt == "auto":
+        from ..data.formats import detect_format
+        fmt = detect_format(root)
+    per_category, per_category_object, image_rows = {}, {}, []
     total_images, total_s = 0, 0.0
     for cat in cats:
-        samples = load_samples(data_format or cfg.data.format, root, [cat], "test", **cfg.data.options)
-        ds = ImageDataset(samples, cfg.backbone.image_size, detector.backbone.mean, detector.backbone.std)
+        # canonical order: the noise draws follow the batch order, so two readers listing the same
+        # files in different orders must still give identical scores
+        samples = sorted(load_samples(fmt, root, [cat], "test", **cfg.data.options), key=lambda s: str(s.image_path))
+        ds = ImageDataset(samples, cfg.backbone.image_size, detector.backbone.mean, detector.backbone.std,
+                          mask_size=detector.map_size, mask_threshold=cfg.evaluation.mask_threshold,
+                          mask_resize=cfg.evaluation.mask_resize)
         maps, scores, labels, masks, secs = score_dataset(detector, ds, cfg.inference.batch_size, f"test {cat}",
                                                           seed=cfg.inference.seed)
         total_images += len(samples)
         total_s += secs
         per_category[cat] = compute_metrics(scores, labels, maps, masks)
+        if fmt in OBJECT_LEVEL_FORMATS:
+            per_category_object[cat] = object_level_metrics(samples, scores)
         for smp, sc in zip(samples, scores):
             image_rows.append({"category": cat, "image": str(smp.image_path), "defect": smp.defect,
                                "label": smp.label, "score": float(sc)})
         if overlays_per_category > 0:
-            _save_category_overlays(out / "overlays" / cat, samples, maps, scores, masks, cfg.backbone.image_size,
+            _save_category_overlays(out / "overlays" / cat, samples, maps, scores, masks, detector.map_size,
                                     overlays_per_category)
     fps = total_images / total_s if total_s > 0 else float("nan")
     protocol = protocol_description(cfg) | {"fps_end_to_end": round(fps, 3), "device": str(detector.device)}
@@ -142,8 +183,43 @@ def evaluate(run_dir: Path, data_root: str | None = None, categories: list[str] 
     w.writerows(image_rows)
     atomic_write_text(out / "image_scores.csv", buf.getvalue())
     mean = {k: float(np.mean([m[k] for m in per_category.values()])) for k in list(METRIC_NAMES) + ["mAD"]}
-    return {"per_category": per_category, "mean": mean, "fps": fps, "output_dir": str(out),
-            "files": {k: str(v) for k, v in paths.items()}}
+    result = {"per_category": per_category, "mean": mean, "fps": fps, "output_dir": str(out),
+              "files": {k: str(v) for k, v in paths.items()}}
+    if per_category_object:
+        result["object_level"] = write_object_level(per_category_object, out, protocol)
+    return result
+
+
+#: Formats with several camera views per physical object (Real-IAD: five views C1-C5).
+OBJECT_LEVEL_FORMATS = ("realiad", "realiad_variety")
+OBJECT_METRIC_NAMES = ("O-AUROC", "O-AP", "O-F1max")
+
+
+def object_level_metrics(samples, scores) -> dict:
+    """Image metrics over physical objects: an object's score is the max over its views, its label
+    the max of its views' labels (Real-IAD multi-view protocol)."""
+    from ..data.realiad import object_scores
+    from ..metrics import image_metrics
+    _, obj_labels, obj_scores = object_scores(samples, scores)
+    m = image_metrics(np.asarray(obj_scores), np.asarray(obj_labels))
+    return {"O-AUROC": m["I-AUROC"], "O-AP": m["I-AP"], "O-F1max": m["I-F1max"], "objects": int(len(obj_labels))}
+
+
+def write_object_level(per_category: dict, out: Path, protocol: dict) -> dict:
+    """``object_level.json`` / ``.csv``: per-category object-level image metrics and their mean."""
+    from ..io import atomic_write_json
+    rows = dict(per_category)
+    rows["mean"] = {k: float(np.mean([r[k] for r in per_category.values()])) for k in OBJECT_METRIC_NAMES}
+    rows["mean"]["objects"] = int(sum(r["objects"] for r in per_category.values()))
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(("category",) + OBJECT_METRIC_NAMES + ("objects",))
+    for name, r in rows.items():
+        w.writerow([name] + [repr(float(r[k])) for k in OBJECT_METRIC_NAMES] + [r["objects"]])
+    atomic_write_text(out / "object_level.csv", buf.getvalue())
+    atomic_write_json(out / "object_level.json", {"rows": rows, "protocol": protocol,
+                                                  "rule": "object score = max over its views; label = max of views"})
+    return rows
 
 
 def _save_category_overlays(folder: Path, samples, maps, scores, masks, size: int, n: int) -> None:

@@ -49,7 +49,7 @@ def predict(run_dir: Path, images: Path, output_dir: Path, device: str = "auto",
         vmin, vmax = float(np.min(maps)), float(np.percentile(maps, 99.9))
         for i, p in enumerate(tqdm(paths, desc="overlays", leave=False)):
             rel = Path(p).relative_to(Path(images)).with_suffix(".png")
-            save_overlay(load_image_array(p, cfg.backbone.image_size), maps[i], out / "overlays" / rel,
+            save_overlay(load_image_array(p, detector.map_size), maps[i], out / "overlays" / rel,
                          vmin=vmin, vmax=vmax, title=f"score={scores[i]:.3g}")
     return csv_path
 

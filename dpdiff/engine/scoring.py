@@ -33,16 +33,66 @@ def upsample_maps(token_maps: torch.Tensor, size: int | tuple[int, int]) -> torc
     return F.interpolate(token_maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
 
 
+def _box_sums_1d(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
+    """Sums of every ``k`` consecutive elements along ``dim`` (length n -> n - k + 1), by prefix sums."""
+    n = x.shape[dim]
+    c = x.cumsum(dim)
+    if k >= n:
+        return c.narrow(dim, n - 1, 1)
+    return torch.cat((c.narrow(dim, k - 1, 1), c.narrow(dim, k, n - k) - c.narrow(dim, 0, n - k)), dim)
+
+
 def image_scores(pixel_maps: torch.Tensor, pool_size: int) -> torch.Tensor:
-    """Eq. (24): s_img = max(AvgPool(S_up)), stride 1."""
-    if pool_size > 1:
-        pooled = F.avg_pool2d(pixel_maps.unsqueeze(1), kernel_size=pool_size, stride=1)
-    else:
-        pooled = pixel_maps.unsqueeze(1)
-    return pooled.flatten(1).max(dim=1).values
+    """Eq. (24): s_img = max(AvgPool(S_up)), kernel ``pool_size``, stride 1, no padding; (B,H,W) -> (B,).
+
+    Computed exactly as ``F.avg_pool2d(maps[:, None], pool_size, stride=1)`` followed by the per-image max,
+    but with a separable summed-area (prefix-sum) box filter: O(H*W) per image instead of O(H*W*k^2)
+    (at 256 px, k=16 on one CPU thread about 0.35 ms instead of ~12 ms per image). Each map is centred on
+    its mean before the float32 prefix sums, so the running sums stay small; the result agrees with
+    avg_pool2d to ~1e-7 relative (closer to a float64 reference than avg_pool2d itself).
+
+    ``pool_size <= 1``: the plain per-image max. A kernel larger than the map (where avg_pool2d raises) is
+    clamped to the map's side in that dimension, i.e. the window then spans the whole height/width.
+    Maps with inf/NaN take the avg_pool2d path, so non-finite values propagate exactly as before.
+    """
+    if pixel_maps.dim() != 3:
+        raise ValueError(f"image_scores expects (B, H, W) maps, got shape {tuple(pixel_maps.shape)}")
+    b, h, w = pixel_maps.shape
+    kh, kw = min(int(pool_size), h), min(int(pool_size), w)
+    if kh <= 1 and kw <= 1:
+        return pixel_maps.flatten(1).max(dim=1).values
+    x = pixel_maps.to(torch.promote_types(pixel_maps.dtype, torch.float32))
+    mean = x.mean(dim=(1, 2), keepdim=True)
+    if not bool(torch.isfinite(mean).all()):
+        pooled = F.avg_pool2d(pixel_maps.unsqueeze(1), kernel_size=(kh, kw), stride=1)
+        return pooled.flatten(1).max(dim=1).values
+    sums = _box_sums_1d(_box_sums_1d(x - mean, kw, 2), kh, 1)  # (B, H-kh+1, W-kw+1) window sums
+    scores = sums.flatten(1).amax(dim=1) / (kh * kw) + mean.flatten()
+    return scores.to(pixel_maps.dtype)
 
 
-def postprocess(token_maps: torch.Tensor, image_size: int, smoothing_sigma: float, pool_size: int):
-    """Token maps (B,h,w) -> (pixel maps (B,S,S), image scores (B,))."""
+IMAGE_SCORE_RULES = ("pooled_max", "top_percent_mean")
+
+
+def top_percent_scores(pixel_maps: torch.Tensor, percent: float) -> torch.Tensor:
+    """Mean of the highest ``percent`` % pixels of each (B, H, W) map (at least one pixel): the image
+    score rule of Dinomaly (1 %), an alternative to Eq. (24) recorded in the evaluation protocol."""
+    if not 0.0 < float(percent) <= 100.0:
+        raise ValueError(f"top_percent must be in (0, 100], got {percent}")
+    flat = pixel_maps.flatten(1)
+    k = max(1, int(round(flat.shape[1] * float(percent) / 100.0)))
+    return flat.topk(k, dim=1).values.mean(dim=1)
+
+
+def postprocess(token_maps: torch.Tensor, image_size: int | tuple[int, int], smoothing_sigma: float, pool_size: int,
+                image_score: str = "pooled_max", top_percent: float = 1.0):
+    """Token maps (B,h,w) -> (pixel maps (B,S,S), image scores (B,)).
+
+    ``image_size``: the output (evaluation) resolution; ``image_score``: ``pooled_max`` (Eq. 24) or
+    ``top_percent_mean``."""
+    if image_score not in IMAGE_SCORE_RULES:
+        raise ValueError(f"image_score must be one of {IMAGE_SCORE_RULES}, got {image_score!r}")
     maps = gaussian_blur(upsample_maps(token_maps.float(), image_size), smoothing_sigma)
+    if image_score == "top_percent_mean":
+        return maps, top_percent_scores(maps, top_percent)
     return maps, image_scores(maps, pool_size)

@@ -5,19 +5,30 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Collection
 from pathlib import Path
 
 from dpdiff.io import atomic_write_json, atomic_write_text
 from dpdiff.metrics.anomaly import METRIC_NAMES, mean_ad
 
-__all__ = ["TABLE_COLUMNS", "MEAN_ROW", "add_mean_row", "format_table_markdown", "write_results"]
+__all__ = [
+    "TABLE_COLUMNS",
+    "MEAN_ROW",
+    "add_mean_row",
+    "complete_row",
+    "format_table_markdown",
+    "format_table_csv",
+    "write_results",
+]
 
 #: Columns of every results table: the seven paper metrics, then mAD.
 TABLE_COLUMNS = METRIC_NAMES + ("mAD",)
 MEAN_ROW = "mean"
 
 
-def _complete(metrics: dict, name: str) -> dict:
+def complete_row(metrics: dict, name: str) -> dict:
+    """``{column: float}`` for every table column (mAD computed when absent); ``KeyError`` naming the
+    row when one of the seven metrics is missing."""
     missing = [k for k in METRIC_NAMES if k not in metrics]
     if missing:
         raise KeyError(f"category {name!r} lacks metrics {missing}")
@@ -33,7 +44,7 @@ def add_mean_row(per_category: dict[str, dict]) -> dict[str, dict]:
         raise ValueError("no categories to tabulate")
     if MEAN_ROW in per_category:
         raise ValueError(f"{MEAN_ROW!r} is reserved for the mean row and cannot be a category name")
-    rows = {str(name): _complete(m, name) for name, m in per_category.items()}
+    rows = {str(name): complete_row(m, name) for name, m in per_category.items()}
     rows[MEAN_ROW] = {c: math.fsum(r[c] for r in rows.values()) / len(rows) for c in TABLE_COLUMNS}
     return rows
 
@@ -45,28 +56,46 @@ def _pct(value) -> str:
     return "nan" if math.isnan(value) else f"{100.0 * value:.1f}"
 
 
-def format_table_markdown(rows: dict[str, dict]) -> str:
+def _lead_cell(lead: dict, column: str, name: str, missing: str) -> str:
+    value = lead[column].get(name)
+    return missing if value is None else str(value)
+
+
+def format_table_markdown(
+    rows: dict[str, dict],
+    label: str = "Category",
+    bold: Collection[str] = (MEAN_ROW,),
+    lead: dict[str, dict] | None = None,
+) -> str:
     """Markdown table, paper column order, values (fractions) shown as percentages with 1 decimal.
 
+    ``label`` heads the row-name column; rows named in ``bold`` (summary rows) are shown in bold.
+    ``lead`` adds plain columns between the row names and the metrics: ``{column: {row: value}}``.
     Missing values show as ``-``.
     """
+    lead = lead or {}
+    header = [label, *lead, *TABLE_COLUMNS]
     lines = [
-        "| Category | " + " | ".join(TABLE_COLUMNS) + " |",
-        "|---|" + "---:|" * len(TABLE_COLUMNS),
+        "| " + " | ".join(header) + " |",
+        "|---|" + "---:|" * (len(header) - 1),
     ]
     for name, m in rows.items():
-        cells = [_pct(m.get(c)) for c in TABLE_COLUMNS]
-        label = f"**{name}**" if name == MEAN_ROW else str(name)
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        cells = [_lead_cell(lead, c, name, "-") for c in lead] + [_pct(m.get(c)) for c in TABLE_COLUMNS]
+        row_label = f"**{name}**" if name in bold else str(name)
+        lines.append(f"| {row_label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _format_csv(rows: dict[str, dict]) -> str:
+def format_table_csv(rows: dict[str, dict], label: str = "category", lead: dict[str, dict] | None = None) -> str:
+    """CSV of complete rows: the row name, the ``lead`` columns (as in :func:`format_table_markdown`,
+    empty when missing), then the metric columns as fractions (full precision)."""
+    lead = lead or {}
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(("category",) + TABLE_COLUMNS)
+    writer.writerow((label, *lead) + TABLE_COLUMNS)
     for name, m in rows.items():
-        writer.writerow([name] + [repr(float(m[c])) for c in TABLE_COLUMNS])
+        writer.writerow([name] + [_lead_cell(lead, c, name, "") for c in lead]
+                        + [repr(float(m[c])) for c in TABLE_COLUMNS])
     return buf.getvalue()
 
 
@@ -104,6 +133,6 @@ def write_results(
             "protocol": protocol or {},
         },
     )
-    atomic_write_text(paths["csv"], _format_csv(rows))
+    atomic_write_text(paths["csv"], format_table_csv(rows))
     atomic_write_text(paths["md"], format_table_markdown(rows))
     return paths

@@ -137,3 +137,26 @@ def test_config_presets_load():
         Config.from_yaml(p)
     with pytest.raises(ValueError, match="unknown key"):
         Config.from_dict({"model": {"not_a_key": 1}})
+
+
+def test_evaluation_protocol_options_change_resolution_and_are_recorded(trained, tmp_path):
+    out = tmp_path / "proto"
+    result = evaluate(trained, output_dir=out, overlays_per_category=1,
+                      inference_overrides={"evaluation.resolution": 32, "evaluation.mask_threshold": 0.5,
+                                           "evaluation.mask_resize": "bilinear",
+                                           "inference.image_score": "top_percent_mean", "top_percent": 2.0})
+    saved = json.loads((out / "results.json").read_text())
+    proto = saved["protocol"]
+    assert proto["evaluation_resolution"] == 32 and proto["input_resolution"] == 64
+    assert proto["mask_threshold"] == 0.5 and proto["mask_resize"] == "bilinear"
+    assert proto["image_score_rule"] == "top_percent_mean" and "top 2.0%" in proto["image_score"]
+    assert set(result["per_category"]) == {"synth_stripes", "synth_nut"}
+    for metrics in result["per_category"].values():
+        assert all(0.0 <= metrics[k] <= 1.0 for k in metrics)
+
+
+def test_test_time_overrides_cannot_change_the_model(trained, tmp_path):
+    with pytest.raises(KeyError, match="only inference"):
+        evaluate(trained, output_dir=tmp_path / "x", inference_overrides={"model.depth": 3})
+    with pytest.raises(KeyError, match="unknown config key"):
+        evaluate(trained, output_dir=tmp_path / "y", inference_overrides={"evaluation.nope": 1})

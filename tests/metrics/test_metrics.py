@@ -248,3 +248,20 @@ def test_atomic_writes_replace(tmp_path):
     atomic_write_json(p, {"a": np.float32(0.5), "b": (1, 2)})
     assert json.loads(p.read_text()) == {"a": 0.5, "b": [1, 2]}
     assert sorted(f.name for f in tmp_path.iterdir()) == ["x.json"]
+
+
+@pytest.mark.parametrize("fpr_limit", [1e-4, 0.05, 0.3, 0.9, 1.0])
+@pytest.mark.parametrize("levels", [None, 7])
+def test_aupro_partial_sort_equals_the_full_curve(fpr_limit, levels):
+    from dpdiff.metrics.anomaly import _PixelCurve
+    rng = np.random.default_rng(3)
+    maps = rng.standard_normal((6, 20, 20)).astype(np.float32)
+    if levels:  # heavy ties, including around the FPR cut
+        maps = np.round(maps * levels / 3).astype(np.float32)
+    masks = np.zeros(maps.shape, bool)
+    masks[1, 2:6, 3:9] = True
+    masks[4, 10:12, 10:18] = True
+    masks[4, 15, 15] = True
+    maps[masks] += 0.7
+    expected = _PixelCurve(maps, masks).aupro(fpr_limit)
+    assert aupro(maps, masks, fpr_limit) == pytest.approx(expected, abs=1e-12)

