@@ -17,30 +17,22 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dpdiff.baselines.knn import KNNMemoryBank  # noqa: E402
 from dpdiff.config import Config  # noqa: E402
 from dpdiff.data import shared_data_dir  # noqa: E402
 from dpdiff.data.dataset import ImageDataset  # noqa: E402
 from dpdiff.data.mvtec import load_split  # noqa: E402
 from dpdiff.engine.checkpoint import load_model  # noqa: E402
+from dpdiff.engine.compare import build_knn, dpdiff_score_features, knn_score_features, masks_and_labels  # noqa: E402
 from dpdiff.engine.evaluate import Detector  # noqa: E402
-from dpdiff.engine.features import extract_features, resolve_device, tokens_from_maps  # noqa: E402
-from dpdiff.engine.scoring import postprocess  # noqa: E402
+from dpdiff.engine.features import extract_features, resolve_device  # noqa: E402
 from dpdiff.engine.train import build_backbone_from_config, train  # noqa: E402
 from dpdiff.metrics import compute_metrics  # noqa: E402
 from dpdiff.metrics.tables import write_results  # noqa: E402
-
-
-def masks_and_labels(dataset: ImageDataset):
-    masks = np.stack([dataset[i]["mask"][0].numpy() > 0.5 for i in range(len(dataset))])
-    labels = np.array([s.label for s in dataset.samples])
-    return masks, labels
 
 
 def main() -> int:
@@ -84,10 +76,7 @@ def main() -> int:
     rows, timings = {}, {"feature_extraction_s": round(t_feat, 1)}
     # ---- kNN memory bank (PatchCore-style)
     t0 = time.perf_counter()
-    c = train_feats.shape[1]
-    knn = KNNMemoryBank(tokens_from_maps(train_feats.float()).reshape(-1, c), args.coreset)
-    token_maps = torch.cat([knn.score_maps(test_feats[i:i + 64]) for i in range(0, len(test_feats), 64)])
-    maps, scores = postprocess(token_maps, cfg.backbone.image_size, cfg.inference.smoothing_sigma, cfg.inference.pool_size)
+    maps, scores = knn_score_features(build_knn(train_feats, args.coreset), test_feats, cfg)
     rows[f"kNN memory bank (coreset {args.coreset:g})"] = compute_metrics(scores.numpy(), labels, maps.numpy(), masks)
     timings["knn_s"] = round(time.perf_counter() - t0, 1)
     print(f"kNN done in {timings['knn_s']}s")
@@ -104,16 +93,11 @@ def main() -> int:
     for k, noise_step in enumerate(steps_to_eval):
         t0 = time.perf_counter()
         cfg.inference.noise_step = noise_step
-        g = torch.Generator(device).manual_seed(cfg.inference.seed)
-        all_maps, all_scores = [], []
-        for i in range(0, len(test_feats), cfg.inference.batch_size):
-            m, s = detector.score_features(test_feats[i:i + cfg.inference.batch_size], generator=g)
-            all_maps.append(m.cpu())
-            all_scores.append(s.cpu())
+        maps, scores = dpdiff_score_features(detector, test_feats)
         name = f"DPDiff-AD (t={noise_step}, {cfg.inference.ddim_steps} DDIM)"
         if k > 0:
             name += " [diagnostic]"
-        rows[name] = compute_metrics(torch.cat(all_scores).numpy(), labels, torch.cat(all_maps).numpy(), masks)
+        rows[name] = compute_metrics(scores.numpy(), labels, maps.numpy(), masks)
         timings[f"dpdiff_test_t{noise_step}_s"] = round(time.perf_counter() - t0, 1)
     timings["total_s"] = round(time.perf_counter() - t_all, 1)
 

@@ -1,4 +1,4 @@
-"""Command-line interface: dpdiff train | test | predict | demo | benchmark."""
+"""Command-line interface: dpdiff train | test | report | predict | demo | benchmark | scale."""
 from __future__ import annotations
 
 import argparse
@@ -93,9 +93,22 @@ def cmd_test(args) -> int:
     result = evaluate(Path(args.run), data_root=args.data, categories=args.categories,
                       output_dir=Path(args.output) if args.output else None, device=args.device or "auto",
                       overwrite=args.overwrite, overlays_per_category=args.overlays,
-                      inference_overrides=_parse_overrides(args.set), data_format=args.format)
+                      inference_overrides=_parse_overrides(args.set), data_format=args.format,
+                      report=not args.no_report)
     _print_table(result)
     print(f"results written to {result['output_dir']} (results.json/.csv/.md, image_scores.csv, overlays/)")
+    if result.get("report"):
+        print(f"report: {result['report']['html']} ({result['report']['seconds']:.1f} s)")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .viz.report import build_report
+    summary = build_report(Path(args.run), eval_dir=Path(args.eval) if args.eval else None,
+                           output=Path(args.output) if args.output else None, overwrite=args.overwrite,
+                           data_root=args.data, device=args.device or "auto")
+    print(f"report written to {summary['html']} (figures also as PNG in {summary['files_dir']}/, "
+          f"{summary['seconds']:.1f} s)")
     return 0
 
 
@@ -116,6 +129,8 @@ def cmd_demo(args) -> int:
     _print_table(result)
     print(f"\n[demo] image AUROC (mean over categories): {result['mean']['I-AUROC']:.4f}")
     print(f"[demo] results: {result['output_dir']}/results.md, overlays: {result['output_dir']}/overlays/")
+    if result.get("report"):
+        print(f"[demo] report: {result['report']['html']}")
     return 0
 
 
@@ -162,6 +177,55 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
+def cmd_ablate(args) -> int:
+    from .engine.ablate import load_grid, plan, run_ablation
+    overrides = _parse_overrides(args.set)
+    if args.data:
+        overrides["data.root"] = str(args.data)
+    if args.format:
+        overrides["data.format"] = args.format
+    if args.categories:
+        overrides["data.categories"] = args.categories
+    if args.cache or args.cache_dir:
+        overrides["train.feature_cache"] = True
+    if args.cache_dir:
+        overrides["train.cache_dir"] = str(args.cache_dir)
+    if args.device:
+        overrides["train.device"] = args.device
+    grid = load_grid(args.grid, overrides)
+    if args.dry_run:
+        steps = plan(grid, Path(args.output))
+        print(f"grid {grid.name}: {len(steps)} rows, {len({s['train_key'] for s in steps})} trainings")
+        for s in steps:
+            sets = ", ".join(f"{k}={v}" for k, v in s["overrides"].items()) or "(base)"
+            print(f"  {s['row']}: training {s['train_key']} ({s['training']}), evaluation ({s['evaluation']}); {sets}")
+        return 0
+    result = run_ablation(grid, Path(args.output), overwrite=args.overwrite, device=args.device or "auto",
+                          overlays=args.overlays, report=args.report)
+    print(result["files"]["md"].read_text(encoding="utf-8"))
+    done = ", ".join(f"{k}: {v}" for k, v in result["trainings"].items())
+    print(f"trainings ({done}); table written to " + ", ".join(str(p) for p in result["files"].values()))
+    return 0
+
+
+def cmd_scale(args) -> int:
+    from .config import Config
+    from .engine.scale import SCALE_PRESET, ScaleSettings, parse_counts, run_scale
+    args.config_obj = Config.from_yaml(args.config or SCALE_PRESET)
+    cfg = _load_config(args)
+    kw = {"counts": parse_counts(args.counts)} if args.counts else {}
+    for name in ("images_per_category", "test_good_per_category", "test_defect_per_category", "steps", "seed",
+                 "coreset"):
+        if getattr(args, name) is not None:
+            kw[name] = getattr(args, name)
+    result = run_scale(cfg, Path(args.output), ScaleSettings(**kw), overwrite=args.overwrite, device=args.device)
+    for m, paths in result["tables"].items():
+        print(f"\n{m}:\n" + Path(paths["md"]).read_text(encoding="utf-8"))
+    if not result["tables"]:
+        print("one category count only: no Delta table (needs at least two counts)")
+    print("tables: " + ", ".join(p["md"] for p in result["tables"].values()) + f"; plot: {result['plot']}")
+    return 0
+
 FORMAT_CHOICES = ["mvtec", "mpdd", "visa", "realiad", "realiad_variety", "generic", "auto"]
 
 
@@ -206,7 +270,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "(e.g. data.options={...} for --format generic)")
     e.add_argument("--device", default=None)
     e.add_argument("--overwrite", action="store_true")
+    e.add_argument("--no-report", action="store_true", help="skip the HTML report (its data is still saved; "
+                                                             "build it later with `dpdiff report`)")
     e.set_defaults(func=cmd_test)
+
+    rp = sub.add_parser("report", help="one self-contained HTML report of an evaluated run (metrics, worst false "
+                                       "positives/negatives, prototype maps, t-SNE, loss curves)")
+    rp.add_argument("run", help="run folder written by `dpdiff train`, evaluated by `dpdiff test`")
+    rp.add_argument("--eval", help="evaluation folder (default RUN/eval)")
+    rp.add_argument("--output", "-o", help="HTML file (default EVAL/report.html; PNGs in <stem>_files/)")
+    rp.add_argument("--data", help="dataset root, when the test images moved since `dpdiff test`")
+    rp.add_argument("--device", default=None)
+    rp.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    rp.set_defaults(func=cmd_report)
 
     r = sub.add_parser("predict", help="score a folder of images: scores.csv + overlay PNGs")
     r.add_argument("run")
@@ -246,6 +322,48 @@ def build_parser() -> argparse.ArgumentParser:
                    help="float32, or backbone and DiT under torch.autocast with this dtype")
     b.add_argument("--output", "-o", help="also write the result as JSON to this file")
     b.set_defaults(func=cmd_benchmark)
+
+    ab = sub.add_parser("ablate", help="paper ablations (Table 5, Fig. 5-6, Table 9) from a grid file: trains each "
+                                       "distinct model once, evaluates every row, writes one table")
+    ab.add_argument("--grid", required=True, help="grid YAML (configs/ablations/*.yaml)")
+    ab.add_argument("--data", help="dataset root (see --format)")
+    ab.add_argument("--format", choices=FORMAT_CHOICES, help="dataset layout (default: the base preset's)")
+    ab.add_argument("--categories", nargs="*", help="subset of categories (default: all)")
+    ab.add_argument("--output", "-o", required=True,
+                    help="folder for <grid>.md/.csv/.json(/.png), runs/ and evals/ (reused on reruns)")
+    ab.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="overrides for every row (after the grid's `set`, before each row's own)")
+    ab.add_argument("--cache", action="store_true", help="use the on-disk feature cache for training")
+    ab.add_argument("--cache-dir", help="use the feature cache in this folder")
+    ab.add_argument("--overlays", type=int, default=0, help="overlay PNGs per category and row (default 0)")
+    ab.add_argument("--report", action="store_true", help="also write each row's HTML report (default: only its "
+                                                          "data; `dpdiff report` builds it later)")
+    ab.add_argument("--dry-run", action="store_true", help="list the rows, trainings and what is already done")
+    ab.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
+    ab.add_argument("--overwrite", action="store_true",
+                    help="replace the table files (finished trainings/evaluations are still reused)")
+    ab.set_defaults(func=cmd_ablate)
+
+    sc = sub.add_parser("scale", help="category-scale protocol (paper Table 2) on synthetic data: one unified model "
+                                      "per category count, DPDiff-AD and the kNN baseline, tables with a Delta row")
+    sc.add_argument("--config", help="YAML preset (default configs/scale_lite0.yaml)")
+    sc.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config values")
+    sc.add_argument("--counts", nargs="+", help="category counts, e.g. 10 20 40 80 or 10,20,40,80 (default); "
+                                                "nested: the first N categories of the largest")
+    sc.add_argument("--output", "-o", default="runs/scale", help="output folder (default runs/scale; reused on reruns)")
+    sc.add_argument("--images-per-category", type=int, default=None, help="normal training images per category "
+                                                                         "(default 16)")
+    sc.add_argument("--test-good-per-category", type=int, default=None, help="good test images per category (default 4)")
+    sc.add_argument("--test-defect-per-category", type=int, default=None,
+                    help="defective test images per category, defect types round-robin (default 8)")
+    sc.add_argument("--steps", type=int, default=None, help="training steps per model (default: the config's)")
+    sc.add_argument("--seed", type=int, default=None, help="synthetic data and training seed (default 0)")
+    sc.add_argument("--coreset", type=float, default=None, help="kNN memory bank coreset fraction (default 1.0: all)")
+    sc.add_argument("--weights", help="backbone checkpoint (DINOv2 presets)")
+    sc.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
+    sc.add_argument("--overwrite", action="store_true", help="redo every count (a folder made with other settings "
+                                                             "is refused without it)")
+    sc.set_defaults(func=cmd_scale)
     return p
 
 

@@ -34,6 +34,9 @@ class ModelConfig:
     num_heads: int = 4
     mlp_ratio: float = 4.0
     prototype_cross_attention: bool = True  # False = diffusion-only ablation (Table 5 row 3)
+    denoiser: str = "dit"                   # dit (paper, Eq. 16-17) | unet | uvit: Table 9 variants (docs/method.md)
+    diffusion: bool = True                 # False = prototype-only ablation (Table 5 rows 1-2): no denoiser is
+                                           # built or trained; score with inference.scoring=prototype
     num_timesteps: int = 1000              # T (paper)
     beta_start: float = 1e-4               # paper
     beta_end: float = 0.02                 # paper
@@ -72,6 +75,9 @@ class InferenceConfig:
     noise_step: int = 100                  # choice (paper: "moderate"): 0-based index of t in 0..T-1
     ddim_steps: int = 3                    # paper: 3 is best (Fig. 6)
     ensemble: int = 1                      # choice: average maps over this many noise draws
+    ensemble_reduce: str = "mean_error"    # mean_error | error_of_mean (score the mean reconstruction)
+    scoring: str = "reconstruction"        # reconstruction (Eq. 22) | prototype (Table 5 rows 1-2: per token
+                                           # 1 - max cosine similarity to the image's own prototypes, no diffusion)
     seed: int = 0
     smoothing_sigma: float = 4.0           # choice: Gaussian sigma in pixels after upsampling (0 = off)
     pool_size: int = 16                    # choice: AvgPool kernel (pixels) of Eq. (24)

@@ -132,7 +132,7 @@ def build_benchmark_backbone(cfg: Config, weights_random_ok: bool = True):
     if info is not None and info["family"] == "dinov2" and not b.weights and weights_random_ok:
         layers = info["default_layers"] if b.layers is None else b.layers
         return random_vit(info["timm_name"], layers, b.image_size, b.feature_stride,
-                          name=f"{b.name}(random)"), "random"
+                          name=b.name), "random"
     return build_backbone_from_config(cfg), (str(b.weights) if b.weights else "packaged")
 
 
@@ -147,6 +147,8 @@ class Pipeline:
     def __init__(self, backbone, model: DPDiffAD, cfg: Config, device: torch.device,
                  backbone_autocast: torch.dtype | None = None, **score_kw):
         self.backbone, self.model = backbone.to(device).eval(), model.to(device).eval()
+        from .evaluate import inference_row_cap
+        score_kw.setdefault("max_batch", inference_row_cap(device))  # as Detector does
         self.cfg, self.device, self.kw = cfg, device, score_kw
         self.backbone_autocast = backbone_autocast
 
@@ -162,7 +164,9 @@ class Pipeline:
         inf = self.cfg.inference
         g = torch.Generator(self.device).manual_seed(seed)
         return self.model.token_scores(tokens_from_maps(feats.float()), inf.noise_step, inf.ddim_steps,
-                                       inf.ensemble if ensemble is None else ensemble, g, **self.kw)
+                                       inf.ensemble if ensemble is None else ensemble, g, scoring=inf.scoring,
+                                       ensemble_reduce=inf.ensemble_reduce,
+                                       **self.kw)
 
     @property
     def map_size(self) -> int:

@@ -195,7 +195,12 @@ def check_resume_config(run_dir: Path, state: dict[str, Any], cfg: Config) -> No
     """A resumed run must use the configuration it was started with (except RESUME_MUTABLE_KEYS)."""
     if "config" not in state:
         return
-    diffs = config_differences(state["config"], cfg.to_dict())
+    saved = state["config"]
+    try:  # keys added since the checkpoint was made (e.g. model.denoiser) take their defaults, as on loading
+        saved = Config.from_dict(saved, source=str(Path(run_dir) / STATE_FILE)).to_dict()
+    except (ValueError, TypeError):
+        pass  # compared as stored: the differences are then reported below
+    diffs = config_differences(saved, cfg.to_dict())
     if diffs:
         listed = "; ".join(f"{k}: checkpoint {va!r}, now {vb!r}" for k, va, vb in diffs[:8])
         more = f" (and {len(diffs) - 8} more)" if len(diffs) > 8 else ""

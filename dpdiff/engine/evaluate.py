@@ -24,6 +24,17 @@ from .features import resolve_device, tokens_from_maps
 from .scoring import postprocess
 
 
+#: Rows (image x noise draw) per DiT call on a CPU. Measured (benchmarks/speed.py, Lite0 @256, DiT
+#: 128x4, batch 16, 4 draws): one call over all 64 rows 159 ms/img, 16-row calls 118 ms/img - the
+#: attention matrices of 64 rows no longer fit the caches. GPUs take everything in one call.
+CPU_MAX_ROWS = 16
+
+
+def inference_row_cap(device: torch.device) -> int | None:
+    """Rows per DiT call for ``DPDiffAD.token_scores(max_batch=...)``: results are identical either way."""
+    return CPU_MAX_ROWS if torch.device(device).type == "cpu" else None
+
+
 class Detector:
     """Backbone + DPDiffAD + post-processing: images (B,3,S,S) -> (pixel maps (B,S,S), image scores)."""
 
@@ -43,7 +54,10 @@ class Detector:
                        generator: torch.Generator | None = None):
         inf = inference or self.cfg.inference
         tokens = tokens_from_maps(feats.float().to(self.device))
-        token_maps = self.model.token_scores(tokens, inf.noise_step, inf.ddim_steps, inf.ensemble, generator)
+        token_maps = self.model.token_scores(tokens, inf.noise_step, inf.ddim_steps, inf.ensemble, generator,
+                                             scoring=inf.scoring,  # reconstruction (Eq. 22) | prototype
+                                             ensemble_reduce=inf.ensemble_reduce,
+                                             max_batch=inference_row_cap(self.device))
         return postprocess(token_maps, self.map_size, inf.smoothing_sigma, inf.pool_size,
                            image_score=inf.image_score, top_percent=inf.top_percent)
 
@@ -132,9 +146,11 @@ def apply_test_overrides(cfg: Config, overrides: dict | None) -> Config:
 def evaluate(run_dir: Path, data_root: str | None = None, categories: list[str] | None = None,
              output_dir: Path | None = None, overlays_per_category: int = 4, device: str = "auto",
              overwrite: bool = False, inference_overrides: dict | None = None,
-             data_format: str | None = None) -> dict:
+             data_format: str | None = None, report: bool = True, report_examples: int = 2) -> dict:
     """Evaluate a run folder on the test split of each category (layout: ``data_format``, default the
-    training run's ``data.format``); writes results files."""
+    training run's ``data.format``); writes results files, ``report_data.npz`` (the maps of the
+    ``report_examples`` worst false positives/negatives per category and a few probe images) and, unless
+    ``report=False``, the HTML report ``report.html`` (dpdiff/viz/report.py)."""
     run_dir = Path(run_dir)
     detector = load_detector(run_dir, device)
     detector.cfg = cfg = apply_test_overrides(detector.cfg, inference_overrides)
@@ -144,7 +160,8 @@ def evaluate(run_dir: Path, data_root: str | None = None, categories: list[str] 
         raise FileNotFoundError(f"test data root {root!s} not found; pass --data PATH")
     cats = categories or meta.get("categories") or cfg.data.categories
     out = Path(output_dir) if output_dir else run_dir / "eval"
-    if (out / "results.json").exists() and not overwrite:
+    from ..viz.report import REPORT_FILE, ReportCollector, report_from_evaluate
+    if ((out / "results.json").exists() or (report and (out / REPORT_FILE).exists())) and not overwrite:
         raise FileExistsError(f"{out} already holds results; pass --overwrite or choose another --output")
     out.mkdir(parents=True, exist_ok=True)
 
@@ -153,6 +170,7 @@ def evaluate(run_dir: Path, data_root: str | None = None, categories: list[str] 
         from ..data.formats import detect_format
         fmt = detect_format(root)
     per_category, per_category_object, image_rows = {}, {}, []
+    collector = ReportCollector(detector.map_size, str(root.absolute()), examples_per_category=report_examples)
     total_images, total_s = 0, 0.0
     for cat in cats:
         # canonical order: the noise draws follow the batch order, so two readers listing the same
@@ -166,6 +184,7 @@ def evaluate(run_dir: Path, data_root: str | None = None, categories: list[str] 
         total_images += len(samples)
         total_s += secs
         per_category[cat] = compute_metrics(scores, labels, maps, masks)
+        collector.add_category(cat, samples, maps, scores, masks)  # keeps a few maps only
         if fmt in OBJECT_LEVEL_FORMATS:
             per_category_object[cat] = object_level_metrics(samples, scores)
         for smp, sc in zip(samples, scores):
@@ -187,6 +206,11 @@ def evaluate(run_dir: Path, data_root: str | None = None, categories: list[str] 
               "files": {k: str(v) for k, v in paths.items()}}
     if per_category_object:
         result["object_level"] = write_object_level(per_category_object, out, protocol)
+    maps = masks = None  # the last category's arrays are not needed by the report
+    if report:
+        result["report"] = report_from_evaluate(run_dir, out, collector, detector)
+    else:
+        collector.save(out / "report_data.npz")  # `dpdiff report` can build it later without inference
     return result
 
 

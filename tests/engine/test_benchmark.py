@@ -70,7 +70,7 @@ def test_benchmark_fps_dinov2_config_gets_random_weights():
                       "backbone.feature_stride": None, "backbone.layers": [10, 11], "inference.pool_size": 4})
     r = benchmark_fps(cfg, batch_size=1, rounds=1, warmup=0, device="cpu")
     check_result(r, 1, 28)
-    assert r["backbone"] == "dinov2_vits14_reg(random)" and r["backbone_weights"] == "random"
+    assert r["backbone"] == "dinov2_vits14_reg" and r["backbone_weights"] == "random"
     assert r["tokens"] == [384, 2, 2]
     with pytest.raises(ValueError, match="weights"):
         benchmark_fps(cfg, batch_size=1, rounds=1, warmup=0, device="cpu", weights_random_ok=False)

@@ -79,3 +79,19 @@ def test_compile_flag_matches_eager_and_keeps_the_state_dict():
     got = model.token_scores(tokens, 100, 3, 2, torch.Generator().manual_seed(4), compile=True)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
     assert list(model.state_dict()) == keys
+
+
+def test_error_of_mean_scores_the_mean_reconstruction():
+    model = model_with_weights()
+    tokens = torch.randn(3, 16, 12)
+    got = model.token_scores(tokens, 50, 2, 4, torch.Generator().manual_seed(1), ensemble_reduce="error_of_mean")
+    g = torch.Generator().manual_seed(1)
+    recs = [model.reconstruct(tokens, 50, 2, g) for _ in range(4)]
+    x0 = recs[0][0]
+    mean_rec = torch.stack([r[1] for r in recs]).mean(0)
+    expected = (mean_rec - x0).pow(2).sum(-1).view(3, 4, 4)
+    assert torch.allclose(got, expected, atol=1e-5)
+    mean_err = model.token_scores(tokens, 50, 2, 4, torch.Generator().manual_seed(1))
+    assert (mean_err >= got - 1e-6).all() and not torch.allclose(mean_err, got)  # Jensen: mean error >= error of mean
+    with pytest.raises(ValueError, match="ensemble_reduce"):
+        model.token_scores(tokens, 50, 2, 2, ensemble_reduce="median")

@@ -1,0 +1,540 @@
+"""Ablation grids (paper Sec. 5.6: Table 5, Fig. 5, Fig. 6, Table 9): train once, evaluate many, one table.
+
+A grid file (YAML, see ``configs/ablations/``)::
+
+    name: table5_modules               # optional; default: the file's stem (names the output files)
+    base: configs/mtd_lite0.yaml       # preset; found relative to the grid file, a folder above it, or the cwd
+    set: {train.steps: 500}            # optional overrides common to every row
+    columns: {L-Proto: model.use_local_prototypes}   # optional lead columns (default: the keys that vary)
+    rows:                              # either named rows ...
+      - {name: full model, set: {}}
+      - {name: diffusion-only, set: {model.use_local_prototypes: false, model.use_global_prototypes: false}}
+    # ... or a sweep of one key:                sweep: inference.noise_step
+    #                                           values: [25, 50, 100]
+    # ... or the product of several keys:       sweep: {model.num_local_prototypes: [2, 4], model.num_global_prototypes: [1, 2]}
+
+Each row's configuration is base -> grid ``set`` -> command-line overrides -> row ``set``.
+
+Train once, evaluate many: a row's training run is keyed by :func:`training_key`, a hash of every config
+value that changes the trained weights (everything except ``inference.*``, ``evaluation.*`` and where/how
+training runs: device, workers, logging, checkpoint interval, feature cache). Rows that differ only in
+inference or evaluation settings share one run; a rerun (or another grid writing into the same folder)
+reuses finished runs, resumes interrupted ones (``train(resume=True)``) and reuses finished evaluations.
+
+Output folder::
+
+    DIR/<name>.md / .csv / .json   the table: rows = grid rows (mean over categories), the 7 metrics + mAD,
+                                   lead columns with each row's settings; the JSON holds the protocol, each
+                                   row's overrides, run and evaluation folders and per-category metrics
+    DIR/<name>.png                 sweeps: every metric against the swept value
+    DIR/runs/<training key>/       one ``dpdiff train`` run folder per distinct training configuration
+    DIR/evals/<row>-<eval key>/    the ``dpdiff test`` output of each row
+
+The table files are refused when present unless ``overwrite``; runs and evaluations are never retrained or
+re-evaluated (they are keyed by their configuration), delete ``DIR/runs`` or ``DIR/evals`` to redo them.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+import math
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm.auto import tqdm
+
+from ..config import Config
+from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..metrics.tables import TABLE_COLUMNS, complete_row, format_table_csv, format_table_markdown
+from ..model.denoisers import DENOISERS
+from ..model.dpdiff_ad import SCORING_MODES
+from .checkpoint import CONFIG_FILE, MODEL_FILE, RUN_FILES, STATE_FILE, read_run_config, resume_config
+from .evaluate import evaluate
+from .train import train
+
+#: Config keys that never change the trained weights (besides the ``inference`` and ``evaluation``
+#: sections): they are left out of the training key, so e.g. another device reuses a finished run.
+TRAINING_KEY_IGNORED = frozenset({
+    "train.device", "train.num_workers", "train.log_every", "train.checkpoint_every", "train.feature_batch_size",
+    "train.feature_cache", "train.cache_dir",
+})
+TEST_TIME_SECTIONS = ("inference", "evaluation")
+RESULTS_FILE = "results.json"
+
+
+# ----------------------------------------------------------------------------- config keys
+
+def flatten_config(d: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"depth": 4}}`` -> ``{"model.depth": 4}`` (nested sections only; dict values such as
+    ``data.options`` stay whole)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and not prefix:
+            out.update(flatten_config(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _hash(obj: Any, n: int = 12) -> str:
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def training_key(cfg: Config) -> str:
+    """Hash of the configuration values that determine the trained weights (12 hex digits)."""
+    flat = flatten_config(cfg.to_dict())
+    kept = {k: v for k, v in flat.items()
+            if k.split(".", 1)[0] not in TEST_TIME_SECTIONS and k not in TRAINING_KEY_IGNORED}
+    return _hash(kept)
+
+
+def evaluation_key(cfg: Config) -> str:
+    """Hash of the training key and the test-time settings (inference, evaluation protocol); 8 hex digits."""
+    d = cfg.to_dict()
+    return _hash({"train": training_key(cfg), **{s: d[s] for s in TEST_TIME_SECTIONS}}, 8)
+
+
+def evaluation_overrides(cfg: Config) -> dict[str, Any]:
+    """Every ``inference.*`` and ``evaluation.*`` value of ``cfg`` as dotted overrides for ``evaluate``."""
+    flat = flatten_config(cfg.to_dict())
+    return {k: v for k, v in flat.items() if k.split(".", 1)[0] in TEST_TIME_SECTIONS}
+
+
+# ----------------------------------------------------------------------------- the grid
+
+@dataclass
+class AblationRow:
+    name: str
+    overrides: dict[str, Any]            # the row's own settings (its ``set``, or its swept values)
+    config: Config                       # the resolved configuration
+    sweep: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def train_key(self) -> str:
+        return training_key(self.config)
+
+    @property
+    def eval_key(self) -> str:
+        return evaluation_key(self.config)
+
+
+@dataclass
+class AblationGrid:
+    name: str
+    rows: list[AblationRow]
+    source: str = "<dict>"
+    base: str | None = None
+    common: dict[str, Any] = field(default_factory=dict)
+    cli_overrides: dict[str, Any] = field(default_factory=dict)
+    columns: dict[str, str] = field(default_factory=dict)   # table header -> dotted config key
+    sweep_keys: list[str] = field(default_factory=list)
+
+    @property
+    def is_sweep(self) -> bool:
+        return bool(self.sweep_keys)
+
+
+def _resolve_base(base: str, grid_dir: Path | None) -> Path:
+    p = Path(base)
+    if p.is_absolute():
+        candidates = [p]
+    else:
+        folders = [grid_dir, *grid_dir.parents] if grid_dir is not None else []
+        candidates = [f / p for f in folders] + [Path.cwd() / p]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise FileNotFoundError(f"base preset {base!r} not found (looked in: {', '.join(str(c) for c in candidates)})")
+
+
+def _mapping(value: Any, what: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be a mapping of dotted.key: value, got {type(value).__name__}")
+    return dict(value)
+
+
+def validate_row_config(cfg: Config, where: str) -> None:
+    """Settings that would fail only after training are rejected up front."""
+    m, inf = cfg.model, cfg.inference
+    if str(m.denoiser).lower() not in DENOISERS:
+        raise ValueError(f"{where}: model.denoiser must be one of {sorted(DENOISERS)}, got {m.denoiser!r}")
+    if inf.scoring not in SCORING_MODES:
+        raise ValueError(f"{where}: inference.scoring must be one of {SCORING_MODES}, got {inf.scoring!r}")
+    has_protos = ((m.use_local_prototypes and m.num_local_prototypes > 0)
+                  or (m.use_global_prototypes and m.num_global_prototypes > 0))
+    if not m.diffusion and inf.scoring != "prototype":
+        raise ValueError(f"{where}: model.diffusion=false has no denoiser; set inference.scoring=prototype")
+    if inf.scoring == "prototype" and not has_protos:
+        raise ValueError(f"{where}: inference.scoring=prototype needs local or global prototypes")
+    if not m.diffusion and not has_protos:
+        raise ValueError(f"{where}: model.diffusion=false needs local or global prototypes")
+
+
+def _row_name(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in values.items())
+
+
+def grid_from_dict(spec: dict, name: str, source: str = "<dict>", grid_dir: Path | None = None,
+                   overrides: dict[str, Any] | None = None) -> AblationGrid:
+    """Build the grid of ``spec`` (the YAML mapping); ``overrides`` (command line) apply to every row
+    after the grid's own ``set`` and before each row's."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"{source}: a grid file must be a mapping, got {type(spec).__name__}")
+    known = {"name", "base", "set", "columns", "rows", "sweep", "values", "description"}
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise ValueError(f"{source}: unknown grid key(s) {unknown}; known: {sorted(known)}")
+    name = str(spec.get("name") or name)
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise ValueError(f"{source}: grid name {name!r} must use letters, digits, '.', '_' or '-' (it names files)")
+    base = spec.get("base")
+    if base is not None:
+        base_path = _resolve_base(str(base), grid_dir)
+        cfg0 = Config.from_yaml(base_path)
+        base = str(base_path)
+    else:
+        cfg0 = Config()
+    common = _mapping(spec.get("set"), f"{source}: set")
+    cli = dict(overrides or {})
+    try:
+        cfg0 = cfg0.override(common) if common else cfg0
+        cfg0 = cfg0.override(cli) if cli else cfg0
+    except KeyError as e:
+        raise ValueError(f"{source}: {e.args[0]}") from None
+    if cfg0.data.root:
+        cfg0.data.root = str(Path(cfg0.data.root).expanduser().resolve())
+
+    has_rows, has_sweep = "rows" in spec, "sweep" in spec
+    if has_rows == has_sweep:
+        raise ValueError(f"{source}: give either `rows` or `sweep` (with `values`), not {'both' if has_rows else 'neither'}")
+    entries: list[tuple[str, dict, dict]] = []   # (name, overrides, sweep values)
+    sweep_keys: list[str] = []
+    if has_rows:
+        rows = spec["rows"]
+        if not isinstance(rows, list) or not rows:
+            raise ValueError(f"{source}: `rows` must be a non-empty list of {{name: ..., set: {{...}}}}")
+        for i, r in enumerate(rows):
+            if not isinstance(r, dict) or "name" not in r or set(r) - {"name", "set"}:
+                raise ValueError(f"{source}: row {i + 1} must be {{name: ..., set: {{dotted.key: value}}}}, got {r!r}")
+            entries.append((str(r["name"]), _mapping(r.get("set"), f"{source}: row {r['name']!r} set"), {}))
+    else:
+        sweep = spec["sweep"]
+        if isinstance(sweep, str):
+            if not isinstance(spec.get("values"), list) or not spec["values"]:
+                raise ValueError(f"{source}: `sweep: {sweep}` needs a non-empty list `values`")
+            axes = {sweep: list(spec["values"])}
+        elif isinstance(sweep, dict) and sweep and "values" not in spec:
+            axes = {str(k): v for k, v in sweep.items()}
+            bad = [k for k, v in axes.items() if not isinstance(v, list) or not v]
+            if bad:
+                raise ValueError(f"{source}: every swept key needs a non-empty list of values ({bad})")
+        else:
+            raise ValueError(f"{source}: `sweep` is a dotted key (with `values: [...]`) or a mapping key -> values")
+        sweep_keys = list(axes)
+        for combo in itertools.product(*axes.values()):
+            values = dict(zip(sweep_keys, combo))
+            entries.append((_row_name(values), dict(values), values))
+    names = [e[0] for e in entries]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"{source}: row names must be unique, repeated: {dup}")
+
+    grid_rows = []
+    for row_name, row_set, values in entries:
+        try:
+            cfg = cfg0.override(row_set)  # always a fresh copy, even for an empty `set`
+        except KeyError as e:
+            raise ValueError(f"{source}: row {row_name!r}: {e.args[0]}") from None
+        if cfg.data.root:
+            cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
+        validate_row_config(cfg, f"{source}: row {row_name!r}")
+        grid_rows.append(AblationRow(row_name, row_set, cfg, values))
+
+    flat_rows = [flatten_config(r.config.to_dict()) for r in grid_rows]
+    columns = spec.get("columns")
+    if columns is None:
+        if sweep_keys:
+            columns = {k: k for k in sweep_keys}
+        else:  # the keys the rows set whose values differ between rows
+            keys = list(dict.fromkeys(k for r in grid_rows for k in r.overrides))
+            columns = {k: k for k in keys if len({json.dumps(f.get(k), default=str) for f in flat_rows}) > 1}
+    else:
+        columns = _mapping(columns, f"{source}: columns")
+        missing = [f"{h}: {k}" for h, k in columns.items() if k not in flat_rows[0]]
+        if missing:
+            raise ValueError(f"{source}: columns name unknown config keys: {missing}")
+    return AblationGrid(name, grid_rows, source, base, common, cli, {str(h): str(k) for h, k in columns.items()},
+                        sweep_keys)
+
+
+def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> AblationGrid:
+    """Read a grid YAML file (module docstring); ``overrides`` are command-line ``--set``/``--data`` values."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"grid file not found: {path}")
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from e
+    return grid_from_dict(spec, path.stem, str(path), path.resolve().parent, overrides)
+
+
+# ----------------------------------------------------------------------------- running it
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:60] or "row"
+
+
+def run_dir_for(output_dir: Path, row: AblationRow) -> Path:
+    return Path(output_dir) / "runs" / row.train_key
+
+
+def eval_dir_for(output_dir: Path, row: AblationRow) -> Path:
+    return Path(output_dir) / "evals" / f"{_slug(row.name)}-{row.eval_key}"
+
+
+def table_paths(grid: AblationGrid, output_dir: Path) -> dict[str, Path]:
+    exts = ("md", "csv", "json") + (("png",) if grid.is_sweep else ())
+    return {ext: Path(output_dir) / f"{grid.name}.{ext}" for ext in exts}
+
+
+def training_status(run_dir: Path, cfg: Config) -> str:
+    """``done`` (weights at ``train.steps``), ``partial`` (a resume state), ``stale`` (files but neither: a run
+    stopped before its first checkpoint) or ``new``."""
+    run_dir = Path(run_dir)
+    if (run_dir / MODEL_FILE).is_file() and (run_dir / CONFIG_FILE).is_file():
+        saved, payload = read_run_config(run_dir)
+        if training_key(saved) != training_key(cfg):
+            raise ValueError(f"{run_dir} holds a run of another configuration (training key "
+                             f"{training_key(saved)}, expected {training_key(cfg)}); move it away")
+        if int(payload.get("step", -1)) >= cfg.train.steps:
+            return "done"
+    if (run_dir / STATE_FILE).is_file():
+        return "partial"
+    if any((run_dir / n).exists() for n in RUN_FILES):
+        return "stale"
+    return "new"
+
+
+def ensure_trained(cfg: Config, run_dir: Path) -> str:
+    """Train ``cfg`` into ``run_dir`` unless a finished run is there; returns what was done: ``reused``,
+    ``resumed`` or ``trained``."""
+    status = training_status(run_dir, cfg)
+    if status == "done":
+        return "reused"
+    if status == "partial":
+        saved = resume_config(run_dir)
+        if training_key(saved) != training_key(cfg):
+            raise ValueError(f"{run_dir / STATE_FILE} was made with another configuration; move {run_dir} away")
+        # the saved test-time sections: they may not change on resume and do not matter for training
+        train(replace(cfg, inference=saved.inference, evaluation=saved.evaluation), run_dir, resume=True)
+        return "resumed"
+    # "stale": our own run folder, stopped before its first checkpoint; nothing finished is lost
+    train(cfg, run_dir, overwrite=(status == "stale"))
+    return "trained"
+
+
+def evaluate_row(row: AblationRow, run_dir: Path, eval_dir: Path, device: str = "auto",
+                 overlays: int = 0, report: bool = False) -> tuple[dict, str]:
+    """``(results.json contents, "reused" | "evaluated")`` of ``row``'s test-time settings on ``run_dir``.
+    ``report=False`` skips the HTML report (its data is saved; ``dpdiff report`` builds it later)."""
+    path = Path(eval_dir) / RESULTS_FILE
+    status = "reused"
+    if not path.is_file():
+        cfg = row.config
+        evaluate(run_dir, data_root=cfg.data.root, categories=cfg.data.categories, output_dir=eval_dir,
+                 overlays_per_category=overlays, device=device, inference_overrides=evaluation_overrides(cfg),
+                 data_format=cfg.data.format, report=report)
+        status = "evaluated"
+    return json.loads(path.read_text(encoding="utf-8")), status
+
+
+def plan(grid: AblationGrid, output_dir: Path) -> list[dict]:
+    """What :func:`run_ablation` would do, row by row (nothing is run)."""
+    out, seen = [], {}
+    for row in grid.rows:
+        run = run_dir_for(output_dir, row)
+        if row.train_key not in seen:
+            seen[row.train_key] = training_status(run, row.config)
+            train_action = {"done": "reuse", "partial": "resume", "stale": "restart", "new": "train"}[seen[row.train_key]]
+        else:
+            train_action = "shared"
+        ev = eval_dir_for(output_dir, row)
+        out.append({"row": row.name, "train_key": row.train_key, "training": train_action, "run_dir": str(run),
+                    "evaluation": "reuse" if (ev / RESULTS_FILE).is_file() else "evaluate", "eval_dir": str(ev),
+                    "overrides": row.overrides})
+    return out
+
+
+def run_ablation(grid: AblationGrid, output_dir: str | Path, overwrite: bool = False, device: str = "auto",
+                 overlays: int = 0, report: bool = False) -> dict:
+    """Train each distinct configuration once, evaluate every row, write the table (and the sweep plot).
+
+    Returns ``{"rows": {name: metrics}, "files": {ext: path}, "trainings": {key: action}, "evaluations":
+    {name: action}}``. ``FileExistsError`` before anything runs when the table files exist and not
+    ``overwrite``."""
+    output_dir = Path(output_dir)
+    paths = table_paths(grid, output_dir)
+    existing = [str(p) for p in paths.values() if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{', '.join(existing)} already exist; pass --overwrite to replace the table "
+                              f"(finished trainings and evaluations under {output_dir} are reused either way)")
+    for row in grid.rows:
+        if not row.config.data.root:
+            raise ValueError(f"row {row.name!r}: no data root; pass --data PATH")
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    groups: dict[str, list[AblationRow]] = {}
+    for row in grid.rows:
+        groups.setdefault(row.train_key, []).append(row)
+    trainings: dict[str, str] = {}
+    evaluations: dict[str, str] = {}
+    results: dict[str, dict] = {}
+    n_groups = len(groups)
+    bar = tqdm(total=len(grid.rows), desc=f"ablation {grid.name}", unit="row")
+    try:
+        for gi, (key, rows) in enumerate(groups.items(), 1):
+            run = run_dir_for(output_dir, rows[0])
+            tqdm.write(f"[ablate] training {gi}/{n_groups} ({key}) for: {', '.join(r.name for r in rows)}")
+            trainings[key] = ensure_trained(rows[0].config, run)
+            for row in rows:
+                results[row.name], evaluations[row.name] = evaluate_row(row, run, eval_dir_for(output_dir, row),
+                                                                        device, overlays, report)
+                bar.update(1)
+    finally:
+        bar.close()
+    files = write_ablation_table(grid, output_dir, results, paths)
+    return {"rows": {r.name: complete_row(results[r.name]["mean"], r.name) for r in grid.rows},
+            "files": files, "trainings": trainings, "evaluations": evaluations}
+
+
+# ----------------------------------------------------------------------------- the table
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool):
+        return "✓" if value else "×"
+    if value is None:
+        return "-"
+    return str(value)
+
+
+def _protocol_split(protocols: list[dict]) -> tuple[dict, list[str]]:
+    """(entries equal in every row, dotted keys that differ); measurement entries (fps, device) left out."""
+    flats = [flatten_config(p or {}) for p in protocols]
+    keys = list(dict.fromkeys(k for f in flats for k in f))
+    shared, varies = {}, []
+    for k in keys:
+        if k.rsplit(".", 1)[-1].startswith("fps") or k == "device":
+            continue
+        vals = {json.dumps(f.get(k), sort_keys=True, default=str) for f in flats}
+        if len(vals) == 1:
+            shared[k] = flats[0].get(k)
+        else:
+            varies.append(k)
+    return shared, varies
+
+
+def write_ablation_table(grid: AblationGrid, output_dir: Path, results: dict[str, dict],
+                         paths: dict[str, Path] | None = None) -> dict[str, Path]:
+    """Write ``<name>.md/.csv/.json`` (and ``.png`` for sweeps) from each row's ``results.json`` contents."""
+    paths = paths or table_paths(grid, output_dir)
+    rows = {r.name: complete_row(results[r.name]["mean"], r.name) for r in grid.rows}
+    flat = {r.name: flatten_config(r.config.to_dict()) for r in grid.rows}
+    lead = {h: {r.name: _cell(flat[r.name][k]) for r in grid.rows} for h, k in grid.columns.items()}
+    shared, varies = _protocol_split([results[r.name].get("protocol") for r in grid.rows])
+
+    md = [f"## Ablation `{grid.name}`", ""]
+    md.append(format_table_markdown(rows, label="Variant", bold=(), lead=lead).rstrip("\n"))
+    md += ["", "Mean over categories; percentages. Configuration: base "
+           f"`{Path(grid.base).name if grid.base else 'defaults'}`"
+           + (", common overrides " + ", ".join(f"`{k}={v}`" for k, v in {**grid.common, **grid.cli_overrides}.items())
+              if (grid.common or grid.cli_overrides) else "") + ".", ""]
+    for r in grid.rows:
+        sets = ", ".join(f"`{k}={v}`" for k, v in r.overrides.items()) or "(base configuration)"
+        cats = len(results[r.name].get("per_category", {}))
+        md.append(f"- **{r.name}**: {sets} ({cats} categories, training `{r.train_key}`)")
+    if varies:
+        md += ["", f"Protocol settings that differ between rows: {', '.join(varies)}."]
+    document = {
+        "grid": grid.name, "grid_file": grid.source, "base": grid.base,
+        "common_overrides": grid.common, "command_line_overrides": grid.cli_overrides,
+        "columns": list(TABLE_COLUMNS), "lead_columns": grid.columns,
+        "rows": rows,
+        "row_details": [{
+            "name": r.name, "overrides": r.overrides, "sweep": r.sweep or None,
+            "lead": {h: lead[h][r.name] for h in lead},
+            "train_key": r.train_key, "run_dir": str(run_dir_for(output_dir, r)),
+            "eval_dir": str(eval_dir_for(output_dir, r)),
+            "per_category": results[r.name].get("per_category", {}),
+            "protocol": results[r.name].get("protocol", {}),
+        } for r in grid.rows],
+        "protocol": shared, "protocol_varies": varies,
+        "trainings": len({r.train_key for r in grid.rows}),
+    }
+    if grid.is_sweep:
+        document["sweep"] = {"keys": grid.sweep_keys}
+    atomic_write_json(paths["json"], document)
+    atomic_write_text(paths["csv"], format_table_csv(rows, label="variant", lead=lead))
+    atomic_write_text(paths["md"], "\n".join(md) + "\n")
+    if grid.is_sweep:
+        plot_sweep(grid, rows, paths["png"])
+    return paths
+
+
+def plot_sweep(grid: AblationGrid, rows: dict[str, dict], out_path: Path) -> Path:
+    """One panel per metric (7 + mAD, in %) against the first swept key; with several swept keys one line per
+    combination of the others. Non-numeric values are placed at evenly spaced positions."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    x_key, others = grid.sweep_keys[0], grid.sweep_keys[1:]
+    xs_all = list(dict.fromkeys(r.sweep[x_key] for r in grid.rows))
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in xs_all)
+    pos = {v: (float(v) if numeric else float(i)) for i, v in enumerate(xs_all)}
+    lines: dict[str, list[tuple[float, dict]]] = {}
+    for r in grid.rows:
+        label = _row_name({k: r.sweep[k] for k in others}) if others else ""
+        lines.setdefault(label, []).append((pos[r.sweep[x_key]], rows[r.name]))
+    fig = Figure(figsize=(13.0, 6.0), dpi=100)
+    FigureCanvasAgg(fig)
+    for i, metric in enumerate(TABLE_COLUMNS):
+        ax = fig.add_subplot(2, 4, i + 1)
+        for label, pts in lines.items():
+            pts = sorted(pts, key=lambda p: p[0])
+            ys = [100.0 * m[metric] if math.isfinite(m[metric]) else math.nan for _, m in pts]
+            ax.plot([p[0] for p in pts], ys, marker="o", linewidth=1.2, label=label or None)
+        ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+        lo, hi = ax.get_ylim()
+        if hi - lo < 1.0:  # at least 1 percentage point: tiny differences do not look like trends
+            low = max(0.0, 0.5 * (lo + hi) - 0.5)
+            ax.set_ylim(low, low + 1.0)
+        ax.set_title(metric, fontsize="medium")
+        ax.set_xticks([pos[v] for v in xs_all])
+        ax.set_xticklabels([str(v) for v in xs_all], fontsize="small")
+        ax.grid(True, alpha=0.3)
+        if i % 4 == 0:
+            ax.set_ylabel("%")
+        if i >= 4:
+            ax.set_xlabel(x_key)
+    if others:
+        handles, labels = fig.axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), fontsize="small")
+    fig.suptitle(f"{grid.name}: metrics vs {x_key}", y=0.995 if not others else 0.93, fontsize="medium")
+    fig.tight_layout(rect=(0, 0, 1, 0.9 if others else 0.97))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return atomic_write_bytes(out_path, buf.getvalue())
+
+
+__all__ = ["AblationGrid", "AblationRow", "load_grid", "grid_from_dict", "training_key", "evaluation_key",
+           "run_ablation", "plan", "ensure_trained", "evaluate_row", "write_ablation_table", "plot_sweep",
+           "validate_row_config", "TRAINING_KEY_IGNORED"]

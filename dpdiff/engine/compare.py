@@ -1,0 +1,70 @@
+"""DPDiff-AD and the PatchCore-style kNN baseline scored on the SAME backbone tokens.
+
+Shared by ``benchmarks/mtd_knn_vs_dpdiff.py`` and ``dpdiff scale`` (engine/scale.py): one feature
+extraction feeds both methods, and both go through the same map post-processing (bilinear upsampling
+to the evaluation resolution, Gaussian smoothing, the configured image-score rule), so two rows differ
+only in how a token is scored.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..baselines.knn import KNNMemoryBank
+from ..config import Config
+from ..data.dataset import ImageDataset
+from .evaluate import Detector
+from .features import tokens_from_maps
+from .scoring import postprocess
+
+__all__ = ["masks_and_labels", "map_size", "build_knn", "knn_score_features", "dpdiff_score_features"]
+
+
+def masks_and_labels(dataset: ImageDataset) -> tuple[np.ndarray, np.ndarray]:
+    """(masks bool (N, R, R) at the dataset's mask size, labels (N,)) of a test dataset, in order."""
+    masks = np.stack([dataset[i]["mask"][0].numpy() > 0.5 for i in range(len(dataset))])
+    labels = np.array([s.label for s in dataset.samples])
+    return masks, labels
+
+
+def map_size(cfg: Config) -> int:
+    """Side of the pixel maps: the evaluation resolution (default: the input image size), as ``Detector``."""
+    return int(cfg.evaluation.resolution or cfg.backbone.image_size)
+
+
+def build_knn(train_feats, coreset: float = 1.0, seed: int = 0, chunk: int = 256) -> KNNMemoryBank:
+    """Memory bank of every training token of ``train_feats`` ((N, C, h, w) tensor or FeatureStore)."""
+    c = train_feats.shape[1]
+    parts = [tokens_from_maps(torch.as_tensor(train_feats[i:i + chunk]).float()).reshape(-1, c)
+             for i in range(0, train_feats.shape[0], chunk)]
+    return KNNMemoryBank(torch.cat(parts), coreset, seed=seed)
+
+
+@torch.no_grad()
+def knn_score_features(bank: KNNMemoryBank, feats, cfg: Config, batch_size: int = 64):
+    """(pixel maps (N, R, R), image scores (N,)) of the kNN baseline, post-processed like DPDiff-AD."""
+    inf = cfg.inference
+    maps, scores = [], []
+    for i in range(0, feats.shape[0], batch_size):
+        token_maps = bank.score_maps(torch.as_tensor(feats[i:i + batch_size]))
+        m, s = postprocess(token_maps, map_size(cfg), inf.smoothing_sigma, inf.pool_size,
+                           image_score=inf.image_score, top_percent=inf.top_percent)
+        maps.append(m)
+        scores.append(s)
+    return torch.cat(maps), torch.cat(scores)
+
+
+@torch.inference_mode()
+def dpdiff_score_features(detector: Detector, feats, batch_size: int | None = None, seed: int | None = None,
+                          inference=None):
+    """(pixel maps (N, R, R), image scores (N,)) of DPDiff-AD on precomputed backbone maps; the noise
+    draws come from one generator seeded with ``seed`` (default ``inference.seed``) in batch order."""
+    inf = inference or detector.cfg.inference
+    bs = int(batch_size or inf.batch_size)
+    g = torch.Generator(detector.device).manual_seed(int(inf.seed if seed is None else seed))
+    maps, scores = [], []
+    for i in range(0, feats.shape[0], bs):
+        m, s = detector.score_features(torch.as_tensor(feats[i:i + bs]), inference=inf, generator=g)
+        maps.append(m.float().cpu())
+        scores.append(s.float().cpu())
+    return torch.cat(maps), torch.cat(scores)

@@ -1,0 +1,95 @@
+"""`dpdiff scale`: nested category subsets, both methods, Table-2 files with a Delta row, plot, resume."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dpdiff.cli import main
+from dpdiff.data.synthetic import category_specs, read_marker
+from dpdiff.engine import scale as scale_mod
+from dpdiff.engine.scale import DONE_FILE, METHODS, ScaleSettings, count_dir, parse_counts, run_scale
+from dpdiff.metrics.tables import TABLE_COLUMNS
+
+TINY_SET = ["backbone.image_size=64", "model.hidden_dim=32", "model.depth=1", "model.num_heads=2",
+            "model.prototype_heads=2", "train.batch_size=4", "train.log_every=2", "train.checkpoint_every=2",
+            "inference.ensemble=1", "inference.pool_size=4", "inference.smoothing_sigma=1.0"]
+TINY_ARGS = ["--counts", "2,3", "--images-per-category", "3", "--test-good-per-category", "1",
+             "--test-defect-per-category", "2", "--steps", "4", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def scale_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("scale") / "out"
+    assert main(["scale", "--output", str(out), *TINY_ARGS, "--set", *TINY_SET]) == 0
+    return out
+
+
+def test_outputs_nesting_and_delta(scale_run):
+    out = scale_run
+    names = [s.name for s in category_specs(3)]
+    assert read_marker(out / "data")["categories"] == names  # generated once, for the largest count
+    for n in (2, 3):
+        done = json.loads((count_dir(out, n) / DONE_FILE).read_text())
+        assert done["category_names"] == names[:n]  # nested: N=2 is the first two categories of N=3
+        assert done["train_images"] == 3 * n and done["test_images"] == 3 * n
+        assert (count_dir(out, n) / "run" / "model.safetensors").is_file()
+        for m in METHODS:
+            res = json.loads((count_dir(out, n) / m / "results.json").read_text())
+            assert list(res["per_category"]) == names[:n]
+            assert res["protocol"]["images_per_category"] == 3
+    for m in METHODS:
+        for ext in ("md", "csv", "json"):
+            assert (out / f"scale_table_{m}.{ext}").is_file()
+        table = json.loads((out / f"scale_table_{m}.json").read_text())
+        assert list(table["rows"]) == ["N=2", "N=3", "Delta"]
+        rows = table["rows"]
+        for col in TABLE_COLUMNS:
+            vals = [rows["N=2"][col], rows["N=3"][col]]
+            assert rows["Delta"][col] == pytest.approx(max(vals) - min(vals))
+        assert "warning" not in table  # every row evaluated with the same protocol
+        assert [table["sources"][k]["categories"] for k in ("N=2", "N=3")] == [2, 3]
+        md = (out / f"scale_table_{m}.md").read_text()
+        assert "**Delta**" in md and "| N=3 | 3 |" in md
+    png = (out / "scale_plot.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_rerun_skips_finished_counts_and_refuses_other_settings(scale_run, monkeypatch):
+    out = scale_run
+    stamps = {n: (count_dir(out, n) / DONE_FILE).stat().st_mtime_ns for n in (2, 3)}
+
+    def fail(*a, **k):
+        raise AssertionError("a finished count was run again")
+
+    monkeypatch.setattr(scale_mod, "_evaluate_count", fail)
+    assert main(["scale", "--output", str(out), *TINY_ARGS, "--set", *TINY_SET]) == 0
+    assert {n: (count_dir(out, n) / DONE_FILE).stat().st_mtime_ns for n in (2, 3)} == stamps
+    # other settings: refused (exit 2 with a message), nothing touched
+    args = [a if a != "4" else "5" for a in TINY_ARGS]  # --steps 5
+    assert main(["scale", "--output", str(out), *args, "--set", *TINY_SET]) == 2
+    assert {n: (count_dir(out, n) / DONE_FILE).stat().st_mtime_ns for n in (2, 3)} == stamps
+
+
+def test_settings_and_counts_parsing():
+    assert parse_counts(["10,20", "40"]) == [10, 20, 40]
+    assert ScaleSettings(counts=[40, 10, 10]).counts == [10, 40]
+    with pytest.raises(ValueError):
+        parse_counts(["ten"])
+    with pytest.raises(ValueError):
+        ScaleSettings(counts=[0])
+    with pytest.raises(ValueError):
+        ScaleSettings(test_defect_per_category=0)
+
+
+def test_single_count_writes_no_delta_table(tmp_path):
+    from dpdiff.config import Config
+    cfg = Config.from_yaml(scale_mod.SCALE_PRESET)
+    cfg = cfg.override({k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in TINY_SET)})
+    s = ScaleSettings(counts=[1], images_per_category=2, test_good_per_category=1, test_defect_per_category=1,
+                      steps=2)
+    result = run_scale(cfg, tmp_path / "one", s, device="cpu", log=lambda *a: None)
+    assert result["tables"] == {} and Path(result["plot"]).is_file()
+    assert not list((tmp_path / "one").glob("scale_table_*"))
