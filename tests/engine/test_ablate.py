@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tiny import tiny_config
 
 from dpdiff.cli import main
 from dpdiff.config import Config
@@ -29,19 +30,7 @@ ROWS = [
 
 
 def _tiny_base() -> dict:
-    cfg = Config()
-    cfg.backbone.image_size = 64
-    cfg.model.hidden_dim = 32
-    cfg.model.depth = 1
-    cfg.model.num_heads = 2
-    cfg.model.prototype_heads = 2
-    cfg.train.batch_size = 4
-    cfg.train.steps = 6
-    cfg.train.log_every = 2
-    cfg.train.checkpoint_every = 3
-    cfg.inference.pool_size = 4
-    cfg.inference.smoothing_sigma = 1.0
-    return cfg.to_dict()
+    return tiny_config().to_dict()
 
 
 @pytest.fixture(scope="module")

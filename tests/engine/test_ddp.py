@@ -19,7 +19,7 @@ from dpdiff.engine.checkpoint import CONFIG_FILE, MODEL_FILE, load_train_state
 from dpdiff.engine.distributed import shard_range
 from dpdiff.engine.train import train
 
-from test_pipeline import tiny_config  # noqa: E402 (tests/engine is on sys.path)
+from tiny import tiny_config  # noqa: E402 (tests/tiny.py, see tests/conftest.py)
 
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).parent / "torchrun"

@@ -14,23 +14,7 @@ from dpdiff.engine.checkpoint import MODEL_FILE, load_model
 from dpdiff.engine.evaluate import evaluate
 from dpdiff.engine.predict import predict
 from dpdiff.engine.train import train
-
-
-def tiny_config(root: Path) -> Config:
-    cfg = Config()
-    cfg.backbone.image_size = 64
-    cfg.model.hidden_dim = 32
-    cfg.model.depth = 1
-    cfg.model.num_heads = 2
-    cfg.model.prototype_heads = 2
-    cfg.train.batch_size = 4
-    cfg.train.steps = 6
-    cfg.train.log_every = 2
-    cfg.train.checkpoint_every = 3
-    cfg.inference.pool_size = 4
-    cfg.inference.smoothing_sigma = 1.0
-    cfg.data.root = str(root)
-    return cfg
+from tiny import tiny_config  # tests/tiny.py
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from dpdiff.data.synthetic import generate_synthetic_dataset
 from dpdiff.engine.checkpoint import CONFIG_FILE, MODEL_FILE, STATE_FILE, load_train_state
 from dpdiff.engine.train import build_backbone_from_config, train, train_features
 
-from test_pipeline import tiny_config  # noqa: E402 (tests/engine is on sys.path)
+from tiny import tiny_config  # noqa: E402 (tests/tiny.py, see tests/conftest.py)
 
 REPO = Path(__file__).resolve().parents[2]
 

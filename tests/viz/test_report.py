@@ -22,6 +22,7 @@ from dpdiff.config import Config
 from dpdiff.data.synthetic import generate_synthetic_dataset
 from dpdiff.engine.evaluate import evaluate
 from dpdiff.engine.train import train
+from tiny import tiny_config
 from dpdiff.viz.report import REPORT_DATA_FILE, ReportCollector, build_report, token_labels
 
 CATEGORIES = 2
@@ -29,23 +30,6 @@ PER_KIND = 2          # evaluate's default report_examples
 # per category: PER_KIND false positives + PER_KIND false negatives + 2 prototype maps; then t-SNE + losses
 EXPECTED_IMAGES = CATEGORIES * (2 * PER_KIND + 2) + 2
 IMG_RE = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="[^"]*" data-file="([^"]+)">')
-
-
-def tiny_config(root: Path) -> Config:  # as tests/engine/test_pipeline.py
-    cfg = Config()
-    cfg.backbone.image_size = 64
-    cfg.model.hidden_dim = 32
-    cfg.model.depth = 1
-    cfg.model.num_heads = 2
-    cfg.model.prototype_heads = 2
-    cfg.train.batch_size = 4
-    cfg.train.steps = 6
-    cfg.train.log_every = 2
-    cfg.train.checkpoint_every = 3
-    cfg.inference.pool_size = 4
-    cfg.inference.smoothing_sigma = 1.0
-    cfg.data.root = str(root)
-    return cfg
 
 
 @pytest.fixture(scope="module")
