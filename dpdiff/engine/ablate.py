@@ -461,7 +461,7 @@ def write_ablation_table(grid: AblationGrid, output_dir: Path, results: dict[str
     for r in grid.rows:
         sets = ", ".join(f"`{k}={v}`" for k, v in r.overrides.items()) or "(base configuration)"
         cats = len(results[r.name].get("per_category", {}))
-        md.append(f"- **{r.name}**: {sets} ({cats} categories, training `{r.train_key}`)")
+        md.append(f"- **{r.name}**: {sets} ({cats} {'category' if cats == 1 else 'categories'}, training `{r.train_key}`)")
     if varies:
         md += ["", f"Protocol settings that differ between rows: {', '.join(varies)}."]
     document = {
@@ -492,7 +492,8 @@ def write_ablation_table(grid: AblationGrid, output_dir: Path, results: dict[str
 
 def plot_sweep(grid: AblationGrid, rows: dict[str, dict], out_path: Path) -> Path:
     """One panel per metric (7 + mAD, in %) against the first swept key; with several swept keys one line per
-    combination of the others. Non-numeric values are placed at evenly spaced positions."""
+    combination of the others. Non-numeric values are placed at evenly spaced positions; positive numbers spanning
+    a factor of 10 or more (noise steps 25..400, ensemble 1..16) on a log axis, so small values stay readable."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -500,6 +501,7 @@ def plot_sweep(grid: AblationGrid, rows: dict[str, dict], out_path: Path) -> Pat
     xs_all = list(dict.fromkeys(r.sweep[x_key] for r in grid.rows))
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in xs_all)
     pos = {v: (float(v) if numeric else float(i)) for i, v in enumerate(xs_all)}
+    log_x = numeric and min(xs_all) > 0 and max(xs_all) >= 10 * min(xs_all)
     lines: dict[str, list[tuple[float, dict]]] = {}
     for r in grid.rows:
         label = _row_name({k: r.sweep[k] for k in others}) if others else ""
@@ -518,6 +520,9 @@ def plot_sweep(grid: AblationGrid, rows: dict[str, dict], out_path: Path) -> Pat
             low = max(0.0, 0.5 * (lo + hi) - 0.5)
             ax.set_ylim(low, low + 1.0)
         ax.set_title(metric, fontsize="medium")
+        if log_x:
+            ax.set_xscale("log")
+            ax.minorticks_off()
         ax.set_xticks([pos[v] for v in xs_all])
         ax.set_xticklabels([str(v) for v in xs_all], fontsize="small")
         ax.grid(True, alpha=0.3)

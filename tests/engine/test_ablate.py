@@ -230,7 +230,8 @@ def test_grid_errors_are_caught_before_training(tmp_path):
 def test_shipped_grid_files_load():
     root = Path(__file__).resolve().parents[2] / "configs" / "ablations"
     expected = {"table5_modules": (7, 6), "fig5_prototypes": (12, 12), "fig6_noise_step": (6, 1),
-                "fig6_ddim_steps": (5, 1), "table9_denoiser": (3, 3)}
+                "fig6_ddim_steps": (5, 1), "table9_denoiser": (3, 3), "ensemble_reduce": (6, 1),
+                "seed_spread": (3, 3)}
     keys = {}
     for name, (n_rows, n_trainings) in expected.items():
         g = load_grid(root / f"{name}.yaml", {"data.root": "/data"})
@@ -240,6 +241,8 @@ def test_shipped_grid_files_load():
     # the shared trainings the grid comments promise
     assert keys["table9_denoiser"]["DiT"] == keys["table5_modules"]["Full (DPDiff-AD)"]
     assert set(keys["fig6_noise_step"].values()) == set(keys["fig6_ddim_steps"].values())
+    assert set(keys["ensemble_reduce"].values()) == set(keys["fig6_noise_step"].values())
+    assert keys["seed_spread"]["seed=0"] == keys["table5_modules"]["Full (DPDiff-AD)"]
 
 
 def test_cli_dry_run_and_refusal(ablation, grids, dataset, capsys):
