@@ -3,6 +3,7 @@ and on synthetic multi-category data, and collect the tables in ``benchmarks/res
 
     .venv/bin/python benchmarks/ablations.py                      # Table 5, Fig. 6, seeds, ensemble, Table 9
     .venv/bin/python benchmarks/ablations.py --grids table5_modules fig6_noise_step --datasets synthetic
+    .venv/bin/python benchmarks/ablations.py --grids fig5_prototypes --datasets synthetic --no-extras   # Fig. 5
     .venv/bin/python benchmarks/ablations.py --collect-only       # only copy finished tables
 
 Every grid is ``dpdiff ablate --grid configs/ablations/<grid>.yaml ... --cache``; grids writing into the same
