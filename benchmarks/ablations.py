@@ -39,19 +39,18 @@ SYNTH_SETTINGS = dict(num_categories=10, train_per_category=40, test_good_per_ca
 SYNTH_OVERRIDES = ["backbone.image_size=128", "inference.smoothing_sigma=2.0", "inference.pool_size=8"]
 
 
-def dataset_arguments(name: str, synth_root: Path) -> tuple[list[str], Path]:
-    """The ``dpdiff ablate`` arguments (data, format, overrides) and output folder of one dataset."""
+def dataset_arguments(name: str, synth_root: Path) -> tuple[list[str], list[str], Path]:
+    """The ``dpdiff ablate`` data arguments, the ``--set`` overrides and the output folder of one dataset."""
     if name == "mtd":
         root = SHARED_DATA / "mtd"
         if not root.is_dir():
             raise SystemExit(f"MTD data not found at {root} (set DPDIFF_SHARED_DATA)")
-        return ["--data", str(root), "--format", "mvtec"], ROOT / "runs" / "ablate_mtd"
+        return ["--data", str(root), "--format", "mvtec"], [], ROOT / "runs" / "ablate_mtd"
     if name == "synthetic":
-        from dpdiff.data.synthetic import generate_synthetic_dataset, read_marker
-        if read_marker(synth_root) is None:
-            generate_synthetic_dataset(synth_root, **SYNTH_SETTINGS)
-        return (["--data", str(synth_root), "--format", "mvtec", "--set", *SYNTH_OVERRIDES],
-                ROOT / "runs" / "ablate_synth")
+        from dpdiff.data.synthetic import ensure_synthetic_dataset
+        # reuses the folder; refuses one made with other settings
+        ensure_synthetic_dataset(synth_root, **SYNTH_SETTINGS)
+        return ["--data", str(synth_root), "--format", "mvtec"], list(SYNTH_OVERRIDES), ROOT / "runs" / "ablate_synth"
     raise SystemExit(f"unknown dataset {name!r} (mtd | synthetic)")
 
 
@@ -65,16 +64,14 @@ EXTRAS = [
 
 
 def run_grid(dataset: str, grid: str, extra: list[str], suffix: str, synth_root: Path, collect_only: bool) -> None:
-    data_args, output = dataset_arguments(dataset, synth_root)
-    data_args = list(data_args)
+    data_args, overrides, output = dataset_arguments(dataset, synth_root)
+    overrides = overrides + extra
     if suffix:
         output = output.with_name(f"{output.name}_{suffix}")
-    if extra:
-        data_args += extra if "--set" in data_args else ["--set", *extra]
     if not collect_only:
         command = [sys.executable, "-m", "dpdiff.cli", "ablate",
-                   "--grid", str(ROOT / "configs" / "ablations" / f"{grid}.yaml"),
-                   *data_args[:4], "--output", str(output), "--cache", "--overwrite", *data_args[4:]]
+                   "--grid", str(ROOT / "configs" / "ablations" / f"{grid}.yaml"), *data_args,
+                   "--output", str(output), "--cache", "--overwrite", *(["--set", *overrides] if overrides else [])]
         print("+", " ".join(command), flush=True)
         subprocess.run(command, check=True, cwd=ROOT)
     destination = RESULTS / dataset
