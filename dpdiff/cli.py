@@ -226,7 +226,7 @@ def cmd_scale(args) -> int:
     print("tables: " + ", ".join(p["md"] for p in result["tables"].values()) + f"; plot: {result['plot']}")
     return 0
 
-FORMAT_CHOICES = ["mvtec", "mpdd", "visa", "realiad", "realiad_variety", "generic", "auto"]
+FORMAT_CHOICES = ["mvtec", "mpdd", "btad", "visa", "realiad", "realiad_variety", "generic", "auto"]
 
 
 def build_parser() -> argparse.ArgumentParser:

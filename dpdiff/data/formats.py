@@ -12,17 +12,23 @@ Formats (:data:`FORMATS`; layouts and sources in ``docs/datasets.md``):
 * ``mvtec``: ``<root>/<cat>/{train/good, test/<defect>, ground_truth/<defect>}``;
   options ``allow_missing_masks``.
 * ``mpdd``: the MVTec-AD layout (masks ``<stem>_mask.png``), same reader and options.
+* ``btad``: ``<root>/<cat>/{train/ok, test/ok, test/ko, ground_truth/ko}`` (BTAD as downloaded:
+  ``01``, ``02``, ``03``; masks ``<stem>.png`` or ``<stem>.bmp``); options ``allow_missing_masks``.
 * ``visa``: ``<root>/split_csv/1cls.csv`` + ``<root>/<object>/Data/{Images,Masks}/...``;
   options ``split_csv``, ``allow_missing_masks``, ``verify_files``.
-* ``realiad``: ``<root>/realiad_<res>/<cat>/`` + ``<root>/realiad_jsons/[realiad_jsons/]<cat>.json``;
-  options ``resolution``, ``json_dir``, ``ng_without_mask``, ``verify_files``.
+* ``realiad``: ``<root>/realiad_<res>/<cat>/`` + ``<root>/realiad_jsons/[realiad_jsons/]<cat>.json``
+  (variants ``realiad_jsons_sv`` ... next to ``realiad_jsons/`` or inside it, chosen with
+  ``json_dir``); options ``resolution``, ``json_dir``, ``ng_without_mask``, ``verify_files``.
 * ``realiad_variety``: ``<root>/realiadvariety_<res>/<cat>/`` + ``<root>/realiadvariety_jsons/...``;
   options as ``realiad``; ``categories`` may also be ``"S1"``, ``"S2"``, ``"S3"`` or ``"Full"``.
 * ``generic``: normal / abnormal / mask folders given as options (relative to ``root``):
   ``normal_dir``, ``abnormal_dir``, ``mask_dir``, ``train_normal_dir``, ``category``,
   ``allow_missing_masks``.
 
-Every reader returns a list of :class:`dpdiff.data.mvtec.Sample`. A root that does not match the
+Every reader returns a list of :class:`dpdiff.data.mvtec.Sample`. The training split never holds
+anomalies: readers of split files (VisA CSVs, Real-IAD JSONs) leave out anomalous training rows
+and log how many, and :func:`load_samples` drops (and logs) any label-1 training sample a reader
+might still return. A root that does not match the
 layout raises :class:`LayoutError` (a ``FileNotFoundError`` and ``ValueError``) whose message
 names the first offending path, e.g. ``expected file '<root>/split_csv/1cls.csv' for VisA ...``.
 
@@ -34,18 +40,33 @@ names the first offending path, e.g. ``expected file '<root>/split_csv/1cls.csv'
 3. a folder ``realiad_jsons*`` or ``realiad_{256,512,1024,raw}`` -> ``realiad``;
 4. a sub-folder with ``train/good`` -> ``mpdd`` when every such category is an MPDD category
    (bracket_black, bracket_brown, bracket_white, connector, metal_plate, tubes), else ``mvtec``;
-5. otherwise :class:`LayoutError` listing what was looked for. ``generic`` is never guessed.
+5. a sub-folder with ``train/ok`` -> ``btad``;
+6. otherwise :class:`LayoutError` listing what was looked for. ``generic`` is never guessed.
 """
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import mvtec, realiad, visa
-from .generic import LayoutError, expect_dir, load_generic
+# explicit submodule imports (never ``from . import ...``, which imports this package's
+# __init__, itself importing this module: an import cycle)
+from .btad import list_categories as _btad_list_categories
+from .btad import load_btad
+from .generic import load_generic
+from .layout import LayoutError, expect_dir, keep_normal_training
 from .mvtec import Sample
+from .mvtec import list_categories as _mvtec_list_categories
+from .mvtec import load_dataset as _mvtec_load_dataset
+from .realiad import RESOLUTIONS as _REALIAD_RESOLUTIONS
+from .realiad import list_categories as _realiad_list_categories
+from .realiad import list_variety_categories as _variety_list_categories
+from .realiad import load_realiad, load_realiad_variety
+from .visa import SPLIT_CSV as _VISA_SPLIT_CSV
+from .visa import list_categories as _visa_list_categories
+from .visa import load_visa
 
 __all__ = [
     "FORMATS",
@@ -59,6 +80,7 @@ __all__ = [
 ]
 
 AUTO = "auto"
+logger = logging.getLogger(__name__)
 MPDD_CATEGORIES = frozenset({"bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes"})
 
 
@@ -82,7 +104,7 @@ class FormatSpec:
 def _mvtec_list(root: Path, label: str) -> list[str]:
     root = expect_dir(Path(root), f"({label} root)")
     try:
-        return mvtec.list_categories(root)
+        return _mvtec_list_categories(root)
     except ValueError:
         subs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         first = root / subs[0] / "train" / "good" if subs else root / "<category>" / "train" / "good"
@@ -100,7 +122,7 @@ def _make_mvtec(label: str) -> tuple[Callable, Callable]:
     def load(root: Path, categories, split: str, allow_missing_masks: bool = False) -> list[Sample]:
         root = Path(root)
         cats = _mvtec_list(root, label) if categories is None else categories
-        return mvtec.load_dataset(root, cats, split, allow_missing_masks=allow_missing_masks)
+        return _mvtec_load_dataset(root, cats, split, allow_missing_masks=allow_missing_masks)
 
     return list_cats, load
 
@@ -155,25 +177,29 @@ _mpdd_list_fn, _mpdd_load_fn = _make_mvtec("MPDD")
 
 FORMATS: dict[str, FormatSpec] = {
     "mvtec": FormatSpec(
-        "mvtec", "MVTec-AD folder layout (also MTD as prepared in shared/data, BTAD/VisA conversions)",
+        "mvtec", "MVTec-AD folder layout (also MTD as prepared in shared/data, VisA conversions)",
         _mvtec_list_fn, _mvtec_load_fn, ("allow_missing_masks",),
     ),
     "mpdd": FormatSpec(
         "mpdd", "MPDD: MVTec-AD folder layout, masks <stem>_mask.png", _mpdd_list_fn, _mpdd_load_fn,
         ("allow_missing_masks",),
     ),
+    "btad": FormatSpec(
+        "btad", "BTAD as downloaded: <cat>/train/ok, test/ok, test/ko, ground_truth/ko (.png or .bmp masks)",
+        _btad_list_categories, load_btad, ("allow_missing_masks",),
+    ),
     "visa": FormatSpec(
-        "visa", "VisA read in place from split_csv/1cls.csv", visa.list_categories, visa.load_visa,
+        "visa", "VisA read in place from split_csv/1cls.csv", _visa_list_categories, load_visa,
         ("split_csv", "allow_missing_masks", "verify_files"),
     ),
     "realiad": FormatSpec(
         "realiad", "Real-IAD: realiad_<res>/<cat>/ images + realiad_jsons/ split JSONs",
-        realiad.list_categories, realiad.load_realiad,
+        _realiad_list_categories, load_realiad,
         ("resolution", "json_dir", "ng_without_mask", "verify_files"),
     ),
     "realiad_variety": FormatSpec(
         "realiad_variety", "Real-IAD Variety: realiadvariety_<res>/<cat>/ images + realiadvariety_jsons/ split JSONs",
-        realiad.list_variety_categories, realiad.load_realiad_variety,
+        _variety_list_categories, load_realiad_variety,
         ("resolution", "json_dir", "ng_without_mask", "verify_files"),
     ),
     "generic": FormatSpec(
@@ -228,28 +254,34 @@ def load_samples(
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     spec = _spec(format, Path(root))
     _check_options(spec, options)
-    return spec.load(Path(root), categories, split, **options)
+    samples = spec.load(Path(root), categories, split, **options)
+    if split == "train":  # never anomalies in training, whatever the reader returned
+        samples = keep_normal_training(samples, lambda s: s.label != 0,
+                                       f"the {spec.name!r} training split of {str(root)!r}", logger)
+    return samples
 
 
 def detect_format(root: Path) -> str:
     """Guess the format of ``root`` from its layout (heuristics in the module docstring)."""
     root = expect_dir(Path(root), "(dataset root)")
-    if (root / visa.SPLIT_CSV).is_file():
+    if (root / _VISA_SPLIT_CSV).is_file():
         return "visa"
     children = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     names = {p.name for p in children}
     if any(n.startswith("realiadvariety_") or n.lower() in ("realiad_variety_jsons", "real-iad_variety_jsons")
            for n in names):  # checked before Real-IAD: Dinomaly2 keeps Variety JSONs in realiad_jsons/
         return "realiad_variety"
-    if any(n.startswith("realiad_jsons") for n in names) or any(f"realiad_{r}" in names for r in realiad.RESOLUTIONS):
+    if any(n.startswith("realiad_jsons") for n in names) or any(f"realiad_{r}" in names for r in _REALIAD_RESOLUTIONS):
         return "realiad"
     cats = [p.name for p in children if (p / "train" / "good").is_dir()]
     if cats:
         return "mpdd" if set(cats) <= MPDD_CATEGORIES else "mvtec"
+    if any((p / "train" / "ok").is_dir() for p in children):
+        return "btad"
     raise LayoutError(
-        f"cannot detect the dataset format of {str(root)!r}: expected one of {str(root / visa.SPLIT_CSV)!r} (VisA), "
+        f"cannot detect the dataset format of {str(root)!r}: expected one of {str(root / _VISA_SPLIT_CSV)!r} (VisA), "
         f"a realiadvariety_* folder (Real-IAD Variety), a realiad_jsons or realiad_<res> folder (Real-IAD), "
-        f"or <category>/train/good sub-folders (MVTec-AD / MPDD); use format='generic' with explicit folders "
-        f"for anything else",
-        root / visa.SPLIT_CSV,
+        f"<category>/train/good sub-folders (MVTec-AD / MPDD) or <category>/train/ok sub-folders (BTAD); "
+        f"use format='generic' with explicit folders for anything else",
+        root / _VISA_SPLIT_CSV,
     )

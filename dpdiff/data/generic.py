@@ -27,51 +27,19 @@ For data that follows no benchmark layout (an in-house line camera, a customer's
   files are ignored, files are sorted by name; folders are not searched recursively.
 * Masks are binarised later with ``> 0`` (:func:`dpdiff.data.dataset.load_mask`).
 
-This module also defines :class:`LayoutError`, the error every reader in
-:mod:`dpdiff.data.formats` raises when a dataset root does not match the expected layout.
+This module also exports :class:`LayoutError` (defined in :mod:`dpdiff.data.layout`), the error
+every reader in :mod:`dpdiff.data.formats` raises when a dataset root does not match the expected
+layout.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
+from .layout import LayoutError, expect_dir, expect_file
 from .mvtec import GOOD, Sample, _index_folder, _list_images, find_mask
 
 __all__ = ["LayoutError", "expect_dir", "expect_file", "load_generic"]
-
-
-class LayoutError(FileNotFoundError, ValueError):
-    """A dataset root does not match the expected on-disk layout.
-
-    ``path`` is the first offending path (the one that was expected and is missing, or that has
-    the wrong content). Subclasses both :class:`FileNotFoundError` and :class:`ValueError`, so
-    callers catching either (as for :mod:`dpdiff.data.mvtec`) also catch it.
-    """
-
-    def __init__(self, message: str, path: Path | str | None = None):
-        super().__init__(message)
-        self.path = None if path is None else Path(path)
-
-    def __str__(self) -> str:  # FileNotFoundError would otherwise format errno-style args
-        return str(self.args[0]) if self.args else ""
-
-
-def expect_dir(path: Path, what: str) -> Path:
-    """``path`` if it is a directory, else :class:`LayoutError` ``"expected <path> <what>"``."""
-    path = Path(path)
-    if not path.is_dir():
-        state = "is a file, not a directory" if path.exists() else "does not exist"
-        raise LayoutError(f"expected directory {str(path)!r} {what} ({state})", path)
-    return path
-
-
-def expect_file(path: Path, what: str) -> Path:
-    """``path`` if it is a file, else :class:`LayoutError` ``"expected <path> <what>"``."""
-    path = Path(path)
-    if not path.is_file():
-        state = "is a directory, not a file" if path.exists() else "does not exist"
-        raise LayoutError(f"expected file {str(path)!r} {what} ({state})", path)
-    return path
 
 
 def _as_dir_list(value, name: str) -> list[Path]:

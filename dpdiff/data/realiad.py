@@ -5,21 +5,29 @@ Real-IAD layout (verified; sources in ``docs/datasets.md``)::
     <root>/realiad_{256,512,1024,raw}/<cat>/OK/S0001/<cat>_0001_OK_C1_<ts>.jpg
     <root>/realiad_{256,512,1024,raw}/<cat>/NG/<code>/S0001/<cat>_0001_NG_<code>_C1_<ts>.jpg
     <root>/realiad_{256,512,1024,raw}/<cat>/NG/<code>/S0001/<cat>_0001_NG_<code>_C1_<ts>.png   (mask)
-    <root>/realiad_jsons/realiad_jsons/<cat>.json      (as extracted from realiad_jsons.zip)
-    <root>/realiad_jsons/realiad_jsons_sv/<cat>.json   (single-view), realiad_jsons_fuiad_0.x/ ...
-    or <root>/realiad_jsons/<cat>.json                 (flat, as in Tencent's README)
+    <root>/realiad_jsons/<cat>.json                    (Tencent's README: realiad_jsons.zip extracted
+    <root>/realiad_jsons_sv/<cat>.json                  into the root; the variants single-view _sv and
+    <root>/realiad_jsons_fuiad_0.{0,1,2,4}/<cat>.json   FUIAD _fuiad_0.x sit NEXT TO realiad_jsons/)
+    or <root>/realiad_jsons/realiad_jsons/<cat>.json   (the zip extracted into a folder of its own, as
+       <root>/realiad_jsons/realiad_jsons_sv/...        anomalib and Dinomaly do; variants inside it)
 
 (some categories use a double underscore, ``audiojack__0001_NG_BX_C1_...``; the reader never
 builds file names, it takes them from the JSON). Each JSON is
 ``{"meta": {"prefix": ..., "normal_class": "OK", ...}, "train": [...], "test": [...]}`` and each
-sample ``{"category", "anomaly_class", "image_path", "mask_path"}`` with ``image_path`` /
-``mask_path`` relative to ``realiad_<res>/<cat>/``; ``mask_path`` is ``null`` for normal views.
+sample ``{"category", "anomaly_class", "image_path", "mask_path"}``. The official loader reads
+``os.path.join(image_dir, meta.prefix, image_path)`` with ``image_dir = realiad_<res>``: with the
+usual prefix ``"<cat>/"`` the paths are relative to ``realiad_<res>/<cat>/``, with an **empty
+prefix** they are relative to ``realiad_<res>/`` itself (and start with the category folder). The
+reader does the same, then falls back to ``<cat>/`` and the nested ``<cat>/<cat>/`` (see
+:func:`_category_dir`). ``mask_path`` is ``null`` for normal views.
 
 Real-IAD Variety (partly verified): same JSON schema, 160 categories, images under
 ``<root>/realiadvariety_{raw,1024,...}/<cat>/`` (the official download ships ``realiadvariety_raw``
 as PNG; ``realiadvariety_1024`` is the usual downsampled copy); some category archives extract
 to a nested ``<cat>/<cat>/`` folder; the JSONs come in ``realiadvariety_jsons.zip`` and are found
 under ``<root>/realiadvariety_jsons/[<wrapper>/]<cat>.json`` (or ``<root>/realiad_jsons/``).
+Category names are the JSON stems; the paper's subsets are matched to them ignoring case,
+hyphens, underscores and spaces (:mod:`dpdiff.data.realiad_layout`).
 
 Labels (the official rule of ``Tencent/AnomalyDetection_Real-IAD`` ``datasets/explicit_dataset.py``:
 ``as_normal = mask_path is None or anomaly_class == normal_class``):
@@ -31,6 +39,11 @@ Labels (the official rule of ``Tencent/AnomalyDetection_Real-IAD`` ``datasets/ex
   = ``anomaly_class`` kept for traceability, no mask), ``"anomaly"`` (label 1 without mask, as
   anomalib does; leave such samples out of pixel metrics) or ``"drop"``.
 
+Training (``split="train"``) keeps the entries whose ``anomaly_class`` is ``meta.normal_class``
+only: an anomalous training entry (the FUIAD variants ``realiad_jsons_fuiad_0.x`` put some there on
+purpose) is left out, and a warning ``left out N anomalous training rows of <json>`` is logged.
+Unsupervised training never sees anomalies.
+
 Object-level scores: the five camera views ``C1``-``C5`` of one physical object share a sample
 folder ``S####``. Sample numbers restart in every ``OK`` and ``NG/<code>`` folder
 (``audiojack/OK/S0001`` and ``audiojack/NG/BX/S0001`` are different objects), so
@@ -40,14 +53,26 @@ official ADEval ``--sample_key_pat`` (``<cat>_0001_NG_BX``).
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Iterable, Sequence
 
-from .generic import LayoutError, expect_dir
+from .layout import LayoutError, expect_dir, keep_normal_training
 from .mvtec import GOOD, Sample
+from .realiad_layout import (
+    REALIAD,
+    VARIETY,
+    _Variant,
+    closest_categories,
+    find_json_dir,
+    json_categories,
+    list_categories,
+    list_variety_categories,
+    normalize_category,
+)
+from .realiad_variety_splits import SUBSET_NAMES, subset_categories
 
 __all__ = [
     "RESOLUTIONS",
@@ -61,7 +86,10 @@ __all__ = [
     "object_id",
     "group_by_object",
     "object_scores",
+    "normalize_category",
 ]
+
+logger = logging.getLogger(__name__)
 
 RESOLUTIONS = ("256", "512", "1024", "raw")
 NORMAL_CLASS = "OK"
@@ -69,93 +97,6 @@ NG_WITHOUT_MASK = ("normal", "anomaly", "drop")
 _SAMPLE_DIR = re.compile(r"S\d+")
 # ADEval's --sample_key_pat from Tencent/AnomalyDetection_Real-IAD README (fallback for flat copies)
 _SAMPLE_KEY = re.compile(r"([a-zA-Z][a-zA-Z0-9_]*_[0-9]{4}_[A-Z][A-Z_]*[A-Z])_C[0-9]_")
-
-
-@dataclass(frozen=True)
-class _Variant:
-    name: str
-    image_prefix: str  # image folder is <root>/<image_prefix><resolution>
-    json_tops: tuple[str, ...]  # candidate JSON folders under <root>, in order
-
-
-REALIAD = _Variant("Real-IAD", "realiad_", ("realiad_jsons",))
-VARIETY = _Variant(
-    "Real-IAD Variety",
-    "realiadvariety_",
-    ("realiadvariety_jsons", "realiad_variety_jsons", "Real-IAD_Variety_jsons", "realiad_jsons"),
-)
-
-
-# ----------------------------------------------------------------------------- JSON folder
-
-
-def _has_json(d: Path) -> bool:
-    return d.is_dir() and any(p.suffix.lower() == ".json" and not p.name.startswith(".") for p in d.iterdir())
-
-
-def _descend(top: Path) -> Path | None:
-    """``top`` if it holds *.json, else its single (or same-named) sub-folder holding *.json."""
-    if _has_json(top):
-        return top
-    if not top.is_dir():
-        return None
-    subs = sorted((p for p in top.iterdir() if p.is_dir() and not p.name.startswith(".") and _has_json(p)),
-                  key=lambda p: p.name)
-    if len(subs) == 1:
-        return subs[0]
-    for s in subs:  # realiad_jsons/realiad_jsons next to realiad_jsons_sv, realiad_jsons_fuiad_0.x
-        if s.name == top.name:
-            return s
-    if subs:
-        raise LayoutError(
-            f"{str(top)!r} holds several JSON folders {[s.name for s in subs]}; choose one with json_dir=",
-            top,
-        )
-    return None
-
-
-def find_json_dir(root: Path, json_dir: Path | str | None = None, variety: bool = False) -> Path:
-    """The folder of per-category JSONs (see the module docstring for the search order).
-
-    ``json_dir``: absolute, or relative to ``root`` or to the default JSON folder (so
-    ``json_dir="realiad_jsons_sv"`` finds ``<root>/realiad_jsons/realiad_jsons_sv``).
-    """
-    variant = VARIETY if variety else REALIAD
-    root = expect_dir(Path(root), f"({variant.name} root)")
-    if json_dir is not None:
-        jd = Path(json_dir)
-        cands = [jd] if jd.is_absolute() else [root / jd] + [root / t / jd for t in variant.json_tops]
-        for c in cands:
-            found = _descend(c)
-            if found is not None:
-                return found
-        raise LayoutError(f"expected JSON folder {str(cands[0])!r} with <category>.json files for {variant.name}",
-                          cands[0])
-    for top in variant.json_tops:
-        found = _descend(root / top)
-        if found is not None:
-            return found
-    first = root / variant.json_tops[0]
-    raise LayoutError(
-        f"expected {str(first / variant.json_tops[0])!r} or {str(first)!r} holding <category>.json files "
-        f"for {variant.name} (or pass json_dir=)",
-        first,
-    )
-
-
-def _categories(root: Path, json_dir, variant: _Variant) -> list[str]:
-    jd = find_json_dir(root, json_dir, variant is VARIETY)
-    return sorted(p.stem for p in jd.iterdir() if p.suffix.lower() == ".json" and not p.name.startswith("."))
-
-
-def list_categories(root: Path, json_dir: Path | str | None = None) -> list[str]:
-    """Real-IAD categories: the stems of the JSON files, sorted."""
-    return _categories(root, json_dir, REALIAD)
-
-
-def list_variety_categories(root: Path, json_dir: Path | str | None = None) -> list[str]:
-    """Real-IAD Variety categories: the stems of the JSON files, sorted."""
-    return _categories(root, json_dir, VARIETY)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -203,29 +144,57 @@ def _entries(doc: dict, split: str, path: Path, variant: _Variant) -> list[dict]
     return entries
 
 
-def _category_dir(img_root: Path, cat: str, meta: dict, first_image: str) -> Path:
-    """``<img_root>/<cat>``, or the nested ``<cat>/<cat>``, or ``<img_root>/<meta.prefix>``:
-    the first one in which the first image of the JSON exists."""
-    cands = [img_root / cat, img_root / cat / cat]
+def _safe_prefix(meta: dict) -> str | None:
+    """``meta.prefix`` without surrounding ``/`` (``""`` for an empty prefix); ``None`` when absent or unsafe."""
     prefix = meta.get("prefix") if isinstance(meta, dict) else None
-    if isinstance(prefix, str) and prefix.strip("/") and not PurePath(prefix).is_absolute() and ".." not in prefix:
-        cands.append(img_root / prefix.strip("/"))
+    if not isinstance(prefix, str):
+        return None
+    if PurePath(prefix).is_absolute() or ".." in PurePath(prefix).parts:
+        return None
+    return prefix.strip("/")
+
+
+def _category_dir(img_root: Path, cat: str, meta: dict, first_image: str) -> Path:
+    """The folder the JSON paths are relative to: the first candidate holding the first listed image.
+
+    Candidates, in order: ``<img_root>/<meta.prefix>`` (the official loader's
+    ``os.path.join(image_dir, prefix, image_path)``; an empty prefix means ``<img_root>`` itself),
+    ``<img_root>/<cat>``, the nested ``<img_root>/<cat>/<cat>``, and a folder of ``<img_root>``
+    whose name equals ``cat`` ignoring case, hyphens, underscores and spaces (and its nested copy).
+    """
+    cands: list[Path] = []
+    prefix = _safe_prefix(meta)
+    if prefix is not None:
+        cands.append(img_root / prefix if prefix else img_root)
+    cands += [img_root / cat, img_root / cat / cat]
+    if not (img_root / cat).is_dir() and img_root.is_dir():
+        key = normalize_category(cat)
+        for d in sorted(img_root.iterdir(), key=lambda p: p.name):
+            if d.is_dir() and not d.name.startswith(".") and normalize_category(d.name) == key:
+                cands += [d, d / d.name]
+    seen: list[Path] = []
     for c in cands:
+        if c in seen:
+            continue
+        seen.append(c)
         if (c / first_image).is_file():
             return c
-    if not cands[0].is_dir():
-        raise LayoutError(f"expected category folder {str(cands[0])!r}", cands[0])
+    if not any(c.is_dir() for c in seen if c != img_root):
+        raise LayoutError(f"expected category folder {str(img_root / cat)!r}", img_root / cat)
+    tried = ", ".join(repr(str(c / first_image)) for c in seen)
     raise LayoutError(
-        f"expected image {str(cands[0] / first_image)!r} (first image of the split file; also tried the nested "
-        f"{str(cands[1])!r})",
-        cands[0] / first_image,
+        f"expected image {str(seen[0] / first_image)!r} (first image of the split file; tried {tried})",
+        seen[0] / first_image,
     )
 
 
 def _suggest(cat: str, available: Iterable[str]) -> str:
-    low = {a.lower(): a for a in available}
-    hit = low.get(cat.lower())
-    return f" (did you mean {hit!r}?)" if hit else ""
+    available = list(available)
+    same = [a for a in available if normalize_category(a) == normalize_category(cat)]
+    if same:
+        return f" (did you mean {same[0]!r}?)"
+    close = closest_categories(cat, available)
+    return f" (closest: {close})" if close else ""
 
 
 def _load(
@@ -244,7 +213,7 @@ def _load(
         raise ValueError(f"ng_without_mask must be one of {NG_WITHOUT_MASK}, got {ng_without_mask!r}")
     root = expect_dir(Path(root), f"({variant.name} root)")
     jd = find_json_dir(root, json_dir, variant is VARIETY)
-    available = sorted(p.stem for p in jd.iterdir() if p.suffix.lower() == ".json" and not p.name.startswith("."))
+    available = json_categories(jd)
     if categories is None:
         categories = available
     elif isinstance(categories, str):
@@ -268,6 +237,9 @@ def _load(
         meta = doc.get("meta") if isinstance(doc.get("meta"), dict) else {}
         normal_class = meta.get("normal_class", NORMAL_CLASS)
         entries = _entries(doc, split, jpath, variant)
+        if split == "train":  # never anomalies in training (FUIAD variants list some there)
+            entries = keep_normal_training(entries, lambda e: str(e["anomaly_class"]) != normal_class,
+                                           f"{variant.name} split file {str(jpath)!r}", logger)
         if not entries:
             raise ValueError(f"{variant.name} category {cat!r} has no {split!r} samples in {str(jpath)!r}")
         cat_dir = _category_dir(img_root, cat, meta, entries[0]["image_path"])
@@ -306,7 +278,8 @@ def load_realiad(
     """Real-IAD samples (JSON order) of ``categories`` (all when ``None``) for ``split``.
 
     ``resolution``: 256, 512, 1024 or ``"raw"`` (image folder ``realiad_<resolution>``);
-    ``json_dir``: another JSON folder (e.g. ``"realiad_jsons_sv"``); ``ng_without_mask``: see the
+    ``json_dir``: another JSON folder (e.g. ``"realiad_jsons_sv"``, next to or inside
+    ``realiad_jsons/``); ``ng_without_mask``: see the
     module docstring; ``verify_files``: check every image/mask exists (first missing one raises
     :class:`~dpdiff.data.generic.LayoutError` naming it).
     """
@@ -325,13 +298,11 @@ def load_realiad_variety(
     """Real-IAD Variety samples; as :func:`load_realiad` with image folder ``realiadvariety_<resolution>``.
 
     ``categories`` may be a subset name of :mod:`dpdiff.data.realiad_variety_splits`
-    (``"S1"``, ``"S2"``, ``"S3"``, ``"Full"``).
+    (``"S1"``, ``"S2"``, ``"S3"``, ``"Full"``); a subset's names are matched to the categories on
+    disk ignoring case, hyphens, underscores and spaces (the samples carry the on-disk names).
     """
-    if isinstance(categories, str):
-        from .realiad_variety_splits import SUBSET_NAMES, subset_categories
-
-        if categories in SUBSET_NAMES:
-            categories = subset_categories(categories, root, json_dir=json_dir)
+    if isinstance(categories, str) and categories in SUBSET_NAMES:
+        categories = subset_categories(categories, root, json_dir=json_dir)
     return _load(VARIETY, root, categories, split, resolution, json_dir, ng_without_mask, verify_files)
 
 

@@ -8,15 +8,21 @@ S2 = first 60 of S3), so S1 is a subset of S2, which is a subset of S3. "Full" i
 found on disk (the 160 JSON files of Real-IAD Variety), resolved by :func:`subset_categories`.
 
 The names are the paper's spelling (including the upper-case ``D_sub_connector``,
-``DVD_switch``, ``LED_indicator``, ``PLCC_socket``, ``VR_joystick``); that they match the
-dataset's folder/JSON names exactly could not be verified for all 100 (see docs/datasets.md):
-:func:`subset_categories` checks them against the categories on disk and reports any mismatch.
+``DVD_switch``, ``LED_indicator``, ``PLCC_socket``, ``VR_joystick``). Public lists of the 160
+dataset folders spell some of them differently (``D-sub-connector``, ``chip-inductor``,
+``common-mode-choke``, ``lilypad_led``, ...: 1 of the 30 S1 names, 7 of the 60 S2 names, 20 of the
+100 S3 names differ). :func:`subset_categories` therefore matches every name to the categories on
+disk through one normalisation (:func:`dpdiff.data.realiad_layout.normalize_category`: case,
+hyphens, underscores and spaces ignored) and returns the on-disk spelling; a name that matches
+nothing is an error listing it with the closest names on disk.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["S1", "S2", "S3", "SUBSETS", "SUBSET_NAMES", "FULL", "subset_categories"]
+from .realiad_layout import list_variety_categories, match_categories, normalize_category
+
+__all__ = ["S1", "S2", "S3", "SUBSETS", "SUBSET_NAMES", "FULL", "subset_categories", "normalize_category"]
 
 #: S1: 30 categories (paper, Appendix A).
 S1: tuple[str, ...] = (
@@ -83,10 +89,13 @@ SUBSET_NAMES = ("S1", "S2", "S3", FULL)
 def subset_categories(name: str, root: Path | str | None = None, json_dir: Path | str | None = None) -> list[str]:
     """Categories of subset ``name`` (``"S1"``, ``"S2"``, ``"S3"`` or ``"Full"``).
 
-    With ``root`` (a Real-IAD Variety root), the names are checked against the categories found
-    on disk (:func:`dpdiff.data.realiad.list_variety_categories`) and a missing one raises
-    :class:`ValueError` naming it (with the on-disk spelling when only the case differs).
-    ``"Full"`` needs ``root`` and returns every category on disk, sorted.
+    Without ``root``: the paper's names, in the paper's order. With ``root`` (a Real-IAD Variety
+    root): the names of the categories found on disk
+    (:func:`dpdiff.data.realiad_layout.list_variety_categories`) that match the paper's names
+    ignoring case, hyphens, underscores and spaces, in the paper's order (``"D_sub_connector"``
+    gives ``"D-sub-connector"`` when that is the folder/JSON name). A name that matches nothing
+    (or several names) raises :class:`ValueError` listing every such name with the closest names
+    on disk. ``"Full"`` needs ``root`` and returns every category on disk, sorted.
     """
     if name not in SUBSET_NAMES:
         raise ValueError(f"unknown Real-IAD Variety subset {name!r}; known: {list(SUBSET_NAMES)}")
@@ -94,17 +103,8 @@ def subset_categories(name: str, root: Path | str | None = None, json_dir: Path 
         if name == FULL:
             raise ValueError("subset 'Full' is every category on disk: pass root=<Real-IAD Variety root>")
         return list(SUBSETS[name])
-    from .realiad import list_variety_categories
-
     on_disk = list_variety_categories(Path(root), json_dir=json_dir)
     if name == FULL:
         return on_disk
-    have = set(on_disk)
-    lower = {c.lower(): c for c in on_disk}
-    missing = [c for c in SUBSETS[name] if c not in have]
-    if missing:
-        hints = [f"{c!r} (on disk: {lower[c.lower()]!r})" if c.lower() in lower else repr(c) for c in missing]
-        raise ValueError(
-            f"{len(missing)} categories of subset {name} are not found under {str(root)!r}: {', '.join(hints)}"
-        )
-    return list(SUBSETS[name])
+    return match_categories(SUBSETS[name], on_disk, what=f"categories of subset {name}",
+                            where=f" under {str(root)!r}")

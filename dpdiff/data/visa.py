@@ -14,6 +14,11 @@ On-disk layout of the VisA download (``VisA_20220922.tar``; verified against
 (e.g. ``candle/Data/Images/Anomaly/000.JPG``, ``candle/Data/Masks/Anomaly/000.png``); ``mask``
 is empty for normal rows. In the 1-class split the training rows are all normal.
 
+The 2-class split files next to it (``split_csv/2cls_highshot.csv``, ``split_csv/2cls_fewshot.csv``,
+same columns; choose one with ``split_csv=``) list anomalies in their training rows. Training is
+unsupervised here: ``split="train"`` keeps the normal rows only, and a warning
+``left out N anomalous training rows of <file>`` is logged (logger ``dpdiff.data.visa``).
+
 Masks store the *defect class id* per pixel (0 = background, 1..9 = the object's defect types
 listed in spot-diff's ``utils/id2class.py``), so they look black; some re-distributed copies are
 0/255. Both are handled by the ``> 0`` binarisation of :func:`dpdiff.data.dataset.load_mask`
@@ -26,10 +31,11 @@ Samples: label 0 / defect ``"good"`` for ``normal`` rows, label 1 / defect ``"an
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 from typing import Sequence
 
-from .generic import LayoutError, expect_dir, expect_file
+from .layout import LayoutError, expect_dir, expect_file, keep_normal_training
 from .mvtec import GOOD, Sample
 
 __all__ = ["SPLIT_CSV", "CSV_COLUMNS", "VISA_CATEGORIES", "ANOMALY_DEFECT", "list_categories", "load_visa", "read_split_csv"]
@@ -45,6 +51,8 @@ VISA_CATEGORIES = (
 #: Defect name given to VisA anomalies (1cls.csv has no per-image defect type).
 ANOMALY_DEFECT = "anomaly"
 _LABELS = {"normal": 0, "anomaly": 1}
+
+logger = logging.getLogger(__name__)
 
 
 def _csv_path(root: Path, split_csv: Path | str | None) -> Path:
@@ -112,7 +120,9 @@ def load_visa(
     """VisA samples of ``categories`` (all when ``None``) for ``split`` (``"train"``/``"test"``).
 
     ``verify_files``: check that every image (and mask) listed exists; the first missing one
-    raises :class:`~dpdiff.data.generic.LayoutError` naming it.
+    raises :class:`~dpdiff.data.generic.LayoutError` naming it. ``split="train"`` returns the
+    normal training rows only (anomalous ones, as in the 2cls split files, are left out and
+    counted in a logged warning).
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -130,10 +140,12 @@ def load_visa(
     if unknown:
         raise ValueError(f"VisA categories {unknown} are not in the split file (available: {available})")
 
+    selected = [r for r in rows if r["split"] == split and r["object"] in categories]
+    if split == "train":  # never anomalies in training (the 2cls split files list some there)
+        selected = keep_normal_training(selected, lambda r: _LABELS[r["label"]] == 1,
+                                        f"VisA split file {str(_csv_path(root, split_csv))!r}", logger)
     by_cat: dict[str, list[Sample]] = {c: [] for c in categories}
-    for r in rows:
-        if r["split"] != split or r["object"] not in by_cat:
-            continue
+    for r in selected:
         label = _LABELS[r["label"]]
         image = root / r["image"]
         if verify_files and not image.is_file():

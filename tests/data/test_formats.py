@@ -34,14 +34,14 @@ def _mpdd(root: Path, cats=("metal_plate", "tubes")) -> Path:
 
 
 def test_registry_names():
-    assert set(FORMATS) == {"mvtec", "mpdd", "visa", "realiad", "realiad_variety", "generic"}
+    assert set(FORMATS) == {"mvtec", "mpdd", "btad", "visa", "realiad", "realiad_variety", "generic"}
     for name, spec in FORMATS.items():
         assert spec.name == name and callable(spec.load) and callable(spec.list_categories)
 
 
 def test_unknown_format_and_option(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown dataset format 'btad'.*'generic', 'mpdd', 'mvtec'"):
-        load_samples("btad", tmp_path, None, "test")
+    with pytest.raises(ValueError, match=r"unknown dataset format 'dagm'.*'btad', 'generic', 'mpdd', 'mvtec'"):
+        load_samples("dagm", tmp_path, None, "test")
     with pytest.raises(ValueError, match=r"unknown dataset format"):
         list_categories_for("kolektor", tmp_path)
     root = _mpdd(tmp_path / "mpdd")
@@ -99,3 +99,30 @@ def test_list_categories_ignores_load_only_options(tmp_path):
     root = _mpdd(tmp_path / "mpdd", cats=("tubes",))
     assert list_categories_for("mpdd", root, allow_missing_masks=True) == ["tubes"]
     assert list_categories_for("generic", root, category="line", normal_dir="x") == ["line"]
+
+
+def test_load_samples_never_returns_anomalies_for_training(tmp_path, monkeypatch, caplog):
+    """Whatever a reader returns, the training split of load_samples holds normal samples only."""
+    import logging
+
+    from dpdiff.data import formats
+    from dpdiff.data.mvtec import Sample
+
+    def leaky(root, categories, split):
+        return [Sample(root / "a.png", None, 0, "good", "c"), Sample(root / "b.png", root / "m.png", 1, "bad", "c")]
+
+    monkeypatch.setitem(formats.FORMATS, "leaky", formats.FormatSpec("leaky", "test", lambda root: ["c"], leaky))
+    with caplog.at_level(logging.WARNING, logger="dpdiff.data"):
+        train = load_samples("leaky", tmp_path, None, "train")
+    assert [s.image_path.name for s in train] == ["a.png"]
+    assert any("left out 1 anomalous training row" in r.getMessage() for r in caplog.records)
+    assert len(load_samples("leaky", tmp_path, None, "test")) == 2
+
+
+def test_detect_btad(tmp_path):
+    (tmp_path / "b" / "01" / "train" / "ok").mkdir(parents=True)
+    (tmp_path / "b" / "02" / "train" / "ok").mkdir(parents=True)
+    assert detect_format(tmp_path / "b") == "btad"
+    (tmp_path / "x" / "01" / "train" / "okay").mkdir(parents=True)
+    with pytest.raises(LayoutError, match=r"train/ok sub-folders \(BTAD\)"):
+        detect_format(tmp_path / "x")

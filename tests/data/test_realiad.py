@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from dpdiff.data.realiad import (
     object_id,
     object_scores,
 )
+from dpdiff.data.realiad_layout import match_categories, normalize_category
 from dpdiff.data.realiad_variety_splits import S1, S2, S3, SUBSETS, subset_categories
 
 PAPER = Path(__file__).resolve().parents[3] / "shared" / "paper" / "DPDiff-AD.txt"
@@ -240,3 +242,186 @@ def test_subsets_match_the_paper_appendix():
     parts = re.split(r"S[123] Categories \(\d+ Classes\)", seg)[1:]
     lists = [[x.strip().rstrip(".") for x in re.split(r",\s*", p.strip()) if x.strip()] for p in parts]
     assert lists == [list(S1), list(S2), list(S3)]
+
+
+# ----------------------------------------------------------------------------- Real-IAD: prefix, JSON folders, training rows
+
+
+def test_empty_prefix_paths_start_with_the_category(tmp_path):
+    """meta.prefix "" (official loader: os.path.join(image_dir, "", image_path)) with image paths
+    that start with the category folder: read relative to realiad_<res>/ itself."""
+    root = tmp_path / "Real-IAD"
+    img_root = root / "realiad_1024"
+    train = _object(img_root, "audiojack/OK/S0002", "audiojack_0002_OK_C{v}_20231021130235", ".jpg")
+    test = _object(img_root, "audiojack/OK/S0001", "audiojack_0001_OK_C{v}_20231021130111", ".jpg")
+    test += _object(img_root, "audiojack/NG/BX/S0001", "audiojack__0001_NG_BX_C{v}_20231023111538", ".jpg",
+                    masked_views=(1,))
+    for e in train + test:
+        e["category"] = "audiojack"
+        if e["image_path"].startswith("audiojack/NG/"):
+            e["anomaly_class"] = "BX"
+    _write_json(root / "realiad_jsons" / "audiojack.json", "audiojack", train, test, prefix="")
+    samples = load_realiad(root, None, "test")
+    assert len(samples) == 10 and [s.label for s in samples] == [0] * 5 + [1, 0, 0, 0, 0]
+    assert all(s.image_path.is_file() for s in samples)
+    assert samples[5].image_path == img_root / "audiojack/NG/BX/S0001/audiojack__0001_NG_BX_C1_20231023111538.jpg"
+    assert samples[5].mask_path == samples[5].image_path.with_suffix(".png")
+    assert {object_id(s) for s in samples} == {"audiojack/OK/S0001", "audiojack/NG/BX/S0001"}
+    assert len(load_realiad(root, None, "train")) == 5
+
+
+def test_prefix_set_and_category_relative_paths_still_work(realiad_root):
+    # the usual case: prefix "<cat>/", paths relative to the category folder (fixture default)
+    doc = json.loads((realiad_root / "realiad_jsons/realiad_jsons/toy_brick.json").read_text())
+    assert doc["meta"]["prefix"] == "toy_brick/" and not doc["test"][0]["image_path"].startswith("toy_brick")
+    assert all(s.image_path.is_file() for s in load_realiad(realiad_root, ["toy_brick"], "test"))
+
+
+def test_variant_json_folders_next_to_realiad_jsons(realiad_root, tmp_path):
+    """Tencent's README: realiad_jsons/, realiad_jsons_sv/, realiad_jsons_fuiad_0.x/ side by side in the root."""
+    root = tmp_path / "readme_layout"
+    root.mkdir()
+    (root / "realiad_1024").symlink_to(realiad_root / "realiad_1024")
+    src = realiad_root / "realiad_jsons"
+    (root / "realiad_jsons").mkdir()
+    (root / "realiad_jsons" / "audiojack.json").write_text((src / "realiad_jsons" / "audiojack.json").read_text())
+    (root / "realiad_jsons_sv").mkdir()
+    (root / "realiad_jsons_sv" / "audiojack.json").write_text((src / "realiad_jsons_sv" / "audiojack.json").read_text())
+    assert detect_format(root) == "realiad"
+    assert find_json_dir(root) == root / "realiad_jsons"
+    assert find_json_dir(root, "realiad_jsons_sv") == root / "realiad_jsons_sv"
+    assert len(load_realiad(root, None, "test")) == 15
+    assert len(load_realiad(root, None, "test", json_dir="realiad_jsons_sv")) == 2
+
+
+def test_anomalous_training_entries_are_left_out_and_counted(realiad_root, caplog):
+    """A FUIAD-style JSON lists NG entries under "train": training never sees them."""
+    jd = realiad_root / "realiad_jsons" / "realiad_jsons_fuiad_0.1"
+    doc = json.loads((realiad_root / "realiad_jsons/realiad_jsons/audiojack.json").read_text())
+    ng = [e for e in doc["test"] if e["anomaly_class"] != "OK"]  # 10 NG views (3 with a mask)
+    _write_json(jd / "audiojack.json", "audiojack", doc["train"] + ng, doc["test"])
+    with caplog.at_level(logging.WARNING, logger="dpdiff.data"):
+        train = load_samples("realiad", realiad_root, ["audiojack"], "train", json_dir="realiad_jsons_fuiad_0.1")
+    assert len(train) == 5 and all(s.label == 0 and s.defect == "good" for s in train)
+    msgs = [r.getMessage() for r in caplog.records if r.name == "dpdiff.data.realiad"]
+    assert len(msgs) == 1 and "left out 10 anomalous training rows" in msgs[0]
+    assert str(jd / "audiojack.json") in msgs[0]
+    # ng_without_mask does not bring them back into training
+    train = load_realiad(realiad_root, ["audiojack"], "train", json_dir="realiad_jsons_fuiad_0.1",
+                         ng_without_mask="anomaly")
+    assert len(train) == 5
+    # the test split is untouched, and a clean JSON logs nothing
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dpdiff.data"):
+        assert len(load_realiad(realiad_root, ["audiojack"], "test", json_dir="realiad_jsons_fuiad_0.1")) == 15
+        load_realiad(realiad_root, None, "train")
+    assert not [r for r in caplog.records if "left out" in r.getMessage()]
+
+
+# ----------------------------------------------------------------------------- Variety names
+
+# The 160 Real-IAD Variety folder names as spelled in a third-party list (a public AnomalyCLIP-style
+# loader's ``generate_class_info('Real-IAD-Variety')``): hyphens and joined words where the paper
+# writes underscores.
+THIRD_PARTY_VARIETY_NAMES = (
+    "2pin_block_plug", "3_adapter", "3pin_aviation_connector", "4_wire_stepping_motor", "D-sub-connector", "DVD_switch", "LED_indicator",
+    "PLCC_socket", "VR_joystick", "access_card", "accurate_detection_switch", "aircraft_model_head", "angled_toggle_switch", "audio_jack_socket",
+    "bag_buckle", "ball_pin", "balun_transformer", "battery", "battery_holder_connector", "battery_socket_connector", "bend_connector", "blade_switch",
+    "blue_light_switch", "bluetooth_module", "boost_converter_module", "bread_model", "brooch_clasp_accessory", "button_battery_holder", "button_motor",
+    "button_switch", "car_door_lock_switch", "ceramic_fuse", "ceramic_wave_filter", "charging_port", "chip-inductor", "circuit_breaker",
+    "circular_aviation_connector", "common-mode-choke", "common-mode-filter", "connector", "connector_housing-female", "console_switch",
+    "crimp_st_cable_mount_box", "dc_jack", "dc_power_connector", "detection_switch", "duckbill_circuit_breaker", "earphone_audio_unit",
+    "effect_transistor", "electronic_watch_movement", "ethernet-connector", "ferrite_bead", "ffc_connector_plug", "flow_control_valve",
+    "flower_copper_shape", "flower_velvet_fabric", "fork-crimp-terminal", "fuse_cover", "fuse_holder", "gear", "gear_motor", "green-ring-filter",
+    "hairdryer_switch", "hall_effect_sensor", "headphone_jack-female", "headphone_jack_socket", "hex_plug", "humidity_sensor", "ingot_buckle",
+    "insect_metal_parts", "inverter_connector", "jam_jar_model", "joystick_switch", "kfc_push-key_switch", "knob-cap", "laser_diode", "lattice_block_plug",
+    "lego-pin-connector-plate", "lego-propeller", "lego-reel", "lego-technical-gear", "lego-turbine", "lighting_connector", "lilypad_led", "limit-switch",
+    "lithium_battery_plug", "littel-fuse", "little_cow_model", "lock", "long-zipper", "meteor_hammer_arrowhead", "miniature_laser_module",
+    "miniature_lifting_motor", "miniature_motor", "miniature_stepper_motor", "mobile_charging_connector", "model_steering_module", "monitor_socket",
+    "motor_bracket", "motor_gear_reducer", "motor_plug", "mouse_socket", "multi_function_switch", "nylon_ball_head", "optical_fiber_outlet",
+    "pencil_sharpener", "pinboard_connector", "pitch_connector", "pneumatic_elbow", "pot_core", "potentiometer", "power_bank_module",
+    "power_inductor", "power_jack", "power_strip_socket", "pulse_transformer", "purple-clay-pot", "push_button_switch", "push_in_terminal",
+    "recorder_switch", "rectangular-connector-accessories", "red_terminal", "retaining_ring", "rheostat", "rotary_position_sensor",
+    "round_twist_switch", "self-lock_switch", "shelf_support_module", "side_press_switch", "side_release_buckle", "silicon_cell_sensor", "sim_card_reader",
+    "single-pole_potentiometer", "single_switch", "slide_switch", "slipper- model", "small_leaf", "smd_receiver_module", "solderless_adapter",
+    "spherical_airstone", "spring_antenna", "square_terminal", "steering_T-head", "steering_wheel", "suction-cup", "telephone_spring_switch",
+    "tension_snap_release_clip", "thumbtack", "thyristor", "toy-tire", "traceless_hair_clip", "travel_switch", "travel_switch_green",
+    "tubular_key_switch", "vacuum_switch", "vehicle_harness_conductor", "vertical-adjustable-resistor", "vibration_motor",
+    "volume_potentiometer", "wireless_receiver_module")
+
+
+def _json_only_root(tmp_path: Path, names) -> Path:
+    jd = tmp_path / "rv" / "realiadvariety_jsons" / "Real-IAD_Variety_jsons"
+    jd.mkdir(parents=True)
+    for n in names:
+        (jd / f"{n}.json").write_text('{"meta": {}, "train": [], "test": []}')
+    return tmp_path / "rv"
+
+
+def test_third_party_spelling_differs_as_reported():
+    assert len(THIRD_PARTY_VARIETY_NAMES) == 160 == len({normalize_category(n) for n in THIRD_PARTY_VARIETY_NAMES})
+    on_list = set(THIRD_PARTY_VARIETY_NAMES)
+    assert [sum(n not in on_list for n in s) for s in (S1, S2, S3)] == [1, 7, 20]
+    assert "D-sub-connector" in on_list and "lilypad_led" in on_list and "lily_pad_led" in S3
+
+
+@pytest.mark.parametrize("spelling", ["paper", "third_party"])
+@pytest.mark.parametrize("subset", ["S1", "S2", "S3"])
+def test_every_subset_name_matches_both_spellings(tmp_path, spelling, subset):
+    if spelling == "paper":  # the paper's 100 names plus the 60 other folders
+        extra = [n for n in THIRD_PARTY_VARIETY_NAMES if normalize_category(n) not in {normalize_category(x) for x in S3}]
+        names = list(S3) + extra
+    else:
+        names = list(THIRD_PARTY_VARIETY_NAMES)
+    root = _json_only_root(tmp_path, names)
+    assert len(subset_categories("Full", root)) == 160
+    got = subset_categories(subset, root)
+    assert len(got) == len(SUBSETS[subset])
+    assert set(got) <= set(names)  # the on-disk spelling is returned
+    assert [normalize_category(g) for g in got] == [normalize_category(n) for n in SUBSETS[subset]]  # paper order
+    if spelling == "paper":
+        assert got == SUBSETS[subset]
+    else:
+        assert got[4] == "D-sub-connector"
+        if subset == "S3":
+            assert "lilypad_led" in got and "littel-fuse" in got
+
+
+def test_unmatched_subset_name_lists_the_closest_on_disk_names(tmp_path):
+    names = [n for n in THIRD_PARTY_VARIETY_NAMES if n not in ("chip-inductor", "D-sub-connector")]
+    names.append("chip_inductors")  # a near miss
+    root = _json_only_root(tmp_path, names)
+    with pytest.raises(ValueError) as e:
+        subset_categories("S2", root)
+    msg = str(e.value)
+    assert msg.startswith("2 categories of subset S2 are not found under")
+    assert "'D_sub_connector' (closest on disk: [" in msg
+    assert "'chip_inductor' (closest on disk: ['chip_inductors'" in msg
+    assert "ignoring case, hyphens, underscores and spaces" in msg
+
+
+def test_ambiguous_spellings_are_an_error():
+    with pytest.raises(ValueError, match=r"match several names on disk.*'knob cap' \(matches \['knob-cap', 'knob_cap'\]\)"):
+        match_categories(["knob cap"], ["knob-cap", "knob_cap"])
+    assert match_categories(["knob_cap"], ["knob-cap", "knob_cap"]) == ["knob_cap"]  # exact name wins
+
+
+def test_variety_reader_with_hyphenated_folders(tmp_path):
+    """JSON and image folder named D-sub-connector: the paper spelling in a subset list resolves to it,
+    and a JSON stem spelled differently from its image folder still finds the images."""
+    root = tmp_path / "rv"
+    jd = root / "realiadvariety_jsons"
+    for cat, folder in (("D-sub-connector", "D-sub-connector"), ("chip_inductor", "chip-inductor")):
+        cat_dir = root / "realiadvariety_raw" / folder
+        train = _object(cat_dir, "OK/S000001", "S000001_C{v}_ok", ".png")
+        test = _object(cat_dir, "NG/Deformation/S000002", "S000002_C{v}_ng", ".png", masked_views=(1,),
+                       mask_suffix="_mask")
+        _write_json(jd / f"{cat}.json", cat, train, test, prefix=f"{cat}/")
+    assert match_categories(["D_sub_connector", "chip-inductor"], list_variety_categories(root)) == \
+        ["D-sub-connector", "chip_inductor"]
+    test = load_realiad_variety(root, None, "test", resolution="raw")
+    assert len(test) == 10 and {s.category for s in test} == {"D-sub-connector", "chip_inductor"}
+    assert all(s.image_path.is_file() for s in test)
+    assert {s.image_path.parts[-5] for s in test if s.category == "chip_inductor"} == {"chip-inductor"}
+    with pytest.raises(LayoutError, match=r"D_sub_connector\.json.*did you mean 'D-sub-connector'"):
+        load_realiad_variety(root, ["D_sub_connector"], "test", resolution="raw")

@@ -129,3 +129,41 @@ def test_through_the_registry(visa_root):
     test = load_samples("visa", visa_root, None, "test")
     assert len(test) == 6 and sum(s.label for s in test) == 3
     assert load_samples("auto", visa_root, ["pcb1"], "train") == load_visa(visa_root, ["pcb1"], "train")
+
+
+def test_2cls_split_file_never_puts_anomalies_in_training(visa_root, caplog):
+    """spot-diff's split_csv/2cls_highshot.csv / 2cls_fewshot.csv list anomalies among the training
+    rows: training keeps the normal rows only and logs how many it left out, naming the file."""
+    import logging
+
+    two_cls = visa_root / "split_csv" / "2cls_highshot.csv"
+    two_cls.write_text("\n".join([
+        HEADER,
+        "candle,train,normal,candle/Data/Images/Normal/0836.JPG,",
+        "candle,train,anomaly,candle/Data/Images/Anomaly/000.JPG,candle/Data/Masks/Anomaly/000.png",
+        "candle,train,normal,candle/Data/Images/Normal/0451.JPG,",
+        "pcb1,train,anomaly,pcb1/Data/Images/Anomaly/000.JPG,pcb1/Data/Masks/Anomaly/000.png",
+        "pcb1,train,normal,pcb1/Data/Images/Normal/0000.JPG,",
+        "candle,test,normal,candle/Data/Images/Normal/0790.JPG,",
+        "candle,test,anomaly,candle/Data/Images/Anomaly/001.JPG,candle/Data/Masks/Anomaly/001.png",
+        "pcb1,test,normal,pcb1/Data/Images/Normal/0002.JPG,",
+    ]) + "\n")
+    with caplog.at_level(logging.WARNING, logger="dpdiff.data"):
+        train = load_samples("visa", visa_root, None, "train", split_csv="split_csv/2cls_highshot.csv")
+    assert [(s.category, s.image_path.name) for s in train] == [
+        ("candle", "0451.JPG"), ("candle", "0836.JPG"), ("pcb1", "0000.JPG")]
+    assert all(s.label == 0 and s.mask_path is None and s.defect == "good" for s in train)
+    msgs = [r.getMessage() for r in caplog.records if r.name == "dpdiff.data.visa"]
+    assert len(msgs) == 1 and "left out 2 anomalous training rows" in msgs[0] and str(two_cls) in msgs[0]
+    # only the requested categories are counted
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dpdiff.data"):
+        assert len(load_visa(visa_root, ["pcb1"], "train", split_csv=two_cls)) == 1
+    assert "left out 1 anomalous training row " in caplog.records[0].getMessage()
+    # the test split keeps its anomalies; the 1cls split logs nothing
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dpdiff.data"):
+        test = load_visa(visa_root, None, "test", split_csv=two_cls)
+        load_visa(visa_root, None, "train")
+    assert sum(s.label for s in test) == 1
+    assert not caplog.records

@@ -1,0 +1,75 @@
+"""Helpers shared by every dataset reader: the layout error, path checks, the training-row filter.
+
+This module imports nothing else from :mod:`dpdiff.data`, so every reader (and
+:mod:`dpdiff.data.formats`) can import it without creating an import cycle. The public names are
+re-exported where they were defined before (:mod:`dpdiff.data.generic`, :mod:`dpdiff.data.formats`).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable, TypeVar
+
+__all__ = ["LayoutError", "expect_dir", "expect_file", "keep_normal_training"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class LayoutError(FileNotFoundError, ValueError):
+    """A dataset root does not match the expected on-disk layout.
+
+    ``path`` is the first offending path (the one that was expected and is missing, or that has
+    the wrong content). Subclasses both :class:`FileNotFoundError` and :class:`ValueError`, so
+    callers catching either (as for :mod:`dpdiff.data.mvtec`) also catch it.
+    """
+
+    def __init__(self, message: str, path: Path | str | None = None):
+        super().__init__(message)
+        self.path = None if path is None else Path(path)
+
+    def __str__(self) -> str:  # FileNotFoundError would otherwise format errno-style args
+        return str(self.args[0]) if self.args else ""
+
+
+def expect_dir(path: Path, what: str) -> Path:
+    """``path`` if it is a directory, else :class:`LayoutError` ``"expected <path> <what>"``."""
+    path = Path(path)
+    if not path.is_dir():
+        state = "is a file, not a directory" if path.exists() else "does not exist"
+        raise LayoutError(f"expected directory {str(path)!r} {what} ({state})", path)
+    return path
+
+
+def expect_file(path: Path, what: str) -> Path:
+    """``path`` if it is a file, else :class:`LayoutError` ``"expected <path> <what>"``."""
+    path = Path(path)
+    if not path.is_file():
+        state = "is a directory, not a file" if path.exists() else "does not exist"
+        raise LayoutError(f"expected file {str(path)!r} {what} ({state})", path)
+    return path
+
+
+def keep_normal_training(rows: Iterable[T], is_anomalous, source: str, log: logging.Logger | None = None) -> list[T]:
+    """The rows of a training split that are normal; anomalous ones are left out and counted.
+
+    Unsupervised training must never see anomalies, but some split files list them in their
+    training rows (VisA ``2cls_highshot.csv`` / ``2cls_fewshot.csv``, Real-IAD
+    ``realiad_jsons_fuiad_0.x``). ``is_anomalous(row)`` decides; when any row is left out a
+    warning ``left out N anomalous training row(s) of <source>`` is logged (on ``log``, default
+    this module's logger).
+    """
+    kept: list[T] = []
+    dropped = 0
+    for r in rows:
+        if is_anomalous(r):
+            dropped += 1
+        else:
+            kept.append(r)
+    if dropped:
+        (log or logger).warning(
+            "left out %d anomalous training row%s of %s (training uses the normal rows only; %d kept)",
+            dropped, "" if dropped == 1 else "s", source, len(kept),
+        )
+    return kept
