@@ -45,6 +45,9 @@ class ModelConfig:
     ot_iters: int = 50
     ot_cost_per_channel: bool = True       # choice: cost / C so epsilon is width-independent
     train_max_timestep: int | None = None  # choice: None = uniform over all T (paper); else t ~ U[0, this]
+    output_skip: bool = True               # choice (issue #13): eps = denoiser(...) + W x_t with a learned CxC W
+                                           # (zero-init), so the noise head has full rank even when hidden_dim < C;
+                                           # W x_t is the exact Bayes noise predictor for Gaussian tokens
 
 
 @dataclass
@@ -66,6 +69,10 @@ class TrainConfig:
     checkpoint_every: int = 500
     feature_batch_size: int = 16
     grad_clip: float | None = 1.0          # choice: stabilises the noisy diffusion loss
+    ema_decay: float = 0.999               # choice: EMA of the weights, used at inference and saved as
+                                           # model.safetensors (0 = off); decay warms up as (1+n)/(10+n)
+    lr_schedule: str = "cosine"            # choice: constant | cosine (decay to 0 at train.steps)
+    warmup_steps: int = 100                # choice: linear lr warm-up (0 = off)
     feature_cache: bool = False            # memory-mapped fp16 token cache reused across runs (engine/cache.py)
     cache_dir: str | None = None           # default $DPDIFF_CACHE or ~/.cache/dpdiff/features
 
@@ -74,8 +81,10 @@ class TrainConfig:
 class InferenceConfig:
     noise_step: int = 100                  # choice (paper: "moderate"): 0-based index of t in 0..T-1
     ddim_steps: int = 3                    # paper: 3 is best (Fig. 6)
-    ensemble: int = 1                      # choice: average maps over this many noise draws
-    ensemble_reduce: str = "mean_error"    # mean_error | error_of_mean (score the mean reconstruction)
+    ensemble: int = 2                      # choice: noise draws per image (the paper: 1)
+    antithetic: bool = True                # choice: draws come in pairs (eps, -eps) for tokens and prototypes;
+                                           # needs an even ensemble (issue #13: one pair ~ 16 independent draws)
+    ensemble_reduce: str = "error_of_mean"  # error_of_mean (score the mean reconstruction) | mean_error
     scoring: str = "reconstruction"        # reconstruction (Eq. 22) | prototype (Table 5 rows 1-2: per token
                                            # 1 - max cosine similarity to the image's own prototypes, no diffusion)
     seed: int = 0
@@ -98,7 +107,7 @@ class EvaluationConfig:
 class DataConfig:
     root: str | None = None
     categories: list[str] | None = None    # None = all categories found under root
-    format: str = "mvtec"                  # mvtec | mpdd | visa | realiad | realiad_variety | generic | auto
+    format: str = "mvtec"                  # mvtec | mpdd | visa | realiad | realiad_variety | btad | generic | auto
     options: dict = field(default_factory=dict)  # reader options, e.g. {resolution: 512} for Real-IAD (docs/datasets.md)
 
 

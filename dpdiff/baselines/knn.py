@@ -39,9 +39,16 @@ def greedy_coreset(bank: torch.Tensor, fraction: float, projection_dim: int = 12
 
 
 class KNNMemoryBank:
-    def __init__(self, train_tokens: torch.Tensor, coreset_fraction: float = 0.1, seed: int = 0):
-        """train_tokens (M, C) float."""
+    def __init__(self, train_tokens: torch.Tensor, coreset_fraction: float = 0.1, seed: int = 0,
+                 standardize: bool = False):
+        """train_tokens (M, C) float. ``standardize``: distances in per-channel z-scored token space (the
+        space DPDiff-AD scores in), with the mean and std of the training tokens; else raw backbone space."""
         bank = train_tokens.float()
+        self.mean = self.std = None
+        if standardize:
+            self.mean = bank.mean(0)
+            self.std = bank.std(0).clamp_min(1e-6)
+            bank = (bank - self.mean) / self.std
         if coreset_fraction < 1.0:
             bank = bank[greedy_coreset(bank, coreset_fraction, seed=seed)]
         self.bank = bank.contiguous()
@@ -53,6 +60,8 @@ class KNNMemoryBank:
         out = torch.empty(tokens.shape[0])
         for i in range(0, tokens.shape[0], chunk):
             q = tokens[i:i + chunk].float()
+            if self.mean is not None:
+                q = (q - self.mean) / self.std
             d2 = q.pow(2).sum(1, keepdim=True) - 2 * q @ self.bank.T + self.bank_sq
             out[i:i + chunk] = d2.min(dim=1).values.clamp_min(0).sqrt()
         return out

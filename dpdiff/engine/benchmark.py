@@ -165,7 +165,7 @@ class Pipeline:
         g = torch.Generator(self.device).manual_seed(seed)
         return self.model.token_scores(tokens_from_maps(feats.float()), inf.noise_step, inf.ddim_steps,
                                        inf.ensemble if ensemble is None else ensemble, g, scoring=inf.scoring,
-                                       ensemble_reduce=inf.ensemble_reduce,
+                                       ensemble_reduce=inf.ensemble_reduce, antithetic=inf.antithetic,
                                        **self.kw)
 
     @property

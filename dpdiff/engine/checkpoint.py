@@ -19,6 +19,7 @@ mixes files.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import tempfile
@@ -32,6 +33,8 @@ from safetensors.torch import load_file, save_file
 
 from ..config import Config
 from ..model.dpdiff_ad import DPDiffAD
+
+logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -119,18 +122,24 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 def save_checkpoint(run_dir: Path, model: DPDiffAD, cfg: Config, meta: dict[str, Any],
-                    train_state: dict[str, Any] | None = None) -> None:
-    """Write ``train_state.pt`` (when given; it gets the weights, config and grid added), then
-    ``model.safetensors``, then ``config.json``, each atomically."""
+                    train_state: dict[str, Any] | None = None, inference_model: DPDiffAD | None = None) -> None:
+    """Write ``train_state.pt`` (when given; it gets ``model``'s weights, config and grid added), then
+    ``model.safetensors`` (the weights of ``inference_model``, e.g. the EMA, default ``model``), then
+    ``config.json``, each atomically."""
     run_dir = Path(run_dir)
-    tensors = {k: v.detach().contiguous().cpu().clone() for k, v in model.state_dict().items()}
+
+    def cpu_state(m: DPDiffAD) -> dict[str, torch.Tensor]:
+        return {k: v.detach().contiguous().cpu().clone() for k, v in m.state_dict().items()}
+
+    tensors = cpu_state(model)
+    served = tensors if inference_model is None else cpu_state(inference_model)
     step = meta.get("step", train_state.get("step") if train_state else None)
     if train_state is not None:
         full = {"format": STATE_FORMAT, "config": cfg.to_dict(), "in_dim": int(model.in_dim),
                 "grid_size": list(model.grid_size), "model": tensors, **train_state}
         _atomic(run_dir / STATE_FILE, lambda tmp: torch.save(full, tmp))
     st_meta = {"format": "dpdiff"} | ({"step": str(int(step))} if step is not None else {})
-    _atomic(run_dir / MODEL_FILE, lambda tmp: save_file(tensors, tmp, metadata=st_meta))
+    _atomic(run_dir / MODEL_FILE, lambda tmp: save_file(served, tmp, metadata=st_meta))
     payload = {"config": cfg.to_dict(), "in_dim": model.in_dim, "grid_size": list(model.grid_size), **meta}
     _atomic(run_dir / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
 
@@ -224,7 +233,15 @@ def read_run_config(run_dir: Path) -> tuple[Config, dict[str, Any]]:
 
 def build_model_from_state(state: dict[str, torch.Tensor], in_dim: int, grid_size, cfg: Config,
                            source: Path) -> DPDiffAD:
-    """A DPDiffAD for ``cfg`` with ``state`` loaded; any key or shape mismatch is a ValueError naming ``source``."""
+    """A DPDiffAD for ``cfg`` with ``state`` loaded; any key or shape mismatch is a ValueError naming ``source``.
+
+    A checkpoint made before the full-rank skip existed (no ``noise_skip.weight``) loads without it; its
+    rank-deficient head is then scored with the projected-error fallback (``DPDiffAD.noise_head_basis``).
+    """
+    if cfg.model.output_skip and cfg.model.diffusion and "noise_skip.weight" not in state:
+        logger.info("%s: checkpoint without the full-rank noise skip (made before issue #13); loading it with "
+                    "model.output_skip=false", source)
+        cfg.model.output_skip = False
     model = DPDiffAD(int(in_dim), tuple(grid_size), cfg.model, cfg.loss)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))

@@ -32,12 +32,14 @@ def map_size(cfg: Config) -> int:
     return int(cfg.evaluation.resolution or cfg.backbone.image_size)
 
 
-def build_knn(train_feats, coreset: float = 1.0, seed: int = 0, chunk: int = 256) -> KNNMemoryBank:
-    """Memory bank of every training token of ``train_feats`` ((N, C, h, w) tensor or FeatureStore)."""
+def build_knn(train_feats, coreset: float = 1.0, seed: int = 0, chunk: int = 256,
+              standardize: bool = False) -> KNNMemoryBank:
+    """Memory bank of every training token of ``train_feats`` ((N, C, h, w) tensor or FeatureStore);
+    ``standardize``: nearest neighbours in z-scored token space (as DPDiff-AD), else raw space."""
     c = train_feats.shape[1]
     parts = [tokens_from_maps(torch.as_tensor(train_feats[i:i + chunk]).float()).reshape(-1, c)
              for i in range(0, train_feats.shape[0], chunk)]
-    return KNNMemoryBank(torch.cat(parts), coreset, seed=seed)
+    return KNNMemoryBank(torch.cat(parts), coreset, seed=seed, standardize=standardize)
 
 
 @torch.no_grad()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import random
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
@@ -187,6 +189,40 @@ def _check_same_data(state: dict, n: int, ids: list[str] | None, run_dir: Path) 
                          f"now {ids[i]!r}; resuming would draw different batches (start a new run instead)")
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(step: int, total_steps: int, schedule: str = "constant", warmup_steps: int = 0) -> float:
+    """Multiplier of ``train.lr`` at 0-based ``step``: linear warm-up over ``warmup_steps``, then constant or
+    cosine decay to 0 at ``total_steps``. A pure function of the step, so a resumed run uses the same lr."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"train.lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, max(0.0, (step - warmup_steps) / span))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_ema(model: nn.Module, decay: float) -> AveragedModel | None:
+    """Exponential moving average of ``model``'s weights (``torch.optim.swa_utils.AveragedModel``), or None
+    when ``decay`` <= 0. The decay warms up as min(decay, (1 + n) / (10 + n)) after n updates, so the random
+    initial weights do not linger in a short run."""
+    if decay <= 0:
+        return None
+    if decay >= 1:
+        raise ValueError(f"train.ema_decay must be in [0, 1), got {decay}")
+
+    def ema_update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        torch._foreach_lerp_(averaged, current, 1.0 - d)
+
+    return AveragedModel(model, multi_avg_fn=ema_update, use_buffers=True)
+
+
 class _LossModule(nn.Module):
     """forward = DPDiffAD.training_losses, so DistributedDataParallel can wrap the loss."""
 
@@ -267,10 +303,16 @@ def _train(cfg: Config, run_dir: Path, overwrite: bool, resume: bool, features: 
         start_step, history, running, prev_train_s = 0, [], {}, 0.0
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    ema = build_ema(model, cfg.train.ema_decay)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         for group in optimizer.param_groups:  # lr/weight decay are checked equal; take the config's anyway
             group["lr"], group["weight_decay"] = cfg.train.lr, cfg.train.weight_decay
+        if ema is not None:
+            if "ema" not in state:
+                raise ValueError(f"{run_dir / STATE_FILE}: no EMA weights in the resume state (train.ema_decay was "
+                                 f"off when it was written); resume with --set train.ema_decay=0 or start again")
+            ema.load_state_dict(state["ema"])
     del state
 
     loss_module: nn.Module = _LossModule(model)
@@ -314,7 +356,12 @@ def _train(cfg: Config, run_dir: Path, overwrite: bool, resume: bool, features: 
                 raise TrainingDiverged(
                     f"training diverged: non-finite gradient norm at step {step + 1}; stopped without updating, "
                     f"{_last_checkpoint_note(run_dir, last_saved, cfg)}. Lower train.lr")
+        lr = cfg.train.lr * lr_factor(step, cfg.train.steps, cfg.train.lr_schedule, cfg.train.warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
         for k, v in zip(LOSS_KEYS, global_losses.tolist()):
             running[k] = running.get(k, 0.0) + v
         done = step + 1
@@ -338,10 +385,13 @@ def _train(cfg: Config, run_dir: Path, overwrite: bool, resume: bool, features: 
                     train_s = prev_train_s + time.perf_counter() - t_start
                     meta["train_s"] = round(train_s, 2)
                     meta["step"] = done
-                    save_checkpoint(run_dir, model, cfg, meta,
-                                    {"step": done, "optimizer": optimizer.state_dict(), "history": history,
-                                     "running": dict(running), "rng": rng_states(), "data": data_state,
-                                     "train_s": train_s, "seed": cfg.train.seed, "world_size": info.world_size})
+                    resume_state = {"step": done, "optimizer": optimizer.state_dict(), "history": history,
+                                    "running": dict(running), "rng": rng_states(), "data": data_state,
+                                    "train_s": train_s, "seed": cfg.train.seed, "world_size": info.world_size}
+                    if ema is not None:
+                        resume_state["ema"] = ema.state_dict()
+                    save_checkpoint(run_dir, model, cfg, meta, resume_state,
+                                    inference_model=ema.module if ema is not None else None)
             except OSError as e:
                 error = e
         D.raise_if_any_failed(error, info)

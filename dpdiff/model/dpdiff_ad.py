@@ -39,6 +39,13 @@ class DPDiffAD(nn.Module):
             raise ValueError("model.diffusion=false needs local or global prototypes (nothing to train otherwise)")
         # eps_theta of Eq. (18): DiT (paper), U-Net or U-ViT (Table 9); None = prototype-only (Table 5 rows 1-2)
         self.denoiser = build_denoiser(cfg, in_dim, self.grid_size) if cfg.diffusion else None
+        # Full-rank noise head (issue #13): a network whose output layer is narrower than C predicts noise
+        # in a subspace only, and the injected noise in the other directions is never removed. The linear
+        # skip W x_t spans all C directions (and is the Bayes noise predictor for Gaussian tokens).
+        self.noise_skip = None
+        if self.denoiser is not None and cfg.output_skip:
+            self.noise_skip = nn.Linear(in_dim, in_dim, bias=False)
+            nn.init.zeros_(self.noise_skip.weight)
         schedule = NoiseSchedule.linear(cfg.num_timesteps, cfg.beta_start, cfg.beta_end)
         self.register_buffer("alphas_cumprod", schedule.alphas_cumprod.float())
         self.register_buffer("token_mean", torch.zeros(in_dim))
@@ -131,10 +138,40 @@ class DPDiffAD(nn.Module):
         if p0 is not None:
             eps_p = noise["eps_p"]
             p_t = q_sample(p0, t, eps_p, self.alphas_cumprod)  # Eq. (15)
-        eps_pred = self.denoiser(x_t, t, p_t, types)
+        eps_pred = self.predict_noise(self.denoiser, x_t, t, p_t, types)
         l_diff = F.mse_loss(eps_pred, eps_x)  # Eq. (18)
         total = l_diff + self.loss_cfg.lambda_local * l_local + self.loss_cfg.lambda_global * l_global  # Eq. (19)
         return {"loss": total, "diff": l_diff, "local": l_local, "global": l_global}
+
+    def predict_noise(self, denoiser, x_t: torch.Tensor, t: torch.Tensor, p_t: torch.Tensor | None,
+                      types: torch.Tensor | None) -> torch.Tensor:
+        """eps_theta(x_t, P_t, t) of Eq. (18): the denoiser (or its compiled wrapper) plus the linear skip."""
+        eps = denoiser(x_t, t, p_t, types)
+        if self.noise_skip is not None:
+            eps = eps + self.noise_skip(x_t.to(eps.dtype))
+        return eps
+
+    def noise_head_basis(self) -> torch.Tensor | None:
+        """Orthonormal basis (C, r) of the directions the noise head can predict, or None at full rank.
+
+        A head without the skip whose output layer has rank r < C (hidden_dim < C, checkpoints made before
+        issue #13) leaves the injected noise untouched in the other C - r directions; scoring the error in
+        this basis only (the projected-error fallback) drops that pure-noise part.
+        """
+        if self.denoiser is None or self.noise_skip is not None:
+            return None
+        weight = _output_weight(self.denoiser)
+        if weight is None:
+            return None
+        key = (weight.data_ptr(), weight._version)  # recomputed after any change of the weights
+        cached = self.__dict__.get("_noise_head_basis")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        u, sv, _ = torch.linalg.svd(weight.detach().float().reshape(weight.shape[0], -1), full_matrices=False)
+        rank = int((sv > sv.max() * 1e-6).sum()) if sv.numel() and float(sv.max()) > 0 else 0
+        basis = None if rank >= self.in_dim or rank == 0 else u[:, :rank].contiguous()
+        self.__dict__["_noise_head_basis"] = (key, basis)
+        return basis
 
     # ---------------------------------------------------------------- inference (Eq. 20-22)
     def _denoiser_for_inference(self, compile: bool):
@@ -152,12 +189,22 @@ class DPDiffAD(nn.Module):
         return fn
 
     def _draw_noise(self, x0: torch.Tensor, p0: torch.Tensor | None, ensemble: int,
-                    generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                    generator: torch.Generator | None,
+                    antithetic: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Noise for ``ensemble`` draws, stacked draw-major ((E*B, ...)). The generator is consumed in the
         order of ``ensemble`` sequential single-draw runs (x-noise, then prototype noise, per draw), so a
-        seeded batched run reproduces the former per-draw loop."""
+        seeded batched run reproduces the former per-draw loop.
+
+        ``antithetic``: draws 2k+1 are the negatives of draws 2k (token AND prototype noise), so each pair
+        sums to zero exactly; an odd last draw stays independent. For a denoiser that is locally linear in
+        the noise, the pair's mean reconstruction cancels the noise-induced error entirely (issue #13)."""
         eps_x, eps_p = [], []
-        for _ in range(ensemble):
+        for e in range(ensemble):
+            if antithetic and e % 2 == 1:
+                eps_x.append(-eps_x[-1])
+                if p0 is not None:
+                    eps_p.append(-eps_p[-1])
+                continue
             eps_x.append(torch.randn(x0.shape, device=x0.device, generator=generator))
             if p0 is not None:
                 eps_p.append(torch.randn(p0.shape, device=x0.device, generator=generator))
@@ -165,7 +212,7 @@ class DPDiffAD(nn.Module):
 
     def _reconstruct_draws(self, tokens: torch.Tensor, noise_step: int, ddim_steps: int, ensemble: int,
                            generator: torch.Generator | None, autocast_dtype, compile: bool,
-                           max_batch: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+                           max_batch: int | None, antithetic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0 (B,N,C), x0_hat (E,B,N,C)): all E noise draws denoised as one batch of E*B rows (or in
         row chunks of ``max_batch``; the noise is drawn up front, so chunking never changes a result)."""
         if not 0 <= noise_step < self.cfg.num_timesteps:
@@ -186,7 +233,7 @@ class DPDiffAD(nn.Module):
             p_local = p_local.float() if p_local is not None else None
             p_global = p_global.float() if p_global is not None else None
         p0, types = self._stack_prototypes(p_local, p_global)
-        eps_x, eps_p = self._draw_noise(x0, p0, ensemble, generator)
+        eps_x, eps_p = self._draw_noise(x0, p0, ensemble, generator, antithetic)
         b = x0.shape[0]
         x0_all = x0.repeat(ensemble, 1, 1) if ensemble > 1 else x0
         p0_all = None if p0 is None else (p0.repeat(ensemble, 1, 1) if ensemble > 1 else p0)
@@ -204,9 +251,9 @@ class DPDiffAD(nn.Module):
                 # Eq. (20): P_s is P_0 perturbed to the same step s (one fixed noise draw for the run)
                 p_s = q_sample(p0_c, t_batch, eps_p_c, self.alphas_cumprod) if p0_c is not None else None
                 if amp_dtype is None:
-                    return denoiser(x_s, t_batch, p_s, types)
+                    return self.predict_noise(denoiser, x_s, t_batch, p_s, types)
                 with amp():
-                    return denoiser(x_s, t_batch, p_s, types).float()
+                    return self.predict_noise(denoiser, x_s, t_batch, p_s, types).float()
 
             outs.append(ddim_reconstruct(x_t, noise_step, ddim_steps, eps_fn, self.alphas_cumprod))
         x0_hat = outs[0] if len(outs) == 1 else torch.cat(outs)
@@ -243,7 +290,8 @@ class DPDiffAD(nn.Module):
     def token_scores(self, tokens: torch.Tensor, noise_step: int, ddim_steps: int, ensemble: int = 1,
                      generator: torch.Generator | None = None, *, autocast_dtype: torch.dtype | str | None = None,
                      compile: bool = False, max_batch: int | None = None,
-                     scoring: str = "reconstruction", ensemble_reduce: str = "mean_error") -> torch.Tensor:
+                     scoring: str = "reconstruction", ensemble_reduce: str = "error_of_mean",
+                     antithetic: bool = False) -> torch.Tensor:
         """Eq. (22)-(23): per-token squared L2 reconstruction error, reshaped to (B, h, w).
 
         ``ensemble_reduce``: ``mean_error`` averages the E squared errors ||x0 - x0_hat_e||^2;
@@ -255,17 +303,23 @@ class DPDiffAD(nn.Module):
         per DiT call); the seeded generator is consumed exactly as ``ensemble`` sequential
         :meth:`reconstruct` calls would, and the maps are averaged in draw order.
         ``scoring="prototype"`` returns :meth:`prototype_token_scores` instead (no diffusion, no noise; the
-        other arguments are ignored).
+        other arguments are ignored). ``antithetic`` pairs the draws (see :meth:`_draw_noise`).
+
+        A rank-deficient noise head (:meth:`noise_head_basis`) is scored in the span of its output layer.
         """
         if scoring not in SCORING_MODES:
             raise ValueError(f"inference.scoring must be one of {SCORING_MODES}, got {scoring!r}")
         if scoring == "prototype":
             return self.prototype_token_scores(tokens)
         ensemble = max(1, int(ensemble))
-        x0, x0_hat = self._reconstruct_draws(tokens, noise_step, ddim_steps, ensemble, generator, autocast_dtype,
-                                             compile, max_batch)
         if ensemble_reduce not in ENSEMBLE_REDUCTIONS:
             raise ValueError(f"inference.ensemble_reduce must be one of {ENSEMBLE_REDUCTIONS}, got {ensemble_reduce!r}")
+        x0, x0_hat = self._reconstruct_draws(tokens, noise_step, ddim_steps, ensemble, generator, autocast_dtype,
+                                             compile, max_batch, antithetic)
+        basis = self.noise_head_basis()
+        if basis is not None:  # projected-error fallback for a rank-deficient head
+            basis = basis.to(x0.device)
+            x0, x0_hat = x0 @ basis, x0_hat @ basis
         if ensemble_reduce == "error_of_mean":
             return (x0_hat.mean(0) - x0).pow(2).sum(-1).view(tokens.shape[0], *self.grid_size)
         s = (x0_hat - x0).pow(2).sum(-1)  # (E, B, N)
@@ -276,6 +330,15 @@ class DPDiffAD(nn.Module):
 
 
 ENSEMBLE_REDUCTIONS = ("mean_error", "error_of_mean")
+
+
+def _output_weight(denoiser: nn.Module) -> torch.Tensor | None:
+    """The weight of the denoiser's last layer (C, hidden[, 1, 1]): DiT/U-ViT ``out_proj``, U-Net ``out_conv``."""
+    for name in ("out_proj", "out_conv"):
+        layer = getattr(denoiser, name, None)
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            return layer.weight
+    return None
 
 _AUTOCAST_NAMES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
                    "float16": torch.float16, "half": torch.float16}

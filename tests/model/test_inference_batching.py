@@ -33,7 +33,8 @@ def per_draw_loop(model, tokens, noise_step, ddim_steps, ensemble, generator):
 def test_batched_ensemble_reproduces_the_per_draw_loop(kw):
     model = model_with_weights(**kw)
     tokens = torch.randn(3, 16, 12) * 2 + 1
-    got = model.token_scores(tokens, 150, 3, ensemble=4, generator=torch.Generator().manual_seed(7))
+    got = model.token_scores(tokens, 150, 3, ensemble=4, generator=torch.Generator().manual_seed(7),
+                             ensemble_reduce="mean_error")
     ref = per_draw_loop(model, tokens, 150, 3, 4, torch.Generator().manual_seed(7))
     assert got.shape == (3, 4, 4)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
@@ -91,7 +92,7 @@ def test_error_of_mean_scores_the_mean_reconstruction():
     mean_rec = torch.stack([r[1] for r in recs]).mean(0)
     expected = (mean_rec - x0).pow(2).sum(-1).view(3, 4, 4)
     assert torch.allclose(got, expected, atol=1e-5)
-    mean_err = model.token_scores(tokens, 50, 2, 4, torch.Generator().manual_seed(1))
+    mean_err = model.token_scores(tokens, 50, 2, 4, torch.Generator().manual_seed(1), ensemble_reduce="mean_error")
     assert (mean_err >= got - 1e-6).all() and not torch.allclose(mean_err, got)  # Jensen: mean error >= error of mean
     with pytest.raises(ValueError, match="ensemble_reduce"):
         model.token_scores(tokens, 50, 2, 2, ensemble_reduce="median")

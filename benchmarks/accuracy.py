@@ -1,0 +1,299 @@
+"""Accuracy benchmark (issue #13): DPDiff-AD with the shipped CPU preset against kNN memory banks on the
+SAME backbone tokens, on real MTD (one category) and on the first N synthetic categories (one unified model).
+
+    python benchmarks/accuracy.py                         # everything (resumable; about 1.5-2 h on 2 cores)
+    python benchmarks/accuracy.py --datasets mtd          # one dataset
+    python benchmarks/accuracy.py --quick                 # smoke run: tiny data, 30 steps (a few minutes)
+
+One run folder (``--output``, default runs/accuracy) holds every piece, so an interrupted run continues
+where it stopped: synthetic data (made once), backbone features (``FeatureCache``), one training per
+model variant (``train(..., resume=True)``), one JSON per scored row. Then it writes
+``benchmarks/results/accuracy/summary.{json,md}`` (``--quick``: under the output folder):
+
+    {"mtd": {"dpdiff": M, "knn": M, "rows": {name: M}}, "synthetic": {...}}
+
+where each M holds I-AUROC, I-AP, I-F1max, P-AUROC, P-AP, P-F1max, P-AUPRO, mAD (fractions, mean over
+categories) and images_per_s (backbone + scoring + post-processing, measured here, one process). ``dpdiff``
+is exactly what ``configs/lite0_cpu.yaml`` ships; ``knn`` is the stronger (by mAD) of the raw-space and the
+standardised-space full memory bank. Rows:
+
+* ``dpdiff/<variant>``: the preset model scored with other inference settings (paper protocol: 1 draw,
+  3 DDIM steps; the former preset: 4 independent draws; antithetic pairs at several t and DDIM steps).
+* ``train:<variant>``: other trainings (no full-rank skip, i.e. the projected-error fallback; no EMA/cosine),
+  scored with the preset's inference.
+* ``knn/raw``, ``knn/standardized``, ``knn/coreset_time_matched`` (greedy coreset whose scoring time per
+  image matches the preset's DPDiff-AD).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dpdiff.config import Config  # noqa: E402
+from dpdiff.data import shared_data_dir  # noqa: E402
+from dpdiff.data.dataset import ImageDataset  # noqa: E402
+from dpdiff.data.formats import load_samples  # noqa: E402
+from dpdiff.data.synthetic import ensure_synthetic_dataset  # noqa: E402
+from dpdiff.engine.cache import FeatureCache  # noqa: E402
+from dpdiff.engine.checkpoint import load_model, read_run_config  # noqa: E402
+from dpdiff.engine.compare import build_knn, dpdiff_score_features, knn_score_features, masks_and_labels  # noqa: E402
+from dpdiff.engine.evaluate import Detector  # noqa: E402
+from dpdiff.engine.features import resolve_device  # noqa: E402
+from dpdiff.engine.train import build_backbone_from_config, train  # noqa: E402
+from dpdiff.io import atomic_write_json, atomic_write_text  # noqa: E402
+from dpdiff.metrics import METRIC_NAMES, compute_metrics  # noqa: E402
+
+log = logging.getLogger("accuracy")
+PRESET = ROOT / "configs" / "lite0_cpu.yaml"
+RESULTS = ROOT / "benchmarks" / "results" / "accuracy"
+COLUMNS = list(METRIC_NAMES) + ["mAD"]
+
+#: Inference variants scored on the preset model (name -> inference overrides). The preset's own
+#: settings are scored as the "dpdiff" row whatever they are.
+INFERENCE_ROWS: dict[str, dict] = {
+    "paper protocol (1 draw, 3 DDIM, t=100)": dict(ensemble=1, antithetic=False, ddim_steps=3, noise_step=100,
+                                                   ensemble_reduce="mean_error"),
+    "former preset (4 draws, error_of_mean, 3 DDIM, t=100)": dict(ensemble=4, antithetic=False, ddim_steps=3,
+                                                                  noise_step=100, ensemble_reduce="error_of_mean"),
+    "16 draws, error_of_mean, 1 DDIM, t=100": dict(ensemble=16, antithetic=False, ddim_steps=1, noise_step=100,
+                                                   ensemble_reduce="error_of_mean"),
+    **{f"pair, {k} DDIM, t={t}": dict(ensemble=2, antithetic=True, ddim_steps=k, noise_step=t,
+                                      ensemble_reduce="error_of_mean")
+       for k in (1, 3) for t in (25, 50, 100, 200)},
+    "4 pairs, 1 DDIM, t=100": dict(ensemble=8, antithetic=True, ddim_steps=1, noise_step=100,
+                                   ensemble_reduce="error_of_mean"),
+}
+
+#: Other trainings (name -> config overrides), scored with the preset's inference settings.
+TRAINING_ROWS: dict[str, dict] = {
+    "no full-rank skip (projected-error fallback)": {"model.output_skip": False},
+    "no EMA, constant lr": {"train.ema_decay": 0.0, "train.lr_schedule": "constant", "train.warmup_steps": 0},
+}
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()[:80]
+
+
+def _dataset_spec(name: str, out: Path, cfg: Config, args) -> tuple[Path, list[str]]:
+    if name == "mtd":
+        root = Path(args.mtd) if args.mtd else shared_data_dir() / "mtd"
+        if not root.is_dir():
+            raise FileNotFoundError(f"MTD not found at {root}: set DPDIFF_SHARED_DATA or pass --mtd")
+        return root, ["magnetic_tile"]
+    root = out / "synthetic_data"
+    n = args.synthetic_categories
+    cats = ensure_synthetic_dataset(root, n, train_per_category=args.synthetic_train,
+                                    test_good_per_category=args.synthetic_test_good,
+                                    test_defect_per_category=args.synthetic_test_defect,
+                                    image_size=cfg.backbone.image_size, seed=0)
+    return root, cats[:n]
+
+
+class Bench:
+    """One dataset: features, trainings and scored rows, all cached under ``out``."""
+
+    def __init__(self, name: str, root: Path, categories: list[str], cfg: Config, out: Path, steps: int | None):
+        self.name, self.root, self.categories, self.out = name, root, categories, out
+        self.cfg = copy.deepcopy(cfg)
+        self.cfg.data.root, self.cfg.data.categories, self.cfg.data.format = str(root), categories, "mvtec"
+        if steps:
+            self.cfg.train.steps = steps
+        self.device = resolve_device("cpu")
+        self.backbone = build_backbone_from_config(self.cfg)
+        self.train_samples = load_samples("mvtec", root, categories, "train")
+        self.test_samples = sorted(load_samples("mvtec", root, categories, "test"), key=lambda s: str(s.image_path))
+        cache = FeatureCache(out.parent / "features")  # shared by the datasets of one run
+        key = {"name": self.cfg.backbone.name, "layers": self.cfg.backbone.layers,
+               "feature_stride": self.cfg.backbone.feature_stride}
+        size, bs = self.cfg.backbone.image_size, self.cfg.train.feature_batch_size
+        self.train_feats = cache.get(self.backbone, key, self.train_samples, size, bs, self.device)
+        self.test_feats = cache.get(self.backbone, key, self.test_samples, size, bs, self.device)
+        ds = ImageDataset(self.test_samples, size, self.backbone.mean, self.backbone.std)
+        self.masks, self.labels = masks_and_labels(ds)
+        self.cats = np.array([s.category for s in self.test_samples])
+        self.backbone_s_per_image = self._time_backbone(ds)
+
+    def _time_backbone(self, ds: ImageDataset, n: int = 32) -> float:
+        """Seconds per image of image loading + backbone (batch of 16), median of 3 rounds."""
+        memo = self.out / "backbone_time.json"
+        if memo.exists():
+            return float(json.loads(memo.read_text())["s_per_image"])
+        batch = torch.stack([ds[i]["image"] for i in range(min(n, len(ds)))])
+        times = []
+        with torch.inference_mode():
+            for _ in range(3):
+                t0 = time.perf_counter()
+                for i in range(0, batch.shape[0], 16):
+                    self.backbone(batch[i:i + 16])
+                times.append((time.perf_counter() - t0) / batch.shape[0])
+        s = float(np.median(times))
+        atomic_write_json(memo, {"s_per_image": s, "images": int(batch.shape[0])})
+        return s
+
+    # ------------------------------------------------------------------ training
+    def trained(self, variant: str, overrides: dict) -> Path:
+        cfg = self.cfg.override(overrides) if overrides else self.cfg
+        run_dir = self.out / "runs" / _slug(variant)
+        done = False
+        if (run_dir / "config.json").exists():
+            _, payload = read_run_config(run_dir)
+            done = int(payload.get("step", -1)) >= cfg.train.steps
+        if not done:
+            resume = (run_dir / "train_state.pt").exists()
+            log.info("[%s] training %s (%d steps)%s", self.name, variant, cfg.train.steps, " (resumed)" if resume else "")
+            t0 = time.perf_counter()
+            train(cfg, run_dir, overwrite=not resume, resume=resume, features=self.train_feats,
+                  samples=self.train_samples)
+            log.info("[%s] trained %s in %.0f s", self.name, variant, time.perf_counter() - t0)
+        return run_dir
+
+    # ------------------------------------------------------------------ scoring
+    def _metrics(self, maps: np.ndarray, scores: np.ndarray) -> dict:
+        per_cat = {}
+        for c in self.categories:
+            sel = self.cats == c
+            per_cat[c] = compute_metrics(scores[sel], self.labels[sel], maps[sel], self.masks[sel])
+        return {k: float(np.mean([m[k] for m in per_cat.values()])) for k in COLUMNS}
+
+    def _cached(self, name: str, compute) -> dict:
+        path = self.out / "rows" / f"{_slug(name)}.json"
+        if path.exists():
+            return json.loads(path.read_text())["metrics"]
+        metrics = compute()
+        atomic_write_json(path, {"name": name, "metrics": metrics})
+        log.info("[%s] %s: I-AUROC %.1f P-AUROC %.1f mAD %.1f (%.2f img/s)", self.name, name,
+                 100 * metrics["I-AUROC"], 100 * metrics["P-AUROC"], 100 * metrics["mAD"], metrics["images_per_s"])
+        return metrics
+
+    def dpdiff_row(self, run_dir: Path, inference: dict) -> dict:
+        model, run_cfg, payload = load_model(run_dir, self.device)
+        cfg = run_cfg.override({f"inference.{k}": v for k, v in inference.items()})
+        detector = Detector(self.backbone, model, cfg, self.device)
+        t0 = time.perf_counter()
+        maps, scores = dpdiff_score_features(detector, self.test_feats)
+        secs = time.perf_counter() - t0
+        m = self._metrics(maps.numpy(), scores.numpy())
+        n = len(self.test_samples)
+        m["images_per_s"] = n / (secs + n * self.backbone_s_per_image)
+        m["scoring_s_per_image"] = secs / n
+        m["train_s"] = float(payload.get("train_s", float("nan")))
+        m["inference"] = {k: v for k, v in cfg.to_dict()["inference"].items()
+                          if k in ("noise_step", "ddim_steps", "ensemble", "antithetic", "ensemble_reduce")}
+        return m
+
+    def knn_row(self, standardize: bool, coreset: float = 1.0) -> dict:
+        bank = build_knn(self.train_feats, coreset, standardize=standardize)
+        t0 = time.perf_counter()
+        maps, scores = knn_score_features(bank, self.test_feats, self.cfg)
+        secs = time.perf_counter() - t0
+        m = self._metrics(maps.numpy(), scores.numpy())
+        n = len(self.test_samples)
+        m["images_per_s"] = n / (secs + n * self.backbone_s_per_image)
+        m["scoring_s_per_image"] = secs / n
+        m["bank_tokens"] = int(bank.bank.shape[0])
+        m["coreset"] = coreset
+        return m
+
+
+def run_dataset(bench: Bench, preset: Config, extra_trainings: bool) -> dict:
+    rows: dict[str, dict] = {}
+    main_run = bench.trained("preset", {})
+    shipped = {k: getattr(preset.inference, k) for k in
+               ("noise_step", "ddim_steps", "ensemble", "antithetic", "ensemble_reduce")}
+    dp = bench._cached("dpdiff (shipped preset)", lambda: bench.dpdiff_row(main_run, shipped))
+    rows["dpdiff (shipped preset)"] = dp
+    raw = bench._cached("knn/raw", lambda: bench.knn_row(False))
+    std = bench._cached("knn/standardized", lambda: bench.knn_row(True))
+    rows["knn/raw (full bank)"], rows["knn/standardized (full bank)"] = raw, std
+    knn = max((raw, std), key=lambda m: m["mAD"])
+    # coreset sized so that kNN scoring costs about what the shipped DPDiff-AD costs per image
+    frac = float(np.clip(dp["scoring_s_per_image"] / max(knn["scoring_s_per_image"], 1e-9), 0.01, 1.0))
+    frac = round(frac, 3)
+    rows[f"knn/coreset {frac:g} (time-matched)"] = bench._cached(
+        f"knn/coreset_{frac:g}_{'std' if knn is std else 'raw'}", lambda: bench.knn_row(knn is std, frac))
+    for name, inf in INFERENCE_ROWS.items():
+        rows[f"dpdiff/{name}"] = bench._cached(f"dpdiff/{name}", lambda inf=inf: bench.dpdiff_row(main_run, inf))
+    if extra_trainings:
+        for name, overrides in TRAINING_ROWS.items():
+            run = bench.trained(name, overrides)
+            rows[f"train:{name}"] = bench._cached(f"train:{name}", lambda run=run: bench.dpdiff_row(run, shipped))
+    return {"dpdiff": dp, "knn": knn, "rows": rows,
+            "protocol": {"data": str(bench.root), "categories": len(bench.categories),
+                         "train_images": len(bench.train_samples), "test_images": len(bench.test_samples),
+                         "train_steps": bench.cfg.train.steps, "preset": str(PRESET.relative_to(ROOT)),
+                         "torch_threads": torch.get_num_threads(),
+                         "images_per_s": "test images / (scoring time + images x backbone time per image)"}}
+
+
+def write_summary(summary: dict, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / "summary.json", summary)
+    lines = ["# Accuracy: DPDiff-AD (shipped `lite0_cpu` preset) vs kNN on the same tokens", ""]
+    for ds, r in summary.items():
+        p = r["protocol"]
+        lines += [f"## {ds} ({p['categories']} categories, {p['train_images']} train / {p['test_images']} test "
+                  f"images, {p['train_steps']} steps)", "",
+                  "| row | " + " | ".join(COLUMNS) + " | img/s |", "|---|" + "---:|" * (len(COLUMNS) + 1)]
+        for name, m in [("**dpdiff** (shipped)", r["dpdiff"]), ("**knn** (stronger)", r["knn"])] + list(r["rows"].items()):
+            lines.append(f"| {name} | " + " | ".join(f"{100 * m[k]:.1f}" for k in COLUMNS)
+                         + f" | {m['images_per_s']:.1f} |")
+        lines.append("")
+    atomic_write_text(folder / "summary.md", "\n".join(lines))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--output", default=str(ROOT / "runs" / "accuracy"))
+    ap.add_argument("--datasets", default="mtd,synthetic")
+    ap.add_argument("--mtd", default=None, help="MTD root (default: $DPDIFF_SHARED_DATA/mtd)")
+    ap.add_argument("--synthetic-categories", type=int, default=20)
+    ap.add_argument("--synthetic-train", type=int, default=32)
+    ap.add_argument("--synthetic-test-good", type=int, default=8)
+    ap.add_argument("--synthetic-test-defect", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
+    ap.add_argument("--no-extra-trainings", action="store_true", help="train the preset only")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 3 synthetic categories, 30 steps")
+    ap.add_argument("--results", default=None, help="summary folder (default benchmarks/results/accuracy)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if args.quick:
+        args.synthetic_categories, args.synthetic_train, args.steps = 3, 8, args.steps or 30
+        args.synthetic_test_good, args.synthetic_test_defect = 4, 8
+    preset = Config.from_yaml(PRESET)
+    out = Path(args.output)
+    results = Path(args.results) if args.results else (out / "summary" if args.quick else RESULTS)
+    summary_path = results / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() and not args.quick else {}
+    torch.manual_seed(0)
+    names = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    for name in names:
+        if name not in ("mtd", "synthetic"):
+            raise SystemExit(f"--datasets: unknown dataset {name!r} (mtd, synthetic)")
+    # first the preset and its rows on every dataset, then the extra trainings: a run stopped by its
+    # time budget has the headline numbers of both datasets
+    for extra in ((False, True) if not args.no_extra_trainings else (False,)):
+        for name in names:
+            ds_out = out / name
+            root, cats = _dataset_spec(name, ds_out, preset, args)
+            bench = Bench(name, root, cats, preset, ds_out, args.steps)
+            summary[name] = run_dataset(bench, preset, extra)
+            write_summary(summary, results)  # after each dataset: a stopped run keeps what it finished
+            log.info("wrote %s", results / "summary.json")
+    print((results / "summary.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
