@@ -45,9 +45,9 @@ from dpdiff.data import shared_data_dir  # noqa: E402
 from dpdiff.data.dataset import ImageDataset  # noqa: E402
 from dpdiff.data.formats import load_samples  # noqa: E402
 from dpdiff.data.synthetic import ensure_synthetic_dataset  # noqa: E402
-from dpdiff.engine.cache import FeatureCache  # noqa: E402
+from dpdiff.engine.features.cache import FeatureCache  # noqa: E402
 from dpdiff.engine.checkpoint import load_model, read_run_config  # noqa: E402
-from dpdiff.engine.compare import build_knn, dpdiff_score_features, knn_score_features, masks_and_labels  # noqa: E402
+from dpdiff.experiments.compare import build_knn, dpdiff_score_features, knn_score_features, masks_and_labels  # noqa: E402
 from dpdiff.engine.evaluate import Detector  # noqa: E402
 from dpdiff.engine.features import resolve_device  # noqa: E402
 from dpdiff.engine.train import build_backbone_from_config, train  # noqa: E402

@@ -22,7 +22,7 @@ side by side, with warm-up rounds and the median of several timed rounds.
 Writes benchmarks/results/speed.json (``--quick``: speed_quick.json) atomically.
 
 The timing helpers, the random DiT/ViT builders and the inference pipeline are shared with
-``dpdiff.engine.benchmark``; for the FPS of one config (paper Table 4) use ``dpdiff benchmark``.
+``dpdiff.experiments.benchmark``; for the FPS of one config (paper Table 4) use ``dpdiff benchmark``.
 """
 from __future__ import annotations
 
@@ -50,8 +50,8 @@ from dpdiff.config import Config  # noqa: E402
 from dpdiff.data import shared_data_dir  # noqa: E402
 from dpdiff.data.dataset import ImageDataset  # noqa: E402
 from dpdiff.data.mvtec import load_split  # noqa: E402
-from dpdiff.engine.benchmark import Pipeline, cpu_name, measure, random_model, random_vit  # noqa: E402
-from dpdiff.engine.cache import FeatureCache  # noqa: E402
+from dpdiff.experiments.benchmark import Pipeline, cpu_name, measure, random_model, random_vit  # noqa: E402
+from dpdiff.engine.features.cache import FeatureCache  # noqa: E402
 from dpdiff.engine.features import resolve_device, tokens_from_maps  # noqa: E402
 from dpdiff.io import atomic_write_json  # noqa: E402
 

@@ -123,7 +123,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .engine.demo import demo_config, run_demo
+    from .experiments.demo import demo_config, run_demo
     cfg = _load_config(args) if (args.config or args.set) else demo_config()
     result = run_demo(Path(args.output), cfg, num_categories=args.categories_count, overwrite=args.overwrite)
     _print_table(result)
@@ -160,7 +160,7 @@ def cmd_table(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    from .engine.benchmark import benchmark_fps, format_fps_markdown
+    from .experiments.benchmark import benchmark_fps, format_fps_markdown
     from .io import atomic_write_json
     out = Path(args.output) if args.output else None
     if out is not None and out.is_dir():
@@ -178,7 +178,7 @@ def cmd_benchmark(args) -> int:
 
 
 def cmd_ablate(args) -> int:
-    from .engine.ablate import load_grid, plan, run_ablation
+    from .experiments.ablate import load_grid, plan, run_ablation
     overrides = _parse_overrides(args.set)
     if args.data:
         overrides["data.root"] = str(args.data)
@@ -210,7 +210,7 @@ def cmd_ablate(args) -> int:
 
 def cmd_scale(args) -> int:
     from .config import Config
-    from .engine.scale import SCALE_PRESET, ScaleSettings, parse_counts, run_scale
+    from .experiments.scale import SCALE_PRESET, ScaleSettings, parse_counts, run_scale
     args.config_obj = Config.from_yaml(args.config or SCALE_PRESET)
     cfg = _load_config(args)
     kw = {"counts": parse_counts(args.counts)} if args.counts else {}

@@ -73,7 +73,7 @@ class TrainConfig:
                                            # model.safetensors (0 = off); decay warms up as (1+n)/(10+n)
     lr_schedule: str = "cosine"            # choice: constant | cosine (decay to 0 at train.steps)
     warmup_steps: int = 100                # choice: linear lr warm-up (0 = off)
-    feature_cache: bool = False            # memory-mapped fp16 token cache reused across runs (engine/cache.py)
+    feature_cache: bool = False            # memory-mapped fp16 token cache reused across runs (engine/features/cache.py)
     cache_dir: str | None = None           # default $DPDIFF_CACHE or ~/.cache/dpdiff/features
 
 

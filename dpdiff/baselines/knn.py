@@ -2,7 +2,7 @@
 
 Memory bank = training tokens (optionally greedy-coreset subsampled); a test token's score is its
 L2 distance to the nearest bank token; maps are upsampled/smoothed and pooled exactly like DPDiff-AD
-(engine/scoring.py), so the two differ only in how a token is scored.
+(model/postprocess.py), so the two differ only in how a token is scored.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from ..data.dataset import ImageDataset, load_image_array
 from ..data.mvtec import IMAGE_EXTENSIONS, Sample
 from ..io import atomic_write_text
-from .evaluate import load_detector, score_dataset
+from .inference import load_detector, score_dataset
 
 
 def list_images(folder: Path) -> list[Path]:

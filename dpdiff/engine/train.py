@@ -30,7 +30,6 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
-from ..backbones import build_backbone
 from ..config import Config
 from ..data.dataset import ImageDataset
 from ..data.formats import load_samples
@@ -39,7 +38,7 @@ from ..model.dpdiff_ad import DPDiffAD
 from . import distributed as D
 from .checkpoint import (RUN_FILES, STATE_FILE, build_model_from_state, check_resume_config,
                          load_train_state, remove_stale_temp_files, rng_states, save_checkpoint, set_rng_states)
-from .features import channel_statistics, extract_features, tokens_from_maps
+from .features import build_backbone_from_config, channel_statistics, extract_features, tokens_from_maps
 
 HISTORY_FILE = "loss_history.csv"
 LOSS_KEYS = ("loss", "diff", "local", "global")
@@ -73,12 +72,6 @@ def prepare_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
     if overwrite:
         for name in RUN_FILES:  # resume state first: a later --resume must never pick up the old run
             (run_dir / name).unlink(missing_ok=True)
-
-
-def build_backbone_from_config(cfg: Config):
-    b = cfg.backbone
-    return build_backbone(b.name, layers=b.layers, weights=b.weights, image_size=b.image_size,
-                          feature_stride=b.feature_stride)
 
 
 def _training_samples(cfg: Config) -> list:
@@ -129,8 +122,8 @@ def train_features(cfg: Config, backbone, device, info: D.DistInfo | None = None
 
 
 def _cached_train_features(cfg: Config, backbone, device, info: D.DistInfo, samples: list):
-    """Training tokens from the on-disk feature cache (engine/cache.py); each rank fills its own slice."""
-    from .cache import FeatureCache
+    """Training tokens from the on-disk feature cache (engine/features/cache.py); each rank fills its own slice."""
+    from .features.cache import FeatureCache
     cache = FeatureCache(cfg.train.cache_dir)
     key = {"name": cfg.backbone.name, "layers": cfg.backbone.layers, "feature_stride": cfg.backbone.feature_stride}
     lo, hi = D.shard_range(len(samples), info.rank, info.world_size)

@@ -219,7 +219,7 @@ def collect_from_scores(run_dir: Path, eval_dir: Path, detector, data_root: str 
 
     from ..data.dataset import ImageDataset
     from ..data.formats import detect_format, load_samples
-    from ..engine.evaluate import score_dataset
+    from ..engine.inference import score_dataset
     path = Path(eval_dir) / "image_scores.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: evaluate the run first (dpdiff test {run_dir})")
@@ -701,7 +701,7 @@ def build_report(run_dir: Path, eval_dir: Path | None = None, output: Path | Non
     if data is None and not (eval_dir / REPORT_DATA_FILE).is_file():
         t = time.perf_counter()
         if detector is None:
-            from ..engine.evaluate import load_detector
+            from ..engine.inference import load_detector
             detector = load_detector(run_dir, device)
         data = collect_from_scores(run_dir, eval_dir, detector, data_root)
         data_root = None  # the collected paths are already under the given root
@@ -724,7 +724,7 @@ def build_report(run_dir: Path, eval_dir: Path | None = None, output: Path | Non
     if data.probes:
         t = time.perf_counter()
         if detector is None:
-            from ..engine.evaluate import load_detector
+            from ..engine.inference import load_detector
             detector = load_detector(run_dir, device)
         grid = tuple(detector.model.grid_size)
         proto, use = _select_probes(data)

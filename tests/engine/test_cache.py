@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-import dpdiff.engine.cache as cache_mod
+import dpdiff.engine.features.cache as cache_mod
 from dpdiff.backbones import build_backbone, build_vit
 from dpdiff.data.dataset import ImageDataset
 from dpdiff.data.mvtec import Sample
-from dpdiff.engine.cache import FeatureCache, FeatureStore, weights_sha256
+from dpdiff.engine.features.cache import FeatureCache, FeatureStore, weights_sha256
 from dpdiff.engine.features import channel_statistics, extract_features, tokens_from_maps
 
 torch.set_num_threads(min(2, torch.get_num_threads()))

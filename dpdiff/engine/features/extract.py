@@ -6,11 +6,21 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ...backbones import build_backbone
+from ...config import Config
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def build_backbone_from_config(cfg: Config):
+    """The frozen feature extractor ``cfg.backbone`` describes (weights from ``backbone.weights`` or the package)."""
+    b = cfg.backbone
+    return build_backbone(b.name, layers=b.layers, weights=b.weights, image_size=b.image_size,
+                          feature_stride=b.feature_stride)
 
 
 @torch.inference_mode()
@@ -51,7 +61,7 @@ def channel_statistics(maps, chunk: int = 256) -> tuple[torch.Tensor, torch.Tens
     """Per-channel mean and std over all tokens of (B, C, h, w) maps, accumulated in float64.
 
     ``maps`` is a tensor or anything with ``shape`` and slice indexing returning tensors (e.g. the
-    memory-mapped :class:`~dpdiff.engine.cache.FeatureStore`); it is read ``chunk`` maps at a time.
+    memory-mapped :class:`~dpdiff.engine.features.cache.FeatureStore`); it is read ``chunk`` maps at a time.
     """
     c = maps.shape[1]
     s = torch.zeros(c, dtype=torch.float64)

@@ -9,7 +9,7 @@ import torch
 
 from dpdiff.cli import main
 from dpdiff.config import Config
-from dpdiff.engine.benchmark import benchmark_fps, format_fps_markdown, random_vit
+from dpdiff.experiments.benchmark import benchmark_fps, format_fps_markdown, random_vit
 
 TINY_DIT = {"model.hidden_dim": 32, "model.depth": 1, "model.num_heads": 2, "model.prototype_heads": 2}
 TINY_VIT = dict(patch_size=14, embed_dim=32, depth=4, num_heads=2, init_values=1e-5)
@@ -96,7 +96,7 @@ def test_cli_benchmark_writes_json_and_refuses_overwrite(tmp_path, capsys):
     assert "| backbone |" in printed and "full FPS" in printed and str(out) in printed
     r = json.loads(out.read_text())
     check_result(r, 2, 64)
-    assert r["ensemble"] == 4 and r["ddim_steps"] == 3  # from configs/lite0_cpu.yaml
+    assert r["ensemble"] == 2 and r["ddim_steps"] == 1  # from configs/lite0_cpu.yaml
     assert r["dit"]["hidden_dim"] == 32  # --set on top of the preset
     before = out.read_text()
     assert main(argv) == 2  # refuses to replace the file

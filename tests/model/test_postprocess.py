@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dpdiff.engine.scoring import image_scores, postprocess
+from dpdiff.model.postprocess import image_scores, postprocess
 
 
 def reference(maps: torch.Tensor, k: int) -> torch.Tensor:
@@ -91,7 +91,7 @@ def test_postprocess_uses_pooled_max():
 
 
 def test_top_percent_scores_average_the_highest_pixels():
-    from dpdiff.engine.scoring import top_percent_scores
+    from dpdiff.model.postprocess import top_percent_scores
     maps = torch.zeros(2, 10, 10)
     maps[0, 0, :5] = torch.arange(1.0, 6.0)  # top 5 % of 100 pixels = the 5 values 1..5
     maps[1] = 7.0
@@ -103,7 +103,7 @@ def test_top_percent_scores_average_the_highest_pixels():
 
 
 def test_postprocess_rejects_an_unknown_image_score_rule():
-    from dpdiff.engine.scoring import postprocess
+    from dpdiff.model.postprocess import postprocess
     with pytest.raises(ValueError, match="image_score"):
         postprocess(torch.rand(1, 4, 4), 16, 0.0, 4, image_score="median")
     maps, scores = postprocess(torch.rand(2, 4, 4), 16, 1.0, 4, image_score="top_percent_mean", top_percent=1.0)

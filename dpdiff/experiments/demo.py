@@ -5,8 +5,8 @@ from pathlib import Path
 
 from ..config import Config
 from ..data.synthetic import generate_synthetic_dataset
-from .evaluate import evaluate
-from .train import train
+from ..engine.evaluate import evaluate
+from ..engine.train import train
 
 DEMO_PRESET = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 

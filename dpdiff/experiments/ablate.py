@@ -53,9 +53,9 @@ from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..metrics.tables import TABLE_COLUMNS, complete_row, format_table_csv, format_table_markdown
 from ..model.denoisers import DENOISERS
 from ..model.dpdiff_ad import SCORING_MODES
-from .checkpoint import CONFIG_FILE, MODEL_FILE, RUN_FILES, STATE_FILE, read_run_config, resume_config
-from .evaluate import evaluate
-from .train import train
+from ..engine.checkpoint import CONFIG_FILE, MODEL_FILE, RUN_FILES, STATE_FILE, read_run_config, resume_config
+from ..engine.evaluate import evaluate
+from ..engine.train import train
 
 #: Config keys that never change the trained weights (besides the ``inference`` and ``evaluation``
 #: sections): they are left out of the training key, so e.g. another device reuses a finished run.

@@ -1,6 +1,6 @@
 """DPDiff-AD and the PatchCore-style kNN baseline scored on the SAME backbone tokens.
 
-Shared by ``benchmarks/mtd_knn_vs_dpdiff.py`` and ``dpdiff scale`` (engine/scale.py): one feature
+Shared by ``benchmarks/mtd_knn_vs_dpdiff.py`` and ``dpdiff scale`` (experiments/scale.py): one feature
 extraction feeds both methods, and both go through the same map post-processing (bilinear upsampling
 to the evaluation resolution, Gaussian smoothing, the configured image-score rule), so two rows differ
 only in how a token is scored.
@@ -13,9 +13,9 @@ import torch
 from ..baselines.knn import KNNMemoryBank
 from ..config import Config
 from ..data.dataset import ImageDataset
-from .evaluate import Detector
-from .features import tokens_from_maps
-from .scoring import postprocess
+from ..engine.inference import Detector
+from ..engine.features import tokens_from_maps
+from ..model.postprocess import postprocess
 
 __all__ = ["masks_and_labels", "map_size", "build_knn", "knn_score_features", "dpdiff_score_features"]
 

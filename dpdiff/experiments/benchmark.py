@@ -31,8 +31,8 @@ import torch
 
 from ..config import Config
 from ..model.dpdiff_ad import DPDiffAD, _autocast_dtype
-from .features import resolve_device, tokens_from_maps
-from .scoring import postprocess
+from ..engine.features import resolve_device, tokens_from_maps
+from ..model.postprocess import postprocess
 
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PAPER_BATCH_SIZE = 64  # Table 4 measures FPS at batch size 64
@@ -125,7 +125,7 @@ def build_benchmark_backbone(cfg: Config, weights_random_ok: bool = True):
     A DINOv2 backbone without ``backbone.weights`` gets random weights when ``weights_random_ok`` (timing
     only); otherwise (and for every other case) this is ``build_backbone_from_config``."""
     from ..backbones.registry import _ALIASES, BACKBONES
-    from .train import build_backbone_from_config
+    from ..engine.features import build_backbone_from_config
 
     b = cfg.backbone
     info = BACKBONES.get(_ALIASES.get(b.name, b.name))
@@ -147,7 +147,7 @@ class Pipeline:
     def __init__(self, backbone, model: DPDiffAD, cfg: Config, device: torch.device,
                  backbone_autocast: torch.dtype | None = None, **score_kw):
         self.backbone, self.model = backbone.to(device).eval(), model.to(device).eval()
-        from .evaluate import inference_row_cap
+        from ..engine.inference import inference_row_cap
         score_kw.setdefault("max_batch", inference_row_cap(device))  # as Detector does
         self.cfg, self.device, self.kw = cfg, device, score_kw
         self.backbone_autocast = backbone_autocast

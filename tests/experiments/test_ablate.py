@@ -14,8 +14,8 @@ from tiny import tiny_config
 from dpdiff.cli import main
 from dpdiff.config import Config
 from dpdiff.data.synthetic import generate_synthetic_dataset
-from dpdiff.engine import ablate
-from dpdiff.engine.ablate import (grid_from_dict, load_grid, run_ablation, run_dir_for, training_key,
+from dpdiff.experiments import ablate
+from dpdiff.experiments.ablate import (grid_from_dict, load_grid, run_ablation, run_dir_for, training_key,
                                   training_status)
 from dpdiff.engine.checkpoint import CONFIG_FILE, STATE_FILE
 from dpdiff.metrics.tables import TABLE_COLUMNS

@@ -46,8 +46,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..data.mvtec import Sample
-from ..io import atomic_write_json
+from ...data.mvtec import Sample
+from ...io import atomic_write_json
 
 __all__ = ["FeatureCache", "FeatureStore", "CACHE_ENV", "default_cache_root", "file_identity",
            "backbone_fingerprint", "weights_sha256"]
@@ -133,8 +133,8 @@ def _code_sha256(backbone: torch.nn.Module) -> str:
     """Hash of the source files defining the extractor's output and the image preprocessing."""
     import inspect
 
-    from ..backbones import base as _base
-    from ..data import dataset as _dataset
+    from ...backbones import base as _base
+    from ...data import dataset as _dataset
 
     files = set()
     for obj in (type(backbone), _base, _dataset):
@@ -458,8 +458,8 @@ class FeatureCache:
     def _write_shard(self, key_dir: Path, key: dict, backbone: torch.nn.Module,
                      samples: list[Sample], idents: list[tuple[str, int, int]], image_size: int,
                      batch_size: int, device, num_workers: int, desc: str) -> None:
-        from ..data.dataset import ImageDataset
-        from .features import extract_features
+        from ...data.dataset import ImageDataset
+        from .extract import extract_features
 
         sid = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:10]}"
         data_name, index_name = f"shard-{sid}.npy", f"shard-{sid}.json"

@@ -9,8 +9,8 @@ import yaml
 
 from dpdiff.cli import main
 from dpdiff.data.synthetic import category_specs, read_marker
-from dpdiff.engine import scale as scale_mod
-from dpdiff.engine.scale import DONE_FILE, METHODS, ScaleSettings, count_dir, parse_counts, run_scale
+from dpdiff.experiments import scale as scale_mod
+from dpdiff.experiments.scale import DONE_FILE, METHODS, ScaleSettings, count_dir, parse_counts, run_scale
 from dpdiff.metrics.tables import TABLE_COLUMNS
 
 TINY_SET = ["backbone.image_size=64", "model.hidden_dim=32", "model.depth=1", "model.num_heads=2",

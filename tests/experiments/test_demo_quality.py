@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from dpdiff.engine.demo import demo_config, run_demo
+from dpdiff.experiments.demo import demo_config, run_demo
 
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@
 
 For every category count N of a grid (default 10, 20, 40, 80) one unified DPDiff-AD model is trained
 on the normal images of the first N synthetic categories and tested on their test images, and the
-PatchCore-style kNN memory bank is scored on the same backbone tokens (engine/compare.py). The
+PatchCore-style kNN memory bank is scored on the same backbone tokens (experiments/compare.py). The
 subsets are nested like the paper's S1 in S2 in S3: the dataset is generated once for the largest N
 (``data/``; :func:`dpdiff.data.synthetic.ensure_synthetic_dataset`) and the N-category subset is its
 first N categories, which are exactly the N-category dataset. Backbone features come from a feature
@@ -13,7 +13,7 @@ Output folder::
 
     scale_settings.json            what the run was made with (a rerun must match, else --overwrite)
     data/                          the synthetic dataset (MVTec layout)
-    features/                      feature cache (engine/cache.py)
+    features/                      feature cache (engine/features/cache.py)
     N010/run/                      the DPDiff-AD run of N = 10 (checkpoint, loss history)
     N010/dpdiff/results.{json,csv,md}, N010/knn/results.{json,csv,md}
                                    per-category metrics + mean, with the evaluation protocol
@@ -48,12 +48,14 @@ from ..io import atomic_write_bytes, atomic_write_json
 from ..metrics import compute_metrics
 from ..metrics.paper_tables import DELTA_ROW, load_results, scale_table, write_table
 from ..metrics.tables import TABLE_COLUMNS, write_results
-from .cache import FeatureCache
-from .checkpoint import STATE_FILE, load_model
+from ..engine.features.cache import FeatureCache
+from ..engine.checkpoint import STATE_FILE, load_model
 from .compare import build_knn, dpdiff_score_features, knn_score_features, map_size, masks_and_labels
-from .evaluate import Detector, protocol_description
-from .features import resolve_device
-from .train import build_backbone_from_config, train
+from ..engine.evaluate import protocol_description
+from ..engine.inference import Detector
+from ..engine.features import resolve_device
+from ..engine.features import build_backbone_from_config
+from ..engine.train import train
 
 __all__ = ["ScaleSettings", "SCALE_PRESET", "METHODS", "run_scale", "count_dir", "parse_counts",
            "SETTINGS_FILE", "DONE_FILE"]
