@@ -85,6 +85,8 @@ class InferenceConfig:
     antithetic: bool = True                # choice: draws come in pairs (eps, -eps) for tokens and prototypes;
                                            # needs an even ensemble (issue #13: one pair ~ 16 independent draws)
     ensemble_reduce: str = "error_of_mean"  # error_of_mean (score the mean reconstruction) | mean_error
+    common_noise: bool = True              # choice: every image gets the same noise draws (seeded with
+                                           # inference.seed): a score depends on the image alone, not its batch
     scoring: str = "reconstruction"        # reconstruction (Eq. 22) | prototype (Table 5 rows 1-2: per token
                                            # 1 - max cosine similarity to the image's own prototypes, no diffusion)
     seed: int = 0

@@ -53,6 +53,7 @@ class Detector:
         token_maps = self.model.token_scores(tokens, inf.noise_step, inf.ddim_steps, inf.ensemble, generator,
                                              scoring=inf.scoring,  # reconstruction (Eq. 22) | prototype
                                              ensemble_reduce=inf.ensemble_reduce, antithetic=inf.antithetic,
+                                             common_noise_seed=inf.seed if inf.common_noise else None,
                                              max_batch=inference_row_cap(self.device))
         return postprocess(token_maps, self.map_size, inf.smoothing_sigma, inf.pool_size,
                            image_score=inf.image_score, top_percent=inf.top_percent)

@@ -166,7 +166,7 @@ class Pipeline:
         return self.model.token_scores(tokens_from_maps(feats.float()), inf.noise_step, inf.ddim_steps,
                                        inf.ensemble if ensemble is None else ensemble, g, scoring=inf.scoring,
                                        ensemble_reduce=inf.ensemble_reduce, antithetic=inf.antithetic,
-                                       **self.kw)
+                                       common_noise_seed=inf.seed if inf.common_noise else None, **self.kw)
 
     @property
     def map_size(self) -> int:

@@ -189,30 +189,44 @@ class DPDiffAD(nn.Module):
         return fn
 
     def _draw_noise(self, x0: torch.Tensor, p0: torch.Tensor | None, ensemble: int,
-                    generator: torch.Generator | None,
-                    antithetic: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                    generator: torch.Generator | None, antithetic: bool = False,
+                    common: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Noise for ``ensemble`` draws, stacked draw-major ((E*B, ...)). The generator is consumed in the
         order of ``ensemble`` sequential single-draw runs (x-noise, then prototype noise, per draw), so a
         seeded batched run reproduces the former per-draw loop.
 
         ``antithetic``: draws 2k+1 are the negatives of draws 2k (token AND prototype noise), so each pair
         sums to zero exactly; an odd last draw stays independent. For a denoiser that is locally linear in
-        the noise, the pair's mean reconstruction cancels the noise-induced error entirely (issue #13)."""
+        the noise, the pair's mean reconstruction cancels the noise-induced error entirely (issue #13).
+
+        ``common`` (a seed): every image of the batch gets the SAME draws, from a generator seeded with it
+        (common random numbers; ``generator`` is not used). A score then depends on the image alone, not on
+        the batch it came in or its position, so batched, single-image, served and exported inference agree,
+        and differences between images are not blurred by different noise."""
         eps_x, eps_p = [], []
+        shared = common is not None
+        if shared:  # one draw of shape (1, N, C) shared by every image of the batch
+            generator = torch.Generator(device=x0.device).manual_seed(int(common))
+        x_shape = (1, *x0.shape[1:]) if shared else x0.shape
+        p_shape = None if p0 is None else ((1, *p0.shape[1:]) if shared else p0.shape)
         for e in range(ensemble):
             if antithetic and e % 2 == 1:
                 eps_x.append(-eps_x[-1])
                 if p0 is not None:
                     eps_p.append(-eps_p[-1])
                 continue
-            eps_x.append(torch.randn(x0.shape, device=x0.device, generator=generator))
+            eps_x.append(torch.randn(x_shape, device=x0.device, generator=generator))
             if p0 is not None:
-                eps_p.append(torch.randn(p0.shape, device=x0.device, generator=generator))
+                eps_p.append(torch.randn(p_shape, device=x0.device, generator=generator))
+        if shared:
+            eps_x = [e.expand_as(x0) for e in eps_x]
+            eps_p = [e.expand_as(p0) for e in eps_p]
         return torch.cat(eps_x), (torch.cat(eps_p) if p0 is not None else None)
 
     def _reconstruct_draws(self, tokens: torch.Tensor, noise_step: int, ddim_steps: int, ensemble: int,
                            generator: torch.Generator | None, autocast_dtype, compile: bool,
-                           max_batch: int | None, antithetic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                           max_batch: int | None, antithetic: bool = False,
+                           common_noise_seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0 (B,N,C), x0_hat (E,B,N,C)): all E noise draws denoised as one batch of E*B rows (or in
         row chunks of ``max_batch``; the noise is drawn up front, so chunking never changes a result)."""
         if not 0 <= noise_step < self.cfg.num_timesteps:
@@ -233,7 +247,7 @@ class DPDiffAD(nn.Module):
             p_local = p_local.float() if p_local is not None else None
             p_global = p_global.float() if p_global is not None else None
         p0, types = self._stack_prototypes(p_local, p_global)
-        eps_x, eps_p = self._draw_noise(x0, p0, ensemble, generator, antithetic)
+        eps_x, eps_p = self._draw_noise(x0, p0, ensemble, generator, antithetic, common_noise_seed)
         b = x0.shape[0]
         x0_all = x0.repeat(ensemble, 1, 1) if ensemble > 1 else x0
         p0_all = None if p0 is None else (p0.repeat(ensemble, 1, 1) if ensemble > 1 else p0)
@@ -291,7 +305,7 @@ class DPDiffAD(nn.Module):
                      generator: torch.Generator | None = None, *, autocast_dtype: torch.dtype | str | None = None,
                      compile: bool = False, max_batch: int | None = None,
                      scoring: str = "reconstruction", ensemble_reduce: str = "error_of_mean",
-                     antithetic: bool = False) -> torch.Tensor:
+                     antithetic: bool = False, common_noise_seed: int | None = None) -> torch.Tensor:
         """Eq. (22)-(23): per-token squared L2 reconstruction error, reshaped to (B, h, w).
 
         ``ensemble_reduce``: ``mean_error`` averages the E squared errors ||x0 - x0_hat_e||^2;
@@ -303,7 +317,8 @@ class DPDiffAD(nn.Module):
         per DiT call); the seeded generator is consumed exactly as ``ensemble`` sequential
         :meth:`reconstruct` calls would, and the maps are averaged in draw order.
         ``scoring="prototype"`` returns :meth:`prototype_token_scores` instead (no diffusion, no noise; the
-        other arguments are ignored). ``antithetic`` pairs the draws (see :meth:`_draw_noise`).
+        other arguments are ignored). ``antithetic`` pairs the draws; ``common_noise_seed`` gives every image
+        the same draws from a generator with that seed instead of ``generator`` (see :meth:`_draw_noise`).
 
         A rank-deficient noise head (:meth:`noise_head_basis`) is scored in the span of its output layer.
         """
@@ -315,7 +330,7 @@ class DPDiffAD(nn.Module):
         if ensemble_reduce not in ENSEMBLE_REDUCTIONS:
             raise ValueError(f"inference.ensemble_reduce must be one of {ENSEMBLE_REDUCTIONS}, got {ensemble_reduce!r}")
         x0, x0_hat = self._reconstruct_draws(tokens, noise_step, ddim_steps, ensemble, generator, autocast_dtype,
-                                             compile, max_batch, antithetic)
+                                             compile, max_batch, antithetic, common_noise_seed)
         basis = self.noise_head_basis()
         if basis is not None:  # projected-error fallback for a rank-deficient head
             basis = basis.to(x0.device)
