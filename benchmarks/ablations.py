@@ -6,18 +6,18 @@ and on synthetic multi-category data, and collect the tables in ``benchmarks/res
     .venv/bin/python benchmarks/ablations.py --grids fig5_prototypes --datasets synthetic --no-extras   # Fig. 5
     .venv/bin/python benchmarks/ablations.py --collect-only       # only copy finished tables
 
-Every grid is ``dpdiff ablate --grid configs/ablations/<grid>.yaml ... --cache``; grids writing into the same
-output folder share trainings with equal settings (Fig. 6 left/right and the ensemble sweep share one model;
-Table 9's DiT row is the Table 5 full model), and finished trainings and evaluations are reused, so a rerun
+Every grid is ``dpdiff ablate --grid <grid> ... --cache`` (a packaged grid, dpdiff/configs/ablations/); grids
+writing into the same output folder share trainings with equal settings (Fig. 6 left/right and the ensemble sweep
+share one model; Table 9's DiT row is the Table 5 full model), and finished trainings and evaluations are reused, so a rerun
 only does what is missing. Measured cost on 2 CPU cores (feature cache on): an MTD DiT training at 1000 steps
 6-8 min (prototype-only rows 2-3 min), an MTD evaluation (582 images, 4 noise draws) ~1.5 min (16 draws ~5 min);
 a synthetic training ~2 min, an evaluation (300 images) ~20 s. All default grids and extras: about 2 h.
 
 Synthetic data: 10 categories of ``dpdiff.data.synthetic`` (the demo's four + six generated ones), 40 normal
 training images, 10 good + 20 defective test images each, 128 px, seed 0, written once to
-``runs/synth10`` in MVTec-AD layout. The grids' base preset is ``configs/mtd_lite0.yaml`` (256 px); for the
+``runs/synth10`` in MVTec-AD layout. The grids' base preset is ``mtd_lite0`` (256 px); for the
 128 px synthetic images the smoothing sigma and the pooling window are halved, as in
-``configs/scale_lite0.yaml``.
+the ``scale_lite0`` preset.
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def run_grid(dataset: str, grid: str, extra: list[str], suffix: str, synth_root:
         output = output.with_name(f"{output.name}_{suffix}")
     if not collect_only:
         command = [sys.executable, "-m", "dpdiff.cli", "ablate",
-                   "--grid", str(ROOT / "configs" / "ablations" / f"{grid}.yaml"), *data_args,
+                   "--grid", grid, *data_args,
                    "--output", str(output), "--cache", "--overwrite", *(["--set", *overrides] if overrides else [])]
         print("+", " ".join(command), flush=True)
         subprocess.run(command, check=True, cwd=ROOT)
@@ -84,7 +84,8 @@ def run_grid(dataset: str, grid: str, extra: list[str], suffix: str, synth_root:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--grids", nargs="+", default=DEFAULT_GRIDS, help="grid names in configs/ablations/")
+    parser.add_argument("--grids", nargs="+", default=DEFAULT_GRIDS,
+                        help="packaged grid names (dpdiff/configs/ablations/)")
     parser.add_argument("--datasets", nargs="+", default=["mtd", "synthetic"], help="mtd | synthetic")
     parser.add_argument("--no-extras", action="store_true", help="skip the EXTRAS runs (seed replicate, long training)")
     parser.add_argument("--synthetic-root", type=Path, default=ROOT / "runs" / "synth10")

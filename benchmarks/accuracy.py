@@ -14,7 +14,7 @@ model variant (``train(..., resume=True)``), one JSON per scored row. Then it wr
 
 where each M holds I-AUROC, I-AP, I-F1max, P-AUROC, P-AP, P-F1max, P-AUPRO, mAD (fractions, mean over
 categories) and images_per_s (backbone + scoring + post-processing, measured here, one process). ``dpdiff``
-is exactly what ``configs/lite0_cpu.yaml`` ships; ``knn`` is the stronger (by mAD) of the raw-space and the
+is exactly what the ``lite0_cpu`` preset ships; ``knn`` is the stronger (by mAD) of the raw-space and the
 standardised-space full memory bank. Rows:
 
 * ``dpdiff/<variant>``: the preset model scored with other inference settings (paper protocol: 1 draw,
@@ -40,7 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dpdiff.config import Config  # noqa: E402
+from dpdiff.config import Config, load_config  # noqa: E402
 from dpdiff.data import shared_data_dir  # noqa: E402
 from dpdiff.data.dataset import ImageDataset  # noqa: E402
 from dpdiff.data.formats import load_samples  # noqa: E402
@@ -48,14 +48,14 @@ from dpdiff.data.synthetic import ensure_synthetic_dataset  # noqa: E402
 from dpdiff.engine.features.cache import FeatureCache  # noqa: E402
 from dpdiff.engine.checkpoint import load_model, read_run_config  # noqa: E402
 from dpdiff.experiments.compare import build_knn, dpdiff_score_features, knn_score_features, masks_and_labels  # noqa: E402
-from dpdiff.engine.evaluate import Detector  # noqa: E402
-from dpdiff.engine.features import resolve_device  # noqa: E402
+from dpdiff.engine.inference import Detector  # noqa: E402
+from dpdiff.engine.features import resolve_device, tokens_from_maps  # noqa: E402
 from dpdiff.engine.train import build_backbone_from_config, train  # noqa: E402
 from dpdiff.io import atomic_write_json, atomic_write_text  # noqa: E402
 from dpdiff.metrics import METRIC_NAMES, compute_metrics  # noqa: E402
 
 log = logging.getLogger("accuracy")
-PRESET = ROOT / "configs" / "lite0_cpu.yaml"
+PRESET = "lite0_cpu"  # packaged preset (dpdiff/configs/lite0_cpu.yaml)
 RESULTS = ROOT / "benchmarks" / "results" / "accuracy"
 COLUMNS = list(METRIC_NAMES) + ["mAD"]
 
@@ -198,6 +198,35 @@ class Bench:
                                    "common_noise")}
         return m
 
+    def swap_row(self, run_dir: Path, inference: dict) -> dict:
+        """Prototype-leakage check: each test image is reconstructed with the MEAN prototypes of its category's
+        training images instead of its own (Eq. 10 computes them from the test image itself, so a defect could
+        leak into the condition). Same inference otherwise; a diagnostic, not a deployable mode (it needs the
+        category at test time)."""
+        model, run_cfg, _ = load_model(run_dir, self.device)
+        cfg = run_cfg.override({f"inference.{k}": v for k, v in inference.items()})
+        detector = Detector(self.backbone, model, cfg, self.device)
+        train_cats = np.array([s.category for s in self.train_samples])
+        own = model.prototypes
+        maps = np.zeros((len(self.test_samples), *self.masks.shape[1:]), dtype=np.float32)
+        scores = np.zeros(len(self.test_samples), dtype=np.float32)
+        for c in self.categories:
+            idx = np.flatnonzero(train_cats == c)
+            with torch.inference_mode():
+                parts = [own(model.standardize(tokens_from_maps(torch.as_tensor(self.train_feats[idx[i:i + 64]]).float())))
+                         for i in range(0, len(idx), 64)]
+            mean_protos = [None if parts[0][j] is None else torch.cat([p[j] for p in parts]).mean(0, keepdim=True)
+                           for j in (0, 1)]
+            model.prototypes = lambda x0, mp=mean_protos: tuple(
+                None if p is None else p.expand(x0.shape[0], -1, -1) for p in mp)
+            sel = np.flatnonzero(self.cats == c)
+            m_c, s_c = dpdiff_score_features(detector, torch.as_tensor(self.test_feats[sel]))
+            maps[sel], scores[sel] = m_c.numpy(), s_c.numpy()
+            model.prototypes = own
+        m = self._metrics(maps, scores)
+        m["images_per_s"] = float("nan")  # a diagnostic: not timed
+        return m
+
     def knn_row(self, standardize: bool, coreset: float = 1.0) -> dict:
         bank = build_knn(self.train_feats, coreset, standardize=standardize)
         t0 = time.perf_counter()
@@ -230,6 +259,8 @@ def run_dataset(bench: Bench, preset: Config, extra_trainings: bool) -> dict:
         f"knn/coreset_{frac:g}_{'std' if knn is std else 'raw'}", lambda: bench.knn_row(knn is std, frac))
     for name, inf in INFERENCE_ROWS.items():
         rows[f"dpdiff/{name}"] = bench._cached(f"dpdiff/{name}", lambda inf=inf: bench.dpdiff_row(main_run, inf))
+    rows["dpdiff/swap: category-mean training prototypes (leakage check)"] = bench._cached(
+        "dpdiff/swap_category_mean_prototypes", lambda: bench.swap_row(main_run, shipped))
     if extra_trainings:
         for name, overrides in TRAINING_ROWS.items():
             run = bench.trained(name, overrides)
@@ -237,7 +268,7 @@ def run_dataset(bench: Bench, preset: Config, extra_trainings: bool) -> dict:
     return {"dpdiff": dp, "knn": knn, "rows": rows,
             "protocol": {"data": str(bench.root), "categories": len(bench.categories),
                          "train_images": len(bench.train_samples), "test_images": len(bench.test_samples),
-                         "train_steps": bench.cfg.train.steps, "preset": str(PRESET.relative_to(ROOT)),
+                         "train_steps": bench.cfg.train.steps, "preset": PRESET,
                          "torch_threads": torch.get_num_threads(),
                          "images_per_s": "test images / (scoring time + images x backbone time per image)"}}
 
@@ -276,7 +307,7 @@ def main() -> int:
     if args.quick:
         args.synthetic_categories, args.synthetic_train, args.steps = 3, 8, args.steps or 30
         args.synthetic_test_good, args.synthetic_test_defect = 4, 8
-    preset = Config.from_yaml(PRESET)
+    preset = load_config(PRESET)
     out = Path(args.output)
     results = Path(args.results) if args.results else (out / "summary" if args.quick else RESULTS)
     summary_path = results / "summary.json"

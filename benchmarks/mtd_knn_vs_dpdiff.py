@@ -5,7 +5,7 @@ the same map post-processing (bilinear upsampling, Gaussian smoothing, pooled-ma
 the rows differ only in how a token is scored. Prints both rows of the seven metrics and writes
 benchmarks/results/mtd_knn_vs_dpdiff.{json,csv,md}.
 
-    python benchmarks/mtd_knn_vs_dpdiff.py --config configs/mtd_lite0.yaml [--steps N]
+    python benchmarks/mtd_knn_vs_dpdiff.py --config mtd_lite0 [--steps N]
 
 Cite the dataset: Huang et al., "Surface defect saliency of magnetic tile", The Visual Computer 2020.
 """
@@ -22,13 +22,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dpdiff.config import Config  # noqa: E402
+from dpdiff.config import load_config  # noqa: E402
 from dpdiff.data import shared_data_dir  # noqa: E402
 from dpdiff.data.dataset import ImageDataset  # noqa: E402
 from dpdiff.data.mvtec import load_split  # noqa: E402
 from dpdiff.engine.checkpoint import load_model  # noqa: E402
 from dpdiff.experiments.compare import build_knn, dpdiff_score_features, knn_score_features, masks_and_labels  # noqa: E402
-from dpdiff.engine.evaluate import Detector  # noqa: E402
+from dpdiff.engine.inference import Detector  # noqa: E402
 from dpdiff.engine.features import extract_features, resolve_device  # noqa: E402
 from dpdiff.engine.train import build_backbone_from_config, train  # noqa: E402
 from dpdiff.metrics import compute_metrics  # noqa: E402
@@ -37,7 +37,7 @@ from dpdiff.metrics.tables import write_results  # noqa: E402
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(ROOT / "configs" / "mtd_lite0.yaml"))
+    ap.add_argument("--config", default="mtd_lite0", help="preset name or YAML file (default mtd_lite0)")
     ap.add_argument("--data", default=None, help="MTD root (default: $DPDIFF_SHARED_DATA/mtd)")
     ap.add_argument("--steps", type=int, default=None, help="override train.steps")
     ap.add_argument("--coreset", type=float, default=1.0,
@@ -48,7 +48,7 @@ def main() -> int:
                     help="also evaluate these inference noise steps (diagnostic rows)")
     args = ap.parse_args()
 
-    cfg = Config.from_yaml(args.config)
+    cfg = load_config(args.config)
     data = Path(args.data) if args.data else shared_data_dir() / "mtd"
     if not data.is_dir():
         print(f"MTD data not found at {data}; set DPDIFF_SHARED_DATA or --data", file=sys.stderr)

@@ -5,7 +5,7 @@ side by side, with warm-up rounds and the median of several timed rounds.
     python benchmarks/speed.py            # full run (about 5-10 minutes on 2 CPU cores)
     python benchmarks/speed.py --quick    # smoke version (about 1-2 minutes)
 
-(1) Inference at the CPU preset (configs/lite0_cpu.yaml: EfficientNet-Lite0, 256 px, its DiT size,
+(1) Inference at the CPU preset (lite0_cpu: EfficientNet-Lite0, 256 px, its DiT size,
     3 DDIM steps) with random (untrained) DiT weights: backbone-only FPS, full-pipeline FPS
     (backbone + DiT reconstruction + upsampling/smoothing/pooling) for ensemble 1 and the preset's
     ensemble, and the DiT / post-processing shares. Also DINOv2 ViT-B/14+reg at 448 px (random
@@ -21,12 +21,14 @@ side by side, with warm-up rounds and the median of several timed rounds.
 
 Writes benchmarks/results/speed.json (``--quick``: speed_quick.json) atomically.
 
-The timing helpers, the random DiT/ViT builders and the inference pipeline are shared with
-``dpdiff.experiments.benchmark``; for the FPS of one config (paper Table 4) use ``dpdiff benchmark``.
+The pipeline timed is ``dpdiff.engine.inference.Detector``, the object evaluation and prediction score with;
+the timing helpers and the random DiT/ViT builders are shared with ``dpdiff.experiments.benchmark``; for the
+FPS of one config (paper Table 4) use ``dpdiff benchmark``.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -46,17 +48,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dpdiff.backbones import build_backbone  # noqa: E402
-from dpdiff.config import Config  # noqa: E402
+from dpdiff.config import Config, load_config  # noqa: E402
 from dpdiff.data import shared_data_dir  # noqa: E402
 from dpdiff.data.dataset import ImageDataset  # noqa: E402
 from dpdiff.data.mvtec import load_split  # noqa: E402
-from dpdiff.experiments.benchmark import Pipeline, cpu_name, measure, random_model, random_vit  # noqa: E402
+from dpdiff.engine.inference import Detector  # noqa: E402
+from dpdiff.experiments.benchmark import cpu_name, measure, random_model, random_vit  # noqa: E402
 from dpdiff.engine.features.cache import FeatureCache  # noqa: E402
 from dpdiff.engine.features import resolve_device, tokens_from_maps  # noqa: E402
 from dpdiff.io import atomic_write_json  # noqa: E402
 
-LITE_CFG = ROOT / "configs" / "lite0_cpu.yaml"
-PAPER_CFG = ROOT / "configs" / "paper_dinov2_b448.yaml"
+LITE_CFG = "lite0_cpu"  # packaged presets (dpdiff/configs/)
+PAPER_CFG = "paper_dinov2_b448"
 GOAL_FPS_RATIO = 0.80
 GOAL_TRAIN_SPEEDUP = 5.0
 
@@ -76,24 +79,33 @@ def bench_inference(name: str, backbone, cfg: Config, device: torch.device, batc
         feats = backbone(images)
     c, h, w = feats.shape[1:]
     model = random_model(c, (h, w), cfg, device)
-    pipe = Pipeline(backbone, model, cfg, device, **score_kw)
+    detector = Detector(backbone, model, cfg, device, **score_kw)  # what evaluation and prediction run
     out: dict = {"name": name, "batch": batch, "image_size": size, "tokens": [int(c), int(h), int(w)],
                  "dit": {"hidden_dim": cfg.model.hidden_dim, "depth": cfg.model.depth,
                          "num_heads": cfg.model.num_heads},
                  "ddim_steps": cfg.inference.ddim_steps, "noise_step": cfg.inference.noise_step,
                  "score_options": {k: str(v) for k, v in score_kw.items()}}
-    with torch.inference_mode():
-        bb = measure(lambda: backbone(images), device, warmup, rounds)
+    bb = measure(lambda: detector.features(images), device, warmup, rounds)
     out["backbone"] = bb | {"fps": batch / bb["median_s"]}
     print(f"  [{name}] backbone only: {fmt(out['backbone']['fps'])} img/s (batch {batch})", flush=True)
-    maps = pipe.dit(feats, 1)
-    post = measure(lambda: pipe.post(maps), device, warmup, rounds)
+
+    def inference(ensemble: int):
+        return dataclasses.replace(cfg.inference, ensemble=ensemble)
+
+    def dit(ensemble: int):
+        return detector.token_scores(feats, torch.Generator(device).manual_seed(0), inference(ensemble))
+
+    def full_pipeline(ensemble: int):
+        return detector(images, torch.Generator(device).manual_seed(0), inference(ensemble))
+
+    maps = dit(1)
+    post = measure(lambda: detector.postprocess(maps), device, warmup, rounds)
     out["postprocess"] = post | {"ms_per_image": 1e3 * post["median_s"] / batch}
     for e in ensembles:
-        dit = measure(lambda: pipe.dit(feats, e), device, warmup, rounds)
-        full = measure(lambda: pipe.full(images, e), device, warmup, rounds)
+        dit_t = measure(lambda: dit(e), device, warmup, rounds)
+        full = measure(lambda: full_pipeline(e), device, warmup, rounds)
         row = {"ensemble": e, "full": full | {"fps": batch / full["median_s"]},
-               "dit_ms_per_image": 1e3 * dit["median_s"] / batch,
+               "dit_ms_per_image": 1e3 * dit_t["median_s"] / batch,
                "fps_ratio_full_over_backbone": (batch / full["median_s"]) / out["backbone"]["fps"],
                "goal_ratio": GOAL_FPS_RATIO}
         row["meets_goal"] = row["fps_ratio_full_over_backbone"] >= GOAL_FPS_RATIO
@@ -203,7 +215,7 @@ def rss_child(args) -> int:
     torch.set_num_threads(args.threads)
     from dpdiff.engine.train import build_backbone_from_config, train
 
-    cfg = Config.from_yaml(LITE_CFG)
+    cfg = load_config(LITE_CFG)
     data = shared_data_dir() / "mtd"
     cfg.data.root, cfg.data.categories = str(data), ["magnetic_tile"]
     cfg.train.device, cfg.train.steps = "cpu", args.rss_steps
@@ -305,6 +317,43 @@ def bench_rss(args, tmp: Path) -> dict:
     return out
 
 
+def bench_inference_sections(args, lite, lite_cfg: Config, device: torch.device, warmup: int, rounds: int,
+                             tmp: Path) -> dict:
+    """(1) Lite0 at the CPU preset (plus the --autocast/--compile variants) and (1b) DINOv2 at the paper's
+    preset, unless skipped."""
+    results, q = {}, args.quick
+    if "lite0" not in args.skip:
+        print("(1) inference, EfficientNet-Lite0 @256 (lite0_cpu), random DiT weights", flush=True)
+        ens = sorted({1, int(lite_cfg.inference.ensemble)})
+        batch = 4 if q else int(lite_cfg.inference.batch_size)
+        results["inference_lite0"] = bench_inference("lite0@256", lite, lite_cfg, device, batch, warmup, rounds,
+                                                     ens, {}, per_draw_loop=True)
+        extra = []
+        if args.autocast:
+            extra.append(("autocast", {"autocast_dtype": args.autocast}))
+        if args.compile:
+            extra.append(("compile", {"compile": True}))
+        for label, kw in extra:
+            results[f"inference_lite0_{label}"] = bench_inference(f"lite0@256 {label}", lite, lite_cfg, device,
+                                                                  batch, warmup, rounds, ens, kw, False)
+    if "dinov2" not in args.skip:
+        paper = load_config(PAPER_CFG)
+        if q:  # smoke: the same code path at ViT-S/14 224 px
+            arch, size, batch = "vit_small_patch14_reg4_dinov2", 224, 1
+        else:
+            arch, size, batch = "vit_base_patch14_reg4_dinov2", paper.backbone.image_size, 2
+        paper.backbone.image_size = size
+        print(f"(1b) inference, DINOv2 {arch} @{size} (random weights), paper DiT "
+              f"{paper.model.hidden_dim}x{paper.model.depth}, batch {batch}", flush=True)
+        vit = random_vit(arch, list(paper.backbone.layers), size, name=f"{arch}(random)", tmp_dir=tmp)
+        results["inference_dinov2"] = bench_inference(f"{arch}@{size}", vit, paper, device, batch,
+                                                      1, max(2, rounds - 2),
+                                                      [max(1, int(paper.inference.ensemble))], {}, False)
+        del vit
+        gc.collect()
+    return results
+
+
 # ---------------------------------------------------------------------------------------- main
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -352,39 +401,11 @@ def main() -> int:
               f"CPUs, timings will be inflated and ratios distorted", flush=True)
     results: dict = {"env": env}
     try:
-        lite_cfg = Config.from_yaml(LITE_CFG)
+        lite_cfg = load_config(LITE_CFG)
         b = lite_cfg.backbone
         lite = build_backbone(b.name, layers=b.layers, weights=b.weights, image_size=b.image_size,
                               feature_stride=b.feature_stride)
-        if "lite0" not in args.skip:
-            print("(1) inference, EfficientNet-Lite0 @256 (configs/lite0_cpu.yaml), random DiT weights", flush=True)
-            ens = sorted({1, int(lite_cfg.inference.ensemble)})
-            batch = 4 if q else int(lite_cfg.inference.batch_size)
-            results["inference_lite0"] = bench_inference("lite0@256", lite, lite_cfg, device, batch, warmup, rounds,
-                                                         ens, {}, per_draw_loop=True)
-            extra = []
-            if args.autocast:
-                extra.append(("autocast", {"autocast_dtype": args.autocast}))
-            if args.compile:
-                extra.append(("compile", {"compile": True}))
-            for label, kw in extra:
-                results[f"inference_lite0_{label}"] = bench_inference(f"lite0@256 {label}", lite, lite_cfg, device,
-                                                                      batch, warmup, rounds, ens, kw, False)
-        if "dinov2" not in args.skip:
-            paper = Config.from_yaml(PAPER_CFG)
-            if q:  # smoke: the same code path at ViT-S/14 224 px
-                arch, size, batch = "vit_small_patch14_reg4_dinov2", 224, 1
-            else:
-                arch, size, batch = "vit_base_patch14_reg4_dinov2", paper.backbone.image_size, 2
-            paper.backbone.image_size = size
-            print(f"(1b) inference, DINOv2 {arch} @{size} (random weights), paper DiT "
-                  f"{paper.model.hidden_dim}x{paper.model.depth}, batch {batch}", flush=True)
-            vit = random_vit(arch, list(paper.backbone.layers), size, name=f"{arch}(random)", tmp_dir=tmp)
-            results["inference_dinov2"] = bench_inference(f"{arch}@{size}", vit, paper, device, batch,
-                                                          1, max(2, rounds - 2),
-                                                          [max(1, int(paper.inference.ensemble))], {}, False)
-            del vit
-            gc.collect()
+        results |= bench_inference_sections(args, lite, lite_cfg, device, warmup, rounds, tmp)
         if "train" not in args.skip or "rss" not in args.skip:
             samples, source = training_samples(args.n_images)
             print(f"(2) training steps/s, {len(samples)} images of {source}", flush=True)

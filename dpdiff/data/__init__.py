@@ -20,12 +20,14 @@ def repo_root() -> Path:
 def shared_data_dir() -> Path:
     """``$DPDIFF_SHARED_DATA`` if set (and non-empty), else ``<repo root>/../shared/data``.
 
-    The folder may not exist; callers (and tests) check and skip with a clear reason.
+    The folder may not exist; callers (and tests) check and skip with a clear reason. ``shared`` may be a
+    symlink: the path goes through it (it is not resolved to the link's target), so it always ends in
+    ``shared/data`` next to the checkout.
     """
     env = os.environ.get(SHARED_DATA_ENV, "").strip()
     if env:
         return Path(env).expanduser()
-    return (repo_root().parent / "shared" / "data").resolve()
+    return repo_root().parent / "shared" / "data"  # repo_root() is absolute already
 
 
 def __getattr__(name: str):

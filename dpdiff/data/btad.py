@@ -26,6 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from ..errors import ConfigError
 from .layout import LayoutError, expect_dir
 from .mvtec import GOOD, Sample, _index_folder, _list_images, _list_subdirs
 
@@ -126,7 +127,7 @@ def load_btad(
         categories = [categories]
     categories = list(categories)
     if len(set(categories)) != len(categories):
-        raise ValueError(f"duplicate categories in {categories}")
+        raise ConfigError(f"duplicate categories in {categories}")
     out: list[Sample] = []
     for cat in categories:
         out.extend(_load_category(root, cat, split, allow_missing_masks))

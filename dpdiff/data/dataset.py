@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import DataError
 from .mvtec import Sample
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "load_image_rgb",
     "load_image_array",
     "load_mask",
+    "normalized_image_tensor",
     "read_mask",
 ]
 
@@ -61,7 +63,7 @@ def _open(path: Path | str) -> Image.Image:
             # Image.open is lazy and keeps the file handle; copy() detaches the decoded data.
             return im.copy()
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, EOFError, ... on bad files
-        raise ValueError(f"cannot read image file {str(path)!r} (corrupt or truncated?): {e}") from e
+        raise DataError(f"cannot read image file {str(path)!r} (corrupt or truncated?): {e}") from e
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -95,6 +97,18 @@ def _resize_rgb(im: Image.Image, size: int) -> Image.Image:
     if im.size == (size, size):
         return im
     return im.resize((size, size), Image.Resampling.BICUBIC)
+
+
+def normalized_image_tensor(im: Image.Image, size: int, mean: Sequence[float] | torch.Tensor,
+                            std: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """The model input of one image, ``FloatTensor (3, size, size)``: converted to 8-bit RGB (module
+    docstring), resized directly to ``size x size`` (PIL bicubic, aspect not kept), scaled to [0, 1], then
+    ``(x - mean) / std`` per channel. Training, evaluation and ``Detector.preprocess`` all use it."""
+    a = np.asarray(_resize_rgb(_to_rgb(im), int(size)), dtype=np.float32) / 255.0
+    x = torch.from_numpy(a.transpose(2, 0, 1).copy())
+    mean_t = torch.as_tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return (x - mean_t) / std_t
 
 
 def load_image_array(path: Path | str, size: int) -> np.ndarray:
@@ -207,9 +221,7 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.samples)
 
     def to_tensor(self, im: Image.Image) -> torch.Tensor:
-        a = np.asarray(_resize_rgb(im, self.image_size), dtype=np.float32) / 255.0
-        x = torch.from_numpy(a.transpose(2, 0, 1).copy())
-        return (x - self._mean_t) / self._std_t
+        return normalized_image_tensor(im, self.image_size, self._mean_t, self._std_t)
 
     def __getitem__(self, i: int) -> dict:
         if i < 0:
@@ -220,7 +232,7 @@ class ImageDataset(torch.utils.data.Dataset):
         if self.load_masks and s.mask_path is not None:
             m = read_mask_values(s.mask_path)
             if (m.shape[1], m.shape[0]) != im.size:
-                raise ValueError(
+                raise DataError(
                     f"mask {str(s.mask_path)!r} has size {m.shape[1]}x{m.shape[0]} (WxH) but its image "
                     f"{str(s.image_path)!r} has size {im.size[0]}x{im.size[1]}"
                 )

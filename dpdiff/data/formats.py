@@ -53,6 +53,7 @@ from typing import Callable, Sequence
 
 # explicit submodule imports (never ``from . import ...``, which imports this package's
 # __init__, itself importing this module: an import cycle)
+from ..errors import ConfigError
 from .btad import list_categories as _btad_list_categories
 from .btad import load_btad
 from .generic import load_generic
@@ -158,7 +159,7 @@ def _generic_load(
     if categories is not None:
         cats = [categories] if isinstance(categories, str) else list(categories)
         if cats != [category]:
-            raise ValueError(f"the generic reader has the single category {category!r} (option category=), got {cats}")
+            raise ConfigError(f"the generic reader has the single category {category!r} (option category=), got {cats}")
     return load_generic(
         _resolve(root, normal_dir),
         _resolve(root, abnormal_dir),
@@ -214,14 +215,14 @@ def _spec(format: str, root: Path) -> FormatSpec:
         format = detect_format(root)
     spec = FORMATS.get(format)
     if spec is None:
-        raise ValueError(f"unknown dataset format {format!r}; known formats: {sorted(FORMATS)} (or {AUTO!r})")
+        raise ConfigError(f"unknown dataset format {format!r}; known formats: {sorted(FORMATS)} (or {AUTO!r})")
     return spec
 
 
 def _check_options(spec: FormatSpec, options: dict) -> None:
     unknown = sorted(set(options) - set(spec.options))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"unknown option(s) {unknown} for dataset format {spec.name!r}; accepted: {list(spec.options) or 'none'}"
         )
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from ..errors import ConfigError
 from .layout import LayoutError, expect_dir, expect_file
 from .mvtec import GOOD, Sample, _index_folder, _list_images, find_mask
 
@@ -49,7 +50,7 @@ def _as_dir_list(value, name: str) -> list[Path]:
         return [Path(value)]
     out = [Path(v) for v in value]
     if not out:
-        raise ValueError(f"{name} is an empty list")
+        raise ConfigError(f"{name} is an empty list")
     return out
 
 
@@ -71,18 +72,9 @@ def load_generic(
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if not category or "/" in category:
-        raise ValueError(f"category must be a non-empty name without '/', got {category!r}")
-
+        raise ConfigError(f"category must be a non-empty name without '/', got {category!r}")
     if split == "train":
-        if train_normal_dir is None:
-            raise ValueError(
-                "split='train' needs train_normal_dir (the normal images to train on); "
-                "normal_dir holds the normal *test* images and is not reused for training"
-            )
-        images = _images_of(Path(train_normal_dir), "(train_normal_dir: normal training images)")
-        if not images:
-            raise LayoutError(f"no training images in {str(train_normal_dir)!r}", Path(train_normal_dir))
-        return [Sample(p, None, 0, GOOD, category) for p in images]
+        return _training_samples(train_normal_dir, category)
 
     samples: list[Sample] = []
     if normal_dir is not None:
@@ -90,12 +82,36 @@ def load_generic(
             Sample(p, None, 0, GOOD, category)
             for p in _images_of(Path(normal_dir), "(normal_dir: normal test images)")
         )
-
     abnormal_dirs = _as_dir_list(abnormal_dir, "abnormal_dir")
     names = [d.name for d in abnormal_dirs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ValueError(f"abnormal folders must have distinct names (used as defect names), repeated: {dupes}")
+        raise ConfigError(f"abnormal folders must have distinct names (used as defect names), repeated: {dupes}")
+    for adir, mdir in zip(abnormal_dirs, _mask_dirs(mask_dir, abnormal_dirs)):
+        samples.extend(_abnormal_samples(adir, mdir, category, allow_missing_masks))
+    if not samples:
+        raise LayoutError(
+            f"no test images: normal_dir={normal_dir!r} and abnormal_dir={abnormal_dir!r} hold no image files",
+            None if normal_dir is None else Path(normal_dir),
+        )
+    return samples
+
+
+def _training_samples(train_normal_dir: Path | str | None, category: str) -> list[Sample]:
+    """Every image of ``train_normal_dir``, as normal training samples."""
+    if train_normal_dir is None:
+        raise ConfigError(
+            "split='train' needs train_normal_dir (the normal images to train on); "
+            "normal_dir holds the normal *test* images and is not reused for training"
+        )
+    images = _images_of(Path(train_normal_dir), "(train_normal_dir: normal training images)")
+    if not images:
+        raise LayoutError(f"no training images in {str(train_normal_dir)!r}", Path(train_normal_dir))
+    return [Sample(p, None, 0, GOOD, category) for p in images]
+
+
+def _mask_dirs(mask_dir: Path | str | Sequence[Path | str] | None, abnormal_dirs: list[Path]) -> list[Path | None]:
+    """The mask folder of each abnormal folder (None: no masks), by the rules of the module docstring."""
     if isinstance(mask_dir, (str, Path)) or mask_dir is None:
         single_mask_dir = None if mask_dir is None else Path(mask_dir)
         mask_dirs: list[Path | None] = []
@@ -106,40 +122,37 @@ def load_generic(
                 expect_dir(single_mask_dir, "(mask_dir)")
                 sub = single_mask_dir / d.name
                 mask_dirs.append(sub if sub.is_dir() else single_mask_dir)
-    else:
-        mask_dirs = list(_as_dir_list(mask_dir, "mask_dir"))
-        if len(mask_dirs) != len(abnormal_dirs):
-            raise ValueError(
-                f"mask_dir is a list of {len(mask_dirs)} folders but there are {len(abnormal_dirs)} "
-                f"abnormal folders: give one mask folder per abnormal folder, in the same order"
-            )
-        for md in mask_dirs:
-            expect_dir(md, "(mask_dir)")
-
-    for adir, mdir in zip(abnormal_dirs, mask_dirs):
-        defect = adir.name
-        if defect == GOOD:
-            raise ValueError(f"abnormal folder {str(adir)!r} is named {GOOD!r}, which is reserved for normal images")
-        images = _images_of(adir, "(abnormal_dir: abnormal test images)")
-        if mdir is None:
-            samples.extend(Sample(p, None, 1, defect, category) for p in images)
-            continue
-        if mdir.resolve() == adir.resolve():
-            raise ValueError(f"mask folder {str(mdir)!r} is the abnormal image folder itself; keep masks apart")
-        index = _index_folder(mdir)
-        for p in images:
-            mask, tried = find_mask(mdir, p, index)
-            if mask is None and not allow_missing_masks:
-                raise FileNotFoundError(
-                    f"no mask for abnormal image {str(p)!r}: tried {str(tried[0])!r} and the other "
-                    f"names {', '.join(t.name for t in tried[1:])} in {str(mdir)!r} "
-                    f"(pass allow_missing_masks=True to accept it without a mask)"
-                )
-            samples.append(Sample(p, mask, 1, defect, category))
-
-    if not samples:
-        raise LayoutError(
-            f"no test images: normal_dir={normal_dir!r} and abnormal_dir={abnormal_dir!r} hold no image files",
-            None if normal_dir is None else Path(normal_dir),
+        return mask_dirs
+    mask_dirs = list(_as_dir_list(mask_dir, "mask_dir"))
+    if len(mask_dirs) != len(abnormal_dirs):
+        raise ConfigError(
+            f"mask_dir is a list of {len(mask_dirs)} folders but there are {len(abnormal_dirs)} "
+            f"abnormal folders: give one mask folder per abnormal folder, in the same order"
         )
+    for md in mask_dirs:
+        expect_dir(md, "(mask_dir)")
+    return mask_dirs
+
+
+def _abnormal_samples(adir: Path, mdir: Path | None, category: str, allow_missing_masks: bool) -> list[Sample]:
+    """The images of abnormal folder ``adir`` (defect = its name), each with its mask from ``mdir``."""
+    defect = adir.name
+    if defect == GOOD:
+        raise ConfigError(f"abnormal folder {str(adir)!r} is named {GOOD!r}, which is reserved for normal images")
+    images = _images_of(adir, "(abnormal_dir: abnormal test images)")
+    if mdir is None:
+        return [Sample(p, None, 1, defect, category) for p in images]
+    if mdir.resolve() == adir.resolve():
+        raise ConfigError(f"mask folder {str(mdir)!r} is the abnormal image folder itself; keep masks apart")
+    index = _index_folder(mdir)
+    samples = []
+    for p in images:
+        mask, tried = find_mask(mdir, p, index)
+        if mask is None and not allow_missing_masks:
+            raise FileNotFoundError(
+                f"no mask for abnormal image {str(p)!r}: tried {str(tried[0])!r} and the other "
+                f"names {', '.join(t.name for t in tried[1:])} in {str(mdir)!r} "
+                f"(pass allow_missing_masks=True to accept it without a mask)"
+            )
+        samples.append(Sample(p, mask, 1, defect, category))
     return samples

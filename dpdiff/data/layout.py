@@ -10,19 +10,21 @@ import logging
 from pathlib import Path
 from typing import Iterable, TypeVar
 
-__all__ = ["LayoutError", "expect_dir", "expect_file", "keep_normal_training"]
+from ..errors import DataError
+
+__all__ = ["DataError", "LayoutError", "expect_dir", "expect_file", "keep_normal_training"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
-class LayoutError(FileNotFoundError, ValueError):
+class LayoutError(DataError, FileNotFoundError):
     """A dataset root does not match the expected on-disk layout.
 
     ``path`` is the first offending path (the one that was expected and is missing, or that has
-    the wrong content). Subclasses both :class:`FileNotFoundError` and :class:`ValueError`, so
-    callers catching either (as for :mod:`dpdiff.data.mvtec`) also catch it.
+    the wrong content). A :class:`~dpdiff.errors.DataError` (so a ``ValueError``) and a
+    :class:`FileNotFoundError`, so callers catching either (as for :mod:`dpdiff.data.mvtec`) also catch it.
     """
 
     def __init__(self, message: str, path: Path | str | None = None):

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ..errors import ConfigError, DataError
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "SPLITS",
@@ -95,7 +97,7 @@ def list_categories(root: Path) -> list[str]:
     root = _check_root(root)
     cats = [p.name for p in _list_subdirs(root) if (p / "train" / GOOD).is_dir()]
     if not cats:
-        raise ValueError(
+        raise DataError(
             f"no category found under {str(root)!r}: expected sub-folders containing "
             f"'train/good' (MVTec-AD layout <root>/<category>/train/good/...)"
         )
@@ -151,14 +153,14 @@ def load_split(root: Path, category: str, split: str, allow_missing_masks: bool 
     if split == "train":
         good_dir = split_dir / GOOD
         if not good_dir.is_dir():
-            raise ValueError(f"category {category!r} has no training folder {str(good_dir)!r}")
+            raise DataError(f"category {category!r} has no training folder {str(good_dir)!r}")
         images = _list_images(good_dir)
         if not images:
-            raise ValueError(f"category {category!r} has no training images in {str(good_dir)!r}")
+            raise DataError(f"category {category!r} has no training images in {str(good_dir)!r}")
         return [Sample(p, None, 0, GOOD, category) for p in images]
 
     if not split_dir.is_dir():
-        raise ValueError(f"category {category!r} has no test folder {str(split_dir)!r}")
+        raise DataError(f"category {category!r} has no test folder {str(split_dir)!r}")
     defect_dirs = _list_subdirs(split_dir)
     defect_dirs.sort(key=lambda p: (p.name != GOOD, p.name))
     samples: list[Sample] = []
@@ -181,7 +183,7 @@ def load_split(root: Path, category: str, split: str, allow_missing_masks: bool 
                 )
             samples.append(Sample(p, mask, 1, defect, category))
     if not samples:
-        raise ValueError(f"category {category!r} has no test images under {str(split_dir)!r}")
+        raise DataError(f"category {category!r} has no test images under {str(split_dir)!r}")
     return samples
 
 
@@ -198,7 +200,7 @@ def load_dataset(
         categories = [categories]
     categories = list(categories)
     if len(set(categories)) != len(categories):
-        raise ValueError(f"duplicate categories in {categories}")
+        raise ConfigError(f"duplicate categories in {categories}")
     out: list[Sample] = []
     for cat in categories:
         out.extend(load_split(root, cat, split, allow_missing_masks=allow_missing_masks))

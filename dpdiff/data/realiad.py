@@ -59,6 +59,7 @@ from collections import OrderedDict
 from pathlib import Path, PurePath
 from typing import Iterable, Sequence
 
+from ..errors import ConfigError, DataError
 from .layout import LayoutError, expect_dir, keep_normal_training
 from .mvtec import GOOD, Sample
 from .realiad_layout import (
@@ -105,7 +106,7 @@ _SAMPLE_KEY = re.compile(r"([a-zA-Z][a-zA-Z0-9_]*_[0-9]{4}_[A-Z][A-Z_]*[A-Z])_C[
 def _image_root(root: Path, resolution, variant: _Variant) -> Path:
     res = str(resolution)
     if res not in RESOLUTIONS:
-        raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
+        raise ConfigError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
     path = root / f"{variant.image_prefix}{res}"
     if not path.is_dir():
         others = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith(variant.image_prefix)
@@ -210,7 +211,7 @@ def _load(
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if ng_without_mask not in NG_WITHOUT_MASK:
-        raise ValueError(f"ng_without_mask must be one of {NG_WITHOUT_MASK}, got {ng_without_mask!r}")
+        raise ConfigError(f"ng_without_mask must be one of {NG_WITHOUT_MASK}, got {ng_without_mask!r}")
     root = expect_dir(Path(root), f"({variant.name} root)")
     jd = find_json_dir(root, json_dir, variant is VARIETY)
     available = json_categories(jd)
@@ -220,7 +221,7 @@ def _load(
         categories = [categories]
     categories = list(categories)
     if len(set(categories)) != len(categories):
-        raise ValueError(f"duplicate categories in {categories}")
+        raise ConfigError(f"duplicate categories in {categories}")
     for c in categories:
         if c not in available:
             raise LayoutError(
@@ -241,7 +242,7 @@ def _load(
             entries = keep_normal_training(entries, lambda e: str(e["anomaly_class"]) != normal_class,
                                            f"{variant.name} split file {str(jpath)!r}", logger)
         if not entries:
-            raise ValueError(f"{variant.name} category {cat!r} has no {split!r} samples in {str(jpath)!r}")
+            raise DataError(f"{variant.name} category {cat!r} has no {split!r} samples in {str(jpath)!r}")
         cat_dir = _category_dir(img_root, cat, meta, entries[0]["image_path"])
         for e in entries:
             image = cat_dir / e["image_path"]
@@ -336,7 +337,7 @@ def object_id(sample: Sample) -> str:
     m = _SAMPLE_KEY.match(path.name)
     if m:
         return f"{sample.category}/{m.group(1)}"
-    raise ValueError(
+    raise DataError(
         f"cannot derive an object id from {str(sample.image_path)!r}: expected a sample folder S<digits> "
         f"(Real-IAD <cat>/OK/S0001/...) or a file name <cat>_0001_<OK|NG_..>_C<view>_..."
     )

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ..errors import DataError
 from .layout import LayoutError, expect_dir
 
 __all__ = [
@@ -190,8 +191,8 @@ def match_categories(requested: Sequence[str], available: Iterable[str], what: s
     if ambiguous:
         problems.append(f"{len(ambiguous)} {what} match several names on disk{where}: {', '.join(ambiguous)}")
     if problems:
-        raise ValueError("; ".join(problems) + " (names are compared ignoring case, hyphens, underscores and spaces)")
+        raise DataError("; ".join(problems) + " (names are compared ignoring case, hyphens, underscores and spaces)")
     if len(set(out)) != len(out):
         dup = sorted({o for o in out if out.count(o) > 1})
-        raise ValueError(f"several requested {what} resolve to the same name on disk{where}: {dup}")
+        raise DataError(f"several requested {what} resolve to the same name on disk{where}: {dup}")
     return out

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import ConfigError
 from .realiad_layout import list_variety_categories, match_categories, normalize_category
 
 __all__ = ["S1", "S2", "S3", "SUBSETS", "SUBSET_NAMES", "FULL", "subset_categories", "normalize_category"]
@@ -98,7 +99,7 @@ def subset_categories(name: str, root: Path | str | None = None, json_dir: Path 
     on disk. ``"Full"`` needs ``root`` and returns every category on disk, sorted.
     """
     if name not in SUBSET_NAMES:
-        raise ValueError(f"unknown Real-IAD Variety subset {name!r}; known: {list(SUBSET_NAMES)}")
+        raise ConfigError(f"unknown Real-IAD Variety subset {name!r}; known: {list(SUBSET_NAMES)}")
     if root is None:
         if name == FULL:
             raise ValueError("subset 'Full' is every category on disk: pass root=<Real-IAD Variety root>")

@@ -57,6 +57,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..io import atomic_write_text
+
 __all__ = [
     "FAMILIES",
     "PATTERNS",
@@ -1329,13 +1331,11 @@ def read_marker(root: str | os.PathLike) -> dict | None:
 
 
 def _write_marker(root: Path, settings: dict, specs: list[CategorySpec], complete: list[str]) -> None:
-    """Atomic replace (temp file + rename; no fsync: it is rewritten after every category)."""
+    """Atomic replace (``dpdiff.io.atomic_write_text``); rewritten after every category."""
     doc = dict(generator="dpdiff.data.synthetic", num_categories=len(specs), **settings,
                categories=[s.name for s in specs], complete=[n for n in (s.name for s in specs) if n in complete],
                factors={s.name: s.factors for s in specs})
-    tmp = root / f".{_MARKER}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, root / _MARKER)
+    atomic_write_text(root / _MARKER, json.dumps(doc, indent=1))
 
 
 def _write_categories(root: Path, specs: list[CategorySpec], todo: list[CategorySpec], settings: dict,
@@ -1351,8 +1351,8 @@ def _write_categories(root: Path, specs: list[CategorySpec], todo: list[Category
     _write_marker(root, settings, specs, complete)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(todo), desc="synthetic categories", unit="cat", mininterval=1.0)
+        from ..progress import progress as progress_bar
+        bar = progress_bar(total=len(todo), desc="synthetic categories", unit="cat", mininterval=1.0)
     # PNG compression (zlib releases the GIL) runs in writer threads while the next image renders;
     # rendering stays sequential, so the bytes do not depend on scheduling.
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:

@@ -35,6 +35,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
+from ..errors import ConfigError, DataError
 from .layout import LayoutError, expect_dir, expect_file, keep_normal_training
 from .mvtec import GOOD, Sample
 
@@ -135,10 +136,10 @@ def load_visa(
         categories = [categories]
     categories = list(categories)
     if len(set(categories)) != len(categories):
-        raise ValueError(f"duplicate categories in {categories}")
+        raise ConfigError(f"duplicate categories in {categories}")
     unknown = [c for c in categories if c not in available]
     if unknown:
-        raise ValueError(f"VisA categories {unknown} are not in the split file (available: {available})")
+        raise DataError(f"VisA categories {unknown} are not in the split file (available: {available})")
 
     selected = [r for r in rows if r["split"] == split and r["object"] in categories]
     if split == "train":  # never anomalies in training (the 2cls split files list some there)
@@ -178,6 +179,6 @@ def load_visa(
     for c in categories:
         samples = sorted(by_cat[c], key=lambda s: (s.label, str(s.image_path)))
         if not samples:
-            raise ValueError(f"VisA category {c!r} has no {split!r} rows in the split file")
+            raise DataError(f"VisA category {c!r} has no {split!r} rows in the split file")
         out.extend(samples)
     return out

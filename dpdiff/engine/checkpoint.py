@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,62 +29,35 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from ..config import Config
+from ..config import LOCATION, Config, flatten_config, is_weight_neutral, keys_with_role, weight_neutral_keys
+from ..errors import CheckpointError, ConfigError
+from ..io import TEMP_SUFFIX, atomic_write
 from ..model.dpdiff_ad import DPDiffAD
+from ..run_files import CONFIG_FILE, MODEL_FILE, RUN_FILES, STATE_FILE  # noqa: F401 - re-exported
 
 logger = logging.getLogger(__name__)
 
-MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-STATE_FILE = "train_state.pt"
-#: Files a training run writes; their presence marks a folder as holding a run.
-RUN_FILES = (STATE_FILE, MODEL_FILE, CONFIG_FILE, "loss_history.csv", "loss_curves.png")
 STATE_FORMAT = 2
 
-#: Config keys that may change when a run is resumed (where the data lives, how it is logged, how long
-#: it trains). Everything else must match the checkpoint or the result would not be the run it claims.
-RESUME_MUTABLE_KEYS = frozenset({
-    "train.steps", "train.device", "train.num_workers", "train.log_every", "train.checkpoint_every",
-    "train.feature_batch_size", "data.root", "backbone.weights", "train.feature_cache", "train.cache_dir",
-})
-RESUME_MUTABLE_SECTIONS = frozenset({"inference"})
+#: Config keys that may change when a run is resumed: the weight-neutral keys tagged in dpdiff/config.py
+#: (device, workers, logging, checkpoint interval, feature cache; the inference and evaluation sections),
+#: where the inputs live (LOCATION: data.root, backbone.weights; the training images are checked against the
+#: resume state) and train.steps (a run may be extended). Everything else must match the checkpoint or the
+#: result would not be the run it claims.
+RESUME_MUTABLE_KEYS = weight_neutral_keys() | keys_with_role(LOCATION) | frozenset({"train.steps"})
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic(path: Path, write) -> None:
-    """``write(tmp_path)``, flush it to disk, then rename onto ``path`` (never a half-written ``path``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+def resume_may_change(key: str) -> bool:
+    """True for a dotted config key that may differ from the checkpoint's on resume (RESUME_MUTABLE_KEYS, and
+    any key of a test-time section, also one an older version had)."""
+    return key in RESUME_MUTABLE_KEYS or is_weight_neutral(key)
 
 
 def remove_stale_temp_files(run_dir: Path) -> list[Path]:
     """Delete ``.<run file>.*.tmp`` left by a write that was killed; returns what was removed."""
     removed = []
     for name in RUN_FILES:
-        for p in Path(run_dir).glob(f".{name}.*.tmp"):
+        for p in Path(run_dir).glob(f".{name}.*{TEMP_SUFFIX}"):
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed
@@ -137,11 +108,11 @@ def save_checkpoint(run_dir: Path, model: DPDiffAD, cfg: Config, meta: dict[str,
     if train_state is not None:
         full = {"format": STATE_FORMAT, "config": cfg.to_dict(), "in_dim": int(model.in_dim),
                 "grid_size": list(model.grid_size), "model": tensors, **train_state}
-        _atomic(run_dir / STATE_FILE, lambda tmp: torch.save(full, tmp))
+        atomic_write(run_dir / STATE_FILE, lambda tmp: torch.save(full, tmp))
     st_meta = {"format": "dpdiff"} | ({"step": str(int(step))} if step is not None else {})
-    _atomic(run_dir / MODEL_FILE, lambda tmp: save_file(served, tmp, metadata=st_meta))
+    atomic_write(run_dir / MODEL_FILE, lambda tmp: save_file(served, tmp, metadata=st_meta))
     payload = {"config": cfg.to_dict(), "in_dim": model.in_dim, "grid_size": list(model.grid_size), **meta}
-    _atomic(run_dir / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
+    atomic_write(run_dir / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
 
 
 def load_train_state(run_dir: Path) -> dict[str, Any]:
@@ -153,10 +124,10 @@ def load_train_state(run_dir: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - zip/pickle errors of a damaged file come in many types
-        raise ValueError(f"{path}: truncated or corrupt resume checkpoint ({type(e).__name__}: {e}); "
-                         f"start the run again with --overwrite") from e
+        raise CheckpointError(f"{path}: truncated or corrupt resume checkpoint ({type(e).__name__}: {e}); "
+                              f"start the run again with --overwrite") from e
     if not isinstance(state, dict) or "step" not in state or "optimizer" not in state:
-        raise ValueError(f"{path}: not a dpdiff resume checkpoint (no step/optimizer state)")
+        raise CheckpointError(f"{path}: not a dpdiff resume checkpoint (no step/optimizer state)")
     return state
 
 
@@ -168,27 +139,16 @@ def resume_config(run_dir: Path) -> Config:
         try:
             return Config.from_dict(state["config"], source=str(state_path))
         except (ValueError, TypeError) as e:
-            raise ValueError(f"{state_path}: unreadable config ({e})") from e
+            raise CheckpointError(f"{state_path}: unreadable config ({e})") from e
     return read_run_config(run_dir)[0]
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def config_differences(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
     """(key, saved value, current value) for every key that may not change on resume."""
-    a, b = _flatten(saved), _flatten(current)
+    a, b = flatten_config(saved), flatten_config(current)
     diffs = []
     for key in sorted(set(a) | set(b)):
-        if key in RESUME_MUTABLE_KEYS or key.split(".", 1)[0] in RESUME_MUTABLE_SECTIONS:
+        if resume_may_change(key):
             continue
         va, vb = a.get(key, "<absent>"), b.get(key, "<absent>")
         if isinstance(va, tuple):
@@ -213,9 +173,9 @@ def check_resume_config(run_dir: Path, state: dict[str, Any], cfg: Config) -> No
     if diffs:
         listed = "; ".join(f"{k}: checkpoint {va!r}, now {vb!r}" for k, va, vb in diffs[:8])
         more = f" (and {len(diffs) - 8} more)" if len(diffs) > 8 else ""
-        raise ValueError(f"{Path(run_dir) / STATE_FILE}: checkpoint was made with a different configuration: "
-                         f"{listed}{more}. Resume with the run's own config (omit --config), or start a new "
-                         f"run (--overwrite or another --output)")
+        raise ConfigError(f"{Path(run_dir) / STATE_FILE}: checkpoint was made with a different configuration: "
+                          f"{listed}{more}. Resume with the run's own config (omit --config), or start a new "
+                          f"run (--overwrite or another --output)")
 
 
 def read_run_config(run_dir: Path) -> tuple[Config, dict[str, Any]]:
@@ -227,7 +187,7 @@ def read_run_config(run_dir: Path) -> tuple[Config, dict[str, Any]]:
         payload = json.loads(path.read_text())
         cfg = Config.from_dict(payload["config"], source=str(path))
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, ValueError, TypeError) as e:
-        raise ValueError(f"{path}: unreadable checkpoint config ({e})") from e
+        raise CheckpointError(f"{path}: unreadable checkpoint config ({e})") from e
     return cfg, payload
 
 
@@ -247,12 +207,12 @@ def build_model_from_state(state: dict[str, torch.Tensor], in_dim: int, grid_siz
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"{source}: checkpoint does not match its configuration "
-                         f"(missing {missing[:5]}, unexpected {unexpected[:5]}); was it made with another config?")
+        raise CheckpointError(f"{source}: checkpoint does not match its configuration (missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}); was it made with another config?")
     for k, v in expected.items():
         if tuple(v.shape) != tuple(state[k].shape):
-            raise ValueError(f"{source}: tensor {k} has shape {tuple(state[k].shape)}, the configuration expects "
-                             f"{tuple(v.shape)}; was it made with another config?")
+            raise CheckpointError(f"{source}: tensor {k} has shape {tuple(state[k].shape)}, the configuration "
+                                  f"expects {tuple(v.shape)}; was it made with another config?")
     model.load_state_dict(state, strict=True)
     return model
 
@@ -268,11 +228,11 @@ def load_model(run_dir: Path, map_location: str | torch.device = "cpu") -> tuple
         with safe_open(str(wpath), framework="pt") as f:
             st_meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{wpath}: truncated or corrupt checkpoint ({e})") from e
+        raise CheckpointError(f"{wpath}: truncated or corrupt checkpoint ({e})") from e
     try:
         in_dim, grid = int(payload["in_dim"]), tuple(payload["grid_size"])
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{run_dir / CONFIG_FILE}: no in_dim/grid_size ({e})") from e
+        raise CheckpointError(f"{run_dir / CONFIG_FILE}: no in_dim/grid_size ({e})") from e
     model = build_model_from_state(state, in_dim, grid, cfg, wpath)
     if "step" in st_meta:
         payload = dict(payload, step=int(st_meta["step"]))  # the weights' own step wins

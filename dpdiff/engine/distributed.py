@@ -27,6 +27,9 @@ from typing import Any, Callable, TypeVar
 import torch
 import torch.distributed as dist
 
+from .. import errors
+from ..errors import ConfigError
+
 T = TypeVar("T")
 
 __all__ = ["DistInfo", "env_world", "init_distributed", "teardown", "distributed_context", "shard_range",
@@ -60,7 +63,7 @@ def env_world() -> tuple[int, int, int]:
         try:
             return int(value)
         except ValueError as e:
-            raise ValueError(f"environment variable {name}={value!r} is not an integer") from e
+            raise ConfigError(f"environment variable {name}={value!r} is not an integer") from e
     return _int("RANK", 0), _int("WORLD_SIZE", 1), _int("LOCAL_RANK", 0)
 
 
@@ -70,8 +73,8 @@ def _device_for(device: str, local_rank: int, world_size: int) -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda" and world_size > 1:
         if dev.index is not None and dev.index != local_rank:
-            raise ValueError(f"device {device!r} given, but with several processes per node each uses "
-                             f"cuda:LOCAL_RANK (this process: cuda:{local_rank}); pass --device cuda")
+            raise ConfigError(f"device {device!r} given, but with several processes per node each uses "
+                              f"cuda:LOCAL_RANK (this process: cuda:{local_rank}); pass --device cuda")
         dev = torch.device("cuda", local_rank)
     return dev
 
@@ -167,12 +170,15 @@ def barrier(info: DistInfo) -> None:
 
 def raise_if_any_failed(error: BaseException | None, info: DistInfo) -> None:
     """Collective: if any rank hit an error, every rank raises it (the lowest failing rank's
-    exception type and message) instead of the others waiting forever in the next collective."""
+    exception type and message) instead of the others waiting forever in the next collective.
+
+    The other ranks rebuild the type by name: the nearest :mod:`dpdiff.errors` class or built-in exception in
+    its MRO (so a user error stays a user error on every rank)."""
     if not info.enabled:
         if error is not None:
             raise error
         return
-    mine = None if error is None else (type(error).__name__, str(error))
+    mine = None if error is None else (_portable_type_name(error), str(error))
     everyone: list[Any] = [None] * info.world_size
     dist.all_gather_object(everyone, mine)
     for rank, item in enumerate(everyone):
@@ -181,10 +187,22 @@ def raise_if_any_failed(error: BaseException | None, info: DistInfo) -> None:
         if rank == info.rank and error is not None:
             raise error
         kind, msg = item
-        exc_type = getattr(builtins, kind, None)  # the same built-in type, else ValueError
+        exc_type = getattr(errors, kind, None) or getattr(builtins, kind, None)
         if not (isinstance(exc_type, type) and issubclass(exc_type, Exception)):
-            exc_type = FloatingPointError if kind == "TrainingDiverged" else ValueError
-        raise exc_type(f"{msg} (reported by rank {rank})")
+            exc_type = ValueError
+        try:
+            rebuilt = exc_type(f"{msg} (reported by rank {rank})")
+        except TypeError:  # a type whose constructor takes other arguments
+            rebuilt = ValueError(f"{msg} (reported by rank {rank})")
+        raise rebuilt
+
+
+def _portable_type_name(error: BaseException) -> str:
+    """Name of the first class in ``error``'s MRO that every rank can rebuild (dpdiff.errors or built-in)."""
+    for cls in type(error).__mro__:
+        if getattr(errors, cls.__name__, None) is cls or getattr(builtins, cls.__name__, None) is cls:
+            return cls.__name__
+    return "ValueError"  # pragma: no cover - every exception derives from a built-in one
 
 
 def on_main(fn: Callable[[], T], info: DistInfo) -> T:

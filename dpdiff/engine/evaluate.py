@@ -1,4 +1,7 @@
-"""Test a trained run: per-category anomaly maps, image scores, the seven metrics and mAD, overlays."""
+"""Test a trained run: per-category anomaly maps, image scores, the seven metrics and mAD.
+
+It also keeps what the figures drawn afterwards need (``dpdiff.figure_data``): the maps of the overlay
+images and the report data; the drawing is done by the caller (``dpdiff.experiments.evaluation``), never here."""
 from __future__ import annotations
 
 import csv
@@ -9,19 +12,23 @@ from pathlib import Path
 import numpy as np
 
 from ..config import Config
-from ..data.dataset import ImageDataset, load_image_array
+from ..data.dataset import ImageDataset
 from ..data.formats import load_samples
+from ..figure_data import OverlayItem, ReportData, overlay_picks
 from ..io import atomic_write_text
 from ..metrics import METRIC_NAMES, compute_metrics
 from ..metrics.tables import write_results
+from ..run_files import (EVAL_DIR, IMAGE_SCORES_FILE, OBJECT_LEVEL_STEM, OVERLAYS_DIR, REPORT_DATA_FILE,
+                         RESULTS_FILE, RESULTS_STEM)
 from .checkpoint import read_run_config
-from .inference import load_detector, score_dataset
+from .inference import apply_test_overrides, load_detector, map_size, score_dataset
+from .report_inputs import add_probe_outputs
 
 
 def protocol_description(cfg: Config) -> dict:
     """Every setting that changes the numbers, recorded in each results file (docs/datasets.md)."""
     inf, ev = cfg.inference, cfg.evaluation
-    res = int(ev.resolution or cfg.backbone.image_size)
+    res = map_size(cfg)
     if inf.image_score == "pooled_max":
         rule = f"max of AvgPool(k={inf.pool_size}, stride 1) of the pixel map (Eq. 24)"
     else:
@@ -45,39 +52,31 @@ def protocol_description(cfg: Config) -> dict:
     }
 
 
-def apply_test_overrides(cfg: Config, overrides: dict | None) -> Config:
-    """``{"noise_step": 50, "evaluation.resolution": 256, ...}``: bare keys are inference options;
-    dotted keys may change the ``inference``, ``evaluation`` and ``data`` sections (never the model)."""
-    dotted = {}
-    for key, value in (overrides or {}).items():
-        section, dot, name = key.partition(".")
-        if not dot:
-            section, name = "inference", key
-        if section not in ("inference", "evaluation", "data"):
-            raise KeyError(f"test option {key!r}: only inference.*, evaluation.* and data.* can change at test time")
-        dotted[f"{section}.{name}"] = value
-    return cfg.override(dotted) if dotted else cfg
-
-
 def evaluate(run_dir: Path, data_root: str | None = None, categories: list[str] | None = None,
              output_dir: Path | None = None, overlays_per_category: int = 4, device: str = "auto",
              overwrite: bool = False, inference_overrides: dict | None = None,
-             data_format: str | None = None, report: bool = True, report_examples: int = 2) -> dict:
+             data_format: str | None = None, report: bool = True, report_examples: int = 2,
+             weights: str | None = None) -> dict:
     """Evaluate a run folder on the test split of each category (layout: ``data_format``, default the
-    training run's ``data.format``); writes results files, ``report_data.npz`` (the maps of the
-    ``report_examples`` worst false positives/negatives per category and a few probe images) and, unless
-    ``report=False``, the HTML report ``report.html`` (dpdiff/viz/report.py)."""
+    training run's ``data.format``); writes the results files and ``report_data.npz``.
+
+    Returns ``{"per_category", "mean", "fps", "output_dir", "files"[, "object_level"], "report_data",
+    "overlays"}``: ``report_data`` (:class:`~dpdiff.figure_data.ReportData`, also saved) holds the maps of the
+    ``report_examples`` worst false positives/negatives per category and the probe images, with the model's
+    outputs on them unless ``report=False`` (``dpdiff report`` computes them later); ``overlays`` lists the
+    :class:`~dpdiff.figure_data.OverlayItem` of ``overlays_per_category`` images per category. Nothing is
+    drawn here: ``dpdiff.experiments.evaluation.evaluate_and_report`` writes the overlays and the HTML report.
+    ``weights``: the backbone checkpoint, when it is not where the run's config says (``backbone.weights``)."""
     run_dir = Path(run_dir)
-    detector = load_detector(run_dir, device)
+    detector = load_detector(run_dir, device, weights=weights)
     detector.cfg = cfg = apply_test_overrides(detector.cfg, inference_overrides)
     _, meta = read_run_config(run_dir)
     root = Path(data_root or cfg.data.root or "")
     if not str(root) or not root.is_dir():
         raise FileNotFoundError(f"test data root {root!s} not found; pass --data PATH")
     cats = categories or meta.get("categories") or cfg.data.categories
-    out = Path(output_dir) if output_dir else run_dir / "eval"
-    from ..viz.report import REPORT_FILE, ReportCollector, report_from_evaluate
-    if ((out / "results.json").exists() or (report and (out / REPORT_FILE).exists())) and not overwrite:
+    out = Path(output_dir) if output_dir else run_dir / EVAL_DIR
+    if (out / RESULTS_FILE).exists() and not overwrite:
         raise FileExistsError(f"{out} already holds results; pass --overwrite or choose another --output")
     out.mkdir(parents=True, exist_ok=True)
 
@@ -85,8 +84,8 @@ def evaluate(run_dir: Path, data_root: str | None = None, categories: list[str] 
     if fmt == "auto":
         from ..data.formats import detect_format
         fmt = detect_format(root)
-    per_category, per_category_object, image_rows = {}, {}, []
-    collector = ReportCollector(detector.map_size, str(root.absolute()), examples_per_category=report_examples)
+    per_category, per_category_object, image_rows, overlays = {}, {}, [], []
+    report_data = ReportData(detector.map_size, str(root.absolute()), examples_per_category=report_examples)
     total_images, total_s = 0, 0.0
     for cat in cats:
         # canonical order: the noise draws follow the batch order, so two readers listing the same
@@ -100,34 +99,36 @@ def evaluate(run_dir: Path, data_root: str | None = None, categories: list[str] 
         total_images += len(samples)
         total_s += secs
         per_category[cat] = compute_metrics(scores, labels, maps, masks)
-        collector.add_category(cat, samples, maps, scores, masks)  # keeps a few maps only
+        report_data.add_category(cat, samples, maps, scores, masks)  # keeps a few maps only
         if fmt in OBJECT_LEVEL_FORMATS:
             per_category_object[cat] = object_level_metrics(samples, scores)
         for smp, sc in zip(samples, scores):
             image_rows.append({"category": cat, "image": str(smp.image_path), "defect": smp.defect,
                                "label": smp.label, "score": float(sc)})
         if overlays_per_category > 0:
-            _save_category_overlays(out / "overlays" / cat, samples, maps, scores, masks, detector.map_size,
-                                    overlays_per_category)
+            overlays += category_overlays(f"{OVERLAYS_DIR}/{cat}", samples, maps, scores, masks, detector.map_size,
+                                          overlays_per_category)
     fps = total_images / total_s if total_s > 0 else float("nan")
     protocol = protocol_description(cfg) | {"fps_end_to_end": round(fps, 3), "device": str(detector.device)}
-    paths = write_results(per_category, out, stem="results", protocol=protocol)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["category", "image", "defect", "label", "score"])
-    w.writeheader()
-    w.writerows(image_rows)
-    atomic_write_text(out / "image_scores.csv", buf.getvalue())
+    paths = write_results(per_category, out, stem=RESULTS_STEM, protocol=protocol)
+    _write_image_scores(out / IMAGE_SCORES_FILE, image_rows)
     mean = {k: float(np.mean([m[k] for m in per_category.values()])) for k in list(METRIC_NAMES) + ["mAD"]}
     result = {"per_category": per_category, "mean": mean, "fps": fps, "output_dir": str(out),
               "files": {k: str(v) for k, v in paths.items()}}
     if per_category_object:
         result["object_level"] = write_object_level(per_category_object, out, protocol)
-    maps = masks = None  # the last category's arrays are not needed by the report
-    if report:
-        result["report"] = report_from_evaluate(run_dir, out, collector, detector)
-    else:
-        collector.save(out / "report_data.npz")  # `dpdiff report` can build it later without inference
-    return result
+    if report and report_data.probes:
+        add_probe_outputs(detector, report_data)
+    report_data.save(out / REPORT_DATA_FILE)  # `dpdiff report` draws it later without scoring the test set again
+    return result | {"report_data": report_data, "overlays": overlays}
+
+
+def _write_image_scores(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["category", "image", "defect", "label", "score"])
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 #: Formats with several camera views per physical object (Real-IAD: five views C1-C5).
@@ -156,24 +157,22 @@ def write_object_level(per_category: dict, out: Path, protocol: dict) -> dict:
     w.writerow(("category",) + OBJECT_METRIC_NAMES + ("objects",))
     for name, r in rows.items():
         w.writerow([name] + [repr(float(r[k])) for k in OBJECT_METRIC_NAMES] + [r["objects"]])
-    atomic_write_text(out / "object_level.csv", buf.getvalue())
-    atomic_write_json(out / "object_level.json", {"rows": rows, "protocol": protocol,
+    atomic_write_text(out / f"{OBJECT_LEVEL_STEM}.csv", buf.getvalue())
+    atomic_write_json(out / f"{OBJECT_LEVEL_STEM}.json", {"rows": rows, "protocol": protocol,
                                                   "rule": "object score = max over its views; label = max of views"})
     return rows
 
 
-def _save_category_overlays(folder: Path, samples, maps, scores, masks, size: int, n: int) -> None:
-    from ..viz import save_overlay
-    folder.mkdir(parents=True, exist_ok=True)
+def category_overlays(folder: str, samples, maps, scores, masks, size: int, n: int) -> list[OverlayItem]:
+    """The overlays of one category (:func:`~dpdiff.figure_data.overlay_picks`), files under ``folder``, on
+    the colour scale of all its maps (min .. 99.9th percentile)."""
     vmin, vmax = float(np.min(maps)), float(np.percentile(maps, 99.9))
     labels = np.array([s.label for s in samples])
-    bad = np.where(labels == 1)[0]
-    good = np.where(labels == 0)[0]
-    # the most anomalous defective images and the highest-scoring normal ones (likely false positives)
-    picks = list(bad[np.argsort(-scores[bad])][:n]) + list(good[np.argsort(-scores[good])][:max(1, n // 2)])
-    for i in picks:
+    items = []
+    for i in overlay_picks(labels, scores, n):
         smp = samples[i]
-        img = load_image_array(smp.image_path, size)
-        name = f"{smp.defect}_{Path(smp.image_path).stem}.png"
-        save_overlay(img, maps[i], folder / name, mask=masks[i] if smp.label else None, vmin=vmin, vmax=vmax,
-                     title=f"{smp.category}/{smp.defect} score={scores[i]:.3g}")
+        items.append(OverlayItem(str(smp.image_path), maps[i].copy(),  # a copy: the category's maps can go
+                                 f"{folder}/{smp.defect}_{Path(smp.image_path).stem}.png", size, vmin, vmax,
+                                 f"{smp.category}/{smp.defect} score={scores[i]:.3g}",
+                                 mask=masks[i].copy() if smp.label else None))
+    return items

@@ -1,24 +1,40 @@
-"""The one inference pipeline: ``Detector`` (backbone + DPDiffAD + map post-processing, Eq. 20-24).
+"""The one inference pipeline: ``Detector`` (preprocessing + backbone + DPDiffAD + map post-processing).
 
-Evaluation, prediction, the FPS benchmark and the report all score images through ``Detector``.
+Evaluation, prediction, the report's probe images, the kNN comparison and the FPS benchmark (paper Table 4)
+all score images through :class:`Detector`, so what is timed and reported is what users run:
+
+    images --preprocess--> (B,3,S,S) --backbone--> tokens --DDIM reconstruction error (Eq. 20-22)-->
+    token maps (B,h,w) --upsample, smooth, image score (Eq. 23-24)--> pixel maps (B,R,R), scores (B,)
+
+``R`` is :func:`map_size`: the evaluation resolution, by default the input size ``S``.
 """
 from __future__ import annotations
 
+import os
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Sequence, Union
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from ..config import Config, InferenceConfig
-from ..data.dataset import ImageDataset
-from ..model.dpdiff_ad import DPDiffAD
+from ..data.dataset import ImageDataset, load_image_rgb, normalized_image_tensor
+from ..errors import CheckpointError, ConfigKeyError
+from ..model.dpdiff_ad import DPDiffAD, _autocast_dtype
 from ..model.postprocess import postprocess
+from ..model.prototypes import prototype_similarity_maps
+from ..progress import progress
 from .checkpoint import load_model
 from .features import build_backbone_from_config, resolve_device, tokens_from_maps
 
+#: What :meth:`Detector.preprocess` takes: a file path, a PIL image, an 8-bit numpy image (H, W[, 3|4]), or a
+#: float tensor in [0, 1] of one (3, H, W) or several (B, 3, H, W) RGB images.
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
 
 #: Rows (image x noise draw) per DiT call on a CPU. Measured (benchmarks/speed.py, Lite0 @256, DiT
 #: 128x4, batch 16, 4 draws): one call over all 64 rows 159 ms/img, 16-row calls 118 ms/img - the
@@ -31,71 +47,273 @@ def inference_row_cap(device: torch.device) -> int | None:
     return CPU_MAX_ROWS if torch.device(device).type == "cpu" else None
 
 
-class Detector:
-    """Backbone + DPDiffAD + post-processing: images (B,3,S,S) -> (pixel maps (B,S,S), image scores)."""
+def map_size(cfg: Config) -> int:
+    """Side ``R`` of the pixel maps (and of the masks they are scored against): ``evaluation.resolution``,
+    by default the input image size ``backbone.image_size``. The one place this rule lives."""
+    return int(cfg.evaluation.resolution or cfg.backbone.image_size)
 
-    def __init__(self, backbone: torch.nn.Module, model: DPDiffAD, cfg: Config, device: torch.device):
-        self.backbone = backbone.to(device).eval()
-        self.model = model.to(device).eval()
+
+def postprocess_maps(token_maps: torch.Tensor, cfg: Config, inference: InferenceConfig | None = None):
+    """Token maps (B, h, w) -> (pixel maps (B, R, R), image scores (B,)) with the config's post-processing:
+    bilinear upsampling to :func:`map_size`, Gaussian smoothing, the image-score rule (Eq. 23-24)."""
+    inf = inference or cfg.inference
+    return postprocess(token_maps, map_size(cfg), inf.smoothing_sigma, inf.pool_size,
+                       image_score=inf.image_score, top_percent=inf.top_percent)
+
+
+@dataclass
+class Probe:
+    """What the report shows of a few images (:meth:`Detector.probe`), as float32 numpy arrays.
+
+    ``x0``/``x0_hat`` (B, N, C): standardised tokens before and after one DDIM reconstruction from
+    ``inference.noise_step`` (Eq. 20-21; paper Fig. 7); ``sim_local``/``sim_global`` (B, h, w): each token's
+    highest cosine similarity to the image's local/global prototypes (Eq. 10; Fig. 8), None without them;
+    ``maps`` (B, R, R) and ``scores`` (B,): the anomaly maps and image scores, as :meth:`Detector.score_images`
+    gives them (None when not asked for)."""
+
+    x0: np.ndarray
+    x0_hat: np.ndarray
+    sim_local: np.ndarray | None
+    sim_global: np.ndarray | None
+    maps: np.ndarray | None
+    scores: np.ndarray | None
+
+
+class Detector:
+    """Backbone + DPDiffAD + post-processing: images -> (pixel maps (B,R,R), image scores (B,)).
+
+    ``autocast_dtype`` (``torch.bfloat16``/``torch.float16`` or "bf16"/"fp16"; default off) runs the backbone
+    and the DiT under ``torch.autocast``; ``compile`` uses a ``torch.compile``d DiT. Both are speed options
+    (``dpdiff benchmark --dtype``) that change results at rounding level only; post-processing stays float32.
+    """
+
+    def __init__(self, backbone: torch.nn.Module, model: DPDiffAD, cfg: Config, device: torch.device | str,
+                 *, autocast_dtype: torch.dtype | str | None = None, compile: bool = False):
+        self.device = torch.device(device)
+        self.backbone = backbone.to(self.device).eval()
+        self.model = model.to(self.device).eval()
         self.cfg = cfg
-        self.device = device
+        self.autocast_dtype = _autocast_dtype(self.device, autocast_dtype)  # an unsupported pair raises
+        self.compile = bool(compile)
 
     @property
     def map_size(self) -> int:
-        """Side of the output pixel maps: the evaluation resolution (default: the input image size)."""
-        return int(self.cfg.evaluation.resolution or self.cfg.backbone.image_size)
+        return map_size(self.cfg)
+
+    # ------------------------------------------------------------------------------------------ the steps
+    def preprocess(self, images: ImageInput | Sequence[ImageInput]) -> torch.Tensor:
+        """Images -> the normalised batch (B, 3, S, S) on the CPU, exactly as the datasets prepare them
+        (:func:`dpdiff.data.dataset.normalized_image_tensor`: 8-bit RGB, direct bicubic resize to S, then
+        ``(x - mean) / std`` with the backbone's statistics). Float tensors are taken as 8-bit images
+        (rounded to 1/255), so a file, its PIL image, its uint8 array and ``array / 255`` as a tensor all
+        give the same batch."""
+        size = int(self.cfg.backbone.image_size)
+        pil = [_as_pil(item, i) for i, item in enumerate(_flatten_inputs(images))]
+        if not pil:
+            raise ValueError("no images given")
+        return torch.stack([normalized_image_tensor(im, size, self.backbone.mean, self.backbone.std) for im in pil])
+
+    def _amp(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     @torch.inference_mode()
-    def score_features(self, feats: torch.Tensor, inference: InferenceConfig | None = None,
-                       generator: torch.Generator | None = None):
+    def features(self, batch: torch.Tensor) -> torch.Tensor:
+        """Backbone feature maps (B, C, h, w) of a normalised batch."""
+        with self._amp():
+            return self.backbone(batch.to(self.device))
+
+    @torch.inference_mode()
+    def token_scores(self, feats: torch.Tensor, generator: torch.Generator | None = None,
+                     inference: InferenceConfig | None = None) -> torch.Tensor:
+        """Per-token anomaly scores (B, h, w) of backbone maps: the reconstruction error (Eq. 22) or the
+        prototype score, as ``inference.scoring`` says."""
         inf = inference or self.cfg.inference
         tokens = tokens_from_maps(feats.float().to(self.device))
-        token_maps = self.model.token_scores(tokens, inf.noise_step, inf.ddim_steps, inf.ensemble, generator,
-                                             scoring=inf.scoring,  # reconstruction (Eq. 22) | prototype
-                                             ensemble_reduce=inf.ensemble_reduce, antithetic=inf.antithetic,
-                                             common_noise_seed=inf.seed if inf.common_noise else None,
-                                             max_batch=inference_row_cap(self.device))
-        return postprocess(token_maps, self.map_size, inf.smoothing_sigma, inf.pool_size,
-                           image_score=inf.image_score, top_percent=inf.top_percent)
+        return self.model.token_scores(tokens, inf.noise_step, inf.ddim_steps, inf.ensemble, generator,
+                                       scoring=inf.scoring, ensemble_reduce=inf.ensemble_reduce,
+                                       antithetic=inf.antithetic,
+                                       common_noise_seed=inf.seed if inf.common_noise else None,
+                                       max_batch=inference_row_cap(self.device),
+                                       autocast_dtype=self.autocast_dtype, compile=self.compile)
 
     @torch.inference_mode()
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None):
-        return self.score_features(self.backbone(images.to(self.device)), generator=generator)
+    def postprocess(self, token_maps: torch.Tensor, inference: InferenceConfig | None = None):
+        """Token maps -> (pixel maps (B, R, R), image scores (B,)) (Eq. 23-24)."""
+        return postprocess_maps(token_maps, self.cfg, inference)
+
+    def score_features(self, feats: torch.Tensor, inference: InferenceConfig | None = None,
+                       generator: torch.Generator | None = None):
+        """(pixel maps, image scores) on the device, from backbone maps (e.g. from the feature cache)."""
+        return self.postprocess(self.token_scores(feats, generator, inference), inference)
+
+    def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None,
+                 inference: InferenceConfig | None = None):
+        """(pixel maps (B, R, R), image scores (B,)) on the device of a normalised batch (B, 3, S, S)."""
+        return self.score_features(self.features(batch), inference, generator)
+
+    # ------------------------------------------------------------------------------------------ batch loops
+    def score_batches(self, batches: Iterable[torch.Tensor], *, features: bool = False, seed: int | None = None,
+                      inference: InferenceConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(maps (N, R, R), scores (N,)) as float32 CPU tensors of normalised image batches (or backbone
+        maps with ``features=True``). One generator seeded with ``seed`` (default ``inference.seed``) is
+        consumed in batch order, so the result depends only on the inputs and their batching."""
+        inf = inference or self.cfg.inference
+        generator = torch.Generator(self.device).manual_seed(int(inf.seed if seed is None else seed))
+        maps, scores = [], []
+        for batch in batches:
+            if features:
+                m, s = self.score_features(torch.as_tensor(batch), inf, generator)
+            else:
+                m, s = self(batch, generator, inf)
+            maps.append(m.float().cpu())
+            scores.append(s.float().cpu())
+        if not maps:
+            raise ValueError("no images to score")
+        return torch.cat(maps), torch.cat(scores)
+
+    def _input_chunks(self, images, batch_size: int | None, desc: str | None = None) -> Iterable[torch.Tensor]:
+        """Normalised batches of ``batch_size`` (default ``inference.batch_size``) images, prepared lazily."""
+        items = _flatten_inputs(images)
+        bs = max(1, int(batch_size or self.cfg.inference.batch_size))
+        for lo in progress(range(0, len(items), bs), desc=desc, leave=False, disable=desc is None):
+            yield self.preprocess(items[lo:lo + bs])
+
+    def score_images(self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None,
+                     seed: int | None = None, desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(maps (B, R, R), scores (B,)) as float32 CPU tensors of any images :meth:`preprocess` takes, in
+        batches of ``batch_size`` (default ``inference.batch_size``): the same numbers as evaluation gives
+        for the same files in the same order. ``desc``: show a progress bar with this label."""
+        return self.score_batches(self._input_chunks(images, batch_size, desc), seed=seed)
+
+    @torch.inference_mode()
+    def probe(self, images: ImageInput | Sequence[ImageInput], with_maps: bool = True,
+              batch_size: int | None = None) -> Probe:
+        """What the report shows of a few images (:class:`Probe`): prototype similarity maps, tokens before
+        and after one DDIM reconstruction (generator seeded with ``inference.seed``, consumed in batch
+        order) and, with ``with_maps``, the anomaly maps and scores (as :meth:`score_images`)."""
+        inf = self.cfg.inference
+        reconstruction = torch.Generator(self.device).manual_seed(int(inf.seed))
+        scoring = torch.Generator(self.device).manual_seed(int(inf.seed))
+        parts = []
+        for batch in self._input_chunks(images, batch_size, desc="probe images"):
+            feats = self.features(batch)
+            part = self._probe_batch(feats, reconstruction)
+            if with_maps:
+                m, s = self.score_features(feats, inf, scoring)
+                part |= {"maps": m.float().cpu(), "scores": s.float().cpu()}
+            parts.append(part)
+        joined = {k: (torch.cat([p[k] for p in parts]).numpy() if parts and k in parts[0] else None)
+                  for k in ("x0", "x0_hat", "sim_local", "sim_global", "maps", "scores")}
+        return Probe(**joined)
+
+    def _probe_batch(self, feats: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        inf, model = self.cfg.inference, self.model
+        tokens = tokens_from_maps(feats.float())
+        x0 = model.standardize(tokens)
+        p_local, p_global = model.prototypes(x0)
+        h, w = model.grid_size
+        out = {}
+        for key, protos in (("sim_local", p_local), ("sim_global", p_global)):
+            if protos is not None:
+                out[key] = prototype_similarity_maps(x0, protos).amax(1).view(-1, h, w).float().cpu()
+        x0, x0_hat = model.reconstruct(tokens, inf.noise_step, inf.ddim_steps, generator)
+        return out | {"x0": x0.float().cpu(), "x0_hat": x0_hat.float().cpu()}
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def _flatten_inputs(images) -> list:
+    """One entry per image: a (B, 3, H, W) tensor becomes B (3, H, W) tensors; a single image a list of one."""
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray, torch.Tensor)):
+        images = [images]
+    out = []
+    for item in images:
+        if isinstance(item, torch.Tensor) and item.dim() == 4:
+            out.extend(item.unbind(0))
+        else:
+            out.append(item)
+    return out
+
+
+def _as_pil(item, position: int) -> Image.Image:
+    if isinstance(item, (str, os.PathLike)):
+        return load_image_rgb(item)
+    if isinstance(item, Image.Image):
+        return item
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8 or not (item.ndim == 2 or (item.ndim == 3 and item.shape[2] in (3, 4))):
+            raise ValueError(f"image {position}: numpy images must be uint8 (H, W), (H, W, 3) or (H, W, 4), got "
+                             f"{item.dtype} {item.shape}; pass float images as a torch tensor (3, H, W) in [0, 1]")
+        return Image.fromarray(np.ascontiguousarray(item))
+    if isinstance(item, torch.Tensor):
+        if not item.is_floating_point() or item.dim() != 3 or item.shape[0] != 3:
+            raise ValueError(f"image {position}: tensors must be float RGB (3, H, W) or (B, 3, H, W) in [0, 1], got "
+                             f"{item.dtype} {tuple(item.shape)}")
+        t = item.detach().float().cpu()
+        if not bool(torch.isfinite(t).all()) or float(t.min()) < 0.0 or float(t.max()) > 1.0:
+            raise ValueError(f"image {position}: tensor values must be finite and in [0, 1], got "
+                             f"[{float(t.min()):.4g}, {float(t.max()):.4g}] (an already normalised batch goes to "
+                             f"Detector(batch), not to preprocess/score_images)")
+        return Image.fromarray((t * 255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
+    raise TypeError(f"image {position}: expected a path, PIL image, numpy uint8 array or float tensor, "
+                    f"got {type(item).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------- loading, datasets
+def apply_test_overrides(cfg: Config, overrides: dict | None) -> Config:
+    """``{"noise_step": 50, "evaluation.resolution": 256, ...}``: bare keys are inference options;
+    dotted keys may change the ``inference``, ``evaluation`` and ``data`` sections (never the model)."""
+    dotted = {}
+    for key, value in (overrides or {}).items():
+        section, dot, name = key.partition(".")
+        if not dot:
+            section, name = "inference", key
+        if section not in ("inference", "evaluation", "data"):
+            raise ConfigKeyError(f"test option {key!r}: only inference.*, evaluation.* and data.* can change at test "
+                                 f"time")
+        dotted[f"{section}.{name}"] = value
+    return cfg.override(dotted) if dotted else cfg
+
 
 
 def load_detector(run_dir: Path, device: str = "auto", weights: str | None = None) -> Detector:
+    """The detector of a run folder (``dpdiff train`` output); ``weights``: the backbone checkpoint, when it
+    is not where the run's config says."""
     dev = resolve_device(device)
     model, cfg, _ = load_model(run_dir, dev)
     if weights is not None:
         cfg.backbone.weights = weights
     backbone = build_backbone_from_config(cfg)
     if backbone.out_channels != model.in_dim or tuple(backbone.grid_size(cfg.backbone.image_size)) != model.grid_size:
-        raise ValueError(f"{run_dir}: backbone {cfg.backbone.name} gives {backbone.out_channels} channels on a "
-                         f"{backbone.grid_size(cfg.backbone.image_size)} grid, the checkpoint expects "
-                         f"{model.in_dim} on {model.grid_size}")
+        raise CheckpointError(f"{run_dir}: backbone {cfg.backbone.name} gives {backbone.out_channels} channels on a "
+                              f"{backbone.grid_size(cfg.backbone.image_size)} grid, the checkpoint expects "
+                              f"{model.in_dim} on {model.grid_size}")
     return Detector(backbone, model, cfg, dev)
 
 
 def score_dataset(detector: Detector, dataset: ImageDataset, batch_size: int, desc: str,
                   features: torch.Tensor | None = None, seed: int = 0):
-    """Returns (maps float32 (N,S,S), scores (N,), labels (N,), masks bool (N,S,S), seconds)."""
-    generator = torch.Generator(detector.device).manual_seed(seed)
-    maps, scores, labels, masks = [], [], [], []
-    t0 = time.perf_counter()
+    """Returns (maps float32 (N,R,R), scores (N,), labels (N,), masks bool (N,R,R), seconds); ``features``:
+    the dataset's backbone maps, precomputed (the images are then not run through the backbone)."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    pos = 0
-    for batch in tqdm(loader, desc=desc, leave=False):
-        if features is None:
-            m, s = detector(batch["image"], generator)
-        else:
-            m, s = detector.score_features(features[pos:pos + len(batch["label"])], generator=generator)
-        pos += len(batch["label"])
-        maps.append(m.float().cpu().numpy())
-        scores.append(s.float().cpu().numpy())
-        labels.append(np.asarray(batch["label"]))
-        masks.append(batch["mask"][:, 0].numpy() > 0.5)
+    labels, masks = [], []
+
+    def batches():
+        pos = 0
+        for batch in progress(loader, desc=desc, leave=False):
+            n = len(batch["label"])
+            labels.append(np.asarray(batch["label"]))
+            masks.append(batch["mask"][:, 0].numpy() > 0.5)
+            yield batch["image"] if features is None else features[pos:pos + n]
+            pos += n
+
+    t0 = time.perf_counter()
+    maps, scores = detector.score_batches(batches(), features=features is not None, seed=seed)
     seconds = time.perf_counter() - t0
-    return (np.concatenate(maps), np.concatenate(scores), np.concatenate(labels), np.concatenate(masks), seconds)
+    return maps.numpy(), scores.numpy(), np.concatenate(labels), np.concatenate(masks), seconds
 
 
-__all__ = ["CPU_MAX_ROWS", "Detector", "inference_row_cap", "load_detector", "score_dataset"]
+__all__ = ["CPU_MAX_ROWS", "Detector", "ImageInput", "Probe", "apply_test_overrides", "inference_row_cap", "load_detector", "map_size",
+           "postprocess_maps",
+           "score_dataset"]

@@ -2,7 +2,8 @@
 
 The backbone runs once over the training images (``extract_features``); the loop then samples
 batches of tokens. Every step's batch indices and noise come from a generator seeded by
-(seed, step), so a resumed run draws exactly what an uninterrupted one would.
+(seed, step), so a resumed run draws exactly what an uninterrupted one would. ``train`` is the entry
+point; a ``Trainer`` holds one run's state (model, optimiser, EMA, lr schedule, loss history).
 
 Crash safety: every ``train.checkpoint_every`` steps and at the end, ``train_state.pt`` (step,
 weights, optimiser, RNG states, history, the training images in order), ``model.safetensors`` and
@@ -28,24 +29,21 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import Subset
-from tqdm.auto import tqdm
 
 from ..config import Config
 from ..data.dataset import ImageDataset
 from ..data.formats import load_samples
+from ..errors import CheckpointError, ConfigError, DataError, RunFolderError, TrainingDiverged, UsageError
 from ..io import atomic_write_text
 from ..model.dpdiff_ad import DPDiffAD
+from ..progress import progress
+from ..run_files import HISTORY_FILE
 from . import distributed as D
-from .checkpoint import (RUN_FILES, STATE_FILE, build_model_from_state, check_resume_config,
+from .checkpoint import (RUN_FILES, STATE_FILE, build_model_from_state, check_resume_config, load_model,
                          load_train_state, remove_stale_temp_files, rng_states, save_checkpoint, set_rng_states)
 from .features import build_backbone_from_config, channel_statistics, extract_features, tokens_from_maps
 
-HISTORY_FILE = "loss_history.csv"
 LOSS_KEYS = ("loss", "diff", "local", "global")
-
-
-class TrainingDiverged(FloatingPointError):
-    """The loss (or the gradient norm) became NaN or inf; the last good checkpoint is kept."""
 
 
 def seed_everything(seed: int) -> None:
@@ -58,13 +56,13 @@ def prepare_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
     """Refuse to clobber an existing run unless asked to (--overwrite) or continuing it (--resume)."""
     run_dir = Path(run_dir)
     if overwrite and resume:
-        raise ValueError("--overwrite and --resume contradict each other: pass one of them")
+        raise UsageError("--overwrite and --resume contradict each other: pass one of them")
     if run_dir.exists() and not run_dir.is_dir():
-        raise FileExistsError(f"{run_dir} exists and is not a folder")
+        raise RunFolderError(f"{run_dir} exists and is not a folder")
     present = [n for n in RUN_FILES if (run_dir / n).exists()]
     if present and not (overwrite or resume):
-        raise FileExistsError(f"{run_dir} already holds a dpdiff run ({', '.join(present)}); pass --resume to "
-                              f"continue it or --overwrite to start again")
+        raise RunFolderError(f"{run_dir} already holds a dpdiff run ({', '.join(present)}); pass --resume to "
+                             f"continue it or --overwrite to start again")
     if resume and not (run_dir / STATE_FILE).exists():
         load_train_state(run_dir)  # raises the "cannot resume" error
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -76,7 +74,7 @@ def prepare_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
 
 def _training_samples(cfg: Config) -> list:
     if not cfg.data.root:
-        raise ValueError("no data root: set data.root in the config or pass --data PATH")
+        raise ConfigError("no data root: set data.root in the config or pass --data PATH")
     return load_samples(cfg.data.format, Path(cfg.data.root), cfg.data.categories, "train", **cfg.data.options)
 
 
@@ -151,7 +149,7 @@ def check_finite_features(features: torch.Tensor, samples: list | None, chunk: i
     what = (f"training image {str(samples[first].image_path)!r}" if samples and first < len(samples)
             else f"training item {first}")
     more = f" (and {len(bad) - 1} more image(s))" if len(bad) > 1 else ""
-    raise ValueError(f"non-finite backbone features (NaN or inf) for {what}{more}: check the image file, the "
+    raise DataError(f"non-finite backbone features (NaN or inf) for {what}{more}: check the image file, the "
                      f"backbone weights (backbone.weights) and that values fit float16")
 
 
@@ -173,12 +171,12 @@ def _check_same_data(state: dict, n: int, ids: list[str] | None, run_dir: Path) 
     saved = state.get("data") or {}
     path = Path(run_dir) / STATE_FILE
     if "num_images" in saved and int(saved["num_images"]) != n:
-        raise ValueError(f"{path}: the checkpoint was trained on {saved['num_images']} images, the data now has {n}; "
+        raise DataError(f"{path}: the checkpoint was trained on {saved['num_images']} images, the data now has {n}; "
                          f"resuming would draw different batches (start a new run instead)")
     old = saved.get("images")
     if old and ids and list(old) != list(ids):
         i = next(k for k, (a, b) in enumerate(zip(old, ids)) if a != b)
-        raise ValueError(f"{path}: the training images changed since the checkpoint: image {i} was {old[i]!r}, "
+        raise DataError(f"{path}: the training images changed since the checkpoint: image {i} was {old[i]!r}, "
                          f"now {ids[i]!r}; resuming would draw different batches (start a new run instead)")
 
 
@@ -189,7 +187,7 @@ def lr_factor(step: int, total_steps: int, schedule: str = "constant", warmup_st
     """Multiplier of ``train.lr`` at 0-based ``step``: linear warm-up over ``warmup_steps``, then constant or
     cosine decay to 0 at ``total_steps``. A pure function of the step, so a resumed run uses the same lr."""
     if schedule not in LR_SCHEDULES:
-        raise ValueError(f"train.lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+        raise ConfigError(f"train.lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "constant":
@@ -206,7 +204,7 @@ def build_ema(model: nn.Module, decay: float) -> AveragedModel | None:
     if decay <= 0:
         return None
     if decay >= 1:
-        raise ValueError(f"train.ema_decay must be in [0, 1), got {decay}")
+        raise ConfigError(f"train.ema_decay must be in [0, 1), got {decay}")
 
     def ema_update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
         n = float(num_averaged)
@@ -244,158 +242,239 @@ def train(cfg: Config, run_dir: Path, overwrite: bool = False, resume: bool = Fa
     Under ``torchrun`` this trains data-parallel (see the module docstring).
     """
     with D.distributed_context(cfg.train.device) as info:
-        return _train(cfg, Path(run_dir), overwrite, resume, features, samples, info)
+        trainer = Trainer(cfg, Path(run_dir), info)
+        trainer.setup(overwrite, resume, features, samples)
+        return trainer.fit()
 
 
-def _train(cfg: Config, run_dir: Path, overwrite: bool, resume: bool, features: torch.Tensor | None,
-           samples: list | None, info: D.DistInfo) -> Path:
-    state = D.on_main(lambda: _resume_state(run_dir, overwrite, resume, cfg), info)
-    seed_everything(cfg.train.seed)
-    device = info.device
-    if features is None:
-        t0 = time.perf_counter()
-        samples = _shared_training_samples(cfg, info)  # data errors before the (slow) backbone load
-        backbone = build_backbone_from_config(cfg)
-        features, samples = train_features(cfg, backbone, device, info, samples)
-        extract_s = time.perf_counter() - t0
-        del backbone
-    else:
-        extract_s = 0.0
-    check_finite_features(features, samples)
-    n, c, h, w = features.shape
-    categories = sorted({s.category for s in samples}) if samples else (cfg.data.categories or [])
-    ids = _image_ids(samples, cfg.data.root)
+class Trainer:
+    """One training run: ``setup`` (run folder, features, model, optimiser, EMA, or their resume state), then
+    ``fit`` (``step`` after step, the loss history logged and checkpoints saved on schedule).
 
-    if state is not None:
-        _check_same_data(state, n, ids, run_dir)
-        if "model" in state:
-            if (int(state["in_dim"]), tuple(state["grid_size"])) != (c, (h, w)):
-                raise ValueError(f"{run_dir / STATE_FILE}: checkpoint expects {state['in_dim']} channels on a "
-                                 f"{tuple(state['grid_size'])} grid, the backbone gives {c} on {(h, w)}")
-            model = build_model_from_state(state["model"], c, (h, w), cfg, run_dir / STATE_FILE)
-        else:  # resume state written before the weights were stored in it
-            from .checkpoint import load_model
-            model, _, payload = D.on_main(lambda: load_model(run_dir), info)
-            if int(payload.get("step", -1)) != int(state["step"]):
-                raise ValueError(f"{run_dir}: {STATE_FILE} is at step {state['step']} but the weights are at "
-                                 f"step {payload.get('step')}; cannot resume exactly")
-        model.to(device)
-        start_step = int(state["step"])
-        history = list(state.get("history", []))
-        running = dict(state.get("running", {}))
-        prev_train_s = float(state.get("train_s", 0.0))
-        set_rng_states(state.get("rng", {}))
-    else:
+    Step ``s`` draws its batch indices and noise from a generator seeded by (train.seed, s) and its lr is
+    ``lr_factor(s)``, so a run resumed at any checkpoint continues exactly as an uninterrupted one.
+    """
+
+    def __init__(self, cfg: Config, run_dir: Path, info: D.DistInfo):
+        self.cfg, self.run_dir, self.info = cfg, Path(run_dir), info
+        self.device: torch.device = info.device
+        self.features: torch.Tensor | None = None  # (N, C, h, w) backbone maps, or a FeatureStore-like view
+        self.samples: list | None = None
+        self.model: DPDiffAD | None = None
+        self.loss_module: nn.Module | None = None  # the model's loss, DDP-wrapped under torchrun
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.ema: AveragedModel | None = None
+        self.batch_size = 0                       # the global batch (train.batch_size, at most N)
+        self.lo, self.hi, self.share = 0, 0, 1.0  # this rank's rows of it and their part of the mean
+        self.start_step = 0
+        self.last_saved = 0
+        self.history: list[dict] = []             # one row per log interval (HISTORY_FILE)
+        self.running: dict[str, float] = {}       # loss sums since the last logged row
+        self.prev_train_s = 0.0                   # training seconds before a resume
+        self.extract_s = 0.0
+        self.meta: dict = {}
+        self.data_state: dict = {}
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self, overwrite: bool = False, resume: bool = False, features: torch.Tensor | None = None,
+              samples: list | None = None) -> Trainer:
+        """Prepare the run folder (``prepare_run_dir``), the training features and everything ``fit`` needs."""
+        cfg, info = self.cfg, self.info
+        state = D.on_main(lambda: _resume_state(self.run_dir, overwrite, resume, cfg), info)
+        seed_everything(cfg.train.seed)
+        self._load_features(features, samples)
+        ids = _image_ids(self.samples, cfg.data.root)
+        if state is not None:
+            _check_same_data(state, self.num_images, ids, self.run_dir)
+            self._restore(state)
+        else:
+            self._init_model()
+        self.model.train()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.ema = build_ema(self.model, cfg.train.ema_decay)
+        if state is not None:
+            self._restore_optimizer(state)
+        del state
+        self._distribute()
+        categories = (sorted({s.category for s in self.samples}) if self.samples
+                      else (cfg.data.categories or []))
+        self.meta = {"categories": categories, "num_train_images": self.num_images,
+                     "feature_extraction_s": round(self.extract_s, 2), "world_size": info.world_size}
+        self.data_state = {"num_images": self.num_images, "images": ids}
+        return self
+
+    @property
+    def num_images(self) -> int:
+        return int(self.features.shape[0])
+
+    def _load_features(self, features: torch.Tensor | None, samples: list | None) -> None:
+        if features is None:
+            t0 = time.perf_counter()
+            samples = _shared_training_samples(self.cfg, self.info)  # data errors before the (slow) backbone load
+            backbone = build_backbone_from_config(self.cfg)
+            features, samples = train_features(self.cfg, backbone, self.device, self.info, samples)
+            self.extract_s = time.perf_counter() - t0
+            del backbone
+        check_finite_features(features, samples)
+        self.features, self.samples = features, samples
+
+    def _init_model(self) -> None:
+        _, c, h, w = self.features.shape
         # re-seed: feature extraction (DataLoader base seeds) may or may not have drawn from the global RNG,
         # and the initial weights must depend on the seed alone (cached vs fresh features, CLI vs API)
-        torch.manual_seed(cfg.train.seed)
-        model = DPDiffAD(c, (h, w), cfg.model, cfg.loss)
-        mean, std = channel_statistics(features)
+        torch.manual_seed(self.cfg.train.seed)
+        model = DPDiffAD(c, (h, w), self.cfg.model, self.cfg.loss)
+        mean, std = channel_statistics(self.features)
         model.set_token_statistics(mean, std)
-        model.to(device)
-        start_step, history, running, prev_train_s = 0, [], {}, 0.0
-    model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    ema = build_ema(model, cfg.train.ema_decay)
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        for group in optimizer.param_groups:  # lr/weight decay are checked equal; take the config's anyway
-            group["lr"], group["weight_decay"] = cfg.train.lr, cfg.train.weight_decay
-        if ema is not None:
+        self.model = model.to(self.device)
+
+    def _restore(self, state: dict) -> None:
+        """Weights, progress (step, history, running sums, time) and RNG states from the resume state."""
+        _, c, h, w = self.features.shape
+        path = self.run_dir / STATE_FILE
+        if "model" in state:
+            if (int(state["in_dim"]), tuple(state["grid_size"])) != (c, (h, w)):
+                raise CheckpointError(f"{path}: checkpoint expects {state['in_dim']} channels on a "
+                                      f"{tuple(state['grid_size'])} grid, the backbone gives {c} on {(h, w)}")
+            model = build_model_from_state(state["model"], c, (h, w), self.cfg, path)
+        else:  # resume state written before the weights were stored in it
+            model, _, payload = D.on_main(lambda: load_model(self.run_dir), self.info)
+            if int(payload.get("step", -1)) != int(state["step"]):
+                raise CheckpointError(f"{self.run_dir}: {STATE_FILE} is at step {state['step']} but the weights are "
+                                      f"at step {payload.get('step')}; cannot resume exactly")
+        self.model = model.to(self.device)
+        self.start_step = self.last_saved = int(state["step"])
+        self.history = list(state.get("history", []))
+        self.running = dict(state.get("running", {}))
+        self.prev_train_s = float(state.get("train_s", 0.0))
+        set_rng_states(state.get("rng", {}))
+
+    def _restore_optimizer(self, state: dict) -> None:
+        cfg = self.cfg.train
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # lr/weight decay are checked equal; take the config's anyway
+            group["lr"], group["weight_decay"] = cfg.lr, cfg.weight_decay
+        if self.ema is not None:
             if "ema" not in state:
-                raise ValueError(f"{run_dir / STATE_FILE}: no EMA weights in the resume state (train.ema_decay was "
-                                 f"off when it was written); resume with --set train.ema_decay=0 or start again")
-            ema.load_state_dict(state["ema"])
-    del state
+                raise ConfigError(f"{self.run_dir / STATE_FILE}: no EMA weights in the resume state (train.ema_decay "
+                                  f"was off when it was written); resume with --set train.ema_decay=0 or start again")
+            self.ema.load_state_dict(state["ema"])
 
-    loss_module: nn.Module = _LossModule(model)
-    if info.enabled:
-        loss_module = nn.parallel.DistributedDataParallel(
-            loss_module, device_ids=[device.index] if device.type == "cuda" else None)
+    def _distribute(self) -> None:
+        """Wrap the loss for DistributedDataParallel and fix this rank's rows of every global batch."""
+        info, device = self.info, self.device
+        self.loss_module = _LossModule(self.model)
+        if info.enabled:
+            self.loss_module = nn.parallel.DistributedDataParallel(
+                self.loss_module, device_ids=[device.index] if device.type == "cuda" else None)
+        self.batch_size = min(self.cfg.train.batch_size, self.num_images)
+        if self.batch_size < info.world_size:
+            raise ConfigError(f"train.batch_size={self.batch_size} is smaller than the number of processes "
+                              f"({info.world_size})")
+        self.lo, self.hi = D.shard_range(self.batch_size, info.rank, info.world_size)
+        self.share = (self.hi - self.lo) / self.batch_size  # this rank's part of the global mean
 
-    bs = min(cfg.train.batch_size, n)
-    if bs < info.world_size:
-        raise ValueError(f"train.batch_size={bs} is smaller than the number of processes ({info.world_size})")
-    lo, hi = D.shard_range(bs, info.rank, info.world_size)
-    share = (hi - lo) / bs  # this rank's part of the global mean
-    meta = {"categories": categories, "num_train_images": n, "feature_extraction_s": round(extract_s, 2),
-            "world_size": info.world_size}
-    data_state = {"num_images": n, "images": ids}
-    t_start = time.perf_counter()
-    last_saved = start_step
-    pbar = tqdm(range(start_step, cfg.train.steps), desc="train", initial=start_step, total=cfg.train.steps,
-                mininterval=2.0, disable=not info.is_main)
-    for step in pbar:
-        seed = cfg.train.seed * 1_000_003 + step
+    # ------------------------------------------------------------------ training
+
+    def fit(self) -> Path:
+        """Train from ``start_step`` to ``train.steps``; returns the run folder."""
+        steps = self.cfg.train.steps
+        t_start = time.perf_counter()
+        pbar = progress(range(self.start_step, steps), desc="train", initial=self.start_step, total=steps,
+                        mininterval=2.0, disable=not self.info.is_main)
+        for step in pbar:
+            self.step(step)
+            row = self._record(step + 1, t_start)
+            if row is not None and self.info.is_main:
+                pbar.set_postfix(loss=f"{row['loss']:.4f}", diff=f"{row['diff']:.4f}")
+        if self.start_step >= steps:  # nothing left to do, keep files as they are
+            return self.run_dir
+        D.barrier(self.info)
+        return self.run_dir
+
+    def _draw_batch(self, step: int) -> tuple[torch.Tensor, dict]:
+        """This rank's tokens and noise of step ``step``'s global batch, drawn from the (seed, step) generator."""
+        seed = self.cfg.train.seed * 1_000_003 + step
         g = torch.Generator().manual_seed(seed)
-        idx = torch.randint(0, n, (bs,), generator=g)
-        g_dev = g if device.type == "cpu" else torch.Generator(device).manual_seed(seed)
-        noise = model.draw_training_noise(bs, g_dev, device)  # the global batch's draws ...
-        noise = {k: (v[lo:hi] if v is not None else None) for k, v in noise.items()}  # ... this rank's rows
-        tokens = tokens_from_maps(features[idx[lo:hi]].float()).to(device)
-        losses = loss_module(tokens, noise)
+        idx = torch.randint(0, self.num_images, (self.batch_size,), generator=g)
+        g_dev = g if self.device.type == "cpu" else torch.Generator(self.device).manual_seed(seed)
+        noise = self.model.draw_training_noise(self.batch_size, g_dev, self.device)  # the global batch's draws ...
+        noise = {k: (v[self.lo:self.hi] if v is not None else None) for k, v in noise.items()}  # ... this rank's rows
+        tokens = tokens_from_maps(self.features[idx[self.lo:self.hi]].float()).to(self.device)
+        return tokens, noise
+
+    def step(self, step: int) -> torch.Tensor:
+        """One optimiser step (0-based ``step``, paper Eq. 19); returns the global mean of ``LOSS_KEYS``."""
+        cfg, info = self.cfg.train, self.info
+        tokens, noise = self._draw_batch(step)
+        losses = self.loss_module(tokens, noise)
         local = torch.stack([losses[k].detach().float() for k in LOSS_KEYS])
-        global_losses = D.all_reduce_sum(local * share, info) if info.enabled else local
+        global_losses = D.all_reduce_sum(local * self.share, info) if info.enabled else local
         if not bool(torch.isfinite(global_losses).all()):
             vals = ", ".join(f"{k}={float(v):.4g}" for k, v in zip(LOSS_KEYS, global_losses))
             raise TrainingDiverged(
                 f"training diverged: non-finite loss at step {step + 1} ({vals}); stopped without updating, "
-                f"{_last_checkpoint_note(run_dir, last_saved, cfg)}. Lower train.lr or set train.grad_clip")
-        optimizer.zero_grad(set_to_none=True)
-        (losses["loss"] * (share * info.world_size) if info.enabled else losses["loss"]).backward()
-        if cfg.train.grad_clip:
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+                f"{self._last_checkpoint_note()}. Lower train.lr or set train.grad_clip")
+        self.optimizer.zero_grad(set_to_none=True)
+        (losses["loss"] * (self.share * info.world_size) if info.enabled else losses["loss"]).backward()
+        if cfg.grad_clip:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             if not bool(torch.isfinite(norm)):
                 raise TrainingDiverged(
                     f"training diverged: non-finite gradient norm at step {step + 1}; stopped without updating, "
-                    f"{_last_checkpoint_note(run_dir, last_saved, cfg)}. Lower train.lr")
-        lr = cfg.train.lr * lr_factor(step, cfg.train.steps, cfg.train.lr_schedule, cfg.train.warmup_steps)
-        for group in optimizer.param_groups:
+                    f"{self._last_checkpoint_note()}. Lower train.lr")
+        lr = cfg.lr * lr_factor(step, cfg.steps, cfg.lr_schedule, cfg.warmup_steps)
+        for group in self.optimizer.param_groups:
             group["lr"] = lr
-        optimizer.step()
-        if ema is not None:
-            ema.update_parameters(model)
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         for k, v in zip(LOSS_KEYS, global_losses.tolist()):
-            running[k] = running.get(k, 0.0) + v
-        done = step + 1
-        log_now = done % cfg.train.log_every == 0 or done == cfg.train.steps
-        save_now = done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps
+            self.running[k] = self.running.get(k, 0.0) + v
+        return global_losses
+
+    def _last_checkpoint_note(self) -> str:
+        return _last_checkpoint_note(self.run_dir, self.last_saved, self.cfg)
+
+    def _record(self, done: int, t_start: float) -> dict | None:
+        """After ``done`` steps: log a history row and/or save a checkpoint when due; returns the new row."""
+        cfg = self.cfg.train
+        log_now = done % cfg.log_every == 0 or done == cfg.steps
+        save_now = done % cfg.checkpoint_every == 0 or done == cfg.steps
+        row = None
         if log_now:
-            k_steps = done % cfg.train.log_every or cfg.train.log_every
-            row = {"step": done, **{k: v / k_steps for k, v in running.items()}}
-            history.append(row)
-            running = {}
-            if info.is_main:
-                pbar.set_postfix(loss=f"{row['loss']:.4f}", diff=f"{row['diff']:.4f}")
+            k_steps = done % cfg.log_every or cfg.log_every
+            row = {"step": done, **{k: v / k_steps for k, v in self.running.items()}}
+            self.history.append(row)
+            self.running = {}
         if not (log_now or save_now):
-            continue
+            return row
         error = None
-        if info.is_main:  # rank 0 writes; a failed write (disk full ...) stops every rank, not just this one
+        if self.info.is_main:  # rank 0 writes; a failed write (disk full ...) stops every rank, not just this one
             try:
                 if log_now:
-                    _write_history(run_dir / HISTORY_FILE, history)
+                    _write_history(self.run_dir / HISTORY_FILE, self.history)
                 if save_now:
-                    train_s = prev_train_s + time.perf_counter() - t_start
-                    meta["train_s"] = round(train_s, 2)
-                    meta["step"] = done
-                    resume_state = {"step": done, "optimizer": optimizer.state_dict(), "history": history,
-                                    "running": dict(running), "rng": rng_states(), "data": data_state,
-                                    "train_s": train_s, "seed": cfg.train.seed, "world_size": info.world_size}
-                    if ema is not None:
-                        resume_state["ema"] = ema.state_dict()
-                    save_checkpoint(run_dir, model, cfg, meta, resume_state,
-                                    inference_model=ema.module if ema is not None else None)
+                    self._save(done, self.prev_train_s + time.perf_counter() - t_start)
             except OSError as e:
                 error = e
-        D.raise_if_any_failed(error, info)
+        D.raise_if_any_failed(error, self.info)
         if save_now:
-            last_saved = done
-    if start_step >= cfg.train.steps:  # nothing left to do, keep files as they are
-        return run_dir
-    if info.is_main:
-        _plot_history(run_dir, history)
-    D.barrier(info)
-    return run_dir
+            self.last_saved = done
+        return row
+
+    def _save(self, done: int, train_s: float) -> None:
+        """Write the resume state, the weights (the EMA's when on) and config.json after ``done`` steps."""
+        self.meta["train_s"] = round(train_s, 2)
+        self.meta["step"] = done
+        resume_state = {"step": done, "optimizer": self.optimizer.state_dict(), "history": self.history,
+                        "running": dict(self.running), "rng": rng_states(), "data": self.data_state,
+                        "train_s": train_s, "seed": self.cfg.train.seed, "world_size": self.info.world_size}
+        if self.ema is not None:
+            resume_state["ema"] = self.ema.state_dict()
+        save_checkpoint(self.run_dir, self.model, self.cfg, self.meta, resume_state,
+                        inference_model=self.ema.module if self.ema is not None else None)
 
 
 def _last_checkpoint_note(run_dir: Path, last_saved: int, cfg: Config) -> str:
@@ -412,18 +491,6 @@ def _write_history(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _plot_history(run_dir: Path, history: list[dict]) -> None:
-    if not history:
-        return
-    try:
-        from ..viz import plot_curves
-    except ImportError:  # pragma: no cover - viz is optional for training
-        return
-    keys = [k for k in history[0] if k != "step"]
-    plot_curves({k: [r[k] for r in history] for k in keys}, run_dir / "loss_curves.png",
-                xlabel=f"log interval (x{history[0]['step']} steps)", ylabel="loss", title="training losses")
-
-
 def load_history(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / HISTORY_FILE
     if not path.exists():
@@ -432,5 +499,5 @@ def load_history(run_dir: Path) -> list[dict]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-__all__ = ["train", "prepare_run_dir", "build_backbone_from_config", "train_features", "load_history",
+__all__ = ["train", "Trainer", "prepare_run_dir", "build_backbone_from_config", "train_features", "load_history",
            "check_finite_features", "TrainingDiverged"]

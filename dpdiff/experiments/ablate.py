@@ -1,9 +1,11 @@
 """Ablation grids (paper Sec. 5.6: Table 5, Fig. 5, Fig. 6, Table 9): train once, evaluate many, one table.
 
-A grid file (YAML, see ``configs/ablations/``)::
+A grid file (YAML; the shipped grids are package data in ``dpdiff/configs/ablations/``, and ``dpdiff ablate
+--grid table5_modules`` takes one by name)::
 
     name: table5_modules               # optional; default: the file's stem (names the output files)
-    base: configs/mtd_lite0.yaml       # preset; found relative to the grid file, a folder above it, or the cwd
+    base: mtd_lite0                    # a packaged preset by name, or a YAML path found relative to the grid
+                                       # file, a folder above it, or the cwd
     set: {train.steps: 500}            # optional overrides common to every row
     columns: {L-Proto: model.use_local_prototypes}   # optional lead columns (default: the keys that vary)
     rows:                              # either named rows ...
@@ -16,10 +18,13 @@ A grid file (YAML, see ``configs/ablations/``)::
 Each row's configuration is base -> grid ``set`` -> command-line overrides -> row ``set``.
 
 Train once, evaluate many: a row's training run is keyed by :func:`training_key`, a hash of every config
-value that changes the trained weights (everything except ``inference.*``, ``evaluation.*`` and where/how
-training runs: device, workers, logging, checkpoint interval, feature cache). Rows that differ only in
-inference or evaluation settings share one run; a rerun (or another grid writing into the same folder)
-reuses finished runs, resumes interrupted ones (``train(resume=True)``) and reuses finished evaluations.
+value that changes the trained weights: every key but the weight-neutral ones tagged in dpdiff/config.py
+(:func:`dpdiff.config.weight_neutral_keys`: ``inference.*``, ``evaluation.*`` and where/how training runs:
+device, workers, logging, checkpoint interval, feature cache). Unlike resuming, ``train.steps``,
+``data.root`` and ``backbone.weights`` are part of the key: another length or other data is another model.
+Rows that differ only in inference or evaluation settings share one run; a rerun (or another grid writing into
+the same folder) reuses finished runs, resumes interrupted ones (``train(resume=True)``) and reuses finished
+evaluations.
 
 Output folder::
 
@@ -39,6 +44,7 @@ import hashlib
 import io
 import itertools
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -46,41 +52,28 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from tqdm.auto import tqdm
 
-from ..config import Config
-from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..config import (GRID_DIR, TEST_TIME, Config, ConfigError, find_yaml, flatten_config, is_weight_neutral,
+                      preset_names, sections_with_role, weight_neutral_keys)
+from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, slugify
 from ..metrics.tables import TABLE_COLUMNS, complete_row, format_table_csv, format_table_markdown
-from ..model.denoisers import DENOISERS
-from ..model.dpdiff_ad import SCORING_MODES
 from ..engine.checkpoint import CONFIG_FILE, MODEL_FILE, RUN_FILES, STATE_FILE, read_run_config, resume_config
-from ..engine.evaluate import evaluate
+from .evaluation import evaluate_and_report
 from ..engine.train import train
+from ..progress import progress
+from ..run_files import RESULTS_FILE
 
-#: Config keys that never change the trained weights (besides the ``inference`` and ``evaluation``
-#: sections): they are left out of the training key, so e.g. another device reuses a finished run.
-TRAINING_KEY_IGNORED = frozenset({
-    "train.device", "train.num_workers", "train.log_every", "train.checkpoint_every", "train.feature_batch_size",
-    "train.feature_cache", "train.cache_dir",
-})
-TEST_TIME_SECTIONS = ("inference", "evaluation")
-RESULTS_FILE = "results.json"
+logger = logging.getLogger(__name__)
+
+#: Config keys left out of the training key: the weight-neutral keys of dpdiff/config.py (the ``inference``
+#: and ``evaluation`` sections, device, workers, logging, checkpoint interval, feature cache), so e.g. another
+#: device or noise step reuses a finished run.
+TRAINING_KEY_IGNORED = weight_neutral_keys()
+#: The sections evaluated per row (``inference``, ``evaluation``): they key the evaluation, not the training.
+TEST_TIME_SECTIONS = sections_with_role(TEST_TIME)
 
 
 # ----------------------------------------------------------------------------- config keys
-
-def flatten_config(d: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"model": {"depth": 4}}`` -> ``{"model.depth": 4}`` (nested sections only; dict values such as
-    ``data.options`` stay whole)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and not prefix:
-            out.update(flatten_config(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
 
 def _hash(obj: Any, n: int = 12) -> str:
     text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
@@ -90,8 +83,7 @@ def _hash(obj: Any, n: int = 12) -> str:
 def training_key(cfg: Config) -> str:
     """Hash of the configuration values that determine the trained weights (12 hex digits)."""
     flat = flatten_config(cfg.to_dict())
-    kept = {k: v for k, v in flat.items()
-            if k.split(".", 1)[0] not in TEST_TIME_SECTIONS and k not in TRAINING_KEY_IGNORED}
+    kept = {k: v for k, v in flat.items() if not is_weight_neutral(k)}
     return _hash(kept)
 
 
@@ -142,7 +134,11 @@ class AblationGrid:
 
 
 def _resolve_base(base: str, grid_dir: Path | None) -> Path:
-    p = Path(base)
+    """A packaged preset by name (``mtd_lite0``), else a YAML path: absolute, or relative to the grid file's
+    folder, a folder above it, or the cwd."""
+    if base in preset_names():
+        return find_yaml(base)
+    p = Path(base).expanduser()
     if p.is_absolute():
         candidates = [p]
     else:
@@ -151,51 +147,78 @@ def _resolve_base(base: str, grid_dir: Path | None) -> Path:
     for c in candidates:
         if c.is_file():
             return c
-    raise FileNotFoundError(f"base preset {base!r} not found (looked in: {', '.join(str(c) for c in candidates)})")
+    moved = f"; the shipped presets are packaged now: use `base: {p.stem}`" if p.stem in preset_names() else ""
+    raise FileNotFoundError(f"base preset {base!r} not found (packaged presets: {', '.join(preset_names())}; "
+                            f"looked in: {', '.join(str(c) for c in candidates)}){moved}")
 
 
 def _mapping(value: Any, what: str) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ValueError(f"{what} must be a mapping of dotted.key: value, got {type(value).__name__}")
+        raise ConfigError(f"{what} must be a mapping of dotted.key: value, got {type(value).__name__}")
     return dict(value)
 
 
 def validate_row_config(cfg: Config, where: str) -> None:
-    """Settings that would fail only after training are rejected up front."""
+    """Combinations that would fail only after training are rejected up front (each value was checked on
+    its own by :meth:`Config.validate` when the row was built)."""
     m, inf = cfg.model, cfg.inference
-    if str(m.denoiser).lower() not in DENOISERS:
-        raise ValueError(f"{where}: model.denoiser must be one of {sorted(DENOISERS)}, got {m.denoiser!r}")
-    if inf.scoring not in SCORING_MODES:
-        raise ValueError(f"{where}: inference.scoring must be one of {SCORING_MODES}, got {inf.scoring!r}")
     has_protos = ((m.use_local_prototypes and m.num_local_prototypes > 0)
                   or (m.use_global_prototypes and m.num_global_prototypes > 0))
     if not m.diffusion and inf.scoring != "prototype":
-        raise ValueError(f"{where}: model.diffusion=false has no denoiser; set inference.scoring=prototype")
+        raise ConfigError(f"{where}: model.diffusion=false has no denoiser; set inference.scoring=prototype")
     if inf.scoring == "prototype" and not has_protos:
-        raise ValueError(f"{where}: inference.scoring=prototype needs local or global prototypes")
+        raise ConfigError(f"{where}: inference.scoring=prototype needs local or global prototypes")
     if not m.diffusion and not has_protos:
-        raise ValueError(f"{where}: model.diffusion=false needs local or global prototypes")
+        raise ConfigError(f"{where}: model.diffusion=false needs local or global prototypes")
 
 
 def _row_name(values: dict[str, Any]) -> str:
     return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in values.items())
 
 
+GRID_KEYS = frozenset({"name", "base", "set", "columns", "rows", "sweep", "values", "description"})
+
+
 def grid_from_dict(spec: dict, name: str, source: str = "<dict>", grid_dir: Path | None = None,
                    overrides: dict[str, Any] | None = None) -> AblationGrid:
     """Build the grid of ``spec`` (the YAML mapping); ``overrides`` (command line) apply to every row
     after the grid's own ``set`` and before each row's."""
+    name = _grid_name(spec, name, source)
+    cfg0, base, common, cli = _grid_base_config(spec, source, grid_dir, overrides)
+    entries, sweep_keys = _grid_entries(spec, source)
+    grid_rows = []
+    for row_name, row_set, values in entries:
+        try:
+            cfg = cfg0.override(row_set)  # always a fresh copy, even for an empty `set`
+        except KeyError as e:
+            raise ConfigError(f"{source}: row {row_name!r}: {e.args[0]}") from None
+        if cfg.data.root:
+            cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
+        validate_row_config(cfg, f"{source}: row {row_name!r}")
+        grid_rows.append(AblationRow(row_name, row_set, cfg, values))
+    columns = _grid_columns(spec.get("columns"), grid_rows, sweep_keys, source)
+    return AblationGrid(name, grid_rows, source, base, common, cli, columns, sweep_keys)
+
+
+def _grid_name(spec: dict, name: str, source: str) -> str:
+    """The grid's name (``name:`` or the file stem) once ``spec``'s keys are checked."""
     if not isinstance(spec, dict):
-        raise ValueError(f"{source}: a grid file must be a mapping, got {type(spec).__name__}")
-    known = {"name", "base", "set", "columns", "rows", "sweep", "values", "description"}
-    unknown = sorted(set(spec) - known)
+        raise ConfigError(f"{source}: a grid file must be a mapping, got {type(spec).__name__}")
+    unknown = sorted(set(spec) - GRID_KEYS)
     if unknown:
-        raise ValueError(f"{source}: unknown grid key(s) {unknown}; known: {sorted(known)}")
+        raise ConfigError(f"{source}: unknown grid key(s) {unknown}; known: {sorted(GRID_KEYS)}")
     name = str(spec.get("name") or name)
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-        raise ValueError(f"{source}: grid name {name!r} must use letters, digits, '.', '_' or '-' (it names files)")
+        raise ConfigError(f"{source}: grid name {name!r} must use letters, digits, '.', '_' or '-' (it names files)")
+    return name
+
+
+def _grid_base_config(spec: dict, source: str, grid_dir: Path | None,
+                      overrides: dict[str, Any] | None) -> tuple[Config, str | None, dict, dict]:
+    """The config every row starts from: the base preset, then the grid's ``set``, then ``overrides``;
+    also the base preset's path and those two mappings."""
     base = spec.get("base")
     if base is not None:
         base_path = _resolve_base(str(base), grid_dir)
@@ -209,36 +232,29 @@ def grid_from_dict(spec: dict, name: str, source: str = "<dict>", grid_dir: Path
         cfg0 = cfg0.override(common) if common else cfg0
         cfg0 = cfg0.override(cli) if cli else cfg0
     except KeyError as e:
-        raise ValueError(f"{source}: {e.args[0]}") from None
+        raise ConfigError(f"{source}: {e.args[0]}") from None
     if cfg0.data.root:
         cfg0.data.root = str(Path(cfg0.data.root).expanduser().resolve())
+    return cfg0, base, common, cli
 
+
+def _grid_entries(spec: dict, source: str) -> tuple[list[tuple[str, dict, dict]], list[str]]:
+    """(name, overrides, sweep values) of every row, from ``rows`` or ``sweep``; and the swept keys."""
     has_rows, has_sweep = "rows" in spec, "sweep" in spec
     if has_rows == has_sweep:
-        raise ValueError(f"{source}: give either `rows` or `sweep` (with `values`), not {'both' if has_rows else 'neither'}")
-    entries: list[tuple[str, dict, dict]] = []   # (name, overrides, sweep values)
+        raise ConfigError(f"{source}: give either `rows` or `sweep` (with `values`), not {'both' if has_rows else 'neither'}")
+    entries: list[tuple[str, dict, dict]] = []
     sweep_keys: list[str] = []
     if has_rows:
         rows = spec["rows"]
         if not isinstance(rows, list) or not rows:
-            raise ValueError(f"{source}: `rows` must be a non-empty list of {{name: ..., set: {{...}}}}")
+            raise ConfigError(f"{source}: `rows` must be a non-empty list of {{name: ..., set: {{...}}}}")
         for i, r in enumerate(rows):
             if not isinstance(r, dict) or "name" not in r or set(r) - {"name", "set"}:
-                raise ValueError(f"{source}: row {i + 1} must be {{name: ..., set: {{dotted.key: value}}}}, got {r!r}")
+                raise ConfigError(f"{source}: row {i + 1} must be {{name: ..., set: {{dotted.key: value}}}}, got {r!r}")
             entries.append((str(r["name"]), _mapping(r.get("set"), f"{source}: row {r['name']!r} set"), {}))
     else:
-        sweep = spec["sweep"]
-        if isinstance(sweep, str):
-            if not isinstance(spec.get("values"), list) or not spec["values"]:
-                raise ValueError(f"{source}: `sweep: {sweep}` needs a non-empty list `values`")
-            axes = {sweep: list(spec["values"])}
-        elif isinstance(sweep, dict) and sweep and "values" not in spec:
-            axes = {str(k): v for k, v in sweep.items()}
-            bad = [k for k, v in axes.items() if not isinstance(v, list) or not v]
-            if bad:
-                raise ValueError(f"{source}: every swept key needs a non-empty list of values ({bad})")
-        else:
-            raise ValueError(f"{source}: `sweep` is a dotted key (with `values: [...]`) or a mapping key -> values")
+        axes = _sweep_axes(spec, source)
         sweep_keys = list(axes)
         for combo in itertools.product(*axes.values()):
             values = dict(zip(sweep_keys, combo))
@@ -246,60 +262,64 @@ def grid_from_dict(spec: dict, name: str, source: str = "<dict>", grid_dir: Path
     names = [e[0] for e in entries]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise ValueError(f"{source}: row names must be unique, repeated: {dup}")
+        raise ConfigError(f"{source}: row names must be unique, repeated: {dup}")
+    return entries, sweep_keys
 
-    grid_rows = []
-    for row_name, row_set, values in entries:
-        try:
-            cfg = cfg0.override(row_set)  # always a fresh copy, even for an empty `set`
-        except KeyError as e:
-            raise ValueError(f"{source}: row {row_name!r}: {e.args[0]}") from None
-        if cfg.data.root:
-            cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
-        validate_row_config(cfg, f"{source}: row {row_name!r}")
-        grid_rows.append(AblationRow(row_name, row_set, cfg, values))
 
+def _sweep_axes(spec: dict, source: str) -> dict[str, list]:
+    """``sweep: key`` with ``values: [...]``, or ``sweep: {key: [...], ...}``, as key -> values."""
+    sweep = spec["sweep"]
+    if isinstance(sweep, str):
+        if not isinstance(spec.get("values"), list) or not spec["values"]:
+            raise ConfigError(f"{source}: `sweep: {sweep}` needs a non-empty list `values`")
+        return {sweep: list(spec["values"])}
+    if isinstance(sweep, dict) and sweep and "values" not in spec:
+        axes = {str(k): v for k, v in sweep.items()}
+        bad = [k for k, v in axes.items() if not isinstance(v, list) or not v]
+        if bad:
+            raise ConfigError(f"{source}: every swept key needs a non-empty list of values ({bad})")
+        return axes
+    raise ConfigError(f"{source}: `sweep` is a dotted key (with `values: [...]`) or a mapping key -> values")
+
+
+def _grid_columns(columns: Any, grid_rows: list[AblationRow], sweep_keys: list[str],
+                  source: str) -> dict[str, str]:
+    """Table header -> config key: the grid's ``columns``, else the swept keys, else the keys the rows set
+    whose values differ between rows."""
     flat_rows = [flatten_config(r.config.to_dict()) for r in grid_rows]
-    columns = spec.get("columns")
     if columns is None:
         if sweep_keys:
             columns = {k: k for k in sweep_keys}
-        else:  # the keys the rows set whose values differ between rows
+        else:
             keys = list(dict.fromkeys(k for r in grid_rows for k in r.overrides))
             columns = {k: k for k in keys if len({json.dumps(f.get(k), default=str) for f in flat_rows}) > 1}
     else:
         columns = _mapping(columns, f"{source}: columns")
         missing = [f"{h}: {k}" for h, k in columns.items() if k not in flat_rows[0]]
         if missing:
-            raise ValueError(f"{source}: columns name unknown config keys: {missing}")
-    return AblationGrid(name, grid_rows, source, base, common, cli, {str(h): str(k) for h, k in columns.items()},
-                        sweep_keys)
+            raise ConfigError(f"{source}: columns name unknown config keys: {missing}")
+    return {str(h): str(k) for h, k in columns.items()}
 
 
-def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> AblationGrid:
-    """Read a grid YAML file (module docstring); ``overrides`` are command-line ``--set``/``--data`` values."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"grid file not found: {path}")
+def load_grid(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> AblationGrid:
+    """Read a grid: a packaged one by name (``table5_modules``, see :func:`dpdiff.config.grid_names`) or a YAML
+    file (module docstring); ``overrides`` are command-line ``--set``/``--data`` values."""
+    path = find_yaml(name_or_path, GRID_DIR, "ablation grid")
     try:
         spec = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({e})") from e
+        raise ConfigError(f"{path}: not valid YAML ({e})") from e
     return grid_from_dict(spec, path.stem, str(path), path.resolve().parent, overrides)
 
 
 # ----------------------------------------------------------------------------- running it
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:60] or "row"
-
 
 def run_dir_for(output_dir: Path, row: AblationRow) -> Path:
     return Path(output_dir) / "runs" / row.train_key
 
 
 def eval_dir_for(output_dir: Path, row: AblationRow) -> Path:
-    return Path(output_dir) / "evals" / f"{_slug(row.name)}-{row.eval_key}"
+    return Path(output_dir) / "evals" / f"{slugify(row.name, default='row', max_length=60)}-{row.eval_key}"
 
 
 def table_paths(grid: AblationGrid, output_dir: Path) -> dict[str, Path]:
@@ -314,8 +334,8 @@ def training_status(run_dir: Path, cfg: Config) -> str:
     if (run_dir / MODEL_FILE).is_file() and (run_dir / CONFIG_FILE).is_file():
         saved, payload = read_run_config(run_dir)
         if training_key(saved) != training_key(cfg):
-            raise ValueError(f"{run_dir} holds a run of another configuration (training key "
-                             f"{training_key(saved)}, expected {training_key(cfg)}); move it away")
+            raise ConfigError(f"{run_dir} holds a run of another configuration (training key "
+                              f"{training_key(saved)}, expected {training_key(cfg)}); move it away")
         if int(payload.get("step", -1)) >= cfg.train.steps:
             return "done"
     if (run_dir / STATE_FILE).is_file():
@@ -334,7 +354,7 @@ def ensure_trained(cfg: Config, run_dir: Path) -> str:
     if status == "partial":
         saved = resume_config(run_dir)
         if training_key(saved) != training_key(cfg):
-            raise ValueError(f"{run_dir / STATE_FILE} was made with another configuration; move {run_dir} away")
+            raise ConfigError(f"{run_dir / STATE_FILE} was made with another configuration; move {run_dir} away")
         # the saved test-time sections: they may not change on resume and do not matter for training
         train(replace(cfg, inference=saved.inference, evaluation=saved.evaluation), run_dir, resume=True)
         return "resumed"
@@ -351,9 +371,10 @@ def evaluate_row(row: AblationRow, run_dir: Path, eval_dir: Path, device: str = 
     status = "reused"
     if not path.is_file():
         cfg = row.config
-        evaluate(run_dir, data_root=cfg.data.root, categories=cfg.data.categories, output_dir=eval_dir,
-                 overlays_per_category=overlays, device=device, inference_overrides=evaluation_overrides(cfg),
-                 data_format=cfg.data.format, report=report)
+        evaluate_and_report(run_dir, data_root=cfg.data.root, categories=cfg.data.categories,
+                            output_dir=eval_dir, overlays_per_category=overlays, device=device,
+                            inference_overrides=evaluation_overrides(cfg), data_format=cfg.data.format,
+                            report=report)
         status = "evaluated"
     return json.loads(path.read_text(encoding="utf-8")), status
 
@@ -390,7 +411,7 @@ def run_ablation(grid: AblationGrid, output_dir: str | Path, overwrite: bool = F
                               f"(finished trainings and evaluations under {output_dir} are reused either way)")
     for row in grid.rows:
         if not row.config.data.root:
-            raise ValueError(f"row {row.name!r}: no data root; pass --data PATH")
+            raise ConfigError(f"row {row.name!r}: no data root; pass --data PATH")
     output_dir.mkdir(parents=True, exist_ok=True)
 
     groups: dict[str, list[AblationRow]] = {}
@@ -400,11 +421,11 @@ def run_ablation(grid: AblationGrid, output_dir: str | Path, overwrite: bool = F
     evaluations: dict[str, str] = {}
     results: dict[str, dict] = {}
     n_groups = len(groups)
-    bar = tqdm(total=len(grid.rows), desc=f"ablation {grid.name}", unit="row")
+    bar = progress(total=len(grid.rows), desc=f"ablation {grid.name}", unit="row")
     try:
         for gi, (key, rows) in enumerate(groups.items(), 1):
             run = run_dir_for(output_dir, rows[0])
-            tqdm.write(f"[ablate] training {gi}/{n_groups} ({key}) for: {', '.join(r.name for r in rows)}")
+            logger.info("training %d/%d (%s) for: %s", gi, n_groups, key, ", ".join(r.name for r in rows))
             trainings[key] = ensure_trained(rows[0].config, run)
             for row in rows:
                 results[row.name], evaluations[row.name] = evaluate_row(row, run, eval_dir_for(output_dir, row),

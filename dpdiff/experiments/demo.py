@@ -1,20 +1,26 @@
 """`dpdiff demo`: synthetic multi-category data -> train one model -> test -> metrics and overlays."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from ..config import Config
+from ..config import Config, load_config
 from ..data.synthetic import generate_synthetic_dataset
-from ..engine.evaluate import evaluate
 from ..engine.train import train
+from ..io import atomic_write_text
+from ..run_files import EVAL_DIR, STATE_FILE
+from .evaluation import evaluate_and_report, plot_training_curves
 
-DEMO_PRESET = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+logger = logging.getLogger(__name__)
+
+#: The packaged preset of `dpdiff demo` (dpdiff/configs/demo.yaml).
+DEMO_PRESET = "demo"
 
 
 def demo_config() -> Config:
-    if DEMO_PRESET.is_file():
-        return Config.from_yaml(DEMO_PRESET)
-    return Config()
+    """The demo preset; a missing preset is an error (FileNotFoundError naming the presets found), never a
+    silent fallback to the defaults."""
+    return load_config(DEMO_PRESET)
 
 
 def run_demo(output: Path, cfg: Config | None = None, num_categories: int = 4, seed: int = 0,
@@ -23,15 +29,16 @@ def run_demo(output: Path, cfg: Config | None = None, num_categories: int = 4, s
     cfg = cfg or demo_config()
     data_root = output / "data"
     if not (data_root / ".complete").exists():
-        print(f"[demo] generating {num_categories} synthetic categories in {data_root}")
+        logger.info("generating %d synthetic categories in %s", num_categories, data_root)
         generate_synthetic_dataset(data_root, num_categories=num_categories, image_size=cfg.backbone.image_size, seed=seed)
-        (data_root / ".complete").write_text("ok\n")
+        atomic_write_text(data_root / ".complete", "ok\n")
     cfg.data.root = str(data_root)
     cfg.data.categories = None
     run_dir = output / "run"
-    resume = (run_dir / "train_state.pt").exists() and not overwrite
-    print(f"[demo] training one unified model for {cfg.train.steps} steps -> {run_dir}")
+    resume = (run_dir / STATE_FILE).exists() and not overwrite
+    logger.info("training one unified model for %d steps -> %s", cfg.train.steps, run_dir)
     train(cfg, run_dir, overwrite=overwrite, resume=resume)
-    print("[demo] testing")
-    result = evaluate(run_dir, output_dir=run_dir / "eval", overwrite=True)
+    plot_training_curves(run_dir)
+    logger.info("testing")
+    result = evaluate_and_report(run_dir, output_dir=run_dir / EVAL_DIR, overwrite=True)
     return result

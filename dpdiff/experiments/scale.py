@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import shutil
 import time
@@ -40,7 +41,8 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config
+from ..config import RUNTIME, Config, keys_with_role
+from ..errors import ConfigError
 from ..data.dataset import ImageDataset
 from ..data.formats import load_samples
 from ..data.synthetic import ensure_synthetic_dataset, read_marker
@@ -56,11 +58,17 @@ from ..engine.inference import Detector
 from ..engine.features import resolve_device
 from ..engine.features import build_backbone_from_config
 from ..engine.train import train
+from ..run_files import RESULTS_STEM
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["ScaleSettings", "SCALE_PRESET", "METHODS", "run_scale", "count_dir", "parse_counts",
            "SETTINGS_FILE", "DONE_FILE"]
 
-SCALE_PRESET = Path(__file__).resolve().parents[2] / "configs" / "scale_lite0.yaml"
+#: The packaged preset `dpdiff scale` runs by default (dpdiff/configs/scale_lite0.yaml; dpdiff.config.load_config).
+SCALE_PRESET = "scale_lite0"
+#: Config keys scale sets itself for every count (its synthetic data folder and the first N categories).
+SCALE_OWN_KEYS = frozenset({"data.root", "data.categories"})
 SETTINGS_FILE = "scale_settings.json"
 DONE_FILE = "done.json"
 #: method key -> display name (table stems are ``scale_table_<key>``)
@@ -81,16 +89,16 @@ class ScaleSettings:
     def __post_init__(self) -> None:
         self.counts = sorted({int(n) for n in self.counts})
         if not self.counts or self.counts[0] < 1:
-            raise ValueError(f"category counts must be positive integers, got {self.counts}")
+            raise ConfigError(f"category counts must be positive integers, got {self.counts}")
         if self.images_per_category < 1:
-            raise ValueError(f"images_per_category must be >= 1, got {self.images_per_category}")
+            raise ConfigError(f"images_per_category must be >= 1, got {self.images_per_category}")
         if self.test_defect_per_category < 1 or self.test_good_per_category < 1:
-            raise ValueError("each category needs at least one good and one defective test image "
-                             "(the image metrics need both labels)")
+            raise ConfigError("each category needs at least one good and one defective test image "
+                              "(the image metrics need both labels)")
         if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
         if not 0.0 < self.coreset <= 1.0:
-            raise ValueError(f"coreset must be in (0, 1], got {self.coreset}")
+            raise ConfigError(f"coreset must be in (0, 1], got {self.coreset}")
 
 
 def parse_counts(items) -> list[int]:
@@ -103,9 +111,9 @@ def parse_counts(items) -> list[int]:
             try:
                 out.append(int(part))
             except ValueError:
-                raise ValueError(f"--counts expects integers, got {part!r}") from None
+                raise ConfigError(f"--counts expects integers, got {part!r}") from None
     if not out:
-        raise ValueError("no category counts given")
+        raise ConfigError("no category counts given")
     return out
 
 
@@ -113,15 +121,30 @@ def count_dir(output: Path, n: int) -> Path:
     return Path(output) / f"N{n:03d}"
 
 
+def _comparable_config(cfg_d: dict) -> dict:
+    """The config entries a rerun must match: all but the run-time keys (dpdiff.config RUNTIME: device,
+    workers, logging, checkpoint interval, feature cache change no number) and SCALE_OWN_KEYS. Unlike the
+    ablation training key, the test-time sections count: they change the tables."""
+    ignored = keys_with_role(RUNTIME) | SCALE_OWN_KEYS
+    return {sec: ({k: v for k, v in vals.items() if f"{sec}.{k}" not in ignored} if isinstance(vals, dict) else vals)
+            for sec, vals in cfg_d.items()}
+
+
 def _fingerprint(cfg: Config, s: ScaleSettings) -> dict:
     """What must not change between a run and its resumption (the grid itself may grow)."""
     d = asdict(s)
     d.pop("counts")
-    cfg_d = cfg.to_dict()
-    cfg_d["data"].pop("categories", None)
-    cfg_d["data"].pop("root", None)
-    cfg_d["train"].pop("device", None)
-    return {"settings": d, "config": cfg_d}
+    return {"settings": d, "config": _comparable_config(cfg.to_dict())}
+
+
+def _same_fingerprint(old: object, new: dict) -> bool:
+    """``old`` (read from scale_settings.json; folders written by earlier versions also hold run-time keys)
+    matches ``new``."""
+    if not isinstance(old, dict):
+        return False
+    if isinstance(old.get("config"), dict):
+        old = {**old, "config": _comparable_config(old["config"])}
+    return json.dumps(old, sort_keys=True) == json.dumps(json.loads(json.dumps(new)), sort_keys=True)
 
 
 def _prepare_output(output: Path, cfg: Config, s: ScaleSettings, overwrite: bool) -> None:
@@ -133,8 +156,7 @@ def _prepare_output(output: Path, cfg: Config, s: ScaleSettings, overwrite: bool
             old = json.loads(path.read_text())
         except (OSError, ValueError):
             old = None
-        same = old is not None and json.dumps(old.get("fingerprint"), sort_keys=True) == json.dumps(
-            json.loads(json.dumps(fp)), sort_keys=True)
+        same = isinstance(old, dict) and _same_fingerprint(old.get("fingerprint"), fp)
         if not same and not overwrite:
             raise FileExistsError(f"{output} holds a scale run made with other settings ({path}); pass --overwrite "
                                   f"to redo it or choose another --output")
@@ -229,7 +251,7 @@ def _evaluate_count(n: int, names: list[str], output: Path, cfg: Config, s: Scal
     protocol = _protocol(run_cfg, s)
     means, files = {}, {}
     for m in METHODS:
-        paths = write_results(per_cat[m], folder / m, stem="results", protocol=protocol)
+        paths = write_results(per_cat[m], folder / m, stem=RESULTS_STEM, protocol=protocol)
         means[m] = json.loads(Path(paths["json"]).read_text())["mean"]
         files[m] = str(paths["json"])
     record = {"categories": n, "category_names": cats, "train_images": len(train_samples),
@@ -299,10 +321,12 @@ def _write_summary(output: Path, records: dict[int, dict]) -> dict:
 
 
 def run_scale(cfg: Config, output: str | Path, settings: ScaleSettings | None = None, overwrite: bool = False,
-              device: str | None = None, log=print) -> dict:
+              device: str | None = None, log=None) -> dict:
     """Run the category-scale grid into ``output`` (see the module docstring); returns
     ``{"counts", "records": {N: done record}, "skipped": [N ...], "rows": {method: {N: mean row}},
-    "tables": {method: {"md", "csv", "json"}}, "delta": {method: row}, "plot"}``."""
+    "tables": {method: {"md", "csv", "json"}}, "delta": {method: row}, "plot"}``. Progress messages go to
+    ``log`` (default: this module's logger, level INFO)."""
+    log = log or logger.info
     s = settings or ScaleSettings()
     output = Path(output)
     cfg = cfg.override({"train.seed": s.seed} | ({"train.steps": s.steps} if s.steps else {}))

@@ -39,6 +39,8 @@ import numpy as np
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
+from dpdiff.errors import DataError
+
 __all__ = [
     "METRIC_NAMES",
     "IMAGE_METRIC_NAMES",
@@ -77,7 +79,7 @@ def _check_binary_labels(labels: np.ndarray, what: str) -> np.ndarray:
 def _check_two_classes(n_pos: int, n_total: int, what: str) -> None:
     if n_pos == 0 or n_pos == n_total:
         only = "anomalous" if n_pos else "normal"
-        raise ValueError(
+        raise DataError(
             f"{what}: only {only} samples ({n_total} in total); AUROC/AP/F1 are undefined "
             "when the test set contains a single class"
         )
@@ -139,7 +141,7 @@ def f1_max(scores: np.ndarray, labels: np.ndarray) -> float:
     if scores.shape != labels.shape:
         raise ValueError(f"scores {scores.shape} and labels {labels.shape} differ in size")
     if not labels.any():
-        raise ValueError("f1_max: no positive samples; F1 is undefined")
+        raise DataError("f1_max: no positive samples; F1 is undefined")
     precision, recall, _ = precision_recall_curve(labels, scores)
     return _f1_from_pr(precision, recall)
 
@@ -267,9 +269,9 @@ class _PixelCurve:
     def aupro(self, fpr_limit: float = 0.3) -> float:
         _check_fpr_limit(fpr_limit)
         if self.pro is None or self.num_regions == 0:
-            raise ValueError("AUPRO: the ground-truth masks contain no anomalous region")
+            raise DataError("AUPRO: the ground-truth masks contain no anomalous region")
         if self.n_neg == 0:
-            raise ValueError("AUPRO: there are no normal pixels; the false-positive rate is undefined")
+            raise DataError("AUPRO: there are no normal pixels; the false-positive rate is undefined")
         fpr = np.concatenate(([0.0], self.fps / float(self.n_neg)))
         pro = np.concatenate(([0.0], self.pro))
         return _integrate_pro(fpr, pro, fpr_limit)

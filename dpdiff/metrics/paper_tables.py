@@ -20,6 +20,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from dpdiff.errors import DataError, UsageError
 from dpdiff.io import atomic_write_json, atomic_write_text, to_jsonable
 from dpdiff.metrics.tables import (
     MEAN_ROW,
@@ -29,6 +30,7 @@ from dpdiff.metrics.tables import (
     format_table_csv,
     format_table_markdown,
 )
+from dpdiff.run_files import EVAL_DIR, RESULTS_FILE
 
 __all__ = [
     "KINDS",
@@ -48,7 +50,6 @@ __all__ = [
 KINDS = ("scale", "datasets")
 DELTA_ROW = "Delta"
 AVERAGE_ROW = "Average"
-RESULTS_FILE = "results.json"
 #: Protocol entries that describe the measurement rather than the evaluation setting; never compared
 #: (as are entries whose last dotted component starts with ``fps``).
 IGNORED_PROTOCOL_KEYS = frozenset({"device", "fps_end_to_end", "inference.batch_size"})
@@ -65,9 +66,9 @@ _SUMMARY_RULES = {
 
 def _data_rows(rows: Mapping[str, Mapping], reserved: str) -> dict[str, dict]:
     if not rows:
-        raise ValueError("no rows to tabulate")
+        raise UsageError("no rows to tabulate")
     if reserved in rows:
-        raise ValueError(f"{reserved!r} is reserved for the summary row and cannot name a row")
+        raise UsageError(f"{reserved!r} is reserved for the summary row and cannot name a row")
     return {str(name): complete_row(m, name) for name, m in rows.items()}
 
 
@@ -83,7 +84,7 @@ def scale_table(rows: Mapping[str, Mapping]) -> dict[str, dict]:
     in when absent); Delta = max - min over the subset rows of every column, mAD included."""
     data = _data_rows(rows, DELTA_ROW)
     if len(data) < 2:
-        raise ValueError(f"a scale table needs at least two subsets for its Delta row, got {list(data)}")
+        raise UsageError(f"a scale table needs at least two subsets for its Delta row, got {list(data)}")
     data[DELTA_ROW] = {c: _spread([r[c] for r in data.values()]) for c in TABLE_COLUMNS}
     return data
 
@@ -106,7 +107,7 @@ def resolve_results_path(path: str | os.PathLike) -> Path:
     what was looked for otherwise."""
     p = Path(path)
     if p.is_dir():
-        candidates = [p / RESULTS_FILE, p / "eval" / RESULTS_FILE]
+        candidates = [p / RESULTS_FILE, p / EVAL_DIR / RESULTS_FILE]
         for c in candidates:
             if c.is_file():
                 return c
@@ -122,16 +123,16 @@ def load_results(path: str | os.PathLike) -> dict:
     Returns ``{"path": str, "row": {column: fraction}, "protocol": dict | None, "categories": int | None}``:
     the file's mean row (computed from its per-category rows when it has none; mAD filled in when
     absent), its protocol (``None`` when it records none) and its number of categories.
-    A missing file raises ``FileNotFoundError``, an unreadable or incomplete one ``ValueError``;
-    both name the file.
+    A missing file raises ``FileNotFoundError``, an unreadable or incomplete one
+    :class:`~dpdiff.errors.DataError` (a ``ValueError``); both name the file.
     """
     file = resolve_results_path(path)
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{file}: not a readable results JSON ({e})") from e
+        raise DataError(f"{file}: not a readable results JSON ({e})") from e
     if not isinstance(data, dict):
-        raise ValueError(f"{file}: expected a JSON object with 'mean'/'per_category', got {type(data).__name__}")
+        raise DataError(f"{file}: expected a JSON object with 'mean'/'per_category', got {type(data).__name__}")
     per_category, mean = data.get("per_category"), data.get("mean")
     try:
         if isinstance(mean, dict):
@@ -141,12 +142,12 @@ def load_results(path: str | os.PathLike) -> dict:
         else:
             raise ValueError("holds neither a 'mean' row nor 'per_category' metrics")
     except KeyError as e:
-        raise ValueError(f"{file}: {e.args[0] if e.args else e}") from e
+        raise DataError(f"{file}: {e.args[0] if e.args else e}") from e
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{file}: malformed metrics: {e}") from e
+        raise DataError(f"{file}: malformed metrics: {e}") from e
     protocol = data.get("protocol")
     if protocol is not None and not isinstance(protocol, dict):
-        raise ValueError(f"{file}: 'protocol' must be a JSON object, got {type(protocol).__name__}")
+        raise DataError(f"{file}: 'protocol' must be a JSON object, got {type(protocol).__name__}")
     return {
         "path": str(file),
         "row": row,
@@ -225,7 +226,7 @@ def _sources(sources: Mapping | None, names: list[str]) -> dict[str, dict] | Non
     missing = [n for n in names if n not in sources]
     extra = [str(n) for n in sources if str(n) not in names]
     if missing or extra:
-        raise ValueError(f"sources must name exactly the rows: missing {missing}, unknown {extra}")
+        raise UsageError(f"sources must name exactly the rows: missing {missing}, unknown {extra}")
     out = {}
     for name in names:
         s = sources[name]
@@ -263,7 +264,7 @@ def write_table(
     Returns ``{"json": path, "csv": path, "md": path}``.
     """
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        raise UsageError(f"kind must be one of {KINDS}, got {kind!r}")
     if kind == "scale":
         table, summary = scale_table(rows), DELTA_ROW
     else:

@@ -8,8 +8,10 @@ import math
 from collections.abc import Collection
 from pathlib import Path
 
+from dpdiff.errors import DataError
 from dpdiff.io import atomic_write_json, atomic_write_text
 from dpdiff.metrics.anomaly import METRIC_NAMES, mean_ad
+from dpdiff.run_files import RESULTS_STEM
 
 __all__ = [
     "TABLE_COLUMNS",
@@ -43,7 +45,7 @@ def add_mean_row(per_category: dict[str, dict]) -> dict[str, dict]:
     if not per_category:
         raise ValueError("no categories to tabulate")
     if MEAN_ROW in per_category:
-        raise ValueError(f"{MEAN_ROW!r} is reserved for the mean row and cannot be a category name")
+        raise DataError(f"{MEAN_ROW!r} is reserved for the mean row and cannot be a category name")
     rows = {str(name): complete_row(m, name) for name, m in per_category.items()}
     rows[MEAN_ROW] = {c: math.fsum(r[c] for r in rows.values()) / len(rows) for c in TABLE_COLUMNS}
     return rows
@@ -102,7 +104,7 @@ def format_table_csv(rows: dict[str, dict], label: str = "category", lead: dict[
 def write_results(
     per_category: dict[str, dict],
     out_dir: Path,
-    stem: str = "results",
+    stem: str = RESULTS_STEM,
     protocol: dict | None = None,
     mean_row: bool = True,
 ) -> dict[str, Path]:

@@ -13,6 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+from .prototype_embedding import PrototypeEmbedding
+
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of integer timesteps (B,) -> (B, dim)."""
@@ -28,7 +31,7 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 def sincos_pos_embed_2d(dim: int, h: int, w: int) -> torch.Tensor:
     """Fixed 2-D sine-cosine position embedding (h*w, dim), as in DiT/MAE."""
     if dim % 4:
-        raise ValueError(f"hidden dim must be divisible by 4 for 2-D sincos embeddings, got {dim}")
+        raise ConfigError(f"hidden dim must be divisible by 4 for 2-D sincos embeddings, got {dim} (model.hidden_dim)")
     quarter = dim // 4
     omega = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter))
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
@@ -49,7 +52,8 @@ class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, context_dim: int | None = None):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"hidden dim {dim} not divisible by {num_heads} heads")
+            raise ConfigError(f"hidden dim {dim} not divisible by {num_heads} heads "
+                              f"(model.hidden_dim, model.num_heads)")
         self.num_heads = num_heads
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(context_dim or dim, 2 * dim)
@@ -96,7 +100,7 @@ class PrototypeDiTBlock(nn.Module):
         return x
 
 
-class PrototypeDiT(nn.Module):
+class PrototypeDiT(PrototypeEmbedding, nn.Module):
     """eps_theta(x_t, P_t, t) of Eq. (18): tokens (B,N,C) + prototypes (B,P,C) + t (B,) -> noise (B,N,C)."""
 
     def __init__(self, in_dim: int, grid_size: tuple[int, int], hidden_dim: int = 256, depth: int = 4,
@@ -105,9 +109,7 @@ class PrototypeDiT(nn.Module):
         super().__init__()
         self.grid_size = tuple(grid_size)
         self.in_proj = nn.Linear(in_dim, hidden_dim)
-        self.proto_proj = nn.Linear(in_dim, hidden_dim)
-        # learned embedding telling local (0) from global (1) prototypes apart
-        self.proto_type = nn.Embedding(num_prototype_types, hidden_dim)
+        self.init_prototype_embedding(in_dim, hidden_dim, num_prototype_types)  # proto_proj, proto_type
         self.register_buffer("pos_embed", sincos_pos_embed_2d(hidden_dim, *self.grid_size).unsqueeze(0), persistent=False)
         self.t_embed = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, hidden_dim))
         self.blocks = nn.ModuleList(PrototypeDiTBlock(hidden_dim, num_heads, mlp_ratio, cross_attention) for _ in range(depth))
@@ -125,11 +127,7 @@ class PrototypeDiT(nn.Module):
             raise ValueError(f"DiT built for {self.pos_embed.shape[1]} tokens {self.grid_size}, got {x_t.shape[1]}")
         h = self.in_proj(x_t) + self.pos_embed
         c = self.t_embed(timestep_embedding(t, self.hidden_dim))
-        p = None
-        if protos is not None and protos.shape[1] > 0:
-            p = self.proto_proj(protos)
-            if proto_types is not None:
-                p = p + self.proto_type(proto_types).unsqueeze(0)
+        p = self.embed_prototypes(protos, proto_types)
         for block in self.blocks:
             h = block(h, c, p)
         shift, scale = self.final_adaLN(c).chunk(2, dim=-1)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import LossConfig, ModelConfig
+from ..errors import ConfigError
 from .denoisers import build_denoiser
 from .diffusion import NoiseSchedule, ddim_reconstruct, q_sample
 from .prototypes import (PrototypeExtractor, global_prototype_loss, local_prototype_loss,
@@ -36,7 +37,7 @@ class DPDiffAD(nn.Module):
         self.global_extractor = (PrototypeExtractor(in_dim, cfg.num_global_prototypes, cfg.prototype_heads)
                                  if cfg.use_global_prototypes and cfg.num_global_prototypes > 0 else None)
         if not cfg.diffusion and self.local_extractor is None and self.global_extractor is None:
-            raise ValueError("model.diffusion=false needs local or global prototypes (nothing to train otherwise)")
+            raise ConfigError("model.diffusion=false needs local or global prototypes (nothing to train otherwise)")
         # eps_theta of Eq. (18): DiT (paper), U-Net or U-ViT (Table 9); None = prototype-only (Table 5 rows 1-2)
         self.denoiser = build_denoiser(cfg, in_dim, self.grid_size) if cfg.diffusion else None
         # Full-rank noise head (issue #13): a network whose output layer is narrower than C predicts noise
@@ -178,8 +179,8 @@ class DPDiffAD(nn.Module):
         """The DiT, or (``compile=True``) a cached ``torch.compile`` of it. The compiled wrapper is kept
         out of ``_modules`` so ``state_dict`` and checkpoints are unchanged."""
         if self.denoiser is None:
-            raise ValueError("this model has no denoiser (model.diffusion=false): score it with "
-                             "inference.scoring=prototype")
+            raise ConfigError("this model has no denoiser (model.diffusion=false): score it with "
+                              "inference.scoring=prototype")
         if not compile:
             return self.denoiser
         fn = self.__dict__.get("_compiled_denoiser")
@@ -230,7 +231,8 @@ class DPDiffAD(nn.Module):
         """(x0 (B,N,C), x0_hat (E,B,N,C)): all E noise draws denoised as one batch of E*B rows (or in
         row chunks of ``max_batch``; the noise is drawn up front, so chunking never changes a result)."""
         if not 0 <= noise_step < self.cfg.num_timesteps:
-            raise ValueError(f"noise_step must be in [0, {self.cfg.num_timesteps - 1}], got {noise_step}")
+            raise ConfigError(f"noise_step must be in [0, {self.cfg.num_timesteps - 1}], got {noise_step} "
+                              f"(inference.noise_step)")
         denoiser = self._denoiser_for_inference(compile)
         ensemble = max(1, int(ensemble))
         x0 = self.standardize(tokens)
@@ -295,8 +297,8 @@ class DPDiffAD(nn.Module):
         x0 = self.standardize(tokens)
         parts = [p for p in self.prototypes(x0) if p is not None]
         if not parts:
-            raise ValueError("inference.scoring=prototype needs local or global prototypes; this model has none "
-                             "(model.use_local_prototypes / model.use_global_prototypes are off)")
+            raise ConfigError("inference.scoring=prototype needs local or global prototypes; this model has none "
+                              "(model.use_local_prototypes / model.use_global_prototypes are off)")
         sims = prototype_similarity_maps(x0, torch.cat(parts, dim=1))  # (B, M+K, N)
         return (1.0 - sims.max(dim=1).values).view(tokens.shape[0], *self.grid_size)
 

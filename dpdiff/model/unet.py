@@ -32,7 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from .dit import Attention, timestep_embedding
+from .prototype_embedding import PrototypeEmbedding
 
 
 def _groups(channels: int) -> int:
@@ -102,7 +104,7 @@ def _downsample(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(x, (kh, kw), stride=(kh, kw), ceil_mode=True)
 
 
-class PrototypeUNet(nn.Module):
+class PrototypeUNet(PrototypeEmbedding, nn.Module):
     """eps_theta(x_t, P_t, t) of Eq. (18) as a U-Net on the token grid; same forward as PrototypeDiT."""
 
     def __init__(self, in_dim: int, grid_size: tuple[int, int], hidden_dim: int = 256, depth: int = 4,
@@ -111,13 +113,12 @@ class PrototypeUNet(nn.Module):
         super().__init__()
         del mlp_ratio  # no MLP sub-layers in the U-Net; accepted for a uniform constructor
         if depth < 1:
-            raise ValueError(f"U-Net depth must be >= 1, got {depth}")
+            raise ConfigError(f"U-Net depth must be >= 1, got {depth} (model.depth)")
         self.grid_size = tuple(grid_size)
         self.hidden_dim = hidden_dim
         self.levels = depth // 2
         self.in_conv = nn.Conv2d(in_dim, hidden_dim, 1)
-        self.proto_proj = nn.Linear(in_dim, hidden_dim)
-        self.proto_type = nn.Embedding(num_prototype_types, hidden_dim)  # local (0) vs global (1), as in the DiT
+        self.init_prototype_embedding(in_dim, hidden_dim, num_prototype_types)  # proto_proj, proto_type
         self.t_embed = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, hidden_dim))
         self.enc = nn.ModuleList(UNetUnit(hidden_dim, num_heads, cross_attention) for _ in range(self.levels))
         self.mid = UNetUnit(hidden_dim, num_heads, cross_attention)
@@ -136,11 +137,7 @@ class PrototypeUNet(nn.Module):
             raise ValueError(f"U-Net built for {h * w} tokens {self.grid_size}, got {n}")
         x = self.in_conv(x_t.transpose(1, 2).reshape(b, c_in, h, w))
         c = self.t_embed(timestep_embedding(t, self.hidden_dim))
-        p = None
-        if protos is not None and protos.shape[1] > 0:
-            p = self.proto_proj(protos)
-            if proto_types is not None:
-                p = p + self.proto_type(proto_types).unsqueeze(0)
+        p = self.embed_prototypes(protos, proto_types)
         skips = []
         for unit in self.enc:
             x = unit(x, c, p)

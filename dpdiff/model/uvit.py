@@ -23,7 +23,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .dit import Attention, sincos_pos_embed_2d, timestep_embedding
+from .prototype_embedding import PrototypeEmbedding
 
 
 class UViTBlock(nn.Module):
@@ -51,7 +53,7 @@ class UViTBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class PrototypeUViT(nn.Module):
+class PrototypeUViT(PrototypeEmbedding, nn.Module):
     """eps_theta(x_t, P_t, t) of Eq. (18) as a U-ViT; same forward as PrototypeDiT."""
 
     def __init__(self, in_dim: int, grid_size: tuple[int, int], hidden_dim: int = 256, depth: int = 4,
@@ -59,13 +61,12 @@ class PrototypeUViT(nn.Module):
                  num_prototype_types: int = 2):
         super().__init__()
         if depth < 1:
-            raise ValueError(f"U-ViT depth must be >= 1, got {depth}")
+            raise ConfigError(f"U-ViT depth must be >= 1, got {depth} (model.depth)")
         self.grid_size = tuple(grid_size)
         self.hidden_dim = hidden_dim
         half = depth // 2
         self.in_proj = nn.Linear(in_dim, hidden_dim)
-        self.proto_proj = nn.Linear(in_dim, hidden_dim)
-        self.proto_type = nn.Embedding(num_prototype_types, hidden_dim)  # local (0) vs global (1), as in the DiT
+        self.init_prototype_embedding(in_dim, hidden_dim, num_prototype_types)  # proto_proj, proto_type
         self.t_embed = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, hidden_dim))
         self.time_pos = nn.Parameter(torch.zeros(1, 1, hidden_dim))
         nn.init.trunc_normal_(self.time_pos, std=0.02)
@@ -88,11 +89,7 @@ class PrototypeUViT(nn.Module):
         tokens = self.in_proj(x_t) + self.pos_embed
         time_token = self.t_embed(timestep_embedding(t, self.hidden_dim)).unsqueeze(1) + self.time_pos
         h = torch.cat([time_token, tokens], dim=1)  # the timestep is a token
-        p = None
-        if protos is not None and protos.shape[1] > 0:
-            p = self.proto_proj(protos)
-            if proto_types is not None:
-                p = p + self.proto_type(proto_types).unsqueeze(0)
+        p = self.embed_prototypes(protos, proto_types)
         skips = []
         for block in self.in_blocks:
             h = block(h, p)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dpdiff.io import atomic_write_bytes
 
-__all__ = ["plot_curves"]
+__all__ = ["plot_curves", "plot_loss_history"]
 
 
 def plot_curves(series: dict[str, list[float]], out_path, xlabel: str = "step", ylabel: str = "value",
@@ -44,3 +44,14 @@ def plot_curves(series: dict[str, list[float]], out_path, xlabel: str = "step", 
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return atomic_write_bytes(out_path, buf.getvalue())
+
+
+def plot_loss_history(history: list[dict], out_path) -> Path:
+    """The training loss curves of a run (the rows of its ``loss_history.csv``: ``step`` and one column per
+    loss term, each the mean over one log interval) as a PNG; returns the path."""
+    if not history:
+        raise ValueError(f"{out_path}: no loss history to plot")
+    keys = [k for k in history[0] if k != "step"]
+    every = int(history[0]["step"])
+    return plot_curves({k: [r[k] for r in history] for k in keys}, out_path,
+                       xlabel=f"log interval (x{every} steps)", ylabel="loss", title="training losses")

@@ -5,14 +5,18 @@ from __future__ import annotations
 import io
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
+from dpdiff.figure_data import OverlayItem
 from dpdiff.io import atomic_write_bytes
+from dpdiff.progress import progress
 
-__all__ = ["save_overlay", "compose_overlay", "heat_colors", "mask_boundary", "PANEL_GAP", "TITLE_HEIGHT"]
+__all__ = ["save_overlay", "save_overlay_items", "compose_overlay", "heat_colors", "mask_boundary", "PANEL_GAP",
+           "TITLE_HEIGHT"]
 
 #: White gap (pixels) between panels.
 PANEL_GAP = 4
@@ -156,3 +160,14 @@ def save_overlay(image: np.ndarray, anomaly_map: np.ndarray, out_path, mask: np.
     buf = io.BytesIO()
     Image.fromarray(canvas).save(buf, format="PNG", compress_level=3)
     return atomic_write_bytes(out_path, buf.getvalue())
+
+
+def save_overlay_items(items: Iterable[OverlayItem], folder: str | Path) -> list[Path]:
+    """Draw the overlays kept by evaluation or prediction (:class:`~dpdiff.figure_data.OverlayItem`): each
+    image read and resized like the model input, its map on top, written to ``folder / item.file``."""
+    from dpdiff.data.dataset import load_image_array
+    written = []
+    for it in progress(list(items), desc="overlays", leave=False):
+        written.append(save_overlay(load_image_array(it.image, it.size), it.map, Path(folder) / it.file, mask=it.mask,
+                                    vmin=it.vmin, vmax=it.vmax, title=it.title))
+    return written

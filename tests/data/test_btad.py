@@ -142,14 +142,14 @@ def test_cli_accepts_every_registered_format():
     assert args.format == "btad"
 
 
-def test_cli_train_and_test_on_btad_fixture(tmp_path, capsys):
+@pytest.mark.integration
+def test_cli_train_and_test_on_btad_fixture(tmp_path, capsys, tiny_config):
     """`dpdiff train --format btad --data ROOT` trains ONE model on 01/02/03; `dpdiff test` reports each.
 
-    Tiny config of tests/tiny.py, 2 steps: about 3-4 s on one CPU core, so not marked slow."""
+    The tiny_config fixture (tests/conftest.py), 2 steps: about 3-4 s on one CPU core, so not marked slow."""
     import yaml
 
     from dpdiff.cli import main
-    from tiny import tiny_config  # tests/tiny.py
 
     root = make_btad_tree(tmp_path / "BTAD")
     cfg = tiny_config().to_dict()

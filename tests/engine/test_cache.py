@@ -342,17 +342,16 @@ def test_prune_drops_shards_whose_images_all_changed(tmp_path, samples, lite0):
 
 
 # ---------------------------------------------------------------------------------------- drop-in for train
-def test_training_on_the_store_equals_training_on_the_tensor(tmp_path, samples, lite0):
+@pytest.mark.integration
+def test_training_on_the_store_equals_training_on_the_tensor(tmp_path, samples, lite0, tiny_config):
     from safetensors.torch import load_file
 
-    from dpdiff.config import Config
     from dpdiff.engine.checkpoint import MODEL_FILE
     from dpdiff.engine.train import train
 
-    cfg = Config()
+    cfg = tiny_config()
     cfg.backbone.image_size = SIZE
-    cfg.model.hidden_dim, cfg.model.depth, cfg.model.num_heads, cfg.model.prototype_heads = 32, 1, 2, 2
-    cfg.train.batch_size, cfg.train.steps, cfg.train.log_every, cfg.train.checkpoint_every = 4, 2, 1, 2
+    cfg.train.steps, cfg.train.log_every, cfg.train.checkpoint_every = 2, 1, 2
     cfg.train.device = "cpu"
     store = FeatureCache(tmp_path / "cache").get(lite0, None, samples, SIZE)
     ref = direct(lite0, samples)
@@ -362,7 +361,8 @@ def test_training_on_the_store_equals_training_on_the_tensor(tmp_path, samples, 
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_train_cli_uses_the_feature_cache(tmp_path):
+@pytest.mark.integration
+def test_train_cli_uses_the_feature_cache(tmp_path, tiny_set_args):
     """`dpdiff train --cache-dir` fills the cache once; a second run extracts nothing and trains identically."""
     from dpdiff.cli import main
     from dpdiff.data.synthetic import generate_synthetic_dataset
@@ -371,9 +371,8 @@ def test_train_cli_uses_the_feature_cache(tmp_path):
     root = tmp_path / "data"
     generate_synthetic_dataset(root, num_categories=1, train_per_category=4, test_good_per_category=1,
                                test_defect_per_category=1, image_size=64)
-    common = ["--data", str(root), "--cache-dir", str(tmp_path / "cache"), "--set", "backbone.image_size=64",
-              "model.hidden_dim=32", "model.depth=1", "model.num_heads=2", "model.prototype_heads=2",
-              "train.batch_size=2", "train.steps=2", "inference.pool_size=4"]
+    common = ["--data", str(root), "--cache-dir", str(tmp_path / "cache"), "--set", *tiny_set_args,
+              "train.batch_size=2", "train.steps=2"]
     assert main(["train", "--output", str(tmp_path / "a"), *common]) == 0
     shards = sorted((tmp_path / "cache").rglob("*.npy"))
     assert shards

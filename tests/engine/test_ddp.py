@@ -19,7 +19,6 @@ from dpdiff.engine.checkpoint import CONFIG_FILE, MODEL_FILE, load_train_state
 from dpdiff.engine.distributed import shard_range
 from dpdiff.engine.train import train
 
-from tiny import tiny_config  # noqa: E402 (tests/tiny.py, see tests/conftest.py)
 
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).parent / "torchrun"
@@ -57,13 +56,12 @@ def test_shard_range_covers_everything_once():
 
 
 @pytest.mark.parametrize("kw", [{}, {"prototype_cross_attention": False}, {"use_local_prototypes": False}])
-def test_weighted_shard_losses_equal_the_global_batch_loss(kw):
+def test_weighted_shard_losses_equal_the_global_batch_loss(kw, tiny_model_config):
     """What makes N ranks equal one process: with each rank's slice of the global noise draw, the losses
     are per-sample means, so shard losses weighted by shard size sum to the global-batch loss."""
-    from dpdiff.config import ModelConfig
     from dpdiff.model.dpdiff_ad import DPDiffAD
     torch.manual_seed(0)
-    model = DPDiffAD(12, (4, 4), ModelConfig(hidden_dim=32, depth=1, num_heads=2, prototype_heads=2, **kw))
+    model = DPDiffAD(12, (4, 4), tiny_model_config(**kw))
     for p in model.denoiser.parameters():  # adaLN-Zero starts at zero output: make the DiT matter
         p.data.add_(torch.randn_like(p) * 0.05)
     tokens = torch.randn(5, 16, 12)
@@ -77,8 +75,9 @@ def test_weighted_shard_losses_equal_the_global_batch_loss(kw):
         assert torch.allclose(total, given[k], atol=1e-5), k
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not TORCHRUN.exists(), reason=f"torchrun not found at {TORCHRUN}")
-def test_torchrun_two_processes_match_one_process(dataset, tmp_path):
+def test_torchrun_two_processes_match_one_process(dataset, tmp_path, tiny_config):
     cfg = tiny_config(dataset)
     cfg.train.steps = 6
     cfg.train.batch_size = 5  # global batch; uneven 3 + 2 split across the ranks

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from dpdiff.cli import main
-from dpdiff.config import Config
+from dpdiff.config import Config, load_config, preset_names
 from dpdiff.data.synthetic import generate_synthetic_dataset
 from dpdiff.engine.checkpoint import MODEL_FILE, load_model
 from dpdiff.engine.evaluate import evaluate
 from dpdiff.engine.predict import predict
 from dpdiff.engine.train import train
-from tiny import tiny_config  # tests/tiny.py
+from dpdiff.experiments.evaluation import evaluate_and_report, predict_and_draw
 
 
 @pytest.fixture(scope="module")
@@ -26,29 +26,33 @@ def dataset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(dataset, tmp_path_factory) -> Path:
+def trained(dataset, tmp_path_factory, tiny_config) -> Path:
     run = tmp_path_factory.mktemp("run") / "r"
     train(tiny_config(dataset), run)
     return run
 
 
+@pytest.mark.integration
 def test_train_writes_checkpoint_and_history(trained):
     assert (trained / MODEL_FILE).is_file()
     cfg = json.loads((trained / "config.json").read_text())
     assert cfg["step"] == 6 and len(cfg["categories"]) == 2
     assert (trained / "loss_history.csv").read_text().count("\n") == 4  # header + 3 rows
+    assert not (trained / "loss_curves.png").exists()  # the engine draws nothing (`dpdiff train` plots them)
     model, config, _ = load_model(trained)
     assert config.backbone.image_size == 64 and model.grid_size == (4, 4)
 
 
-def test_existing_run_is_not_overwritten(trained, dataset):
+@pytest.mark.integration
+def test_existing_run_is_not_overwritten(trained, dataset, tiny_config):
     before = (trained / MODEL_FILE).read_bytes()
     with pytest.raises(FileExistsError, match="--resume"):
         train(tiny_config(dataset), trained)
     assert (trained / MODEL_FILE).read_bytes() == before
 
 
-def test_resume_continues_to_the_same_weights(dataset, tmp_path):
+@pytest.mark.integration
+def test_resume_continues_to_the_same_weights(dataset, tmp_path, tiny_config):
     cfg = tiny_config(dataset)
     full = tmp_path / "full"
     train(cfg, full)
@@ -63,27 +67,41 @@ def test_resume_continues_to_the_same_weights(dataset, tmp_path):
         assert torch.allclose(va, vb, atol=1e-6), k
 
 
+@pytest.mark.integration
 def test_evaluate_writes_results_and_overlays(trained, tmp_path):
     out = tmp_path / "eval"
     result = evaluate(trained, output_dir=out, overlays_per_category=2)
     assert set(result["per_category"]) == {"synth_stripes", "synth_nut"}
-    for name in ("results.json", "results.csv", "results.md", "image_scores.csv"):
+    for name in ("results.json", "results.csv", "results.md", "image_scores.csv", "report_data.npz"):
         assert (out / name).is_file()
-    assert len(list((out / "overlays").rglob("*.png"))) >= 4
+    # the engine keeps the overlay maps (2 defective + 1 normal per category) but draws nothing ...
+    assert not (out / "overlays").exists() and not (out / "report.html").exists()
+    items = result["overlays"]
+    assert len(items) == 6 and {Path(i.file).parent.name for i in items} == {"synth_stripes", "synth_nut"}
+    # ... `dpdiff test` (evaluate_and_report) draws them, with the same numbers
+    again = evaluate_and_report(trained, output_dir=out, overlays_per_category=2, overwrite=True, report=False)
+    assert again["per_category"] == result["per_category"]
+    assert sorted(p.relative_to(out).as_posix() for p in (out / "overlays").rglob("*.png")) == \
+        sorted(i.file for i in items)
     for metrics in result["per_category"].values():
         assert all(0.0 <= metrics[k] <= 1.0 for k in metrics)
     with pytest.raises(FileExistsError):
         evaluate(trained, output_dir=out)
 
 
+@pytest.mark.integration
 def test_predict_on_a_folder(trained, dataset, tmp_path):
     folder = dataset / "synth_nut" / "test"
-    csv_path = predict(trained, folder, tmp_path / "pred")
-    lines = csv_path.read_text().strip().splitlines()
+    prediction = predict(trained, folder, tmp_path / "pred")
+    lines = prediction.scores_csv.read_text().strip().splitlines()
     assert lines[0] == "image,score,max_pixel_score" and len(lines) == 1 + len(list(folder.rglob("*.png")))
-    assert len(list((tmp_path / "pred" / "overlays").rglob("*.png"))) == len(lines) - 1
+    assert len(prediction.overlays) == len(lines) - 1 and not (tmp_path / "pred" / "overlays").exists()
+    drawn = predict_and_draw(trained, folder, tmp_path / "pred2")  # `dpdiff predict`
+    assert drawn.scores_csv.read_text() == prediction.scores_csv.read_text()
+    assert len(list((tmp_path / "pred2" / "overlays").rglob("*.png"))) == len(lines) - 1
 
 
+@pytest.mark.integration
 def test_corrupt_checkpoint_is_a_clear_error(trained, tmp_path):
     import shutil
     bad = tmp_path / "bad"
@@ -94,7 +112,8 @@ def test_corrupt_checkpoint_is_a_clear_error(trained, tmp_path):
         load_model(bad)
 
 
-def test_cli_train_test_predict(dataset, tmp_path, capsys):
+@pytest.mark.integration
+def test_cli_train_test_predict(dataset, tmp_path, capsys, tiny_config):
     cfg_path = tmp_path / "tiny.yaml"
     cfg = tiny_config(dataset).to_dict()
     cfg["data"]["root"] = None
@@ -103,10 +122,13 @@ def test_cli_train_test_predict(dataset, tmp_path, capsys):
     run = tmp_path / "cli_run"
     assert main(["train", "--config", str(cfg_path), "--data", str(dataset), "--output", str(run),
                  "--set", "train.steps=2"]) == 0
+    assert (run / "loss_curves.png").is_file()  # drawn by the command, not by train()
     assert main(["test", str(run), "--overlays", "0"]) == 0
+    assert (run / "eval" / "report.html").is_file() and not (run / "eval" / "overlays").exists()
     out = capsys.readouterr().out
     assert "| Category | I-AUROC |" in out and "mean" in out
     assert main(["predict", str(run), str(dataset / "synth_stripes" / "test" / "good"), "-o", str(tmp_path / "p")]) == 0
+    assert len(list((tmp_path / "p" / "overlays").glob("*.png"))) == 3
     # errors are reported, not raised, and name the problem
     assert main(["train", "--config", str(cfg_path), "--data", str(dataset), "--output", str(run)]) == 2
     assert "already holds a dpdiff run" in capsys.readouterr().err
@@ -114,15 +136,15 @@ def test_cli_train_test_predict(dataset, tmp_path, capsys):
 
 
 def test_config_presets_load():
-    root = Path(__file__).resolve().parents[2] / "configs"
-    presets = sorted(root.glob("*.yaml"))
-    assert presets
-    for p in presets:
-        Config.from_yaml(p)
+    presets = preset_names()  # packaged: dpdiff/configs/*.yaml
+    assert {"lite0_cpu", "demo", "paper_dinov2_b448"} <= set(presets)
+    for name in presets:
+        load_config(name)
     with pytest.raises(ValueError, match="unknown key"):
         Config.from_dict({"model": {"not_a_key": 1}})
 
 
+@pytest.mark.integration
 def test_evaluation_protocol_options_change_resolution_and_are_recorded(trained, tmp_path):
     out = tmp_path / "proto"
     result = evaluate(trained, output_dir=out, overlays_per_category=1,
@@ -139,6 +161,7 @@ def test_evaluation_protocol_options_change_resolution_and_are_recorded(trained,
         assert all(0.0 <= metrics[k] <= 1.0 for k in metrics)
 
 
+@pytest.mark.integration
 def test_test_time_overrides_cannot_change_the_model(trained, tmp_path):
     with pytest.raises(KeyError, match="only inference"):
         evaluate(trained, output_dir=tmp_path / "x", inference_overrides={"model.depth": 3})

@@ -29,7 +29,6 @@ from dpdiff.engine.predict import predict
 from dpdiff.engine.train import TrainingDiverged, prepare_run_dir, train, train_features
 from dpdiff.model.dpdiff_ad import DPDiffAD
 
-from test_pipeline import tiny_config  # noqa: E402 (tests/engine is on sys.path)
 
 _BACKBONES: dict = {}
 MODES = {"000.png": "I;16", "001.png": "P", "002.png": "RGBA", "003.png": "L"}
@@ -110,7 +109,7 @@ def odd_data(clean_data, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(odd_data, tmp_path_factory) -> Path:
+def trained(odd_data, tmp_path_factory, tiny_config) -> Path:
     run = tmp_path_factory.mktemp("run") / "r"
     cfg = tiny_config(odd_data)
     cfg.train.steps = 2
@@ -138,7 +137,8 @@ def _write_cfg(cfg, path: Path) -> Path:
 
 
 # ------------------------------------------------------------------ images that must work
-def test_image_modes_and_stray_files_train_and_evaluate(trained, odd_data, tmp_path):
+@pytest.mark.integration
+def test_image_modes_and_stray_files_train_and_evaluate(trained, odd_data, tmp_path, tiny_config):
     meta = json.loads((trained / CONFIG_FILE).read_text())
     assert meta["num_train_images"] == 12  # the .txt/.db/hidden files are skipped, every image mode is read
     # each mode reaches the backbone as its 8-bit RGB twin (16-bit scaled by 1/257, palette expanded, alpha dropped)
@@ -157,7 +157,8 @@ def test_image_modes_and_stray_files_train_and_evaluate(trained, odd_data, tmp_p
 
 
 # ------------------------------------------------------------------ bad images
-def test_corrupt_training_image_is_named(data_copy, tmp_path, capsys):
+@pytest.mark.integration
+def test_corrupt_training_image_is_named(data_copy, tmp_path, capsys, tiny_config):
     bad = data_copy / "synth_nut" / "train" / "good" / "003.png"
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])  # truncated
     with pytest.raises(ValueError, match="corrupt or truncated") as e:
@@ -169,7 +170,8 @@ def test_corrupt_training_image_is_named(data_copy, tmp_path, capsys):
     assert str(bad) in err and "corrupt or truncated" in err
 
 
-def test_non_image_file_with_image_extension_is_named(data_copy, tmp_path):
+@pytest.mark.integration
+def test_non_image_file_with_image_extension_is_named(data_copy, tmp_path, tiny_config):
     fake = data_copy / "synth_stripes" / "train" / "good" / "notes.png"
     fake.write_text("these are my notes, not a picture")
     with pytest.raises(ValueError, match="cannot read image file") as e:
@@ -178,6 +180,7 @@ def test_non_image_file_with_image_extension_is_named(data_copy, tmp_path):
 
 
 # ------------------------------------------------------------------ masks (evaluation)
+@pytest.mark.integration
 def test_mask_of_other_size_is_named(trained, data_copy, tmp_path, capsys):
     mask = data_copy / "synth_nut" / "ground_truth" / "hole" / "000_mask.png"
     Image.new("L", (48, 32), 255).save(mask)
@@ -191,6 +194,7 @@ def test_mask_of_other_size_is_named(trained, data_copy, tmp_path, capsys):
     assert str(mask) in err
 
 
+@pytest.mark.integration
 def test_missing_mask_is_named(trained, data_copy, tmp_path, capsys):
     (data_copy / "synth_stripes" / "ground_truth" / "scratch" / "000_mask.png").unlink()
     image = data_copy / "synth_stripes" / "test" / "scratch" / "000.png"
@@ -202,7 +206,8 @@ def test_missing_mask_is_named(trained, data_copy, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ categories and layouts
-def test_empty_category_and_category_without_normal_images(data_copy, tmp_path, capsys):
+@pytest.mark.integration
+def test_empty_category_and_category_without_normal_images(data_copy, tmp_path, capsys, tiny_config):
     empty = data_copy / "empty" / "train" / "good"
     empty.mkdir(parents=True)
     (empty / "readme.txt").write_text("x")
@@ -218,7 +223,8 @@ def test_empty_category_and_category_without_normal_images(data_copy, tmp_path, 
     assert "no training folder" in err and str(data_copy / "testonly" / "train" / "good") in err
 
 
-def test_unknown_layout_is_named(tmp_path, capsys):
+@pytest.mark.integration
+def test_unknown_layout_is_named(tmp_path, capsys, tiny_config):
     flat = tmp_path / "flat"
     (flat / "images").mkdir(parents=True)
     for i in range(3):
@@ -233,7 +239,8 @@ def test_unknown_layout_is_named(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ NaN / inf
-def test_nonfinite_features_name_the_image(data_copy, tmp_path):
+@pytest.mark.integration
+def test_nonfinite_features_name_the_image(data_copy, tmp_path, tiny_config):
     cfg = tiny_config(data_copy)
     backbone = train_mod.build_backbone_from_config(cfg)
     feats, samples = train_features(cfg, backbone, torch.device("cpu"))
@@ -261,7 +268,8 @@ class _Overflowing(torch.nn.Module):
         return torch.where((rows == self.which).view(-1, 1, 1, 1), f * 1e6 + 1e6, f)
 
 
-def test_backbone_overflow_during_extraction_names_the_image(data_copy, tmp_path, monkeypatch):
+@pytest.mark.integration
+def test_backbone_overflow_during_extraction_names_the_image(data_copy, tmp_path, monkeypatch, tiny_config):
     cfg = tiny_config(data_copy)
     real = train_mod.build_backbone_from_config(cfg)
     monkeypatch.setattr(train_mod, "build_backbone_from_config", lambda c: _Overflowing(real, 4))
@@ -270,7 +278,8 @@ def test_backbone_overflow_during_extraction_names_the_image(data_copy, tmp_path
     assert str(data_copy / "synth_nut" / "train" / "good" / "004.png") in str(e.value)
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_copy, tmp_path, monkeypatch, capsys):
+@pytest.mark.integration
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_copy, tmp_path, monkeypatch, capsys, tiny_config):
     cfg = tiny_config(data_copy)
     cfg.train.steps, cfg.train.checkpoint_every = 8, 2
     feats, samples = train_features(cfg, train_mod.build_backbone_from_config(cfg), torch.device("cpu"))
@@ -313,7 +322,8 @@ def run_copy(trained, tmp_path) -> Path:
     return dst
 
 
-def test_resume_with_another_configuration_is_refused(run_copy, odd_data, tmp_path, capsys):
+@pytest.mark.integration
+def test_resume_with_another_configuration_is_refused(run_copy, odd_data, tmp_path, capsys, tiny_config):
     cfg = tiny_config(odd_data)
     cfg.train.steps = 4
     cfg.model.hidden_dim = 64
@@ -327,6 +337,7 @@ def test_resume_with_another_configuration_is_refused(run_copy, odd_data, tmp_pa
     assert (run_copy / STATE_FILE).read_bytes() == before  # nothing lost
 
 
+@pytest.mark.integration
 def test_weights_from_another_configuration_are_named(run_copy, capsys):
     payload = json.loads((run_copy / CONFIG_FILE).read_text())
     payload["config"]["model"]["hidden_dim"] = 16
@@ -337,6 +348,7 @@ def test_weights_from_another_configuration_are_named(run_copy, capsys):
     assert str(run_copy / MODEL_FILE) in _cli_error(capsys, ["test", str(run_copy)])
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", [STATE_FILE, CONFIG_FILE, MODEL_FILE])
 def test_truncated_checkpoint_files_are_named(run_copy, name, capsys):
     data = (run_copy / name).read_bytes()
@@ -346,7 +358,8 @@ def test_truncated_checkpoint_files_are_named(run_copy, name, capsys):
     assert str(run_copy / name) in err and ("truncated or corrupt" in err or "unreadable" in err)
 
 
-def test_resume_with_changed_training_images_is_refused(run_copy, odd_data, tmp_path):
+@pytest.mark.integration
+def test_resume_with_changed_training_images_is_refused(run_copy, odd_data, tmp_path, tiny_config):
     data = tmp_path / "data"
     shutil.copytree(odd_data, data)
     (data / "synth_nut" / "train" / "good" / "004.png").unlink()
@@ -361,7 +374,8 @@ def test_resume_with_changed_training_images_is_refused(run_copy, odd_data, tmp_
 
 
 # ------------------------------------------------------------------ existing outputs
-def test_existing_outputs_are_not_overwritten(run_copy, odd_data, tmp_path, capsys):
+@pytest.mark.integration
+def test_existing_outputs_are_not_overwritten(run_copy, odd_data, tmp_path, capsys, tiny_config):
     # evaluation results
     (run_copy / "eval").mkdir()
     (run_copy / "eval" / "results.json").write_text("{}")

@@ -18,7 +18,6 @@ from dpdiff.data.synthetic import generate_synthetic_dataset
 from dpdiff.engine.checkpoint import CONFIG_FILE, MODEL_FILE, STATE_FILE, load_train_state
 from dpdiff.engine.train import build_backbone_from_config, train, train_features
 
-from tiny import tiny_config  # noqa: E402 (tests/tiny.py, see tests/conftest.py)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -57,7 +56,8 @@ def _assert_same_weights(a: dict, b: dict, atol: float) -> None:
         assert torch.allclose(a[k], b[k], atol=atol, rtol=0), (k, float((a[k] - b[k]).abs().max()))
 
 
-def test_sigkill_then_resume_matches_uninterrupted_run(dataset, tmp_path):
+@pytest.mark.integration
+def test_sigkill_then_resume_matches_uninterrupted_run(dataset, tmp_path, tiny_config):
     cfg = tiny_config(dataset)
     cfg.train.steps = 40
     cfg.train.checkpoint_every = 4
@@ -101,7 +101,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(dataset, tmp_path):
     assert not list(run.glob(".*.tmp"))
 
 
-def test_resume_when_a_kill_left_files_from_different_steps(dataset, tmp_path):
+@pytest.mark.integration
+def test_resume_when_a_kill_left_files_from_different_steps(dataset, tmp_path, tiny_config):
     """A kill between the three checkpoint writes leaves model.safetensors/config.json one checkpoint
     behind train_state.pt (written first), plus a partial temp file; resuming must still be exact."""
     cfg = tiny_config(dataset)

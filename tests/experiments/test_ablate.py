@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny import tiny_config
 
 from dpdiff.cli import main
 from dpdiff.config import Config
@@ -29,10 +28,6 @@ ROWS = [
 ]
 
 
-def _tiny_base() -> dict:
-    return tiny_config().to_dict()
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth")
@@ -42,11 +37,11 @@ def dataset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def grids(tmp_path_factory) -> Path:
+def grids(tmp_path_factory, tiny_config) -> Path:
     """A folder with `presets/tiny.yaml` and grid files naming it relative to themselves' parents."""
     folder = tmp_path_factory.mktemp("grids")
     (folder / "presets").mkdir()
-    (folder / "presets" / "tiny.yaml").write_text(yaml.safe_dump(_tiny_base()))
+    (folder / "presets" / "tiny.yaml").write_text(yaml.safe_dump(tiny_config().to_dict()))
     (folder / "ablations").mkdir()
     (folder / "ablations" / "tiny_rows.yaml").write_text(yaml.safe_dump({
         "base": "presets/tiny.yaml",  # found in a folder above the grid file
@@ -86,6 +81,7 @@ def count_train(monkeypatch):
     return counter
 
 
+@pytest.mark.integration
 def test_inference_only_rows_share_one_training(ablation):
     result, out, calls = ablation
     # 4 rows, 2 training configurations: the three "full" rows differ only in inference.*
@@ -96,6 +92,7 @@ def test_inference_only_rows_share_one_training(ablation):
     assert [r["name"] for r in ROWS] == list(result["rows"])
 
 
+@pytest.mark.integration
 def test_table_files_written_and_parse(ablation):
     result, out, _ = ablation
     md = (out / "tiny_rows.md").read_text()
@@ -118,6 +115,7 @@ def test_table_files_written_and_parse(ablation):
             assert 0.0 <= float(r[k]) <= 1.0
 
 
+@pytest.mark.integration
 def test_prototype_scoring_gives_valid_metrics(ablation):
     result, out, _ = ablation
     for name in ("full, prototype scoring", "L-Proto only"):
@@ -132,6 +130,7 @@ def test_prototype_scoring_gives_valid_metrics(ablation):
     assert json.loads((run / CONFIG_FILE).read_text())["config"]["model"]["diffusion"] is False
 
 
+@pytest.mark.integration
 def test_rerun_is_refused_and_overwrite_reuses_everything(ablation, grids, dataset, count_train):
     result, out, _ = ablation
     grid = load_grid(grids / "ablations" / "tiny_rows.yaml", {"data.root": str(dataset)})
@@ -144,6 +143,7 @@ def test_rerun_is_refused_and_overwrite_reuses_everything(ablation, grids, datas
     assert again["rows"] == result["rows"] and (out / "tiny_rows.md").read_text() == before
 
 
+@pytest.mark.integration
 def test_sweep_reuses_the_training_and_plots(ablation, grids, dataset, count_train):
     _, out, _ = ablation
     grid = load_grid(grids / "ablations" / "tiny_sweep.yaml", {"data.root": str(dataset)})
@@ -168,6 +168,7 @@ def test_product_sweep_plot(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 10_000
 
 
+@pytest.mark.integration
 def test_interrupted_training_is_resumed(grids, dataset, tmp_path, count_train):
     grid = grid_from_dict({"base": str(grids / "presets" / "tiny.yaml"), "rows": [{"name": "a", "set": {}}],
                            "set": {"model.use_global_prototypes": False}}, "resume", overrides={"data.root": str(dataset)})
@@ -228,13 +229,12 @@ def test_grid_errors_are_caught_before_training(tmp_path):
 
 
 def test_shipped_grid_files_load():
-    root = Path(__file__).resolve().parents[2] / "configs" / "ablations"
     expected = {"table5_modules": (7, 6), "fig5_prototypes": (12, 12), "fig6_noise_step": (6, 1),
                 "fig6_ddim_steps": (5, 1), "table9_denoiser": (3, 3), "ensemble_reduce": (6, 1),
                 "seed_spread": (3, 3)}
     keys = {}
     for name, (n_rows, n_trainings) in expected.items():
-        g = load_grid(root / f"{name}.yaml", {"data.root": "/data"})
+        g = load_grid(name, {"data.root": "/data"})  # packaged grids, by name
         assert g.name == name and len(g.rows) == n_rows
         assert len({r.train_key for r in g.rows}) == n_trainings, name
         keys[name] = {r.name: r.train_key for r in g.rows}
@@ -245,6 +245,7 @@ def test_shipped_grid_files_load():
     assert keys["seed_spread"]["seed=0"] == keys["table5_modules"]["Full (DPDiff-AD)"]
 
 
+@pytest.mark.integration
 def test_cli_dry_run_and_refusal(ablation, grids, dataset, capsys):
     _, out, _ = ablation
     args = ["ablate", "--grid", str(grids / "ablations" / "tiny_rows.yaml"), "--data", str(dataset),

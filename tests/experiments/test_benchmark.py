@@ -11,7 +11,6 @@ from dpdiff.cli import main
 from dpdiff.config import Config
 from dpdiff.experiments.benchmark import benchmark_fps, format_fps_markdown, random_vit
 
-TINY_DIT = {"model.hidden_dim": 32, "model.depth": 1, "model.num_heads": 2, "model.prototype_heads": 2}
 TINY_VIT = dict(patch_size=14, embed_dim=32, depth=4, num_heads=2, init_values=1e-5)
 KEYS = {"device", "device_name", "dtype", "torch_threads", "batch_size", "image_size", "backbone",
         "backbone_weights", "tokens", "dit", "noise_step", "ddim_steps", "ensemble", "backbone_fps", "full_fps",
@@ -26,8 +25,14 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def lite_cfg(**extra) -> Config:
-    return Config().override({"backbone.image_size": 64, "inference.pool_size": 8, **TINY_DIT, **extra})
+@pytest.fixture
+def lite_cfg(tiny_settings):
+    """Factory: EfficientNet-Lite0 at 64 px with the tiny DiT of tests/conftest.py, then ``extra`` overrides."""
+    tiny_dit = {k: v for k, v in tiny_settings.items() if k.startswith("model.")}
+
+    def make(**extra) -> Config:
+        return Config().override({"backbone.image_size": 64, "inference.pool_size": 8, **tiny_dit, **extra})
+    return make
 
 
 def check_result(r: dict, batch: int, image_size: int, rounds: int = 1):
@@ -42,7 +47,7 @@ def check_result(r: dict, batch: int, image_size: int, rounds: int = 1):
     json.dumps(r)  # plain JSON types
 
 
-def test_benchmark_fps_lite0_tiny_dit():
+def test_benchmark_fps_lite0_tiny_dit(lite_cfg):
     cfg = lite_cfg(**{"inference.ensemble": 2, "inference.ddim_steps": 2})
     rng = torch.get_rng_state()
     r = benchmark_fps(cfg, batch_size=2, rounds=2, warmup=0, device="cpu")
@@ -56,7 +61,22 @@ def test_benchmark_fps_lite0_tiny_dit():
     assert table.splitlines()[0].startswith("| backbone |") and "full FPS" in table and len(table.splitlines()) == 3
 
 
-def test_benchmark_fps_given_tiny_vit_and_bfloat16():
+def test_benchmark_times_the_detector_users_run(lite_cfg, monkeypatch):
+    """The full-pipeline FPS times Detector.__call__ itself (what evaluate/predict run), once per round."""
+    from dpdiff.engine.inference import Detector
+    calls, real = [], Detector.__call__
+
+    def spy(self, batch, generator=None, inference=None):
+        calls.append((tuple(batch.shape), self.map_size))
+        return real(self, batch, generator, inference)
+
+    monkeypatch.setattr(Detector, "__call__", spy)
+    cfg = lite_cfg(**{"evaluation.resolution": 32})
+    r = benchmark_fps(cfg, batch_size=2, rounds=2, warmup=1, device="cpu")
+    assert calls == [((2, 3, 64, 64), 32)] * 3 and r["map_size"] == 32
+
+
+def test_benchmark_fps_given_tiny_vit_and_bfloat16(lite_cfg):
     cfg = lite_cfg(**{"backbone.image_size": 28, "inference.pool_size": 4})
     vit = random_vit(TINY_VIT, layers=[2, 3], image_size=28)
     assert vit.name == "custom_vit(random)"
@@ -65,7 +85,7 @@ def test_benchmark_fps_given_tiny_vit_and_bfloat16():
     assert r["tokens"] == [32, 2, 2] and r["backbone_weights"] == "given" and r["dtype"] == "bfloat16"
 
 
-def test_benchmark_fps_dinov2_config_gets_random_weights():
+def test_benchmark_fps_dinov2_config_gets_random_weights(lite_cfg):
     cfg = lite_cfg(**{"backbone.name": "dinov2_vits14_reg", "backbone.image_size": 28,
                       "backbone.feature_stride": None, "backbone.layers": [10, 11], "inference.pool_size": 4})
     r = benchmark_fps(cfg, batch_size=1, rounds=1, warmup=0, device="cpu")
@@ -76,7 +96,7 @@ def test_benchmark_fps_dinov2_config_gets_random_weights():
         benchmark_fps(cfg, batch_size=1, rounds=1, warmup=0, device="cpu", weights_random_ok=False)
 
 
-def test_benchmark_fps_rejects_bad_arguments():
+def test_benchmark_fps_rejects_bad_arguments(lite_cfg):
     cfg = lite_cfg()
     with pytest.raises(ValueError, match="dtype"):
         benchmark_fps(cfg, 1, 1, 0, device="cpu", dtype="int8")
@@ -86,17 +106,17 @@ def test_benchmark_fps_rejects_bad_arguments():
         benchmark_fps(cfg, 1, 0, 0, device="cpu")
 
 
-def test_cli_benchmark_writes_json_and_refuses_overwrite(tmp_path, capsys):
+def test_cli_benchmark_writes_json_and_refuses_overwrite(tmp_path, capsys, tiny_set_args):
     out = tmp_path / "res" / "fps.json"
-    sets = ["backbone.image_size=64", "inference.pool_size=8"] + [f"{k}={v}" for k, v in TINY_DIT.items()]
-    argv = ["benchmark", "--config", "configs/lite0_cpu.yaml", "--set", *sets, "--batch-size", "2",
+    sets = ["backbone.image_size=64", "inference.pool_size=8"] + [a for a in tiny_set_args if a.startswith("model.")]
+    argv = ["benchmark", "--config", "lite0_cpu", "--set", *sets, "--batch-size", "2",
             "--rounds", "1", "--warmup", "0", "--device", "cpu", "--output", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "| backbone |" in printed and "full FPS" in printed and str(out) in printed
     r = json.loads(out.read_text())
     check_result(r, 2, 64)
-    assert r["ensemble"] == 2 and r["ddim_steps"] == 1  # from configs/lite0_cpu.yaml
+    assert r["ensemble"] == 2 and r["ddim_steps"] == 1  # from the packaged lite0_cpu preset
     assert r["dit"]["hidden_dim"] == 32  # --set on top of the preset
     before = out.read_text()
     assert main(argv) == 2  # refuses to replace the file

@@ -6,6 +6,7 @@ import pytest
 from dpdiff.experiments.demo import demo_config, run_demo
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_demo_finds_planted_defects(tmp_path):
     result = run_demo(tmp_path / "demo", demo_config())

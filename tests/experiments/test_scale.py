@@ -13,20 +13,25 @@ from dpdiff.experiments import scale as scale_mod
 from dpdiff.experiments.scale import DONE_FILE, METHODS, ScaleSettings, count_dir, parse_counts, run_scale
 from dpdiff.metrics.tables import TABLE_COLUMNS
 
-TINY_SET = ["backbone.image_size=64", "model.hidden_dim=32", "model.depth=1", "model.num_heads=2",
-            "model.prototype_heads=2", "train.batch_size=4", "train.log_every=2", "train.checkpoint_every=2",
-            "inference.ensemble=1", "inference.pool_size=4", "inference.smoothing_sigma=1.0"]
 TINY_ARGS = ["--counts", "2,3", "--images-per-category", "3", "--test-good-per-category", "1",
              "--test-defect-per-category", "2", "--steps", "4", "--device", "cpu"]
 
 
+@pytest.fixture(scope="session")
+def tiny_set(tiny_set_args) -> list[str]:
+    """The tiny config (tests/conftest.py) as `--set` values, with one noise draw and a checkpoint every 2 steps
+    (``--steps`` sets the step count)."""
+    return [*tiny_set_args, "train.checkpoint_every=2", "inference.ensemble=1"]
+
+
 @pytest.fixture(scope="module")
-def scale_run(tmp_path_factory) -> Path:
+def scale_run(tmp_path_factory, tiny_set) -> Path:
     out = tmp_path_factory.mktemp("scale") / "out"
-    assert main(["scale", "--output", str(out), *TINY_ARGS, "--set", *TINY_SET]) == 0
+    assert main(["scale", "--output", str(out), *TINY_ARGS, "--set", *tiny_set]) == 0
     return out
 
 
+@pytest.mark.integration
 def test_outputs_nesting_and_delta(scale_run):
     out = scale_run
     names = [s.name for s in category_specs(3)]
@@ -57,7 +62,8 @@ def test_outputs_nesting_and_delta(scale_run):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
-def test_rerun_skips_finished_counts_and_refuses_other_settings(scale_run, monkeypatch):
+@pytest.mark.integration
+def test_rerun_skips_finished_counts_and_refuses_other_settings(scale_run, monkeypatch, tiny_set):
     out = scale_run
     stamps = {n: (count_dir(out, n) / DONE_FILE).stat().st_mtime_ns for n in (2, 3)}
 
@@ -65,11 +71,11 @@ def test_rerun_skips_finished_counts_and_refuses_other_settings(scale_run, monke
         raise AssertionError("a finished count was run again")
 
     monkeypatch.setattr(scale_mod, "_evaluate_count", fail)
-    assert main(["scale", "--output", str(out), *TINY_ARGS, "--set", *TINY_SET]) == 0
+    assert main(["scale", "--output", str(out), *TINY_ARGS, "--set", *tiny_set]) == 0
     assert {n: (count_dir(out, n) / DONE_FILE).stat().st_mtime_ns for n in (2, 3)} == stamps
     # other settings: refused (exit 2 with a message), nothing touched
     args = [a if a != "4" else "5" for a in TINY_ARGS]  # --steps 5
-    assert main(["scale", "--output", str(out), *args, "--set", *TINY_SET]) == 2
+    assert main(["scale", "--output", str(out), *args, "--set", *tiny_set]) == 2
     assert {n: (count_dir(out, n) / DONE_FILE).stat().st_mtime_ns for n in (2, 3)} == stamps
 
 
@@ -84,10 +90,11 @@ def test_settings_and_counts_parsing():
         ScaleSettings(test_defect_per_category=0)
 
 
-def test_single_count_writes_no_delta_table(tmp_path):
-    from dpdiff.config import Config
-    cfg = Config.from_yaml(scale_mod.SCALE_PRESET)
-    cfg = cfg.override({k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in TINY_SET)})
+@pytest.mark.integration
+def test_single_count_writes_no_delta_table(tmp_path, tiny_set):
+    from dpdiff.config import load_config
+    cfg = load_config(scale_mod.SCALE_PRESET)
+    cfg = cfg.override({k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in tiny_set)})
     s = ScaleSettings(counts=[1], images_per_category=2, test_good_per_category=1, test_defect_per_category=1,
                       steps=2)
     result = run_scale(cfg, tmp_path / "one", s, device="cpu", log=lambda *a: None)

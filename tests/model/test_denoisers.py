@@ -176,3 +176,96 @@ def test_old_checkpoint_without_the_new_keys_loads_and_resumes(tmp_path):
     changed.model.denoiser = "unet"
     with pytest.raises(ValueError, match="model.denoiser"):
         check_resume_config(tmp_path, {"config": old}, changed)
+
+
+# ----------------------------------------------------------------------------- the shared prototype embedding
+# State-dict keys and, for a fixed seed, initial weights and outputs of each denoiser as they were before the
+# prototype projection + type embedding moved to dpdiff/model/prototype_embedding.py (values recorded from
+# that code): existing checkpoints load, resume states keep their parameter order, and no number changes.
+
+_ATTN = ["q.weight", "q.bias", "kv.weight", "kv.bias", "proj.weight", "proj.bias"]
+_HEAD = ["proto_proj.weight", "proto_proj.bias", "proto_type.weight",
+         "t_embed.0.weight", "t_embed.0.bias", "t_embed.2.weight", "t_embed.2.bias"]
+_DIT_BLOCK = ([f"attn.{k}" for k in _ATTN] + ["norm_p.weight", "norm_p.bias"] + [f"cross.{k}" for k in _ATTN]
+              + ["mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias", "adaLN.1.weight", "adaLN.1.bias"])
+_UNET_UNIT = (["res.norm1.weight", "res.norm1.bias", "res.conv1.weight", "res.conv1.bias", "res.emb.1.weight",
+               "res.emb.1.bias", "res.norm2.weight", "res.norm2.bias", "res.conv2.weight", "res.conv2.bias",
+               "cross.norm_x.weight", "cross.norm_x.bias", "cross.norm_p.weight", "cross.norm_p.bias"]
+              + [f"cross.cross.{k}" for k in _ATTN])
+_UVIT_BLOCK = (["norm1.weight", "norm1.bias"] + [f"attn.{k}" for k in _ATTN]
+               + ["norm_x.weight", "norm_x.bias", "norm_p.weight", "norm_p.bias"] + [f"cross.{k}" for k in _ATTN]
+               + ["norm2.weight", "norm2.bias", "mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias"])
+EXPECTED_KEYS = {  # depth 2, cross-attention on
+    "dit": (["in_proj.weight", "in_proj.bias"] + _HEAD + [f"blocks.{i}.{k}" for i in (0, 1) for k in _DIT_BLOCK]
+            + ["final_adaLN.1.weight", "final_adaLN.1.bias", "out_proj.weight", "out_proj.bias"]),
+    "unet": (["in_conv.weight", "in_conv.bias"] + _HEAD + [f"enc.0.{k}" for k in _UNET_UNIT]
+             + [f"mid.{k}" for k in _UNET_UNIT] + ["merge.0.weight", "merge.0.bias"]
+             + [f"dec.0.{k}" for k in _UNET_UNIT] + ["out_norm.weight", "out_norm.bias", "out_conv.weight",
+                                                      "out_conv.bias"]),
+    "uvit": (["time_pos", "in_proj.weight", "in_proj.bias"] + _HEAD + [f"in_blocks.0.{k}" for k in _UVIT_BLOCK]
+             + [f"mid_block.{k}" for k in _UVIT_BLOCK]
+             + [f"out_blocks.0.{k}" for k in ["skip_linear.weight", "skip_linear.bias"] + _UVIT_BLOCK]
+             + ["final_norm.weight", "final_norm.bias", "out_proj.weight", "out_proj.bias"]),
+}
+#: (sum over parameters i of (i + 1) * sum(p_i) right after the seeded init, out[0, 0] and out.sum() after the
+#: perturbation below), recorded from the denoisers before the refactor
+GOLDEN = {
+    "dit": (202.37614284988376, [-0.120486, 0.289006, 0.235845, 0.673706, 0.309828, 0.327777], 10.667070955969393),
+    "unet": (3819.243434637334, [0.083374, -0.113691, -0.006121, -0.182437, -0.062102, 0.003898],
+             0.08341435343027115),
+    "uvit": (4231.516138118881, [-0.150755, -0.724913, -0.40919, 0.105401, 0.443953, -0.347445],
+             -12.082724383100867),
+}
+
+
+def _golden_net(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return DENOISERS[name](6, (2, 3), hidden_dim=8, depth=2, num_heads=2)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_keys_and_parameter_order_are_unchanged(name):
+    net = _golden_net(name)
+    assert list(net.state_dict()) == EXPECTED_KEYS[name]
+    assert [n for n, _ in net.named_parameters()] == EXPECTED_KEYS[name]  # the optimizer state's order
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_seeded_weights_and_outputs_are_unchanged(name):
+    net = _golden_net(name)
+    init_sig, first_row, total = GOLDEN[name]
+    with torch.no_grad():
+        got_sig = sum(float(p.double().sum()) * (i + 1) for i, p in enumerate(net.parameters()))
+        assert got_sig == pytest.approx(init_sig, rel=1e-9)
+        g = torch.Generator().manual_seed(1)
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+        x, t = torch.randn(2, 6, 6, generator=g), torch.tensor([3, 700])
+        protos, types = torch.randn(2, 3, 6, generator=g), torch.tensor([0, 0, 1])
+        out = net(x, t, protos, types)
+    assert out[0, 0].tolist() == pytest.approx(first_row, abs=2e-6)
+    assert float(out.double().sum()) == pytest.approx(total, rel=1e-5, abs=1e-5)
+
+
+def test_prototype_embedding_is_projection_plus_type_vector():
+    from dpdiff.model.prototype_embedding import PrototypeEmbedding
+
+    class Host(PrototypeEmbedding, torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.init_prototype_embedding(5, 7, 2)
+
+    torch.manual_seed(0)
+    host = Host()
+    assert list(host.state_dict()) == ["proto_proj.weight", "proto_proj.bias", "proto_type.weight"]
+    protos, types = torch.randn(3, 4, 5), torch.tensor([0, 0, 1, 1])
+    w, b, e = host.proto_proj.weight, host.proto_proj.bias, host.proto_type.weight
+    # P' = P W^T + b + E[type]   (local prototypes: type 0, global: type 1)
+    expected = torch.einsum("bpc,dc->bpd", protos, w) + b + e[types].unsqueeze(0)
+    assert torch.allclose(host.embed_prototypes(protos, types), expected, atol=1e-6)
+    assert torch.allclose(host.embed_prototypes(protos, None), protos @ w.T + b, atol=1e-6)
+    assert not torch.allclose(e[0], e[1])  # the two kinds are told apart
+    assert host.embed_prototypes(None, types) is None
+    assert host.embed_prototypes(torch.randn(3, 0, 5), types[:0]) is None
+    for name in NAMES:
+        assert isinstance(_golden_net(name), PrototypeEmbedding)

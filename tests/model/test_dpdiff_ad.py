@@ -38,11 +38,10 @@ def test_losses_reach_the_parameters_they_should_train():
     assert any(v for n, v in g_diff.items() if n.startswith("global_extractor"))
 
 
-def test_no_gradient_into_backbone():
+def test_no_gradient_into_backbone(tiny_model_config):
     from dpdiff.backbones import build_backbone
     backbone = build_backbone("tf_efficientnet_lite0", image_size=64)
-    model = DPDiffAD(backbone.out_channels, backbone.grid_size(64),
-                     ModelConfig(hidden_dim=32, depth=1, num_heads=2, prototype_heads=2))
+    model = DPDiffAD(backbone.out_channels, backbone.grid_size(64), tiny_model_config())
     feats = backbone(torch.randn(2, 3, 64, 64))
     tokens = feats.flatten(2).transpose(1, 2)
     model.training_losses(tokens)["loss"].backward()

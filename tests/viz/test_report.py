@@ -1,5 +1,5 @@
-"""The HTML report (dpdiff/viz/report.py): written by evaluate, rebuilt by `dpdiff report`, and rendered by
-a real browser (headless Chromium, driven directly: no Python dependency)."""
+"""The HTML report (dpdiff/viz/report/): written by `dpdiff test` (evaluate_and_report), rebuilt by `dpdiff report`,
+drawn without the model, and rendered by a real browser (headless Chromium, driven directly: no Python dependency)."""
 from __future__ import annotations
 
 import base64
@@ -20,10 +20,11 @@ from PIL import Image
 from dpdiff.cli import main
 from dpdiff.config import Config
 from dpdiff.data.synthetic import generate_synthetic_dataset
-from dpdiff.engine.evaluate import evaluate
-from dpdiff.engine.train import train
-from tiny import tiny_config
-from dpdiff.viz.report import REPORT_DATA_FILE, ReportCollector, build_report, token_labels
+from dpdiff.engine.train import load_history, train
+from dpdiff.experiments import evaluation
+from dpdiff.experiments.evaluation import evaluate_and_report, rebuild_report
+from dpdiff.figure_data import REPORT_DATA_FILE, ReportData, token_labels, unpack_mask
+from dpdiff.viz.report import build_report
 
 CATEGORIES = 2
 PER_KIND = 2          # evaluate's default report_examples
@@ -33,14 +34,14 @@ IMG_RE = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="[^
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory):
+def evaluated(tmp_path_factory, tiny_config):
     """A tiny trained and evaluated run: (run folder, evaluate's result)."""
     root = tmp_path_factory.mktemp("synth")
     generate_synthetic_dataset(root, num_categories=CATEGORIES, train_per_category=6, test_good_per_category=3,
                                test_defect_per_category=3, image_size=64, seed=0)
     run = tmp_path_factory.mktemp("run") / "r"
     train(tiny_config(root), run)
-    result = evaluate(run, output_dir=run / "eval", overlays_per_category=0)
+    result = evaluate_and_report(run, output_dir=run / "eval", overlays_per_category=0)
     return run, result
 
 
@@ -53,6 +54,7 @@ def _images(text: str) -> list[tuple[bytes, str]]:
     return [(base64.b64decode(b64), f) for b64, f in IMG_RE.findall(text)]
 
 
+@pytest.mark.integration
 def test_evaluate_writes_a_self_contained_report(evaluated):
     run, result = evaluated
     out = run / "eval" / "report.html"
@@ -90,17 +92,27 @@ def test_evaluate_writes_a_self_contained_report(evaluated):
         assert fp == pytest.approx(good[:PER_KIND]) and fn == pytest.approx(bad[:PER_KIND])
 
 
+@pytest.mark.integration
 def test_report_data_round_trip(evaluated):
-    run, _ = evaluated
-    data = ReportCollector.load(run / "eval" / REPORT_DATA_FILE)
+    run, result = evaluated
+    data = ReportData.load(run / "eval" / REPORT_DATA_FILE)
     assert len(data.examples) == 2 * CATEGORIES * PER_KIND and len(data.probes) == 3 * CATEGORIES
     assert data.map_size == 64 and set(data.scales) == {e["category"] for e in data.examples}
     fn = [e for e in data.examples if e["kind"] == "fn"]
     assert all(e["map"].shape == (64, 64) and np.isfinite(e["map"]).all() for e in data.examples)
-    from dpdiff.viz.report import _unpack
-    assert all(_unpack(e["mask"], 64).any() for e in fn)  # defective images carry their ground truth
+    assert all(unpack_mask(e["mask"], 64).any() for e in fn)  # defective images carry their ground truth
+    # the model's outputs on the probe images are saved too, so `dpdiff report` only draws
+    po, kept = data.probe_outputs, result["report_data"].probe_outputs
+    assert po.index == kept.index and len(po.index) == 3 * CATEGORIES
+    assert po.sim_local.shape == (3 * CATEGORIES, 4, 4) and np.array_equal(po.sim_local, kept.sim_local)
+    assert np.array_equal(po.sim_global, kept.sim_global) and np.abs(po.sim_global).max() <= 1 + 1e-6
+    t = po.tokens
+    assert t.before.shape == t.after.shape == (len(t.labels), 152) and set(np.unique(t.labels)) <= {0, 1}
+    assert np.array_equal(t.before, kept.tokens.before) and np.array_equal(t.after, kept.tokens.after)
+    assert list(t.categories) == list(kept.tokens.categories) and t.images == len(po.index)
 
 
+@pytest.mark.integration
 def test_cli_report_refuses_to_overwrite(evaluated, tmp_path, capsys):
     run, _ = evaluated
     out = tmp_path / "rep" / "mine.html"
@@ -114,26 +126,32 @@ def test_cli_report_refuses_to_overwrite(evaluated, tmp_path, capsys):
     stale.write_bytes(b"old")
     assert main(["report", str(run), "--output", str(out), "--overwrite"]) == 0
     assert not stale.exists() and len(_images(out.read_text(encoding="utf-8"))) == EXPECTED_IMAGES
-    # evaluate refuses to replace an existing report too (even without results next to it)
+    # `dpdiff test` refuses to replace an existing report too (even without results next to it), before scoring
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "report.html").write_text("mine")
     with pytest.raises(FileExistsError, match="--overwrite"):
-        evaluate(run, output_dir=tmp_path / "x")
-    assert (tmp_path / "x" / "report.html").read_text() == "mine"
+        evaluate_and_report(run, output_dir=tmp_path / "x")
+    assert (tmp_path / "x" / "report.html").read_text() == "mine" and not (tmp_path / "x" / "results.json").exists()
 
 
+@pytest.mark.integration
 def test_no_report_keeps_its_data_for_dpdiff_report(evaluated, tmp_path):
     run, _ = evaluated
     out = tmp_path / "e"
-    result = evaluate(run, output_dir=out, overlays_per_category=0, report=False)
+    result = evaluate_and_report(run, output_dir=out, overlays_per_category=0, report=False)
     assert "report" not in result and not (out / "report.html").exists() and (out / REPORT_DATA_FILE).is_file()
-    assert main(["report", str(run), "--eval", str(out)]) == 0
+    assert ReportData.load(out / REPORT_DATA_FILE).probe_outputs is None  # the probes did not run
+    assert main(["report", str(run), "--eval", str(out)]) == 0  # runs them, then draws
     assert len(_images((out / "report.html").read_text(encoding="utf-8"))) == EXPECTED_IMAGES
+    # the same settings, so the same probe outputs as an evaluation that ran them at once
+    assert (out / "report_files" / "tsne_tokens.csv").read_text() == \
+        (run / "eval" / "report_files" / "tsne_tokens.csv").read_text()
 
 
+@pytest.mark.integration
 def test_report_follows_moved_data(evaluated, tmp_path):
     run, _ = evaluated
-    data = ReportCollector.load(run / "eval" / REPORT_DATA_FILE)
+    data = ReportData.load(run / "eval" / REPORT_DATA_FILE)
     moved = tmp_path / "moved"
     shutil.copytree(data.data_root, moved)
     gone = tmp_path / "gone"  # as if the test images had been under a root that no longer exists
@@ -142,22 +160,51 @@ def test_report_follows_moved_data(evaluated, tmp_path):
     data.data_root = str(gone)
     with pytest.raises(FileNotFoundError, match="--data"):
         build_report(run, run / "eval", tmp_path / "a.html", data=data)
-    summary = build_report(run, run / "eval", tmp_path / "b.html", data=data, data_root=str(moved))
+    summary = build_report(run, run / "eval", tmp_path / "b.html", data=data, data_root=str(moved),
+                           history=load_history(run))
     assert len(summary["figures"]) == EXPECTED_IMAGES
 
 
+@pytest.mark.integration
 def test_report_without_saved_data_recomputes_the_shown_maps(evaluated, tmp_path):
     run, _ = evaluated
     old = tmp_path / "old_eval"  # an evaluation made before report_data.npz existed
     old.mkdir()
     for name in ("results.json", "image_scores.csv"):
         shutil.copy(run / "eval" / name, old / name)
-    summary = build_report(run, old)
+    summary = rebuild_report(run, old)
     text = (old / "report.html").read_text(encoding="utf-8")
     assert len(_images(text)) == EXPECTED_IMAGES and "recomputed" in text
-    assert "recompute_s" in summary["timings_s"]
+    assert "prepare_s" in summary["timings_s"] and "recomputed" in summary["notes"]["data"]
     chosen = [r["image"] for r in _csv_rows(old / "report_files" / "examples.csv")]
     assert chosen == [r["image"] for r in _csv_rows(run / "eval" / "report_files" / "examples.csv")]
+
+
+@pytest.mark.integration
+def test_report_is_drawn_without_the_model(evaluated, tmp_path):
+    """viz only draws: a report is built from the saved arrays with no run folder (no checkpoint) at all."""
+    run, _ = evaluated
+    eval_copy = tmp_path / "eval"
+    shutil.copytree(run / "eval", eval_copy)
+    summary = build_report(tmp_path / "no_run_here", eval_copy, tmp_path / "r.html", history=load_history(run))
+    assert len(summary["figures"]) == EXPECTED_IMAGES
+    again = build_report(tmp_path / "no_run_here", eval_copy, tmp_path / "s.html")
+    assert len(again["figures"]) == EXPECTED_IMAGES - 1 and "loss" in again["notes"]  # no history given
+    for f in again["figures"]:  # the same arrays, the same pictures
+        assert (tmp_path / f).read_bytes() == (tmp_path / f.replace("s_files", "r_files")).read_bytes(), f
+
+
+@pytest.mark.integration
+def test_a_failing_report_is_an_error(evaluated, tmp_path, monkeypatch):
+    run, _ = evaluated
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("drawing failed")
+
+    monkeypatch.setattr(evaluation, "build_report", broken)
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        evaluate_and_report(run, output_dir=tmp_path / "e", overlays_per_category=0)
+    assert (tmp_path / "e" / "results.json").is_file()  # the metrics written before the report are kept
 
 
 def test_token_labels():
@@ -209,6 +256,7 @@ def _run_chromium(exe: str, profile: Path, *args: str) -> subprocess.CompletedPr
     return subprocess.run(cmd, capture_output=True, text=True, timeout=90)
 
 
+@pytest.mark.integration
 def test_report_renders_in_headless_chromium(evaluated, tmp_path):
     exe = _chromium()
     if exe is None:

@@ -22,11 +22,11 @@ another folder, i.e. invalidates.
 Image identity: (absolute resolved path, size in bytes, mtime_ns), taken *before* the image is read,
 so an image edited during extraction is re-extracted next time, never served stale.
 
-Crash safety: a shard's data is written to a hidden temp file, fsync'ed, renamed to its final name,
-and only then its index is written (temp + ``os.replace``). Lookups read indexes only, so a crash at
-any point leaves nothing visible but complete shards (at most a stray temp or index-less data file,
-removed by :meth:`FeatureCache.prune`). Concurrent writers never collide (unique shard ids); two
-processes missing the same images may both extract them (``lock=True``, the default, serialises
+Crash safety: a shard's data is written to a hidden temp file, fsync'ed, renamed to its final name
+(``dpdiff.io.atomic_write``), and only then its index is written (atomically too). Lookups read
+indexes only, so a crash at any point leaves nothing visible but complete shards (at most a stray temp or
+index-less data file, removed by :meth:`FeatureCache.prune`). Concurrent writers never collide (unique
+shard ids); two processes missing the same images may both extract them (``lock=True``, the default, serialises
 writers of one key with ``flock`` where available, so the second one finds them cached).
 
 RAM: extraction streams batches to disk (nothing accumulates in memory) and :class:`FeatureStore`
@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from ...data.mvtec import Sample
-from ...io import atomic_write_json
+from ...io import TEMP_SUFFIX, atomic_write, atomic_write_json, slugify, to_jsonable
 
 __all__ = ["FeatureCache", "FeatureStore", "CACHE_ENV", "default_cache_root", "file_identity",
            "backbone_fingerprint", "weights_sha256"]
@@ -55,7 +55,6 @@ __all__ = ["FeatureCache", "FeatureStore", "CACHE_ENV", "default_cache_root", "f
 CACHE_ENV = "DPDIFF_CACHE"
 FORMAT_VERSION = 1
 WEIGHTS_MEMO = "weights_sha256.json"
-_TMP_SUFFIX = ".tmp"
 _BACKBONE_ATTRS = ("name", "layers", "feature_stride", "local_aggregation", "patch_size", "image_size",
                    "out_channels", "stage_channels", "mean", "std")
 
@@ -154,20 +153,6 @@ def _code_sha256(backbone: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _jsonable(v):
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, os.PathLike):
-        return os.fspath(v)
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    if hasattr(v, "tolist"):
-        return v.tolist()
-    return repr(v)
-
-
 def backbone_fingerprint(backbone: torch.nn.Module, image_size: int, backbone_key: dict | None = None,
                          memo_file: str | os.PathLike | None = None) -> dict:
     """Everything that determines the cached maps (see the module docstring), as a JSON-able dict."""
@@ -175,7 +160,7 @@ def backbone_fingerprint(backbone: torch.nn.Module, image_size: int, backbone_ke
                  "class": f"{type(backbone).__module__}.{type(backbone).__qualname__}"}
     for attr in _BACKBONE_ATTRS:  # under their own names: backbone.image_size is not the requested size
         if hasattr(backbone, attr):
-            key[f"backbone.{attr}"] = _jsonable(getattr(backbone, attr))
+            key[f"backbone.{attr}"] = to_jsonable(getattr(backbone, attr), fallback=repr)
     wpath = getattr(backbone, "weights_path", None)
     if wpath:
         key["weights_sha256"] = weights_sha256(wpath, memo_file)
@@ -188,16 +173,12 @@ def backbone_fingerprint(backbone: torch.nn.Module, image_size: int, backbone_ke
         key["timm"] = timm.__version__
     except ImportError:  # pragma: no cover - timm is a dependency
         key["timm"] = None
-    key["options"] = _jsonable(dict(backbone_key or {}))
+    key["options"] = to_jsonable(dict(backbone_key or {}), fallback=repr)
     return key
 
 
 def _key_hash(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def _safe(s: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in s)[:60] or "backbone"
 
 
 class _ShardWriter:
@@ -243,15 +224,6 @@ class _ShardWriter:
             self._fh.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 @contextlib.contextmanager
@@ -414,7 +386,8 @@ class FeatureCache:
         return backbone_fingerprint(backbone, image_size, backbone_key, self.weights_memo)
 
     def key_dir(self, key: dict) -> Path:
-        name = f"{_safe(str(key.get('backbone.name', 'backbone')))}-{int(key['image_size'])}-{_key_hash(key)}"
+        backbone = slugify(key.get("backbone.name", "backbone"), default="backbone", max_length=60)
+        name = f"{backbone}-{int(key['image_size'])}-{_key_hash(key)}"
         return self.root / name
 
     # ---------------------------------------------------------------- reading
@@ -463,26 +436,29 @@ class FeatureCache:
 
         sid = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:10]}"
         data_name, index_name = f"shard-{sid}.npy", f"shard-{sid}.json"
-        tmp = key_dir / f".{data_name}.{uuid.uuid4().hex[:8]}{_TMP_SUFFIX}"
         final = key_dir / data_name
         dataset = ImageDataset(samples, image_size, backbone.mean, backbone.std, load_masks=False)
-        writer = _ShardWriter(tmp, len(samples))
-        renamed = False
+        item_shape: list[tuple[int, ...]] = []
+
+        def write_rows(tmp: str) -> None:  # streams the maps into the temp file atomic_write renames
+            writer = _ShardWriter(Path(tmp), len(samples))
+            try:
+                extract_features(backbone, dataset, batch_size, device, num_workers, desc=desc, out=writer)
+                writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+            item_shape.append(writer.item_shape)
+
+        atomic_write(final, write_rows)
         try:
-            extract_features(backbone, dataset, batch_size, device, num_workers, desc=desc, out=writer)
-            writer.close()
-            os.replace(tmp, final)
-            renamed = True
-            index = {"format": FORMAT_VERSION, "data": data_name, "shape": [len(samples), *writer.item_shape],
+            index = {"format": FORMAT_VERSION, "data": data_name, "shape": [len(samples), *item_shape[0]],
                      "dtype": "float16", "key": _key_hash(key), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                      "items": [list(i) for i in idents]}
             atomic_write_json(key_dir / index_name, index)  # the shard becomes visible here, last
-            _fsync_dir(key_dir)
         except BaseException:
-            writer.abort()
-            if renamed:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(final)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(final)
             raise
 
     def get(self, backbone: torch.nn.Module, backbone_key: dict | None, samples: Sequence[Sample | str | os.PathLike],
@@ -535,7 +511,7 @@ class FeatureCache:
     @staticmethod
     def _remove_stale_temps(key_dir: Path, max_age_s: float = 24 * 3600) -> int:
         now, n = time.time(), 0
-        for p in key_dir.glob(f".*{_TMP_SUFFIX}"):
+        for p in key_dir.glob(f".*{TEMP_SUFFIX}"):
             with contextlib.suppress(OSError):
                 if now - p.stat().st_mtime > max_age_s:
                     p.unlink()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from ...backbones import build_backbone
 from ...config import Config
+from ...progress import progress
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -40,7 +40,7 @@ def extract_features(backbone: torch.nn.Module, dataset: Dataset, batch_size: in
     backbone = backbone.to(device).eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     pos = 0
-    for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
+    for batch in progress(loader, desc=desc, unit="batch", leave=False):
         images = batch["image"].to(device, non_blocking=True)
         feats = backbone(images).to("cpu", dtype)
         if out is None:
