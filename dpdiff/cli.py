@@ -1,4 +1,5 @@
-"""Command-line interface: dpdiff train | test | report | predict | demo | benchmark | scale."""
+"""Command-line interface: dpdiff train | test | report | predict | calibrate | export | demo | benchmark | scale |
+serve."""
 from __future__ import annotations
 
 import argparse
@@ -130,8 +131,44 @@ def cmd_predict(args) -> int:
         return 0
     from .experiments.evaluation import predict_and_draw
     prediction = predict_and_draw(Path(args.run), Path(args.images), Path(args.output), device=args.device or "auto",
-                                  overlays=not args.no_overlays, overwrite=args.overwrite, weights=args.weights)
-    print(f"scores written to {prediction.scores_csv}")
+                                  overlays=not args.no_overlays, overwrite=args.overwrite, weights=args.weights,
+                                  skip_bad=args.skip_bad, category=args.category)
+    print(f"scores written to {prediction.scores_csv}" +
+          (f", defect masks to {prediction.masks}/" if prediction.masks else " (uncalibrated: no decisions or masks; "
+                                                                              "run `dpdiff calibrate`)"))
+    if prediction.skipped:
+        print(f"skipped {len(prediction.skipped)} unreadable image(s), listed in {prediction.scores_csv}")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from .engine.inference import Detector
+    if args.normal is None and args.labelled is None:
+        raise UsageError("pass --normal DIR (held-out normal images) and/or --labelled DIR (a labelled validation set)")
+    detector = Detector.load(Path(args.run), weights=args.weights, device=args.device or "auto")
+    t = detector.calibrate(args.normal, target_fpr=args.fpr, category=args.category, labelled=args.labelled,
+                           skip_bad=args.skip_bad, save=True)
+    scope = f"category {args.category!r}" if args.category else "global"
+    how = f"target false-alarm rate {t.target_fpr:g}" if t.method == "fpr" else "F1-optimal"
+    pixel = "none (no masks)" if t.pixel is None else f"{t.pixel:.6g}"
+    print(f"{scope} thresholds ({how}, {t.num_images} images): image {t.image:.6g}, pixel {pixel}")
+    print(f"written to {detector.calibration_path}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .engine.export import export_onnx
+    from .engine.inference import Detector
+    if Path(args.run).suffix.lower() == ".onnx":
+        raise UsageError(f"{args.run} is already an ONNX model; pass the run folder it was exported from")
+    detector = Detector.load(Path(args.run), weights=args.weights, device="cpu")
+    summary = export_onnx(detector, Path(args.output), opset=args.opset, overwrite=args.overwrite,
+                          verify=not args.no_verify)
+    print(f"exported {summary['file']} ({summary['bytes'] / 1e6:.1f} MB, opset {summary['opset']}, input "
+          f"(batch, 3, {summary['image_size']}, {summary['image_size']}))")
+    if "max_abs_map_diff" in summary:
+        print(f"onnxruntime vs PyTorch: max |map difference| {summary['max_abs_map_diff']:.2e}, max relative score "
+              f"difference {summary['max_rel_score_diff']:.2e}")
     return 0
 
 
@@ -241,6 +278,20 @@ def cmd_scale(args) -> int:
     print("tables: " + ", ".join(p["md"] for p in result["tables"].values()) + f"; plot: {result['plot']}")
     return 0
 
+def cmd_serve(args) -> int:
+    import os
+
+    from .serve import ServeSettings, run_server
+    token = args.token or os.environ.get("DPDIFF_SERVE_TOKEN") or None  # the variable keeps it out of `ps`
+    try:
+        settings = ServeSettings(max_image_mb=args.max_image_mb, max_batch=args.max_batch,
+                                 max_wait_ms=args.max_wait_ms, max_megapixels=args.max_megapixels, token=token)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    run_server(Path(args.run), onnx=args.onnx, host=args.host, port=args.port, settings=settings,
+               device=args.device or "auto", weights=args.weights)
+    return 0
+
 FORMAT_CHOICES = ["mvtec", "mpdd", "btad", "visa", "realiad", "realiad_variety", "generic", "auto"]
 
 
@@ -310,15 +361,48 @@ def _add_evaluation_commands(sub) -> None:
     rp.add_argument("--overwrite", action="store_true", help="replace an existing report")
     rp.set_defaults(func=cmd_report)
 
-    r = sub.add_parser("predict", help="score a folder of images: scores.csv + overlay PNGs")
-    r.add_argument("run")
+    r = sub.add_parser("predict", help="score a folder of images: scores.csv (+ decisions and defect masks when "
+                                       "calibrated) + overlay PNGs")
+    r.add_argument("run", help="run folder written by `dpdiff train`, or a model.onnx from `dpdiff export`")
     r.add_argument("images", help="folder of images (searched recursively)")
     r.add_argument("--output", "-o", required=True)
     r.add_argument("--no-overlays", action="store_true")
+    r.add_argument("--category", help="use the thresholds calibrated for this category (default: the global ones)")
+    r.add_argument("--skip-bad", action="store_true", help="list unreadable images in scores.csv as skipped "
+                                                           "instead of stopping")
     r.add_argument("--weights", help=_WEIGHTS_HELP)
     r.add_argument("--device", default=None)
     r.add_argument("--overwrite", action="store_true")
     r.set_defaults(func=cmd_predict)
+
+
+def _add_deployment_commands(sub) -> None:
+    """``dpdiff calibrate`` and ``export``: decision thresholds and an ONNX model of a trained run."""
+    c = sub.add_parser("calibrate", help="decision thresholds from held-out normal images at a target false-alarm "
+                                         "rate (or F1-optimal on a labelled set) -> RUN/calibration.json")
+    c.add_argument("run", help="run folder written by `dpdiff train` (or a model.onnx: thresholds go to "
+                               "model.calibration.json beside it)")
+    c.add_argument("--normal", help="folder of normal images NOT used in training (searched recursively); at least "
+                                    "1/fpr - 1 of them (99 for --fpr 0.01)")
+    c.add_argument("--fpr", type=float, default=0.01, help="target false-alarm rate on normal images (default 0.01)")
+    c.add_argument("--labelled", help="a labelled validation set (a dataset folder; its test split with masks): "
+                                      "F1-optimal thresholds instead, --normal images added as normal samples")
+    c.add_argument("--category", help="store the thresholds for this category only (default: global thresholds)")
+    c.add_argument("--skip-bad", action="store_true", help="leave out unreadable images instead of stopping")
+    c.add_argument("--weights", help=_WEIGHTS_HELP)
+    c.add_argument("--device", default=None)
+    c.set_defaults(func=cmd_calibrate)
+
+    x = sub.add_parser("export", help="the whole scoring pipeline as one ONNX model (onnxruntime scores like "
+                                      "PyTorch; thresholds in its metadata)")
+    x.add_argument("run", help="run folder written by `dpdiff train`")
+    x.add_argument("--format", choices=["onnx"], default="onnx", help="export format (onnx)")
+    x.add_argument("--output", "-o", required=True, help="the .onnx file to write")
+    x.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17, default 17)")
+    x.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-PyTorch check on two images")
+    x.add_argument("--weights", help=_WEIGHTS_HELP)
+    x.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    x.set_defaults(func=cmd_export)
 
 
 def _add_tool_commands(sub) -> None:
@@ -402,6 +486,31 @@ def _add_protocol_commands(sub) -> None:
     sc.set_defaults(func=cmd_scale)
 
 
+def _add_serve_command(sub) -> None:
+    """``dpdiff serve``: the HTTP service and web page."""
+    sv = sub.add_parser("serve", help="HTTP service + web page for line-side inspection: POST images, get scores, "
+                                      "decisions and overlays (see README, Serve)")
+    sv.add_argument("run", help="run folder written by `dpdiff train` (calibrated with `dpdiff calibrate` for "
+                                "decisions)")
+    sv.add_argument("--onnx", help="serve this exported ONNX file with ONNX Runtime instead of the torch model")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                                                        "only; see README for a reverse proxy)")
+    sv.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    sv.add_argument("--max-image-mb", type=float, default=20.0, help="largest upload per image in MiB, refused "
+                                                                     "before decoding (default 20)")
+    sv.add_argument("--max-megapixels", type=float, default=40.0, help="largest decoded image, read from its "
+                                                                       "header before decoding (default 40)")
+    sv.add_argument("--max-batch", type=int, default=16, help="images per model call when requests queue up "
+                                                             "(default 16)")
+    sv.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a model call waits for more images "
+                                                                   "before it starts (default 10)")
+    sv.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on every API request (or set "
+                                    "DPDIFF_SERVE_TOKEN, which other users cannot read in the process list)")
+    sv.add_argument("--weights", help=_WEIGHTS_HELP)
+    sv.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
+    sv.set_defaults(func=cmd_serve)
+
+
 def _add_output_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
     """-v/-q/--no-progress, accepted before and after the command (``dpdiff -q test RUN`` = ``dpdiff test RUN
     -q``); only the top-level parser sets defaults, so a command's parser never resets a flag given before it."""
@@ -421,8 +530,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     _add_training_command(sub)
     _add_evaluation_commands(sub)
+    _add_deployment_commands(sub)
     _add_tool_commands(sub)
     _add_protocol_commands(sub)
+    _add_serve_command(sub)
     for command in sub.choices.values():
         _add_output_options(command, defaults=False)
     return p

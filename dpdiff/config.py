@@ -130,6 +130,11 @@ class TrainConfig:
     feature_cache: bool = _setting(False, role=RUNTIME)  # memory-mapped fp16 token cache reused across runs
                                            # (engine/features/cache.py)
     cache_dir: str | None = _setting(None, role=RUNTIME)  # default $DPDIFF_CACHE or ~/.cache/dpdiff/features
+    calibration_fraction: float = _setting(0.0, ge=0, lt=1)  # hold out this fraction of each category's normal
+                                           # training images (seeded by train.seed) and calibrate the decision
+                                           # thresholds on them after training (engine/calibration.py); 0 = off
+    calibration_fpr: float = _setting(0.01, gt=0, lt=1, role=RUNTIME)  # target false-alarm rate of that
+                                           # calibration; needs >= 1/fpr - 1 held-out images (99 for 0.01)
 
 
 @dataclass

@@ -10,31 +10,32 @@ all score images through :class:`Detector`, so what is timed and reported is wha
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence, Union
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 
 from ..config import Config, InferenceConfig
-from ..data.dataset import ImageDataset, load_image_rgb, normalized_image_tensor
+from ..data.dataset import ImageDataset, normalized_image_tensor
 from ..errors import CheckpointError, ConfigKeyError
 from ..model.dpdiff_ad import DPDiffAD, _autocast_dtype
 from ..model.postprocess import postprocess
 from ..model.prototypes import prototype_similarity_maps
 from ..progress import progress
+from ..run_files import CALIBRATION_FILE
+from .calibration import read_calibration, scoring_fingerprint
 from .checkpoint import load_model
 from .features import build_backbone_from_config, resolve_device, tokens_from_maps
-
-#: What :meth:`Detector.preprocess` takes: a file path, a PIL image, an 8-bit numpy image (H, W[, 3|4]), or a
-#: float tensor in [0, 1] of one (3, H, W) or several (B, 3, H, W) RGB images.
-ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+from .predictor import ImageInput, Predictor
+from .predictor import as_pil as _as_pil
+from .predictor import flatten_inputs as _flatten_inputs
 
 #: Rows (image x noise draw) per DiT call on a CPU. Measured (benchmarks/speed.py, Lite0 @256, DiT
 #: 128x4, batch 16, 4 draws): one call over all 64 rows 159 ms/img, 16-row calls 118 ms/img - the
@@ -45,6 +46,16 @@ CPU_MAX_ROWS = 16
 def inference_row_cap(device: torch.device) -> int | None:
     """Rows per DiT call for ``DPDiffAD.token_scores(max_batch=...)``: results are identical either way."""
     return CPU_MAX_ROWS if torch.device(device).type == "cpu" else None
+
+
+def scoring_settings(cfg: Config) -> dict:
+    """The settings a score depends on besides the weights: the inference options (but the batch size), the
+    map size and the backbone (name, layers, input size, stride; not where its weights file lives)."""
+    inference = {k: v for k, v in dataclasses.asdict(cfg.inference).items() if k != "batch_size"}
+    b = cfg.backbone
+    return {"inference": inference, "map_size": map_size(cfg),
+            "backbone": {"name": b.name, "layers": b.layers, "image_size": b.image_size,
+                         "feature_stride": b.feature_stride}}
 
 
 def map_size(cfg: Config) -> int:
@@ -79,13 +90,37 @@ class Probe:
     scores: np.ndarray | None
 
 
-class Detector:
+class Detector(Predictor):
     """Backbone + DPDiffAD + post-processing: images -> (pixel maps (B,R,R), image scores (B,)).
+
+    The public ``dpdiff.Detector``: :meth:`load` a run folder (or a ``dpdiff export`` ``.onnx``), then
+    ``predict`` images and ``calibrate`` thresholds (:class:`~dpdiff.engine.predictor.Predictor`, whose
+    docstring is the contract of :class:`~dpdiff.engine.predictor.Prediction`).
 
     ``autocast_dtype`` (``torch.bfloat16``/``torch.float16`` or "bf16"/"fp16"; default off) runs the backbone
     and the DiT under ``torch.autocast``; ``compile`` uses a ``torch.compile``d DiT. Both are speed options
     (``dpdiff benchmark --dtype``) that change results at rounding level only; post-processing stays float32.
     """
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike, weights: str | None = None, device: str = "auto"):
+        """The detector of a run folder (``dpdiff train`` output) with its thresholds (``RUN/calibration.json``
+        when present and made for these weights and settings); ``weights``: the backbone checkpoint, when it is
+        not where the run's config says. A ``.onnx`` file (``dpdiff export``) loads an
+        :class:`~dpdiff.engine.onnx_runtime.OnnxDetector` instead (onnxruntime, same ``predict``/``calibrate``)."""
+        path = Path(run_dir)
+        if path.suffix.lower() == ".onnx":
+            from .onnx_runtime import OnnxDetector
+            return OnnxDetector.load(path, device=device)
+        detector = load_detector(path, device, weights=weights)
+        detector.calibration_path = path / CALIBRATION_FILE
+        detector.calibration = read_calibration(detector.calibration_path, detector.fingerprint())
+        return detector
+
+    def fingerprint(self) -> dict:
+        """What the scores depend on (:func:`~dpdiff.engine.calibration.scoring_fingerprint`): the DPDiffAD
+        weights and the scoring settings; thresholds are used only with a matching fingerprint."""
+        return scoring_fingerprint(self.model.state_dict(), scoring_settings(self.cfg))
 
     def __init__(self, backbone: torch.nn.Module, model: DPDiffAD, cfg: Config, device: torch.device | str,
                  *, autocast_dtype: torch.dtype | str | None = None, compile: bool = False):
@@ -222,44 +257,6 @@ class Detector:
         return out | {"x0": x0.float().cpu(), "x0_hat": x0_hat.float().cpu()}
 
 
-# ---------------------------------------------------------------------------------------------- inputs
-def _flatten_inputs(images) -> list:
-    """One entry per image: a (B, 3, H, W) tensor becomes B (3, H, W) tensors; a single image a list of one."""
-    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray, torch.Tensor)):
-        images = [images]
-    out = []
-    for item in images:
-        if isinstance(item, torch.Tensor) and item.dim() == 4:
-            out.extend(item.unbind(0))
-        else:
-            out.append(item)
-    return out
-
-
-def _as_pil(item, position: int) -> Image.Image:
-    if isinstance(item, (str, os.PathLike)):
-        return load_image_rgb(item)
-    if isinstance(item, Image.Image):
-        return item
-    if isinstance(item, np.ndarray):
-        if item.dtype != np.uint8 or not (item.ndim == 2 or (item.ndim == 3 and item.shape[2] in (3, 4))):
-            raise ValueError(f"image {position}: numpy images must be uint8 (H, W), (H, W, 3) or (H, W, 4), got "
-                             f"{item.dtype} {item.shape}; pass float images as a torch tensor (3, H, W) in [0, 1]")
-        return Image.fromarray(np.ascontiguousarray(item))
-    if isinstance(item, torch.Tensor):
-        if not item.is_floating_point() or item.dim() != 3 or item.shape[0] != 3:
-            raise ValueError(f"image {position}: tensors must be float RGB (3, H, W) or (B, 3, H, W) in [0, 1], got "
-                             f"{item.dtype} {tuple(item.shape)}")
-        t = item.detach().float().cpu()
-        if not bool(torch.isfinite(t).all()) or float(t.min()) < 0.0 or float(t.max()) > 1.0:
-            raise ValueError(f"image {position}: tensor values must be finite and in [0, 1], got "
-                             f"[{float(t.min()):.4g}, {float(t.max()):.4g}] (an already normalised batch goes to "
-                             f"Detector(batch), not to preprocess/score_images)")
-        return Image.fromarray((t * 255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
-    raise TypeError(f"image {position}: expected a path, PIL image, numpy uint8 array or float tensor, "
-                    f"got {type(item).__name__}")
-
-
 # ---------------------------------------------------------------------------------------------- loading, datasets
 def apply_test_overrides(cfg: Config, overrides: dict | None) -> Config:
     """``{"noise_step": 50, "evaluation.resolution": 256, ...}``: bare keys are inference options;
@@ -315,5 +312,5 @@ def score_dataset(detector: Detector, dataset: ImageDataset, batch_size: int, de
 
 
 __all__ = ["CPU_MAX_ROWS", "Detector", "ImageInput", "Probe", "apply_test_overrides", "inference_row_cap", "load_detector", "map_size",
-           "postprocess_maps",
+           "postprocess_maps", "scoring_settings",
            "score_dataset"]

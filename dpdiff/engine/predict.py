@@ -1,68 +1,123 @@
-"""Score a folder of images with a trained run: scores CSV, and the overlays to draw (no labels needed)."""
+"""``dpdiff predict``: score a folder of images with a run folder or an exported ``.onnx``.
+
+Writes ``OUTPUT/scores.csv`` (one row per image: ``image, score, normalized_score, is_anomalous,
+max_pixel_score, defect_pixels, status``; the decision columns are empty while the run is uncalibrated) and,
+when calibrated, one binary defect mask per image, ``OUTPUT/masks/<relative path>.png`` (0/255, at the image's
+own size). Returns the overlays to draw (``dpdiff.experiments.evaluation.predict_and_draw``): the anomaly map
+with the predicted mask's contour.
+
+A corrupt or unreadable image is an error naming the file, or with ``skip_bad`` a row with ``status``
+``skipped: <why>``. An existing ``scores.csv`` is kept unless ``overwrite``; files are written atomically.
+"""
 from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from ..data.mvtec import IMAGE_EXTENSIONS
-from ..errors import DataError
+from ..errors import RunFolderError
 from ..figure_data import OverlayItem
-from ..io import atomic_write_text
+from ..io import atomic_write_bytes, atomic_write_text
 from ..run_files import OVERLAYS_DIR, PREDICTIONS_FILE
-from .inference import load_detector
+from .inference import Detector
+from .predictor import Predictor, Skipped, decide, list_images
 
+logger = logging.getLogger(__name__)
 
-def list_images(folder: Path) -> list[Path]:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder}")
-    paths = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
-                   and p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not paths:
-        raise DataError(f"{folder}: no images found (extensions {sorted(IMAGE_EXTENSIONS)})")
-    return paths
+__all__ = ["PredictionFiles", "predict", "list_images", "MASKS_DIR", "CSV_COLUMNS"]
+
+#: Folder of the binary defect masks under the output folder.
+MASKS_DIR = "masks"
+CSV_COLUMNS = ("image", "score", "normalized_score", "is_anomalous", "max_pixel_score", "defect_pixels", "status")
 
 
 @dataclass
-class Prediction:
-    """What :func:`predict` wrote (``scores_csv``) and the overlays to draw (files relative to its folder)."""
+class PredictionFiles:
+    """What :func:`predict` wrote: ``scores_csv``, the ``masks`` folder (None when uncalibrated), the overlays
+    to draw (files relative to the output folder), the skipped inputs and the number of images scored."""
 
     scores_csv: Path
-    overlays: list[OverlayItem]
+    masks: Path | None
+    overlays: list[OverlayItem] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    scored: int = 0
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _mask_png(mask: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buf, format="PNG", compress_level=3)
+    return buf.getvalue()
 
 
 def predict(run_dir: Path, images: Path, output_dir: Path, device: str = "auto", overlays: bool = True,
-            overwrite: bool = False, weights: str | None = None) -> Prediction:
-    """Score every image under ``images`` (:meth:`Detector.score_images`); writes ``output_dir/scores.csv``
-    and returns it with one :class:`~dpdiff.figure_data.OverlayItem` per image when ``overlays`` (drawn by
-    ``dpdiff.experiments.evaluation.predict_and_draw``). ``weights``: the backbone checkpoint, when it is not
-    where the run's config says (``backbone.weights``)."""
-    detector = load_detector(Path(run_dir), device, weights=weights)
-    paths = list_images(images)
-    out = Path(output_dir)
+            overwrite: bool = False, weights: str | None = None, skip_bad: bool = False,
+            category: str | None = None, detector: Predictor | None = None) -> PredictionFiles:
+    """Score every image under ``images`` with the run (or ``.onnx``) ``run_dir`` (:meth:`Detector.load`;
+    ``detector``: one already loaded); writes ``scores.csv`` and the masks (module docstring) and returns
+    them with one :class:`~dpdiff.figure_data.OverlayItem` per scored image when ``overlays``. ``category``:
+    use the thresholds calibrated for it. ``weights``: the backbone checkpoint, when it is not where the run's
+    config says."""
+    images, out = Path(images), Path(output_dir)
     csv_path = out / PREDICTIONS_FILE
     if csv_path.exists() and not overwrite:
-        raise FileExistsError(f"{csv_path} exists; pass --overwrite or choose another --output")
+        raise RunFolderError(f"{csv_path} exists; pass --overwrite or choose another --output")
+    paths = list_images(images)
+    detector = detector or Detector.load(Path(run_dir), weights=weights, device=device)
+    thresholds = detector.thresholds(category)
+    if thresholds is None:
+        logger.warning("%s is not calibrated: scores only, no decisions or masks (run `dpdiff calibrate`)", run_dir)
+    write_masks = thresholds is not None and thresholds.pixel is not None
     out.mkdir(parents=True, exist_ok=True)
-    maps, scores = (t.numpy() for t in detector.score_images(paths, desc="predict"))
+    rows, kept, skipped = [], [], []
+    for item in detector.iter_scored(paths, skip_bad=skip_bad, desc="predict"):
+        if isinstance(item, Skipped):
+            skipped.append(item)
+            rows.append([item.image, "", "", "", "", "", f"skipped: {item.reason}"])
+            continue
+        name, small_map, score, size_hw = item
+        p = decide(name, small_map, score, size_hw, thresholds, category)
+        rel = Path(name).relative_to(images).with_suffix(".png").as_posix()
+        if write_masks:
+            atomic_write_bytes(out / MASKS_DIR / rel, _mask_png(p.mask))
+        rows.append([name, _fmt(p.score), _fmt(p.normalized_score), _fmt(p.is_anomalous),
+                     _fmt(float(p.anomaly_map.max())), _fmt(None if p.mask is None else int(p.mask.sum())), "ok"])
+        if overlays:
+            kept.append((name, rel, small_map, p))
     buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["image", "score", "max_pixel_score"])
-    for p, s, m in zip(paths, scores, maps):
-        w.writerow([str(p), f"{float(s):.6g}", f"{float(m.max()):.6g}"])
+    writer = csv.writer(buf)
+    writer.writerow(CSV_COLUMNS)
+    writer.writerows(rows)
     atomic_write_text(csv_path, buf.getvalue())
+    items = _overlay_items(kept, detector.map_size, thresholds)
+    return PredictionFiles(csv_path, out / MASKS_DIR if write_masks else None, items, skipped, len(rows) - len(skipped))
+
+
+def _overlay_items(kept: list, size: int, thresholds) -> list[OverlayItem]:
+    """The anomaly map (one colour scale for the folder) with the predicted mask's contour (at map size)."""
+    if not kept:
+        return []
+    maps = np.stack([k[2] for k in kept])
+    vmin, vmax = float(np.min(maps)), float(np.percentile(maps, 99.9))
     items = []
-    if overlays:
-        vmin, vmax = float(np.min(maps)), float(np.percentile(maps, 99.9))
-        for i, p in enumerate(paths):
-            rel = Path(p).relative_to(Path(images)).with_suffix(".png").as_posix()
-            items.append(OverlayItem(str(p), maps[i], f"{OVERLAYS_DIR}/{rel}", detector.map_size, vmin, vmax,
-                                     f"score={scores[i]:.3g}"))
-    return Prediction(csv_path, items)
-
-
-__all__ = ["Prediction", "predict", "list_images"]
+    for name, rel, small_map, p in kept:
+        mask = None if thresholds is None or thresholds.pixel is None else small_map > thresholds.pixel
+        title = f"score={p.score:.3g}"
+        if p.is_anomalous is not None:
+            title += f" ({p.normalized_score:.2f}x threshold: {'ANOMALOUS' if p.is_anomalous else 'normal'})"
+        items.append(OverlayItem(name, small_map, f"{OVERLAYS_DIR}/{rel}", size, vmin, vmax, title, mask))
+    return items

@@ -39,6 +39,7 @@ from ..model.dpdiff_ad import DPDiffAD
 from ..progress import progress
 from ..run_files import HISTORY_FILE
 from . import distributed as D
+from .calibration import fpr_thresholds, hold_out_for_calibration, min_normal_images
 from .checkpoint import (RUN_FILES, STATE_FILE, build_model_from_state, check_resume_config, load_model,
                          load_train_state, remove_stale_temp_files, rng_states, save_checkpoint, set_rng_states)
 from .features import build_backbone_from_config, channel_statistics, extract_features, tokens_from_maps
@@ -73,9 +74,40 @@ def prepare_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
 
 
 def _training_samples(cfg: Config) -> list:
+    return _split_samples(cfg)[0]
+
+
+def _split_samples(cfg: Config) -> tuple[list, list]:
+    """(samples trained on, samples held out for calibration: ``train.calibration_fraction``, seeded by
+    ``train.seed``); too few held-out images for ``train.calibration_fpr`` is an error before training."""
     if not cfg.data.root:
         raise ConfigError("no data root: set data.root in the config or pass --data PATH")
-    return load_samples(cfg.data.format, Path(cfg.data.root), cfg.data.categories, "train", **cfg.data.options)
+    samples = load_samples(cfg.data.format, Path(cfg.data.root), cfg.data.categories, "train", **cfg.data.options)
+    fraction, fpr = cfg.train.calibration_fraction, cfg.train.calibration_fpr
+    kept, held = hold_out_for_calibration(samples, fraction, cfg.train.seed)
+    if fraction > 0 and len(held) < min_normal_images(fpr):
+        raise ConfigError(f"train.calibration_fraction={fraction:g} holds out {len(held)} of {len(samples)} normal "
+                          f"images; calibrating at train.calibration_fpr={fpr:g} needs at least "
+                          f"{min_normal_images(fpr)}: raise the fraction or the rate, or calibrate later with "
+                          f"`dpdiff calibrate`")
+    return kept, held
+
+
+def calibrate_held_out(run_dir: Path, cfg: Config) -> None:
+    """Thresholds at ``train.calibration_fpr`` on the held-out normal images (``calibration.json``): global,
+    and per category for the categories with enough held-out images. Each image is scored once."""
+    from .inference import Detector
+    held = _split_samples(cfg)[1]
+    detector = Detector.load(run_dir, device=cfg.train.device)
+    maps, scores = (t.numpy() for t in detector.score_images([s.image_path for s in held], desc="calibration"))
+    fpr = cfg.train.calibration_fpr
+    thresholds = {None: fpr_thresholds(scores, maps, fpr)}
+    categories = np.array([str(s.category) for s in held])
+    for category in sorted(set(categories)):
+        idx = np.flatnonzero(categories == category)
+        if idx.size >= min_normal_images(fpr):
+            thresholds[category] = fpr_thresholds(scores[idx], maps[idx], fpr)
+    detector.set_thresholds(thresholds, save=True)
 
 
 def _shared_training_samples(cfg: Config, info: D.DistInfo) -> list:
@@ -241,10 +273,16 @@ def train(cfg: Config, run_dir: Path, overwrite: bool = False, resume: bool = Fa
     ``features`` (N, C, h, w) may be passed in to skip the backbone (benchmarks reuse them).
     Under ``torchrun`` this trains data-parallel (see the module docstring).
     """
+    if features is not None and cfg.train.calibration_fraction > 0:
+        raise ConfigError("train.calibration_fraction needs train() to read the images itself (no precomputed "
+                          "features): the held-out images must not be in them")
     with D.distributed_context(cfg.train.device) as info:
         trainer = Trainer(cfg, Path(run_dir), info)
         trainer.setup(overwrite, resume, features, samples)
-        return trainer.fit()
+        run = trainer.fit()
+        if cfg.train.calibration_fraction > 0 and info.is_main:
+            calibrate_held_out(run, cfg)
+        return run
 
 
 class Trainer:
@@ -499,5 +537,5 @@ def load_history(run_dir: Path) -> list[dict]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-__all__ = ["train", "Trainer", "prepare_run_dir", "build_backbone_from_config", "train_features", "load_history",
+__all__ = ["train", "Trainer", "calibrate_held_out", "prepare_run_dir", "build_backbone_from_config", "train_features", "load_history",
            "check_finite_features", "TrainingDiverged"]

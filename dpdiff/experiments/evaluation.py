@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from ..engine.evaluate import evaluate
-from ..engine.predict import Prediction, predict
+from ..engine.predict import PredictionFiles, predict
 from ..engine.report_inputs import prepare_report_data
 from ..engine.train import load_history
 from ..errors import RunFolderError
@@ -64,11 +64,13 @@ def rebuild_report(run_dir: Path, eval_dir: Path | None = None, output: Path | N
 
 
 def predict_and_draw(run_dir: Path, images: Path, output_dir: Path, device: str = "auto", overlays: bool = True,
-                     overwrite: bool = False, weights: str | None = None) -> Prediction:
-    """:func:`~dpdiff.engine.predict.predict` (``OUTPUT/scores.csv``), then one overlay PNG per image under
-    ``OUTPUT/overlays/`` unless ``overlays=False``."""
+                     overwrite: bool = False, weights: str | None = None, skip_bad: bool = False,
+                     category: str | None = None) -> PredictionFiles:
+    """:func:`~dpdiff.engine.predict.predict` (``OUTPUT/scores.csv``, ``OUTPUT/masks/`` when calibrated), then one
+    overlay PNG per image under ``OUTPUT/overlays/`` (the anomaly map with the predicted defect mask's contour)
+    unless ``overlays=False``. ``run_dir``: a run folder or an exported ``.onnx``."""
     prediction = predict(run_dir, images, output_dir, device=device, overlays=overlays, overwrite=overwrite,
-                         weights=weights)
+                         weights=weights, skip_bad=skip_bad, category=category)
     save_overlay_items(prediction.overlays, output_dir)
     return prediction
 

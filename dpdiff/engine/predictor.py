@@ -1,0 +1,351 @@
+"""Decisions on images, shared by the PyTorch :class:`~dpdiff.engine.inference.Detector` and the onnxruntime
+:class:`~dpdiff.engine.onnx_runtime.OnnxDetector`: :class:`Prediction` (the public result) and
+:class:`Predictor` (``predict`` and ``calibrate`` on top of a runtime's ``score_images``).
+
+The contract (stable; ``dpdiff serve`` and user code rely on it):
+
+``Predictor.predict(images, category=None, batch_size=None) -> list[Prediction]``, one per image, in order.
+``images``: one image or a sequence of file paths, folders (every image under them, sorted), PIL images,
+``(H, W[, 3|4])`` uint8 arrays or float tensors in [0, 1] of shape ``(3, H, W)``/``(B, 3, H, W)``; each is
+preprocessed inside exactly as in training, so the same picture given in any of these forms gets the same
+prediction. A :class:`Prediction` holds:
+
+* ``image``: the file path (str) it was read from, or None for in-memory images;
+* ``score`` (float): the image anomaly score (paper Eq. 24); higher = more anomalous;
+* ``normalized_score`` (float or None when uncalibrated): ``score / image_threshold``; 1.0 is the decision
+  boundary;
+* ``is_anomalous`` (bool or None when uncalibrated): ``score > image_threshold``;
+* ``anomaly_map`` (float32 ``(H, W)``): the pixel anomaly map at the image's own size (the model's map,
+  bilinearly resized);
+* ``mask`` (bool ``(H, W)`` or None when uncalibrated or without a pixel threshold): ``anomaly_map >
+  pixel_threshold``, the defect region;
+* ``image_threshold``, ``pixel_threshold`` (float or None): the thresholds used;
+* ``category`` (str or None): the category the caller named (its thresholds are used when calibrated for it,
+  else the global ones);
+
+and ``to_dict()`` gives the JSON-ready fields without arrays (plus ``height``, ``width``,
+``max_pixel_score`` and ``defect_pixels``).
+
+``Predictor.calibrate(normal_images=None, target_fpr=0.01, category=None, *, labelled=None, ...)`` sets the
+thresholds (:mod:`dpdiff.engine.calibration`), keeps them on the predictor and, for a detector loaded from a
+run folder, saves them to ``RUN/calibration.json`` (atomically) so later loads use them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data.dataset import load_image_rgb, read_mask_values, resize_binarise_mask
+from ..data.mvtec import IMAGE_EXTENSIONS
+from ..errors import DataError, UsageError
+from ..progress import progress
+from .calibration import (Calibration, Thresholds, f1_thresholds, fpr_thresholds, min_normal_images,
+                          write_calibration)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ImageInput", "Prediction", "Predictor", "Skipped", "as_pil", "flatten_inputs", "list_images",
+           "resize_map"]
+
+#: What the predictors take: a file path (or a folder of images, for ``predict``/``calibrate``), a PIL image,
+#: an 8-bit numpy image (H, W[, 3|4]), or a float tensor in [0, 1] of one (3, H, W) or several (B, 3, H, W) RGB
+#: images.
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+
+
+@dataclass
+class Prediction:
+    """The decision on one image (see the module docstring for the contract)."""
+
+    image: str | None
+    score: float
+    normalized_score: float | None
+    is_anomalous: bool | None
+    anomaly_map: np.ndarray
+    mask: np.ndarray | None
+    image_threshold: float | None
+    pixel_threshold: float | None
+    category: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as plain JSON types, without the arrays: their size, the largest map value and the
+        number of defect pixels (None without a mask) instead."""
+        h, w = self.anomaly_map.shape
+        return {"image": self.image, "score": self.score, "normalized_score": self.normalized_score,
+                "is_anomalous": self.is_anomalous, "image_threshold": self.image_threshold,
+                "pixel_threshold": self.pixel_threshold, "category": self.category, "height": int(h), "width": int(w),
+                "max_pixel_score": float(self.anomaly_map.max()),
+                "defect_pixels": None if self.mask is None else int(self.mask.sum())}
+
+
+@dataclass
+class Skipped:
+    """An input that could not be read (``skip_bad=True``): its name and why."""
+
+    image: str
+    reason: str
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Every image file under ``folder`` (recursively, sorted; hidden files skipped). FileNotFoundError when
+    it is not a folder, DataError when it holds no image."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
+                   and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not paths:
+        raise DataError(f"{folder}: no images found (extensions {sorted(IMAGE_EXTENSIONS)})")
+    return paths
+
+
+def flatten_inputs(images, expand_folders: bool = False) -> list:
+    """One entry per image: a (B, 3, H, W) tensor becomes B (3, H, W) tensors; a single image a list of one;
+    with ``expand_folders`` a folder path becomes the images under it (:func:`list_images`)."""
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray, torch.Tensor)):
+        images = [images]
+    out = []
+    for item in images:
+        if isinstance(item, torch.Tensor) and item.dim() == 4:
+            out.extend(item.unbind(0))
+        elif expand_folders and isinstance(item, (str, os.PathLike)) and Path(item).is_dir():
+            out.extend(list_images(item))
+        else:
+            out.append(item)
+    return out
+
+
+def as_pil(item, position: int) -> Image.Image:
+    """One input as an 8-bit RGB-convertible PIL image (files decoded, arrays and tensors converted exactly:
+    a float tensor is taken as an 8-bit image, rounded to 1/255)."""
+    if isinstance(item, (str, os.PathLike)):
+        return load_image_rgb(item)
+    if isinstance(item, Image.Image):
+        return item
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8 or not (item.ndim == 2 or (item.ndim == 3 and item.shape[2] in (3, 4))):
+            raise ValueError(f"image {position}: numpy images must be uint8 (H, W), (H, W, 3) or (H, W, 4), got "
+                             f"{item.dtype} {item.shape}; pass float images as a torch tensor (3, H, W) in [0, 1]")
+        return Image.fromarray(np.ascontiguousarray(item))
+    if isinstance(item, torch.Tensor):
+        if not item.is_floating_point() or item.dim() != 3 or item.shape[0] != 3:
+            raise ValueError(f"image {position}: tensors must be float RGB (3, H, W) or (B, 3, H, W) in [0, 1], got "
+                             f"{item.dtype} {tuple(item.shape)}")
+        t = item.detach().float().cpu()
+        if not bool(torch.isfinite(t).all()) or float(t.min()) < 0.0 or float(t.max()) > 1.0:
+            raise ValueError(f"image {position}: tensor values must be finite and in [0, 1], got "
+                             f"[{float(t.min()):.4g}, {float(t.max()):.4g}] (an already normalised batch goes to "
+                             f"Detector(batch), not to preprocess/score_images)")
+        return Image.fromarray((t * 255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
+    raise TypeError(f"image {position}: expected a path, PIL image, numpy uint8 array or float tensor, "
+                    f"got {type(item).__name__}")
+
+
+def _name(item) -> str | None:
+    return os.fspath(item) if isinstance(item, (str, os.PathLike)) else None
+
+
+def _load(items: Sequence, offset: int, skip_bad: bool) -> tuple[list[str | None], list[Image.Image], list[Skipped]]:
+    """(names, PIL images, skipped) of ``items``; an unreadable file is a DataError naming it, or with
+    ``skip_bad`` a :class:`Skipped` entry."""
+    names, pils, skipped = [], [], []
+    for i, item in enumerate(items):
+        try:
+            pil = as_pil(item, offset + i)
+        except (DataError, OSError) as e:
+            if not skip_bad or _name(item) is None:
+                raise
+            logger.warning("skipping %s: %s", _name(item), e)
+            skipped.append(Skipped(_name(item), str(e)))
+            continue
+        names.append(_name(item))
+        pils.append(pil)
+    return names, pils, skipped
+
+
+def resize_map(anomaly_map: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """A (R, R) map resized to (H, W) bilinearly (PIL, float32): the inverse of the model's direct resize of
+    the image to S x S, so the map lines up with the original image."""
+    m = np.asarray(anomaly_map, dtype=np.float32)
+    if m.shape == tuple(size_hw):
+        return m.copy()
+    out = Image.fromarray(m, mode="F").resize((int(size_hw[1]), int(size_hw[0])), Image.Resampling.BILINEAR)
+    return np.asarray(out, dtype=np.float32).copy()
+
+
+def decide(name: str | None, anomaly_map: np.ndarray, score: float, size_hw: tuple[int, int],
+           thresholds: Thresholds | None, category: str | None) -> Prediction:
+    """The :class:`Prediction` of one scored image: map at its own size, decision and mask by ``thresholds``."""
+    full = resize_map(anomaly_map, size_hw)
+    score = float(score)
+    if thresholds is None:
+        return Prediction(name, score, None, None, full, None, None, None, category)
+    mask = None if thresholds.pixel is None else full > thresholds.pixel
+    return Prediction(name, score, score / thresholds.image, bool(score > thresholds.image), full, mask,
+                      thresholds.image, thresholds.pixel, category)
+
+
+# ---------------------------------------------------------------------------------------------- the base class
+class Predictor:
+    """``predict`` and ``calibrate`` for a runtime that scores images.
+
+    A subclass provides ``score_images(images, batch_size=None)`` returning (maps (B, R, R), scores (B,)) of
+    PIL images (tensors or arrays), ``map_size`` (R), ``cfg`` (the run's :class:`~dpdiff.config.Config`) and
+    ``fingerprint()`` (:func:`~dpdiff.engine.calibration.scoring_fingerprint` of its model and settings).
+    ``calibration`` (None until calibrated) and ``calibration_path`` (where ``calibrate`` saves; None: kept
+    in memory only) are set by the loaders."""
+
+    calibration: Calibration | None = None
+    calibration_path: Path | None = None
+
+    # subclasses: score_images, map_size, cfg, fingerprint
+    def fingerprint(self) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def calibrated(self) -> bool:
+        """True when global thresholds are set (predictions then carry decisions)."""
+        return self.calibration is not None and self.calibration.overall is not None
+
+    def thresholds(self, category: str | None = None) -> Thresholds | None:
+        """The thresholds ``predict`` uses for ``category`` (its own when calibrated for it, else the global
+        ones); None when uncalibrated."""
+        return None if self.calibration is None else self.calibration.thresholds(category)
+
+    def _batch_size(self, batch_size: int | None) -> int:
+        return max(1, int(batch_size or self.cfg.inference.batch_size))
+
+    def _scored(self, pils: list[Image.Image], batch_size: int | None) -> tuple[np.ndarray, np.ndarray]:
+        maps, scores = self.score_images(pils, batch_size=batch_size)
+        return np.asarray(maps, dtype=np.float32), np.asarray(scores, dtype=np.float32)
+
+    def iter_scored(self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None,
+                    skip_bad: bool = False, desc: str | None = None):
+        """Per image, in order: ``(name, map (R, R) float32, score, (H, W))``, or a :class:`Skipped` for an
+        unreadable file when ``skip_bad`` (else a DataError naming it). Scored a batch at a time."""
+        items = flatten_inputs(images, expand_folders=True)
+        if not items:
+            raise ValueError("no images given")
+        bs = self._batch_size(batch_size)
+        for lo in progress(range(0, len(items), bs), desc=desc, leave=False, disable=desc is None):
+            chunk = items[lo:lo + bs]
+            names, pils, skipped = _load(chunk, lo, skip_bad)
+            bad = {s.image: s for s in skipped}
+            done = iter(())
+            if pils:
+                maps, scores = self._scored(pils, bs)
+                done = iter(zip(names, maps, scores.tolist(), [(p.height, p.width) for p in pils]))
+            for item in chunk:  # the inputs' order, skipped files in their place
+                name = _name(item)
+                yield bad.pop(name) if name is not None and name in bad else next(done)
+
+    def iter_predict(self, images: ImageInput | Sequence[ImageInput], category: str | None = None,
+                     batch_size: int | None = None, skip_bad: bool = False) -> Iterable[Prediction | Skipped]:
+        """:meth:`predict` one batch at a time (memory stays bounded by a batch); with ``skip_bad`` an
+        unreadable file yields a :class:`Skipped` in its place instead of raising a DataError."""
+        thresholds = self.thresholds(category)
+        for item in self.iter_scored(images, batch_size, skip_bad):
+            yield item if isinstance(item, Skipped) else decide(*item, thresholds, category)
+
+    def predict(self, images: ImageInput | Sequence[ImageInput], category: str | None = None,
+                batch_size: int | None = None) -> list[Prediction]:
+        """One :class:`Prediction` per image (see the module docstring); ``category``: use the thresholds
+        calibrated for it (else the global ones). Unreadable files are a DataError naming the file."""
+        return list(self.iter_predict(images, category, batch_size))
+
+    # ------------------------------------------------------------------------------------------ calibration
+    def _score_all(self, items: list, batch_size: int | None, skip_bad: bool):
+        """(maps (N, R, R), scores (N,), kept positions, skipped) of ``items``."""
+        maps, scores, kept, skipped = [], [], [], []
+        for i, item in enumerate(self.iter_scored(items, batch_size, skip_bad, desc="calibration images")):
+            if isinstance(item, Skipped):
+                skipped.append(item)
+                continue
+            maps.append(item[1])
+            scores.append(item[2])
+            kept.append(i)
+        if not maps:
+            raise DataError("no readable images to calibrate on")
+        return np.stack(maps), np.asarray(scores, np.float32), kept, skipped
+
+    def calibrate(self, normal_images: ImageInput | Sequence[ImageInput] | None = None, target_fpr: float = 0.01,
+                  category: str | None = None, *, labelled: str | os.PathLike | Sequence | None = None,
+                  batch_size: int | None = None, skip_bad: bool = False, save: bool | None = None) -> Thresholds:
+        """Set the decision thresholds (:mod:`dpdiff.engine.calibration`) and return them.
+
+        ``normal_images`` (paths, folders, in-memory images) held out from training: the image threshold is
+        the (1 - ``target_fpr``) quantile of their scores, the pixel threshold that of their map pixels;
+        fewer than ``min_normal_images(target_fpr)`` images is a DataError (99 for 1 %).
+        ``labelled``: a labelled validation set instead or in addition: a dataset folder (its test split, in
+        any layout ``dpdiff test`` reads; masks give the pixel threshold) or a sequence of ``(image, label,
+        mask or None)`` with label 1 = defective; the thresholds are then the F1-optimal ones, with
+        ``normal_images`` added as normal samples.
+
+        ``category``: store them as that category's thresholds (used by ``predict(..., category=...)``);
+        default the global ones. ``skip_bad``: leave out unreadable files (logged) instead of failing.
+        ``save``: write ``calibration.json`` (default: when the predictor has a ``calibration_path``);
+        nothing is written when calibration fails."""
+        if normal_images is None and labelled is None:
+            raise UsageError("calibrate needs normal images (normal_images / --normal) or a labelled set "
+                             "(labelled / --labelled)")
+        normal = flatten_inputs(normal_images, expand_folders=True) if normal_images is not None else []
+        if labelled is None:
+            need = min_normal_images(target_fpr)
+            if len(normal) < need:  # before any scoring
+                raise DataError(f"calibrating at target_fpr={float(target_fpr):g} needs at least {need} normal images, "
+                                f"got {len(normal)}: with n normal images the smallest false-alarm rate that can be "
+                                f"set is 1/(n+1) = {1.0 / (len(normal) + 1):.3g}; add normal images or raise the "
+                                f"target (--fpr)")
+            maps, scores, _, skipped = self._score_all(normal, batch_size, skip_bad)
+            thresholds = fpr_thresholds(scores, maps, target_fpr)
+        else:
+            thresholds, skipped = self._calibrate_labelled(normal, labelled, batch_size, skip_bad)
+        if skipped:
+            thresholds.details["skipped"] = [s.image for s in skipped]
+        self.set_thresholds({category: thresholds}, save=save)
+        return thresholds
+
+    def set_thresholds(self, thresholds: dict[str | None, Thresholds], save: bool | None = None) -> Calibration:
+        """Use ``thresholds`` ({None: global ones, "category": that category's}) from now on, keeping the other
+        scopes; ``save``: write ``calibration.json`` atomically (default: when there is a ``calibration_path``)."""
+        calibration = self.calibration or Calibration(self.fingerprint())
+        for category, t in thresholds.items():
+            calibration = calibration.with_thresholds(t, category)
+        if save or (save is None and self.calibration_path is not None):
+            if self.calibration_path is None:
+                raise UsageError("save=True needs a detector loaded from a run folder (Detector.load)")
+            write_calibration(self.calibration_path, calibration)
+            logger.info("thresholds written to %s", self.calibration_path)
+        self.calibration = calibration
+        return calibration
+
+    def _calibrate_labelled(self, normal: list, labelled, batch_size, skip_bad):
+        if isinstance(labelled, (str, os.PathLike)):
+            from ..data.formats import load_samples
+            samples = load_samples("auto", Path(labelled), None, "test")
+            rows = [(s.image_path, int(s.label), s.mask_path) for s in samples]
+        else:
+            rows = [tuple(r) + (None,) * (3 - len(tuple(r))) for r in labelled]
+        rows += [(item, 0, None) for item in normal]
+        if not rows:
+            raise DataError(f"{labelled}: no labelled images")
+        maps, scores, kept, skipped = self._score_all([r[0] for r in rows], batch_size, skip_bad)
+        rows = [rows[i] for i in kept]
+        labels = np.array([int(r[1]) for r in rows], dtype=np.int64)
+        masks = np.zeros(maps.shape, dtype=bool)
+        size, ev, has_masks = self.map_size, self.cfg.evaluation, False
+        for i, (_, label, mask) in enumerate(rows):
+            if label and mask is not None:
+                values = (read_mask_values(mask) if isinstance(mask, (str, os.PathLike))
+                          else np.asarray(mask, dtype=np.float32))
+                masks[i] = resize_binarise_mask(values, size, ev.mask_threshold, ev.mask_resize)
+                has_masks = True
+        return f1_thresholds(scores, labels, maps if has_masks else None, masks if has_masks else None), skipped

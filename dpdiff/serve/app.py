@@ -1,0 +1,265 @@
+"""The FastAPI app of ``dpdiff serve``: ``GET /``, ``GET /health``, ``POST /predict``, ``POST /predict/batch``.
+
+:func:`create_app` builds it around a :class:`~dpdiff.serve.model.ServedModel`; ``dpdiff serve``
+(:func:`dpdiff.serve.server.run_server`) runs it under uvicorn. A request goes
+
+    bearer token (401) -> body read under the size limit (413) -> multipart split / raw bytes (400)
+    -> image decoded under the pixel limit (400/413/415) -> category checked (422)
+    -> micro-batch queue (one model call per batch) -> JSON (overlay/mask PNGs on request)
+
+and every refusal is ``{"error": code, "message": text}`` with a 4xx status; nothing in a bad request reaches
+the model, and nothing is written to disk (multipart files stay in memory). See README "Serve".
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import re
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from .auth import check_bearer
+from .batching import BatcherClosed, MicroBatcher
+from .limits import ApiError, decode_image, parse_multipart, read_body
+from .model import Job, ServedModel
+from .results import prediction_json
+
+__all__ = ["ServeSettings", "create_app", "page_html", "MULTIPART_ALLOWANCE"]
+
+log = logging.getLogger(__name__)
+
+#: Bytes a request may carry beyond its images (multipart boundaries, part headers, form fields).
+MULTIPART_ALLOWANCE = 64 * 1024
+ROUTES = "GET / (the page), GET /health, POST /predict, POST /predict/batch"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """The limits and options of one server (``dpdiff serve`` flags of the same names)."""
+
+    max_image_mb: float = 20.0
+    max_batch: int = 16
+    max_wait_ms: float = 10.0
+    max_megapixels: float = 40.0
+    token: str | None = None
+
+    def __post_init__(self):
+        for name in ("max_image_mb", "max_megapixels"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if int(self.max_batch) < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        if not self.max_wait_ms >= 0:
+            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+
+    @property
+    def max_image_bytes(self) -> int:
+        return int(self.max_image_mb * 2**20)
+
+    @property
+    def max_pixels(self) -> int:
+        return int(self.max_megapixels * 1e6)
+
+    def public(self) -> dict:
+        """The settings ``/health`` shows (never the token)."""
+        return {"max_image_mb": self.max_image_mb, "max_batch": self.max_batch, "max_wait_ms": self.max_wait_ms,
+                "max_megapixels": self.max_megapixels, "token_required": bool(self.token)}
+
+
+# ---------------------------------------------------------------------------------------------- the page
+def page_html() -> str:
+    """The self-contained page (``dpdiff/serve/page.html``, package data)."""
+    return resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
+
+
+def _content_security_policy(page: str) -> str:
+    """Only the page's own inline script and style may run, images only from data: URLs, requests only to
+    this server: the browser itself refuses anything else (a CDN script, a remote image, a beacon)."""
+    def hashes(tag: str) -> str:
+        blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", page, flags=re.S)
+        return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()}'" for b in blocks)
+
+    return (f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; img-src data:; "
+            f"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+
+
+def _flag(value: str | None, name: str) -> bool:
+    text = (value or "").strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ApiError(400, "bad_request", f"{name}={value!r}: expected 1/0 (or true/false)")
+
+
+def _options(query, fields: dict[str, str]) -> tuple[str | None, bool, bool]:
+    """(category, overlay?, mask?) from the query string, overridden by multipart form fields."""
+    merged = {k: query.get(k) for k in ("category", "overlay", "mask") if k in query} | {
+        k: v for k, v in fields.items() if k in ("category", "overlay", "mask")}
+    category = (merged.get("category") or "").strip() or None
+    return category, _flag(merged.get("overlay"), "overlay"), _flag(merged.get("mask"), "mask")
+
+
+def _is_multipart(request: Request) -> bool:
+    return request.headers.get("content-type", "").lower().startswith("multipart/form-data")
+
+
+def _ms(seconds: float) -> float:
+    return round(1e3 * seconds, 3)
+
+
+# ---------------------------------------------------------------------------------------------- the app
+def create_app(model: ServedModel, settings: ServeSettings | None = None) -> FastAPI:
+    """The service around ``model`` (see the module docstring); the micro-batcher runs while the app does."""
+    settings = settings or ServeSettings()
+    batcher: MicroBatcher = MicroBatcher(model.predict_batch, settings.max_batch, settings.max_wait_ms / 1e3)
+    page = page_html()
+    page_headers = {"Content-Security-Policy": _content_security_policy(page), "Cache-Control": "no-store",
+                    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+    started = time.monotonic()
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        batcher.start()
+        log.info("serving %s (%s on %s), micro-batches of up to %d images / %g ms", model.info.get("model"),
+                 model.runtime, model.info.get("device"), settings.max_batch, settings.max_wait_ms)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(batcher.close)
+
+    app = FastAPI(title="dpdiff", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)  # the interactive docs load scripts from a CDN: off
+    app.state.model, app.state.settings, app.state.batcher = model, settings, batcher
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request, e: ApiError):
+        log.info("refused: %d %s: %s", e.status, e.code, e.message)
+        return _error(e.status, e.code, e.message, e.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, e: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+        message = str(e.detail)
+        if e.status_code in (404, 405):
+            message = f"{message}: {request.method} {request.url.path}; the service answers {ROUTES}"
+        return _error(e.status_code, code, message, getattr(e, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request, e: RequestValidationError):
+        return _error(422, "bad_request", "; ".join(str(x.get("msg")) for x in e.errors()) or "invalid request")
+
+    @app.exception_handler(BatcherClosed)
+    async def _closing(_request, e: BatcherClosed):
+        return _error(503, "shutting_down", str(e))
+
+    @app.exception_handler(Exception)
+    async def _bug(_request, e: Exception):
+        log.exception("internal error")
+        return _error(500, "internal_error", f"internal error ({type(e).__name__}); see the server log")
+
+    def authorize(request: Request) -> None:
+        check_bearer(request.headers.get("authorization"), settings.token)
+
+    async def score(jobs: list[Job]):
+        """Queue the jobs (they may share a model call with other requests' images) and wait for all."""
+        futures = [batcher.submit(job) for job in jobs]
+        try:
+            return await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        except BaseException:
+            for f in futures:
+                f.cancel()  # not started yet: dropped from its batch
+            raise
+
+    def render(outcome, job: Job, name: str, overlay: bool, mask: bool) -> dict:
+        out = prediction_json(outcome.result, job.image, name, with_overlay=overlay, with_mask=mask)
+        out["batch_size"] = outcome.batch_size
+        out["latency_ms"] = {"queue": _ms(outcome.queued_s), "model": _ms(outcome.model_s)}
+        return out
+
+    # ------------------------------------------------------------------------------------------ routes
+    @app.get("/", response_class=HTMLResponse)
+    async def index():
+        return HTMLResponse(page, headers=page_headers)
+
+    @app.get("/health")
+    async def health(request: Request):
+        authorize(request)
+        return {"status": "ok", "version": __version__, **model.info, "categories": list(model.categories),
+                "thresholds": model.thresholds(), "uptime_s": round(time.monotonic() - started, 3),
+                "settings": settings.public(), "batches": dict(batcher.stats), "queued": batcher.pending}
+
+    @app.post("/predict")
+    async def predict(request: Request):
+        t0 = time.perf_counter()
+        authorize(request)
+        body = await read_body(request.stream(), request.headers.get("content-length"),
+                               settings.max_image_bytes + MULTIPART_ALLOWANCE,
+                               f"--max-image-mb {settings.max_image_mb:g}")
+        name, fields = "", {}
+        if _is_multipart(request):
+            files, fields = await parse_multipart(request.headers, body, max_files=1,
+                                                  hint="several images go to /predict/batch")
+            if not files:
+                raise ApiError(400, "empty_body", "no image file in the multipart body")
+            name, body = files[0].filename, files[0].data
+            if len(body) > settings.max_image_bytes:
+                raise ApiError(413, "too_large", f"{name}: {len(body) / 2**20:.3g} MiB is over the limit of "
+                                                 f"--max-image-mb {settings.max_image_mb:g}")
+        category, overlay, mask = _options(request.query_params, fields)
+        category = model.check_category(category)
+        image = await run_in_threadpool(decode_image, body, settings.max_pixels, name or "image")
+        job = Job(image, category)
+        (outcome,) = await score([job])
+        out = await run_in_threadpool(render, outcome, job, name, overlay, mask)
+        out["latency_ms"]["total"] = _ms(time.perf_counter() - t0)
+        return out
+
+    @app.post("/predict/batch")
+    async def predict_batch(request: Request):
+        t0 = time.perf_counter()
+        authorize(request)
+        if not _is_multipart(request):
+            raise ApiError(415, "not_multipart", "send the images as multipart/form-data files (one part each)")
+        body = await read_body(request.stream(), request.headers.get("content-length"),
+                               settings.max_image_bytes * settings.max_batch + MULTIPART_ALLOWANCE,
+                               f"--max-image-mb {settings.max_image_mb:g} x --max-batch {settings.max_batch}")
+        files, fields = await parse_multipart(request.headers, body, max_files=settings.max_batch,
+                                              hint=f"--max-batch is {settings.max_batch}; split the images")
+        if not files:
+            raise ApiError(400, "empty_body", "no image files in the multipart body")
+        for f in files:
+            if len(f.data) > settings.max_image_bytes:
+                raise ApiError(413, "too_large", f"{f.filename or f.field}: {len(f.data) / 2**20:.3g} MiB is over "
+                                                 f"the limit of --max-image-mb {settings.max_image_mb:g}")
+        category, overlay, mask = _options(request.query_params, fields)
+        category = model.check_category(category)
+        names = [f.filename or f"image {i}" for i, f in enumerate(files)]
+        images = await run_in_threadpool(
+            lambda: [decode_image(f.data, settings.max_pixels, n) for f, n in zip(files, names)])
+        jobs = [Job(image, category) for image in images]
+        outcomes = await score(jobs)
+        results = await run_in_threadpool(
+            lambda: [render(o, j, f.filename, overlay, mask) for o, j, f in zip(outcomes, jobs, files)])
+        return {"count": len(results), "results": results,
+                "latency_ms": {"total": _ms(time.perf_counter() - t0)}}
+
+    return app
