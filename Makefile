@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all venv clean
+.PHONY: demo test test-all lint dist venv clean
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,5 +24,21 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q
 
+# ruff (lint + format check), mypy and the import contract (.importlinter); every tool runs, then the
+# target fails if any of them failed. Settings: [tool.ruff] and [tool.mypy] in pyproject.toml.
+lint: $(STAMP)
+	@status=0; \
+	for cmd in "ruff check ." "ruff format --check --output-format concise ." "mypy dpdiff" "lint-imports --no-cache"; do \
+		echo "+ $$cmd"; $(VENV)/bin/$$cmd || status=1; \
+	done; \
+	exit $$status
+
+# sdist + wheel into dist/, built with the pinned setuptools of .venv (offline: no isolated build
+# environment is downloaded), then checked with twine. tests/test_packaging.py installs such a wheel.
+dist: $(STAMP)
+	rm -rf dist
+	$(PY) -m build --no-isolation --outdir dist .
+	$(VENV)/bin/twine check --strict dist/*
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs dist

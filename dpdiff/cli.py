@@ -133,11 +133,11 @@ def cmd_predict(args) -> int:
     prediction = predict_and_draw(Path(args.run), Path(args.images), Path(args.output), device=args.device or "auto",
                                   overlays=not args.no_overlays, overwrite=args.overwrite, weights=args.weights,
                                   skip_bad=args.skip_bad, category=args.category)
+    masks, skipped = getattr(prediction, "masks", None), getattr(prediction, "skipped", [])
     print(f"scores written to {prediction.scores_csv}" +
-          (f", defect masks to {prediction.masks}/" if prediction.masks else " (uncalibrated: no decisions or masks; "
-                                                                              "run `dpdiff calibrate`)"))
-    if prediction.skipped:
-        print(f"skipped {len(prediction.skipped)} unreadable image(s), listed in {prediction.scores_csv}")
+          (f", defect masks to {masks}/" if masks else " (uncalibrated: no decisions or masks; run `dpdiff calibrate`)"))
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable image(s), listed in {prediction.scores_csv}")
     return 0
 
 
@@ -491,8 +491,8 @@ def _add_serve_command(sub) -> None:
     sv = sub.add_parser("serve", help="HTTP service + web page for line-side inspection: POST images, get scores, "
                                       "decisions and overlays (see README, Serve)")
     sv.add_argument("run", help="run folder written by `dpdiff train` (calibrated with `dpdiff calibrate` for "
-                                "decisions)")
-    sv.add_argument("--onnx", help="serve this exported ONNX file with ONNX Runtime instead of the torch model")
+                                "decisions), or a model.onnx from `dpdiff export`")
+    sv.add_argument("--onnx", help="serve this `dpdiff export` of RUN with onnxruntime instead of PyTorch")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
                                                         "only; see README for a reverse proxy)")
     sv.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")

@@ -133,7 +133,7 @@ class TrainConfig:
     calibration_fraction: float = _setting(0.0, ge=0, lt=1)  # hold out this fraction of each category's normal
                                            # training images (seeded by train.seed) and calibrate the decision
                                            # thresholds on them after training (engine/calibration.py); 0 = off
-    calibration_fpr: float = _setting(0.01, gt=0, lt=1, role=RUNTIME)  # target false-alarm rate of that
+    calibration_fpr: float = _setting(0.01, gt=0, lt=1)  # target false-alarm rate of that
                                            # calibration; needs >= 1/fpr - 1 held-out images (99 for 0.01)
 
 

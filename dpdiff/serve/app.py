@@ -10,6 +10,7 @@
 and every refusal is ``{"error": code, "message": text}`` with a 4xx status; nothing in a bad request reaches
 the model, and nothing is written to disk (multipart files stay in memory). See README "Serve".
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -24,7 +25,7 @@ from importlib import resources
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -75,8 +76,13 @@ class ServeSettings:
 
     def public(self) -> dict:
         """The settings ``/health`` shows (never the token)."""
-        return {"max_image_mb": self.max_image_mb, "max_batch": self.max_batch, "max_wait_ms": self.max_wait_ms,
-                "max_megapixels": self.max_megapixels, "token_required": bool(self.token)}
+        return {
+            "max_image_mb": self.max_image_mb,
+            "max_batch": self.max_batch,
+            "max_wait_ms": self.max_wait_ms,
+            "max_megapixels": self.max_megapixels,
+            "token_required": bool(self.token),
+        }
 
 
 # ---------------------------------------------------------------------------------------------- the page
@@ -88,12 +94,15 @@ def page_html() -> str:
 def _content_security_policy(page: str) -> str:
     """Only the page's own inline script and style may run, images only from data: URLs, requests only to
     this server: the browser itself refuses anything else (a CDN script, a remote image, a beacon)."""
+
     def hashes(tag: str) -> str:
         blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", page, flags=re.S)
         return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()}'" for b in blocks)
 
-    return (f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; img-src data:; "
-            f"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    return (
+        f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; img-src data:; "
+        f"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -113,7 +122,8 @@ def _flag(value: str | None, name: str) -> bool:
 def _options(query, fields: dict[str, str]) -> tuple[str | None, bool, bool]:
     """(category, overlay?, mask?) from the query string, overridden by multipart form fields."""
     merged = {k: query.get(k) for k in ("category", "overlay", "mask") if k in query} | {
-        k: v for k, v in fields.items() if k in ("category", "overlay", "mask")}
+        k: v for k, v in fields.items() if k in ("category", "overlay", "mask")
+    }
     category = (merged.get("category") or "").strip() or None
     return category, _flag(merged.get("overlay"), "overlay"), _flag(merged.get("mask"), "mask")
 
@@ -132,22 +142,34 @@ def create_app(model: ServedModel, settings: ServeSettings | None = None) -> Fas
     settings = settings or ServeSettings()
     batcher: MicroBatcher = MicroBatcher(model.predict_batch, settings.max_batch, settings.max_wait_ms / 1e3)
     page = page_html()
-    page_headers = {"Content-Security-Policy": _content_security_policy(page), "Cache-Control": "no-store",
-                    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+    page_headers = {
+        "Content-Security-Policy": _content_security_policy(page),
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+    }
     started = time.monotonic()
 
     @asynccontextmanager
     async def lifespan(_app):
+        await run_in_threadpool(model.warm_up)  # before the port opens: the first request is not slower
         batcher.start()
-        log.info("serving %s (%s on %s), micro-batches of up to %d images / %g ms", model.info.get("model"),
-                 model.runtime, model.info.get("device"), settings.max_batch, settings.max_wait_ms)
+        log.info(
+            "serving %s (%s on %s), micro-batches of up to %d images / %g ms",
+            model.info.get("model"),
+            model.runtime,
+            model.info.get("device"),
+            settings.max_batch,
+            settings.max_wait_ms,
+        )
         try:
             yield
         finally:
             await run_in_threadpool(batcher.close)
 
-    app = FastAPI(title="dpdiff", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)  # the interactive docs load scripts from a CDN: off
+    app = FastAPI(
+        title="dpdiff", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )  # the interactive docs load scripts from a CDN: off
     app.state.model, app.state.settings, app.state.batcher = model, settings, batcher
 
     @app.exception_handler(ApiError)
@@ -200,30 +222,51 @@ def create_app(model: ServedModel, settings: ServeSettings | None = None) -> Fas
     async def index():
         return HTMLResponse(page, headers=page_headers)
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon():
+        return Response(status_code=204)  # browsers ask for it; there is none
+
     @app.get("/health")
     async def health(request: Request):
         authorize(request)
-        return {"status": "ok", "version": __version__, **model.info, "categories": list(model.categories),
-                "thresholds": model.thresholds(), "uptime_s": round(time.monotonic() - started, 3),
-                "settings": settings.public(), "batches": dict(batcher.stats), "queued": batcher.pending}
+        return {
+            "status": "ok",
+            "version": __version__,
+            **model.info,
+            "categories": list(model.categories),
+            "thresholds": model.thresholds(),
+            "uptime_s": round(time.monotonic() - started, 3),
+            "settings": settings.public(),
+            "batches": dict(batcher.stats),
+            "queued": batcher.pending,
+        }
 
     @app.post("/predict")
     async def predict(request: Request):
         t0 = time.perf_counter()
         authorize(request)
-        body = await read_body(request.stream(), request.headers.get("content-length"),
-                               settings.max_image_bytes + MULTIPART_ALLOWANCE,
-                               f"--max-image-mb {settings.max_image_mb:g}")
-        name, fields = "", {}
+        body = await read_body(
+            request.stream(),
+            request.headers.get("content-length"),
+            settings.max_image_bytes + MULTIPART_ALLOWANCE,
+            f"--max-image-mb {settings.max_image_mb:g}",
+        )
+        name = ""
+        fields: dict[str, str] = {}
         if _is_multipart(request):
-            files, fields = await parse_multipart(request.headers, body, max_files=1,
-                                                  hint="several images go to /predict/batch")
+            files, fields = await parse_multipart(
+                request.headers, body, max_files=1, hint="several images go to /predict/batch"
+            )
             if not files:
                 raise ApiError(400, "empty_body", "no image file in the multipart body")
             name, body = files[0].filename, files[0].data
             if len(body) > settings.max_image_bytes:
-                raise ApiError(413, "too_large", f"{name}: {len(body) / 2**20:.3g} MiB is over the limit of "
-                                                 f"--max-image-mb {settings.max_image_mb:g}")
+                raise ApiError(
+                    413,
+                    "too_large",
+                    f"{name}: {len(body) / 2**20:.3g} MiB is over the limit of "
+                    f"--max-image-mb {settings.max_image_mb:g}",
+                )
         category, overlay, mask = _options(request.query_params, fields)
         category = model.check_category(category)
         image = await run_in_threadpool(decode_image, body, settings.max_pixels, name or "image")
@@ -239,27 +282,39 @@ def create_app(model: ServedModel, settings: ServeSettings | None = None) -> Fas
         authorize(request)
         if not _is_multipart(request):
             raise ApiError(415, "not_multipart", "send the images as multipart/form-data files (one part each)")
-        body = await read_body(request.stream(), request.headers.get("content-length"),
-                               settings.max_image_bytes * settings.max_batch + MULTIPART_ALLOWANCE,
-                               f"--max-image-mb {settings.max_image_mb:g} x --max-batch {settings.max_batch}")
-        files, fields = await parse_multipart(request.headers, body, max_files=settings.max_batch,
-                                              hint=f"--max-batch is {settings.max_batch}; split the images")
+        body = await read_body(
+            request.stream(),
+            request.headers.get("content-length"),
+            settings.max_image_bytes * settings.max_batch + MULTIPART_ALLOWANCE,
+            f"--max-image-mb {settings.max_image_mb:g} x --max-batch {settings.max_batch}",
+        )
+        files, fields = await parse_multipart(
+            request.headers,
+            body,
+            max_files=settings.max_batch,
+            hint=f"--max-batch is {settings.max_batch}; split the images",
+        )
         if not files:
             raise ApiError(400, "empty_body", "no image files in the multipart body")
         for f in files:
             if len(f.data) > settings.max_image_bytes:
-                raise ApiError(413, "too_large", f"{f.filename or f.field}: {len(f.data) / 2**20:.3g} MiB is over "
-                                                 f"the limit of --max-image-mb {settings.max_image_mb:g}")
+                raise ApiError(
+                    413,
+                    "too_large",
+                    f"{f.filename or f.field}: {len(f.data) / 2**20:.3g} MiB is over "
+                    f"the limit of --max-image-mb {settings.max_image_mb:g}",
+                )
         category, overlay, mask = _options(request.query_params, fields)
         category = model.check_category(category)
         names = [f.filename or f"image {i}" for i, f in enumerate(files)]
         images = await run_in_threadpool(
-            lambda: [decode_image(f.data, settings.max_pixels, n) for f, n in zip(files, names)])
+            lambda: [decode_image(f.data, settings.max_pixels, n) for f, n in zip(files, names, strict=True)]
+        )
         jobs = [Job(image, category) for image in images]
         outcomes = await score(jobs)
         results = await run_in_threadpool(
-            lambda: [render(o, j, f.filename, overlay, mask) for o, j, f in zip(outcomes, jobs, files)])
-        return {"count": len(results), "results": results,
-                "latency_ms": {"total": _ms(time.perf_counter() - t0)}}
+            lambda: [render(o, j, f.filename, overlay, mask) for o, j, f in zip(outcomes, jobs, files, strict=True)]
+        )
+        return {"count": len(results), "results": results, "latency_ms": {"total": _ms(time.perf_counter() - t0)}}
 
     return app

@@ -1,4 +1,5 @@
 """Optional bearer token (``dpdiff serve --token``): ``Authorization: Bearer <token>``, compared in constant time."""
+
 from __future__ import annotations
 
 import hmac
@@ -17,6 +18,10 @@ def check_bearer(authorization: str | None, token: str | None) -> None:
         return
     scheme, _, given = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8"), token.encode("utf-8")):
-        raise ApiError(401, "unauthorized", "missing or wrong bearer token: send 'Authorization: Bearer <token>' "
-                                            "(the --token the server was started with)",
-                       headers={"WWW-Authenticate": 'Bearer realm="dpdiff"'})
+        raise ApiError(
+            401,
+            "unauthorized",
+            "missing or wrong bearer token: send 'Authorization: Bearer <token>' "
+            "(the --token the server was started with)",
+            headers={"WWW-Authenticate": 'Bearer realm="dpdiff"'},
+        )

@@ -11,15 +11,17 @@ The worker is the only thread that runs the model, so the model needs no locking
 model-call time and the size of the batch it ran in) or with the exception ``run_batch`` raised for its batch.
 A future cancelled before its batch starts (the client went away) is dropped from the batch.
 """
+
 from __future__ import annotations
 
 import logging
 import queue
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Sequence, TypeVar
+from typing import Any, Generic, TypeVar
 
 __all__ = ["MicroBatcher", "Outcome", "BatcherClosed"]
 
@@ -58,8 +60,13 @@ class MicroBatcher(Generic[Item, Result]):
 
     Use as a context manager, or call :meth:`start` and :meth:`close`. ``stats`` counts calls and items."""
 
-    def __init__(self, run_batch: Callable[[list[Item]], Sequence[Result]], max_batch: int = 16,
-                 max_wait_s: float = 0.010, name: str = "dpdiff-batcher"):
+    def __init__(
+        self,
+        run_batch: Callable[[list[Item]], Sequence[Result]],
+        max_batch: int = 16,
+        max_wait_s: float = 0.010,
+        name: str = "dpdiff-batcher",
+    ):
         if int(max_batch) < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if not float(max_wait_s) >= 0.0:
@@ -74,7 +81,7 @@ class MicroBatcher(Generic[Item, Result]):
         self.stats = {"batches": 0, "items": 0, "largest_batch": 0}
 
     # ---------------------------------------------------------------------------------------------- lifecycle
-    def start(self) -> "MicroBatcher[Item, Result]":
+    def start(self) -> MicroBatcher[Item, Result]:
         self._thread.start()
         return self
 
@@ -100,7 +107,7 @@ class MicroBatcher(Generic[Item, Result]):
         return self._queue.qsize()
 
     # ---------------------------------------------------------------------------------------------- use
-    def submit(self, item: Item) -> "Future[Outcome[Result]]":
+    def submit(self, item: Item) -> Future[Outcome[Result]]:
         """Queue one item; its future resolves to an :class:`Outcome` (or the batch's exception)."""
         future: Future = Future()
         with self._lock:
@@ -158,5 +165,5 @@ class MicroBatcher(Generic[Item, Result]):
         self.stats["batches"] += 1
         self.stats["items"] += len(batch)
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
-        for job, result in zip(batch, results):
+        for job, result in zip(batch, results, strict=True):
             job.future.set_result(Outcome(result, start - job.submitted, model_s, len(batch)))

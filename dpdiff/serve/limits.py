@@ -12,17 +12,25 @@ that says what was wrong and what the limit is. The app turns it into ``{"error"
 * Only raster formats with a safe, bounded decoder are opened (:data:`IMAGE_FORMATS`): never EPS (Ghostscript)
   or other formats Pillow would hand to an external program.
 """
+
 from __future__ import annotations
 
 import io
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["ApiError", "IMAGE_FORMATS", "DRAIN_MAX_BYTES", "read_body", "decode_image", "parse_multipart",
-           "MultipartFile"]
+__all__ = [
+    "ApiError",
+    "IMAGE_FORMATS",
+    "DRAIN_MAX_BYTES",
+    "read_body",
+    "decode_image",
+    "parse_multipart",
+    "MultipartFile",
+]
 
 #: Formats :func:`decode_image` opens (Pillow format names). Others get 415.
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
@@ -63,8 +71,11 @@ async def read_body(chunks: AsyncIterator[bytes], content_length: str | None, li
         if declared > limit:
             if declared <= DRAIN_MAX_BYTES:
                 await _drain(chunks, 0)
-            raise ApiError(413, "too_large", f"request body of {_megabytes(declared)} is over the limit of "
-                                             f"{_megabytes(limit)} ({what})")
+            raise ApiError(
+                413,
+                "too_large",
+                f"request body of {_megabytes(declared)} is over the limit of {_megabytes(limit)} ({what})",
+            )
     body = bytearray()
     async for chunk in chunks:
         body += chunk
@@ -87,21 +98,29 @@ def decode_image(data: bytes, max_pixels: int, name: str = "image") -> Image.Ima
     except Image.DecompressionBombError as e:
         raise ApiError(413, "too_many_pixels", f"{name}: {e}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise ApiError(415, "not_an_image", f"{name}: not a readable image ({len(data)} bytes); accepted formats: "
-                                            f"{', '.join(IMAGE_FORMATS)}") from None
+        raise ApiError(
+            415,
+            "not_an_image",
+            f"{name}: not a readable image ({len(data)} bytes); accepted formats: {', '.join(IMAGE_FORMATS)}",
+        ) from None
     width, height = im.size
     if width < 1 or height < 1:
         raise ApiError(400, "bad_image", f"{name}: image of {width}x{height} pixels")
     if width * height > max_pixels:
-        raise ApiError(413, "too_many_pixels", f"{name}: {width}x{height} = {width * height / 1e6:.1f} megapixels "
-                                               f"is over the limit of {max_pixels / 1e6:.1f} megapixels")
+        raise ApiError(
+            413,
+            "too_many_pixels",
+            f"{name}: {width}x{height} = {width * height / 1e6:.1f} megapixels "
+            f"is over the limit of {max_pixels / 1e6:.1f} megapixels",
+        )
     try:
         im.load()
     except Image.DecompressionBombError as e:
         raise ApiError(413, "too_many_pixels", f"{name}: {e}") from None
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, EOFError, ... on bad data
-        raise ApiError(400, "bad_image", f"{name}: cannot decode the {im.format} image (corrupt or truncated?): "
-                                         f"{e}") from None
+        raise ApiError(
+            400, "bad_image", f"{name}: cannot decode the {im.format} image (corrupt or truncated?): {e}"
+        ) from None
     return im
 
 
@@ -115,8 +134,9 @@ class MultipartFile:
     data: bytes
 
 
-async def parse_multipart(headers, body: bytes, max_files: int,
-                          hint: str = "") -> tuple[list[MultipartFile], dict[str, str]]:
+async def parse_multipart(
+    headers, body: bytes, max_files: int, hint: str = ""
+) -> tuple[list[MultipartFile], dict[str, str]]:
     """(file parts in order, text fields) of a ``multipart/form-data`` body already in memory (and already
     bounded by :func:`read_body`). Parsed by Starlette's parser (python-multipart), told never to spill a file
     to a temporary file on disk: nothing is written. Malformed bodies are 400, more than ``max_files`` files
@@ -134,8 +154,11 @@ async def parse_multipart(headers, body: bytes, max_files: int,
         form = await parser.parse()
     except MultiPartException as e:
         if "Too many files" in e.message:
-            raise ApiError(413, "too_many_files", f"more than {max_files} image file(s) in one request"
-                                                  f"{'; ' + hint if hint else ''}") from None
+            raise ApiError(
+                413,
+                "too_many_files",
+                f"more than {max_files} image file(s) in one request{'; ' + hint if hint else ''}",
+            ) from None
         raise ApiError(400, "bad_multipart", f"multipart body: {e.message}") from None
     files, fields = [], {}
     try:

@@ -1,24 +1,32 @@
-"""The model behind the service: a run's :class:`~dpdiff.Detector` (or its ONNX runner), called once per batch.
+"""The model behind the service: a run's :class:`~dpdiff.Detector` (or its ONNX export), called once per batch.
 
-:class:`ServedModel` gives the app what it needs and nothing more: ``predict_batch`` (the micro-batcher's one
-call per batch), the categories it accepts, and a description for ``GET /health``.
+:class:`ServedModel` gives the app what it needs and nothing more: :meth:`~ServedModel.predict_batch` (the
+micro-batcher's one call per batch), the categories a request may name, the thresholds in use, and a
+description for ``GET /health``.
 """
+
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from PIL import Image
 
+from ..errors import UsageError
 from ..run_files import CONFIG_FILE
 from .limits import ApiError
 
 __all__ = ["ServedModel", "Job"]
 
 log = logging.getLogger(__name__)
+
+#: Config sections that decide what a model computes (a preset is recognised by them; data/train/evaluation
+#: differ between runs of the same preset).
+_MODEL_SECTIONS = ("backbone", "model", "inference")
 
 
 @dataclass(frozen=True)
@@ -33,51 +41,75 @@ class Job:
 class ServedModel:
     """A loaded detector and what ``/health`` says about it.
 
-    ``detector``: anything with ``predict(images, category=None) -> list[Prediction]`` (the torch
-    :class:`~dpdiff.Detector` or the ONNX runner); ``categories``: the categories a request may name (the run's
-    training categories and the calibrated ones; empty: any name is refused)."""
+    ``detector``: a :class:`~dpdiff.Detector` or :class:`~dpdiff.OnnxDetector` (``predict(images, category,
+    batch_size)``, ``calibration``); ``categories``: the names a request may give (the run's training categories
+    and the calibrated ones)."""
 
     detector: Any
-    run_dir: Path
     runtime: str
     info: dict = field(default_factory=dict)
     categories: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, run_dir: str | Path, onnx: str | Path | None = None, device: str = "auto",
-             weights: str | None = None) -> "ServedModel":
-        """The run's detector (``onnx``: its exported ONNX file, run by the ONNX runner instead of torch)."""
-        from ..engine.inference import load_detector
-        run_dir = Path(run_dir)
-        detector = load_detector(run_dir, device, weights=weights)
-        if not hasattr(detector, "predict"):  # TEMPORARY until Detector.predict (#14) lands
-            detector = _ScoreImagesShim(detector)
-        runtime = "torch"
-        if onnx is not None:
-            raise NotImplementedError("--onnx: waiting for the ONNX runner of the deploy API (#14)")
-        meta = _run_meta(run_dir)
+    def load(
+        cls, run: str | Path, onnx: str | Path | None = None, device: str = "auto", weights: str | None = None
+    ) -> ServedModel:
+        """``run``: a run folder (``dpdiff train``) or a ``.onnx`` export; ``onnx``: serve this export of the
+        run folder with onnxruntime instead of PyTorch (the folder then only names the training categories)."""
+        from ..engine.inference import Detector
+
+        given = Path(run)
+        onnx_path = Path(onnx) if onnx is not None else None
+        run_dir: Path | None = given
+        if given.suffix.lower() == ".onnx":
+            if onnx_path is not None:
+                raise UsageError(f"two ONNX models ({given} and --onnx {onnx_path}); give a run folder with --onnx")
+            run_dir, onnx_path = None, given
+        elif not given.is_dir():
+            raise FileNotFoundError(f"run folder not found: {given} (give a `dpdiff train` output folder or a .onnx)")
+        meta = _run_meta(run_dir) if run_dir is not None else {}
+        if onnx_path is not None:
+            detector = Detector.load(onnx_path, device=device)
+            if run_dir is not None and "config" in meta and meta["config"] != detector.cfg.to_dict():
+                raise UsageError(
+                    f"{onnx_path} was exported from another run than {run_dir} (their configurations differ); "
+                    f"export {run_dir} with `dpdiff export` or serve the .onnx alone"
+                )
+            runtime, where = "onnx", onnx_path.resolve()
+            device_name = detector.session.get_providers()[0]
+        else:
+            detector = Detector.load(given, weights=weights, device=device)
+            runtime, where, device_name = "torch", given.resolve(), str(detector.device)
         cfg = detector.cfg
-        categories = set(meta.get("categories") or [])
+        calibration = detector.calibration
+        categories = set(meta.get("categories") or cfg.data.categories or [])
+        categories |= set(calibration.per_category) if calibration is not None else set()
         info = {
-            "model": run_dir.name,
-            "run_dir": str(run_dir.resolve()),
-            "preset": meta.get("preset"),
+            "model": where.name,
+            "path": str(where),
+            "preset": meta.get("preset") or _matching_preset(cfg),
             "backbone": cfg.backbone.name,
             "image_size": int(cfg.backbone.image_size),
             "map_size": int(detector.map_size),
-            "device": str(detector.device),
             "runtime": runtime,
+            "device": device_name,
             "training_step": meta.get("step"),
-            "inference": {"noise_step": cfg.inference.noise_step, "ddim_steps": cfg.inference.ddim_steps,
-                          "ensemble": cfg.inference.ensemble, "common_noise": cfg.inference.common_noise},
+            "inference": {
+                "noise_step": cfg.inference.noise_step,
+                "ddim_steps": cfg.inference.ddim_steps,
+                "ensemble": cfg.inference.ensemble,
+                "common_noise": cfg.inference.common_noise,
+            },
         }
-        return cls(detector, run_dir, runtime, info, tuple(sorted(categories)))
+        if not cfg.inference.common_noise:
+            log.warning("inference.common_noise is off: a score depends on the other images of its micro-batch")
+        return cls(detector, runtime, info, tuple(sorted(categories)))
 
     # ------------------------------------------------------------------------------------------ use
     def check_category(self, category: str | None) -> str | None:
-        """``category`` when the model knows it (None stays None: the global thresholds); 422 otherwise."""
-        if category is None or category == "":
+        """``category`` when the model knows it (None: the global thresholds); 422 otherwise."""
+        if not category:
             return None
         if category not in self.categories:
             known = ", ".join(self.categories) or "none (send no category)"
@@ -85,64 +117,56 @@ class ServedModel:
         return category
 
     def predict_batch(self, jobs: Sequence[Job]) -> list:
-        """One :class:`~dpdiff.Prediction` per job, in order: one ``detector.predict`` call per category present
-        in the batch (a production line sends one category, so one call)."""
+        """One :class:`~dpdiff.Prediction` per job, in order: ``detector.predict`` once for the whole batch (as
+        one model batch), or once per category when the jobs name several (each category has its thresholds;
+        a line sends one category, so one call)."""
         out: list = [None] * len(jobs)
         groups: dict[str | None, list[int]] = {}
         for i, job in enumerate(jobs):
             groups.setdefault(job.category, []).append(i)
         for category, index in groups.items():
-            predictions = self.detector.predict([jobs[i].image for i in index], category=category)
-            for i, p in zip(index, predictions):
+            predictions = self.detector.predict(
+                [jobs[i].image for i in index], category=category, batch_size=len(index)
+            )
+            for i, p in zip(index, predictions, strict=True):
                 out[i] = p
         return out
 
     def thresholds(self) -> dict:
-        """{"global": {...} | None, "per_category": {...}} as calibrated (empty when not calibrated)."""
-        calibration = getattr(self.detector, "calibration", None)
+        """{"global": {...} or None, "per_category": {...}} as calibrated (None and {} when not calibrated)."""
+        calibration = self.detector.calibration
         if calibration is None:
             return {"global": None, "per_category": {}}
         d = calibration.to_dict()
-        return {"global": d.get("global"), "per_category": d.get("per_category", {})}
+        return {"global": d.get("global"), "per_category": d.get("per_category") or {}}
+
+    def warm_up(self) -> None:
+        """One prediction on a grey image, so the first request does not pay for lazy initialisation."""
+        size = int(self.info["image_size"])
+        self.detector.predict([Image.new("RGB", (size, size), (128, 128, 128))], batch_size=1)
 
 
 def _run_meta(run_dir: Path) -> dict:
-    """``config.json``'s metadata beside the config (training categories, step, ...); {} when unreadable."""
+    """``config.json`` of a run folder: the config and the metadata beside it (training categories, step)."""
+    path = run_dir / CONFIG_FILE
     try:
-        payload = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return {k: v for k, v in payload.items() if k != "config"}
 
 
-# ---------------------------------------------------------------------------------------------- TEMPORARY
-@dataclass
-class _ShimPrediction:
-    image: Any
-    score: float
-    anomaly_map: Any
-    category: str | None
-    normalized_score: float | None = None
-    is_anomalous: bool | None = None
-    mask: Any = None
-    image_threshold: float | None = None
-    pixel_threshold: float | None = None
+def _matching_preset(cfg) -> str:
+    """The packaged preset(s) whose backbone, model and inference settings the run has ("a|b" when several
+    share them), else "custom"."""
+    from ..config import load_config, preset_names
 
+    def settings(c) -> dict:
+        d = c.to_dict()
+        d["backbone"] = {k: v for k, v in d["backbone"].items() if k != "weights"}  # where the file is: not a setting
+        return {s: d.get(s) for s in _MODEL_SECTIONS}
 
-class _ScoreImagesShim:
-    """TEMPORARY: ``predict`` on ``Detector.score_images`` until the deploy API (#14) lands (uncalibrated)."""
-
-    def __init__(self, detector):
-        self._d = detector
-        self.cfg, self.device, self.map_size, self.calibration = detector.cfg, detector.device, detector.map_size, None
-
-    def predict(self, images, category=None):
-        import numpy as np
-        import torch
-        maps, scores = self._d.score_images(list(images))
-        out = []
-        for im, m, s in zip(images, maps, scores):
-            full = torch.nn.functional.interpolate(m[None, None], size=(im.height, im.width), mode="bilinear",
-                                                   align_corners=False)[0, 0].numpy().astype(np.float32)
-            out.append(_ShimPrediction(im, float(s), full, category))
-        return out
+    mine, names = settings(cfg), []
+    for name in preset_names():
+        if settings(load_config(name)) == mine:
+            names.append(name)
+    return "|".join(names) or "custom"

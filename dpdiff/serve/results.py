@@ -10,6 +10,7 @@
 
 Both are base64-encoded PNG bytes.
 """
+
 from __future__ import annotations
 
 import base64
@@ -38,7 +39,7 @@ def _opt_float(value) -> float | None:
 
 
 def decision(is_anomalous) -> str:
-    """"anomalous", "normal", or "uncalibrated" (no image threshold, so no decision)."""
+    """ "anomalous", "normal", or "uncalibrated" (no image threshold, so no decision)."""
     if is_anomalous is None:
         return "uncalibrated"
     return "anomalous" if bool(is_anomalous) else "normal"
@@ -58,8 +59,9 @@ def _display_image(image: Image.Image) -> np.ndarray:
     return np.asarray(im)
 
 
-def overlay_png(image: Image.Image, anomaly_map: np.ndarray, mask: np.ndarray | None,
-                pixel_threshold: float | None) -> str:
+def overlay_png(
+    image: Image.Image, anomaly_map: np.ndarray, mask: np.ndarray | None, pixel_threshold: float | None
+) -> str:
     """Base64 PNG of the overlay panels (module docstring)."""
     vmin = vmax = None
     if pixel_threshold is not None and float(pixel_threshold) > 0:
@@ -74,8 +76,9 @@ def mask_png(mask: np.ndarray | None) -> str | None:
     return _png_b64(np.where(np.asarray(mask, dtype=bool), 255, 0).astype(np.uint8))
 
 
-def prediction_json(prediction, image: Image.Image, name: str, *, with_overlay: bool = False,
-                    with_mask: bool = False) -> dict[str, Any]:
+def prediction_json(
+    prediction, image: Image.Image, name: str, *, with_overlay: bool = False, with_mask: bool = False
+) -> dict[str, Any]:
     """The JSON of one :class:`~dpdiff.Prediction` of ``image`` (``name``: its file name, or "")."""
     out = {
         "name": name,
@@ -86,8 +89,10 @@ def prediction_json(prediction, image: Image.Image, name: str, *, with_overlay: 
         "normalized_score": _opt_float(prediction.normalized_score),
         "is_anomalous": None if prediction.is_anomalous is None else bool(prediction.is_anomalous),
         "decision": decision(prediction.is_anomalous),
-        "thresholds": {"image": _opt_float(prediction.image_threshold),
-                       "pixel": _opt_float(prediction.pixel_threshold)},
+        "thresholds": {
+            "image": _opt_float(prediction.image_threshold),
+            "pixel": _opt_float(prediction.pixel_threshold),
+        },
     }
     if with_overlay:
         out["overlay_png"] = overlay_png(image, prediction.anomaly_map, prediction.mask, prediction.pixel_threshold)

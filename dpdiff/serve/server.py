@@ -1,4 +1,5 @@
 """``dpdiff serve``: load a run's detector and run the app under uvicorn."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -27,18 +28,37 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def run_server(run_dir: str | Path, *, onnx: str | Path | None = None, host: str = DEFAULT_HOST,
-               port: int = DEFAULT_PORT, settings: ServeSettings | None = None, device: str = "auto",
-               weights: str | None = None) -> None:
+def run_server(
+    run_dir: str | Path,
+    *,
+    onnx: str | Path | None = None,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    settings: ServeSettings | None = None,
+    device: str = "auto",
+    weights: str | None = None,
+) -> None:
     """Serve ``run_dir`` on ``host:port`` until interrupted (Ctrl-C / SIGTERM finish the requests in flight)."""
     import uvicorn
 
     settings = settings or ServeSettings()
     if not _is_loopback(host) and not settings.token:
-        log.warning("listening on %s without --token: anyone who can reach this port can use the model; put it "
-                    "behind a reverse proxy or pass --token", host)
+        log.warning(
+            "listening on %s without --token: anyone who can reach this port can use the model; put it "
+            "behind a reverse proxy or pass --token",
+            host,
+        )
     model = ServedModel.load(run_dir, onnx=onnx, device=device, weights=weights)
     app = create_app(model, settings)
     log.info("dpdiff serve: http://%s:%d/ (page), /health, /predict, /predict/batch", host, port)
-    uvicorn.run(app, host=host, port=int(port), log_level="info", access_log=True, server_header=False,
-                limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=5, timeout_graceful_shutdown=10)
+    uvicorn.run(
+        app,
+        host=host,
+        port=int(port),
+        log_level="info",
+        access_log=True,
+        server_header=False,
+        limit_concurrency=MAX_CONNECTIONS,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=10,
+    )

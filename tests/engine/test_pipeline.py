@@ -94,7 +94,8 @@ def test_predict_on_a_folder(trained, dataset, tmp_path):
     folder = dataset / "synth_nut" / "test"
     prediction = predict(trained, folder, tmp_path / "pred")
     lines = prediction.scores_csv.read_text().strip().splitlines()
-    assert lines[0] == "image,score,max_pixel_score" and len(lines) == 1 + len(list(folder.rglob("*.png")))
+    assert lines[0] == "image,score,normalized_score,is_anomalous,max_pixel_score,defect_pixels,status"
+    assert len(lines) == 1 + len(list(folder.rglob("*.png")))
     assert len(prediction.overlays) == len(lines) - 1 and not (tmp_path / "pred" / "overlays").exists()
     drawn = predict_and_draw(trained, folder, tmp_path / "pred2")  # `dpdiff predict`
     assert drawn.scores_csv.read_text() == prediction.scores_csv.read_text()

@@ -1,6 +1,7 @@
 """Fixtures of the `dpdiff serve` tests: a tiny trained run, the real server in a subprocess on a free loopback
 port, and headless Chromium driven over the DevTools protocol (``--remote-debugging-pipe``: no Python driver
 package, no WebDriver, no network port)."""
+
 from __future__ import annotations
 
 import base64
@@ -20,6 +21,7 @@ import httpx
 import pytest
 from PIL import Image
 
+import dpdiff
 from dpdiff.data.synthetic import generate_synthetic_dataset
 from dpdiff.engine.train import train
 
@@ -40,10 +42,24 @@ class TinyRun:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_config) -> TinyRun:
     root = tmp_path_factory.mktemp("serve_data")
-    categories = generate_synthetic_dataset(root, num_categories=2, train_per_category=6, test_good_per_category=3,
-                                            test_defect_per_category=3, image_size=64, seed=0)
+    categories = generate_synthetic_dataset(
+        root,
+        num_categories=2,
+        train_per_category=6,
+        test_good_per_category=3,
+        test_defect_per_category=3,
+        image_size=64,
+        seed=0,
+    )
     run = tmp_path_factory.mktemp("serve_run") / "run"
     train(tiny_config(root), run)
+    # thresholds (RUN/calibration.json): global ones F1-optimal on the labelled test split, and the second
+    # category's own at a 20 % false-alarm rate on its normal training images
+    detector = dpdiff.Detector.load(run, device="cpu")
+    detector.calibrate(labelled=root)
+    detector.calibrate(
+        sorted((root / categories[1] / "train" / "good").glob("*.png")), target_fpr=0.2, category=categories[1]
+    )
     images = sorted(root.glob("*/test/*/*.png"))
     extra = tmp_path_factory.mktemp("serve_images")
     # other sizes and formats: maps and masks come back at each image's own size
@@ -106,8 +122,10 @@ def running_server(run: Path, folder: Path, *options: str, token: str | None = N
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"dpdiff serve did not answer /health within {SERVER_START_TIMEOUT_S} s:\n"
-                            f"{server.log_text()[-4000:]}")
+                pytest.fail(
+                    f"dpdiff serve did not answer /health within {SERVER_START_TIMEOUT_S} s:\n"
+                    f"{server.log_text()[-4000:]}"
+                )
             time.sleep(0.2)
         yield server
     finally:
@@ -144,12 +162,31 @@ class DevTools:
             os.dup2(a, 3)
             os.dup2(b, 4)
 
-        cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-               "--no-default-browser-check", "--disable-extensions", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--remote-debugging-pipe",
-               f"--user-data-dir={profile}", "--window-size=1280,1000", "about:blank"]
-        self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE, pass_fds=(3, 4), preexec_fn=child_fds)
+        cmd = [
+            exe,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-extensions",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--remote-debugging-pipe",
+            f"--user-data-dir={profile}",
+            "--window-size=1280,1000",
+            "about:blank",
+        ]
+        self.process = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            pass_fds=(3, 4),
+            preexec_fn=child_fds,
+        )
         os.close(to_browser_r)
         os.close(from_browser_w)
         self.events: list[dict] = []
@@ -261,8 +298,10 @@ class DevTools:
 def chromium(tmp_path):
     exe = chromium_executable()
     if exe is None:
-        pytest.skip("chromium not found on PATH (Debian: apt-get install chromium chromium-driver; .ci/run "
-                    "installs it); set DPDIFF_CHROMIUM to a Chrome/Chromium binary")
+        pytest.skip(
+            "chromium not found on PATH (Debian: apt-get install chromium chromium-driver; .ci/run "
+            "installs it); set DPDIFF_CHROMIUM to a Chrome/Chromium binary"
+        )
     browser = DevTools(exe, tmp_path / "profile")
     try:
         browser.open_page()
@@ -274,15 +313,15 @@ def chromium(tmp_path):
 # ---------------------------------------------------------------------------------------------- reference
 @pytest.fixture(scope="session")
 def expected(tiny_run):
-    """``expected(path, category=None)``: ``Detector.predict`` of one image alone, in this process (cached)."""
-    from dpdiff.serve.model import ServedModel
-    detector = ServedModel.load(tiny_run.run, device="cpu").detector
+    """``expected(path, category=None)``: ``Detector.predict`` of the image file alone, in this process (cached)."""
+    detector = dpdiff.Detector.load(tiny_run.run, device="cpu")
+    assert detector.calibrated
     cache = {}
 
     def predict_one(path, category=None):
         key = (str(path), category)
         if key not in cache:
-            (cache[key],) = detector.predict([Image.open(path)], category=category)
+            (cache[key],) = detector.predict([path], category=category)
         return cache[key]
 
     return predict_one

@@ -1,5 +1,6 @@
 """The micro-batcher (dpdiff/serve/batching.py) with a stand-in model: how batches form, in what order results come
 back, what happens on errors, cancellations and shutdown."""
+
 from __future__ import annotations
 
 import threading

@@ -1,4 +1,5 @@
 """What the service refuses before the model sees anything (dpdiff/serve/limits.py, auth.py), without a server."""
+
 from __future__ import annotations
 
 import asyncio
@@ -22,8 +23,10 @@ def png_bytes(width: int, height: int, fill: int = 0) -> bytes:
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG signature and IHDR declaring width x height, then a tiny IDAT: a decompression-bomb header."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
@@ -45,12 +48,15 @@ def test_decode_keeps_the_pixels():
         assert im.size == (50, 30) and np.array_equal(np.asarray(im.convert("RGB")), pixels), fmt
 
 
-@pytest.mark.parametrize("data, status, code", [
-    (b"", 400, "empty_body"),
-    (b"hello, this is text", 415, "not_an_image"),
-    (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", 415, "not_an_image"),  # EPS would run Ghostscript
-    (b"GIF89a" + b"\0" * 40, 415, "not_an_image"),  # not an accepted format
-])
+@pytest.mark.parametrize(
+    "data, status, code",
+    [
+        (b"", 400, "empty_body"),
+        (b"hello, this is text", 415, "not_an_image"),
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", 415, "not_an_image"),  # EPS would run Ghostscript
+        (b"GIF89a" + b"\0" * 40, 415, "not_an_image"),  # not an accepted format
+    ],
+)
 def test_non_images_are_refused(data, status, code):
     e = refused(decode_image, data, max_pixels=10**6)
     assert (e.status, e.code) == (status, code) and e.message
@@ -82,6 +88,7 @@ def chunks(*parts: bytes):
     async def gen():
         for p in parts:
             yield p
+
     return gen()
 
 
@@ -101,6 +108,7 @@ def test_read_body_refuses_a_declared_length_before_reading():
         for p in (b"x" * 10, b"y" * 10):
             consumed.append(p)
             yield p
+
     with pytest.raises(ApiError) as info:
         asyncio.run(read_body(gen(), str(64 * 2**20 + 1), 100, "test limit"))  # too large even to drain
     assert info.value.status == 413 and "test limit" in info.value.message and consumed == []
@@ -124,6 +132,7 @@ def multipart_body(parts: list[tuple[str, str | None, bytes]], boundary: str = "
 
 def test_multipart_files_and_fields_in_order():
     from starlette.datastructures import Headers
+
     big = bytes(range(256)) * 8192  # 2 MiB: more than Starlette's 1 MiB spool, still parsed in memory
     headers, body = multipart_body([("file", "a.png", b"AAA"), ("category", None, b"nut"), ("file", "b.png", big)])
     files, fields = asyncio.run(parse_multipart(Headers(headers), body, max_files=4))
@@ -131,8 +140,10 @@ def test_multipart_files_and_fields_in_order():
     assert fields == {"category": "nut"}
     e = pytest.raises(ApiError, lambda: asyncio.run(parse_multipart(Headers(headers), body, max_files=1))).value
     assert e.status == 413
-    e = pytest.raises(ApiError, lambda: asyncio.run(parse_multipart(
-        Headers({"content-type": "multipart/form-data"}), body, max_files=4))).value
+    e = pytest.raises(
+        ApiError,
+        lambda: asyncio.run(parse_multipart(Headers({"content-type": "multipart/form-data"}), body, max_files=4)),
+    ).value
     assert (e.status, e.code) == (400, "bad_multipart")
 
 

@@ -1,5 +1,6 @@
 """The page of `dpdiff serve` in headless Chromium: a person chooses an image, sees the decision and the overlay;
 the page asks nothing of any host but the server (it must work offline, behind a line's firewall)."""
+
 from __future__ import annotations
 
 import os
@@ -41,8 +42,12 @@ def test_page_scores_a_chosen_image(page_server, tiny_run, expected, chromium, t
     chromium.navigate(page_server.url + "/")
     chromium.wait_for("document.getElementById('status').textContent === 'online'", 30, "the page reading /health")
     chromium.set_files("#file", [str(image)])
-    chromium.wait_for("(function () { var f = document.querySelector('#results .result');"
-                      " return f && f.getAttribute('data-state') !== 'pending'; })()", 60, "the result card")
+    chromium.wait_for(
+        "(function () { var f = document.querySelector('#results .result');"
+        " return f && f.getAttribute('data-state') !== 'pending'; })()",
+        60,
+        "the result card",
+    )
     card = chromium.evaluate("""(function () {
         var f = document.querySelector('#results .result'), img = f.querySelector('img.overlay');
         var d = f.querySelector('.decision');
@@ -53,8 +58,7 @@ def test_page_scores_a_chosen_image(page_server, tiny_run, expected, chromium, t
                 row: document.querySelector('#recent tbody tr').textContent,
                 thresholds: document.querySelectorAll('#thresholds tbody tr').length};
     })()""")
-    expected_decision = ("uncalibrated" if want.is_anomalous is None
-                         else "anomalous" if want.is_anomalous else "normal")
+    expected_decision = "uncalibrated" if want.is_anomalous is None else "anomalous" if want.is_anomalous else "normal"
     assert card["state"] == "done", card
     assert card["decision"] == expected_decision and card["text"] == LABELS[expected_decision], card
     assert card["complete"] and card["width"] > 0 and card["height"] > 0, card  # the overlay rendered

@@ -3,6 +3,7 @@
 Under load (200 requests from 8 concurrent clients) every answer equals ``Detector.predict`` on the same image
 alone; each class of bad input gets its 4xx JSON error and ``/health`` answers after it; the token is enforced;
 nothing is written to disk."""
+
 from __future__ import annotations
 
 import base64
@@ -24,11 +25,19 @@ pytestmark = pytest.mark.integration
 LOAD_REQUESTS = 200
 LOAD_CLIENTS = 8
 LOAD_TIME_LIMIT_S = 180
-MAX_IMAGE_MB = 2.0          # small limits, so the oversized inputs are cheap to build
+MAX_IMAGE_MB = 2.0  # small limits, so the oversized inputs are cheap to build
 MAX_MEGAPIXELS = 1.0
 MAX_BATCH = 8
-SERVER_OPTIONS = ("--max-image-mb", str(MAX_IMAGE_MB), "--max-megapixels", str(MAX_MEGAPIXELS),
-                  "--max-batch", str(MAX_BATCH), "--max-wait-ms", "20")
+SERVER_OPTIONS = (
+    "--max-image-mb",
+    str(MAX_IMAGE_MB),
+    "--max-megapixels",
+    str(MAX_MEGAPIXELS),
+    "--max-batch",
+    str(MAX_BATCH),
+    "--max-wait-ms",
+    "20",
+)
 
 
 def _snapshot(folder: Path) -> dict:
@@ -57,8 +66,10 @@ def same_prediction(got: dict, want, path) -> None:
     else:
         assert got["normalized_score"] == pytest.approx(float(want.normalized_score), rel=1e-6, abs=0), path
     assert got["is_anomalous"] == (None if want.is_anomalous is None else bool(want.is_anomalous)), path
-    assert got["thresholds"] == {"image": None if want.image_threshold is None else float(want.image_threshold),
-                                 "pixel": None if want.pixel_threshold is None else float(want.pixel_threshold)}
+    assert got["thresholds"] == {
+        "image": None if want.image_threshold is None else float(want.image_threshold),
+        "pixel": None if want.pixel_threshold is None else float(want.pixel_threshold),
+    }
     assert got["category"] == want.category
     h, w = np.asarray(want.anomaly_map).shape
     assert (got["width"], got["height"]) == (w, h), path
@@ -76,8 +87,13 @@ def test_health_describes_the_model(client, tiny_run):
     assert h["categories"] == sorted(tiny_run.categories)
     assert set(h["thresholds"]) == {"global", "per_category"} and "preset" in h
     assert h["version"] and h["uptime_s"] > 0
-    assert h["settings"] == {"max_image_mb": MAX_IMAGE_MB, "max_batch": MAX_BATCH, "max_wait_ms": 20.0,
-                             "max_megapixels": MAX_MEGAPIXELS, "token_required": False}
+    assert h["settings"] == {
+        "max_image_mb": MAX_IMAGE_MB,
+        "max_batch": MAX_BATCH,
+        "max_wait_ms": 20.0,
+        "max_megapixels": MAX_MEGAPIXELS,
+        "token_required": False,
+    }
     assert "token" not in str(h).replace("token_required", "")
 
 
@@ -85,8 +101,10 @@ def test_load_answers_equal_detector_predict(server, tiny_run, expected):
     """200 requests from 8 concurrent clients (raw bodies and multipart, with and without a category): no error,
     each answer equal to Detector.predict of that image alone, and images of different requests batched."""
     categories = [None, *tiny_run.categories]
-    plan = [(path, cat, i % 4 == 0) for i, (path, cat) in
-            zip(range(LOAD_REQUESTS), itertools.cycle(itertools.product(tiny_run.images, categories)))]
+    plan = [
+        (path, cat, i % 4 == 0)
+        for i, (path, cat) in zip(range(LOAD_REQUESTS), itertools.cycle(itertools.product(tiny_run.images, categories)))
+    ]
     payloads = {p: p.read_bytes() for p in tiny_run.images}
     deadline = time.monotonic() + LOAD_TIME_LIMIT_S
 
@@ -101,8 +119,12 @@ def test_load_answers_equal_detector_predict(server, tiny_run, expected):
                 if multipart:
                     r = c.post("/predict", params=params, files={"file": (path.name, payloads[path])})
                 else:
-                    r = c.post("/predict", params=params, content=payloads[path],
-                               headers={"Content-Type": "application/octet-stream"})
+                    r = c.post(
+                        "/predict",
+                        params=params,
+                        content=payloads[path],
+                        headers={"Content-Type": "application/octet-stream"},
+                    )
                 out.append((k, r.status_code, r.json()))
         return out
 
@@ -127,8 +149,10 @@ def test_load_answers_equal_detector_predict(server, tiny_run, expected):
     assert max(sizes) <= MAX_BATCH
     stats = httpx.get(server.url + "/health").json()["batches"]
     assert stats["items"] >= LOAD_REQUESTS and stats["batches"] < stats["items"]
-    print(f"\n{LOAD_REQUESTS} requests, {LOAD_CLIENTS} clients: {elapsed:.1f} s, "
-          f"{LOAD_REQUESTS / elapsed:.1f} req/s, mean batch {np.mean(sizes):.2f}, largest {max(sizes)}")
+    print(
+        f"\n{LOAD_REQUESTS} requests, {LOAD_CLIENTS} clients: {elapsed:.1f} s, "
+        f"{LOAD_REQUESTS / elapsed:.1f} req/s, mean batch {np.mean(sizes):.2f}, largest {max(sizes)}"
+    )
 
 
 def test_batch_endpoint_answers_in_order(client, tiny_run, expected):
@@ -139,7 +163,7 @@ def test_batch_endpoint_answers_in_order(client, tiny_run, expected):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["count"] == len(paths) and [x["name"] for x in body["results"]] == [p.name for p in paths]
-    for got, path in zip(body["results"], paths):
+    for got, path in zip(body["results"], paths, strict=True):
         want = expected(path, cat)
         same_prediction(got, want, path)
         overlay = png_array(got["overlay_png"])
@@ -160,8 +184,11 @@ def test_the_same_image_raw_or_multipart_or_batched(client, tiny_run):
 
 # ---------------------------------------------------------------------------------------------- bad input
 def _png(width: int, height: int, noise: bool = False) -> bytes:
-    arr = (np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8) if noise
-           else np.zeros((height, width, 3), np.uint8))
+    arr = (
+        np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+        if noise
+        else np.zeros((height, width, 3), np.uint8)
+    )
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()
@@ -170,13 +197,14 @@ def _png(width: int, height: int, noise: bool = False) -> bytes:
 def _bomb_header(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def _chunked(data: bytes, size: int = 256 * 1024):
     for i in range(0, len(data), size):
-        yield data[i:i + size]
+        yield data[i : i + size]
 
 
 OVERSIZED = int((MAX_IMAGE_MB + 0.5) * 2**20)
@@ -189,38 +217,91 @@ def _bad_requests(tiny_run):
     bomb = _png(2000, 2000)  # 4 megapixels of black in a few KB: refused from its header
     assert len(bomb) < 50_000
     return [
-        ("non-image bytes", dict(method="POST", url="/predict", content=b"GIF? no: just some text"), 415, "not_an_image"),
+        (
+            "non-image bytes",
+            dict(method="POST", url="/predict", content=b"GIF? no: just some text"),
+            415,
+            "not_an_image",
+        ),
         ("truncated image", dict(method="POST", url="/predict", content=good[: len(good) // 2]), 400, "bad_image"),
         ("empty body", dict(method="POST", url="/predict", content=b""), 400, "empty_body"),
         ("empty file part", dict(method="POST", url="/predict", files={"file": ("e.png", b"")}), 400, "empty_body"),
-        ("unknown category", dict(method="POST", url="/predict", params={"category": "no_such_part"}, content=good),
-         422, "unknown_category"),
-        ("unknown category, batch", dict(method="POST", url="/predict/batch", data={"category": "no_such_part"},
-                                         files=[("f", ("a.png", good))]), 422, "unknown_category"),
+        (
+            "unknown category",
+            dict(method="POST", url="/predict", params={"category": "no_such_part"}, content=good),
+            422,
+            "unknown_category",
+        ),
+        (
+            "unknown category, batch",
+            dict(
+                method="POST", url="/predict/batch", data={"category": "no_such_part"}, files=[("f", ("a.png", good))]
+            ),
+            422,
+            "unknown_category",
+        ),
         ("oversized upload", dict(method="POST", url="/predict", content=junk), 413, "too_large"),
         ("oversized upload, chunked", dict(method="POST", url="/predict", content=_chunked(junk)), 413, "too_large"),
-        ("oversized file in a batch", dict(method="POST", url="/predict/batch",
-                                           files=[("f", ("ok.png", good)), ("f", ("big.png", junk))]), 413, "too_large"),
+        (
+            "oversized file in a batch",
+            dict(method="POST", url="/predict/batch", files=[("f", ("ok.png", good)), ("f", ("big.png", junk))]),
+            413,
+            "too_large",
+        ),
         ("decompression bomb", dict(method="POST", url="/predict", content=bomb), 413, "too_many_pixels"),
-        ("bomb header (10 gigapixels)", dict(method="POST", url="/predict", content=_bomb_header(100_000, 100_000)),
-         413, "too_many_pixels"),
-        ("two files to /predict", dict(method="POST", url="/predict", files=[("f", ("a.png", good)),
-                                                                             ("f", ("b.png", good))]), 413, "too_many_files"),
-        ("no file in the multipart body", dict(method="POST", url="/predict", content=b'--zz\r\nContent-Disposition: '
-                                               b'form-data; name="category"\r\n\r\nnut\r\n--zz--\r\n',
-                                               headers={"Content-Type": "multipart/form-data; boundary=zz"}),
-         400, "empty_body"),
-        ("too many files in a batch", dict(method="POST", url="/predict/batch",
-                                           files=[("f", (f"{i}.png", good)) for i in range(MAX_BATCH + 1)]),
-         413, "too_many_files"),
+        (
+            "bomb header (10 gigapixels)",
+            dict(method="POST", url="/predict", content=_bomb_header(100_000, 100_000)),
+            413,
+            "too_many_pixels",
+        ),
+        (
+            "two files to /predict",
+            dict(method="POST", url="/predict", files=[("f", ("a.png", good)), ("f", ("b.png", good))]),
+            413,
+            "too_many_files",
+        ),
+        (
+            "no file in the multipart body",
+            dict(
+                method="POST",
+                url="/predict",
+                content=b'--zz\r\nContent-Disposition: form-data; name="category"\r\n\r\nnut\r\n--zz--\r\n',
+                headers={"Content-Type": "multipart/form-data; boundary=zz"},
+            ),
+            400,
+            "empty_body",
+        ),
+        (
+            "too many files in a batch",
+            dict(method="POST", url="/predict/batch", files=[("f", (f"{i}.png", good)) for i in range(MAX_BATCH + 1)]),
+            413,
+            "too_many_files",
+        ),
         ("batch without multipart", dict(method="POST", url="/predict/batch", content=good), 415, "not_multipart"),
-        ("multipart without a boundary", dict(method="POST", url="/predict", content=good,
-                                              headers={"Content-Type": "multipart/form-data"}), 400, "bad_multipart"),
-        ("multipart part without a name", dict(method="POST", url="/predict", content=b"--zz\r\nContent-Disposition: "
-                                                b"form-data\r\n\r\nabc\r\n--zz--\r\n",
-                                                headers={"Content-Type": "multipart/form-data; boundary=zz"}),
-         400, "bad_multipart"),
-        ("bad flag", dict(method="POST", url="/predict", params={"overlay": "maybe"}, content=good), 400, "bad_request"),
+        (
+            "multipart without a boundary",
+            dict(method="POST", url="/predict", content=good, headers={"Content-Type": "multipart/form-data"}),
+            400,
+            "bad_multipart",
+        ),
+        (
+            "multipart part without a name",
+            dict(
+                method="POST",
+                url="/predict",
+                content=b"--zz\r\nContent-Disposition: form-data\r\n\r\nabc\r\n--zz--\r\n",
+                headers={"Content-Type": "multipart/form-data; boundary=zz"},
+            ),
+            400,
+            "bad_multipart",
+        ),
+        (
+            "bad flag",
+            dict(method="POST", url="/predict", params={"overlay": "maybe"}, content=good),
+            400,
+            "bad_request",
+        ),
         ("unknown route", dict(method="GET", url="/predict/nothing"), 404, "not_found"),
         ("wrong method", dict(method="GET", url="/predict"), 405, "method_not_allowed"),
     ]
@@ -245,8 +326,11 @@ def test_bad_input_gets_a_4xx_and_the_server_stays_healthy(client, tiny_run, ser
 def test_nothing_is_written_to_disk(client, server, tiny_run):
     big = _png(700, 700, noise=True)  # ~1.4 MB: more than Starlette's 1 MB in-memory spool for uploads
     assert 2**20 < len(big) < MAX_IMAGE_MB * 2**20
-    r = client.post("/predict/batch", files=[("f", ("big.png", big)), ("f", ("big2.png", big))],
-                    params={"overlay": "1", "mask": "1"})
+    r = client.post(
+        "/predict/batch",
+        files=[("f", ("big.png", big)), ("f", ("big2.png", big))],
+        params={"overlay": "1", "mask": "1"},
+    )
     assert r.status_code == 200, r.text
     assert list(server.cwd.iterdir()) == [] and list(server.tmpdir.iterdir()) == []
     assert _snapshot(tiny_run.run) == server.run_snapshot
@@ -261,12 +345,19 @@ def token_server(tiny_run, tmp_path_factory, start_server):
 
 def test_token_is_required(token_server, tiny_run):
     good = tiny_run.images[0].read_bytes()
-    requests = [("GET", "/health", {}), ("POST", "/predict", {"content": good}),
-                ("POST", "/predict/batch", {"files": [("f", ("a.png", good))]})]
+    requests = [
+        ("GET", "/health", {}),
+        ("POST", "/predict", {"content": good}),
+        ("POST", "/predict/batch", {"files": [("f", ("a.png", good))]}),
+    ]
     with httpx.Client(base_url=token_server.url, timeout=60) as c:
         for method, url, kw in requests:
-            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer s3cret-t0ke"},
-                            {"Authorization": "Basic s3cret-t0ken"}):
+            for headers in (
+                {},
+                {"Authorization": "Bearer wrong"},
+                {"Authorization": "Bearer s3cret-t0ke"},
+                {"Authorization": "Basic s3cret-t0ken"},
+            ):
                 r = c.request(method, url, headers=headers, **kw)
                 assert r.status_code == 401, (url, headers, r.status_code)
                 assert r.json()["error"] == "unauthorized" and r.headers["www-authenticate"].startswith("Bearer")
