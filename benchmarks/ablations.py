@@ -8,8 +8,8 @@ and on synthetic multi-category data, and collect the tables in ``benchmarks/res
 
 Every grid is ``dpdiff ablate --grid <grid> ... --cache`` (a packaged grid, dpdiff/configs/ablations/); grids
 writing into the same output folder share trainings with equal settings (Fig. 6 left/right and the ensemble sweep
-share one model; Table 9's DiT row is the Table 5 full model), and finished trainings and evaluations are reused, so a rerun
-only does what is missing. Measured cost on 2 CPU cores (feature cache on): an MTD DiT training at 1000 steps
+share one model; Table 9's DiT row is the Table 5 full model), and finished trainings and evaluations are reused,
+so a rerun only does what is missing. Measured cost on 2 CPU cores (feature cache on): an MTD DiT training at 1000 steps
 6-8 min (prototype-only rows 2-3 min), an MTD evaluation (582 images, 4 noise draws) ~1.5 min (16 draws ~5 min);
 a synthetic training ~2 min, an evaluation (300 images) ~20 s. All default grids and extras: about 2 h.
 
@@ -19,6 +19,7 @@ training images, 10 good + 20 defective test images each, 128 px, seed 0, writte
 128 px synthetic images the smoothing sigma and the pooling window are halved, as in
 the ``scale_lite0`` preset.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,11 +32,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DPDIFF_SHARED_DATA", ROOT.parent / "shared" / "data"))
 RESULTS = ROOT / "benchmarks" / "results" / "ablations"
-DEFAULT_GRIDS = ["table5_modules", "fig6_noise_step", "fig6_ddim_steps", "seed_spread", "ensemble_reduce",
-                 "table9_denoiser"]
+DEFAULT_GRIDS = [
+    "table5_modules",
+    "fig6_noise_step",
+    "fig6_ddim_steps",
+    "seed_spread",
+    "ensemble_reduce",
+    "table9_denoiser",
+]
 
-SYNTH_SETTINGS = dict(num_categories=10, train_per_category=40, test_good_per_category=10,
-                      test_defect_per_category=20, image_size=128, seed=0)
+SYNTH_SETTINGS = dict(
+    num_categories=10,
+    train_per_category=40,
+    test_good_per_category=10,
+    test_defect_per_category=20,
+    image_size=128,
+    seed=0,
+)
 SYNTH_OVERRIDES = ["backbone.image_size=128", "inference.smoothing_sigma=2.0", "inference.pool_size=8"]
 
 
@@ -48,6 +61,7 @@ def dataset_arguments(name: str, synth_root: Path) -> tuple[list[str], list[str]
         return ["--data", str(root), "--format", "mvtec"], [], ROOT / "runs" / "ablate_mtd"
     if name == "synthetic":
         from dpdiff.data.synthetic import ensure_synthetic_dataset
+
         # reuses the folder; refuses one made with other settings
         ensure_synthetic_dataset(synth_root, **SYNTH_SETTINGS)
         return ["--data", str(synth_root), "--format", "mvtec"], list(SYNTH_OVERRIDES), ROOT / "runs" / "ablate_synth"
@@ -69,9 +83,20 @@ def run_grid(dataset: str, grid: str, extra: list[str], suffix: str, synth_root:
     if suffix:
         output = output.with_name(f"{output.name}_{suffix}")
     if not collect_only:
-        command = [sys.executable, "-m", "dpdiff.cli", "ablate",
-                   "--grid", grid, *data_args,
-                   "--output", str(output), "--cache", "--overwrite", *(["--set", *overrides] if overrides else [])]
+        command = [
+            sys.executable,
+            "-m",
+            "dpdiff.cli",
+            "ablate",
+            "--grid",
+            grid,
+            *data_args,
+            "--output",
+            str(output),
+            "--cache",
+            "--overwrite",
+            *(["--set", *overrides] if overrides else []),
+        ]
         print("+", " ".join(command), flush=True)
         subprocess.run(command, check=True, cwd=ROOT)
     destination = RESULTS / dataset
@@ -84,8 +109,9 @@ def run_grid(dataset: str, grid: str, extra: list[str], suffix: str, synth_root:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--grids", nargs="+", default=DEFAULT_GRIDS,
-                        help="packaged grid names (dpdiff/configs/ablations/)")
+    parser.add_argument(
+        "--grids", nargs="+", default=DEFAULT_GRIDS, help="packaged grid names (dpdiff/configs/ablations/)"
+    )
     parser.add_argument("--datasets", nargs="+", default=["mtd", "synthetic"], help="mtd | synthetic")
     parser.add_argument("--no-extras", action="store_true", help="skip the EXTRAS runs (seed replicate, long training)")
     parser.add_argument("--synthetic-root", type=Path, default=ROOT / "runs" / "synth10")

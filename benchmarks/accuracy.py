@@ -24,6 +24,7 @@ standardised-space full memory bank. Rows:
 * ``knn/raw``, ``knn/standardized``, ``knn/coreset_time_matched`` (greedy coreset whose scoring time per
   image matches the preset's DPDiff-AD).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,12 +46,12 @@ from dpdiff.data import shared_data_dir  # noqa: E402
 from dpdiff.data.dataset import ImageDataset  # noqa: E402
 from dpdiff.data.formats import load_samples  # noqa: E402
 from dpdiff.data.synthetic import ensure_synthetic_dataset  # noqa: E402
-from dpdiff.engine.features.cache import FeatureCache  # noqa: E402
 from dpdiff.engine.checkpoint import load_model, read_run_config  # noqa: E402
-from dpdiff.experiments.compare import build_knn, dpdiff_score_features, knn_score_features, masks_and_labels  # noqa: E402
-from dpdiff.engine.inference import Detector  # noqa: E402
 from dpdiff.engine.features import resolve_device, tokens_from_maps  # noqa: E402
+from dpdiff.engine.features.cache import FeatureCache  # noqa: E402
+from dpdiff.engine.inference import Detector  # noqa: E402
 from dpdiff.engine.train import build_backbone_from_config, train  # noqa: E402
+from dpdiff.experiments.compare import build_knn, dpdiff_score_features, knn_score_features, masks_and_labels  # noqa: E402
 from dpdiff.io import atomic_write_json, atomic_write_text  # noqa: E402
 from dpdiff.metrics import METRIC_NAMES, compute_metrics  # noqa: E402
 
@@ -62,20 +63,28 @@ COLUMNS = list(METRIC_NAMES) + ["mAD"]
 #: Inference variants scored on the preset model (name -> inference overrides). The preset's own
 #: settings are scored as the "dpdiff" row whatever they are.
 INFERENCE_ROWS: dict[str, dict] = {
-    "paper protocol (1 draw, 3 DDIM, t=100)": dict(ensemble=1, antithetic=False, ddim_steps=3, noise_step=100,
-                                                   ensemble_reduce="mean_error"),
-    "former preset (4 draws, error_of_mean, 3 DDIM, t=100)": dict(ensemble=4, antithetic=False, ddim_steps=3,
-                                                                  noise_step=100, ensemble_reduce="error_of_mean"),
-    "16 draws, error_of_mean, 1 DDIM, t=100": dict(ensemble=16, antithetic=False, ddim_steps=1, noise_step=100,
-                                                   ensemble_reduce="error_of_mean"),
-    **{f"pair, {k} DDIM, t={t}": dict(ensemble=2, antithetic=True, ddim_steps=k, noise_step=t,
-                                      ensemble_reduce="error_of_mean")
-       for k in (1, 3) for t in (25, 50, 100, 200)},
-    "4 pairs, 1 DDIM, t=100": dict(ensemble=8, antithetic=True, ddim_steps=1, noise_step=100,
-                                   ensemble_reduce="error_of_mean"),
-    "pair, 1 DDIM, t=100, independent noise per image": dict(ensemble=2, antithetic=True, ddim_steps=1,
-                                                             noise_step=100, ensemble_reduce="error_of_mean",
-                                                             common_noise=False),
+    "paper protocol (1 draw, 3 DDIM, t=100)": dict(
+        ensemble=1, antithetic=False, ddim_steps=3, noise_step=100, ensemble_reduce="mean_error"
+    ),
+    "former preset (4 draws, error_of_mean, 3 DDIM, t=100)": dict(
+        ensemble=4, antithetic=False, ddim_steps=3, noise_step=100, ensemble_reduce="error_of_mean"
+    ),
+    "16 draws, error_of_mean, 1 DDIM, t=100": dict(
+        ensemble=16, antithetic=False, ddim_steps=1, noise_step=100, ensemble_reduce="error_of_mean"
+    ),
+    **{
+        f"pair, {k} DDIM, t={t}": dict(
+            ensemble=2, antithetic=True, ddim_steps=k, noise_step=t, ensemble_reduce="error_of_mean"
+        )
+        for k in (1, 3)
+        for t in (25, 50, 100, 200)
+    },
+    "4 pairs, 1 DDIM, t=100": dict(
+        ensemble=8, antithetic=True, ddim_steps=1, noise_step=100, ensemble_reduce="error_of_mean"
+    ),
+    "pair, 1 DDIM, t=100, independent noise per image": dict(
+        ensemble=2, antithetic=True, ddim_steps=1, noise_step=100, ensemble_reduce="error_of_mean", common_noise=False
+    ),
 }
 
 #: Other trainings (name -> config overrides), scored with the preset's inference settings.
@@ -98,10 +107,15 @@ def _dataset_spec(name: str, out: Path, cfg: Config, args) -> tuple[Path, list[s
         return root, ["magnetic_tile"]
     root = out / "synthetic_data"
     n = args.synthetic_categories
-    cats = ensure_synthetic_dataset(root, n, train_per_category=args.synthetic_train,
-                                    test_good_per_category=args.synthetic_test_good,
-                                    test_defect_per_category=args.synthetic_test_defect,
-                                    image_size=cfg.backbone.image_size, seed=0)
+    cats = ensure_synthetic_dataset(
+        root,
+        n,
+        train_per_category=args.synthetic_train,
+        test_good_per_category=args.synthetic_test_good,
+        test_defect_per_category=args.synthetic_test_defect,
+        image_size=cfg.backbone.image_size,
+        seed=0,
+    )
     return root, cats[:n]
 
 
@@ -119,8 +133,11 @@ class Bench:
         self.train_samples = load_samples("mvtec", root, categories, "train")
         self.test_samples = sorted(load_samples("mvtec", root, categories, "test"), key=lambda s: str(s.image_path))
         cache = FeatureCache(out.parent / "features")  # shared by the datasets of one run
-        key = {"name": self.cfg.backbone.name, "layers": self.cfg.backbone.layers,
-               "feature_stride": self.cfg.backbone.feature_stride}
+        key = {
+            "name": self.cfg.backbone.name,
+            "layers": self.cfg.backbone.layers,
+            "feature_stride": self.cfg.backbone.feature_stride,
+        }
         size, bs = self.cfg.backbone.image_size, self.cfg.train.feature_batch_size
         self.train_feats = cache.get(self.backbone, key, self.train_samples, size, bs, self.device)
         self.test_feats = cache.get(self.backbone, key, self.test_samples, size, bs, self.device)
@@ -140,7 +157,7 @@ class Bench:
             for _ in range(3):
                 t0 = time.perf_counter()
                 for i in range(0, batch.shape[0], 16):
-                    self.backbone(batch[i:i + 16])
+                    self.backbone(batch[i : i + 16])
                 times.append((time.perf_counter() - t0) / batch.shape[0])
         s = float(np.median(times))
         atomic_write_json(memo, {"s_per_image": s, "images": int(batch.shape[0])})
@@ -156,10 +173,13 @@ class Bench:
             done = int(payload.get("step", -1)) >= cfg.train.steps
         if not done:
             resume = (run_dir / "train_state.pt").exists()
-            log.info("[%s] training %s (%d steps)%s", self.name, variant, cfg.train.steps, " (resumed)" if resume else "")
+            log.info(
+                "[%s] training %s (%d steps)%s", self.name, variant, cfg.train.steps, " (resumed)" if resume else ""
+            )
             t0 = time.perf_counter()
-            train(cfg, run_dir, overwrite=not resume, resume=resume, features=self.train_feats,
-                  samples=self.train_samples)
+            train(
+                cfg, run_dir, overwrite=not resume, resume=resume, features=self.train_feats, samples=self.train_samples
+            )
             log.info("[%s] trained %s in %.0f s", self.name, variant, time.perf_counter() - t0)
         return run_dir
 
@@ -171,14 +191,28 @@ class Bench:
             per_cat[c] = compute_metrics(scores[sel], self.labels[sel], maps[sel], self.masks[sel])
         return {k: float(np.mean([m[k] for m in per_cat.values()])) for k in COLUMNS}
 
-    def _cached(self, name: str, compute) -> dict:
+    def _cached(self, name: str, compute, settings: dict | None = None) -> dict:
+        """The row's metrics from ``rows/<name>.json``, else ``compute()`` saved there. ``settings`` (the
+        inference settings a row was scored with): a stored row made with other settings is recomputed, so a
+        changed preset never reuses the old preset's numbers."""
         path = self.out / "rows" / f"{_slug(name)}.json"
         if path.exists():
-            return json.loads(path.read_text())["metrics"]
+            stored = json.loads(path.read_text())
+            made_with = stored.get("settings", stored["metrics"].get("inference"))
+            if settings is None or made_with == settings:
+                return stored["metrics"]
+            log.info("[%s] %s: stored with %s, now %s: scoring again", self.name, name, made_with, settings)
         metrics = compute()
-        atomic_write_json(path, {"name": name, "metrics": metrics})
-        log.info("[%s] %s: I-AUROC %.1f P-AUROC %.1f mAD %.1f (%.2f img/s)", self.name, name,
-                 100 * metrics["I-AUROC"], 100 * metrics["P-AUROC"], 100 * metrics["mAD"], metrics["images_per_s"])
+        atomic_write_json(path, {"name": name, "metrics": metrics, "settings": settings})
+        log.info(
+            "[%s] %s: I-AUROC %.1f P-AUROC %.1f mAD %.1f (%.2f img/s)",
+            self.name,
+            name,
+            100 * metrics["I-AUROC"],
+            100 * metrics["P-AUROC"],
+            100 * metrics["mAD"],
+            metrics["images_per_s"],
+        )
         return metrics
 
     def dpdiff_row(self, run_dir: Path, inference: dict) -> dict:
@@ -193,9 +227,11 @@ class Bench:
         m["images_per_s"] = n / (secs + n * self.backbone_s_per_image)
         m["scoring_s_per_image"] = secs / n
         m["train_s"] = float(payload.get("train_s", float("nan")))
-        m["inference"] = {k: v for k, v in cfg.to_dict()["inference"].items()
-                          if k in ("noise_step", "ddim_steps", "ensemble", "antithetic", "ensemble_reduce",
-                                   "common_noise")}
+        m["inference"] = {
+            k: v
+            for k, v in cfg.to_dict()["inference"].items()
+            if k in ("noise_step", "ddim_steps", "ensemble", "antithetic", "ensemble_reduce", "common_noise")
+        }
         return m
 
     def swap_row(self, run_dir: Path, inference: dict) -> dict:
@@ -213,12 +249,16 @@ class Bench:
         for c in self.categories:
             idx = np.flatnonzero(train_cats == c)
             with torch.inference_mode():
-                parts = [own(model.standardize(tokens_from_maps(torch.as_tensor(self.train_feats[idx[i:i + 64]]).float())))
-                         for i in range(0, len(idx), 64)]
-            mean_protos = [None if parts[0][j] is None else torch.cat([p[j] for p in parts]).mean(0, keepdim=True)
-                           for j in (0, 1)]
+                parts = [
+                    own(model.standardize(tokens_from_maps(torch.as_tensor(self.train_feats[idx[i : i + 64]]).float())))
+                    for i in range(0, len(idx), 64)
+                ]
+            mean_protos = [
+                None if parts[0][j] is None else torch.cat([p[j] for p in parts]).mean(0, keepdim=True) for j in (0, 1)
+            ]
             model.prototypes = lambda x0, mp=mean_protos: tuple(
-                None if p is None else p.expand(x0.shape[0], -1, -1) for p in mp)
+                None if p is None else p.expand(x0.shape[0], -1, -1) for p in mp
+            )
             sel = np.flatnonzero(self.cats == c)
             m_c, s_c = dpdiff_score_features(detector, torch.as_tensor(self.test_feats[sel]))
             maps[sel], scores[sel] = m_c.numpy(), s_c.numpy()
@@ -244,9 +284,11 @@ class Bench:
 def run_dataset(bench: Bench, preset: Config, extra_trainings: bool) -> dict:
     rows: dict[str, dict] = {}
     main_run = bench.trained("preset", {})
-    shipped = {k: getattr(preset.inference, k) for k in
-               ("noise_step", "ddim_steps", "ensemble", "antithetic", "ensemble_reduce", "common_noise")}
-    dp = bench._cached("dpdiff (shipped preset)", lambda: bench.dpdiff_row(main_run, shipped))
+    shipped = {
+        k: getattr(preset.inference, k)
+        for k in ("noise_step", "ddim_steps", "ensemble", "antithetic", "ensemble_reduce", "common_noise")
+    }
+    dp = bench._cached("dpdiff (shipped preset)", lambda: bench.dpdiff_row(main_run, shipped), shipped)
     rows["dpdiff (shipped preset)"] = dp
     raw = bench._cached("knn/raw", lambda: bench.knn_row(False))
     std = bench._cached("knn/standardized", lambda: bench.knn_row(True))
@@ -256,21 +298,34 @@ def run_dataset(bench: Bench, preset: Config, extra_trainings: bool) -> dict:
     frac = float(np.clip(dp["scoring_s_per_image"] / max(knn["scoring_s_per_image"], 1e-9), 0.01, 1.0))
     frac = round(frac, 3)
     rows[f"knn/coreset {frac:g} (time-matched)"] = bench._cached(
-        f"knn/coreset_{frac:g}_{'std' if knn is std else 'raw'}", lambda: bench.knn_row(knn is std, frac))
+        f"knn/coreset_{frac:g}_{'std' if knn is std else 'raw'}", lambda: bench.knn_row(knn is std, frac)
+    )
     for name, inf in INFERENCE_ROWS.items():
         rows[f"dpdiff/{name}"] = bench._cached(f"dpdiff/{name}", lambda inf=inf: bench.dpdiff_row(main_run, inf))
     rows["dpdiff/swap: category-mean training prototypes (leakage check)"] = bench._cached(
-        "dpdiff/swap_category_mean_prototypes", lambda: bench.swap_row(main_run, shipped))
+        "dpdiff/swap_category_mean_prototypes", lambda: bench.swap_row(main_run, shipped), shipped
+    )
     if extra_trainings:
         for name, overrides in TRAINING_ROWS.items():
             run = bench.trained(name, overrides)
-            rows[f"train:{name}"] = bench._cached(f"train:{name}", lambda run=run: bench.dpdiff_row(run, shipped))
-    return {"dpdiff": dp, "knn": knn, "rows": rows,
-            "protocol": {"data": str(bench.root), "categories": len(bench.categories),
-                         "train_images": len(bench.train_samples), "test_images": len(bench.test_samples),
-                         "train_steps": bench.cfg.train.steps, "preset": PRESET,
-                         "torch_threads": torch.get_num_threads(),
-                         "images_per_s": "test images / (scoring time + images x backbone time per image)"}}
+            rows[f"train:{name}"] = bench._cached(
+                f"train:{name}", lambda run=run: bench.dpdiff_row(run, shipped), shipped
+            )
+    return {
+        "dpdiff": dp,
+        "knn": knn,
+        "rows": rows,
+        "protocol": {
+            "data": str(bench.root),
+            "categories": len(bench.categories),
+            "train_images": len(bench.train_samples),
+            "test_images": len(bench.test_samples),
+            "train_steps": bench.cfg.train.steps,
+            "preset": PRESET,
+            "torch_threads": torch.get_num_threads(),
+            "images_per_s": "test images / (scoring time + images x backbone time per image)",
+        },
+    }
 
 
 def write_summary(summary: dict, folder: Path) -> None:
@@ -279,12 +334,19 @@ def write_summary(summary: dict, folder: Path) -> None:
     lines = ["# Accuracy: DPDiff-AD (shipped `lite0_cpu` preset) vs kNN on the same tokens", ""]
     for ds, r in summary.items():
         p = r["protocol"]
-        lines += [f"## {ds} ({p['categories']} categories, {p['train_images']} train / {p['test_images']} test "
-                  f"images, {p['train_steps']} steps)", "",
-                  "| row | " + " | ".join(COLUMNS) + " | img/s |", "|---|" + "---:|" * (len(COLUMNS) + 1)]
-        for name, m in [("**dpdiff** (shipped)", r["dpdiff"]), ("**knn** (stronger)", r["knn"])] + list(r["rows"].items()):
-            lines.append(f"| {name} | " + " | ".join(f"{100 * m[k]:.1f}" for k in COLUMNS)
-                         + f" | {m['images_per_s']:.1f} |")
+        lines += [
+            f"## {ds} ({p['categories']} categories, {p['train_images']} train / {p['test_images']} test "
+            f"images, {p['train_steps']} steps)",
+            "",
+            "| row | " + " | ".join(COLUMNS) + " | img/s |",
+            "|---|" + "---:|" * (len(COLUMNS) + 1),
+        ]
+        for name, m in [("**dpdiff** (shipped)", r["dpdiff"]), ("**knn** (stronger)", r["knn"])] + list(
+            r["rows"].items()
+        ):
+            lines.append(
+                f"| {name} | " + " | ".join(f"{100 * m[k]:.1f}" for k in COLUMNS) + f" | {m['images_per_s']:.1f} |"
+            )
         lines.append("")
     atomic_write_text(folder / "summary.md", "\n".join(lines))
 
@@ -319,7 +381,7 @@ def main() -> int:
             raise SystemExit(f"--datasets: unknown dataset {name!r} (mtd, synthetic)")
     # first the preset and its rows on every dataset, then the extra trainings: a run stopped by its
     # time budget has the headline numbers of both datasets
-    for extra in ((False, True) if not args.no_extra_trainings else (False,)):
+    for extra in (False, True) if not args.no_extra_trainings else (False,):
         for name in names:
             ds_out = out / name
             root, cats = _dataset_spec(name, ds_out, preset, args)

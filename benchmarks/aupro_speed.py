@@ -18,6 +18,7 @@ score distribution has ties-free float32 values as real maps do. Both methods se
 Prints the speed ratio (reference seconds / dpdiff seconds, goal >= 20) and |difference| (goal
 <= 1e-3), and writes benchmarks/results/aupro_speed.{json,csv} atomically.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,15 +64,16 @@ def synthetic_maps(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.nda
     return maps, masks
 
 
-def aupro_threshold_loop(maps: np.ndarray, masks: np.ndarray, num_thresholds: int = 200,
-                         fpr_limit: float = FPR_LIMIT) -> float:
+def aupro_threshold_loop(
+    maps: np.ndarray, masks: np.ndarray, num_thresholds: int = 200, fpr_limit: float = FPR_LIMIT
+) -> float:
     """The plain reference: a Python loop over thresholds, components labelled per threshold and image."""
     normal = ~masks
     n_neg = int(normal.sum())
     fprs, pros = [0.0], [0.0]
     for t in np.linspace(float(maps.min()), float(maps.max()), num_thresholds).astype(np.float32):
         overlaps, false_pos = [], 0
-        for m, gt, nrm in zip(maps, masks, normal):
+        for m, gt, nrm in zip(maps, masks, normal, strict=True):
             pred = m >= t
             false_pos += int(np.count_nonzero(pred & nrm))
             labels, num = ndimage.label(gt, structure=np.ones((3, 3), bool))
@@ -94,13 +96,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--thresholds", type=int, default=200)
     p.add_argument("--rounds", type=int, default=3, help="timed rounds of dpdiff's aupro (median)")
-    p.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "aupro_speed"),
-                   help="output stem (.json and .csv are added)")
+    p.add_argument(
+        "--output",
+        default=str(ROOT / "benchmarks" / "results" / "aupro_speed"),
+        help="output stem (.json and .csv are added)",
+    )
     args = p.parse_args(argv)
 
     maps, masks = synthetic_maps(args.images, args.size)
-    print(f"{args.images} maps of {args.size}x{args.size} ({maps.size / 1e6:.1f} M pixels), "
-          f"{int(masks.sum())} defect pixels")
+    print(
+        f"{args.images} maps of {args.size}x{args.size} ({maps.size / 1e6:.1f} M pixels), "
+        f"{int(masks.sum())} defect pixels"
+    )
     aupro(maps[:4], masks[:4])  # warm-up (imports, allocator)
     fast_times, fast_value = [], None
     for _ in range(args.rounds):
@@ -115,19 +122,32 @@ def main(argv: list[str] | None = None) -> int:
     diff = abs(fast_value - ref_value)
     rows = [
         {"method": "dpdiff aupro (exact, one sort)", "seconds": fast_s, "aupro": fast_value},
-        {"method": f"reference ({args.thresholds} thresholds, components per threshold)", "seconds": ref_s,
-         "aupro": ref_value},
+        {
+            "method": f"reference ({args.thresholds} thresholds, components per threshold)",
+            "seconds": ref_s,
+            "aupro": ref_value,
+        },
     ]
     print("| method | seconds | AUPRO@0.3 |\n|---|---:|---:|")
     for r in rows:
         print(f"| {r['method']} | {r['seconds']:.3f} | {r['aupro']:.6f} |")
-    print(f"speed ratio (reference / dpdiff): {ratio:.1f}x (goal >= {GOAL_RATIO:.0f}x) "
-          f"{'OK' if ratio >= GOAL_RATIO else 'BELOW GOAL'}")
+    print(
+        f"speed ratio (reference / dpdiff): {ratio:.1f}x (goal >= {GOAL_RATIO:.0f}x) "
+        f"{'OK' if ratio >= GOAL_RATIO else 'BELOW GOAL'}"
+    )
     print(f"|difference|: {diff:.2e} (goal <= {GOAL_DIFF:.0e}) {'OK' if diff <= GOAL_DIFF else 'ABOVE GOAL'}")
     stem = Path(args.output)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    result = {"images": args.images, "size": args.size, "thresholds": args.thresholds, "rows": rows,
-              "ratio": ratio, "abs_difference": diff, "goal_ratio": GOAL_RATIO, "goal_difference": GOAL_DIFF}
+    result = {
+        "images": args.images,
+        "size": args.size,
+        "thresholds": args.thresholds,
+        "rows": rows,
+        "ratio": ratio,
+        "abs_difference": diff,
+        "goal_ratio": GOAL_RATIO,
+        "goal_difference": GOAL_DIFF,
+    }
     atomic_write_json(stem.with_suffix(".json"), result)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=["method", "seconds", "aupro"], lineterminator="\n")

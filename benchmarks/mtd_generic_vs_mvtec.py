@@ -9,6 +9,7 @@ MVTec-layout reader and through the generic folder reader must give the same met
 ``ground_truth/<defect>`` mask folders. Writes ``benchmarks/results/mtd_generic_vs_mvtec.{json,md}``
 with both rows and the largest absolute difference; exits 1 when they differ by more than 1e-9.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,11 +31,13 @@ CATEGORY = "magnetic_tile"
 
 def generic_options(root: Path) -> dict:
     defects = sorted(p.name for p in (root / CATEGORY / "test").iterdir() if p.is_dir() and p.name != "good")
-    return {"normal_dir": f"{CATEGORY}/test/good",
-            "abnormal_dir": [f"{CATEGORY}/test/{d}" for d in defects],
-            "mask_dir": [f"{CATEGORY}/ground_truth/{d}" for d in defects],
-            "train_normal_dir": f"{CATEGORY}/train/good",
-            "category": CATEGORY}
+    return {
+        "normal_dir": f"{CATEGORY}/test/good",
+        "abnormal_dir": [f"{CATEGORY}/test/{d}" for d in defects],
+        "mask_dir": [f"{CATEGORY}/ground_truth/{d}" for d in defects],
+        "train_normal_dir": f"{CATEGORY}/train/good",
+        "category": CATEGORY,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,20 +52,34 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        rows["MVTec reader"] = evaluate(Path(args.run), str(root), [CATEGORY], Path(tmp) / "mvtec",
-                                        overlays_per_category=0, data_format="mvtec")["mean"]
-        rows["generic reader"] = evaluate(Path(args.run), str(root), [CATEGORY], Path(tmp) / "generic",
-                                          overlays_per_category=0, data_format="generic",
-                                          inference_overrides={"data.options": generic_options(root)})["mean"]
+        rows["MVTec reader"] = evaluate(
+            Path(args.run), str(root), [CATEGORY], Path(tmp) / "mvtec", overlays_per_category=0, data_format="mvtec"
+        )["mean"]
+        rows["generic reader"] = evaluate(
+            Path(args.run),
+            str(root),
+            [CATEGORY],
+            Path(tmp) / "generic",
+            overlays_per_category=0,
+            data_format="generic",
+            inference_overrides={"data.options": generic_options(root)},
+        )["mean"]
     diff = max(abs(rows["MVTec reader"][k] - rows["generic reader"][k]) for k in list(METRIC_NAMES) + ["mAD"])
     table = format_table_markdown(rows)
     print(table)
     print(f"largest absolute difference over the seven metrics and mAD: {diff:.3g}")
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out.with_suffix(".json"), {"run": str(args.run), "data": str(root), "rows": rows,
-                                                 "max_abs_difference": diff,
-                                                 "generic_options": generic_options(root)})
+    atomic_write_json(
+        out.with_suffix(".json"),
+        {
+            "run": str(args.run),
+            "data": str(root),
+            "rows": rows,
+            "max_abs_difference": diff,
+            "generic_options": generic_options(root),
+        },
+    )
     atomic_write_text(out.with_suffix(".md"), table + f"\nlargest absolute difference: {diff:.3g}\n")
     return 0 if diff <= 1e-9 else 1
 

@@ -9,6 +9,7 @@ benchmarks/results/mtd_knn_vs_dpdiff.{json,csv,md}.
 
 Cite the dataset: Huang et al., "Surface defect saliency of magnetic tile", The Visual Computer 2020.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,10 +28,10 @@ from dpdiff.data import shared_data_dir  # noqa: E402
 from dpdiff.data.dataset import ImageDataset  # noqa: E402
 from dpdiff.data.mvtec import load_split  # noqa: E402
 from dpdiff.engine.checkpoint import load_model  # noqa: E402
-from dpdiff.experiments.compare import build_knn, dpdiff_score_features, knn_score_features, masks_and_labels  # noqa: E402
-from dpdiff.engine.inference import Detector  # noqa: E402
 from dpdiff.engine.features import extract_features, resolve_device  # noqa: E402
+from dpdiff.engine.inference import Detector  # noqa: E402
 from dpdiff.engine.train import build_backbone_from_config, train  # noqa: E402
+from dpdiff.experiments.compare import build_knn, dpdiff_score_features, knn_score_features, masks_and_labels  # noqa: E402
 from dpdiff.metrics import compute_metrics  # noqa: E402
 from dpdiff.metrics.tables import write_results  # noqa: E402
 
@@ -40,12 +41,24 @@ def main() -> int:
     ap.add_argument("--config", default="mtd_lite0", help="preset name or YAML file (default mtd_lite0)")
     ap.add_argument("--data", default=None, help="MTD root (default: $DPDIFF_SHARED_DATA/mtd)")
     ap.add_argument("--steps", type=int, default=None, help="override train.steps")
-    ap.add_argument("--coreset", type=float, default=1.0,
-                    help="kNN coreset fraction; 1.0 = the full memory bank (strongest kNN; PatchCore subsamples to 0.1 or 0.01 for speed)")
+    ap.add_argument(
+        "--coreset",
+        type=float,
+        default=1.0,
+        help=(
+            "kNN coreset fraction; 1.0 = the full memory bank "
+            "(strongest kNN; PatchCore subsamples to 0.1 or 0.01 for speed)"
+        ),
+    )
     ap.add_argument("--run-dir", default=str(ROOT / "runs" / "bench_mtd"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    ap.add_argument("--noise-steps", type=int, nargs="*", default=None,
-                    help="also evaluate these inference noise steps (diagnostic rows)")
+    ap.add_argument(
+        "--noise-steps",
+        type=int,
+        nargs="*",
+        default=None,
+        help="also evaluate these inference noise steps (diagnostic rows)",
+    )
     args = ap.parse_args()
 
     cfg = load_config(args.config)
@@ -101,10 +114,18 @@ def main() -> int:
         timings[f"dpdiff_test_t{noise_step}_s"] = round(time.perf_counter() - t0, 1)
     timings["total_s"] = round(time.perf_counter() - t_all, 1)
 
-    protocol = {"dataset": str(data), "backbone": cfg.backbone.name, "layers": cfg.backbone.layers,
-                "image_size": cfg.backbone.image_size, "train_steps": cfg.train.steps,
-                "model": cfg.to_dict()["model"], "inference": cfg.to_dict()["inference"],
-                "timings": timings, "torch_threads": torch.get_num_threads(), "device": str(device)}
+    protocol = {
+        "dataset": str(data),
+        "backbone": cfg.backbone.name,
+        "layers": cfg.backbone.layers,
+        "image_size": cfg.backbone.image_size,
+        "train_steps": cfg.train.steps,
+        "model": cfg.to_dict()["model"],
+        "inference": cfg.to_dict()["inference"],
+        "timings": timings,
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
     out = Path(args.out)
     paths = write_results(rows, out, stem="mtd_knn_vs_dpdiff", protocol=protocol, mean_row=False)
     print(Path(paths["md"]).read_text() if "md" in paths else json.dumps(rows, indent=2))

@@ -23,6 +23,7 @@ Requests/s at 8 clients should approach the batch-8 images/s of step 3 (the micr
 images in one model call); at 1 client it is the batch-1 rate minus HTTP, decoding and ``--max-wait-ms``.
 Server and clients share the machine's cores: run it on an otherwise idle machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,13 @@ from dpdiff.io import atomic_write_json  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 #: The --quick model: lite0_cpu's backbone at 64 px with a one-block DiT of width 32 (as the tests' tiny config).
-QUICK_OVERRIDES = {"backbone.image_size": 64, "model.hidden_dim": 32, "model.depth": 1, "model.num_heads": 2,
-                   "model.prototype_heads": 2}
+QUICK_OVERRIDES = {
+    "backbone.image_size": 64,
+    "model.hidden_dim": 32,
+    "model.depth": 1,
+    "model.num_heads": 2,
+    "model.prototype_heads": 2,
+}
 DISTINCT_IMAGES = 16
 SERVER_START_TIMEOUT_S = 120
 
@@ -101,9 +107,24 @@ def free_port() -> int:
 
 def start_server(run: Path, args, log_path: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "dpdiff.cli", "serve", str(run), "--host", "127.0.0.1", "--port", str(port),
-           "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--device", args.device,
-           "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dpdiff.cli",
+        "serve",
+        str(run),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-batch",
+        str(args.max_batch),
+        "--max-wait-ms",
+        str(args.max_wait_ms),
+        "--device",
+        args.device,
+        "--no-progress",
+    ]
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=log_path.parent)
     url = f"http://127.0.0.1:{port}"
@@ -149,14 +170,15 @@ def load_level(url: str, images: list[bytes], clients: int, seconds: float, warm
                 if now >= t_stop[0]:
                     return
                 t0 = now
-                r = c.post("/predict", content=images[i % len(images)],
-                           headers={"Content-Type": "application/octet-stream"})
+                r = c.post(
+                    "/predict", content=images[i % len(images)], headers={"Content-Type": "application/octet-stream"}
+                )
                 t1 = time.perf_counter()
                 i += clients
                 if r.status_code != 200:
                     errors.append(f"{r.status_code}: {r.text[:200]}")
                     continue
-                if t0 >= t_start[0] and t1 <= t_stop[0]:
+                if t_start[0] <= t1 <= t_stop[0]:  # answered inside the timed window
                     records[k].append((t0, t1, int(r.json()["batch_size"])))
 
     now = time.perf_counter()
@@ -170,14 +192,21 @@ def load_level(url: str, images: list[bytes], clients: int, seconds: float, warm
     done = [r for per in records for r in per]
     latencies = sorted(1e3 * (t1 - t0) for t0, t1, _ in done)
     elapsed = seconds
-    row = {"clients": clients, "seconds": round(elapsed, 3), "requests": len(done), "errors": len(errors),
-           "error_examples": errors[:3],
-           "requests_per_s": len(done) / elapsed if elapsed > 0 else None,
-           "latency_ms": {"p50": float(np.percentile(latencies, 50)) if latencies else None,
-                          "p95": float(np.percentile(latencies, 95)) if latencies else None,
-                          "mean": statistics.fmean(latencies) if latencies else None,
-                          "max": max(latencies) if latencies else None},
-           "mean_batch_size": statistics.fmean(b for _, _, b in done) if done else None}
+    row = {
+        "clients": clients,
+        "seconds": round(elapsed, 3),
+        "requests": len(done),
+        "errors": len(errors),
+        "error_examples": errors[:3],
+        "requests_per_s": len(done) / elapsed if elapsed > 0 else None,
+        "latency_ms": {
+            "p50": float(np.percentile(latencies, 50)) if latencies else None,
+            "p95": float(np.percentile(latencies, 95)) if latencies else None,
+            "mean": statistics.fmean(latencies) if latencies else None,
+            "max": max(latencies) if latencies else None,
+        },
+        "mean_batch_size": statistics.fmean(b for _, _, b in done) if done else None,
+    }
     return row
 
 
@@ -210,6 +239,7 @@ def main() -> int:
         if args.run:
             run = Path(args.run)
             from dpdiff.engine.checkpoint import read_run_config
+
             cfg, _ = read_run_config(run)
             weights = "trained"
         else:
@@ -228,8 +258,9 @@ def main() -> int:
             bench = {}
             for batch in sorted({1, max(clients)}):
                 r = benchmark_fps(cfg, batch_size=batch, rounds=rounds, warmup=1, device=args.device)
-                bench[f"batch_{batch}"] = {k: r[k] for k in ("batch_size", "full_fps", "full_ms_per_image",
-                                                              "backbone_fps", "torch_threads")}
+                bench[f"batch_{batch}"] = {
+                    k: r[k] for k in ("batch_size", "full_fps", "full_ms_per_image", "backbone_fps", "torch_threads")
+                }
                 log(f"  dpdiff benchmark, batch {batch}: {r['full_fps']:.2f} images/s")
             levels, skipped = [], []
             for i, c in enumerate(clients):
@@ -241,9 +272,11 @@ def main() -> int:
                     continue
                 row = load_level(url, images, c, per_level, warmup_s)
                 levels.append(row)
-                log(f"  {c} clients: {row['requests_per_s']:.2f} req/s, p50 {row['latency_ms']['p50']:.1f} ms, "
+                log(
+                    f"  {c} clients: {row['requests_per_s']:.2f} req/s, p50 {row['latency_ms']['p50']:.1f} ms, "
                     f"p95 {row['latency_ms']['p95']:.1f} ms, mean batch {row['mean_batch_size']:.2f}, "
-                    f"{row['errors']} errors")
+                    f"{row['errors']} errors"
+                )
             final_stats = httpx.get(url + "/health").json()["batches"]
         finally:
             stop_server(proc)
@@ -255,22 +288,41 @@ def main() -> int:
             ratios[f"clients_{row['clients']}_over_batch_{ref['batch_size']}"] = row["requests_per_s"] / ref["full_fps"]
     result = {
         "what": "dpdiff serve under load on loopback: requests/s and client-side latency per concurrency level, "
-                "next to dpdiff benchmark's full-pipeline images/s (benchmark_fps) of the same config",
+        "next to dpdiff benchmark's full-pipeline images/s (benchmark_fps) of the same config",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "host": {"cpu": cpu_name(), "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                 else os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                 "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "python": platform.python_version(),
-                 "torch": torch.__version__, "load_average_at_start": list(os.getloadavg())},
-        "model": {"run": args.run, "config": None if args.run else args.config,
-                  "overrides": QUICK_OVERRIDES if args.quick and not args.run else {}, "dit_weights": weights,
-                  "backbone": cfg.backbone.name, "image_size": size, "noise_step": cfg.inference.noise_step,
-                  "ddim_steps": cfg.inference.ddim_steps, "ensemble": cfg.inference.ensemble,
-                  "device": health.get("device")},
-        "server": {"max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "startup_s": round(startup_s, 2),
-                   "batches": final_stats},
-        "request": {"endpoint": "POST /predict, raw PNG body, no overlay", "distinct_images": len(images),
-                    "image_bytes_mean": int(statistics.fmean(len(b) for b in images))},
+        "host": {
+            "cpu": cpu_name(),
+            "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "load_average_at_start": list(os.getloadavg()),
+        },
+        "model": {
+            "run": args.run,
+            "config": None if args.run else args.config,
+            "overrides": QUICK_OVERRIDES if args.quick and not args.run else {},
+            "dit_weights": weights,
+            "backbone": cfg.backbone.name,
+            "image_size": size,
+            "noise_step": cfg.inference.noise_step,
+            "ddim_steps": cfg.inference.ddim_steps,
+            "ensemble": cfg.inference.ensemble,
+            "device": health.get("device"),
+        },
+        "server": {
+            "max_batch": args.max_batch,
+            "max_wait_ms": args.max_wait_ms,
+            "startup_s": round(startup_s, 2),
+            "batches": final_stats,
+        },
+        "request": {
+            "endpoint": "POST /predict, raw PNG body, no overlay",
+            "distinct_images": len(images),
+            "image_bytes_mean": int(statistics.fmean(len(b) for b in images)),
+        },
         "benchmark": bench,
         "levels": levels,
         "skipped_levels": skipped,

@@ -25,6 +25,7 @@ The pipeline timed is ``dpdiff.engine.inference.Detector``, the object evaluatio
 the timing helpers and the random DiT/ViT builders are shared with ``dpdiff.experiments.benchmark``; for the
 FPS of one config (paper Table 4) use ``dpdiff benchmark``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,10 +53,10 @@ from dpdiff.config import Config, load_config  # noqa: E402
 from dpdiff.data import shared_data_dir  # noqa: E402
 from dpdiff.data.dataset import ImageDataset  # noqa: E402
 from dpdiff.data.mvtec import load_split  # noqa: E402
+from dpdiff.engine.features import resolve_device, tokens_from_maps  # noqa: E402
+from dpdiff.engine.features.cache import FeatureCache  # noqa: E402
 from dpdiff.engine.inference import Detector  # noqa: E402
 from dpdiff.experiments.benchmark import cpu_name, measure, random_model, random_vit  # noqa: E402
-from dpdiff.engine.features.cache import FeatureCache  # noqa: E402
-from dpdiff.engine.features import resolve_device, tokens_from_maps  # noqa: E402
 from dpdiff.io import atomic_write_json  # noqa: E402
 
 LITE_CFG = "lite0_cpu"  # packaged presets (dpdiff/configs/)
@@ -69,8 +70,18 @@ def fmt(x: float, nd: int = 2) -> str:
     return f"{x:.{nd}f}"
 
 
-def bench_inference(name: str, backbone, cfg: Config, device: torch.device, batch: int, warmup: int,
-                    rounds: int, ensembles: list[int], score_kw: dict, per_draw_loop: bool) -> dict:
+def bench_inference(
+    name: str,
+    backbone,
+    cfg: Config,
+    device: torch.device,
+    batch: int,
+    warmup: int,
+    rounds: int,
+    ensembles: list[int],
+    score_kw: dict,
+    per_draw_loop: bool,
+) -> dict:
     size = cfg.backbone.image_size
     torch.manual_seed(1)
     images = torch.randn(batch, 3, size, size, device=device)
@@ -80,11 +91,16 @@ def bench_inference(name: str, backbone, cfg: Config, device: torch.device, batc
     c, h, w = feats.shape[1:]
     model = random_model(c, (h, w), cfg, device)
     detector = Detector(backbone, model, cfg, device, **score_kw)  # what evaluation and prediction run
-    out: dict = {"name": name, "batch": batch, "image_size": size, "tokens": [int(c), int(h), int(w)],
-                 "dit": {"hidden_dim": cfg.model.hidden_dim, "depth": cfg.model.depth,
-                         "num_heads": cfg.model.num_heads},
-                 "ddim_steps": cfg.inference.ddim_steps, "noise_step": cfg.inference.noise_step,
-                 "score_options": {k: str(v) for k, v in score_kw.items()}}
+    out: dict = {
+        "name": name,
+        "batch": batch,
+        "image_size": size,
+        "tokens": [int(c), int(h), int(w)],
+        "dit": {"hidden_dim": cfg.model.hidden_dim, "depth": cfg.model.depth, "num_heads": cfg.model.num_heads},
+        "ddim_steps": cfg.inference.ddim_steps,
+        "noise_step": cfg.inference.noise_step,
+        "score_options": {k: str(v) for k, v in score_kw.items()},
+    }
     bb = measure(lambda: detector.features(images), device, warmup, rounds)
     out["backbone"] = bb | {"fps": batch / bb["median_s"]}
     print(f"  [{name}] backbone only: {fmt(out['backbone']['fps'])} img/s (batch {batch})", flush=True)
@@ -102,15 +118,19 @@ def bench_inference(name: str, backbone, cfg: Config, device: torch.device, batc
     post = measure(lambda: detector.postprocess(maps), device, warmup, rounds)
     out["postprocess"] = post | {"ms_per_image": 1e3 * post["median_s"] / batch}
     for e in ensembles:
-        dit_t = measure(lambda: dit(e), device, warmup, rounds)
-        full = measure(lambda: full_pipeline(e), device, warmup, rounds)
-        row = {"ensemble": e, "full": full | {"fps": batch / full["median_s"]},
-               "dit_ms_per_image": 1e3 * dit_t["median_s"] / batch,
-               "fps_ratio_full_over_backbone": (batch / full["median_s"]) / out["backbone"]["fps"],
-               "goal_ratio": GOAL_FPS_RATIO}
+        dit_t = measure(lambda e=e: dit(e), device, warmup, rounds)
+        full = measure(lambda e=e: full_pipeline(e), device, warmup, rounds)
+        row = {
+            "ensemble": e,
+            "full": full | {"fps": batch / full["median_s"]},
+            "dit_ms_per_image": 1e3 * dit_t["median_s"] / batch,
+            "fps_ratio_full_over_backbone": (batch / full["median_s"]) / out["backbone"]["fps"],
+            "goal_ratio": GOAL_FPS_RATIO,
+        }
         row["meets_goal"] = row["fps_ratio_full_over_backbone"] >= GOAL_FPS_RATIO
         if per_draw_loop and e > 1:  # the former implementation: one reconstruct() per noise draw
-            def loop():
+
+            def loop(e: int = e):
                 with torch.inference_mode():
                     inf = cfg.inference
                     g = torch.Generator(device).manual_seed(0)
@@ -121,15 +141,22 @@ def bench_inference(name: str, backbone, cfg: Config, device: torch.device, batc
                         s = (x0_hat - x0).pow(2).sum(-1)
                         total = s if total is None else total + s
                     return total / e
+
             lp = measure(loop, device, warmup, rounds)
             row["dit_per_draw_loop_ms_per_image"] = 1e3 * lp["median_s"] / batch
         out.setdefault("pipelines", []).append(row)
-        extra = (f", per-draw loop {fmt(row['dit_per_draw_loop_ms_per_image'], 1)} ms/img"
-                 if "dit_per_draw_loop_ms_per_image" in row else "")
-        print(f"  [{name}] full pipeline, ensemble {e}: {fmt(row['full']['fps'])} img/s -> ratio "
-              f"{fmt(row['fps_ratio_full_over_backbone'], 3)} (goal >= {GOAL_FPS_RATIO}); DiT "
-              f"{fmt(row['dit_ms_per_image'], 1)} ms/img{extra}, post {fmt(out['postprocess']['ms_per_image'], 1)} "
-              f"ms/img, backbone {fmt(1e3 / out['backbone']['fps'], 1)} ms/img", flush=True)
+        extra = (
+            f", per-draw loop {fmt(row['dit_per_draw_loop_ms_per_image'], 1)} ms/img"
+            if "dit_per_draw_loop_ms_per_image" in row
+            else ""
+        )
+        print(
+            f"  [{name}] full pipeline, ensemble {e}: {fmt(row['full']['fps'])} img/s -> ratio "
+            f"{fmt(row['fps_ratio_full_over_backbone'], 3)} (goal >= {GOAL_FPS_RATIO}); DiT "
+            f"{fmt(row['dit_ms_per_image'], 1)} ms/img{extra}, post {fmt(out['postprocess']['ms_per_image'], 1)} "
+            f"ms/img, backbone {fmt(1e3 / out['backbone']['fps'], 1)} ms/img",
+            flush=True,
+        )
     return out
 
 
@@ -139,32 +166,56 @@ def training_samples(n: int | None) -> tuple[list, str]:
     if data.is_dir():
         samples = load_split(data, "magnetic_tile", "train")
         return (samples[:n] if n else samples), f"MTD train ({data})"
-    from dpdiff.data.synthetic import generate_synthetic_dataset
     from dpdiff.data.mvtec import load_dataset
+    from dpdiff.data.synthetic import generate_synthetic_dataset
 
     root = Path(tempfile.mkdtemp(prefix="dpdiff_speed_synth_"))
     per = max(8, (n or 64) // 2)
-    generate_synthetic_dataset(root, num_categories=2, train_per_category=per, test_good_per_category=1,
-                               test_defect_per_category=1, image_size=256, seed=0)
+    generate_synthetic_dataset(
+        root,
+        num_categories=2,
+        train_per_category=per,
+        test_good_per_category=1,
+        test_defect_per_category=1,
+        image_size=256,
+        seed=0,
+    )
     samples = load_dataset(root, None, "train")
     return (samples[:n] if n else samples), f"synthetic ({root}; MTD not found at {data})"
 
 
-def bench_training(cfg: Config, backbone, samples: list, cache_root: Path, device: torch.device, warmup: int,
-                   cached_steps: int, backbone_steps: int) -> dict:
+def bench_training(
+    cfg: Config,
+    backbone,
+    samples: list,
+    cache_root: Path,
+    device: torch.device,
+    warmup: int,
+    cached_steps: int,
+    backbone_steps: int,
+) -> dict:
     out: dict = {"num_images": len(samples), "batch_size": cfg.train.batch_size}
     cache = FeatureCache(cache_root)
     t0 = time.perf_counter()
     store = cache.get(backbone, None, samples, cfg.backbone.image_size, cfg.train.feature_batch_size, device)
     cold = time.perf_counter() - t0
     t0 = time.perf_counter()
-    store = FeatureCache(cache_root).get(backbone, None, samples, cfg.backbone.image_size,
-                                         cfg.train.feature_batch_size, device)
+    store = FeatureCache(cache_root).get(
+        backbone, None, samples, cfg.backbone.image_size, cfg.train.feature_batch_size, device
+    )
     warm = time.perf_counter() - t0
-    out["cache"] = {"cold_get_s": cold, "extracted_images": cache.last_extracted, "warm_get_s": warm,
-                    "tokens_fp16_bytes": store.nbytes, "shape": list(store.shape)}
-    print(f"  cache: first get {fmt(cold, 1)} s ({cache.last_extracted} images extracted), second get "
-          f"{fmt(warm * 1e3, 1)} ms (hit), tokens {store.nbytes / 2**20:.1f} MiB fp16", flush=True)
+    out["cache"] = {
+        "cold_get_s": cold,
+        "extracted_images": cache.last_extracted,
+        "warm_get_s": warm,
+        "tokens_fp16_bytes": store.nbytes,
+        "shape": list(store.shape),
+    }
+    print(
+        f"  cache: first get {fmt(cold, 1)} s ({cache.last_extracted} images extracted), second get "
+        f"{fmt(warm * 1e3, 1)} ms (hit), tokens {store.nbytes / 2**20:.1f} MiB fp16",
+        flush=True,
+    )
     n, c, h, w = store.shape
     model = random_model(c, (h, w), cfg, device).train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
@@ -202,10 +253,13 @@ def bench_training(cfg: Config, backbone, samples: list, cache_root: Path, devic
     out["speedup"] = out["from_cache"]["steps_per_s"] / out["through_backbone"]["steps_per_s"]
     out["goal_speedup"] = GOAL_TRAIN_SPEEDUP
     out["meets_goal"] = out["speedup"] >= GOAL_TRAIN_SPEEDUP
-    print(f"  training: {fmt(out['from_cache']['steps_per_s'])} steps/s from the cache vs "
-          f"{fmt(out['through_backbone']['steps_per_s'])} through the backbone -> {fmt(out['speedup'], 1)}x "
-          f"(goal >= {GOAL_TRAIN_SPEEDUP}x; batch {bs}; reading a batch from the cache "
-          f"{fmt(out['cache_read_ms_per_batch'], 2)} ms)", flush=True)
+    print(
+        f"  training: {fmt(out['from_cache']['steps_per_s'])} steps/s from the cache vs "
+        f"{fmt(out['through_backbone']['steps_per_s'])} through the backbone -> {fmt(out['speedup'], 1)}x "
+        f"(goal >= {GOAL_TRAIN_SPEEDUP}x; batch {bs}; reading a batch from the cache "
+        f"{fmt(out['cache_read_ms_per_batch'], 2)} ms)",
+        flush=True,
+    )
     return out
 
 
@@ -224,8 +278,9 @@ def rss_child(args) -> int:
     info: dict = {"mode": args.rss_child}
     if args.rss_child == "cache":
         backbone = build_backbone_from_config(cfg)
-        features = FeatureCache(args.cache_dir).get(backbone, None, samples, cfg.backbone.image_size,
-                                                    cfg.train.feature_batch_size, "cpu")
+        features = FeatureCache(args.cache_dir).get(
+            backbone, None, samples, cfg.backbone.image_size, cfg.train.feature_batch_size, "cpu"
+        )
         info["tokens_fp16_bytes"] = features.nbytes
         info["shards_are_memmap"] = all(isinstance(s, np.memmap) for s in features.shards)
         del backbone
@@ -269,9 +324,24 @@ def vm_hwm_kib() -> int | None:
 def run_rss_child(mode: str, args, tmp: Path) -> dict:
     out_json = tmp / f"rss_{mode}.json"
     log = tmp / f"rss_{mode}.log"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_rss-child", mode, "--threads", str(args.threads),
-           "--rss-steps", str(args.rss_steps), "--n-images", str(args.n_images or 0),
-           "--cache-dir", str(args.cache_dir), "--run-dir", str(tmp / f"run_{mode}"), "--child-out", str(out_json)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--_rss-child",
+        mode,
+        "--threads",
+        str(args.threads),
+        "--rss-steps",
+        str(args.rss_steps),
+        "--n-images",
+        str(args.n_images or 0),
+        "--cache-dir",
+        str(args.cache_dir),
+        "--run-dir",
+        str(tmp / f"run_{mode}"),
+        "--child-out",
+        str(out_json),
+    ]
     env = dict(os.environ, TQDM_DISABLE="1")
     with open(log, "w") as fh:
         p = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
@@ -301,24 +371,33 @@ def bench_rss(args, tmp: Path) -> dict:
     res = {m: run_rss_child(m, args, tmp) for m in modes}
     tokens = res["cache"]["tokens_fp16_bytes"]
     base, cached = res["baseline"]["peak_rss_bytes"], res["cache"]["peak_rss_bytes"]
-    out = {"steps": args.rss_steps, "num_images": args.n_images or "all", "tokens_fp16_bytes": tokens,
-           "peak_rss_bytes": {m: r["peak_rss_bytes"] for m, r in res.items()},
-           "children": res, "budget_bytes": base + tokens, "excess_over_baseline_bytes": cached - base,
-           "meets_goal": cached <= base + tokens,
-           "goal": "peak RSS(cache) <= peak RSS(baseline: same process, 16-image tensor) + fp16 token bytes",
-           "measure": "VmHWM of each child process (peak RSS since exec), read by the child at its end"}
+    out = {
+        "steps": args.rss_steps,
+        "num_images": args.n_images or "all",
+        "tokens_fp16_bytes": tokens,
+        "peak_rss_bytes": {m: r["peak_rss_bytes"] for m, r in res.items()},
+        "children": res,
+        "budget_bytes": base + tokens,
+        "excess_over_baseline_bytes": cached - base,
+        "meets_goal": cached <= base + tokens,
+        "goal": "peak RSS(cache) <= peak RSS(baseline: same process, 16-image tensor) + fp16 token bytes",
+        "measure": "VmHWM of each child process (peak RSS since exec), read by the child at its end",
+    }
     mib = 2**20
-    line = (f"  peak RSS: cache {cached / mib:.0f} MiB vs baseline (model only) {base / mib:.0f} MiB + tokens "
-            f"{tokens / mib:.1f} MiB = budget {(base + tokens) / mib:.0f} MiB -> "
-            f"{'OK' if out['meets_goal'] else 'OVER'} (excess {(cached - base) / mib:.1f} MiB)")
+    line = (
+        f"  peak RSS: cache {cached / mib:.0f} MiB vs baseline (model only) {base / mib:.0f} MiB + tokens "
+        f"{tokens / mib:.1f} MiB = budget {(base + tokens) / mib:.0f} MiB -> "
+        f"{'OK' if out['meets_goal'] else 'OVER'} (excess {(cached - base) / mib:.1f} MiB)"
+    )
     if "ram" in res:
         line += f"; in-RAM extraction path {res['ram']['peak_rss_bytes'] / mib:.0f} MiB"
     print(line, flush=True)
     return out
 
 
-def bench_inference_sections(args, lite, lite_cfg: Config, device: torch.device, warmup: int, rounds: int,
-                             tmp: Path) -> dict:
+def bench_inference_sections(
+    args, lite, lite_cfg: Config, device: torch.device, warmup: int, rounds: int, tmp: Path
+) -> dict:
     """(1) Lite0 at the CPU preset (plus the --autocast/--compile variants) and (1b) DINOv2 at the paper's
     preset, unless skipped."""
     results, q = {}, args.quick
@@ -326,16 +405,18 @@ def bench_inference_sections(args, lite, lite_cfg: Config, device: torch.device,
         print("(1) inference, EfficientNet-Lite0 @256 (lite0_cpu), random DiT weights", flush=True)
         ens = sorted({1, int(lite_cfg.inference.ensemble)})
         batch = 4 if q else int(lite_cfg.inference.batch_size)
-        results["inference_lite0"] = bench_inference("lite0@256", lite, lite_cfg, device, batch, warmup, rounds,
-                                                     ens, {}, per_draw_loop=True)
+        results["inference_lite0"] = bench_inference(
+            "lite0@256", lite, lite_cfg, device, batch, warmup, rounds, ens, {}, per_draw_loop=True
+        )
         extra = []
         if args.autocast:
             extra.append(("autocast", {"autocast_dtype": args.autocast}))
         if args.compile:
             extra.append(("compile", {"compile": True}))
         for label, kw in extra:
-            results[f"inference_lite0_{label}"] = bench_inference(f"lite0@256 {label}", lite, lite_cfg, device,
-                                                                  batch, warmup, rounds, ens, kw, False)
+            results[f"inference_lite0_{label}"] = bench_inference(
+                f"lite0@256 {label}", lite, lite_cfg, device, batch, warmup, rounds, ens, kw, False
+            )
     if "dinov2" not in args.skip:
         paper = load_config(PAPER_CFG)
         if q:  # smoke: the same code path at ViT-S/14 224 px
@@ -343,12 +424,24 @@ def bench_inference_sections(args, lite, lite_cfg: Config, device: torch.device,
         else:
             arch, size, batch = "vit_base_patch14_reg4_dinov2", paper.backbone.image_size, 2
         paper.backbone.image_size = size
-        print(f"(1b) inference, DINOv2 {arch} @{size} (random weights), paper DiT "
-              f"{paper.model.hidden_dim}x{paper.model.depth}, batch {batch}", flush=True)
+        print(
+            f"(1b) inference, DINOv2 {arch} @{size} (random weights), paper DiT "
+            f"{paper.model.hidden_dim}x{paper.model.depth}, batch {batch}",
+            flush=True,
+        )
         vit = random_vit(arch, list(paper.backbone.layers), size, name=f"{arch}(random)", tmp_dir=tmp)
-        results["inference_dinov2"] = bench_inference(f"{arch}@{size}", vit, paper, device, batch,
-                                                      1, max(2, rounds - 2),
-                                                      [max(1, int(paper.inference.ensemble))], {}, False)
+        results["inference_dinov2"] = bench_inference(
+            f"{arch}@{size}",
+            vit,
+            paper,
+            device,
+            batch,
+            1,
+            max(2, rounds - 2),
+            [max(1, int(paper.inference.ensemble))],
+            {},
+            False,
+        )
         del vit
         gc.collect()
     return results
@@ -361,8 +454,9 @@ def main() -> int:
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     ap.add_argument("--cache-dir", default=None, help="feature cache root (default: a temp folder, removed after)")
-    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/speed.json, "
-                                                 "--quick: speed_quick.json)")
+    ap.add_argument(
+        "--out", default=None, help="JSON path (default benchmarks/results/speed.json, --quick: speed_quick.json)"
+    )
     ap.add_argument("--autocast", default=None, help="also time the pipeline with this autocast dtype (bf16/fp16)")
     ap.add_argument("--compile", action="store_true", help="also time the pipeline with torch.compile'd DiT")
     ap.add_argument("--skip", nargs="*", default=[], choices=["lite0", "dinov2", "train", "rss"])
@@ -382,35 +476,55 @@ def main() -> int:
     warmup, rounds = (1, 2) if q else (2, 5)
     args.rss_steps = args.rss_steps or (5 if q else 40)
     args.n_images = args.n_images if args.n_images is not None else (48 if q else None)
-    out_path = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / ("speed_quick.json" if q else "speed.json")
+    out_path = (
+        Path(args.out) if args.out else ROOT / "benchmarks" / "results" / ("speed_quick.json" if q else "speed.json")
+    )
     tmp = Path(tempfile.mkdtemp(prefix="dpdiff_speed_"))
     own_cache = args.cache_dir is None
     args.cache_dir = str(tmp / "cache") if own_cache else args.cache_dir
     t_all = time.perf_counter()
 
-    env = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
-           "compute_dtype": "float32 (DiT and backbone)", "feature_storage_dtype": "float16",
-           "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-           "python": platform.python_version(), "quick": q, "warmup_rounds": warmup, "timed_rounds": rounds,
-           "statistic": "median", "load_average_at_start": list(os.getloadavg())}
-    print(f"device {env['device']} ({env['device_name']}), compute float32, features float16, "
-          f"{env['torch_threads']} torch threads, {env['cpu_count']} CPUs, torch {env['torch']}, "
-          f"load average {os.getloadavg()[0]:.2f}{' [QUICK smoke run]' if q else ''}", flush=True)
+    env = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "compute_dtype": "float32 (DiT and backbone)",
+        "feature_storage_dtype": "float16",
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "quick": q,
+        "warmup_rounds": warmup,
+        "timed_rounds": rounds,
+        "statistic": "median",
+        "load_average_at_start": list(os.getloadavg()),
+    }
+    print(
+        f"device {env['device']} ({env['device_name']}), compute float32, features float16, "
+        f"{env['torch_threads']} torch threads, {env['cpu_count']} CPUs, torch {env['torch']}, "
+        f"load average {os.getloadavg()[0]:.2f}{' [QUICK smoke run]' if q else ''}",
+        flush=True,
+    )
     if os.getloadavg()[0] > 0.5:
-        print(f"WARNING: load average {os.getloadavg()[0]:.2f} before starting: other processes compete for the "
-              f"CPUs, timings will be inflated and ratios distorted", flush=True)
+        print(
+            f"WARNING: load average {os.getloadavg()[0]:.2f} before starting: other processes compete for the "
+            f"CPUs, timings will be inflated and ratios distorted",
+            flush=True,
+        )
     results: dict = {"env": env}
     try:
         lite_cfg = load_config(LITE_CFG)
         b = lite_cfg.backbone
-        lite = build_backbone(b.name, layers=b.layers, weights=b.weights, image_size=b.image_size,
-                              feature_stride=b.feature_stride)
+        lite = build_backbone(
+            b.name, layers=b.layers, weights=b.weights, image_size=b.image_size, feature_stride=b.feature_stride
+        )
         results |= bench_inference_sections(args, lite, lite_cfg, device, warmup, rounds, tmp)
         if "train" not in args.skip or "rss" not in args.skip:
             samples, source = training_samples(args.n_images)
             print(f"(2) training steps/s, {len(samples)} images of {source}", flush=True)
-            results["training"] = bench_training(lite_cfg, lite, samples, Path(args.cache_dir), device, warmup + 1,
-                                                 5 if q else 30, 2 if q else 6)
+            results["training"] = bench_training(
+                lite_cfg, lite, samples, Path(args.cache_dir), device, warmup + 1, 5 if q else 30, 2 if q else 6
+            )
             results["training"]["data"] = source
         if "rss" not in args.skip:
             print(f"(3) peak RSS of train() ({args.rss_steps} steps), separate processes", flush=True)

@@ -8,6 +8,7 @@ EfficientNet-Lite0 features at 64 px (3 images per category to fit the centroid,
 
     python benchmarks/synthetic_speed.py [--sizes 128 256] [--categories 40] [--distinct 200] [--out FILE.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,13 +36,18 @@ def nearest_centroid_accuracy(n: int, size: int = 64, fit: int = 3, held_out: in
 
     specs = category_specs(n)
     backbone = build_backbone("tf_efficientnet_lite0", image_size=size).eval()
-    imgs = np.stack([render_sample(s, size, np.random.default_rng([99, s.index, k]))[0]
-                     for s in specs for k in range(fit + held_out)])
+    imgs = np.stack(
+        [
+            render_sample(s, size, np.random.default_rng([99, s.index, k]))[0]
+            for s in specs
+            for k in range(fit + held_out)
+        ]
+    )
     labels = torch.arange(n).repeat_interleave(fit + held_out)
     x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255.0
     x = (x - torch.tensor(backbone.mean).view(1, 3, 1, 1)) / torch.tensor(backbone.std).view(1, 3, 1, 1)
     with torch.inference_mode():
-        maps = torch.cat([backbone(x[i:i + 64]) for i in range(0, len(x), 64)])
+        maps = torch.cat([backbone(x[i : i + 64]) for i in range(0, len(x), 64)])
     feats = torch.cat([maps.mean((2, 3)), maps.std((2, 3))], 1)
     feats = torch.nn.functional.normalize(feats - feats.mean(0), dim=1)
     is_fit = (torch.arange(len(labels)) % (fit + held_out)) < fit
@@ -49,11 +55,21 @@ def nearest_centroid_accuracy(n: int, size: int = 64, fit: int = 3, held_out: in
     centroids = torch.nn.functional.normalize(centroids, dim=1)
     pred = (feats[~is_fit] @ centroids.T).argmax(1)
     acc = float((pred == labels[~is_fit]).float().mean())
-    confused = sorted({(specs[int(a)].name, specs[int(p)].name) for a, p in zip(labels[~is_fit], pred) if a != p})
-    print(f"[synthetic] distinctness, {n} categories: nearest-centroid accuracy {acc:.3f} on {int((~is_fit).sum())} "
-          f"held-out images (Lite0 pooled features, {size} px)" + (f"; confused: {confused[:10]}" if confused else ""))
-    return {"categories": n, "accuracy": acc, "image_size": size, "fit_per_category": fit,
-            "held_out_per_category": held_out, "confused": confused}
+    confused = sorted(
+        {(specs[int(a)].name, specs[int(p)].name) for a, p in zip(labels[~is_fit], pred, strict=True) if a != p}
+    )
+    print(
+        f"[synthetic] distinctness, {n} categories: nearest-centroid accuracy {acc:.3f} on {int((~is_fit).sum())} "
+        f"held-out images (Lite0 pooled features, {size} px)" + (f"; confused: {confused[:10]}" if confused else "")
+    )
+    return {
+        "categories": n,
+        "accuracy": acc,
+        "image_size": size,
+        "fit_per_category": fit,
+        "held_out_per_category": held_out,
+        "confused": confused,
+    }
 
 
 def main() -> int:
@@ -83,19 +99,36 @@ def main() -> int:
         render_rate = n / (time.perf_counter() - t0)
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            generate_synthetic_dataset(Path(tmp) / "d", num_categories=args.categories, train_per_category=args.train,
-                                       test_good_per_category=0, test_defect_per_category=args.defects,
-                                       image_size=size)
+            generate_synthetic_dataset(
+                Path(tmp) / "d",
+                num_categories=args.categories,
+                train_per_category=args.train,
+                test_good_per_category=0,
+                test_defect_per_category=args.defects,
+                image_size=size,
+            )
             m = args.categories * (args.train + args.defects)
             write_rate = m / (time.perf_counter() - t0)
-        rows[size] = {"render_images_per_s": round(render_rate, 1),
-                      "render_and_write_images_per_s": round(write_rate, 1), "images": n}
-        print(f"[synthetic] {size} px, {args.categories} categories: rendering {render_rate:.0f} images/s, "
-              f"rendering + PNG writing (MVTec layout, masks too) {write_rate:.0f} images/s")
+        rows[size] = {
+            "render_images_per_s": round(render_rate, 1),
+            "render_and_write_images_per_s": round(write_rate, 1),
+            "images": n,
+        }
+        print(
+            f"[synthetic] {size} px, {args.categories} categories: rendering {render_rate:.0f} images/s, "
+            f"rendering + PNG writing (MVTec layout, masks too) {write_rate:.0f} images/s"
+        )
     distinct = nearest_centroid_accuracy(args.distinct) if args.distinct else None
-    doc = {"sizes": rows, "distinct": distinct, "categories": args.categories, "train_per_category": args.train,
-           "defects_per_category": args.defects, "cpu_count": os.cpu_count(), "machine": platform.machine(),
-           "python": platform.python_version()}
+    doc = {
+        "sizes": rows,
+        "distinct": distinct,
+        "categories": args.categories,
+        "train_per_category": args.train,
+        "defects_per_category": args.defects,
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+    }
     atomic_write_json(args.out, doc)
     print(json.dumps(doc))
     return 0

@@ -18,16 +18,27 @@ The Python API (README "Use from Python")::
 
 Names are imported on first use, so ``import dpdiff`` stays light.
 """
+
 from __future__ import annotations
 
 import importlib
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_config", "fit", "Detector", "OnnxDetector", "Prediction", "Thresholds", "Config",
-           "DpdiffError"]
+__all__ = [
+    "__version__",
+    "load_config",
+    "fit",
+    "Detector",
+    "OnnxDetector",
+    "Prediction",
+    "Thresholds",
+    "Config",
+    "DpdiffError",
+]
 
 #: public name -> the module that defines it
 _EXPORTS = {
@@ -62,9 +73,18 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-def fit(data: str | os.PathLike, config: Any = "lite0_cpu", *, output: str | os.PathLike, format: str = "auto",
-        categories: list[str] | None = None, device: str | None = None, overwrite: bool = False,
-        resume: bool = False, **overrides: Any) -> "Detector":
+def fit(
+    data: str | os.PathLike,
+    config: Any = "lite0_cpu",
+    *,
+    output: str | os.PathLike,
+    format: str = "auto",
+    categories: list[str] | None = None,
+    device: str | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    **overrides: Any,
+) -> Detector:
     """Train one unified model on the normal training images of every category under ``data`` and return its
     :class:`Detector` (as ``dpdiff train`` + ``Detector.load``).
 
@@ -77,6 +97,7 @@ def fit(data: str | os.PathLike, config: Any = "lite0_cpu", *, output: str | os.
     from .config import Config, load_config
     from .engine.inference import Detector
     from .engine.train import train
+
     dotted = {k.replace("__", "."): v for k, v in overrides.items()}
     dotted |= {"data.root": os.fspath(data), "data.format": format}
     if categories is not None:
@@ -84,5 +105,5 @@ def fit(data: str | os.PathLike, config: Any = "lite0_cpu", *, output: str | os.
     if device is not None:
         dotted["train.device"] = device
     cfg = config.override(dotted) if isinstance(config, Config) else load_config(config, dotted)
-    run = train(cfg, output, overwrite=overwrite, resume=resume)
+    run = train(cfg, Path(output), overwrite=overwrite, resume=resume)
     return Detector.load(run, device=device or "auto")

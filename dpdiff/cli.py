@@ -134,8 +134,8 @@ def cmd_predict(args) -> int:
                                   overlays=not args.no_overlays, overwrite=args.overwrite, weights=args.weights,
                                   skip_bad=args.skip_bad, category=args.category)
     masks, skipped = getattr(prediction, "masks", None), getattr(prediction, "skipped", [])
-    print(f"scores written to {prediction.scores_csv}" +
-          (f", defect masks to {masks}/" if masks else " (uncalibrated: no decisions or masks; run `dpdiff calibrate`)"))
+    where = f", defect masks to {masks}/" if masks else " (uncalibrated: no decisions or masks; run `dpdiff calibrate`)"
+    print(f"scores written to {prediction.scores_csv}{where}")
     if skipped:
         print(f"skipped {len(skipped)} unreadable image(s), listed in {prediction.scores_csv}")
     return 0

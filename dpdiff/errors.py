@@ -7,10 +7,20 @@ line (:func:`dpdiff.cli.main`) turns a :class:`DpdiffError` (and a missing/exist
 
 This module is the bottom layer: it imports nothing from dpdiff, so every module can use it.
 """
+
 from __future__ import annotations
 
-__all__ = ["DpdiffError", "ConfigError", "ConfigKeyError", "UsageError", "DataError", "CheckpointError",
-           "RunFolderError", "MissingDependencyError", "TrainingDiverged"]
+__all__ = [
+    "DpdiffError",
+    "ConfigError",
+    "ConfigKeyError",
+    "UsageError",
+    "DataError",
+    "CheckpointError",
+    "RunFolderError",
+    "MissingDependencyError",
+    "TrainingDiverged",
+]
 
 
 class DpdiffError(Exception):

@@ -11,6 +11,7 @@ engine never imports viz and viz never runs a model.
   before and after the diffusion reconstruction for the t-SNE, Fig. 7). Memory stays bounded by
   ``examples_per_category`` maps per category.
 """
+
 from __future__ import annotations
 
 import io
@@ -24,9 +25,24 @@ from .errors import DataError
 from .io import atomic_write_bytes
 from .run_files import REPORT_DATA_FILE
 
-__all__ = ["ANOMALOUS_TOKEN_FRACTION", "PROTO_CATEGORIES", "REPORT_DATA_FILE", "TSNE_MAX_IMAGES", "TSNE_MAX_TOKENS",
-           "OverlayItem", "PathMap", "ProbeOutputs", "ReportData", "TokenSample", "overlay_picks", "pack_mask",
-           "select_probes", "token_labels", "token_sample", "unpack_mask"]
+__all__ = [
+    "ANOMALOUS_TOKEN_FRACTION",
+    "PROTO_CATEGORIES",
+    "REPORT_DATA_FILE",
+    "TSNE_MAX_IMAGES",
+    "TSNE_MAX_TOKENS",
+    "OverlayItem",
+    "PathMap",
+    "ProbeOutputs",
+    "ReportData",
+    "TokenSample",
+    "overlay_picks",
+    "pack_mask",
+    "select_probes",
+    "token_labels",
+    "token_sample",
+    "unpack_mask",
+]
 
 DATA_FORMAT_VERSION = 2  # 2: + the probe outputs; version 1 files (no probe outputs) are still read
 #: A token is "anomalous" when the ground truth covers at least this fraction of its patch and "normal"
@@ -92,8 +108,9 @@ def overlay_picks(labels: np.ndarray, scores: np.ndarray, n: int) -> list[int]:
     """The images of a category drawn as overlays: the ``n`` most anomalous defective images and the
     ``max(1, n // 2)`` highest-scoring normal ones (the likely false positives)."""
     bad, good = np.where(labels == 1)[0], np.where(labels == 0)[0]
-    return [int(i) for i in bad[np.argsort(-scores[bad])][:n]] + \
-           [int(i) for i in good[np.argsort(-scores[good])][:max(1, n // 2)]]
+    return [int(i) for i in bad[np.argsort(-scores[bad])][:n]] + [
+        int(i) for i in good[np.argsort(-scores[good])][: max(1, n // 2)]
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------- probes
@@ -130,6 +147,7 @@ def token_labels(masks: np.ndarray, grid: tuple[int, int], threshold: float = AN
     token's patch), 0 normal (covers none of it), -1 boundary (in between; left out of the t-SNE)."""
     import torch
     import torch.nn.functional as F
+
     m = torch.from_numpy(np.asarray(masks, np.float32))[:, None]
     frac = F.adaptive_avg_pool2d(m, grid)[:, 0].flatten(1).numpy()
     out = np.full(frac.shape, -1, np.int64)
@@ -138,12 +156,19 @@ def token_labels(masks: np.ndarray, grid: tuple[int, int], threshold: float = AN
     return out
 
 
-def token_sample(x0: np.ndarray, x0_hat: np.ndarray, masks: np.ndarray, categories: list[str],
-                 grid: tuple[int, int], max_tokens: int = TSNE_MAX_TOKENS,
-                 seed: int = 0) -> tuple[TokenSample | None, str]:
+def token_sample(
+    x0: np.ndarray,
+    x0_hat: np.ndarray,
+    masks: np.ndarray,
+    categories: list[str],
+    grid: tuple[int, int],
+    max_tokens: int = TSNE_MAX_TOKENS,
+    seed: int = 0,
+) -> tuple[TokenSample | None, str]:
     """Up to ``max_tokens`` tokens of the probe images ((B, N, C) before/after, (B, S, S) masks): the anomalous
     ones first (at most half), the rest normal, drawn with ``seed``. (None, why) with fewer than 10 tokens."""
-    labels = token_labels(masks, tuple(grid))                          # (B, N)
+    h, w = grid
+    labels = token_labels(masks, (h, w))  # (B, N)
     cats = np.repeat(np.array(categories), labels.shape[1])
     labels = labels.reshape(-1)
     x0 = x0.reshape(-1, x0.shape[-1])
@@ -152,13 +177,23 @@ def token_sample(x0: np.ndarray, x0_hat: np.ndarray, masks: np.ndarray, categori
     anom = np.where(labels == 1)[0]
     norm = np.where(labels == 0)[0]
     n_anom = min(len(anom), max_tokens // 2)
-    pick = np.concatenate([rng.choice(anom, n_anom, replace=False) if n_anom else np.zeros(0, np.int64),
-                           rng.choice(norm, min(len(norm), max_tokens - n_anom), replace=False)])
+    pick = np.concatenate(
+        [
+            rng.choice(anom, n_anom, replace=False) if n_anom else np.zeros(0, np.int64),
+            rng.choice(norm, min(len(norm), max_tokens - n_anom), replace=False),
+        ]
+    )
     pick.sort()
     if len(pick) < 10:
         return None, f"t-SNE left out: only {len(pick)} tokens in the probe images"
-    return TokenSample(x0[pick].astype(np.float32), xh[pick].astype(np.float32), labels[pick], cats[pick],
-                       images=len(categories), seed=int(seed)), ""
+    return TokenSample(
+        x0[pick].astype(np.float32),
+        xh[pick].astype(np.float32),
+        labels[pick],
+        cats[pick],
+        images=len(categories),
+        seed=int(seed),
+    ), ""
 
 
 # ---------------------------------------------------------------------------------------------------- report data
@@ -186,17 +221,18 @@ class ReportData:
         good, bad = np.where(labels == 0)[0], np.where(labels == 1)[0]
         k = int(self.examples_per_category)
         fp = good[np.argsort(-scores[good], kind="stable")][:k]  # highest-scoring normal images
-        fn = bad[np.argsort(scores[bad], kind="stable")][:k]     # lowest-scoring defective images
+        fn = bad[np.argsort(scores[bad], kind="stable")][:k]  # lowest-scoring defective images
         # probes: the clearest defects (highest scores) and a typical normal image (median score)
-        probe_idx = [int(i) for i in bad[np.argsort(-scores[bad], kind="stable")][:self.probes_defective]]
+        probe_idx = [int(i) for i in bad[np.argsort(-scores[bad], kind="stable")][: self.probes_defective]]
         if good.size and self.probes_normal > 0:
             order = good[np.argsort(scores[good], kind="stable")]
             mid = len(order) // 2
-            probe_idx += [int(i) for i in order[max(0, mid - self.probes_normal // 2):][:self.probes_normal]]
+            probe_idx += [int(i) for i in order[max(0, mid - self.probes_normal // 2) :][: self.probes_normal]]
         return fp, fn, probe_idx
 
-    def add_category(self, category: str, samples, maps, scores: np.ndarray, masks,
-                     scale: tuple[float, float] | None = None) -> None:
+    def add_category(
+        self, category: str, samples, maps, scores: np.ndarray, masks, scale: tuple[float, float] | None = None
+    ) -> None:
         """``maps`` (N, S, S) and ``masks`` (N, S, S) bool: the category's arrays (or anything indexable by
         the selected positions, with ``scale`` = (vmin, vmax) then given)."""
         scores = np.asarray(scores, dtype=np.float64)
@@ -204,43 +240,64 @@ class ReportData:
         good, bad = np.where(labels == 0)[0], np.where(labels == 1)[0]
         if scale is None:  # the colour scale of eval/overlays: min .. 99.9th percentile of the category's maps
             finite = maps if np.isfinite(maps).all() else maps[np.isfinite(maps)]
-            scale = ((float(np.min(finite)), float(np.percentile(finite, 99.9))) if finite.size else (0.0, 1.0))
+            scale = (float(np.min(finite)), float(np.percentile(finite, 99.9))) if finite.size else (0.0, 1.0)
         self.scales[category] = (float(scale[0]), float(scale[1]))
         fp, fn, probe_idx = self.select(labels, scores)
         for kind, picks in (("fp", fp), ("fn", fn)):
             for rank, i in enumerate(picks):
                 other = scores[bad] if kind == "fp" else scores[good]
                 # fp: share of defective images scoring below it; fn: share of normal images scoring above it
-                frac = float(np.mean(other < scores[i]) if kind == "fp" else np.mean(other > scores[i])) \
-                    if other.size else float("nan")
-                self.examples.append({"category": category, "kind": kind, "rank": rank,
-                                      "image": str(Path(samples[i].image_path).absolute()), "defect": samples[i].defect,
-                                      "label": int(labels[i]), "score": float(scores[i]), "beyond": frac,
-                                      "map": np.array(maps[i], dtype=np.float32), "mask": pack_mask(masks[i])})
+                frac = (
+                    float(np.mean(other < scores[i]) if kind == "fp" else np.mean(other > scores[i]))
+                    if other.size
+                    else float("nan")
+                )
+                self.examples.append(
+                    {
+                        "category": category,
+                        "kind": kind,
+                        "rank": rank,
+                        "image": str(Path(samples[i].image_path).absolute()),
+                        "defect": samples[i].defect,
+                        "label": int(labels[i]),
+                        "score": float(scores[i]),
+                        "beyond": frac,
+                        "map": np.array(maps[i], dtype=np.float32),
+                        "mask": pack_mask(masks[i]),
+                    }
+                )
         for i in probe_idx:
-            self.probes.append({"category": category, "image": str(Path(samples[i].image_path).absolute()),
-                                "defect": samples[i].defect, "label": int(labels[i]), "score": float(scores[i]),
-                                "mask": pack_mask(masks[i])})
+            self.probes.append(
+                {
+                    "category": category,
+                    "image": str(Path(samples[i].image_path).absolute()),
+                    "defect": samples[i].defect,
+                    "label": int(labels[i]),
+                    "score": float(scores[i]),
+                    "mask": pack_mask(masks[i]),
+                }
+            )
 
     def probe_masks(self, index: list[int]) -> np.ndarray:
         """(len(index), S, S) bool ground truth of the probes at ``index``."""
         s = self.map_size
-        return np.stack([unpack_mask(self.probes[k]["mask"], s) for k in index]) if index \
-            else np.zeros((0, s, s), bool)
+        return np.stack([unpack_mask(self.probes[k]["mask"], s) for k in index]) if index else np.zeros((0, s, s), bool)
 
     # -------------------------------------------------------------------------------------------- npz
     def save(self, path: Path) -> Path:
         """Write ``report_data.npz`` atomically."""
         buf = io.BytesIO()
-        np.savez_compressed(buf, **_to_arrays(self))
+        np.savez_compressed(buf, allow_pickle=True, **_to_arrays(self))
         return atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
-    def load(cls, path: Path) -> "ReportData":
+    def load(cls, path: Path) -> ReportData:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: it is written by `dpdiff test`; evaluate the run again "
-                                    f"(dpdiff test RUN --overwrite) to rebuild the report")
+            raise FileNotFoundError(
+                f"{path} not found: it is written by `dpdiff test`; evaluate the run again "
+                f"(dpdiff test RUN --overwrite) to rebuild the report"
+            )
         try:
             with np.load(path, allow_pickle=False) as z:
                 d = {k: z[k] for k in z.files}
@@ -248,8 +305,10 @@ class ReportData:
         except (OSError, ValueError, KeyError) as e:
             raise DataError(f"{path}: unreadable report data ({e}); evaluate the run again") from e
         if meta.get("format_version") not in (1, DATA_FORMAT_VERSION):
-            raise DataError(f"{path}: report data format {meta.get('format_version')}, this version reads "
-                            f"1 and {DATA_FORMAT_VERSION}; evaluate the run again")
+            raise DataError(
+                f"{path}: report data format {meta.get('format_version')}, this version reads "
+                f"1 and {DATA_FORMAT_VERSION}; evaluate the run again"
+            )
         return _from_arrays(cls, d, meta)
 
 
@@ -262,18 +321,28 @@ def select_probes(data: ReportData) -> tuple[list[int], list[int]]:
         cats.setdefault(p["category"], []).append(i)
     proto = []
     for idx in list(cats.values())[:PROTO_CATEGORIES]:
-        proto += [i for i in idx if data.probes[i]["label"] == 1][:1] + [i for i in idx if data.probes[i]["label"] == 0][:1]
+        proto += [i for i in idx if data.probes[i]["label"] == 1][:1] + [
+            i for i in idx if data.probes[i]["label"] == 0
+        ][:1]
     rest = []
     for j in range(max((len(v) for v in cats.values()), default=0)):  # round-robin over the categories
         rest += [v[j] for v in cats.values() if j < len(v) and v[j] not in proto]
-    use = (proto + rest)[:max(TSNE_MAX_IMAGES, len(proto))]
+    use = (proto + rest)[: max(TSNE_MAX_IMAGES, len(proto))]
     return proto, use
 
 
 # ---------------------------------------------------------------------------------------------------- npz layout
 # (column, numpy dtype in the file or None for strings) of the example and probe rows
-_EXAMPLE_KEYS = (("category", None), ("kind", None), ("image", None), ("defect", None), ("rank", np.int64),
-                 ("label", np.int64), ("score", np.float64), ("beyond", np.float64))
+_EXAMPLE_KEYS = (
+    ("category", None),
+    ("kind", None),
+    ("image", None),
+    ("defect", None),
+    ("rank", np.int64),
+    ("label", np.int64),
+    ("score", np.float64),
+    ("beyond", np.float64),
+)
 _PROBE_KEYS = (("category", None), ("image", None), ("defect", None), ("label", np.int64), ("score", np.float64))
 _PYTHON_TYPE = {None: str, np.int64: int, np.float64: float}
 
@@ -302,15 +371,28 @@ def _to_arrays(data: ReportData) -> dict[str, np.ndarray]:
 
     cats = sorted(data.scales)
     po = data.probe_outputs
-    meta = {"format_version": DATA_FORMAT_VERSION, "map_size": s, "data_root": data.data_root,
-            "examples_per_category": data.examples_per_category, "categories": cats,
-            "probe_outputs": None if po is None else {"note": po.note, "tokens": None if po.tokens is None else
-                                                      {"images": po.tokens.images, "seed": po.tokens.seed}}}
-    arrays = {"meta_json": np.array(json.dumps(meta)), "ex_map": maps, "ex_mask": packed(data.examples),
-              "probe_mask": packed(data.probes),
-              "cat_name": np.array(cats) if cats else np.array([], dtype=str),
-              "cat_vmin": np.array([data.scales[c][0] for c in cats], np.float64),
-              "cat_vmax": np.array([data.scales[c][1] for c in cats], np.float64)}
+    meta = {
+        "format_version": DATA_FORMAT_VERSION,
+        "map_size": s,
+        "data_root": data.data_root,
+        "examples_per_category": data.examples_per_category,
+        "categories": cats,
+        "probe_outputs": None
+        if po is None
+        else {
+            "note": po.note,
+            "tokens": None if po.tokens is None else {"images": po.tokens.images, "seed": po.tokens.seed},
+        },
+    }
+    arrays = {
+        "meta_json": np.array(json.dumps(meta)),
+        "ex_map": maps,
+        "ex_mask": packed(data.examples),
+        "probe_mask": packed(data.probes),
+        "cat_name": np.array(cats) if cats else np.array([], dtype=str),
+        "cat_vmin": np.array([data.scales[c][0] for c in cats], np.float64),
+        "cat_vmax": np.array([data.scales[c][1] for c in cats], np.float64),
+    }
     arrays |= {f"ex_{k}": _column(data.examples, k, t) for k, t in _EXAMPLE_KEYS}
     arrays |= {f"probe_{k}": _column(data.probes, k, t) for k, t in _PROBE_KEYS}
     if po is not None:
@@ -320,26 +402,35 @@ def _to_arrays(data: ReportData) -> dict[str, np.ndarray]:
                 arrays[f"po_{key}"] = np.asarray(getattr(po, key), np.float32)
         if po.tokens is not None:
             t = po.tokens
-            arrays |= {"po_before": t.before, "po_after": t.after, "po_labels": t.labels,
-                       "po_categories": t.categories}
+            arrays |= {"po_before": t.before, "po_after": t.after, "po_labels": t.labels, "po_categories": t.categories}
     return arrays
 
 
 def _from_arrays(cls, d: dict, meta: dict) -> ReportData:
     s = int(meta["map_size"])
-    data = cls(map_size=s, data_root=meta.get("data_root", ""),
-               examples_per_category=int(meta.get("examples_per_category", 2)))
+    data = cls(
+        map_size=s, data_root=meta.get("data_root", ""), examples_per_category=int(meta.get("examples_per_category", 2))
+    )
     for i, row in enumerate(_rows(d, "ex_", _EXAMPLE_KEYS)):
         data.examples.append(row | {"map": d["ex_map"][i].astype(np.float32), "mask": d["ex_mask"][i]})
     for i, row in enumerate(_rows(d, "probe_", _PROBE_KEYS)):
         data.probes.append(row | {"mask": d["probe_mask"][i]})
-    data.scales = {str(n): (float(a), float(b)) for n, a, b in zip(d["cat_name"], d["cat_vmin"], d["cat_vmax"])}
+    data.scales = {
+        str(n): (float(a), float(b)) for n, a, b in zip(d["cat_name"], d["cat_vmin"], d["cat_vmax"], strict=True)
+    }
     po = meta.get("probe_outputs")
     if po is not None:
         tokens = None
         if po.get("tokens") is not None:
-            tokens = TokenSample(d["po_before"], d["po_after"], d["po_labels"], d["po_categories"],
-                                 images=int(po["tokens"]["images"]), seed=int(po["tokens"]["seed"]))
-        data.probe_outputs = ProbeOutputs([int(i) for i in d["po_index"]], d.get("po_sim_local"),
-                                          d.get("po_sim_global"), tokens, po.get("note", ""))
+            tokens = TokenSample(
+                d["po_before"],
+                d["po_after"],
+                d["po_labels"],
+                d["po_categories"],
+                images=int(po["tokens"]["images"]),
+                seed=int(po["tokens"]["seed"]),
+            )
+        data.probe_outputs = ProbeOutputs(
+            [int(i) for i in d["po_index"]], d.get("po_sim_local"), d.get("po_sim_global"), tokens, po.get("note", "")
+        )
     return data

@@ -9,6 +9,7 @@ either the old file or the new one, plus at most a stray ``.<name>.*.tmp`` (see
 
 This module imports nothing from dpdiff.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,11 +17,20 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "fsync_dir",
-           "to_jsonable", "slugify", "TEMP_SUFFIX"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "fsync_dir",
+    "to_jsonable",
+    "slugify",
+    "TEMP_SUFFIX",
+]
 
 #: Suffix of the temporary files of an atomic write (``.<name>.<random>.tmp``).
 TEMP_SUFFIX = ".tmp"

@@ -4,12 +4,14 @@ Bars are off when the environment variable ``DPDIFF_NO_PROGRESS`` is set to anyt
 ``false``/``no``, and after ``set_progress_enabled(False)`` (``dpdiff --no-progress`` / ``--quiet``);
 otherwise tqdm draws them on stderr as usual.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import sys
-from typing import Iterable, TypeVar
+from collections.abc import Iterable
+from typing import TypeVar
 
 from tqdm.auto import tqdm
 

@@ -22,6 +22,7 @@ An evaluation folder (``dpdiff test``)::
 
 This module is the bottom layer: it imports nothing from dpdiff.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -52,6 +53,22 @@ def report_files_dir(html_path: str | Path) -> Path:
     return html_path.with_name(f"{html_path.stem}_files")
 
 
-__all__ = ["STATE_FILE", "MODEL_FILE", "CONFIG_FILE", "HISTORY_FILE", "LOSS_CURVES", "RUN_FILES", "EVAL_DIR",
-           "RESULTS_STEM", "RESULTS_FILE", "IMAGE_SCORES_FILE", "OBJECT_LEVEL_STEM", "OVERLAYS_DIR", "REPORT_FILE",
-           "REPORT_DATA_FILE", "CALIBRATION_FILE", "PREDICTIONS_FILE", "report_files_dir"]
+__all__ = [
+    "STATE_FILE",
+    "MODEL_FILE",
+    "CONFIG_FILE",
+    "HISTORY_FILE",
+    "LOSS_CURVES",
+    "RUN_FILES",
+    "EVAL_DIR",
+    "RESULTS_STEM",
+    "RESULTS_FILE",
+    "IMAGE_SCORES_FILE",
+    "OBJECT_LEVEL_STEM",
+    "OVERLAYS_DIR",
+    "REPORT_FILE",
+    "REPORT_DATA_FILE",
+    "CALIBRATION_FILE",
+    "PREDICTIONS_FILE",
+    "report_files_dir",
+]

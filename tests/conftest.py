@@ -8,12 +8,13 @@
 
 The settings live in ``TINY_SETTINGS`` only; tests change what they need on their own copy.
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Callable, Mapping
 
 import pytest
 

@@ -1,5 +1,6 @@
 """The Python API (dpdiff/__init__.py, issue #14): the README example runs, every input kind gives the same
 prediction, fit trains and calibrates, and bad inputs are errors naming the file (or skipped rows)."""
+
 from __future__ import annotations
 
 import csv
@@ -30,8 +31,15 @@ def demo_like(tmp_path_factory, tiny_config) -> Path:
     """A folder laid out as `make demo` leaves it (runs/demo/data, runs/demo/run), with a tiny run."""
     base = tmp_path_factory.mktemp("api")
     data = base / "runs" / "demo" / "data"
-    generate_synthetic_dataset(data, num_categories=2, train_per_category=6, test_good_per_category=10,
-                               test_defect_per_category=4, image_size=64, seed=0)
+    generate_synthetic_dataset(
+        data,
+        num_categories=2,
+        train_per_category=6,
+        test_good_per_category=10,
+        test_defect_per_category=4,
+        image_size=64,
+        seed=0,
+    )
     # independent draws: after 6 steps an antithetic pair would reconstruct the tokens almost exactly (scores ~1e-6)
     train(tiny_config(data).override({"inference.antithetic": False}), base / "runs" / "demo" / "run")
     return base
@@ -57,7 +65,7 @@ def test_public_names_and_lazy_import():
     assert dpdiff.Detector is __import__("dpdiff.engine.inference", fromlist=["Detector"]).Detector
     assert dpdiff.load_config("lite0_cpu").backbone.image_size == 256
     with pytest.raises(AttributeError):
-        dpdiff.nothing_here
+        _ = dpdiff.nothing_here
     code = "import sys, dpdiff, dpdiff.config; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.stdout.strip() == "False", out.stderr  # `import dpdiff` does not load torch
@@ -71,11 +79,16 @@ def test_every_input_kind_gives_the_same_prediction(demo_like):
     arrays = [np.array(Image.open(p).convert("RGB")) for p in paths]
     tensors = [torch.from_numpy(a).permute(2, 0, 1).float() / 255.0 for a in arrays]
     want = detector.predict(paths)
-    variants = {"str paths": [str(p) for p in paths], "PIL": [Image.open(p) for p in paths], "arrays": arrays,
-                "tensors": tensors, "one batch tensor": torch.stack(tensors)}
+    variants = {
+        "str paths": [str(p) for p in paths],
+        "PIL": [Image.open(p) for p in paths],
+        "arrays": arrays,
+        "tensors": tensors,
+        "one batch tensor": torch.stack(tensors),
+    }
     for name, images in variants.items():
         got = detector.predict(images)
-        for a, b in zip(want, got):
+        for a, b in zip(want, got, strict=True):
             assert a.score == b.score and a.is_anomalous == b.is_anomalous, name
             assert np.array_equal(a.anomaly_map, b.anomaly_map) and np.array_equal(a.mask, b.mask), name
         assert all(p.image is None for p in got) or name == "str paths"
@@ -101,8 +114,15 @@ def test_predictions_are_at_the_images_own_size(demo_like):
 
 def test_fit_trains_holds_out_and_calibrates(demo_like, tmp_path, tiny_config):
     data = demo_like / "runs" / "demo" / "data"
-    detector = dpdiff.fit(data, config=tiny_config(), output=tmp_path / "run", categories=["synth_nut"],
-                          train__steps=3, train__calibration_fraction=0.5, train__calibration_fpr=0.25)
+    detector = dpdiff.fit(
+        data,
+        config=tiny_config(),
+        output=tmp_path / "run",
+        categories=["synth_nut"],
+        train__steps=3,
+        train__calibration_fraction=0.5,
+        train__calibration_fpr=0.25,
+    )
     assert isinstance(detector, dpdiff.Detector) and detector.calibrated
     assert json.loads((tmp_path / "run" / "config.json").read_text())["categories"] == ["synth_nut"]
     assert detector.thresholds().num_images == 3  # half of the 6 training images
@@ -121,8 +141,7 @@ def folder_with_a_corrupt_image(demo_like, tmp_path) -> Path:
     return folder
 
 
-def test_corrupt_image_is_an_error_naming_it_or_a_skipped_row(demo_like, folder_with_a_corrupt_image, tmp_path,
-                                                               capsys):
+def test_corrupt_image_is_an_error_naming_it_or_a_skipped_row(demo_like, folder_with_a_corrupt_image, tmp_path, capsys):
     run = demo_like / "runs" / "demo" / "run"
     detector = dpdiff.Detector.load(run)
     with pytest.raises(DataError, match="broken.png"):
@@ -140,6 +159,7 @@ def test_corrupt_image_is_an_error_naming_it_or_a_skipped_row(demo_like, folder_
 def test_cli_calibrate_then_predict_writes_decisions_and_masks(demo_like, tmp_path, capsys):
     run = tmp_path / "run"
     import shutil
+
     shutil.copytree(demo_like / "runs" / "demo" / "run", run)
     (run / CALIBRATION_FILE).unlink(missing_ok=True)
     data = demo_like / "runs" / "demo" / "data"
@@ -151,8 +171,13 @@ def test_cli_calibrate_then_predict_writes_decisions_and_masks(demo_like, tmp_pa
     assert main(["predict", str(run), str(data / "synth_nut" / "test"), "-o", str(tmp_path / "p")]) == 0
     rows = list(csv.DictReader((tmp_path / "p" / "scores.csv").open()))
     assert len(rows) == 14 and all(r["is_anomalous"] in ("true", "false") for r in rows)
-    assert all(float(r["normalized_score"]) == pytest.approx(float(r["score"]) / json.loads(
-        (run / CALIBRATION_FILE).read_text())["global"]["image_threshold"], rel=1e-5) for r in rows)
+    assert all(
+        float(r["normalized_score"])
+        == pytest.approx(
+            float(r["score"]) / json.loads((run / CALIBRATION_FILE).read_text())["global"]["image_threshold"], rel=1e-5
+        )
+        for r in rows
+    )
     masks = sorted((tmp_path / "p" / "masks").rglob("*.png"))
     assert len(masks) == 14
     m = np.asarray(Image.open(masks[0]))

@@ -1,5 +1,6 @@
 """User errors vs bugs: the dpdiff.errors hierarchy, where it is raised, and what the command line does with it
 (one line and exit 2 for a user error, the traceback for a bug); logging and progress flags of the CLI."""
+
 from __future__ import annotations
 
 import logging
@@ -11,13 +12,28 @@ from dpdiff import cli, errors
 from dpdiff import progress as progress_mod
 from dpdiff.cli import main
 from dpdiff.config import Config
-from dpdiff.errors import (CheckpointError, ConfigError, ConfigKeyError, DataError, DpdiffError, RunFolderError,
-                           TrainingDiverged, UsageError)
+from dpdiff.errors import (
+    CheckpointError,
+    ConfigError,
+    ConfigKeyError,
+    DataError,
+    DpdiffError,
+    RunFolderError,
+    TrainingDiverged,
+    UsageError,
+)
 
 #: each class, and the built-in type(s) the code raised before it existed (``except ValueError`` keeps working)
-BUILTIN_PARENTS = {ConfigError: (ValueError,), ConfigKeyError: (ValueError, KeyError), UsageError: (ValueError,),
-                   DataError: (ValueError,), CheckpointError: (ValueError,), RunFolderError: (FileExistsError,),
-                   errors.MissingDependencyError: (ImportError,), TrainingDiverged: (FloatingPointError,)}
+BUILTIN_PARENTS = {
+    ConfigError: (ValueError,),
+    ConfigKeyError: (ValueError, KeyError),
+    UsageError: (ValueError,),
+    DataError: (ValueError,),
+    CheckpointError: (ValueError,),
+    RunFolderError: (FileExistsError,),
+    errors.MissingDependencyError: (ImportError,),
+    TrainingDiverged: (FloatingPointError,),
+}
 
 
 @pytest.mark.parametrize("cls", list(BUILTIN_PARENTS), ids=lambda c: c.__name__)
@@ -81,6 +97,7 @@ def test_a_rank_rebuilds_the_nearest_portable_error_type():
 
 # ----------------------------------------------------------------------------- the command line
 
+
 @pytest.fixture(autouse=True)
 def _restore_output_settings():
     yield
@@ -124,8 +141,11 @@ def test_a_multi_line_message_is_reported_on_one_line(monkeypatch, capsys):
     assert _error_line(capsys) == "dpdiff: error: first line; second line"
 
 
-@pytest.mark.parametrize("bug", [KeyError("bottle"), ValueError("shapes (3,) and (4,) differ"),
-                                 TypeError("unsupported operand")], ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize(
+    "bug",
+    [KeyError("bottle"), ValueError("shapes (3,) and (4,) differ"), TypeError("unsupported operand")],
+    ids=lambda e: type(e).__name__,
+)
 def test_a_bug_propagates_with_its_traceback(monkeypatch, bug):
     def broken(args):
         raise bug
@@ -148,6 +168,7 @@ def test_weights_are_passed_on_by_test_predict_and_report(monkeypatch, tmp_path)
         def fake(*args, **kwargs):
             seen[name] = kwargs.get("weights")
             return result
+
         return fake
 
     monkeypatch.setattr(ev, "evaluate_and_report", record("test", {"per_category": {}, "mean": {}, "output_dir": "e"}))
@@ -169,8 +190,15 @@ def test_test_weights_reach_the_backbone(tmp_path, capsys):
     from dpdiff.engine.features import build_backbone_from_config
     from dpdiff.model.dpdiff_ad import DPDiffAD
 
-    cfg = Config().override({"backbone.image_size": 64, "model.hidden_dim": 32, "model.depth": 1,
-                             "model.num_heads": 2, "model.prototype_heads": 2})
+    cfg = Config().override(
+        {
+            "backbone.image_size": 64,
+            "model.hidden_dim": 32,
+            "model.depth": 1,
+            "model.num_heads": 2,
+            "model.prototype_heads": 2,
+        }
+    )
     backbone = build_backbone_from_config(cfg)
     torch.manual_seed(0)
     model = DPDiffAD(backbone.out_channels, tuple(backbone.grid_size(64)), cfg.model, cfg.loss)

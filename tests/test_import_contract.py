@@ -1,5 +1,6 @@
 """The package's import contract (.importlinter): layers cli > experiments > engine > model, libraries that import
 no layer above them, engine and viz kept apart, no cycles. Checked with import-linter's `lint-imports`."""
+
 from __future__ import annotations
 
 import shutil
@@ -26,8 +27,10 @@ def test_import_contract_kept():
     exe = _lint_imports()
     if exe is None:
         pytest.skip("import-linter is not installed (pip install -r requirements-test.txt)")
-    result = subprocess.run([exe, "--no-cache", "--no-logo", str(CONTRACT)], cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, (f"the import contract in {CONTRACT.name} is broken:\n"
-                                    f"{result.stdout}\n{result.stderr}")
+    result = subprocess.run(
+        [exe, "--no-cache", "--no-logo", str(CONTRACT)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, (
+        f"the import contract in {CONTRACT.name} is broken:\n{result.stdout}\n{result.stderr}"
+    )
     assert "BROKEN" not in result.stdout

@@ -1,4 +1,5 @@
 """dpdiff.io (atomic writes, JSON conversion, slugs), dpdiff.run_files, dpdiff.progress: the shared bottom layer."""
+
 from __future__ import annotations
 
 import ast
@@ -16,8 +17,7 @@ import torch
 import dpdiff.io as dio
 from dpdiff import progress as progress_mod
 from dpdiff import run_files
-from dpdiff.io import (atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text, slugify,
-                       to_jsonable)
+from dpdiff.io import atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text, slugify, to_jsonable
 
 PACKAGE = Path(dio.__file__).resolve().parent
 
@@ -28,6 +28,7 @@ def _visible_and_temp(folder: Path) -> tuple[list[str], list[str]]:
 
 
 # ----------------------------------------------------------------------------- atomic writes
+
 
 def test_atomic_write_replaces_the_file_creates_folders_and_leaves_no_temp(tmp_path):
     target = tmp_path / "a" / "b" / "model.bin"
@@ -92,15 +93,24 @@ def test_sigkill_during_a_write_leaves_the_old_file_and_at_most_a_temp_file(tmp_
     assert visible == ["train_state.pt"] and len(temps) == 1 and temps[0].startswith(".train_state.pt.")
     # what dpdiff.engine.checkpoint.remove_stale_temp_files cleans up before a run folder is reused
     from dpdiff.engine.checkpoint import remove_stale_temp_files
+
     assert [p.name for p in remove_stale_temp_files(tmp_path)] == temps
     assert _visible_and_temp(tmp_path) == (["train_state.pt"], [])
 
 
 # ----------------------------------------------------------------------------- JSON
 
+
 def test_to_jsonable_converts_numpy_torch_paths_tuples_and_sets():
-    value = {1: np.float32(0.5), "a": (np.int64(3), Path("x/y")), "t": torch.tensor([1.5, 2.0]),
-             "s": {7}, "n": np.array([[1, 2]]), "b": np.bool_(True), "none": None}
+    value = {
+        1: np.float32(0.5),
+        "a": (np.int64(3), Path("x/y")),
+        "t": torch.tensor([1.5, 2.0]),
+        "s": {7},
+        "n": np.array([[1, 2]]),
+        "b": np.bool_(True),
+        "none": None,
+    }
     out = to_jsonable(value)
     assert out == {"1": 0.5, "a": [3, "x/y"], "t": [1.5, 2.0], "s": [7], "n": [[1, 2]], "b": True, "none": None}
     assert type(out["a"][0]) is int and type(out["b"]) is bool
@@ -125,17 +135,21 @@ def test_atomic_write_json_round_trips_non_finite_floats(tmp_path):
 
 # ----------------------------------------------------------------------------- slugs
 
-@pytest.mark.parametrize("name,expected", [
-    ("screw/thread side", "screw_thread_side"),
-    ("tf_efficientnet_lite0", "tf_efficientnet_lite0"),   # cache folder names of real backbones unchanged
-    ("vit_base_patch14_reg4_dinov2.lvd142m", "vit_base_patch14_reg4_dinov2.lvd142m"),
-    ("..hidden", "hidden"),                               # never a hidden file
-    ("a  b//c", "a_b_c"),                                 # one _ per run of unsafe characters
-    ("_x_", "x"),
-    ("\u00e9t\u00e9", "t"),                               # non-ASCII letters are replaced
-    ("", "x"),
-    ("///", "x"),
-])
+
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("screw/thread side", "screw_thread_side"),
+        ("tf_efficientnet_lite0", "tf_efficientnet_lite0"),  # cache folder names of real backbones unchanged
+        ("vit_base_patch14_reg4_dinov2.lvd142m", "vit_base_patch14_reg4_dinov2.lvd142m"),
+        ("..hidden", "hidden"),  # never a hidden file
+        ("a  b//c", "a_b_c"),  # one _ per run of unsafe characters
+        ("_x_", "x"),
+        ("\u00e9t\u00e9", "t"),  # non-ASCII letters are replaced
+        ("", "x"),
+        ("///", "x"),
+    ],
+)
 def test_slugify(name, expected):
     assert slugify(name) == expected
 
@@ -148,11 +162,17 @@ def test_slugify_default_and_length():
 
 # ----------------------------------------------------------------------------- run files
 
+
 def test_run_file_names_are_the_ones_on_disk_and_re_exported_by_checkpoint():
     from dpdiff.engine import checkpoint, train
 
-    assert run_files.RUN_FILES == ("train_state.pt", "model.safetensors", "config.json", "loss_history.csv",
-                                   "loss_curves.png")
+    assert run_files.RUN_FILES == (
+        "train_state.pt",
+        "model.safetensors",
+        "config.json",
+        "loss_history.csv",
+        "loss_curves.png",
+    )
     for name in ("MODEL_FILE", "CONFIG_FILE", "STATE_FILE", "RUN_FILES"):
         assert getattr(checkpoint, name) is getattr(run_files, name)
     assert train.HISTORY_FILE == run_files.HISTORY_FILE == "loss_history.csv"
@@ -170,15 +190,20 @@ def test_bottom_layer_modules_import_nothing_from_dpdiff(module):
             assert not any(a.name.startswith("dpdiff") for a in node.names), module
 
 
-@pytest.mark.parametrize("helper", ["def _atomic", "def _fsync_dir", "def _jsonable", "def _safe(", "def _slug",
-                                    "mkstemp", "os.replace("])
+@pytest.mark.parametrize(
+    "helper", ["def _atomic", "def _fsync_dir", "def _jsonable", "def _safe(", "def _slug", "mkstemp", "os.replace("]
+)
 def test_no_copies_of_the_io_helpers_left_in_the_package(helper):
-    hits = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
-            if p.name != "io.py" and helper in p.read_text(encoding="utf-8")]
+    hits = [
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob("*.py")
+        if p.name != "io.py" and helper in p.read_text(encoding="utf-8")
+    ]
     assert hits == [], f"{helper!r} outside dpdiff/io.py: {hits}"
 
 
 # ----------------------------------------------------------------------------- progress bars
+
 
 @pytest.fixture
 def bars_default(monkeypatch):
@@ -203,6 +228,9 @@ def test_progress_bars_follow_the_switch_and_the_environment(bars_default, monke
 
 
 def test_no_module_uses_tqdm_directly():
-    hits = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
-            if p.name != "progress.py" and "tqdm" in p.read_text(encoding="utf-8")]
+    hits = [
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob("*.py")
+        if p.name != "progress.py" and "tqdm" in p.read_text(encoding="utf-8")
+    ]
     assert hits == [], f"tqdm used outside dpdiff/progress.py (use dpdiff.progress.progress): {hits}"

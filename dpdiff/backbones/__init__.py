@@ -6,14 +6,22 @@ float32 ``(B, C, h, w)`` patch-feature map.  See :mod:`.efficientnet` (default, 
 CNN backbone: multi-stage maps pooled to one grid and concatenated) and :mod:`.dinov2`
 (the paper's DINOv2 backbone: mean of blocks 6..11, eq. 9).
 """
+
 from .base import CheckpointError, FeatureExtractor, read_checkpoint, unwrap_state_dict
 from .dinov2 import DinoV2Extractor, build_vit
-from .efficientnet import (EfficientNetLiteExtractor, load_efficientnet_lite_classifier,
-                           lukemelas_to_timm)
+from .efficientnet import EfficientNetLiteExtractor, load_efficientnet_lite_classifier, lukemelas_to_timm
 from .registry import BACKBONES, build_backbone
 
 __all__ = [
-    "BACKBONES", "build_backbone", "FeatureExtractor", "EfficientNetLiteExtractor", "DinoV2Extractor",
-    "build_vit", "load_efficientnet_lite_classifier", "lukemelas_to_timm", "read_checkpoint",
-    "unwrap_state_dict", "CheckpointError",
+    "BACKBONES",
+    "build_backbone",
+    "FeatureExtractor",
+    "EfficientNetLiteExtractor",
+    "DinoV2Extractor",
+    "build_vit",
+    "load_efficientnet_lite_classifier",
+    "lukemelas_to_timm",
+    "read_checkpoint",
+    "unwrap_state_dict",
+    "CheckpointError",
 ]

@@ -2,11 +2,11 @@
 checkpoint reading (``.pth``/``.pt``/``.bin``/``.safetensors``) and wrapper unwrapping,
 and the map-resizing rule shared by the multi-scale extractors.
 """
+
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -14,8 +14,19 @@ from torch import Tensor, nn
 
 from ..errors import CheckpointError, ConfigError
 
-__all__ = ["CheckpointError", "FeatureExtractor", "IMAGENET_MEAN", "IMAGENET_STD", "HALF_MEAN", "HALF_STD",
-           "unwrap_state_dict", "read_checkpoint", "check_and_load", "resize_map", "check_layers"]
+__all__ = [
+    "CheckpointError",
+    "FeatureExtractor",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "HALF_MEAN",
+    "HALF_STD",
+    "unwrap_state_dict",
+    "read_checkpoint",
+    "check_and_load",
+    "resize_map",
+    "check_layers",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,33 +48,44 @@ class FeatureExtractor(nn.Module):
     """
 
     out_channels: int
-    mean: Tuple[float, float, float]
-    std: Tuple[float, float, float]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
     name: str
-    layers: List[int]
+    layers: list[int]
 
     def _freeze(self) -> None:
         for p in self.parameters():
             p.requires_grad_(False)
         super().train(False)
 
-    def train(self, mode: bool = True) -> "FeatureExtractor":  # noqa: D401 - always eval
+    def train(self, mode: bool = True) -> FeatureExtractor:  # noqa: D401 - always eval
         """Ignore ``mode``: the backbone always stays in eval mode."""
         return super().train(False)
 
-    def grid_size(self, image_size: int) -> Tuple[int, int]:  # pragma: no cover - abstract
+    def grid_size(self, image_size: int) -> tuple[int, int]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def extra_repr(self) -> str:
-        return f"name={getattr(self, 'name', '?')}, layers={getattr(self, 'layers', '?')}, " \
-               f"out_channels={getattr(self, 'out_channels', '?')}"
+        return (
+            f"name={getattr(self, 'name', '?')}, layers={getattr(self, 'layers', '?')}, "
+            f"out_channels={getattr(self, 'out_channels', '?')}"
+        )
 
 
 # ----------------------------------------------------------------------------------------
 # checkpoint reading
 # ----------------------------------------------------------------------------------------
-_WRAPPER_KEYS = ("teacher", "model_ema", "state_dict_ema", "model", "state_dict",
-                 "model_state_dict", "module", "net", "params")
+_WRAPPER_KEYS = (
+    "teacher",
+    "model_ema",
+    "state_dict_ema",
+    "model",
+    "state_dict",
+    "model_state_dict",
+    "module",
+    "net",
+    "params",
+)
 _STRIP_PREFIXES = ("module.", "_orig_mod.")
 
 
@@ -71,7 +93,7 @@ def _is_tensor_dict(d: Mapping) -> bool:
     return len(d) > 0 and all(isinstance(v, Tensor) for v in d.values())
 
 
-def unwrap_state_dict(obj, path: str = "<checkpoint>") -> Dict[str, Tensor]:
+def unwrap_state_dict(obj, path: str = "<checkpoint>") -> dict[str, Tensor]:
     """Return the plain ``{name: tensor}`` state dict inside a loaded checkpoint.
 
     Handles the usual wrappers ``{"model": sd}``, ``{"state_dict": sd}``,
@@ -107,14 +129,14 @@ def unwrap_state_dict(obj, path: str = "<checkpoint>") -> Dict[str, Tensor]:
         changed = False
         for pre in _STRIP_PREFIXES:
             if all(k.startswith(pre) for k in sd):
-                sd = {k[len(pre):]: v for k, v in sd.items()}
+                sd = {k[len(pre) :]: v for k, v in sd.items()}
                 changed = True
     if any(k.startswith("backbone.") for k in sd):
-        sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+        sd = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
     return sd
 
 
-def read_checkpoint(path: str | os.PathLike) -> Dict[str, Tensor]:
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
     """Read a ``.safetensors`` or torch (``.pth``/``.pt``/``.bin``/``.ckpt``) file on CPU.
 
     Raises ``FileNotFoundError`` naming the path when it does not exist and
@@ -139,12 +161,12 @@ def read_checkpoint(path: str | os.PathLike) -> Dict[str, Tensor]:
     except Exception as e:  # truncated zip, bad pickle, bad header, ...
         raise CheckpointError(
             f"could not read weights file {path} ({type(e).__name__}: {e}); "
-            f"is it truncated or not a PyTorch/safetensors checkpoint?") from e
+            f"is it truncated or not a PyTorch/safetensors checkpoint?"
+        ) from e
     return unwrap_state_dict(obj, path)
 
 
-def check_and_load(module: nn.Module, sd: Dict[str, Tensor], path: str,
-                   ignore_unexpected: Iterable[str] = ()) -> None:
+def check_and_load(module: nn.Module, sd: dict[str, Tensor], path: str, ignore_unexpected: Iterable[str] = ()) -> None:
     """Strictly load ``sd`` into ``module`` with readable errors.
 
     Every key of ``module.state_dict()`` must be present with the right shape.  Keys of
@@ -156,18 +178,21 @@ def check_and_load(module: nn.Module, sd: Dict[str, Tensor], path: str,
     if missing:
         raise CheckpointError(
             f"{path}: {len(missing)} parameter(s) of the model are missing from the checkpoint, "
-            f"e.g. {missing[:5]} (wrong architecture or checkpoint layout?)")
+            f"e.g. {missing[:5]} (wrong architecture or checkpoint layout?)"
+        )
     ign = tuple(ignore_unexpected)
     unexpected = [k for k in sd if k not in own and not (ign and k.startswith(ign))]
     if unexpected:
         raise CheckpointError(
             f"{path}: {len(unexpected)} unexpected key(s) in the checkpoint, e.g. {unexpected[:5]} "
-            f"(wrong architecture variant?)")
+            f"(wrong architecture variant?)"
+        )
     for k, v in own.items():
         if tuple(sd[k].shape) != tuple(v.shape):
             raise CheckpointError(
                 f"{path}: shape mismatch for '{k}': checkpoint {tuple(sd[k].shape)} vs model "
-                f"{tuple(v.shape)} (checkpoint is for a different model size?)")
+                f"{tuple(v.shape)} (checkpoint is for a different model size?)"
+            )
     module.load_state_dict({k: sd[k] for k in own}, strict=True)
 
 
@@ -185,7 +210,7 @@ def resize_map(x: Tensor, size: Sequence[int]) -> Tensor:
     return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
 
 
-def check_layers(layers: Optional[Sequence[int]], n: int, what: str) -> List[int]:
+def check_layers(layers: Sequence[int], n: int, what: str) -> list[int]:
     layers = [int(i) for i in layers]
     if not layers:
         raise ConfigError(f"{what}: at least one layer must be selected (backbone.layers)")

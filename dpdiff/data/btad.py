@@ -21,16 +21,25 @@ Layout of the BTAD download (``btad.zip``; sources in ``docs/datasets.md``)::
 * Images are recognised by extension (:data:`dpdiff.data.mvtec.IMAGE_EXTENSIONS`), hidden files
   are ignored, files are sorted by name; within a category the ``ok`` test images come first.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from ..errors import ConfigError
-from .layout import LayoutError, expect_dir
+from .layout import LayoutError, expect_dir, resolve_categories
 from .mvtec import GOOD, Sample, _index_folder, _list_images, _list_subdirs
 
-__all__ = ["BTAD_CATEGORIES", "OK", "KO", "KO_DEFECT", "MASK_EXTENSIONS", "list_categories", "load_btad", "find_btad_mask"]
+__all__ = [
+    "BTAD_CATEGORIES",
+    "OK",
+    "KO",
+    "KO_DEFECT",
+    "MASK_EXTENSIONS",
+    "list_categories",
+    "load_btad",
+    "find_btad_mask",
+]
 
 #: The three BTAD products (for reference; the reader lists what is on disk).
 BTAD_CATEGORIES = ("01", "02", "03")
@@ -61,7 +70,9 @@ def list_categories(root: Path) -> list[str]:
     return cats
 
 
-def find_btad_mask(gt_dir: Path, image_path: Path, _index: dict[str, Path] | None = None) -> tuple[Path | None, list[Path]]:
+def find_btad_mask(
+    gt_dir: Path, image_path: Path, _index: dict[str, Path] | None = None
+) -> tuple[Path | None, list[Path]]:
     """``(mask or None, candidate paths tried)`` for a ``ko`` image: ``<stem>.png`` then ``<stem>.bmp``."""
     stem = Path(image_path).stem
     candidates = [gt_dir / f"{stem}{ext}" for ext in MASK_EXTENSIONS]
@@ -121,14 +132,7 @@ def load_btad(
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     root = expect_dir(Path(root), "(BTAD root)")
-    if categories is None:
-        categories = list_categories(root)
-    elif isinstance(categories, str):
-        categories = [categories]
-    categories = list(categories)
-    if len(set(categories)) != len(categories):
-        raise ConfigError(f"duplicate categories in {categories}")
     out: list[Sample] = []
-    for cat in categories:
+    for cat in resolve_categories(categories, lambda: list_categories(root)):
         out.extend(_load_category(root, cat, split, allow_missing_masks))
     return out

@@ -23,10 +23,11 @@ Masks (:func:`load_mask`)
     loaders likewise treat every non-zero pixel as defective. A mask whose size differs from its
     image is an error (:class:`ValueError` naming both files and sizes), never silently resized.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -99,8 +100,9 @@ def _resize_rgb(im: Image.Image, size: int) -> Image.Image:
     return im.resize((size, size), Image.Resampling.BICUBIC)
 
 
-def normalized_image_tensor(im: Image.Image, size: int, mean: Sequence[float] | torch.Tensor,
-                            std: Sequence[float] | torch.Tensor) -> torch.Tensor:
+def normalized_image_tensor(
+    im: Image.Image, size: int, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor
+) -> torch.Tensor:
     """The model input of one image, ``FloatTensor (3, size, size)``: converted to 8-bit RGB (module
     docstring), resized directly to ``size x size`` (PIL bicubic, aspect not kept), scaled to [0, 1], then
     ``(x - mean) / std`` per channel. Training, evaluation and ``Detector.preprocess`` all use it."""
@@ -161,7 +163,9 @@ def resize_binarise_mask(values: np.ndarray, size: int, threshold: float = 0.0, 
         raise ValueError(f"mask_threshold must be in [0, 1), got {threshold}")
     if values.shape != (size, size):
         resample = Image.Resampling.NEAREST if mode == "nearest" else Image.Resampling.BILINEAR
-        values = np.asarray(Image.fromarray(np.ascontiguousarray(values, dtype=np.float32)).resize((size, size), resample))
+        values = np.asarray(
+            Image.fromarray(np.ascontiguousarray(values, dtype=np.float32)).resize((size, size), resample)
+        )
     return values > float(threshold)
 
 
@@ -171,12 +175,10 @@ def load_mask(path: Path | str, size: int, threshold: float = 0.0, mode: str = "
 
 
 def _as_triple(v, name: str) -> tuple[float, float, float]:
-    if np.isscalar(v):
-        v = (float(v),) * 3
-    v = tuple(float(x) for x in v)
-    if len(v) != 3:
-        raise ValueError(f"{name} must have 3 values (one per RGB channel), got {v}")
-    return v  # type: ignore[return-value]
+    values = (float(v),) * 3 if np.ndim(v) == 0 else tuple(float(x) for x in v)
+    if len(values) != 3:
+        raise ValueError(f"{name} must have 3 values (one per RGB channel), got {values}")
+    return values[0], values[1], values[2]
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -236,8 +238,9 @@ class ImageDataset(torch.utils.data.Dataset):
                     f"mask {str(s.mask_path)!r} has size {m.shape[1]}x{m.shape[0]} (WxH) but its image "
                     f"{str(s.image_path)!r} has size {im.size[0]}x{im.size[1]}"
                 )
-            mask = torch.from_numpy(resize_binarise_mask(m, S, self.mask_threshold, self.mask_resize)
-                                    .astype(np.float32))[None]
+            mask = torch.from_numpy(
+                resize_binarise_mask(m, S, self.mask_threshold, self.mask_resize).astype(np.float32)
+            )[None]
         else:
             mask = torch.zeros(1, S, S, dtype=torch.float32)
         return {"image": self.to_tensor(im), "mask": mask, "label": int(s.label), "index": i}

@@ -43,13 +43,14 @@ names the first offending path, e.g. ``expected file '<root>/split_csv/1cls.csv'
 5. a sub-folder with ``train/ok`` -> ``btad``;
 6. otherwise :class:`LayoutError` listing what was looked for. ``generic`` is never guessed.
 """
+
 from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 # explicit submodule imports (never ``from . import ...``, which imports this package's
 # __init__, itself importing this module: an import cycle)
@@ -178,33 +179,52 @@ _mpdd_list_fn, _mpdd_load_fn = _make_mvtec("MPDD")
 
 FORMATS: dict[str, FormatSpec] = {
     "mvtec": FormatSpec(
-        "mvtec", "MVTec-AD folder layout (also MTD as prepared in shared/data, VisA conversions)",
-        _mvtec_list_fn, _mvtec_load_fn, ("allow_missing_masks",),
+        "mvtec",
+        "MVTec-AD folder layout (also MTD as prepared in shared/data, VisA conversions)",
+        _mvtec_list_fn,
+        _mvtec_load_fn,
+        ("allow_missing_masks",),
     ),
     "mpdd": FormatSpec(
-        "mpdd", "MPDD: MVTec-AD folder layout, masks <stem>_mask.png", _mpdd_list_fn, _mpdd_load_fn,
+        "mpdd",
+        "MPDD: MVTec-AD folder layout, masks <stem>_mask.png",
+        _mpdd_list_fn,
+        _mpdd_load_fn,
         ("allow_missing_masks",),
     ),
     "btad": FormatSpec(
-        "btad", "BTAD as downloaded: <cat>/train/ok, test/ok, test/ko, ground_truth/ko (.png or .bmp masks)",
-        _btad_list_categories, load_btad, ("allow_missing_masks",),
+        "btad",
+        "BTAD as downloaded: <cat>/train/ok, test/ok, test/ko, ground_truth/ko (.png or .bmp masks)",
+        _btad_list_categories,
+        load_btad,
+        ("allow_missing_masks",),
     ),
     "visa": FormatSpec(
-        "visa", "VisA read in place from split_csv/1cls.csv", _visa_list_categories, load_visa,
+        "visa",
+        "VisA read in place from split_csv/1cls.csv",
+        _visa_list_categories,
+        load_visa,
         ("split_csv", "allow_missing_masks", "verify_files"),
     ),
     "realiad": FormatSpec(
-        "realiad", "Real-IAD: realiad_<res>/<cat>/ images + realiad_jsons/ split JSONs",
-        _realiad_list_categories, load_realiad,
+        "realiad",
+        "Real-IAD: realiad_<res>/<cat>/ images + realiad_jsons/ split JSONs",
+        _realiad_list_categories,
+        load_realiad,
         ("resolution", "json_dir", "ng_without_mask", "verify_files"),
     ),
     "realiad_variety": FormatSpec(
-        "realiad_variety", "Real-IAD Variety: realiadvariety_<res>/<cat>/ images + realiadvariety_jsons/ split JSONs",
-        _variety_list_categories, load_realiad_variety,
+        "realiad_variety",
+        "Real-IAD Variety: realiadvariety_<res>/<cat>/ images + realiadvariety_jsons/ split JSONs",
+        _variety_list_categories,
+        load_realiad_variety,
         ("resolution", "json_dir", "ng_without_mask", "verify_files"),
     ),
     "generic": FormatSpec(
-        "generic", "normal / abnormal / mask folders (paths relative to root)", _generic_list, _generic_load,
+        "generic",
+        "normal / abnormal / mask folders (paths relative to root)",
+        _generic_list,
+        _generic_load,
         ("normal_dir", "abnormal_dir", "mask_dir", "train_normal_dir", "category", "allow_missing_masks"),
     ),
 }
@@ -257,8 +277,9 @@ def load_samples(
     _check_options(spec, options)
     samples = spec.load(Path(root), categories, split, **options)
     if split == "train":  # never anomalies in training, whatever the reader returned
-        samples = keep_normal_training(samples, lambda s: s.label != 0,
-                                       f"the {spec.name!r} training split of {str(root)!r}", logger)
+        samples = keep_normal_training(
+            samples, lambda s: s.label != 0, f"the {spec.name!r} training split of {str(root)!r}", logger
+        )
     return samples
 
 
@@ -269,8 +290,10 @@ def detect_format(root: Path) -> str:
         return "visa"
     children = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     names = {p.name for p in children}
-    if any(n.startswith("realiadvariety_") or n.lower() in ("realiad_variety_jsons", "real-iad_variety_jsons")
-           for n in names):  # checked before Real-IAD: Dinomaly2 keeps Variety JSONs in realiad_jsons/
+    if any(
+        n.startswith("realiadvariety_") or n.lower() in ("realiad_variety_jsons", "real-iad_variety_jsons")
+        for n in names
+    ):  # checked before Real-IAD: Dinomaly2 keeps Variety JSONs in realiad_jsons/
         return "realiad_variety"
     if any(n.startswith("realiad_jsons") for n in names) or any(f"realiad_{r}" in names for r in _REALIAD_RESOLUTIONS):
         return "realiad"

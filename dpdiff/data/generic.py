@@ -31,10 +31,11 @@ This module also exports :class:`LayoutError` (defined in :mod:`dpdiff.data.layo
 every reader in :mod:`dpdiff.data.formats` raises when a dataset root does not match the expected
 layout.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import ConfigError
 from .layout import LayoutError, expect_dir, expect_file
@@ -79,15 +80,14 @@ def load_generic(
     samples: list[Sample] = []
     if normal_dir is not None:
         samples.extend(
-            Sample(p, None, 0, GOOD, category)
-            for p in _images_of(Path(normal_dir), "(normal_dir: normal test images)")
+            Sample(p, None, 0, GOOD, category) for p in _images_of(Path(normal_dir), "(normal_dir: normal test images)")
         )
     abnormal_dirs = _as_dir_list(abnormal_dir, "abnormal_dir")
     names = [d.name for d in abnormal_dirs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"abnormal folders must have distinct names (used as defect names), repeated: {dupes}")
-    for adir, mdir in zip(abnormal_dirs, _mask_dirs(mask_dir, abnormal_dirs)):
+    for adir, mdir in zip(abnormal_dirs, _mask_dirs(mask_dir, abnormal_dirs), strict=True):
         samples.extend(_abnormal_samples(adir, mdir, category, allow_missing_masks))
     if not samples:
         raise LayoutError(
@@ -123,15 +123,15 @@ def _mask_dirs(mask_dir: Path | str | Sequence[Path | str] | None, abnormal_dirs
                 sub = single_mask_dir / d.name
                 mask_dirs.append(sub if sub.is_dir() else single_mask_dir)
         return mask_dirs
-    mask_dirs = list(_as_dir_list(mask_dir, "mask_dir"))
-    if len(mask_dirs) != len(abnormal_dirs):
+    listed = list(_as_dir_list(mask_dir, "mask_dir"))
+    if len(listed) != len(abnormal_dirs):
         raise ConfigError(
-            f"mask_dir is a list of {len(mask_dirs)} folders but there are {len(abnormal_dirs)} "
+            f"mask_dir is a list of {len(listed)} folders but there are {len(abnormal_dirs)} "
             f"abnormal folders: give one mask folder per abnormal folder, in the same order"
         )
-    for md in mask_dirs:
+    for md in listed:
         expect_dir(md, "(mask_dir)")
-    return mask_dirs
+    return list(listed)
 
 
 def _abnormal_samples(adir: Path, mdir: Path | None, category: str, allow_missing_masks: bool) -> list[Sample]:

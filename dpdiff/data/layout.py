@@ -1,18 +1,21 @@
-"""Helpers shared by every dataset reader: the layout error, path checks, the training-row filter.
+"""Helpers shared by every dataset reader: the layout error, path checks, the category list, the training-row
+filter.
 
 This module imports nothing else from :mod:`dpdiff.data`, so every reader (and
 :mod:`dpdiff.data.formats`) can import it without creating an import cycle. The public names are
 re-exported where they were defined before (:mod:`dpdiff.data.generic`, :mod:`dpdiff.data.formats`).
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, TypeVar
+from typing import TypeVar
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
-__all__ = ["DataError", "LayoutError", "expect_dir", "expect_file", "keep_normal_training"]
+__all__ = ["DataError", "LayoutError", "expect_dir", "expect_file", "keep_normal_training", "resolve_categories"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +56,20 @@ def expect_file(path: Path, what: str) -> Path:
     return path
 
 
+def resolve_categories(categories: Sequence[str] | str | None, list_all: Callable[[], list[str]]) -> list[str]:
+    """The categories a reader loads: every one of ``list_all()`` when ``categories`` is None, ``[categories]``
+    for one name, else the given names in their order; a name given twice is a :class:`ConfigError`."""
+    if categories is None:
+        names = list(list_all())
+    elif isinstance(categories, str):
+        names = [categories]
+    else:
+        names = list(categories)
+    if len(set(names)) != len(names):
+        raise ConfigError(f"duplicate categories in {names}")
+    return names
+
+
 def keep_normal_training(rows: Iterable[T], is_anomalous, source: str, log: logging.Logger | None = None) -> list[T]:
     """The rows of a training split that are normal; anomalous ones are left out and counted.
 
@@ -72,6 +89,9 @@ def keep_normal_training(rows: Iterable[T], is_anomalous, source: str, log: logg
     if dropped:
         (log or logger).warning(
             "left out %d anomalous training row%s of %s (training uses the normal rows only; %d kept)",
-            dropped, "" if dropped == 1 else "s", source, len(kept),
+            dropped,
+            "" if dropped == 1 else "s",
+            source,
+            len(kept),
         )
     return kept

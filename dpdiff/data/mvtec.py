@@ -26,13 +26,15 @@ Rules:
 * Order is deterministic: categories sorted, within a category ``good`` first then the defect
   folders sorted by name, and files sorted by name.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
+from .layout import resolve_categories
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -145,9 +147,7 @@ def load_split(root: Path, category: str, split: str, allow_missing_masks: bool 
             available = list_categories(root)
         except ValueError:
             available = []
-        raise FileNotFoundError(
-            f"category folder {str(cat_dir)!r} does not exist (available categories: {available})"
-        )
+        raise FileNotFoundError(f"category folder {str(cat_dir)!r} does not exist (available categories: {available})")
     split_dir = cat_dir / split
 
     if split == "train":
@@ -194,15 +194,8 @@ def load_dataset(
     allow_missing_masks: bool = False,
 ) -> list[Sample]:
     """Concatenate :func:`load_split` over ``categories`` (all of :func:`list_categories` if None)."""
-    if categories is None:
-        categories = list_categories(root)
-    elif isinstance(categories, str):
-        categories = [categories]
-    categories = list(categories)
-    if len(set(categories)) != len(categories):
-        raise ConfigError(f"duplicate categories in {categories}")
     out: list[Sample] = []
-    for cat in categories:
+    for cat in resolve_categories(categories, lambda: list_categories(root)):
         out.extend(load_split(root, cat, split, allow_missing_masks=allow_missing_masks))
     return out
 

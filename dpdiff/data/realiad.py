@@ -50,17 +50,18 @@ folder ``S####``. Sample numbers restart in every ``OK`` and ``NG/<code>`` folde
 :func:`object_id` returns ``<cat>/OK/S0001`` or ``<cat>/NG/BX/S0001`` - the same grouping as the
 official ADEval ``--sample_key_pat`` (``<cat>_0001_NG_BX``).
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import re
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePath
-from typing import Iterable, Sequence
 
 from ..errors import ConfigError, DataError
-from .layout import LayoutError, expect_dir, keep_normal_training
+from .layout import LayoutError, expect_dir, keep_normal_training, resolve_categories
 from .mvtec import GOOD, Sample
 from .realiad_layout import (
     REALIAD,
@@ -109,8 +110,13 @@ def _image_root(root: Path, resolution, variant: _Variant) -> Path:
         raise ConfigError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
     path = root / f"{variant.image_prefix}{res}"
     if not path.is_dir():
-        others = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith(variant.image_prefix)
-                        and not p.name.startswith(variant.image_prefix + "jsons"))
+        others = sorted(
+            p.name
+            for p in root.iterdir()
+            if p.is_dir()
+            and p.name.startswith(variant.image_prefix)
+            and not p.name.startswith(variant.image_prefix + "jsons")
+        )
         raise LayoutError(
             f"expected image folder {str(path)!r} for {variant.name} at resolution {res!r} "
             f"(image folders present: {others or 'none'}; choose one with resolution=)",
@@ -215,13 +221,7 @@ def _load(
     root = expect_dir(Path(root), f"({variant.name} root)")
     jd = find_json_dir(root, json_dir, variant is VARIETY)
     available = json_categories(jd)
-    if categories is None:
-        categories = available
-    elif isinstance(categories, str):
-        categories = [categories]
-    categories = list(categories)
-    if len(set(categories)) != len(categories):
-        raise ConfigError(f"duplicate categories in {categories}")
+    categories = resolve_categories(categories, lambda: available)
     for c in categories:
         if c not in available:
             raise LayoutError(
@@ -235,12 +235,18 @@ def _load(
     for cat in categories:
         jpath = jd / f"{cat}.json"
         doc = _read_json(jpath, variant)
-        meta = doc.get("meta") if isinstance(doc.get("meta"), dict) else {}
+        meta = doc.get("meta")
+        if not isinstance(meta, dict):
+            meta = {}
         normal_class = meta.get("normal_class", NORMAL_CLASS)
         entries = _entries(doc, split, jpath, variant)
         if split == "train":  # never anomalies in training (FUIAD variants list some there)
-            entries = keep_normal_training(entries, lambda e: str(e["anomaly_class"]) != normal_class,
-                                           f"{variant.name} split file {str(jpath)!r}", logger)
+            entries = keep_normal_training(
+                entries,
+                lambda e, normal_class=normal_class: str(e["anomaly_class"]) != normal_class,
+                f"{variant.name} split file {str(jpath)!r}",
+                logger,
+            )
         if not entries:
             raise DataError(f"{variant.name} category {cat!r} has no {split!r} samples in {str(jpath)!r}")
         cat_dir = _category_dir(img_root, cat, meta, entries[0]["image_path"])
@@ -256,8 +262,9 @@ def _load(
             if mask_rel:
                 mask = cat_dir / mask_rel
                 if verify_files and not mask.is_file():
-                    raise LayoutError(f"expected mask {str(mask)!r} of image {str(image)!r} (listed in {str(jpath)!r})",
-                                      mask)
+                    raise LayoutError(
+                        f"expected mask {str(mask)!r} of image {str(image)!r} (listed in {str(jpath)!r})", mask
+                    )
                 out.append(Sample(image, mask, 1, cls, cat))
             elif ng_without_mask == "normal":
                 out.append(Sample(image, None, 0, cls, cat))
@@ -333,7 +340,7 @@ def object_id(sample: Sample) -> str:
                         break
             if start is None:
                 start = i
-            return "/".join((sample.category, *parts[start:i + 1]))
+            return "/".join((sample.category, *parts[start : i + 1]))
     m = _SAMPLE_KEY.match(path.name)
     if m:
         return f"{sample.category}/{m.group(1)}"
@@ -343,7 +350,7 @@ def object_id(sample: Sample) -> str:
     )
 
 
-def group_by_object(samples: Sequence[Sample]) -> "OrderedDict[str, list[int]]":
+def group_by_object(samples: Sequence[Sample]) -> OrderedDict[str, list[int]]:
     """``{object_id: [indices into samples]}`` in order of first appearance."""
     groups: OrderedDict[str, list[int]] = OrderedDict()
     for i, s in enumerate(samples):
@@ -361,9 +368,9 @@ def object_scores(samples: Sequence[Sample], scores: Sequence[float]):
 
     if len(samples) != len(scores):
         raise ValueError(f"{len(samples)} samples but {len(scores)} scores")
-    scores = np.asarray(scores, dtype=np.float64)
+    view_scores = np.asarray(scores, dtype=np.float64)
     groups = group_by_object(samples)
     ids = list(groups)
     labels = np.array([max(samples[i].label for i in idx) for idx in groups.values()], dtype=np.int64)
-    obj = np.array([scores[idx].max() for idx in groups.values()], dtype=np.float64)
+    obj = np.array([view_scores[idx].max() for idx in groups.values()], dtype=np.float64)
     return ids, labels, obj

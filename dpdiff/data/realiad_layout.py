@@ -22,13 +22,14 @@ writes ``D_sub_connector``, ``chip_inductor``, ``lily_pad_led``. :func:`normaliz
 both to one key (lower case, hyphens, underscores and white space removed) and
 :func:`match_categories` resolves requested names to the names on disk through it.
 """
+
 from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from ..errors import DataError
 from .layout import LayoutError, expect_dir
@@ -74,8 +75,9 @@ def _descend(top: Path) -> Path | None:
         return top
     if not top.is_dir():
         return None
-    subs = sorted((p for p in top.iterdir() if p.is_dir() and not p.name.startswith(".") and _has_json(p)),
-                  key=lambda p: p.name)
+    subs = sorted(
+        (p for p in top.iterdir() if p.is_dir() and not p.name.startswith(".") and _has_json(p)), key=lambda p: p.name
+    )
     if len(subs) == 1:
         return subs[0]
     for s in subs:  # realiad_jsons/realiad_jsons next to realiad_jsons_sv, realiad_jsons_fuiad_0.x
@@ -105,8 +107,9 @@ def find_json_dir(root: Path, json_dir: Path | str | None = None, variety: bool 
             found = _descend(c)
             if found is not None:
                 return found
-        raise LayoutError(f"expected JSON folder {str(cands[0])!r} with <category>.json files for {variant.name}",
-                          cands[0])
+        raise LayoutError(
+            f"expected JSON folder {str(cands[0])!r} with <category>.json files for {variant.name}", cands[0]
+        )
     for top in variant.json_tops:
         found = _descend(root / top)
         if found is not None:
@@ -121,7 +124,9 @@ def find_json_dir(root: Path, json_dir: Path | str | None = None, variety: bool 
 
 def json_categories(json_dir: Path) -> list[str]:
     """Stems of the visible ``*.json`` files of ``json_dir``, sorted."""
-    return sorted(p.stem for p in Path(json_dir).iterdir() if p.suffix.lower() == ".json" and not p.name.startswith("."))
+    return sorted(
+        p.stem for p in Path(json_dir).iterdir() if p.suffix.lower() == ".json" and not p.name.startswith(".")
+    )
 
 
 def list_categories(root: Path, json_dir: Path | str | None = None) -> list[str]:
@@ -157,8 +162,9 @@ def closest_categories(name: str, available: Iterable[str], n: int = 3) -> list[
     return [a for k in keys for a in by_key[k]][:n]
 
 
-def match_categories(requested: Sequence[str], available: Iterable[str], what: str = "categories",
-                     where: str = "") -> list[str]:
+def match_categories(
+    requested: Sequence[str], available: Iterable[str], what: str = "categories", where: str = ""
+) -> list[str]:
     """The names of ``available`` matching ``requested`` (same order), through :func:`normalize_category`.
 
     An exact name wins; otherwise the one available name with the same normalised key is taken.

@@ -41,6 +41,7 @@ pixel of the region is changed by at least :data:`MIN_CHANGE` (in [0, 1] units, 
 then the same noise is added to the clean and the defective image, so pixels outside the mask are
 bit-identical to the defect-free rendering (see :func:`render_sample`).
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -81,8 +82,16 @@ __all__ = [
     "read_marker",
 ]
 
-DEFECT_TYPES = ("scratch", "hole", "stain", "missing_part", "foreign_object", "crack", "color_deviation",
-                "shape_deviation")
+DEFECT_TYPES = (
+    "scratch",
+    "hole",
+    "stain",
+    "missing_part",
+    "foreign_object",
+    "crack",
+    "color_deviation",
+    "shape_deviation",
+)
 #: Minimum change (max over channels, [0, 1] units) of every pixel inside a defect mask.
 MIN_CHANGE = 0.12
 #: Allowed defect area as a fraction of the image.
@@ -131,7 +140,7 @@ def _smooth(rng: np.random.Generator, S: int, cells: int, cells_x: int | None = 
     (``cells_x`` horizontally if given; ``cells=0``: white noise). A read-only view."""
     bank = _bank(S, int(cells), int(cells if cells_x is None else cells_x))
     oy, ox, fy, fx = rng.integers(0, S + 1), rng.integers(0, S + 1), rng.integers(2), rng.integers(2)
-    a = bank[oy:oy + S, ox:ox + S]
+    a = bank[oy : oy + S, ox : ox + S]
     return a[:: -1 if fy else 1, :: -1 if fx else 1]
 
 
@@ -187,8 +196,20 @@ PALETTES: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]
     "charcoal": ((0.22, 0.22, 0.24), (0.78, 0.56, 0.30)),
 }
 #: Texture patterns (whole-image surfaces).
-PATTERNS = ("stripes", "woven", "leather", "grid", "plates", "wood", "marble", "tiles", "dots", "terrazzo",
-            "bricks", "knurled")
+PATTERNS = (
+    "stripes",
+    "woven",
+    "leather",
+    "grid",
+    "plates",
+    "wood",
+    "marble",
+    "tiles",
+    "dots",
+    "terrazzo",
+    "bricks",
+    "knurled",
+)
 #: Structural variants of each pattern (the first is the default; the original categories use it).
 VARIANTS = {
     "stripes": ("straight", "wavy", "pinstripe"),
@@ -213,8 +234,12 @@ LAYOUTS = ("single", "pair", "quad")
 #: Every structural family (the ``family`` of a :class:`CategorySpec`).
 FAMILIES = PATTERNS + SHAPES
 
-_BG_COLOURS = {"dark": (0.14, 0.14, 0.16), "light": (0.86, 0.86, 0.84), "pcb": (0.12, 0.42, 0.22),
-               "cloth": (0.62, 0.58, 0.50)}
+_BG_COLOURS = {
+    "dark": (0.14, 0.14, 0.16),
+    "light": (0.86, 0.86, 0.84),
+    "pcb": (0.12, 0.42, 0.22),
+    "cloth": (0.62, 0.58, 0.50),
+}
 _CHIP_BODY = (0.13, 0.13, 0.15)
 _WOOD_BROWN = (0.50, 0.32, 0.18)
 _LEGACY = (  # (kind, family, variant, material, background, layout, palette, scale) of categories 0-4
@@ -264,7 +289,7 @@ def _contrast_ok(combo: tuple) -> bool:
 
 @lru_cache(maxsize=1)
 def _candidates() -> tuple[tuple, ...]:
-    out = []
+    out: list[tuple] = []
     for pattern in PATTERNS:
         for variant in VARIANTS[pattern]:
             for palette in PALETTES:
@@ -277,8 +302,12 @@ def _candidates() -> tuple[tuple, ...]:
             elif shape == "chip":
                 out.append(("object", "chip", None, "plastic", "pcb", "single", palette, None))
             else:
-                out += [("object", shape, None, m, bg, lay, palette, None)
-                        for m in MATERIALS for bg in BACKGROUNDS for lay in LAYOUTS]
+                out += [
+                    ("object", shape, None, m, bg, lay, palette, None)
+                    for m in MATERIALS
+                    for bg in BACKGROUNDS
+                    for lay in LAYOUTS
+                ]
     return tuple(c for c in out if _contrast_ok(c))
 
 
@@ -344,8 +373,16 @@ def _category_name(combo: tuple) -> str:
 
 
 #: rotation range (radians, +-) of an object instance per shape; round shapes turn freely
-_ROTATION = {"washer": np.pi, "gear": np.pi, "screw": np.pi, "capsule": 0.35, "cap": np.pi, "bracket": 0.25,
-             "knob": np.pi, "tag": 0.3}
+_ROTATION = {
+    "washer": np.pi,
+    "gear": np.pi,
+    "screw": np.pi,
+    "capsule": 0.35,
+    "cap": np.pi,
+    "bracket": 0.25,
+    "knob": np.pi,
+    "tag": 0.3,
+}
 
 
 def _family_params(combo: tuple, index: int, rng: np.random.Generator) -> dict:
@@ -356,17 +393,32 @@ def _family_params(combo: tuple, index: int, rng: np.random.Generator) -> dict:
     c0, c1 = (_col(*c) for c in PALETTES[palette])
     fine = scale == "fine"
     u = (lambda lo, hi: (lo + hi) / 2) if legacy else (lambda lo, hi: float(rng.uniform(lo, hi)))
-    p: dict = dict(factors=dict(zip(_FACTORS, combo)), c0=c0, c1=c1, sigma=0.02 if kind == "texture" else 0.015,
-                   variant=variant)
+    p: dict = dict(
+        factors=dict(zip(_FACTORS, combo, strict=True)),
+        c0=c0,
+        c1=c1,
+        sigma=0.02 if kind == "texture" else 0.015,
+        variant=variant,
+    )
     if family in ("stripes", "woven"):
-        p.update(angle=float(np.deg2rad(30.0 if legacy else rng.uniform(-30, 90))),
-                 freq=11.0 if legacy else (u(15, 19) if fine else u(9, 12)), woven=family == "woven")
+        p.update(
+            angle=float(np.deg2rad(30.0 if legacy else rng.uniform(-30, 90))),
+            freq=11.0 if legacy else (u(15, 19) if fine else u(9, 12)),
+            woven=family == "woven",
+        )
     elif family == "leather":
-        p.update(base=c0, grain=56.0 if legacy else (u(85, 110) if fine else u(45, 65)),
-                 crease=0.22 if legacy else u(0.15, 0.3))
+        p.update(
+            base=c0,
+            grain=56.0 if legacy else (u(85, 110) if fine else u(45, 65)),
+            crease=0.22 if legacy else u(0.15, 0.3),
+        )
     elif family in ("grid", "plates"):
-        p.update(metal=c0, pitch=0.25 if legacy else (u(0.15, 0.19) if fine else u(0.24, 0.3)),
-                 holes=family == "grid", angle=0.0 if legacy else float(np.deg2rad(rng.uniform(-20, 20))))
+        p.update(
+            metal=c0,
+            pitch=0.25 if legacy else (u(0.15, 0.19) if fine else u(0.24, 0.3)),
+            holes=family == "grid",
+            angle=0.0 if legacy else float(np.deg2rad(rng.uniform(-20, 20))),
+        )
     elif family == "wood":
         p.update(vertical=bool(rng.integers(2)), freq=u(10, 13) if fine else u(5, 7), warp=u(0.1, 0.2))
     elif family == "marble":
@@ -378,23 +430,45 @@ def _family_params(combo: tuple, index: int, rng: np.random.Generator) -> dict:
     elif family == "terrazzo":
         p.update(cells=u(26, 32) if fine else u(12, 16), density=u(0.9, 1.2))
     elif family == "bricks":
-        p.update(angle=float(np.deg2rad(rng.uniform(-3, 3))) + (np.pi / 2 if rng.integers(4) == 0 else 0.0),
-                 height=u(0.08, 0.1) if fine else u(0.14, 0.18), ratio=u(1.8, 2.6))
+        p.update(
+            angle=float(np.deg2rad(rng.uniform(-3, 3))) + (np.pi / 2 if rng.integers(4) == 0 else 0.0),
+            height=u(0.08, 0.1) if fine else u(0.14, 0.18),
+            ratio=u(1.8, 2.6),
+        )
     elif family == "knurled":
         p.update(angle=float(np.deg2rad(rng.uniform(25, 35))), pitch=u(0.05, 0.065) if fine else u(0.09, 0.12))
     elif family == "nut":
-        p.update(radius=0.56 if legacy else u(0.50, 0.62), hole=0.24 if legacy else u(0.20, 0.28), metal=c0,
-                 bg=_col(*_BG_COLOURS[bg]))
+        p.update(
+            radius=0.56 if legacy else u(0.50, 0.62),
+            hole=0.24 if legacy else u(0.20, 0.28),
+            metal=c0,
+            bg=_col(*_BG_COLOURS[bg]),
+        )
     elif family == "chip":
-        p.update(body=_col(*_CHIP_BODY), pin=_col(0.80, 0.80, 0.78), pcb=c0,
-                 hx=0.46 if legacy else u(0.38, 0.52), hy=0.30 if legacy else u(0.24, 0.34),
-                 pins=7 if legacy else int(rng.choice([5, 7, 9])))
+        p.update(
+            body=_col(*_CHIP_BODY),
+            pin=_col(0.80, 0.80, 0.78),
+            pcb=c0,
+            hx=0.46 if legacy else u(0.38, 0.52),
+            hy=0.30 if legacy else u(0.24, 0.34),
+            pins=7 if legacy else int(rng.choice([5, 7, 9])),
+        )
     elif family in SHAPES:
-        p.update(shape=family, material=material, background=bg, layout=layout,
-                 colour=_material_colour(material, PALETTES[palette][0]), size=u(0.92, 1.04),
-                 light_angle=u(0, 2 * np.pi), rotation=_ROTATION[family],
-                 teeth=int(rng.integers(8, 15)), lobes=int(rng.integers(4, 7)), inner=u(0.4, 0.55),
-                 cross=bool(rng.integers(2)), grain=u(18, 30))
+        p.update(
+            shape=family,
+            material=material,
+            background=bg,
+            layout=layout,
+            colour=_material_colour(material, PALETTES[palette][0]),
+            size=u(0.92, 1.04),
+            light_angle=u(0, 2 * np.pi),
+            rotation=_ROTATION[family],
+            teeth=int(rng.integers(8, 15)),
+            lobes=int(rng.integers(4, 7)),
+            inner=u(0.4, 0.55),
+            cross=bool(rng.integers(2)),
+            grain=u(18, 30),
+        )
     else:  # pragma: no cover - the candidates only hold known families
         raise ValueError(f"unknown family {family!r}")
     return p
@@ -579,7 +653,7 @@ def _render_chip(p: dict, rng: np.random.Generator, S: int) -> _Scene:
     # body details: matte texture, pin-1 dot, two printed lines
     dot = _coverage(np.sqrt((u + hx * 0.72) ** 2 + (v - hy * 0.55) ** 2) - 0.045, S)
     text = _coverage(np.maximum(_box_sdf(u - 0.05, av - 0.07, hx * 0.55, 0.025), -_box_sdf(ur, v, pitch * 0.5, 1)), S)
-    body_t = (1 + 0.06 * _smooth(rng, S, 24)[sl])
+    body_t = 1 + 0.06 * _smooth(rng, S, 24)[sl]
     body_col = _lerp(p["body"] * body_t[..., None], _col(0.42, 0.42, 0.44), np.clip(0.8 * dot + 0.7 * text, 0, 1))
     pin_col = p["pin"] * (0.85 + 0.15 * np.cos(ur * (np.pi / (pitch * 0.28))))[..., None]
     light = _illumination(rng, S)
@@ -622,7 +696,7 @@ def _render_grid(p: dict, rng: np.random.Generator, S: int) -> _Scene:
         g = (0.5 - np.abs(fu)) * (pitch / 0.012)
         t = 0.8 + 0.06 * brushed - 0.4 * np.exp(-(g * g)) + 0.06 * np.clip(fu * 4, -1, 1)
     else:  # checker plates brushed in alternating directions, with grooves
-        checker = ((iu + iv) % 2 == 0)
+        checker = (iu + iv) % 2 == 0
         g = (0.5 - np.maximum(np.abs(fu), np.abs(fv))) * (pitch / 0.01)
         brushed_v = _smooth(rng, S, 4, max(8, S // 2))
         t = 0.78 + 0.05 * np.where(checker, brushed, brushed_v) + 0.05 * checker - 0.35 * np.exp(-(g * g))
@@ -665,7 +739,7 @@ def _render_wood(p: dict, rng: np.random.Generator, S: int) -> _Scene:
             knot = np.maximum(knot, np.exp(-rk2 * 6))
     ring = pos * p["freq"]
     t = ring - np.floor(ring)
-    late = np.maximum(t ** 4, knot)  # dark late-wood lines (and knot cores)
+    late = np.maximum(t**4, knot)  # dark late-wood lines (and knot cores)
     rows, cols = (3, max(4, S // 2)) if p["vertical"] else (max(4, S // 2), 3)
     fibres = _smooth(rng, S, rows, cols)  # streaks along the grain
     m = np.clip(0.15 + 0.6 * late + 0.08 * fibres, 0, 1)
@@ -966,7 +1040,9 @@ def _blob(rng, S, cx, cy, rx, ry, irregular: float, reach: float = 1.0):
     e = np.sqrt((u * (1 / rx)) ** 2 + (v * (1 / ry)) ** 2)
     if irregular > 0:
         ang = np.arctan2(v * (1 / ry), u * (1 / rx))
-        wob = sum(float(rng.uniform(0, irregular)) * np.cos(k * ang + float(rng.uniform(0, 2 * np.pi))) for k in (2, 3, 5))
+        wob = sum(
+            float(rng.uniform(0, irregular)) * np.cos(k * ang + float(rng.uniform(0, 2 * np.pi))) for k in (2, 3, 5)
+        )
         e = e / (1 + wob)
     return sl, e
 
@@ -1177,7 +1253,7 @@ def _shape_deviation(scene, rng, S):
         k = int(edge[rng.integers(len(edge))]) if len(edge) else int(np.argmax(scene.fg))
         iy, ix = divmod(k, S)
         cx, cy = float(X.flat[k]), float(Y.flat[k])
-        patch = scene.fg[max(0, iy - 3):iy + 4, max(0, ix - 3):ix + 4]
+        patch = scene.fg[max(0, iy - 3) : iy + 4, max(0, ix - 3) : ix + 4]
         gy, gx = np.gradient(patch)
         n = -np.array([gx.mean(), gy.mean()], np.float32)  # fg decreases outwards
         n /= float(np.linalg.norm(n)) + 1e-6
@@ -1221,8 +1297,9 @@ _DEFECTS = {
 assert tuple(_DEFECTS) == DEFECT_TYPES
 
 
-def _apply_defect(scene: _Scene, defect: str, rng: np.random.Generator, S: int,
-                  noise: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _apply_defect(
+    scene: _Scene, defect: str, rng: np.random.Generator, S: int, noise: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Draw ``defect`` on the scene: (defective noise-free image, mask). The change of a pixel is measured
     after adding ``noise`` (S, S, 1) and clipping to [0, 1], as the written image will have it."""
     fn, restrict = _DEFECTS[defect]
@@ -1299,26 +1376,41 @@ def _png_bytes(arr: np.ndarray, level: int) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
     ihdr = struct.pack(">IIBBBBB", w, h, 8, {1: 0, 3: 2}[ch], 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw.tobytes(), level)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(raw.tobytes(), level))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _save_png(arr: np.ndarray, path: Path, level: int = 1) -> None:
     Path(path).write_bytes(_png_bytes(arr, level))
 
 
-def _settings(train_per_category: int, test_good_per_category: int, test_defect_per_category: int,
-              image_size: int, seed: int) -> dict:
-    for name, val in (("train_per_category", train_per_category), ("test_good_per_category", test_good_per_category),
-                      ("test_defect_per_category", test_defect_per_category)):
+def _settings(
+    train_per_category: int, test_good_per_category: int, test_defect_per_category: int, image_size: int, seed: int
+) -> dict:
+    for name, val in (
+        ("train_per_category", train_per_category),
+        ("test_good_per_category", test_good_per_category),
+        ("test_defect_per_category", test_defect_per_category),
+    ):
         if val < 0:
             raise ValueError(f"{name} must be >= 0, got {val}")
     if train_per_category < 1:
         raise ValueError("train_per_category must be >= 1")
     if int(image_size) < 16:
         raise ValueError(f"image_size must be >= 16, got {image_size}")
-    return dict(train_per_category=int(train_per_category), test_good_per_category=int(test_good_per_category),
-                test_defect_per_category=int(test_defect_per_category), image_size=int(image_size), seed=int(seed),
-                defect_types=list(DEFECT_TYPES), version=GENERATOR_VERSION)
+    return dict(
+        train_per_category=int(train_per_category),
+        test_good_per_category=int(test_good_per_category),
+        test_defect_per_category=int(test_defect_per_category),
+        image_size=int(image_size),
+        seed=int(seed),
+        defect_types=list(DEFECT_TYPES),
+        version=GENERATOR_VERSION,
+    )
 
 
 def read_marker(root: str | os.PathLike) -> dict | None:
@@ -1332,14 +1424,26 @@ def read_marker(root: str | os.PathLike) -> dict | None:
 
 def _write_marker(root: Path, settings: dict, specs: list[CategorySpec], complete: list[str]) -> None:
     """Atomic replace (``dpdiff.io.atomic_write_text``); rewritten after every category."""
-    doc = dict(generator="dpdiff.data.synthetic", num_categories=len(specs), **settings,
-               categories=[s.name for s in specs], complete=[n for n in (s.name for s in specs) if n in complete],
-               factors={s.name: s.factors for s in specs})
+    doc = dict(
+        generator="dpdiff.data.synthetic",
+        num_categories=len(specs),
+        **settings,
+        categories=[s.name for s in specs],
+        complete=[n for n in (s.name for s in specs) if n in complete],
+        factors={s.name: s.factors for s in specs},
+    )
     atomic_write_text(root / _MARKER, json.dumps(doc, indent=1))
 
 
-def _write_categories(root: Path, specs: list[CategorySpec], todo: list[CategorySpec], settings: dict,
-                      complete: list[str], png_compress_level: int, progress: bool = False) -> None:
+def _write_categories(
+    root: Path,
+    specs: list[CategorySpec],
+    todo: list[CategorySpec],
+    settings: dict,
+    complete: list[str],
+    png_compress_level: int,
+    progress: bool = False,
+) -> None:
     """Render and write the categories ``todo`` (replacing their folders), marking each complete in the
     marker file once all its files are written."""
     if not 0 <= png_compress_level <= 9:
@@ -1352,6 +1456,7 @@ def _write_categories(root: Path, specs: list[CategorySpec], todo: list[Category
     bar = None
     if progress:
         from ..progress import progress as progress_bar
+
         bar = progress_bar(total=len(todo), desc="synthetic categories", unit="cat", mininterval=1.0)
     # PNG compression (zlib releases the GIL) runs in writer threads while the next image renders;
     # rendering stays sequential, so the bytes do not depend on scheduling.
@@ -1366,8 +1471,8 @@ def _write_categories(root: Path, specs: list[CategorySpec], todo: list[Category
         for spec in todo:
             cat_dir = root / spec.name
 
-            def rng_for(split_code: int, k: int) -> np.random.Generator:
-                return np.random.default_rng([int(seed), spec.index, split_code, k])
+            def rng_for(split_code: int, k: int, index: int = spec.index) -> np.random.Generator:
+                return np.random.default_rng([int(seed), index, split_code, k])
 
             (cat_dir / "train" / "good").mkdir(parents=True)
             for k in range(settings["train_per_category"]):
@@ -1424,8 +1529,9 @@ def generate_synthetic_dataset(
     if not (root / _MARKER).is_file():
         for spec in specs:
             if (root / spec.name).exists():
-                raise FileExistsError(f"{str(root / spec.name)!r} exists and {str(root)!r} was not made by "
-                                      f"generate_synthetic_dataset")
+                raise FileExistsError(
+                    f"{str(root / spec.name)!r} exists and {str(root)!r} was not made by generate_synthetic_dataset"
+                )
     _write_categories(root, specs, specs, settings, [], png_compress_level)
     return [s.name for s in specs]
 

@@ -28,26 +28,45 @@ Samples: label 0 / defect ``"good"`` for ``normal`` rows, label 1 / defect ``"an
 ``anomaly`` rows (1cls.csv carries no per-image defect type). Order: categories as requested
 (sorted when ``None``), within a category normal rows first, then by image path.
 """
+
 from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from ..errors import ConfigError, DataError
-from .layout import LayoutError, expect_dir, expect_file, keep_normal_training
+from ..errors import DataError
+from .layout import LayoutError, expect_dir, expect_file, keep_normal_training, resolve_categories
 from .mvtec import GOOD, Sample
 
-__all__ = ["SPLIT_CSV", "CSV_COLUMNS", "VISA_CATEGORIES", "ANOMALY_DEFECT", "list_categories", "load_visa", "read_split_csv"]
+__all__ = [
+    "SPLIT_CSV",
+    "CSV_COLUMNS",
+    "VISA_CATEGORIES",
+    "ANOMALY_DEFECT",
+    "list_categories",
+    "load_visa",
+    "read_split_csv",
+]
 
 #: Split file, relative to the VisA root.
 SPLIT_CSV = Path("split_csv") / "1cls.csv"
 CSV_COLUMNS = ("object", "split", "label", "image", "mask")
 #: The 12 VisA objects (for reference; the reader takes the categories from the CSV).
 VISA_CATEGORIES = (
-    "candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1",
-    "macaroni2", "pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum",
+    "candle",
+    "capsules",
+    "cashew",
+    "chewinggum",
+    "fryum",
+    "macaroni1",
+    "macaroni2",
+    "pcb1",
+    "pcb2",
+    "pcb3",
+    "pcb4",
+    "pipe_fryum",
 )
 #: Defect name given to VisA anomalies (1cls.csv has no per-image defect type).
 ANOMALY_DEFECT = "anomaly"
@@ -63,8 +82,8 @@ def _csv_path(root: Path, split_csv: Path | str | None) -> Path:
         path = root / SPLIT_CSV
         return expect_file(
             path,
-            f"for VisA: the split file shipped with VisA (amazon-science/spot-diff split_csv/1cls.csv); "
-            f"pass split_csv=<path> to use another copy",
+            "for VisA: the split file shipped with VisA (amazon-science/spot-diff split_csv/1cls.csv); "
+            "pass split_csv=<path> to use another copy",
         )
     path = Path(split_csv)
     if not path.is_absolute() and not path.exists():
@@ -81,8 +100,7 @@ def read_split_csv(root: Path, split_csv: Path | str | None = None) -> list[dict
         missing = [c for c in CSV_COLUMNS if c not in header]
         if missing:
             raise LayoutError(
-                f"VisA split file {str(path)!r} has columns {header}, expected {list(CSV_COLUMNS)} "
-                f"(missing {missing})",
+                f"VisA split file {str(path)!r} has columns {header}, expected {list(CSV_COLUMNS)} (missing {missing})",
                 path,
             )
         rows = []
@@ -130,21 +148,16 @@ def load_visa(
     root = Path(root)
     rows = read_split_csv(root, split_csv)
     available = sorted({r["object"] for r in rows})
-    if categories is None:
-        categories = available
-    elif isinstance(categories, str):
-        categories = [categories]
-    categories = list(categories)
-    if len(set(categories)) != len(categories):
-        raise ConfigError(f"duplicate categories in {categories}")
+    categories = resolve_categories(categories, lambda: available)
     unknown = [c for c in categories if c not in available]
     if unknown:
         raise DataError(f"VisA categories {unknown} are not in the split file (available: {available})")
 
     selected = [r for r in rows if r["split"] == split and r["object"] in categories]
     if split == "train":  # never anomalies in training (the 2cls split files list some there)
-        selected = keep_normal_training(selected, lambda r: _LABELS[r["label"]] == 1,
-                                        f"VisA split file {str(_csv_path(root, split_csv))!r}", logger)
+        selected = keep_normal_training(
+            selected, lambda r: _LABELS[r["label"]] == 1, f"VisA split file {str(_csv_path(root, split_csv))!r}", logger
+        )
     by_cat: dict[str, list[Sample]] = {c: [] for c in categories}
     for r in selected:
         label = _LABELS[r["label"]]

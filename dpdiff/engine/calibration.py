@@ -25,6 +25,7 @@ records the thresholds with a *fingerprint* of what produced the scores (a hash 
 the scoring settings, :func:`scoring_fingerprint`); a file whose fingerprint does not match the model it is
 loaded with (retrained weights, other inference settings) is ignored with a warning.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -32,9 +33,10 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -43,9 +45,22 @@ from ..io import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Thresholds", "Calibration", "CALIBRATION_VERSION", "METHODS", "min_normal_images", "fpr_threshold",
-           "f1_threshold", "fpr_thresholds", "f1_thresholds", "scoring_fingerprint", "read_calibration",
-           "write_calibration", "check_fpr", "hold_out_for_calibration"]
+__all__ = [
+    "Thresholds",
+    "Calibration",
+    "CALIBRATION_VERSION",
+    "METHODS",
+    "min_normal_images",
+    "fpr_threshold",
+    "f1_threshold",
+    "fpr_thresholds",
+    "f1_thresholds",
+    "scoring_fingerprint",
+    "read_calibration",
+    "write_calibration",
+    "check_fpr",
+    "hold_out_for_calibration",
+]
 
 CALIBRATION_VERSION = 1
 #: ``fpr``: quantile of normal scores at a target false-alarm rate; ``f1``: F1-optimal on labelled images.
@@ -69,17 +84,27 @@ class Thresholds:
     details: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"image_threshold": self.image, "pixel_threshold": self.pixel, "method": self.method,
-                "num_images": self.num_images, "target_fpr": self.target_fpr, "details": self.details}
+        return {
+            "image_threshold": self.image,
+            "pixel_threshold": self.pixel,
+            "method": self.method,
+            "num_images": self.num_images,
+            "target_fpr": self.target_fpr,
+            "details": self.details,
+        }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str) -> "Thresholds":
+    def from_dict(cls, d: Mapping[str, Any], where: str) -> Thresholds:
         try:
             pixel = d.get("pixel_threshold")
-            out = cls(image=float(d["image_threshold"]), pixel=None if pixel is None else float(pixel),
-                      method=str(d.get("method", "fpr")), num_images=int(d.get("num_images", 0)),
-                      target_fpr=None if d.get("target_fpr") is None else float(d["target_fpr"]),
-                      details=dict(d.get("details") or {}))
+            out = cls(
+                image=float(d["image_threshold"]),
+                pixel=None if pixel is None else float(pixel),
+                method=str(d.get("method", "fpr")),
+                num_images=int(d.get("num_images", 0)),
+                target_fpr=None if d.get("target_fpr") is None else float(d["target_fpr"]),
+                details=dict(d.get("details") or {}),
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"{where}: not a valid threshold entry ({e}); recalibrate with `dpdiff calibrate`") from e
         _check_positive(out.image, f"{where}: image_threshold")
@@ -104,7 +129,7 @@ class Calibration:
             return self.per_category[category]
         return self.overall
 
-    def with_thresholds(self, thresholds: Thresholds, category: str | None = None) -> "Calibration":
+    def with_thresholds(self, thresholds: Thresholds, category: str | None = None) -> Calibration:
         """A copy with ``thresholds`` as the global ones (``category=None``) or those of ``category``."""
         per = dict(self.per_category)
         overall = self.overall
@@ -115,24 +140,29 @@ class Calibration:
         return Calibration(dict(self.fingerprint), overall, per, _now())
 
     def to_dict(self) -> dict:
-        return {"version": CALIBRATION_VERSION, "created": self.created or _now(),
-                "decision": "anomalous when score > threshold; normalized_score = score / threshold",
-                "fingerprint": self.fingerprint,
-                "global": None if self.overall is None else self.overall.to_dict(),
-                "per_category": {k: v.to_dict() for k, v in sorted(self.per_category.items())}}
+        return {
+            "version": CALIBRATION_VERSION,
+            "created": self.created or _now(),
+            "decision": "anomalous when score > threshold; normalized_score = score / threshold",
+            "fingerprint": self.fingerprint,
+            "global": None if self.overall is None else self.overall.to_dict(),
+            "per_category": {k: v.to_dict() for k, v in sorted(self.per_category.items())},
+        }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "calibration") -> "Calibration":
+    def from_dict(cls, d: Mapping[str, Any], where: str = "calibration") -> Calibration:
         if not isinstance(d, Mapping) or "fingerprint" not in d:
             raise DataError(f"{where}: not a dpdiff calibration (no fingerprint); recalibrate with `dpdiff calibrate`")
         if int(d.get("version", 0)) > CALIBRATION_VERSION:
             raise DataError(f"{where}: written by a newer dpdiff (version {d.get('version')}); upgrade dpdiff")
         overall = d.get("global")
         per = d.get("per_category") or {}
-        return cls(dict(d["fingerprint"]),
-                   None if overall is None else Thresholds.from_dict(overall, f"{where} [global]"),
-                   {str(k): Thresholds.from_dict(v, f"{where} [{k}]") for k, v in per.items()},
-                   str(d.get("created", "")))
+        return cls(
+            dict(d["fingerprint"]),
+            None if overall is None else Thresholds.from_dict(overall, f"{where} [global]"),
+            {str(k): Thresholds.from_dict(v, f"{where} [{k}]") for k, v in per.items()},
+            str(d.get("created", "")),
+        )
 
     def matches(self, fingerprint: Mapping[str, Any]) -> bool:
         return _canonical(self.fingerprint) == _canonical(fingerprint)
@@ -177,9 +207,11 @@ def fpr_threshold(values: np.ndarray, target_fpr: float, what: str = "normal ima
     need = min_normal_images(fpr)
     if n < need:
         lowest = 1.0 / (n + 1) if n else 1.0
-        raise DataError(f"calibrating at target_fpr={fpr:g} needs at least {need} {what}, got {n}: with n normal "
-                        f"images the smallest false-alarm rate that can be set is 1/(n+1) = {lowest:.3g}; add "
-                        f"normal images or raise the target (--fpr)")
+        raise DataError(
+            f"calibrating at target_fpr={fpr:g} needs at least {need} {what}, got {n}: with n normal "
+            f"images the smallest false-alarm rate that can be set is 1/(n+1) = {lowest:.3g}; add "
+            f"normal images or raise the target (--fpr)"
+        )
     if not np.isfinite(v).all():
         raise DataError(f"{what}: {int((~np.isfinite(v)).sum())} non-finite score(s); cannot calibrate")
     k = _rank(n, fpr)
@@ -193,13 +225,15 @@ def f1_threshold(scores: np.ndarray, labels: np.ndarray, what: str = "labelled i
     The threshold lies midway between the lowest score flagged and the highest one below it, so the decision
     on these samples is the optimal one and new scores are split at the gap's middle."""
     from sklearn.metrics import precision_recall_curve
+
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     y = np.asarray(labels).reshape(-1).astype(bool)
     if s.size != y.size:
         raise ValueError(f"{s.size} scores but {y.size} labels")
     if not y.any() or y.all():
-        raise DataError(f"{what}: F1 calibration needs both normal and anomalous samples "
-                        f"({int(y.sum())} anomalous of {y.size})")
+        raise DataError(
+            f"{what}: F1 calibration needs both normal and anomalous samples ({int(y.sum())} anomalous of {y.size})"
+        )
     if not np.isfinite(s).all():
         raise DataError(f"{what}: {int((~np.isfinite(s)).sum())} non-finite score(s); cannot calibrate")
     precision, recall, cuts = precision_recall_curve(y, s)  # positive when score >= cut
@@ -214,8 +248,10 @@ def f1_threshold(scores: np.ndarray, labels: np.ndarray, what: str = "labelled i
 
 def _check_positive(value: float, what: str) -> None:
     if not (math.isfinite(value) and value > 0):
-        raise DataError(f"{what} is {value!r}: thresholds must be finite and positive (anomaly scores are squared "
-                        f"errors); recalibrate on other images")
+        raise DataError(
+            f"{what} is {value!r}: thresholds must be finite and positive (anomaly scores are squared "
+            f"errors); recalibrate on other images"
+        )
 
 
 def fpr_thresholds(image_scores: np.ndarray, maps: np.ndarray, target_fpr: float) -> Thresholds:
@@ -227,13 +263,19 @@ def fpr_thresholds(image_scores: np.ndarray, maps: np.ndarray, target_fpr: float
     pixel, pixel_rate = fpr_threshold(pixels, target_fpr, "normal map pixels")
     _check_positive(image, "the image threshold")
     _check_positive(pixel, "the pixel threshold")
-    return Thresholds(image, pixel, "fpr", n, float(target_fpr),
-                      {"expected_image_fpr": image_rate, "expected_pixel_fpr": pixel_rate,
-                       "num_pixels": int(pixels.size)})
+    return Thresholds(
+        image,
+        pixel,
+        "fpr",
+        n,
+        float(target_fpr),
+        {"expected_image_fpr": image_rate, "expected_pixel_fpr": pixel_rate, "num_pixels": int(pixels.size)},
+    )
 
 
-def f1_thresholds(image_scores: np.ndarray, labels: np.ndarray, maps: np.ndarray | None = None,
-                  masks: np.ndarray | None = None) -> Thresholds:
+def f1_thresholds(
+    image_scores: np.ndarray, labels: np.ndarray, maps: np.ndarray | None = None, masks: np.ndarray | None = None
+) -> Thresholds:
     """F1-optimal :class:`Thresholds` from labelled images: scores (N,), labels (N,) 1 = defective, and
     optionally maps and ground-truth masks (N, R, R) for the pixel threshold (None without masks)."""
     image, image_f1 = f1_threshold(image_scores, labels, "labelled images")
@@ -303,11 +345,16 @@ def read_calibration(path: str | Path, fingerprint: Mapping[str, Any] | None = N
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise DataError(f"{path}: unreadable calibration ({e}); delete it or recalibrate with `dpdiff calibrate`") from e
+        raise DataError(
+            f"{path}: unreadable calibration ({e}); delete it or recalibrate with `dpdiff calibrate`"
+        ) from e
     cal = Calibration.from_dict(d, str(path))
     if fingerprint is not None and not cal.matches(fingerprint):
-        logger.warning("%s was made for other model weights or scoring settings; ignoring it (recalibrate with "
-                       "`dpdiff calibrate`)", path)
+        logger.warning(
+            "%s was made for other model weights or scoring settings; ignoring it (recalibrate with "
+            "`dpdiff calibrate`)",
+            path,
+        )
         return None
     return cal
 
@@ -315,4 +362,3 @@ def read_calibration(path: str | Path, fingerprint: Mapping[str, Any] | None = N
 def write_calibration(path: str | Path, calibration: Calibration) -> Path:
     """Write ``calibration`` to ``path`` atomically (a crash leaves the old file or the new one)."""
     return atomic_write_json(path, calibration.to_dict())
-

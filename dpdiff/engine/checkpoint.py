@@ -16,6 +16,7 @@ leave ``model.safetensors``/``config.json`` one checkpoint older than ``train_st
 resume state that is behind the weights it claims, and resuming is exact either way because it never
 mixes files.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,10 +68,17 @@ def rng_states() -> dict[str, Any]:
     """Python, numpy and torch (CPU and CUDA) generator states, storable with ``weights_only`` loading."""
     py = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    out = {"python": [py[0], list(py[1]), py[2]],
-           "numpy": {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-                     "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-           "torch": torch.get_rng_state()}
+    out = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         out["cuda"] = torch.cuda.get_rng_state_all()
     return out
@@ -84,16 +92,23 @@ def set_rng_states(states: dict[str, Any]) -> None:
         random.setstate((v, tuple(internal), gauss))
     if "numpy" in states:
         s = states["numpy"]
-        np.random.set_state((s["kind"], s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"],
-                             s["cached_gaussian"]))
+        np.random.set_state(
+            (s["kind"], s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["cached_gaussian"])
+        )
     if "torch" in states:
         torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_checkpoint(run_dir: Path, model: DPDiffAD, cfg: Config, meta: dict[str, Any],
-                    train_state: dict[str, Any] | None = None, inference_model: DPDiffAD | None = None) -> None:
+def save_checkpoint(
+    run_dir: Path,
+    model: DPDiffAD,
+    cfg: Config,
+    meta: dict[str, Any],
+    train_state: dict[str, Any] | None = None,
+    inference_model: DPDiffAD | None = None,
+) -> None:
     """Write ``train_state.pt`` (when given; it gets ``model``'s weights, config and grid added), then
     ``model.safetensors`` (the weights of ``inference_model``, e.g. the EMA, default ``model``), then
     ``config.json``, each atomically."""
@@ -106,8 +121,14 @@ def save_checkpoint(run_dir: Path, model: DPDiffAD, cfg: Config, meta: dict[str,
     served = tensors if inference_model is None else cpu_state(inference_model)
     step = meta.get("step", train_state.get("step") if train_state else None)
     if train_state is not None:
-        full = {"format": STATE_FORMAT, "config": cfg.to_dict(), "in_dim": int(model.in_dim),
-                "grid_size": list(model.grid_size), "model": tensors, **train_state}
+        full = {
+            "format": STATE_FORMAT,
+            "config": cfg.to_dict(),
+            "in_dim": int(model.in_dim),
+            "grid_size": list(model.grid_size),
+            "model": tensors,
+            **train_state,
+        }
         atomic_write(run_dir / STATE_FILE, lambda tmp: torch.save(full, tmp))
     st_meta = {"format": "dpdiff"} | ({"step": str(int(step))} if step is not None else {})
     atomic_write(run_dir / MODEL_FILE, lambda tmp: save_file(served, tmp, metadata=st_meta))
@@ -119,13 +140,17 @@ def load_train_state(run_dir: Path) -> dict[str, Any]:
     """The resume state of a run folder; a missing, truncated or foreign file is a clear error."""
     path = Path(run_dir) / STATE_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"cannot resume: {path} does not exist (the run stopped before its first "
-                                f"checkpoint, see train.checkpoint_every; start it again with --overwrite)")
+        raise FileNotFoundError(
+            f"cannot resume: {path} does not exist (the run stopped before its first "
+            f"checkpoint, see train.checkpoint_every; start it again with --overwrite)"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - zip/pickle errors of a damaged file come in many types
-        raise CheckpointError(f"{path}: truncated or corrupt resume checkpoint ({type(e).__name__}: {e}); "
-                              f"start the run again with --overwrite") from e
+        raise CheckpointError(
+            f"{path}: truncated or corrupt resume checkpoint ({type(e).__name__}: {e}); "
+            f"start the run again with --overwrite"
+        ) from e
     if not isinstance(state, dict) or "step" not in state or "optimizer" not in state:
         raise CheckpointError(f"{path}: not a dpdiff resume checkpoint (no step/optimizer state)")
     return state
@@ -173,9 +198,11 @@ def check_resume_config(run_dir: Path, state: dict[str, Any], cfg: Config) -> No
     if diffs:
         listed = "; ".join(f"{k}: checkpoint {va!r}, now {vb!r}" for k, va, vb in diffs[:8])
         more = f" (and {len(diffs) - 8} more)" if len(diffs) > 8 else ""
-        raise ConfigError(f"{Path(run_dir) / STATE_FILE}: checkpoint was made with a different configuration: "
-                          f"{listed}{more}. Resume with the run's own config (omit --config), or start a new "
-                          f"run (--overwrite or another --output)")
+        raise ConfigError(
+            f"{Path(run_dir) / STATE_FILE}: checkpoint was made with a different configuration: "
+            f"{listed}{more}. Resume with the run's own config (omit --config), or start a new "
+            f"run (--overwrite or another --output)"
+        )
 
 
 def read_run_config(run_dir: Path) -> tuple[Config, dict[str, Any]]:
@@ -191,28 +218,36 @@ def read_run_config(run_dir: Path) -> tuple[Config, dict[str, Any]]:
     return cfg, payload
 
 
-def build_model_from_state(state: dict[str, torch.Tensor], in_dim: int, grid_size, cfg: Config,
-                           source: Path) -> DPDiffAD:
+def build_model_from_state(
+    state: dict[str, torch.Tensor], in_dim: int, grid_size, cfg: Config, source: Path
+) -> DPDiffAD:
     """A DPDiffAD for ``cfg`` with ``state`` loaded; any key or shape mismatch is a ValueError naming ``source``.
 
     A checkpoint made before the full-rank skip existed (no ``noise_skip.weight``) loads without it; its
     rank-deficient head is then scored with the projected-error fallback (``DPDiffAD.noise_head_basis``).
     """
     if cfg.model.output_skip and cfg.model.diffusion and "noise_skip.weight" not in state:
-        logger.info("%s: checkpoint without the full-rank noise skip (made before issue #13); loading it with "
-                    "model.output_skip=false", source)
+        logger.info(
+            "%s: checkpoint without the full-rank noise skip (made before issue #13); loading it with "
+            "model.output_skip=false",
+            source,
+        )
         cfg.model.output_skip = False
     model = DPDiffAD(int(in_dim), tuple(grid_size), cfg.model, cfg.loss)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise CheckpointError(f"{source}: checkpoint does not match its configuration (missing {missing[:5]}, "
-                              f"unexpected {unexpected[:5]}); was it made with another config?")
+        raise CheckpointError(
+            f"{source}: checkpoint does not match its configuration (missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}); was it made with another config?"
+        )
     for k, v in expected.items():
         if tuple(v.shape) != tuple(state[k].shape):
-            raise CheckpointError(f"{source}: tensor {k} has shape {tuple(state[k].shape)}, the configuration "
-                                  f"expects {tuple(v.shape)}; was it made with another config?")
+            raise CheckpointError(
+                f"{source}: tensor {k} has shape {tuple(state[k].shape)}, the configuration "
+                f"expects {tuple(v.shape)}; was it made with another config?"
+            )
     model.load_state_dict(state, strict=True)
     return model
 
@@ -239,6 +274,20 @@ def load_model(run_dir: Path, map_location: str | torch.device = "cpu") -> tuple
     return model.to(map_location).eval(), cfg, payload
 
 
-__all__ = ["MODEL_FILE", "CONFIG_FILE", "STATE_FILE", "RUN_FILES", "save_checkpoint", "load_model",
-           "read_run_config", "load_train_state", "resume_config", "check_resume_config", "config_differences",
-           "build_model_from_state", "remove_stale_temp_files", "rng_states", "set_rng_states"]
+__all__ = [
+    "MODEL_FILE",
+    "CONFIG_FILE",
+    "STATE_FILE",
+    "RUN_FILES",
+    "save_checkpoint",
+    "load_model",
+    "read_run_config",
+    "load_train_state",
+    "resume_config",
+    "check_resume_config",
+    "config_differences",
+    "build_model_from_state",
+    "remove_stale_temp_files",
+    "rng_states",
+    "set_rng_states",
+]

@@ -16,13 +16,15 @@ How training uses it (see ``dpdiff/engine/train.py``):
 * only rank 0 writes checkpoints, logs and evaluation results; errors on any rank are shared
   (:func:`raise_if_any_failed`) so that every rank stops with the same message instead of hanging.
 """
+
 from __future__ import annotations
 
 import builtins
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -32,9 +34,20 @@ from ..errors import ConfigError
 
 T = TypeVar("T")
 
-__all__ = ["DistInfo", "env_world", "init_distributed", "teardown", "distributed_context", "shard_range",
-           "all_gather_rows", "all_reduce_sum", "broadcast_object", "barrier", "raise_if_any_failed",
-           "on_main"]
+__all__ = [
+    "DistInfo",
+    "env_world",
+    "init_distributed",
+    "teardown",
+    "distributed_context",
+    "shard_range",
+    "all_gather_rows",
+    "all_reduce_sum",
+    "broadcast_object",
+    "barrier",
+    "raise_if_any_failed",
+    "on_main",
+]
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,7 @@ class DistInfo:
 
 def env_world() -> tuple[int, int, int]:
     """(RANK, WORLD_SIZE, LOCAL_RANK) from torchrun's environment; (0, 1, 0) when absent."""
+
     def _int(name: str, default: int) -> int:
         value = os.environ.get(name, "").strip()
         if not value:
@@ -64,6 +78,7 @@ def env_world() -> tuple[int, int, int]:
             return int(value)
         except ValueError as e:
             raise ConfigError(f"environment variable {name}={value!r} is not an integer") from e
+
     return _int("RANK", 0), _int("WORLD_SIZE", 1), _int("LOCAL_RANK", 0)
 
 
@@ -73,8 +88,10 @@ def _device_for(device: str, local_rank: int, world_size: int) -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda" and world_size > 1:
         if dev.index is not None and dev.index != local_rank:
-            raise ConfigError(f"device {device!r} given, but with several processes per node each uses "
-                              f"cuda:LOCAL_RANK (this process: cuda:{local_rank}); pass --device cuda")
+            raise ConfigError(
+                f"device {device!r} given, but with several processes per node each uses "
+                f"cuda:LOCAL_RANK (this process: cuda:{local_rank}); pass --device cuda"
+            )
         dev = torch.device("cuda", local_rank)
     return dev
 
@@ -84,16 +101,23 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInf
     rank, world, local_rank = env_world()
     if world <= 1:
         from .features import resolve_device
+
         return DistInfo(device=resolve_device(device))
     dev = _device_for(device, local_rank, world)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world,
-                                timeout=timedelta(seconds=timeout_s))
-    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=dev,
-                    backend=dist.get_backend())
+        dist.init_process_group(
+            backend=backend, init_method="env://", rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s)
+        )
+    return DistInfo(
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        local_rank=local_rank,
+        device=dev,
+        backend=dist.get_backend(),
+    )
 
 
 def teardown() -> None:
@@ -137,10 +161,10 @@ def all_gather_rows(local: torch.Tensor, n_total: int, info: DistInfo) -> torch.
     sizes = [shard_range(n_total, r, info.world_size) for r in range(info.world_size)]
     rows = max(hi - lo for lo, hi in sizes)
     buf = torch.zeros((rows, *local.shape[1:]), dtype=local.dtype, device=dev)
-    buf[:local.shape[0]] = local.to(dev)
+    buf[: local.shape[0]] = local.to(dev)
     gathered = [torch.empty_like(buf) for _ in range(info.world_size)]
     dist.all_gather(gathered, buf)
-    return torch.cat([g[:hi - lo].cpu() for g, (lo, hi) in zip(gathered, sizes)])
+    return torch.cat([g[: hi - lo].cpu() for g, (lo, hi) in zip(gathered, sizes, strict=True)])
 
 
 def all_reduce_sum(x: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 It also keeps what the figures drawn afterwards need (``dpdiff.figure_data``): the maps of the overlay
 images and the report data; the drawing is done by the caller (``dpdiff.experiments.evaluation``), never here."""
+
 from __future__ import annotations
 
 import csv
@@ -14,12 +15,20 @@ import numpy as np
 from ..config import Config
 from ..data.dataset import ImageDataset
 from ..data.formats import load_samples
+from ..errors import ConfigError
 from ..figure_data import OverlayItem, ReportData, overlay_picks
 from ..io import atomic_write_text
 from ..metrics import METRIC_NAMES, compute_metrics
 from ..metrics.tables import write_results
-from ..run_files import (EVAL_DIR, IMAGE_SCORES_FILE, OBJECT_LEVEL_STEM, OVERLAYS_DIR, REPORT_DATA_FILE,
-                         RESULTS_FILE, RESULTS_STEM)
+from ..run_files import (
+    EVAL_DIR,
+    IMAGE_SCORES_FILE,
+    OBJECT_LEVEL_STEM,
+    OVERLAYS_DIR,
+    REPORT_DATA_FILE,
+    RESULTS_FILE,
+    RESULTS_STEM,
+)
 from .checkpoint import read_run_config
 from .inference import apply_test_overrides, load_detector, map_size, score_dataset
 from .report_inputs import add_probe_outputs
@@ -37,7 +46,7 @@ def protocol_description(cfg: Config) -> dict:
         "evaluation_resolution": res,
         "input_resolution": cfg.backbone.image_size,
         "resize": f"images: direct resize to {cfg.backbone.image_size}^2 (aspect not kept); "
-                  f"maps: token grid bilinearly upsampled to {res}^2",
+        f"maps: token grid bilinearly upsampled to {res}^2",
         "mask_rule": f"mask values in [0,1] resized ({ev.mask_resize}) to {res}^2, defect where > {ev.mask_threshold}",
         "mask_threshold": ev.mask_threshold,
         "mask_resize": ev.mask_resize,
@@ -52,11 +61,20 @@ def protocol_description(cfg: Config) -> dict:
     }
 
 
-def evaluate(run_dir: Path, data_root: str | None = None, categories: list[str] | None = None,
-             output_dir: Path | None = None, overlays_per_category: int = 4, device: str = "auto",
-             overwrite: bool = False, inference_overrides: dict | None = None,
-             data_format: str | None = None, report: bool = True, report_examples: int = 2,
-             weights: str | None = None) -> dict:
+def evaluate(
+    run_dir: Path,
+    data_root: str | None = None,
+    categories: list[str] | None = None,
+    output_dir: Path | None = None,
+    overlays_per_category: int = 4,
+    device: str = "auto",
+    overwrite: bool = False,
+    inference_overrides: dict | None = None,
+    data_format: str | None = None,
+    report: bool = True,
+    report_examples: int = 2,
+    weights: str | None = None,
+) -> dict:
     """Evaluate a run folder on the test split of each category (layout: ``data_format``, default the
     training run's ``data.format``); writes the results files and ``report_data.npz``.
 
@@ -75,6 +93,8 @@ def evaluate(run_dir: Path, data_root: str | None = None, categories: list[str] 
     if not str(root) or not root.is_dir():
         raise FileNotFoundError(f"test data root {root!s} not found; pass --data PATH")
     cats = categories or meta.get("categories") or cfg.data.categories
+    if cats is None:
+        raise ConfigError(f"no categories to test: {run_dir} records none and data.categories is unset; pass them")
     out = Path(output_dir) if output_dir else run_dir / EVAL_DIR
     if (out / RESULTS_FILE).exists() and not overwrite:
         raise FileExistsError(f"{out} already holds results; pass --overwrite or choose another --output")
@@ -83,6 +103,7 @@ def evaluate(run_dir: Path, data_root: str | None = None, categories: list[str] 
     fmt = data_format or cfg.data.format
     if fmt == "auto":
         from ..data.formats import detect_format
+
         fmt = detect_format(root)
     per_category, per_category_object, image_rows, overlays = {}, {}, [], []
     report_data = ReportData(detector.map_size, str(root.absolute()), examples_per_category=report_examples)
@@ -91,30 +112,50 @@ def evaluate(run_dir: Path, data_root: str | None = None, categories: list[str] 
         # canonical order: the noise draws follow the batch order, so two readers listing the same
         # files in different orders must still give identical scores
         samples = sorted(load_samples(fmt, root, [cat], "test", **cfg.data.options), key=lambda s: str(s.image_path))
-        ds = ImageDataset(samples, cfg.backbone.image_size, detector.backbone.mean, detector.backbone.std,
-                          mask_size=detector.map_size, mask_threshold=cfg.evaluation.mask_threshold,
-                          mask_resize=cfg.evaluation.mask_resize)
-        maps, scores, labels, masks, secs = score_dataset(detector, ds, cfg.inference.batch_size, f"test {cat}",
-                                                          seed=cfg.inference.seed)
+        ds = ImageDataset(
+            samples,
+            cfg.backbone.image_size,
+            detector.backbone.mean,
+            detector.backbone.std,
+            mask_size=detector.map_size,
+            mask_threshold=cfg.evaluation.mask_threshold,
+            mask_resize=cfg.evaluation.mask_resize,
+        )
+        maps, scores, labels, masks, secs = score_dataset(
+            detector, ds, cfg.inference.batch_size, f"test {cat}", seed=cfg.inference.seed
+        )
         total_images += len(samples)
         total_s += secs
         per_category[cat] = compute_metrics(scores, labels, maps, masks)
         report_data.add_category(cat, samples, maps, scores, masks)  # keeps a few maps only
         if fmt in OBJECT_LEVEL_FORMATS:
             per_category_object[cat] = object_level_metrics(samples, scores)
-        for smp, sc in zip(samples, scores):
-            image_rows.append({"category": cat, "image": str(smp.image_path), "defect": smp.defect,
-                               "label": smp.label, "score": float(sc)})
+        for smp, sc in zip(samples, scores, strict=True):
+            image_rows.append(
+                {
+                    "category": cat,
+                    "image": str(smp.image_path),
+                    "defect": smp.defect,
+                    "label": smp.label,
+                    "score": float(sc),
+                }
+            )
         if overlays_per_category > 0:
-            overlays += category_overlays(f"{OVERLAYS_DIR}/{cat}", samples, maps, scores, masks, detector.map_size,
-                                          overlays_per_category)
+            overlays += category_overlays(
+                f"{OVERLAYS_DIR}/{cat}", samples, maps, scores, masks, detector.map_size, overlays_per_category
+            )
     fps = total_images / total_s if total_s > 0 else float("nan")
     protocol = protocol_description(cfg) | {"fps_end_to_end": round(fps, 3), "device": str(detector.device)}
     paths = write_results(per_category, out, stem=RESULTS_STEM, protocol=protocol)
     _write_image_scores(out / IMAGE_SCORES_FILE, image_rows)
     mean = {k: float(np.mean([m[k] for m in per_category.values()])) for k in list(METRIC_NAMES) + ["mAD"]}
-    result = {"per_category": per_category, "mean": mean, "fps": fps, "output_dir": str(out),
-              "files": {k: str(v) for k, v in paths.items()}}
+    result = {
+        "per_category": per_category,
+        "mean": mean,
+        "fps": fps,
+        "output_dir": str(out),
+        "files": {k: str(v) for k, v in paths.items()},
+    }
     if per_category_object:
         result["object_level"] = write_object_level(per_category_object, out, protocol)
     if report and report_data.probes:
@@ -141,6 +182,7 @@ def object_level_metrics(samples, scores) -> dict:
     the max of its views' labels (Real-IAD multi-view protocol)."""
     from ..data.realiad import object_scores
     from ..metrics import image_metrics
+
     _, obj_labels, obj_scores = object_scores(samples, scores)
     m = image_metrics(np.asarray(obj_scores), np.asarray(obj_labels))
     return {"O-AUROC": m["I-AUROC"], "O-AP": m["I-AP"], "O-F1max": m["I-F1max"], "objects": int(len(obj_labels))}
@@ -149,6 +191,7 @@ def object_level_metrics(samples, scores) -> dict:
 def write_object_level(per_category: dict, out: Path, protocol: dict) -> dict:
     """``object_level.json`` / ``.csv``: per-category object-level image metrics and their mean."""
     from ..io import atomic_write_json
+
     rows = dict(per_category)
     rows["mean"] = {k: float(np.mean([r[k] for r in per_category.values()])) for k in OBJECT_METRIC_NAMES}
     rows["mean"]["objects"] = int(sum(r["objects"] for r in per_category.values()))
@@ -158,8 +201,10 @@ def write_object_level(per_category: dict, out: Path, protocol: dict) -> dict:
     for name, r in rows.items():
         w.writerow([name] + [repr(float(r[k])) for k in OBJECT_METRIC_NAMES] + [r["objects"]])
     atomic_write_text(out / f"{OBJECT_LEVEL_STEM}.csv", buf.getvalue())
-    atomic_write_json(out / f"{OBJECT_LEVEL_STEM}.json", {"rows": rows, "protocol": protocol,
-                                                  "rule": "object score = max over its views; label = max of views"})
+    atomic_write_json(
+        out / f"{OBJECT_LEVEL_STEM}.json",
+        {"rows": rows, "protocol": protocol, "rule": "object score = max over its views; label = max of views"},
+    )
     return rows
 
 
@@ -171,8 +216,16 @@ def category_overlays(folder: str, samples, maps, scores, masks, size: int, n: i
     items = []
     for i in overlay_picks(labels, scores, n):
         smp = samples[i]
-        items.append(OverlayItem(str(smp.image_path), maps[i].copy(),  # a copy: the category's maps can go
-                                 f"{folder}/{smp.defect}_{Path(smp.image_path).stem}.png", size, vmin, vmax,
-                                 f"{smp.category}/{smp.defect} score={scores[i]:.3g}",
-                                 mask=masks[i].copy() if smp.label else None))
+        items.append(
+            OverlayItem(
+                str(smp.image_path),
+                maps[i].copy(),  # a copy: the category's maps can go
+                f"{folder}/{smp.defect}_{Path(smp.image_path).stem}.png",
+                size,
+                vmin,
+                vmax,
+                f"{smp.category}/{smp.defect} score={scores[i]:.3g}",
+                mask=masks[i].copy() if smp.label else None,
+            )
+        )
     return items

@@ -19,14 +19,18 @@ The model's metadata (``metadata_props``) holds ``dpdiff.preprocess`` (size, mea
 ``dpdiff.calibration`` (the run's thresholds, when calibrated) and ``dpdiff.image_threshold`` /
 ``dpdiff.pixel_threshold``.
 """
+
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import json
 import logging
+from collections.abc import Sequence
 from copy import deepcopy
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -35,13 +39,21 @@ from torch import nn
 
 from ..errors import ConfigError, MissingDependencyError, RunFolderError
 from ..io import atomic_write_bytes
+from ..model.dpdiff_ad import DPDiffAD
 from .features import tokens_from_maps
 from .inference import Detector, postprocess_maps
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ScoringGraph", "export_onnx", "fixed_noise", "DEFAULT_OPSET", "INPUT_NAME", "OUTPUT_NAMES",
-           "METADATA_PREFIX"]
+__all__ = [
+    "ScoringGraph",
+    "export_onnx",
+    "fixed_noise",
+    "DEFAULT_OPSET",
+    "INPUT_NAME",
+    "OUTPUT_NAMES",
+    "METADATA_PREFIX",
+]
 
 #: The lowest opset the post-processing needs (reflect padding, CumSum, Resize) is 11; 17 has LayerNormalization.
 DEFAULT_OPSET = 17
@@ -62,12 +74,17 @@ class ScoringGraph(nn.Module):
     """(B, 3, S, S) normalised images -> (maps (B, R, R), scores (B,)): the detector's pipeline with its common
     noise draws as buffers ``noise_x`` (E, 1, N, C) and ``noise_p`` (E, 1, P, C) (empty with no prototypes)."""
 
+    noise_x: torch.Tensor
+    noise_p: torch.Tensor
+
     def __init__(self, detector: Detector):
         super().__init__()
         cfg, inf = detector.cfg, detector.cfg.inference
         if inf.scoring == "reconstruction" and not inf.common_noise:
-            raise ConfigError("export needs inference.common_noise=true (the default): with per-image noise a score "
-                              "depends on the batch the image came in, which a fixed graph cannot reproduce")
+            raise ConfigError(
+                "export needs inference.common_noise=true (the default): with per-image noise a score "
+                "depends on the batch the image came in, which a fixed graph cannot reproduce"
+            )
         self.cfg = cfg
         size = int(cfg.backbone.image_size)
         self.backbone = static_same_padding(detector.backbone, torch.zeros(1, 3, size, size))
@@ -94,10 +111,20 @@ class ScoringGraph(nn.Module):
         feats = self.backbone(images)
         tokens = tokens_from_maps(feats.float())
         with fixed_noise(self.model, self.noise_x, self.noise_p):
-            token_maps = self.model.token_scores.__wrapped__(  # without inference_mode, which tracing cannot see into
-                self.model, tokens, inf.noise_step, inf.ddim_steps, inf.ensemble, None, scoring=inf.scoring,
-                ensemble_reduce=inf.ensemble_reduce, antithetic=inf.antithetic, common_noise_seed=int(inf.seed),
-                max_batch=None)  # one DiT call over all rows: a row loop would be traced for one batch size
+            token_scores = inspect.unwrap(DPDiffAD.token_scores)  # without inference_mode: tracing cannot enter it
+            token_maps = token_scores(
+                self.model,
+                tokens,
+                inf.noise_step,
+                inf.ddim_steps,
+                inf.ensemble,
+                None,
+                scoring=inf.scoring,
+                ensemble_reduce=inf.ensemble_reduce,
+                antithetic=inf.antithetic,
+                common_noise_seed=int(inf.seed),
+                max_batch=None,
+            )  # one DiT call over all rows: a row loop would be traced for one batch size
         return postprocess_maps(token_maps, self.cfg)
 
 
@@ -122,12 +149,14 @@ def static_same_padding(backbone: nn.Module, example: torch.Tensor) -> nn.Module
     original is left as it is."""
     from timm.layers.conv2d_same import Conv2dSame
     from timm.layers.padding import pad_same_arg
+
     copy = deepcopy(backbone).eval()
     sizes: dict[str, tuple[int, int]] = {}
 
     def record(name: str):
         def hook(module, args) -> None:
             sizes.setdefault(name, tuple(args[0].shape[-2:]))
+
         return hook
 
     hooks = [m.register_forward_pre_hook(record(name)) for name, m in copy.named_modules() if isinstance(m, Conv2dSame)]
@@ -139,8 +168,11 @@ def static_same_padding(backbone: nn.Module, example: torch.Tensor) -> nn.Module
         parent_name, _, attr = name.rpartition(".")
         parent = copy.get_submodule(parent_name) if parent_name else copy
         conv = getattr(parent, attr)
-        setattr(parent, attr, _StaticSamePadConv(conv, pad_same_arg(size, conv.weight.shape[-2:], conv.stride,
-                                                                      conv.dilation)))
+        setattr(
+            parent,
+            attr,
+            _StaticSamePadConv(conv, pad_same_arg(list(size), conv.weight.shape[-2:], conv.stride, conv.dilation)),
+        )
     return copy
 
 
@@ -165,6 +197,7 @@ def fixed_noise(model: nn.Module, noise_x: torch.Tensor, noise_p: torch.Tensor):
 
 def _dpdiff_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("dpdiff")
     except PackageNotFoundError:  # pragma: no cover - run from a source tree without installing
@@ -174,22 +207,33 @@ def _dpdiff_version() -> str:
 def _metadata(detector: Detector) -> dict[str, str]:
     cfg = detector.cfg
     t = detector.thresholds()
-    preprocess = {"image_size": int(cfg.backbone.image_size), "mean": [float(v) for v in detector.backbone.mean],
-                  "std": [float(v) for v in detector.backbone.std], "color": "8-bit RGB",
-                  "resize": "PIL bicubic, directly to image_size x image_size (aspect not kept)",
-                  "normalize": "(x / 255 - mean) / std per channel, NCHW float32"}
-    meta = {"version": _dpdiff_version(), "preprocess": json.dumps(preprocess), "config": json.dumps(cfg.to_dict()),
-            "map_size": str(detector.map_size), "fingerprint": json.dumps(detector.fingerprint()),
-            "calibration": json.dumps(detector.calibration.to_dict()) if detector.calibration is not None else "",
-            "image_threshold": "" if t is None else repr(float(t.image)),
-            "pixel_threshold": "" if t is None or t.pixel is None else repr(float(t.pixel)),
-            "outputs": "maps (B, R, R) float32 anomaly maps; scores (B,) float32 image scores; anomalous when "
-                       "score > image_threshold"}
+    mean, std = cast(Sequence[float], detector.backbone.mean), cast(Sequence[float], detector.backbone.std)
+    preprocess = {
+        "image_size": int(cfg.backbone.image_size),
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "color": "8-bit RGB",
+        "resize": "PIL bicubic, directly to image_size x image_size (aspect not kept)",
+        "normalize": "(x / 255 - mean) / std per channel, NCHW float32",
+    }
+    meta = {
+        "version": _dpdiff_version(),
+        "preprocess": json.dumps(preprocess),
+        "config": json.dumps(cfg.to_dict()),
+        "map_size": str(detector.map_size),
+        "fingerprint": json.dumps(detector.fingerprint()),
+        "calibration": json.dumps(detector.calibration.to_dict()) if detector.calibration is not None else "",
+        "image_threshold": "" if t is None else repr(float(t.image)),
+        "pixel_threshold": "" if t is None or t.pixel is None else repr(float(t.pixel)),
+        "outputs": "maps (B, R, R) float32 anomaly maps; scores (B,) float32 image scores; anomalous when "
+        "score > image_threshold",
+    }
     return {METADATA_PREFIX + k: v for k, v in meta.items()}
 
 
-def export_onnx(detector: Detector, output: str | Path, opset: int = DEFAULT_OPSET, overwrite: bool = False,
-                verify: bool = True) -> dict:
+def export_onnx(
+    detector: Detector, output: str | Path, opset: int = DEFAULT_OPSET, overwrite: bool = False, verify: bool = True
+) -> dict:
     """Write ``detector``'s pipeline as ONNX to ``output`` (atomically) and return a summary: the file, its
     size, the opset and, with ``verify``, the largest differences between onnxruntime and PyTorch on two
     random images (``max_abs_map_diff``, ``max_rel_score_diff``).
@@ -207,10 +251,17 @@ def export_onnx(detector: Detector, output: str | Path, opset: int = DEFAULT_OPS
     example = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32))
     buf = io.BytesIO()
     with torch.no_grad(), _quiet_tracer(), _constant_pads(opset):
-        torch.onnx.export(graph, (example,), buf, dynamo=False, opset_version=int(opset), input_names=[INPUT_NAME],
-                          output_names=list(OUTPUT_NAMES), do_constant_folding=True,
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAMES[0]: {0: "batch"},
-                                        OUTPUT_NAMES[1]: {0: "batch"}})
+        torch.onnx.export(
+            graph,
+            (example,),
+            buf,  # type: ignore[arg-type]  # the TorchScript exporter writes to a file object too
+            dynamo=False,
+            opset_version=int(opset),
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            do_constant_folding=True,
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAMES[0]: {0: "batch"}, OUTPUT_NAMES[1]: {0: "batch"}},
+        )
     proto = onnx.load_from_string(buf.getvalue())
     for key, value in _metadata(detector).items():
         entry = proto.metadata_props.add()
@@ -218,8 +269,15 @@ def export_onnx(detector: Detector, output: str | Path, opset: int = DEFAULT_OPS
     proto.producer_name, proto.producer_version = "dpdiff", _dpdiff_version()
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
-    summary = {"file": str(output), "bytes": len(data), "opset": int(opset), "input": INPUT_NAME,
-               "outputs": list(OUTPUT_NAMES), "image_size": size, "map_size": detector.map_size}
+    summary = {
+        "file": str(output),
+        "bytes": len(data),
+        "opset": int(opset),
+        "input": INPUT_NAME,
+        "outputs": list(OUTPUT_NAMES),
+        "image_size": size,
+        "map_size": detector.map_size,
+    }
     if verify:
         summary |= _verify(data, graph, example)
     atomic_write_bytes(output, data)
@@ -230,14 +288,18 @@ def export_onnx(detector: Detector, output: str | Path, opset: int = DEFAULT_OPS
 def _verify(data: bytes, graph: ScoringGraph, example: torch.Tensor) -> dict:
     """onnxruntime vs PyTorch on ``example`` (and on its first image alone: the batch axis is dynamic)."""
     from .onnx_runtime import make_session
+
     session = make_session(data)
     with torch.inference_mode():
         want_maps, want_scores = (t.numpy() for t in graph(example))
     got_maps, got_scores = session.run(None, {INPUT_NAME: example.numpy()})
     one_maps, one_scores = session.run(None, {INPUT_NAME: example[:1].numpy()})
     rel = np.abs(got_scores - want_scores) / np.maximum(np.abs(want_scores), 1e-12)
-    return {"max_abs_map_diff": float(np.abs(got_maps - want_maps).max()), "max_rel_score_diff": float(rel.max()),
-            "batch_independent": bool(np.allclose(one_scores, got_scores[:1], rtol=1e-5, atol=0))}
+    return {
+        "max_abs_map_diff": float(np.abs(got_maps - want_maps).max()),
+        "max_rel_score_diff": float(rel.max()),
+        "batch_independent": bool(np.allclose(one_scores, got_scores[:1], rtol=1e-5, atol=0)),
+    }
 
 
 _ONNX_PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}
@@ -251,12 +313,8 @@ def _constant_pads(opset: int):
     exporter's shape inference does not evaluate, so every spatial size after the first padded convolution
     becomes unknown and the backbone's adaptive pooling (which needs them) cannot be exported. The same
     numbers, written as a constant; pads that are not constants take the stock path."""
-    try:
-        from torch.onnx._internal.torchscript_exporter import symbolic_helper as sh
-        from torch.onnx._internal.torchscript_exporter import symbolic_opset11 as stock
-    except ImportError:  # pragma: no cover - older torch layouts
-        from torch.onnx import symbolic_helper as sh
-        from torch.onnx import symbolic_opset11 as stock
+    from torch.onnx._internal.torchscript_exporter import symbolic_helper as sh  # torch is pinned
+    from torch.onnx._internal.torchscript_exporter import symbolic_opset11 as stock
 
     def pad(g, input, pad, mode, value):
         widths = sh._maybe_get_const(pad, "is")
@@ -271,8 +329,9 @@ def _constant_pads(opset: int):
         if mode_name != "constant":
             return g.op("Pad", input, pads, mode_s=_ONNX_PAD_MODES[mode_name])
         fill = 0.0 if sh._is_none(value) else float(sh._maybe_get_const(value, "f"))
-        return g.op("Pad", input, pads, g.op("Constant", value_t=torch.tensor(fill, dtype=torch.float32)),
-                    mode_s="constant")
+        return g.op(
+            "Pad", input, pads, g.op("Constant", value_t=torch.tensor(fill, dtype=torch.float32)), mode_s="constant"
+        )
 
     torch.onnx.register_custom_op_symbolic("aten::pad", pad, int(opset))
     try:
@@ -286,6 +345,7 @@ def _quiet_tracer():
     """The tracer warns about Python values it records as constants (shapes of the token grid, the DDIM step
     list, the kernel sizes); they are constants of the model, by design."""
     import warnings
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")

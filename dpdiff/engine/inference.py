@@ -8,6 +8,7 @@ all score images through :class:`Detector`, so what is timed and reported is wha
 
 ``R`` is :func:`map_size`: the evaluation resolution, by default the input size ``S``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,9 +54,16 @@ def scoring_settings(cfg: Config) -> dict:
     map size and the backbone (name, layers, input size, stride; not where its weights file lives)."""
     inference = {k: v for k, v in dataclasses.asdict(cfg.inference).items() if k != "batch_size"}
     b = cfg.backbone
-    return {"inference": inference, "map_size": map_size(cfg),
-            "backbone": {"name": b.name, "layers": b.layers, "image_size": b.image_size,
-                         "feature_stride": b.feature_stride}}
+    return {
+        "inference": inference,
+        "map_size": map_size(cfg),
+        "backbone": {
+            "name": b.name,
+            "layers": b.layers,
+            "image_size": b.image_size,
+            "feature_stride": b.feature_stride,
+        },
+    }
 
 
 def map_size(cfg: Config) -> int:
@@ -68,8 +76,14 @@ def postprocess_maps(token_maps: torch.Tensor, cfg: Config, inference: Inference
     """Token maps (B, h, w) -> (pixel maps (B, R, R), image scores (B,)) with the config's post-processing:
     bilinear upsampling to :func:`map_size`, Gaussian smoothing, the image-score rule (Eq. 23-24)."""
     inf = inference or cfg.inference
-    return postprocess(token_maps, map_size(cfg), inf.smoothing_sigma, inf.pool_size,
-                       image_score=inf.image_score, top_percent=inf.top_percent)
+    return postprocess(
+        token_maps,
+        map_size(cfg),
+        inf.smoothing_sigma,
+        inf.pool_size,
+        image_score=inf.image_score,
+        top_percent=inf.top_percent,
+    )
 
 
 @dataclass
@@ -111,6 +125,7 @@ class Detector(Predictor):
         path = Path(run_dir)
         if path.suffix.lower() == ".onnx":
             from .onnx_runtime import OnnxDetector
+
             return OnnxDetector.load(path, device=device)
         detector = load_detector(path, device, weights=weights)
         detector.calibration_path = path / CALIBRATION_FILE
@@ -122,8 +137,16 @@ class Detector(Predictor):
         weights and the scoring settings; thresholds are used only with a matching fingerprint."""
         return scoring_fingerprint(self.model.state_dict(), scoring_settings(self.cfg))
 
-    def __init__(self, backbone: torch.nn.Module, model: DPDiffAD, cfg: Config, device: torch.device | str,
-                 *, autocast_dtype: torch.dtype | str | None = None, compile: bool = False):
+    def __init__(
+        self,
+        backbone: torch.nn.Module,
+        model: DPDiffAD,
+        cfg: Config,
+        device: torch.device | str,
+        *,
+        autocast_dtype: torch.dtype | str | None = None,
+        compile: bool = False,
+    ):
         self.device = torch.device(device)
         self.backbone = backbone.to(self.device).eval()
         self.model = model.to(self.device).eval()
@@ -160,37 +183,54 @@ class Detector(Predictor):
             return self.backbone(batch.to(self.device))
 
     @torch.inference_mode()
-    def token_scores(self, feats: torch.Tensor, generator: torch.Generator | None = None,
-                     inference: InferenceConfig | None = None) -> torch.Tensor:
+    def token_scores(
+        self, feats: torch.Tensor, generator: torch.Generator | None = None, inference: InferenceConfig | None = None
+    ) -> torch.Tensor:
         """Per-token anomaly scores (B, h, w) of backbone maps: the reconstruction error (Eq. 22) or the
         prototype score, as ``inference.scoring`` says."""
         inf = inference or self.cfg.inference
         tokens = tokens_from_maps(feats.float().to(self.device))
-        return self.model.token_scores(tokens, inf.noise_step, inf.ddim_steps, inf.ensemble, generator,
-                                       scoring=inf.scoring, ensemble_reduce=inf.ensemble_reduce,
-                                       antithetic=inf.antithetic,
-                                       common_noise_seed=inf.seed if inf.common_noise else None,
-                                       max_batch=inference_row_cap(self.device),
-                                       autocast_dtype=self.autocast_dtype, compile=self.compile)
+        return self.model.token_scores(
+            tokens,
+            inf.noise_step,
+            inf.ddim_steps,
+            inf.ensemble,
+            generator,
+            scoring=inf.scoring,
+            ensemble_reduce=inf.ensemble_reduce,
+            antithetic=inf.antithetic,
+            common_noise_seed=inf.seed if inf.common_noise else None,
+            max_batch=inference_row_cap(self.device),
+            autocast_dtype=self.autocast_dtype,
+            compile=self.compile,
+        )
 
     @torch.inference_mode()
     def postprocess(self, token_maps: torch.Tensor, inference: InferenceConfig | None = None):
         """Token maps -> (pixel maps (B, R, R), image scores (B,)) (Eq. 23-24)."""
         return postprocess_maps(token_maps, self.cfg, inference)
 
-    def score_features(self, feats: torch.Tensor, inference: InferenceConfig | None = None,
-                       generator: torch.Generator | None = None):
+    def score_features(
+        self, feats: torch.Tensor, inference: InferenceConfig | None = None, generator: torch.Generator | None = None
+    ):
         """(pixel maps, image scores) on the device, from backbone maps (e.g. from the feature cache)."""
         return self.postprocess(self.token_scores(feats, generator, inference), inference)
 
-    def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None,
-                 inference: InferenceConfig | None = None):
+    def __call__(
+        self, batch: torch.Tensor, generator: torch.Generator | None = None, inference: InferenceConfig | None = None
+    ):
         """(pixel maps (B, R, R), image scores (B,)) on the device of a normalised batch (B, 3, S, S)."""
         return self.score_features(self.features(batch), inference, generator)
 
     # ------------------------------------------------------------------------------------------ batch loops
-    def score_batches(self, batches: Iterable[torch.Tensor], *, features: bool = False, seed: int | None = None,
-                      inference: InferenceConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def score_batches(
+        self,
+        batches: Iterable[torch.Tensor],
+        *,
+        features: bool = False,
+        seed: int | None = None,
+        inference: InferenceConfig | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(maps (N, R, R), scores (N,)) as float32 CPU tensors of normalised image batches (or backbone
         maps with ``features=True``). One generator seeded with ``seed`` (default ``inference.seed``) is
         consumed in batch order, so the result depends only on the inputs and their batching."""
@@ -213,18 +253,24 @@ class Detector(Predictor):
         items = _flatten_inputs(images)
         bs = max(1, int(batch_size or self.cfg.inference.batch_size))
         for lo in progress(range(0, len(items), bs), desc=desc, leave=False, disable=desc is None):
-            yield self.preprocess(items[lo:lo + bs])
+            yield self.preprocess(items[lo : lo + bs])
 
-    def score_images(self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None,
-                     seed: int | None = None, desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def score_images(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        batch_size: int | None = None,
+        seed: int | None = None,
+        desc: str | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(maps (B, R, R), scores (B,)) as float32 CPU tensors of any images :meth:`preprocess` takes, in
         batches of ``batch_size`` (default ``inference.batch_size``): the same numbers as evaluation gives
         for the same files in the same order. ``desc``: show a progress bar with this label."""
         return self.score_batches(self._input_chunks(images, batch_size, desc), seed=seed)
 
     @torch.inference_mode()
-    def probe(self, images: ImageInput | Sequence[ImageInput], with_maps: bool = True,
-              batch_size: int | None = None) -> Probe:
+    def probe(
+        self, images: ImageInput | Sequence[ImageInput], with_maps: bool = True, batch_size: int | None = None
+    ) -> Probe:
         """What the report shows of a few images (:class:`Probe`): prototype similarity maps, tokens before
         and after one DDIM reconstruction (generator seeded with ``inference.seed``, consumed in batch
         order) and, with ``with_maps``, the anomaly maps and scores (as :meth:`score_images`)."""
@@ -239,8 +285,10 @@ class Detector(Predictor):
                 m, s = self.score_features(feats, inf, scoring)
                 part |= {"maps": m.float().cpu(), "scores": s.float().cpu()}
             parts.append(part)
-        joined = {k: (torch.cat([p[k] for p in parts]).numpy() if parts and k in parts[0] else None)
-                  for k in ("x0", "x0_hat", "sim_local", "sim_global", "maps", "scores")}
+        joined = {
+            k: (torch.cat([p[k] for p in parts]).numpy() if parts and k in parts[0] else None)
+            for k in ("x0", "x0_hat", "sim_local", "sim_global", "maps", "scores")
+        }
         return Probe(**joined)
 
     def _probe_batch(self, feats: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -267,11 +315,11 @@ def apply_test_overrides(cfg: Config, overrides: dict | None) -> Config:
         if not dot:
             section, name = "inference", key
         if section not in ("inference", "evaluation", "data"):
-            raise ConfigKeyError(f"test option {key!r}: only inference.*, evaluation.* and data.* can change at test "
-                                 f"time")
+            raise ConfigKeyError(
+                f"test option {key!r}: only inference.*, evaluation.* and data.* can change at test time"
+            )
         dotted[f"{section}.{name}"] = value
     return cfg.override(dotted) if dotted else cfg
-
 
 
 def load_detector(run_dir: Path, device: str = "auto", weights: str | None = None) -> Detector:
@@ -283,14 +331,22 @@ def load_detector(run_dir: Path, device: str = "auto", weights: str | None = Non
         cfg.backbone.weights = weights
     backbone = build_backbone_from_config(cfg)
     if backbone.out_channels != model.in_dim or tuple(backbone.grid_size(cfg.backbone.image_size)) != model.grid_size:
-        raise CheckpointError(f"{run_dir}: backbone {cfg.backbone.name} gives {backbone.out_channels} channels on a "
-                              f"{backbone.grid_size(cfg.backbone.image_size)} grid, the checkpoint expects "
-                              f"{model.in_dim} on {model.grid_size}")
+        raise CheckpointError(
+            f"{run_dir}: backbone {cfg.backbone.name} gives {backbone.out_channels} channels on a "
+            f"{backbone.grid_size(cfg.backbone.image_size)} grid, the checkpoint expects "
+            f"{model.in_dim} on {model.grid_size}"
+        )
     return Detector(backbone, model, cfg, dev)
 
 
-def score_dataset(detector: Detector, dataset: ImageDataset, batch_size: int, desc: str,
-                  features: torch.Tensor | None = None, seed: int = 0):
+def score_dataset(
+    detector: Detector,
+    dataset: ImageDataset,
+    batch_size: int,
+    desc: str,
+    features: torch.Tensor | None = None,
+    seed: int = 0,
+):
     """Returns (maps float32 (N,R,R), scores (N,), labels (N,), masks bool (N,R,R), seconds); ``features``:
     the dataset's backbone maps, precomputed (the images are then not run through the backbone)."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
@@ -302,7 +358,7 @@ def score_dataset(detector: Detector, dataset: ImageDataset, batch_size: int, de
             n = len(batch["label"])
             labels.append(np.asarray(batch["label"]))
             masks.append(batch["mask"][:, 0].numpy() > 0.5)
-            yield batch["image"] if features is None else features[pos:pos + n]
+            yield batch["image"] if features is None else features[pos : pos + n]
             pos += n
 
     t0 = time.perf_counter()
@@ -311,6 +367,16 @@ def score_dataset(detector: Detector, dataset: ImageDataset, batch_size: int, de
     return maps.numpy(), scores.numpy(), np.concatenate(labels), np.concatenate(masks), seconds
 
 
-__all__ = ["CPU_MAX_ROWS", "Detector", "ImageInput", "Probe", "apply_test_overrides", "inference_row_cap", "load_detector", "map_size",
-           "postprocess_maps", "scoring_settings",
-           "score_dataset"]
+__all__ = [
+    "CPU_MAX_ROWS",
+    "Detector",
+    "ImageInput",
+    "Probe",
+    "apply_test_overrides",
+    "inference_row_cap",
+    "load_detector",
+    "map_size",
+    "postprocess_maps",
+    "scoring_settings",
+    "score_dataset",
+]

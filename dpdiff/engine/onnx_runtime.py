@@ -7,13 +7,14 @@ model's metadata (the run's ``calibration.json`` at export time) or, when presen
 weights and settings, from ``<model>.calibration.json`` beside the model, where :meth:`OnnxDetector.calibrate`
 saves. Thresholds are interchangeable with the run folder's: both carry the same fingerprint.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -53,8 +54,10 @@ def make_session(model: bytes | str | os.PathLike, device: str = "auto", threads
     if str(device).startswith(("cuda", "auto")) and "CUDAExecutionProvider" in available:
         providers.insert(0, "CUDAExecutionProvider")
     elif str(device).startswith("cuda"):
-        raise CheckpointError(f"device {device!r}: this onnxruntime has no CUDA provider ({', '.join(available)}); "
-                              f"install onnxruntime-gpu or use device='cpu'")
+        raise CheckpointError(
+            f"device {device!r}: this onnxruntime has no CUDA provider ({', '.join(available)}); "
+            f"install onnxruntime-gpu or use device='cpu'"
+        )
     src = bytes(model) if isinstance(model, (bytes, bytearray)) else os.fspath(model)
     try:
         return ort.InferenceSession(src, sess_options=opts, providers=providers)
@@ -67,11 +70,13 @@ def read_metadata(session, where: str) -> dict[str, str]:
     """The ``dpdiff.*`` metadata of a session's model (prefix removed); CheckpointError when it is not a dpdiff
     export."""
     props = session.get_modelmeta().custom_metadata_map or {}
-    meta = {k[len(_PREFIX):]: v for k, v in props.items() if k.startswith(_PREFIX)}
+    meta = {k[len(_PREFIX) :]: v for k, v in props.items() if k.startswith(_PREFIX)}
     missing = [k for k in _REQUIRED if k not in meta]
     if missing:
-        raise CheckpointError(f"{where}: not a dpdiff export (metadata {', '.join(_PREFIX + k for k in missing)} "
-                              f"missing); export it with `dpdiff export RUN --format onnx`")
+        raise CheckpointError(
+            f"{where}: not a dpdiff export (metadata {', '.join(_PREFIX + k for k in missing)} "
+            f"missing); export it with `dpdiff export RUN --format onnx`"
+        )
     return meta
 
 
@@ -93,7 +98,7 @@ class OnnxDetector(Predictor):
             pre = json.loads(metadata["preprocess"])
             self.image_size = int(pre["image_size"])
             self.mean, self.std = tuple(pre["mean"]), tuple(pre["std"])
-            self.map_size = int(metadata["map_size"])
+            self._map_size = int(metadata["map_size"])
             self._fingerprint = json.loads(metadata["fingerprint"])
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{where}: unreadable dpdiff metadata ({e}); export the run again") from e
@@ -102,7 +107,7 @@ class OnnxDetector(Predictor):
         self.input_name = session.get_inputs()[0].name
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "auto", threads: int | None = None) -> "OnnxDetector":
+    def load(cls, path: str | os.PathLike, device: str = "auto", threads: int | None = None) -> OnnxDetector:
         """Load ``path`` (a ``dpdiff export`` file); thresholds from ``<model>.calibration.json`` when it exists
         and matches, else from the metadata."""
         path = Path(path)
@@ -115,6 +120,11 @@ class OnnxDetector(Predictor):
         if side is not None:
             detector.calibration = side
         return detector
+
+    @property
+    def map_size(self) -> int:
+        """Side R of the model's maps (from its metadata)."""
+        return self._map_size
 
     def fingerprint(self) -> dict:
         return self._fingerprint
@@ -131,14 +141,15 @@ class OnnxDetector(Predictor):
         maps, scores = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
         return maps, scores
 
-    def score_images(self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None,
-                     **_: object) -> tuple[np.ndarray, np.ndarray]:
+    def score_images(
+        self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None, **_: object
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(maps (B, R, R), scores (B,)) as float32 numpy arrays, in batches of ``batch_size``."""
         items = flatten_inputs(images)
         bs = max(1, int(batch_size or self.cfg.inference.batch_size))
         maps, scores = [], []
         for lo in range(0, len(items), bs):
-            m, s = self.run(self.preprocess(items[lo:lo + bs]))
+            m, s = self.run(self.preprocess(items[lo : lo + bs]))
             maps.append(m)
             scores.append(s)
         if not maps:

@@ -9,6 +9,7 @@ with the predicted mask's contour.
 A corrupt or unreadable image is an error naming the file, or with ``skip_bad`` a row with ``status``
 ``skipped: <why>``. An existing ``scores.csv`` is kept unless ``overwrite``; files are written atomically.
 """
+
 from __future__ import annotations
 
 import csv
@@ -60,13 +61,22 @@ def _fmt(value) -> str:
 
 def _mask_png(mask: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buf, format="PNG", compress_level=3)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(buf, format="PNG", compress_level=3)
     return buf.getvalue()
 
 
-def predict(run_dir: Path, images: Path, output_dir: Path, device: str = "auto", overlays: bool = True,
-            overwrite: bool = False, weights: str | None = None, skip_bad: bool = False,
-            category: str | None = None, detector: Predictor | None = None) -> PredictionFiles:
+def predict(
+    run_dir: Path,
+    images: Path,
+    output_dir: Path,
+    device: str = "auto",
+    overlays: bool = True,
+    overwrite: bool = False,
+    weights: str | None = None,
+    skip_bad: bool = False,
+    category: str | None = None,
+    detector: Predictor | None = None,
+) -> PredictionFiles:
     """Score every image under ``images`` with the run (or ``.onnx``) ``run_dir`` (:meth:`Detector.load`;
     ``detector``: one already loaded); writes ``scores.csv`` and the masks (module docstring) and returns
     them with one :class:`~dpdiff.figure_data.OverlayItem` per scored image when ``overlays``. ``category``:
@@ -92,10 +102,19 @@ def predict(run_dir: Path, images: Path, output_dir: Path, device: str = "auto",
         name, small_map, score, size_hw = item
         p = decide(name, small_map, score, size_hw, thresholds, category)
         rel = Path(name).relative_to(images).with_suffix(".png").as_posix()
-        if write_masks:
+        if p.mask is not None:
             atomic_write_bytes(out / MASKS_DIR / rel, _mask_png(p.mask))
-        rows.append([name, _fmt(p.score), _fmt(p.normalized_score), _fmt(p.is_anomalous),
-                     _fmt(float(p.anomaly_map.max())), _fmt(None if p.mask is None else int(p.mask.sum())), "ok"])
+        rows.append(
+            [
+                name,
+                _fmt(p.score),
+                _fmt(p.normalized_score),
+                _fmt(p.is_anomalous),
+                _fmt(float(p.anomaly_map.max())),
+                _fmt(None if p.mask is None else int(p.mask.sum())),
+                "ok",
+            ]
+        )
         if overlays:
             kept.append((name, rel, small_map, p))
     buf = io.StringIO()

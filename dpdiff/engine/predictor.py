@@ -30,13 +30,15 @@ and ``to_dict()`` gives the JSON-ready fields without arrays (plus ``height``, `
 thresholds (:mod:`dpdiff.engine.calibration`), keeps them on the predictor and, for a detector loaded from a
 run folder, saves them to ``RUN/calibration.json`` (atomically) so later loads use them.
 """
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence, Union
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -46,18 +48,19 @@ from ..data.dataset import load_image_rgb, read_mask_values, resize_binarise_mas
 from ..data.mvtec import IMAGE_EXTENSIONS
 from ..errors import DataError, UsageError
 from ..progress import progress
-from .calibration import (Calibration, Thresholds, f1_thresholds, fpr_thresholds, min_normal_images,
-                          write_calibration)
+from .calibration import Calibration, Thresholds, f1_thresholds, fpr_thresholds, min_normal_images, write_calibration
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import Config
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ImageInput", "Prediction", "Predictor", "Skipped", "as_pil", "flatten_inputs", "list_images",
-           "resize_map"]
+__all__ = ["ImageInput", "Prediction", "Predictor", "Skipped", "as_pil", "flatten_inputs", "list_images", "resize_map"]
 
 #: What the predictors take: a file path (or a folder of images, for ``predict``/``calibrate``), a PIL image,
 #: an 8-bit numpy image (H, W[, 3|4]), or a float tensor in [0, 1] of one (3, H, W) or several (B, 3, H, W) RGB
 #: images.
-ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 
 
 @dataclass
@@ -78,11 +81,19 @@ class Prediction:
         """The fields as plain JSON types, without the arrays: their size, the largest map value and the
         number of defect pixels (None without a mask) instead."""
         h, w = self.anomaly_map.shape
-        return {"image": self.image, "score": self.score, "normalized_score": self.normalized_score,
-                "is_anomalous": self.is_anomalous, "image_threshold": self.image_threshold,
-                "pixel_threshold": self.pixel_threshold, "category": self.category, "height": int(h), "width": int(w),
-                "max_pixel_score": float(self.anomaly_map.max()),
-                "defect_pixels": None if self.mask is None else int(self.mask.sum())}
+        return {
+            "image": self.image,
+            "score": self.score,
+            "normalized_score": self.normalized_score,
+            "is_anomalous": self.is_anomalous,
+            "image_threshold": self.image_threshold,
+            "pixel_threshold": self.pixel_threshold,
+            "category": self.category,
+            "height": int(h),
+            "width": int(w),
+            "max_pixel_score": float(self.anomaly_map.max()),
+            "defect_pixels": None if self.mask is None else int(self.mask.sum()),
+        }
 
 
 @dataclass
@@ -100,8 +111,11 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
-    paths = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
-                   and p.suffix.lower() in IMAGE_EXTENSIONS)
+    paths = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
     if not paths:
         raise DataError(f"{folder}: no images found (extensions {sorted(IMAGE_EXTENSIONS)})")
     return paths
@@ -112,7 +126,7 @@ def flatten_inputs(images, expand_folders: bool = False) -> list:
     with ``expand_folders`` a folder path becomes the images under it (:func:`list_images`)."""
     if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray, torch.Tensor)):
         images = [images]
-    out = []
+    out: list[Any] = []
     for item in images:
         if isinstance(item, torch.Tensor) and item.dim() == 4:
             out.extend(item.unbind(0))
@@ -127,48 +141,53 @@ def as_pil(item, position: int) -> Image.Image:
     """One input as an 8-bit RGB-convertible PIL image (files decoded, arrays and tensors converted exactly:
     a float tensor is taken as an 8-bit image, rounded to 1/255)."""
     if isinstance(item, (str, os.PathLike)):
-        return load_image_rgb(item)
+        return load_image_rgb(os.fspath(item))
     if isinstance(item, Image.Image):
         return item
     if isinstance(item, np.ndarray):
         if item.dtype != np.uint8 or not (item.ndim == 2 or (item.ndim == 3 and item.shape[2] in (3, 4))):
-            raise ValueError(f"image {position}: numpy images must be uint8 (H, W), (H, W, 3) or (H, W, 4), got "
-                             f"{item.dtype} {item.shape}; pass float images as a torch tensor (3, H, W) in [0, 1]")
+            raise ValueError(
+                f"image {position}: numpy images must be uint8 (H, W), (H, W, 3) or (H, W, 4), got "
+                f"{item.dtype} {item.shape}; pass float images as a torch tensor (3, H, W) in [0, 1]"
+            )
         return Image.fromarray(np.ascontiguousarray(item))
     if isinstance(item, torch.Tensor):
         if not item.is_floating_point() or item.dim() != 3 or item.shape[0] != 3:
-            raise ValueError(f"image {position}: tensors must be float RGB (3, H, W) or (B, 3, H, W) in [0, 1], got "
-                             f"{item.dtype} {tuple(item.shape)}")
+            raise ValueError(
+                f"image {position}: tensors must be float RGB (3, H, W) or (B, 3, H, W) in [0, 1], got "
+                f"{item.dtype} {tuple(item.shape)}"
+            )
         t = item.detach().float().cpu()
         if not bool(torch.isfinite(t).all()) or float(t.min()) < 0.0 or float(t.max()) > 1.0:
-            raise ValueError(f"image {position}: tensor values must be finite and in [0, 1], got "
-                             f"[{float(t.min()):.4g}, {float(t.max()):.4g}] (an already normalised batch goes to "
-                             f"Detector(batch), not to preprocess/score_images)")
+            raise ValueError(
+                f"image {position}: tensor values must be finite and in [0, 1], got "
+                f"[{float(t.min()):.4g}, {float(t.max()):.4g}] (an already normalised batch goes to "
+                f"Detector(batch), not to preprocess/score_images)"
+            )
         return Image.fromarray((t * 255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
-    raise TypeError(f"image {position}: expected a path, PIL image, numpy uint8 array or float tensor, "
-                    f"got {type(item).__name__}")
+    raise TypeError(
+        f"image {position}: expected a path, PIL image, numpy uint8 array or float tensor, got {type(item).__name__}"
+    )
 
 
 def _name(item) -> str | None:
     return os.fspath(item) if isinstance(item, (str, os.PathLike)) else None
 
 
-def _load(items: Sequence, offset: int, skip_bad: bool) -> tuple[list[str | None], list[Image.Image], list[Skipped]]:
-    """(names, PIL images, skipped) of ``items``; an unreadable file is a DataError naming it, or with
-    ``skip_bad`` a :class:`Skipped` entry."""
-    names, pils, skipped = [], [], []
+def _load(items: Sequence, offset: int, skip_bad: bool) -> list[tuple[str | None, Image.Image] | Skipped]:
+    """Per item, in order, ``(name, PIL image)``; an unreadable file is a DataError naming it, or with
+    ``skip_bad`` a :class:`Skipped` in its place."""
+    out: list[tuple[str | None, Image.Image] | Skipped] = []
     for i, item in enumerate(items):
+        name = _name(item)
         try:
-            pil = as_pil(item, offset + i)
+            out.append((name, as_pil(item, offset + i)))
         except (DataError, OSError) as e:
-            if not skip_bad or _name(item) is None:
+            if not skip_bad or name is None:
                 raise
-            logger.warning("skipping %s: %s", _name(item), e)
-            skipped.append(Skipped(_name(item), str(e)))
-            continue
-        names.append(_name(item))
-        pils.append(pil)
-    return names, pils, skipped
+            logger.warning("skipping %s: %s", name, e)
+            out.append(Skipped(name, str(e)))
+    return out
 
 
 def resize_map(anomaly_map: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
@@ -177,20 +196,35 @@ def resize_map(anomaly_map: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     m = np.asarray(anomaly_map, dtype=np.float32)
     if m.shape == tuple(size_hw):
         return m.copy()
-    out = Image.fromarray(m, mode="F").resize((int(size_hw[1]), int(size_hw[0])), Image.Resampling.BILINEAR)
+    out = Image.fromarray(m).resize((int(size_hw[1]), int(size_hw[0])), Image.Resampling.BILINEAR)
     return np.asarray(out, dtype=np.float32).copy()
 
 
-def decide(name: str | None, anomaly_map: np.ndarray, score: float, size_hw: tuple[int, int],
-           thresholds: Thresholds | None, category: str | None) -> Prediction:
+def decide(
+    name: str | None,
+    anomaly_map: np.ndarray,
+    score: float,
+    size_hw: tuple[int, int],
+    thresholds: Thresholds | None,
+    category: str | None,
+) -> Prediction:
     """The :class:`Prediction` of one scored image: map at its own size, decision and mask by ``thresholds``."""
     full = resize_map(anomaly_map, size_hw)
     score = float(score)
     if thresholds is None:
         return Prediction(name, score, None, None, full, None, None, None, category)
     mask = None if thresholds.pixel is None else full > thresholds.pixel
-    return Prediction(name, score, score / thresholds.image, bool(score > thresholds.image), full, mask,
-                      thresholds.image, thresholds.pixel, category)
+    return Prediction(
+        name,
+        score,
+        score / thresholds.image,
+        bool(score > thresholds.image),
+        full,
+        mask,
+        thresholds.image,
+        thresholds.pixel,
+        category,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- the base class
@@ -205,9 +239,20 @@ class Predictor:
 
     calibration: Calibration | None = None
     calibration_path: Path | None = None
+    cfg: Config
 
-    # subclasses: score_images, map_size, cfg, fingerprint
+    # ---------------------------------------------------------------------------- what a runtime provides
+    @property
+    def map_size(self) -> int:  # pragma: no cover - abstract
+        """Side R of the model's maps."""
+        raise NotImplementedError
+
+    def score_images(self, images: Any, batch_size: int | None = None) -> tuple[Any, Any]:  # pragma: no cover
+        """(maps (B, R, R), scores (B,)) of the images, as tensors or arrays."""
+        raise NotImplementedError
+
     def fingerprint(self) -> dict:  # pragma: no cover - abstract
+        """What thresholds are valid for (:func:`~dpdiff.engine.calibration.scoring_fingerprint`)."""
         raise NotImplementedError
 
     @property
@@ -227,8 +272,13 @@ class Predictor:
         maps, scores = self.score_images(pils, batch_size=batch_size)
         return np.asarray(maps, dtype=np.float32), np.asarray(scores, dtype=np.float32)
 
-    def iter_scored(self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None,
-                    skip_bad: bool = False, desc: str | None = None):
+    def iter_scored(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        batch_size: int | None = None,
+        skip_bad: bool = False,
+        desc: str | None = None,
+    ):
         """Per image, in order: ``(name, map (R, R) float32, score, (H, W))``, or a :class:`Skipped` for an
         unreadable file when ``skip_bad`` (else a DataError naming it). Scored a batch at a time."""
         items = flatten_inputs(images, expand_folders=True)
@@ -236,30 +286,39 @@ class Predictor:
             raise ValueError("no images given")
         bs = self._batch_size(batch_size)
         for lo in progress(range(0, len(items), bs), desc=desc, leave=False, disable=desc is None):
-            chunk = items[lo:lo + bs]
-            names, pils, skipped = _load(chunk, lo, skip_bad)
-            bad = {s.image: s for s in skipped}
-            done = iter(())
-            if pils:
-                maps, scores = self._scored(pils, bs)
-                done = iter(zip(names, maps, scores.tolist(), [(p.height, p.width) for p in pils]))
-            for item in chunk:  # the inputs' order, skipped files in their place
-                name = _name(item)
-                yield bad.pop(name) if name is not None and name in bad else next(done)
+            loaded = _load(items[lo : lo + bs], lo, skip_bad)
+            good = [x for x in loaded if not isinstance(x, Skipped)]
+            done: Iterator[tuple[str | None, np.ndarray, float, tuple[int, int]]] = iter(())
+            if good:
+                maps, scores = self._scored([pil for _, pil in good], bs)
+                sizes = [(pil.height, pil.width) for _, pil in good]
+                done = iter(zip([n for n, _ in good], maps, scores.tolist(), sizes, strict=True))
+            for x in loaded:  # the inputs' order, skipped files in their place
+                yield x if isinstance(x, Skipped) else next(done)
 
-    def iter_predict(self, images: ImageInput | Sequence[ImageInput], category: str | None = None,
-                     batch_size: int | None = None, skip_bad: bool = False) -> Iterable[Prediction | Skipped]:
+    def iter_predict(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        category: str | None = None,
+        batch_size: int | None = None,
+        skip_bad: bool = False,
+    ) -> Iterable[Prediction | Skipped]:
         """:meth:`predict` one batch at a time (memory stays bounded by a batch); with ``skip_bad`` an
         unreadable file yields a :class:`Skipped` in its place instead of raising a DataError."""
         thresholds = self.thresholds(category)
         for item in self.iter_scored(images, batch_size, skip_bad):
-            yield item if isinstance(item, Skipped) else decide(*item, thresholds, category)
+            if isinstance(item, Skipped):
+                yield item
+            else:
+                name, small_map, score, size_hw = item
+                yield decide(name, small_map, score, size_hw, thresholds, category)
 
-    def predict(self, images: ImageInput | Sequence[ImageInput], category: str | None = None,
-                batch_size: int | None = None) -> list[Prediction]:
+    def predict(
+        self, images: ImageInput | Sequence[ImageInput], category: str | None = None, batch_size: int | None = None
+    ) -> list[Prediction]:
         """One :class:`Prediction` per image (see the module docstring); ``category``: use the thresholds
         calibrated for it (else the global ones). Unreadable files are a DataError naming the file."""
-        return list(self.iter_predict(images, category, batch_size))
+        return cast(list[Prediction], list(self.iter_predict(images, category, batch_size)))  # no Skipped here
 
     # ------------------------------------------------------------------------------------------ calibration
     def _score_all(self, items: list, batch_size: int | None, skip_bad: bool):
@@ -276,9 +335,17 @@ class Predictor:
             raise DataError("no readable images to calibrate on")
         return np.stack(maps), np.asarray(scores, np.float32), kept, skipped
 
-    def calibrate(self, normal_images: ImageInput | Sequence[ImageInput] | None = None, target_fpr: float = 0.01,
-                  category: str | None = None, *, labelled: str | os.PathLike | Sequence | None = None,
-                  batch_size: int | None = None, skip_bad: bool = False, save: bool | None = None) -> Thresholds:
+    def calibrate(
+        self,
+        normal_images: ImageInput | Sequence[ImageInput] | None = None,
+        target_fpr: float = 0.01,
+        category: str | None = None,
+        *,
+        labelled: str | os.PathLike | Sequence | None = None,
+        batch_size: int | None = None,
+        skip_bad: bool = False,
+        save: bool | None = None,
+    ) -> Thresholds:
         """Set the decision thresholds (:mod:`dpdiff.engine.calibration`) and return them.
 
         ``normal_images`` (paths, folders, in-memory images) held out from training: the image threshold is
@@ -294,16 +361,19 @@ class Predictor:
         ``save``: write ``calibration.json`` (default: when the predictor has a ``calibration_path``);
         nothing is written when calibration fails."""
         if normal_images is None and labelled is None:
-            raise UsageError("calibrate needs normal images (normal_images / --normal) or a labelled set "
-                             "(labelled / --labelled)")
+            raise UsageError(
+                "calibrate needs normal images (normal_images / --normal) or a labelled set (labelled / --labelled)"
+            )
         normal = flatten_inputs(normal_images, expand_folders=True) if normal_images is not None else []
         if labelled is None:
             need = min_normal_images(target_fpr)
             if len(normal) < need:  # before any scoring
-                raise DataError(f"calibrating at target_fpr={float(target_fpr):g} needs at least {need} normal images, "
-                                f"got {len(normal)}: with n normal images the smallest false-alarm rate that can be "
-                                f"set is 1/(n+1) = {1.0 / (len(normal) + 1):.3g}; add normal images or raise the "
-                                f"target (--fpr)")
+                raise DataError(
+                    f"calibrating at target_fpr={float(target_fpr):g} needs at least {need} normal images, "
+                    f"got {len(normal)}: with n normal images the smallest false-alarm rate that can be "
+                    f"set is 1/(n+1) = {1.0 / (len(normal) + 1):.3g}; add normal images or raise the "
+                    f"target (--fpr)"
+                )
             maps, scores, _, skipped = self._score_all(normal, batch_size, skip_bad)
             thresholds = fpr_thresholds(scores, maps, target_fpr)
         else:
@@ -330,6 +400,7 @@ class Predictor:
     def _calibrate_labelled(self, normal: list, labelled, batch_size, skip_bad):
         if isinstance(labelled, (str, os.PathLike)):
             from ..data.formats import load_samples
+
             samples = load_samples("auto", Path(labelled), None, "test")
             rows = [(s.image_path, int(s.label), s.mask_path) for s in samples]
         else:
@@ -344,8 +415,11 @@ class Predictor:
         size, ev, has_masks = self.map_size, self.cfg.evaluation, False
         for i, (_, label, mask) in enumerate(rows):
             if label and mask is not None:
-                values = (read_mask_values(mask) if isinstance(mask, (str, os.PathLike))
-                          else np.asarray(mask, dtype=np.float32))
+                values = (
+                    read_mask_values(mask)
+                    if isinstance(mask, (str, os.PathLike))
+                    else np.asarray(mask, dtype=np.float32)
+                )
                 masks[i] = resize_binarise_mask(values, size, ev.mask_threshold, ev.mask_resize)
                 has_masks = True
         return f1_thresholds(scores, labels, maps if has_masks else None, masks if has_masks else None), skipped

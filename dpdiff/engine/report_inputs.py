@@ -4,6 +4,7 @@
 :func:`prepare_report_data` for evaluations whose ``report_data.npz`` lacks them (``--no-report``) or is
 absent (made before it existed). The report itself (``dpdiff.viz.report``) only draws the arrays.
 """
+
 from __future__ import annotations
 
 import csv
@@ -16,7 +17,7 @@ from torch.utils.data import Subset
 from ..data.dataset import ImageDataset
 from ..data.formats import detect_format, load_samples
 from ..errors import DataError
-from ..figure_data import (TSNE_MAX_TOKENS, PathMap, ProbeOutputs, ReportData, select_probes, token_sample)
+from ..figure_data import TSNE_MAX_TOKENS, PathMap, ProbeOutputs, ReportData, select_probes, token_sample
 from ..progress import progress
 from ..run_files import EVAL_DIR, IMAGE_SCORES_FILE, REPORT_DATA_FILE, RESULTS_FILE
 from .inference import Detector, apply_test_overrides, load_detector, score_dataset
@@ -24,17 +25,28 @@ from .inference import Detector, apply_test_overrides, load_detector, score_data
 __all__ = ["add_probe_outputs", "collect_from_scores", "evaluation_detector", "prepare_report_data"]
 
 
-def add_probe_outputs(detector: Detector, data: ReportData, data_root: str | None = None,
-                      tsne_tokens: int = TSNE_MAX_TOKENS, seed: int = 0) -> ReportData:
+def add_probe_outputs(
+    detector: Detector,
+    data: ReportData,
+    data_root: str | None = None,
+    tsne_tokens: int = TSNE_MAX_TOKENS,
+    seed: int = 0,
+) -> ReportData:
     """Run the probe images of ``data`` through ``detector.probe`` and keep what the report shows
     (``data.probe_outputs``): the prototype similarity maps and ``tsne_tokens`` tokens before/after the
     reconstruction, sampled with ``seed``. ``data_root`` re-roots the image paths when the data moved."""
     _, use = select_probes(data)
     paths = PathMap(data.data_root, data_root)
     probe = detector.probe([paths.existing(data.probes[k]["image"]) for k in use], with_maps=False)
-    tokens, note = token_sample(probe.x0, probe.x0_hat, data.probe_masks(use),
-                                [data.probes[k]["category"] for k in use], tuple(detector.model.grid_size),
-                                int(tsne_tokens), seed)
+    tokens, note = token_sample(
+        probe.x0,
+        probe.x0_hat,
+        data.probe_masks(use),
+        [data.probes[k]["category"] for k in use],
+        detector.model.grid_size,
+        int(tsne_tokens),
+        seed,
+    )
     data.probe_outputs = ProbeOutputs(list(use), probe.sim_local, probe.sim_global, tokens, note)
     return data
 
@@ -44,18 +56,24 @@ def evaluation_detector(run_dir: Path, eval_dir: Path, device: str = "auto", wei
     (its ``results.json`` protocol, test-time ``--set`` included)."""
     detector = load_detector(run_dir, device, weights=weights)
     results_path = Path(eval_dir) / RESULTS_FILE
-    protocol = (json.loads(results_path.read_text(encoding="utf-8")).get("protocol") or {}) \
-        if results_path.is_file() else {}
+    protocol = (
+        (json.loads(results_path.read_text(encoding="utf-8")).get("protocol") or {}) if results_path.is_file() else {}
+    )
     known = detector.cfg.to_dict()
-    overrides = {f"{sec}.{k}": v for sec in ("inference", "evaluation") for k, v in (protocol.get(sec) or {}).items()
-                 if k in known.get(sec, {})}
+    overrides = {
+        f"{sec}.{k}": v
+        for sec in ("inference", "evaluation")
+        for k, v in (protocol.get(sec) or {}).items()
+        if k in known.get(sec, {})
+    }
     if overrides:
         detector.cfg = apply_test_overrides(detector.cfg, overrides)
     return detector
 
 
-def collect_from_scores(run_dir: Path, eval_dir: Path, detector: Detector, data_root: str | None = None,
-                        examples_per_category: int = 2) -> ReportData:
+def collect_from_scores(
+    run_dir: Path, eval_dir: Path, detector: Detector, data_root: str | None = None, examples_per_category: int = 2
+) -> ReportData:
     """Report data for an evaluation without ``report_data.npz`` (made before it existed, or deleted): the
     images are chosen from ``image_scores.csv`` as evaluate chooses them and only their maps are
     recomputed (other noise draws than in the evaluation when ``inference.common_noise`` is off, so a map
@@ -74,29 +92,48 @@ def collect_from_scores(run_dir: Path, eval_dir: Path, detector: Detector, data_
     key = _relative_key(root, Path(cfg.data.root) if cfg.data.root else None)
     data = ReportData(detector.map_size, str(root.absolute()), examples_per_category=examples_per_category)
     data.maps_recomputed = True
-    for cat in progress(list(dict.fromkeys(r["category"] for r in rows)), desc="report: recompute shown maps",
-                        leave=False):
+    for cat in progress(
+        list(dict.fromkeys(r["category"] for r in rows)), desc="report: recompute shown maps", leave=False
+    ):
         scores_by = {key(r["image"]): float(r["score"]) for r in rows if r["category"] == cat}
-        samples = [s for s in sorted(load_samples(fmt, root, [cat], "test", **cfg.data.options),
-                                     key=lambda s: str(s.image_path)) if key(s.image_path) in scores_by]
+        samples = [
+            s
+            for s in sorted(load_samples(fmt, root, [cat], "test", **cfg.data.options), key=lambda s: str(s.image_path))
+            if key(s.image_path) in scores_by
+        ]
         if not samples:
             raise DataError(f"{path}: no test image of category {cat!r} found under {root}; pass --data PATH")
         scores = np.array([scores_by[key(s.image_path)] for s in samples])
         fp, fn, probes = data.select(np.array([int(s.label) for s in samples]), scores)
         picked = sorted({int(i) for i in (*fp, *fn, *probes)})
-        ds = ImageDataset(samples, cfg.backbone.image_size, detector.backbone.mean, detector.backbone.std,
-                          mask_size=detector.map_size, mask_threshold=cfg.evaluation.mask_threshold,
-                          mask_resize=cfg.evaluation.mask_resize)
-        maps, _, _, masks, _ = score_dataset(detector, Subset(ds, picked), cfg.inference.batch_size,
-                                             f"report {cat}", seed=cfg.inference.seed)
+        ds = ImageDataset(
+            samples,
+            cfg.backbone.image_size,
+            detector.backbone.mean,
+            detector.backbone.std,
+            mask_size=detector.map_size,
+            mask_threshold=cfg.evaluation.mask_threshold,
+            mask_resize=cfg.evaluation.mask_resize,
+        )
+        maps, _, _, masks, _ = score_dataset(
+            detector, Subset(ds, picked), cfg.inference.batch_size, f"report {cat}", seed=cfg.inference.seed
+        )
         shown = maps[np.isfinite(maps)]
         scale = (float(shown.min()), float(np.percentile(shown, 99.9))) if shown.size else (0.0, 1.0)
-        data.add_category(cat, samples, dict(zip(picked, maps)), scores, dict(zip(picked, masks)), scale=scale)
+        data.add_category(
+            cat,
+            samples,
+            dict(zip(picked, maps, strict=True)),
+            scores,
+            dict(zip(picked, masks, strict=True)),
+            scale=scale,
+        )
     return data
 
 
 def _relative_key(root: Path, old_root: Path | None):
     """Image path -> its path relative to the data root (the given or the recorded one), as a lookup key."""
+
     def key(p) -> str:
         p = Path(p)
         for base in (root, old_root):
@@ -106,11 +143,17 @@ def _relative_key(root: Path, old_root: Path | None):
                 except ValueError:
                     pass
         return p.as_posix()
+
     return key
 
 
-def prepare_report_data(run_dir: Path, eval_dir: Path | None = None, data_root: str | None = None,
-                        device: str = "auto", weights: str | None = None) -> tuple[ReportData, str | None]:
+def prepare_report_data(
+    run_dir: Path,
+    eval_dir: Path | None = None,
+    data_root: str | None = None,
+    device: str = "auto",
+    weights: str | None = None,
+) -> tuple[ReportData, str | None]:
     """``(report data with probe outputs, data_root for the report)`` of an evaluation: ``report_data.npz``
     as saved, the model run only for what it lacks (the probe outputs after ``--no-report``; every shown
     map when the file is absent, then the paths are already under ``data_root`` and None is returned)."""

@@ -15,6 +15,7 @@ of the training images, all ranks gather them, every rank draws the same global 
 trains on its slice with DistributedDataParallel; ``train.batch_size`` stays the global batch, so
 the result matches one process. Only rank 0 writes files (``distributed.py``).
 """
+
 from __future__ import annotations
 
 import csv
@@ -40,8 +41,18 @@ from ..progress import progress
 from ..run_files import HISTORY_FILE
 from . import distributed as D
 from .calibration import fpr_thresholds, hold_out_for_calibration, min_normal_images
-from .checkpoint import (RUN_FILES, STATE_FILE, build_model_from_state, check_resume_config, load_model,
-                         load_train_state, remove_stale_temp_files, rng_states, save_checkpoint, set_rng_states)
+from .checkpoint import (
+    RUN_FILES,
+    STATE_FILE,
+    build_model_from_state,
+    check_resume_config,
+    load_model,
+    load_train_state,
+    remove_stale_temp_files,
+    rng_states,
+    save_checkpoint,
+    set_rng_states,
+)
 from .features import build_backbone_from_config, channel_statistics, extract_features, tokens_from_maps
 
 LOSS_KEYS = ("loss", "diff", "local", "global")
@@ -62,8 +73,10 @@ def prepare_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
         raise RunFolderError(f"{run_dir} exists and is not a folder")
     present = [n for n in RUN_FILES if (run_dir / n).exists()]
     if present and not (overwrite or resume):
-        raise RunFolderError(f"{run_dir} already holds a dpdiff run ({', '.join(present)}); pass --resume to "
-                             f"continue it or --overwrite to start again")
+        raise RunFolderError(
+            f"{run_dir} already holds a dpdiff run ({', '.join(present)}); pass --resume to "
+            f"continue it or --overwrite to start again"
+        )
     if resume and not (run_dir / STATE_FILE).exists():
         load_train_state(run_dir)  # raises the "cannot resume" error
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -86,10 +99,12 @@ def _split_samples(cfg: Config) -> tuple[list, list]:
     fraction, fpr = cfg.train.calibration_fraction, cfg.train.calibration_fpr
     kept, held = hold_out_for_calibration(samples, fraction, cfg.train.seed)
     if fraction > 0 and len(held) < min_normal_images(fpr):
-        raise ConfigError(f"train.calibration_fraction={fraction:g} holds out {len(held)} of {len(samples)} normal "
-                          f"images; calibrating at train.calibration_fpr={fpr:g} needs at least "
-                          f"{min_normal_images(fpr)}: raise the fraction or the rate, or calibrate later with "
-                          f"`dpdiff calibrate`")
+        raise ConfigError(
+            f"train.calibration_fraction={fraction:g} holds out {len(held)} of {len(samples)} normal "
+            f"images; calibrating at train.calibration_fpr={fpr:g} needs at least "
+            f"{min_normal_images(fpr)}: raise the fraction or the rate, or calibrate later with "
+            f"`dpdiff calibrate`"
+        )
     return kept, held
 
 
@@ -97,6 +112,7 @@ def calibrate_held_out(run_dir: Path, cfg: Config) -> None:
     """Thresholds at ``train.calibration_fpr`` on the held-out normal images (``calibration.json``): global,
     and per category for the categories with enough held-out images. Each image is scored once."""
     from .inference import Detector
+
     held = _split_samples(cfg)[1]
     detector = Detector.load(run_dir, device=cfg.train.device)
     maps, scores = (t.numpy() for t in detector.score_images([s.image_path for s in held], desc="calibration"))
@@ -120,8 +136,9 @@ def _shared_training_samples(cfg: Config, info: D.DistInfo) -> list:
     return samples
 
 
-def train_features(cfg: Config, backbone, device, info: D.DistInfo | None = None,
-                   samples: list | None = None) -> tuple[torch.Tensor, list]:
+def train_features(
+    cfg: Config, backbone, device, info: D.DistInfo | None = None, samples: list | None = None
+) -> tuple[torch.Tensor, list]:
     """Backbone features (N, C, h, w) of all training images, and the samples, in order.
 
     With several ranks each extracts its contiguous slice and the slices are gathered on every rank.
@@ -136,8 +153,14 @@ def train_features(cfg: Config, backbone, device, info: D.DistInfo | None = None
     local, error = None, None
     try:
         if hi > lo:
-            local = extract_features(backbone, Subset(dataset, range(lo, hi)), cfg.train.feature_batch_size,
-                                     device, cfg.train.num_workers, desc="train features")
+            local = extract_features(
+                backbone,
+                Subset(dataset, range(lo, hi)),
+                cfg.train.feature_batch_size,
+                device,
+                cfg.train.num_workers,
+                desc="train features",
+            )
     except (FileNotFoundError, ValueError) as e:
         error = e
     D.raise_if_any_failed(error, info)
@@ -154,14 +177,22 @@ def train_features(cfg: Config, backbone, device, info: D.DistInfo | None = None
 def _cached_train_features(cfg: Config, backbone, device, info: D.DistInfo, samples: list):
     """Training tokens from the on-disk feature cache (engine/features/cache.py); each rank fills its own slice."""
     from .features.cache import FeatureCache
+
     cache = FeatureCache(cfg.train.cache_dir)
     key = {"name": cfg.backbone.name, "layers": cfg.backbone.layers, "feature_stride": cfg.backbone.feature_stride}
     lo, hi = D.shard_range(len(samples), info.rank, info.world_size)
     error = None
     try:
         if hi > lo:
-            cache.get(backbone, key, samples[lo:hi], cfg.backbone.image_size, cfg.train.feature_batch_size,
-                      device, cfg.train.num_workers)
+            cache.get(
+                backbone,
+                key,
+                samples[lo:hi],
+                cfg.backbone.image_size,
+                cfg.train.feature_batch_size,
+                device,
+                cfg.train.num_workers,
+            )
     except (FileNotFoundError, ValueError) as e:
         error = e
     D.raise_if_any_failed(error, info)  # collective: also the barrier before every rank reads all slices
@@ -172,17 +203,22 @@ def check_finite_features(features: torch.Tensor, samples: list | None, chunk: i
     """ValueError naming the first image whose backbone features hold NaN or inf (read ``chunk`` maps at a time)."""
     bad: list[int] = []
     for i in range(0, features.shape[0], chunk):
-        block = torch.as_tensor(features[i:i + chunk])  # a tensor or a FeatureStore-like object
+        block = torch.as_tensor(features[i : i + chunk])  # a tensor or a FeatureStore-like object
         ok = torch.isfinite(block.reshape(block.shape[0], -1)).all(dim=1)
         bad.extend((i + torch.nonzero(~ok).flatten()).tolist())
     if not bad:
         return
     first = bad[0]
-    what = (f"training image {str(samples[first].image_path)!r}" if samples and first < len(samples)
-            else f"training item {first}")
+    what = (
+        f"training image {str(samples[first].image_path)!r}"
+        if samples and first < len(samples)
+        else f"training item {first}"
+    )
     more = f" (and {len(bad) - 1} more image(s))" if len(bad) > 1 else ""
-    raise DataError(f"non-finite backbone features (NaN or inf) for {what}{more}: check the image file, the "
-                     f"backbone weights (backbone.weights) and that values fit float16")
+    raise DataError(
+        f"non-finite backbone features (NaN or inf) for {what}{more}: check the image file, the "
+        f"backbone weights (backbone.weights) and that values fit float16"
+    )
 
 
 def _image_ids(samples: list | None, root: str | None) -> list[str] | None:
@@ -203,13 +239,17 @@ def _check_same_data(state: dict, n: int, ids: list[str] | None, run_dir: Path) 
     saved = state.get("data") or {}
     path = Path(run_dir) / STATE_FILE
     if "num_images" in saved and int(saved["num_images"]) != n:
-        raise DataError(f"{path}: the checkpoint was trained on {saved['num_images']} images, the data now has {n}; "
-                         f"resuming would draw different batches (start a new run instead)")
+        raise DataError(
+            f"{path}: the checkpoint was trained on {saved['num_images']} images, the data now has {n}; "
+            f"resuming would draw different batches (start a new run instead)"
+        )
     old = saved.get("images")
     if old and ids and list(old) != list(ids):
         i = next(k for k, (a, b) in enumerate(zip(old, ids)) if a != b)
-        raise DataError(f"{path}: the training images changed since the checkpoint: image {i} was {old[i]!r}, "
-                         f"now {ids[i]!r}; resuming would draw different batches (start a new run instead)")
+        raise DataError(
+            f"{path}: the training images changed since the checkpoint: image {i} was {old[i]!r}, "
+            f"now {ids[i]!r}; resuming would draw different batches (start a new run instead)"
+        )
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -266,16 +306,24 @@ def _resume_state(run_dir: Path, overwrite: bool, resume: bool, cfg: Config) -> 
     return state
 
 
-def train(cfg: Config, run_dir: Path, overwrite: bool = False, resume: bool = False,
-          features: torch.Tensor | None = None, samples: list | None = None) -> Path:
+def train(
+    cfg: Config,
+    run_dir: Path,
+    overwrite: bool = False,
+    resume: bool = False,
+    features: torch.Tensor | None = None,
+    samples: list | None = None,
+) -> Path:
     """Train one unified model on all configured categories; returns the run folder.
 
     ``features`` (N, C, h, w) may be passed in to skip the backbone (benchmarks reuse them).
     Under ``torchrun`` this trains data-parallel (see the module docstring).
     """
     if features is not None and cfg.train.calibration_fraction > 0:
-        raise ConfigError("train.calibration_fraction needs train() to read the images itself (no precomputed "
-                          "features): the held-out images must not be in them")
+        raise ConfigError(
+            "train.calibration_fraction needs train() to read the images itself (no precomputed "
+            "features): the held-out images must not be in them"
+        )
     with D.distributed_context(cfg.train.device) as info:
         trainer = Trainer(cfg, Path(run_dir), info)
         trainer.setup(overwrite, resume, features, samples)
@@ -302,21 +350,26 @@ class Trainer:
         self.loss_module: nn.Module | None = None  # the model's loss, DDP-wrapped under torchrun
         self.optimizer: torch.optim.Optimizer | None = None
         self.ema: AveragedModel | None = None
-        self.batch_size = 0                       # the global batch (train.batch_size, at most N)
+        self.batch_size = 0  # the global batch (train.batch_size, at most N)
         self.lo, self.hi, self.share = 0, 0, 1.0  # this rank's rows of it and their part of the mean
         self.start_step = 0
         self.last_saved = 0
-        self.history: list[dict] = []             # one row per log interval (HISTORY_FILE)
-        self.running: dict[str, float] = {}       # loss sums since the last logged row
-        self.prev_train_s = 0.0                   # training seconds before a resume
+        self.history: list[dict] = []  # one row per log interval (HISTORY_FILE)
+        self.running: dict[str, float] = {}  # loss sums since the last logged row
+        self.prev_train_s = 0.0  # training seconds before a resume
         self.extract_s = 0.0
         self.meta: dict = {}
         self.data_state: dict = {}
 
     # ------------------------------------------------------------------ setup
 
-    def setup(self, overwrite: bool = False, resume: bool = False, features: torch.Tensor | None = None,
-              samples: list | None = None) -> Trainer:
+    def setup(
+        self,
+        overwrite: bool = False,
+        resume: bool = False,
+        features: torch.Tensor | None = None,
+        samples: list | None = None,
+    ) -> Trainer:
         """Prepare the run folder (``prepare_run_dir``), the training features and everything ``fit`` needs."""
         cfg, info = self.cfg, self.info
         state = D.on_main(lambda: _resume_state(self.run_dir, overwrite, resume, cfg), info)
@@ -335,10 +388,13 @@ class Trainer:
             self._restore_optimizer(state)
         del state
         self._distribute()
-        categories = (sorted({s.category for s in self.samples}) if self.samples
-                      else (cfg.data.categories or []))
-        self.meta = {"categories": categories, "num_train_images": self.num_images,
-                     "feature_extraction_s": round(self.extract_s, 2), "world_size": info.world_size}
+        categories = sorted({s.category for s in self.samples}) if self.samples else (cfg.data.categories or [])
+        self.meta = {
+            "categories": categories,
+            "num_train_images": self.num_images,
+            "feature_extraction_s": round(self.extract_s, 2),
+            "world_size": info.world_size,
+        }
         self.data_state = {"num_images": self.num_images, "images": ids}
         return self
 
@@ -373,14 +429,18 @@ class Trainer:
         path = self.run_dir / STATE_FILE
         if "model" in state:
             if (int(state["in_dim"]), tuple(state["grid_size"])) != (c, (h, w)):
-                raise CheckpointError(f"{path}: checkpoint expects {state['in_dim']} channels on a "
-                                      f"{tuple(state['grid_size'])} grid, the backbone gives {c} on {(h, w)}")
+                raise CheckpointError(
+                    f"{path}: checkpoint expects {state['in_dim']} channels on a "
+                    f"{tuple(state['grid_size'])} grid, the backbone gives {c} on {(h, w)}"
+                )
             model = build_model_from_state(state["model"], c, (h, w), self.cfg, path)
         else:  # resume state written before the weights were stored in it
             model, _, payload = D.on_main(lambda: load_model(self.run_dir), self.info)
             if int(payload.get("step", -1)) != int(state["step"]):
-                raise CheckpointError(f"{self.run_dir}: {STATE_FILE} is at step {state['step']} but the weights are "
-                                      f"at step {payload.get('step')}; cannot resume exactly")
+                raise CheckpointError(
+                    f"{self.run_dir}: {STATE_FILE} is at step {state['step']} but the weights are "
+                    f"at step {payload.get('step')}; cannot resume exactly"
+                )
         self.model = model.to(self.device)
         self.start_step = self.last_saved = int(state["step"])
         self.history = list(state.get("history", []))
@@ -395,8 +455,10 @@ class Trainer:
             group["lr"], group["weight_decay"] = cfg.lr, cfg.weight_decay
         if self.ema is not None:
             if "ema" not in state:
-                raise ConfigError(f"{self.run_dir / STATE_FILE}: no EMA weights in the resume state (train.ema_decay "
-                                  f"was off when it was written); resume with --set train.ema_decay=0 or start again")
+                raise ConfigError(
+                    f"{self.run_dir / STATE_FILE}: no EMA weights in the resume state (train.ema_decay "
+                    f"was off when it was written); resume with --set train.ema_decay=0 or start again"
+                )
             self.ema.load_state_dict(state["ema"])
 
     def _distribute(self) -> None:
@@ -405,11 +467,13 @@ class Trainer:
         self.loss_module = _LossModule(self.model)
         if info.enabled:
             self.loss_module = nn.parallel.DistributedDataParallel(
-                self.loss_module, device_ids=[device.index] if device.type == "cuda" else None)
+                self.loss_module, device_ids=[device.index] if device.type == "cuda" else None
+            )
         self.batch_size = min(self.cfg.train.batch_size, self.num_images)
         if self.batch_size < info.world_size:
-            raise ConfigError(f"train.batch_size={self.batch_size} is smaller than the number of processes "
-                              f"({info.world_size})")
+            raise ConfigError(
+                f"train.batch_size={self.batch_size} is smaller than the number of processes ({info.world_size})"
+            )
         self.lo, self.hi = D.shard_range(self.batch_size, info.rank, info.world_size)
         self.share = (self.hi - self.lo) / self.batch_size  # this rank's part of the global mean
 
@@ -419,8 +483,14 @@ class Trainer:
         """Train from ``start_step`` to ``train.steps``; returns the run folder."""
         steps = self.cfg.train.steps
         t_start = time.perf_counter()
-        pbar = progress(range(self.start_step, steps), desc="train", initial=self.start_step, total=steps,
-                        mininterval=2.0, disable=not self.info.is_main)
+        pbar = progress(
+            range(self.start_step, steps),
+            desc="train",
+            initial=self.start_step,
+            total=steps,
+            mininterval=2.0,
+            disable=not self.info.is_main,
+        )
         for step in pbar:
             self.step(step)
             row = self._record(step + 1, t_start)
@@ -438,8 +508,8 @@ class Trainer:
         idx = torch.randint(0, self.num_images, (self.batch_size,), generator=g)
         g_dev = g if self.device.type == "cpu" else torch.Generator(self.device).manual_seed(seed)
         noise = self.model.draw_training_noise(self.batch_size, g_dev, self.device)  # the global batch's draws ...
-        noise = {k: (v[self.lo:self.hi] if v is not None else None) for k, v in noise.items()}  # ... this rank's rows
-        tokens = tokens_from_maps(self.features[idx[self.lo:self.hi]].float()).to(self.device)
+        noise = {k: (v[self.lo : self.hi] if v is not None else None) for k, v in noise.items()}  # ... this rank's rows
+        tokens = tokens_from_maps(self.features[idx[self.lo : self.hi]].float()).to(self.device)
         return tokens, noise
 
     def step(self, step: int) -> torch.Tensor:
@@ -453,7 +523,8 @@ class Trainer:
             vals = ", ".join(f"{k}={float(v):.4g}" for k, v in zip(LOSS_KEYS, global_losses))
             raise TrainingDiverged(
                 f"training diverged: non-finite loss at step {step + 1} ({vals}); stopped without updating, "
-                f"{self._last_checkpoint_note()}. Lower train.lr or set train.grad_clip")
+                f"{self._last_checkpoint_note()}. Lower train.lr or set train.grad_clip"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         (losses["loss"] * (self.share * info.world_size) if info.enabled else losses["loss"]).backward()
         if cfg.grad_clip:
@@ -461,7 +532,8 @@ class Trainer:
             if not bool(torch.isfinite(norm)):
                 raise TrainingDiverged(
                     f"training diverged: non-finite gradient norm at step {step + 1}; stopped without updating, "
-                    f"{self._last_checkpoint_note()}. Lower train.lr")
+                    f"{self._last_checkpoint_note()}. Lower train.lr"
+                )
         lr = cfg.lr * lr_factor(step, cfg.steps, cfg.lr_schedule, cfg.warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -506,13 +578,27 @@ class Trainer:
         """Write the resume state, the weights (the EMA's when on) and config.json after ``done`` steps."""
         self.meta["train_s"] = round(train_s, 2)
         self.meta["step"] = done
-        resume_state = {"step": done, "optimizer": self.optimizer.state_dict(), "history": self.history,
-                        "running": dict(self.running), "rng": rng_states(), "data": self.data_state,
-                        "train_s": train_s, "seed": self.cfg.train.seed, "world_size": self.info.world_size}
+        resume_state = {
+            "step": done,
+            "optimizer": self.optimizer.state_dict(),
+            "history": self.history,
+            "running": dict(self.running),
+            "rng": rng_states(),
+            "data": self.data_state,
+            "train_s": train_s,
+            "seed": self.cfg.train.seed,
+            "world_size": self.info.world_size,
+        }
         if self.ema is not None:
             resume_state["ema"] = self.ema.state_dict()
-        save_checkpoint(self.run_dir, self.model, self.cfg, self.meta, resume_state,
-                        inference_model=self.ema.module if self.ema is not None else None)
+        save_checkpoint(
+            self.run_dir,
+            self.model,
+            self.cfg,
+            self.meta,
+            resume_state,
+            inference_model=self.ema.module if self.ema is not None else None,
+        )
 
 
 def _last_checkpoint_note(run_dir: Path, last_saved: int, cfg: Config) -> str:
@@ -537,5 +623,14 @@ def load_history(run_dir: Path) -> list[dict]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-__all__ = ["train", "Trainer", "calibrate_held_out", "prepare_run_dir", "build_backbone_from_config", "train_features", "load_history",
-           "check_finite_features", "TrainingDiverged"]
+__all__ = [
+    "train",
+    "Trainer",
+    "calibrate_held_out",
+    "prepare_run_dir",
+    "build_backbone_from_config",
+    "train_features",
+    "load_history",
+    "check_finite_features",
+    "TrainingDiverged",
+]

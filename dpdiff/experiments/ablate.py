@@ -13,7 +13,8 @@ A grid file (YAML; the shipped grids are package data in ``dpdiff/configs/ablati
       - {name: diffusion-only, set: {model.use_local_prototypes: false, model.use_global_prototypes: false}}
     # ... or a sweep of one key:                sweep: inference.noise_step
     #                                           values: [25, 50, 100]
-    # ... or the product of several keys:       sweep: {model.num_local_prototypes: [2, 4], model.num_global_prototypes: [1, 2]}
+    # ... or the product of several keys:       sweep: {model.num_local_prototypes: [2, 4],
+    #                                                   model.num_global_prototypes: [1, 2]}
 
 Each row's configuration is base -> grid ``set`` -> command-line overrides -> row ``set``.
 
@@ -38,6 +39,7 @@ Output folder::
 The table files are refused when present unless ``overwrite``; runs and evaluations are never retrained or
 re-evaluated (they are keyed by their configuration), delete ``DIR/runs`` or ``DIR/evals`` to redo them.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,15 +55,25 @@ from typing import Any
 
 import yaml
 
-from ..config import (GRID_DIR, TEST_TIME, Config, ConfigError, find_yaml, flatten_config, is_weight_neutral,
-                      preset_names, sections_with_role, weight_neutral_keys)
+from ..config import (
+    GRID_DIR,
+    TEST_TIME,
+    Config,
+    ConfigError,
+    find_yaml,
+    flatten_config,
+    is_weight_neutral,
+    preset_names,
+    sections_with_role,
+    weight_neutral_keys,
+)
+from ..engine.checkpoint import CONFIG_FILE, MODEL_FILE, RUN_FILES, STATE_FILE, read_run_config, resume_config
+from ..engine.train import train
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, slugify
 from ..metrics.tables import TABLE_COLUMNS, complete_row, format_table_csv, format_table_markdown
-from ..engine.checkpoint import CONFIG_FILE, MODEL_FILE, RUN_FILES, STATE_FILE, read_run_config, resume_config
-from .evaluation import evaluate_and_report
-from ..engine.train import train
 from ..progress import progress
 from ..run_files import RESULTS_FILE
+from .evaluation import evaluate_and_report
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +86,7 @@ TEST_TIME_SECTIONS = sections_with_role(TEST_TIME)
 
 
 # ----------------------------------------------------------------------------- config keys
+
 
 def _hash(obj: Any, n: int = 12) -> str:
     text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
@@ -101,11 +114,12 @@ def evaluation_overrides(cfg: Config) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- the grid
 
+
 @dataclass
 class AblationRow:
     name: str
-    overrides: dict[str, Any]            # the row's own settings (its ``set``, or its swept values)
-    config: Config                       # the resolved configuration
+    overrides: dict[str, Any]  # the row's own settings (its ``set``, or its swept values)
+    config: Config  # the resolved configuration
     sweep: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -125,7 +139,7 @@ class AblationGrid:
     base: str | None = None
     common: dict[str, Any] = field(default_factory=dict)
     cli_overrides: dict[str, Any] = field(default_factory=dict)
-    columns: dict[str, str] = field(default_factory=dict)   # table header -> dotted config key
+    columns: dict[str, str] = field(default_factory=dict)  # table header -> dotted config key
     sweep_keys: list[str] = field(default_factory=list)
 
     @property
@@ -148,8 +162,10 @@ def _resolve_base(base: str, grid_dir: Path | None) -> Path:
         if c.is_file():
             return c
     moved = f"; the shipped presets are packaged now: use `base: {p.stem}`" if p.stem in preset_names() else ""
-    raise FileNotFoundError(f"base preset {base!r} not found (packaged presets: {', '.join(preset_names())}; "
-                            f"looked in: {', '.join(str(c) for c in candidates)}){moved}")
+    raise FileNotFoundError(
+        f"base preset {base!r} not found (packaged presets: {', '.join(preset_names())}; "
+        f"looked in: {', '.join(str(c) for c in candidates)}){moved}"
+    )
 
 
 def _mapping(value: Any, what: str) -> dict:
@@ -164,8 +180,9 @@ def validate_row_config(cfg: Config, where: str) -> None:
     """Combinations that would fail only after training are rejected up front (each value was checked on
     its own by :meth:`Config.validate` when the row was built)."""
     m, inf = cfg.model, cfg.inference
-    has_protos = ((m.use_local_prototypes and m.num_local_prototypes > 0)
-                  or (m.use_global_prototypes and m.num_global_prototypes > 0))
+    has_protos = (m.use_local_prototypes and m.num_local_prototypes > 0) or (
+        m.use_global_prototypes and m.num_global_prototypes > 0
+    )
     if not m.diffusion and inf.scoring != "prototype":
         raise ConfigError(f"{where}: model.diffusion=false has no denoiser; set inference.scoring=prototype")
     if inf.scoring == "prototype" and not has_protos:
@@ -181,8 +198,9 @@ def _row_name(values: dict[str, Any]) -> str:
 GRID_KEYS = frozenset({"name", "base", "set", "columns", "rows", "sweep", "values", "description"})
 
 
-def grid_from_dict(spec: dict, name: str, source: str = "<dict>", grid_dir: Path | None = None,
-                   overrides: dict[str, Any] | None = None) -> AblationGrid:
+def grid_from_dict(
+    spec: dict, name: str, source: str = "<dict>", grid_dir: Path | None = None, overrides: dict[str, Any] | None = None
+) -> AblationGrid:
     """Build the grid of ``spec`` (the YAML mapping); ``overrides`` (command line) apply to every row
     after the grid's own ``set`` and before each row's."""
     name = _grid_name(spec, name, source)
@@ -215,8 +233,9 @@ def _grid_name(spec: dict, name: str, source: str) -> str:
     return name
 
 
-def _grid_base_config(spec: dict, source: str, grid_dir: Path | None,
-                      overrides: dict[str, Any] | None) -> tuple[Config, str | None, dict, dict]:
+def _grid_base_config(
+    spec: dict, source: str, grid_dir: Path | None, overrides: dict[str, Any] | None
+) -> tuple[Config, str | None, dict, dict]:
     """The config every row starts from: the base preset, then the grid's ``set``, then ``overrides``;
     also the base preset's path and those two mappings."""
     base = spec.get("base")
@@ -242,7 +261,9 @@ def _grid_entries(spec: dict, source: str) -> tuple[list[tuple[str, dict, dict]]
     """(name, overrides, sweep values) of every row, from ``rows`` or ``sweep``; and the swept keys."""
     has_rows, has_sweep = "rows" in spec, "sweep" in spec
     if has_rows == has_sweep:
-        raise ConfigError(f"{source}: give either `rows` or `sweep` (with `values`), not {'both' if has_rows else 'neither'}")
+        raise ConfigError(
+            f"{source}: give either `rows` or `sweep` (with `values`), not {'both' if has_rows else 'neither'}"
+        )
     entries: list[tuple[str, dict, dict]] = []
     sweep_keys: list[str] = []
     if has_rows:
@@ -257,7 +278,7 @@ def _grid_entries(spec: dict, source: str) -> tuple[list[tuple[str, dict, dict]]
         axes = _sweep_axes(spec, source)
         sweep_keys = list(axes)
         for combo in itertools.product(*axes.values()):
-            values = dict(zip(sweep_keys, combo))
+            values = dict(zip(sweep_keys, combo, strict=True))
             entries.append((_row_name(values), dict(values), values))
     names = [e[0] for e in entries]
     dup = sorted({n for n in names if names.count(n) > 1})
@@ -282,8 +303,7 @@ def _sweep_axes(spec: dict, source: str) -> dict[str, list]:
     raise ConfigError(f"{source}: `sweep` is a dotted key (with `values: [...]`) or a mapping key -> values")
 
 
-def _grid_columns(columns: Any, grid_rows: list[AblationRow], sweep_keys: list[str],
-                  source: str) -> dict[str, str]:
+def _grid_columns(columns: Any, grid_rows: list[AblationRow], sweep_keys: list[str], source: str) -> dict[str, str]:
     """Table header -> config key: the grid's ``columns``, else the swept keys, else the keys the rows set
     whose values differ between rows."""
     flat_rows = [flatten_config(r.config.to_dict()) for r in grid_rows]
@@ -314,6 +334,7 @@ def load_grid(name_or_path: str | Path, overrides: dict[str, Any] | None = None)
 
 # ----------------------------------------------------------------------------- running it
 
+
 def run_dir_for(output_dir: Path, row: AblationRow) -> Path:
     return Path(output_dir) / "runs" / row.train_key
 
@@ -334,8 +355,10 @@ def training_status(run_dir: Path, cfg: Config) -> str:
     if (run_dir / MODEL_FILE).is_file() and (run_dir / CONFIG_FILE).is_file():
         saved, payload = read_run_config(run_dir)
         if training_key(saved) != training_key(cfg):
-            raise ConfigError(f"{run_dir} holds a run of another configuration (training key "
-                              f"{training_key(saved)}, expected {training_key(cfg)}); move it away")
+            raise ConfigError(
+                f"{run_dir} holds a run of another configuration (training key "
+                f"{training_key(saved)}, expected {training_key(cfg)}); move it away"
+            )
         if int(payload.get("step", -1)) >= cfg.train.steps:
             return "done"
     if (run_dir / STATE_FILE).is_file():
@@ -363,18 +386,26 @@ def ensure_trained(cfg: Config, run_dir: Path) -> str:
     return "trained"
 
 
-def evaluate_row(row: AblationRow, run_dir: Path, eval_dir: Path, device: str = "auto",
-                 overlays: int = 0, report: bool = False) -> tuple[dict, str]:
+def evaluate_row(
+    row: AblationRow, run_dir: Path, eval_dir: Path, device: str = "auto", overlays: int = 0, report: bool = False
+) -> tuple[dict, str]:
     """``(results.json contents, "reused" | "evaluated")`` of ``row``'s test-time settings on ``run_dir``.
     ``report=False`` skips the HTML report (its data is saved; ``dpdiff report`` builds it later)."""
     path = Path(eval_dir) / RESULTS_FILE
     status = "reused"
     if not path.is_file():
         cfg = row.config
-        evaluate_and_report(run_dir, data_root=cfg.data.root, categories=cfg.data.categories,
-                            output_dir=eval_dir, overlays_per_category=overlays, device=device,
-                            inference_overrides=evaluation_overrides(cfg), data_format=cfg.data.format,
-                            report=report)
+        evaluate_and_report(
+            run_dir,
+            data_root=cfg.data.root,
+            categories=cfg.data.categories,
+            output_dir=eval_dir,
+            overlays_per_category=overlays,
+            device=device,
+            inference_overrides=evaluation_overrides(cfg),
+            data_format=cfg.data.format,
+            report=report,
+        )
         status = "evaluated"
     return json.loads(path.read_text(encoding="utf-8")), status
 
@@ -386,18 +417,34 @@ def plan(grid: AblationGrid, output_dir: Path) -> list[dict]:
         run = run_dir_for(output_dir, row)
         if row.train_key not in seen:
             seen[row.train_key] = training_status(run, row.config)
-            train_action = {"done": "reuse", "partial": "resume", "stale": "restart", "new": "train"}[seen[row.train_key]]
+            train_action = {"done": "reuse", "partial": "resume", "stale": "restart", "new": "train"}[
+                seen[row.train_key]
+            ]
         else:
             train_action = "shared"
         ev = eval_dir_for(output_dir, row)
-        out.append({"row": row.name, "train_key": row.train_key, "training": train_action, "run_dir": str(run),
-                    "evaluation": "reuse" if (ev / RESULTS_FILE).is_file() else "evaluate", "eval_dir": str(ev),
-                    "overrides": row.overrides})
+        out.append(
+            {
+                "row": row.name,
+                "train_key": row.train_key,
+                "training": train_action,
+                "run_dir": str(run),
+                "evaluation": "reuse" if (ev / RESULTS_FILE).is_file() else "evaluate",
+                "eval_dir": str(ev),
+                "overrides": row.overrides,
+            }
+        )
     return out
 
 
-def run_ablation(grid: AblationGrid, output_dir: str | Path, overwrite: bool = False, device: str = "auto",
-                 overlays: int = 0, report: bool = False) -> dict:
+def run_ablation(
+    grid: AblationGrid,
+    output_dir: str | Path,
+    overwrite: bool = False,
+    device: str = "auto",
+    overlays: int = 0,
+    report: bool = False,
+) -> dict:
     """Train each distinct configuration once, evaluate every row, write the table (and the sweep plot).
 
     Returns ``{"rows": {name: metrics}, "files": {ext: path}, "trainings": {key: action}, "evaluations":
@@ -407,8 +454,10 @@ def run_ablation(grid: AblationGrid, output_dir: str | Path, overwrite: bool = F
     paths = table_paths(grid, output_dir)
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{', '.join(existing)} already exist; pass --overwrite to replace the table "
-                              f"(finished trainings and evaluations under {output_dir} are reused either way)")
+        raise FileExistsError(
+            f"{', '.join(existing)} already exist; pass --overwrite to replace the table "
+            f"(finished trainings and evaluations under {output_dir} are reused either way)"
+        )
     for row in grid.rows:
         if not row.config.data.root:
             raise ConfigError(f"row {row.name!r}: no data root; pass --data PATH")
@@ -428,17 +477,23 @@ def run_ablation(grid: AblationGrid, output_dir: str | Path, overwrite: bool = F
             logger.info("training %d/%d (%s) for: %s", gi, n_groups, key, ", ".join(r.name for r in rows))
             trainings[key] = ensure_trained(rows[0].config, run)
             for row in rows:
-                results[row.name], evaluations[row.name] = evaluate_row(row, run, eval_dir_for(output_dir, row),
-                                                                        device, overlays, report)
+                results[row.name], evaluations[row.name] = evaluate_row(
+                    row, run, eval_dir_for(output_dir, row), device, overlays, report
+                )
                 bar.update(1)
     finally:
         bar.close()
     files = write_ablation_table(grid, output_dir, results, paths)
-    return {"rows": {r.name: complete_row(results[r.name]["mean"], r.name) for r in grid.rows},
-            "files": files, "trainings": trainings, "evaluations": evaluations}
+    return {
+        "rows": {r.name: complete_row(results[r.name]["mean"], r.name) for r in grid.rows},
+        "files": files,
+        "trainings": trainings,
+        "evaluations": evaluations,
+    }
 
 
 # ----------------------------------------------------------------------------- the table
+
 
 def _cell(value: Any) -> str:
     if isinstance(value, bool):
@@ -448,7 +503,7 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _protocol_split(protocols: list[dict]) -> tuple[dict, list[str]]:
+def _protocol_split(protocols: list[dict | None]) -> tuple[dict, list[str]]:
     """(entries equal in every row, dotted keys that differ); measurement entries (fps, device) left out."""
     flats = [flatten_config(p or {}) for p in protocols]
     keys = list(dict.fromkeys(k for f in flats for k in f))
@@ -464,8 +519,9 @@ def _protocol_split(protocols: list[dict]) -> tuple[dict, list[str]]:
     return shared, varies
 
 
-def write_ablation_table(grid: AblationGrid, output_dir: Path, results: dict[str, dict],
-                         paths: dict[str, Path] | None = None) -> dict[str, Path]:
+def write_ablation_table(
+    grid: AblationGrid, output_dir: Path, results: dict[str, dict], paths: dict[str, Path] | None = None
+) -> dict[str, Path]:
     """Write ``<name>.md/.csv/.json`` (and ``.png`` for sweeps) from each row's ``results.json`` contents."""
     paths = paths or table_paths(grid, output_dir)
     rows = {r.name: complete_row(results[r.name]["mean"], r.name) for r in grid.rows}
@@ -475,30 +531,51 @@ def write_ablation_table(grid: AblationGrid, output_dir: Path, results: dict[str
 
     md = [f"## Ablation `{grid.name}`", ""]
     md.append(format_table_markdown(rows, label="Variant", bold=(), lead=lead).rstrip("\n"))
-    md += ["", "Mean over categories; percentages. Configuration: base "
-           f"`{Path(grid.base).name if grid.base else 'defaults'}`"
-           + (", common overrides " + ", ".join(f"`{k}={v}`" for k, v in {**grid.common, **grid.cli_overrides}.items())
-              if (grid.common or grid.cli_overrides) else "") + ".", ""]
+    md += [
+        "",
+        "Mean over categories; percentages. Configuration: base "
+        f"`{Path(grid.base).name if grid.base else 'defaults'}`"
+        + (
+            ", common overrides " + ", ".join(f"`{k}={v}`" for k, v in {**grid.common, **grid.cli_overrides}.items())
+            if (grid.common or grid.cli_overrides)
+            else ""
+        )
+        + ".",
+        "",
+    ]
     for r in grid.rows:
         sets = ", ".join(f"`{k}={v}`" for k, v in r.overrides.items()) or "(base configuration)"
         cats = len(results[r.name].get("per_category", {}))
-        md.append(f"- **{r.name}**: {sets} ({cats} {'category' if cats == 1 else 'categories'}, training `{r.train_key}`)")
+        md.append(
+            f"- **{r.name}**: {sets} ({cats} {'category' if cats == 1 else 'categories'}, training `{r.train_key}`)"
+        )
     if varies:
         md += ["", f"Protocol settings that differ between rows: {', '.join(varies)}."]
     document = {
-        "grid": grid.name, "grid_file": grid.source, "base": grid.base,
-        "common_overrides": grid.common, "command_line_overrides": grid.cli_overrides,
-        "columns": list(TABLE_COLUMNS), "lead_columns": grid.columns,
+        "grid": grid.name,
+        "grid_file": grid.source,
+        "base": grid.base,
+        "common_overrides": grid.common,
+        "command_line_overrides": grid.cli_overrides,
+        "columns": list(TABLE_COLUMNS),
+        "lead_columns": grid.columns,
         "rows": rows,
-        "row_details": [{
-            "name": r.name, "overrides": r.overrides, "sweep": r.sweep or None,
-            "lead": {h: lead[h][r.name] for h in lead},
-            "train_key": r.train_key, "run_dir": str(run_dir_for(output_dir, r)),
-            "eval_dir": str(eval_dir_for(output_dir, r)),
-            "per_category": results[r.name].get("per_category", {}),
-            "protocol": results[r.name].get("protocol", {}),
-        } for r in grid.rows],
-        "protocol": shared, "protocol_varies": varies,
+        "row_details": [
+            {
+                "name": r.name,
+                "overrides": r.overrides,
+                "sweep": r.sweep or None,
+                "lead": {h: lead[h][r.name] for h in lead},
+                "train_key": r.train_key,
+                "run_dir": str(run_dir_for(output_dir, r)),
+                "eval_dir": str(eval_dir_for(output_dir, r)),
+                "per_category": results[r.name].get("per_category", {}),
+                "protocol": results[r.name].get("protocol", {}),
+            }
+            for r in grid.rows
+        ],
+        "protocol": shared,
+        "protocol_varies": varies,
         "trainings": len({r.train_key for r in grid.rows}),
     }
     if grid.is_sweep:
@@ -561,6 +638,19 @@ def plot_sweep(grid: AblationGrid, rows: dict[str, dict], out_path: Path) -> Pat
     return atomic_write_bytes(out_path, buf.getvalue())
 
 
-__all__ = ["AblationGrid", "AblationRow", "load_grid", "grid_from_dict", "training_key", "evaluation_key",
-           "run_ablation", "plan", "ensure_trained", "evaluate_row", "write_ablation_table", "plot_sweep",
-           "validate_row_config", "TRAINING_KEY_IGNORED"]
+__all__ = [
+    "AblationGrid",
+    "AblationRow",
+    "load_grid",
+    "grid_from_dict",
+    "training_key",
+    "evaluation_key",
+    "run_ablation",
+    "plan",
+    "ensure_trained",
+    "evaluate_row",
+    "write_ablation_table",
+    "plot_sweep",
+    "validate_row_config",
+    "TRAINING_KEY_IGNORED",
+]

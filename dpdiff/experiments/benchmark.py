@@ -16,6 +16,7 @@ weights' values, so DINOv2 backbones without a weights file get random weights (
 ImageNet weights. ``benchmarks/speed.py`` uses the same helpers (:func:`measure`, :func:`random_model`,
 :func:`random_vit`, :func:`time_detector`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,11 +26,12 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
+from ..backbones.base import FeatureExtractor
 from ..config import Config, InferenceConfig
 from ..engine.features import resolve_device
 from ..engine.inference import Detector
@@ -57,8 +59,12 @@ def measure(fn: Callable[[], object], device: torch.device, warmup: int, rounds:
         fn()
         sync(device)
         times.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(times), "min_s": min(times), "rounds": rounds,
-            "times_s": [round(t, 4) for t in times]}
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "rounds": rounds,
+        "times_s": [round(t, 4) for t in times],
+    }
 
 
 def cpu_name() -> str:
@@ -76,52 +82,65 @@ def device_name(device: torch.device) -> str:
 
 
 # ---------------------------------------------------------------------------------------- random models
-def random_model(in_dim: int, grid: tuple[int, int], cfg: Config, device: torch.device | str,
-                 seed: int = 0) -> DPDiffAD:
+def random_model(
+    in_dim: int, grid: tuple[int, int], cfg: Config, device: torch.device | str, seed: int = 0
+) -> DPDiffAD:
     """DPDiffAD at the config's size with random non-zero weights (adaLN-Zero would start as identity),
     in eval mode on ``device``. The caller's global RNG state is left untouched."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = DPDiffAD(in_dim, tuple(grid), cfg.model, cfg.loss)
+        model = DPDiffAD(in_dim, grid, cfg.model, cfg.loss)
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(torch.randn_like(p) * 0.02)
     return model.to(device).eval()
 
 
-def random_vit(arch: str | dict, layers: Sequence[int] | None, image_size: int,
-               feature_stride: int | None = None, name: str | None = None, seed: int = 0,
-               tmp_dir: str | os.PathLike | None = None):
+def random_vit(
+    arch: str | dict,
+    layers: Sequence[int] | None,
+    image_size: int,
+    feature_stride: int | None = None,
+    name: str | None = None,
+    seed: int = 0,
+    tmp_dir: str | os.PathLike | None = None,
+):
     """DINOv2-style extractor through :func:`~dpdiff.backbones.build_vit` with random weights: a random timm
     state (``arch``: timm name or ``VisionTransformer`` kwargs, as build_vit takes) saved to a temporary
     safetensors file and loaded like real weights (build_vit never initialises randomly by itself)."""
-    import timm
     from safetensors.torch import save_file
-    from timm.models.vision_transformer import VisionTransformer
 
     from ..backbones import build_vit
+    from ..backbones.dinov2 import create_vit
 
     label = name or f"{arch if isinstance(arch, str) else 'custom_vit'}(random)"
     with contextlib.ExitStack() as stack:
-        folder = Path(tmp_dir) if tmp_dir is not None else Path(
-            stack.enter_context(tempfile.TemporaryDirectory(prefix="dpdiff_random_vit_")))
-        kw = dict(img_size=int(image_size), num_classes=0)
+        folder = (
+            Path(tmp_dir)
+            if tmp_dir is not None
+            else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dpdiff_random_vit_")))
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            vit = (timm.create_model(arch, pretrained=False, **kw) if isinstance(arch, str)
-                   else VisionTransformer(**{**arch, **kw}))
+            vit = create_vit(arch, image_size)
         path = folder / f"{label.replace('/', '_')}_{os.getpid()}.safetensors"
         save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(path))
         del vit
         gc.collect()
         try:
-            return build_vit(arch, layers=None if layers is None else list(layers), weights=str(path),
-                             image_size=image_size, feature_stride=feature_stride, name=label)
+            return build_vit(
+                arch,
+                layers=None if layers is None else list(layers),
+                weights=str(path),
+                image_size=image_size,
+                feature_stride=feature_stride,
+                name=label,
+            )
         finally:
             path.unlink(missing_ok=True)
 
 
-def build_benchmark_backbone(cfg: Config, weights_random_ok: bool = True):
+def build_benchmark_backbone(cfg: Config, weights_random_ok: bool = True) -> tuple[FeatureExtractor, str]:
     """The configured backbone and a description of its weights ("random", "packaged" or the path).
 
     A DINOv2 backbone without ``backbone.weights`` gets random weights when ``weights_random_ok`` (timing
@@ -133,14 +152,19 @@ def build_benchmark_backbone(cfg: Config, weights_random_ok: bool = True):
     info = BACKBONES.get(_ALIASES.get(b.name, b.name))
     if info is not None and info["family"] == "dinov2" and not b.weights and weights_random_ok:
         layers = info["default_layers"] if b.layers is None else b.layers
-        return random_vit(info["timm_name"], layers, b.image_size, b.feature_stride,
-                          name=b.name), "random"
+        return random_vit(info["timm_name"], layers, b.image_size, b.feature_stride, name=b.name), "random"
     return build_backbone_from_config(cfg), (str(b.weights) if b.weights else "packaged")
 
 
 # ---------------------------------------------------------------------------------------- the pipeline
-def time_detector(detector: Detector, images: torch.Tensor, warmup: int, rounds: int, seed: int = 0,
-                  inference: InferenceConfig | None = None) -> tuple[dict, dict]:
+def time_detector(
+    detector: Detector,
+    images: torch.Tensor,
+    warmup: int,
+    rounds: int,
+    seed: int = 0,
+    inference: InferenceConfig | None = None,
+) -> tuple[dict, dict]:
     """(backbone-only timing, full-pipeline timing) of ``detector`` on the normalised batch ``images``
     (:func:`measure`): ``detector.features(images)`` and ``detector(images)``, the call evaluation and
     prediction make, each full call with a fresh generator seeded with ``seed`` (the caller's RNG is left
@@ -149,15 +173,22 @@ def time_detector(detector: Detector, images: torch.Tensor, warmup: int, rounds:
     images = images.to(dev)
     with torch.inference_mode():
         bb = measure(lambda: detector.features(images), dev, warmup, rounds)
-        full = measure(lambda: detector(images, torch.Generator(dev).manual_seed(seed), inference), dev, warmup,
-                       rounds)
+        full = measure(lambda: detector(images, torch.Generator(dev).manual_seed(seed), inference), dev, warmup, rounds)
     return bb, full
 
 
 # ---------------------------------------------------------------------------------------- FPS benchmark
-def benchmark_fps(cfg: Config, batch_size: int = PAPER_BATCH_SIZE, rounds: int = 5, warmup: int = 2,
-                  device: str = "auto", dtype: str = "float32", weights_random_ok: bool = True,
-                  backbone: torch.nn.Module | None = None, seed: int = 0) -> dict:
+def benchmark_fps(
+    cfg: Config,
+    batch_size: int = PAPER_BATCH_SIZE,
+    rounds: int = 5,
+    warmup: int = 2,
+    device: str = "auto",
+    dtype: str = "float32",
+    weights_random_ok: bool = True,
+    backbone: FeatureExtractor | None = None,
+    seed: int = 0,
+) -> dict:
     """Backbone-only and full-pipeline FPS (median of ``rounds`` timed batches after ``warmup``) for ``cfg``.
 
     ``dtype``: "float32", or "bfloat16"/"float16" to run the backbone and the DiT under ``torch.autocast``
@@ -177,7 +208,8 @@ def benchmark_fps(cfg: Config, batch_size: int = PAPER_BATCH_SIZE, rounds: int =
     else:
         weights = "given"
     size, inf = int(cfg.backbone.image_size), cfg.inference
-    grid = tuple(int(v) for v in backbone.grid_size(size))
+    grid_h, grid_w = backbone.grid_size(size)
+    grid = (int(grid_h), int(grid_w))
     model = random_model(int(backbone.out_channels), grid, cfg, dev, seed)
     detector = Detector(backbone, model, cfg, dev, autocast_dtype=amp)
     g = torch.Generator().manual_seed(seed)
@@ -186,17 +218,34 @@ def benchmark_fps(cfg: Config, batch_size: int = PAPER_BATCH_SIZE, rounds: int =
     backbone_fps = batch_size / bb["median_s"]
     full_fps = batch_size / full["median_s"]
     return {
-        "device": str(dev), "device_name": device_name(dev), "dtype": dtype,
-        "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-        "batch_size": int(batch_size), "image_size": size,
-        "backbone": getattr(backbone, "name", cfg.backbone.name), "backbone_weights": weights,
+        "device": str(dev),
+        "device_name": device_name(dev),
+        "dtype": dtype,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "batch_size": int(batch_size),
+        "image_size": size,
+        "backbone": getattr(backbone, "name", cfg.backbone.name),
+        "backbone_weights": weights,
         "tokens": [int(backbone.out_channels), *grid],
-        "dit": {"hidden_dim": cfg.model.hidden_dim, "depth": cfg.model.depth, "num_heads": cfg.model.num_heads,
-                "weights": "random"},
-        "noise_step": inf.noise_step, "ddim_steps": inf.ddim_steps, "ensemble": max(1, int(inf.ensemble)),
-        "map_size": detector.map_size, "smoothing_sigma": inf.smoothing_sigma, "pool_size": inf.pool_size,
-        "warmup": int(warmup), "rounds": int(rounds), "statistic": "median",
-        "backbone_fps": backbone_fps, "full_fps": full_fps, "fps_ratio": full_fps / backbone_fps,
+        "dit": {
+            "hidden_dim": cfg.model.hidden_dim,
+            "depth": cfg.model.depth,
+            "num_heads": cfg.model.num_heads,
+            "weights": "random",
+        },
+        "noise_step": inf.noise_step,
+        "ddim_steps": inf.ddim_steps,
+        "ensemble": max(1, int(inf.ensemble)),
+        "map_size": detector.map_size,
+        "smoothing_sigma": inf.smoothing_sigma,
+        "pool_size": inf.pool_size,
+        "warmup": int(warmup),
+        "rounds": int(rounds),
+        "statistic": "median",
+        "backbone_fps": backbone_fps,
+        "full_fps": full_fps,
+        "fps_ratio": full_fps / backbone_fps,
         "backbone_ms_per_image": 1e3 * bb["median_s"] / batch_size,
         "full_ms_per_image": 1e3 * full["median_s"] / batch_size,
         "timings": {"backbone": bb, "full": full},
@@ -206,12 +255,32 @@ def benchmark_fps(cfg: Config, batch_size: int = PAPER_BATCH_SIZE, rounds: int =
 
 def format_fps_markdown(result: dict) -> str:
     """A small Markdown table of a :func:`benchmark_fps` result."""
-    head = ["backbone", "device", "dtype", "threads", "batch", "image", "DDIM steps", "ensemble",
-            "backbone FPS", "full FPS", "ratio"]
-    row = [f"{result['backbone']} ({result['backbone_weights']})",
-           f"{result['device_name']} ({result['device']})", result["dtype"], str(result["torch_threads"]),
-           str(result["batch_size"]), str(result["image_size"]), str(result["ddim_steps"]),
-           str(result["ensemble"]), f"{result['backbone_fps']:.2f}", f"{result['full_fps']:.2f}",
-           f"{result['fps_ratio']:.3f}"]
-    return "\n".join(["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|",
-                      "| " + " | ".join(row) + " |"])
+    head = [
+        "backbone",
+        "device",
+        "dtype",
+        "threads",
+        "batch",
+        "image",
+        "DDIM steps",
+        "ensemble",
+        "backbone FPS",
+        "full FPS",
+        "ratio",
+    ]
+    row = [
+        f"{result['backbone']} ({result['backbone_weights']})",
+        f"{result['device_name']} ({result['device']})",
+        result["dtype"],
+        str(result["torch_threads"]),
+        str(result["batch_size"]),
+        str(result["image_size"]),
+        str(result["ddim_steps"]),
+        str(result["ensemble"]),
+        f"{result['backbone_fps']:.2f}",
+        f"{result['full_fps']:.2f}",
+        f"{result['fps_ratio']:.3f}",
+    ]
+    return "\n".join(
+        ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|", "| " + " | ".join(row) + " |"]
+    )

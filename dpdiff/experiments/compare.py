@@ -5,6 +5,7 @@ extraction feeds both methods, and both go through the same map post-processing 
 to the evaluation resolution, Gaussian smoothing, the configured image-score rule), so two rows differ
 only in how a token is scored.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,13 +28,16 @@ def masks_and_labels(dataset: ImageDataset) -> tuple[np.ndarray, np.ndarray]:
     return masks, labels
 
 
-def build_knn(train_feats, coreset: float = 1.0, seed: int = 0, chunk: int = 256,
-              standardize: bool = False) -> KNNMemoryBank:
+def build_knn(
+    train_feats, coreset: float = 1.0, seed: int = 0, chunk: int = 256, standardize: bool = False
+) -> KNNMemoryBank:
     """Memory bank of every training token of ``train_feats`` ((N, C, h, w) tensor or FeatureStore);
     ``standardize``: nearest neighbours in z-scored token space (as DPDiff-AD), else raw space."""
     c = train_feats.shape[1]
-    parts = [tokens_from_maps(torch.as_tensor(train_feats[i:i + chunk]).float()).reshape(-1, c)
-             for i in range(0, train_feats.shape[0], chunk)]
+    parts = [
+        tokens_from_maps(torch.as_tensor(train_feats[i : i + chunk]).float()).reshape(-1, c)
+        for i in range(0, train_feats.shape[0], chunk)
+    ]
     return KNNMemoryBank(torch.cat(parts), coreset, seed=seed, standardize=standardize)
 
 
@@ -42,18 +46,19 @@ def knn_score_features(bank: KNNMemoryBank, feats, cfg: Config, batch_size: int 
     """(pixel maps (N, R, R), image scores (N,)) of the kNN baseline, post-processed like DPDiff-AD."""
     maps, scores = [], []
     for i in range(0, feats.shape[0], batch_size):
-        m, s = postprocess_maps(bank.score_maps(torch.as_tensor(feats[i:i + batch_size])), cfg)
+        m, s = postprocess_maps(bank.score_maps(torch.as_tensor(feats[i : i + batch_size])), cfg)
         maps.append(m)
         scores.append(s)
     return torch.cat(maps), torch.cat(scores)
 
 
-def dpdiff_score_features(detector: Detector, feats, batch_size: int | None = None, seed: int | None = None,
-                          inference=None):
+def dpdiff_score_features(
+    detector: Detector, feats, batch_size: int | None = None, seed: int | None = None, inference=None
+):
     """(pixel maps (N, R, R), image scores (N,)) of DPDiff-AD on precomputed backbone maps, through the
     detector's own batch loop (:meth:`Detector.score_batches`): one generator seeded with ``seed`` (default
     ``inference.seed``) consumed in batch order."""
     inf = inference or detector.cfg.inference
     bs = int(batch_size or inf.batch_size)
-    chunks = (feats[i:i + bs] for i in range(0, feats.shape[0], bs))
+    chunks = (feats[i : i + bs] for i in range(0, feats.shape[0], bs))
     return detector.score_batches(chunks, features=True, seed=seed, inference=inf)

@@ -1,4 +1,5 @@
 """`dpdiff demo`: synthetic multi-category data -> train one model -> test -> metrics and overlays."""
+
 from __future__ import annotations
 
 import logging
@@ -23,14 +24,17 @@ def demo_config() -> Config:
     return load_config(DEMO_PRESET)
 
 
-def run_demo(output: Path, cfg: Config | None = None, num_categories: int = 4, seed: int = 0,
-             overwrite: bool = False) -> dict:
+def run_demo(
+    output: Path, cfg: Config | None = None, num_categories: int = 4, seed: int = 0, overwrite: bool = False
+) -> dict:
     output = Path(output)
     cfg = cfg or demo_config()
     data_root = output / "data"
     if not (data_root / ".complete").exists():
         logger.info("generating %d synthetic categories in %s", num_categories, data_root)
-        generate_synthetic_dataset(data_root, num_categories=num_categories, image_size=cfg.backbone.image_size, seed=seed)
+        generate_synthetic_dataset(
+            data_root, num_categories=num_categories, image_size=cfg.backbone.image_size, seed=seed
+        )
         atomic_write_text(data_root / ".complete", "ok\n")
     cfg.data.root = str(data_root)
     cfg.data.categories = None

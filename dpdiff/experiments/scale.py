@@ -28,6 +28,7 @@ every run. A folder made with other settings (config, images per category, steps
 refused unless ``overwrite``, which redoes every count (the synthetic data are regenerated only
 when their own settings changed; the feature cache is kept: it is keyed by file identity).
 """
+
 from __future__ import annotations
 
 import io
@@ -38,32 +39,40 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..config import RUNTIME, Config, keys_with_role
-from ..errors import ConfigError
 from ..data.dataset import ImageDataset
 from ..data.formats import load_samples
 from ..data.synthetic import ensure_synthetic_dataset, read_marker
+from ..engine.checkpoint import STATE_FILE, load_model
+from ..engine.evaluate import protocol_description
+from ..engine.features import build_backbone_from_config, resolve_device
+from ..engine.features.cache import FeatureCache
+from ..engine.inference import Detector
+from ..engine.train import train
+from ..errors import ConfigError
 from ..io import atomic_write_bytes, atomic_write_json
 from ..metrics import compute_metrics
 from ..metrics.paper_tables import DELTA_ROW, load_results, scale_table, write_table
 from ..metrics.tables import TABLE_COLUMNS, write_results
-from ..engine.features.cache import FeatureCache
-from ..engine.checkpoint import STATE_FILE, load_model
-from .compare import build_knn, dpdiff_score_features, knn_score_features, map_size, masks_and_labels
-from ..engine.evaluate import protocol_description
-from ..engine.inference import Detector
-from ..engine.features import resolve_device
-from ..engine.features import build_backbone_from_config
-from ..engine.train import train
 from ..run_files import RESULTS_STEM
+from .compare import build_knn, dpdiff_score_features, knn_score_features, map_size, masks_and_labels
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ScaleSettings", "SCALE_PRESET", "METHODS", "run_scale", "count_dir", "parse_counts",
-           "SETTINGS_FILE", "DONE_FILE"]
+__all__ = [
+    "ScaleSettings",
+    "SCALE_PRESET",
+    "METHODS",
+    "run_scale",
+    "count_dir",
+    "parse_counts",
+    "SETTINGS_FILE",
+    "DONE_FILE",
+]
 
 #: The packaged preset `dpdiff scale` runs by default (dpdiff/configs/scale_lite0.yaml; dpdiff.config.load_config).
 SCALE_PRESET = "scale_lite0"
@@ -78,13 +87,14 @@ METHODS = {"dpdiff": "DPDiff-AD", "knn": "kNN memory bank"}
 @dataclass
 class ScaleSettings:
     """Everything `dpdiff scale` needs besides the model/inference config."""
+
     counts: list[int] = field(default_factory=lambda: [10, 20, 40, 80])
-    images_per_category: int = 16      # normal training images per category
+    images_per_category: int = 16  # normal training images per category
     test_good_per_category: int = 4
     test_defect_per_category: int = 8  # one of each defect type
-    steps: int | None = None           # None: the config's train.steps
-    seed: int = 0                      # synthetic data and training seed
-    coreset: float = 1.0               # kNN memory bank: fraction kept by greedy coreset (1.0 = all tokens)
+    steps: int | None = None  # None: the config's train.steps
+    seed: int = 0  # synthetic data and training seed
+    coreset: float = 1.0  # kNN memory bank: fraction kept by greedy coreset (1.0 = all tokens)
 
     def __post_init__(self) -> None:
         self.counts = sorted({int(n) for n in self.counts})
@@ -93,8 +103,10 @@ class ScaleSettings:
         if self.images_per_category < 1:
             raise ConfigError(f"images_per_category must be >= 1, got {self.images_per_category}")
         if self.test_defect_per_category < 1 or self.test_good_per_category < 1:
-            raise ConfigError("each category needs at least one good and one defective test image "
-                              "(the image metrics need both labels)")
+            raise ConfigError(
+                "each category needs at least one good and one defective test image "
+                "(the image metrics need both labels)"
+            )
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
         if not 0.0 < self.coreset <= 1.0:
@@ -126,8 +138,10 @@ def _comparable_config(cfg_d: dict) -> dict:
     workers, logging, checkpoint interval, feature cache change no number) and SCALE_OWN_KEYS. Unlike the
     ablation training key, the test-time sections count: they change the tables."""
     ignored = keys_with_role(RUNTIME) | SCALE_OWN_KEYS
-    return {sec: ({k: v for k, v in vals.items() if f"{sec}.{k}" not in ignored} if isinstance(vals, dict) else vals)
-            for sec, vals in cfg_d.items()}
+    return {
+        sec: ({k: v for k, v in vals.items() if f"{sec}.{k}" not in ignored} if isinstance(vals, dict) else vals)
+        for sec, vals in cfg_d.items()
+    }
 
 
 def _fingerprint(cfg: Config, s: ScaleSettings) -> dict:
@@ -158,13 +172,16 @@ def _prepare_output(output: Path, cfg: Config, s: ScaleSettings, overwrite: bool
             old = None
         same = isinstance(old, dict) and _same_fingerprint(old.get("fingerprint"), fp)
         if not same and not overwrite:
-            raise FileExistsError(f"{output} holds a scale run made with other settings ({path}); pass --overwrite "
-                                  f"to redo it or choose another --output")
+            raise FileExistsError(
+                f"{output} holds a scale run made with other settings ({path}); pass --overwrite "
+                f"to redo it or choose another --output"
+            )
         if overwrite:
             _clear(output)
     elif any(count_dir(output, n).exists() for n in s.counts) and not overwrite:
-        raise FileExistsError(f"{output} holds count folders but no {SETTINGS_FILE}; pass --overwrite or choose "
-                              f"another --output")
+        raise FileExistsError(
+            f"{output} holds count folders but no {SETTINGS_FILE}; pass --overwrite or choose another --output"
+        )
     elif overwrite:
         _clear(output)
     atomic_write_json(path, {"fingerprint": fp, "counts": s.counts})
@@ -180,8 +197,13 @@ def _clear(output: Path) -> None:
 
 def _ensure_data(output: Path, cfg: Config, s: ScaleSettings, overwrite: bool) -> list[str]:
     data = output / "data"
-    kwargs = dict(train_per_category=s.images_per_category, test_good_per_category=s.test_good_per_category,
-                  test_defect_per_category=s.test_defect_per_category, image_size=cfg.backbone.image_size, seed=s.seed)
+    kwargs: dict[str, Any] = dict(
+        train_per_category=s.images_per_category,
+        test_good_per_category=s.test_good_per_category,
+        test_defect_per_category=s.test_defect_per_category,
+        image_size=cfg.backbone.image_size,
+        seed=s.seed,
+    )
     try:
         return ensure_synthetic_dataset(data, max(s.counts), **kwargs)
     except FileExistsError:
@@ -196,8 +218,16 @@ def _test_samples(data: Path, categories: list[str]) -> dict[str, list]:
     return {c: sorted(load_samples("mvtec", data, [c], "test"), key=lambda x: str(x.image_path)) for c in categories}
 
 
-def _evaluate_count(n: int, names: list[str], output: Path, cfg: Config, s: ScaleSettings, backbone,
-                    cache: FeatureCache, device: torch.device) -> dict:
+def _evaluate_count(
+    n: int,
+    names: list[str],
+    output: Path,
+    cfg: Config,
+    s: ScaleSettings,
+    backbone,
+    cache: FeatureCache,
+    device: torch.device,
+) -> dict:
     """Train + test DPDiff-AD and the kNN bank on the first ``n`` categories; returns the done record."""
     cats = names[:n]
     folder = count_dir(output, n)
@@ -209,8 +239,9 @@ def _evaluate_count(n: int, names: list[str], output: Path, cfg: Config, s: Scal
 
     t0 = time.perf_counter()
     train_samples = load_samples("mvtec", data, cats, "train")
-    train_feats = cache.get(backbone, bkey, train_samples, cfg.backbone.image_size, fb, device,
-                            desc=f"N={n} train features")
+    train_feats = cache.get(
+        backbone, bkey, train_samples, cfg.backbone.image_size, fb, device, desc=f"N={n} train features"
+    )
     tests = _test_samples(data, cats)
     flat = [x for c in cats for x in tests[c]]
     test_feats = cache.get(backbone, bkey, flat, cfg.backbone.image_size, fb, device, desc=f"N={n} test features")
@@ -227,16 +258,23 @@ def _evaluate_count(n: int, names: list[str], output: Path, cfg: Config, s: Scal
     t0 = time.perf_counter()
     bank = build_knn(train_feats, s.coreset, seed=s.seed)
     timings["knn_build_s"] = time.perf_counter() - t0
-    per_cat = {m: {} for m in METHODS}
+    per_cat: dict[str, dict] = {m: {} for m in METHODS}
     secs = {m: 0.0 for m in METHODS}
     pos = 0
     R = map_size(run_cfg)
     for c in cats:
         samples = tests[c]
-        feats = test_feats[pos:pos + len(samples)]
+        feats = test_feats[pos : pos + len(samples)]
         pos += len(samples)
-        ds = ImageDataset(samples, cfg.backbone.image_size, backbone.mean, backbone.std, mask_size=R,
-                          mask_threshold=run_cfg.evaluation.mask_threshold, mask_resize=run_cfg.evaluation.mask_resize)
+        ds = ImageDataset(
+            samples,
+            cfg.backbone.image_size,
+            backbone.mean,
+            backbone.std,
+            mask_size=R,
+            mask_threshold=run_cfg.evaluation.mask_threshold,
+            mask_resize=run_cfg.evaluation.mask_resize,
+        )
         masks, labels = masks_and_labels(ds)
         t0 = time.perf_counter()
         maps, scores = dpdiff_score_features(detector, feats)
@@ -254,9 +292,15 @@ def _evaluate_count(n: int, names: list[str], output: Path, cfg: Config, s: Scal
         paths = write_results(per_cat[m], folder / m, stem=RESULTS_STEM, protocol=protocol)
         means[m] = json.loads(Path(paths["json"]).read_text())["mean"]
         files[m] = str(paths["json"])
-    record = {"categories": n, "category_names": cats, "train_images": len(train_samples),
-              "test_images": len(flat), "mean": means, "results": files,
-              "timings": {k: round(v, 2) for k, v in timings.items()}}
+    record = {
+        "categories": n,
+        "category_names": cats,
+        "train_images": len(train_samples),
+        "test_images": len(flat),
+        "mean": means,
+        "results": files,
+        "timings": {k: round(v, 2) for k, v in timings.items()},
+    }
     atomic_write_json(folder / DONE_FILE, record)  # last: this count is finished
     return record
 
@@ -264,10 +308,16 @@ def _evaluate_count(n: int, names: list[str], output: Path, cfg: Config, s: Scal
 def _protocol(cfg: Config, s: ScaleSettings) -> dict:
     """Evaluation protocol + the (count-independent) training setting, identical for every N."""
     return protocol_description(cfg) | {
-        "backbone": cfg.backbone.name, "layers": cfg.backbone.layers, "train_steps": cfg.train.steps,
-        "train_batch_size": cfg.train.batch_size, "images_per_category": s.images_per_category,
-        "test_good_per_category": s.test_good_per_category, "test_defect_per_category": s.test_defect_per_category,
-        "knn_coreset": s.coreset, "data": "dpdiff.data.synthetic (nested category prefixes)", "seed": s.seed,
+        "backbone": cfg.backbone.name,
+        "layers": cfg.backbone.layers,
+        "train_steps": cfg.train.steps,
+        "train_batch_size": cfg.train.batch_size,
+        "images_per_category": s.images_per_category,
+        "test_good_per_category": s.test_good_per_category,
+        "test_defect_per_category": s.test_defect_per_category,
+        "knn_coreset": s.coreset,
+        "data": "dpdiff.data.synthetic (nested category prefixes)",
+        "seed": s.seed,
     }
 
 
@@ -280,7 +330,7 @@ def _plot(rows: dict[str, dict[int, dict]], out_path: Path) -> Path:
     counts = sorted({n for r in rows.values() for n in r})
     for k, col in enumerate(TABLE_COLUMNS):
         ax = fig.add_subplot(2, 4, k + 1)
-        for m, style in zip(METHODS, ("o-", "s--")):
+        for m, style in zip(METHODS, ("o-", "s--"), strict=True):
             ns = sorted(rows[m])
             ys = [100.0 * rows[m][n][col] for n in ns]
             finite = [y for y in ys if math.isfinite(y)]
@@ -312,16 +362,23 @@ def _write_summary(output: Path, records: dict[int, dict]) -> dict:
         for m in METHODS:
             table_rows = {f"N={n}": rows[m][n] for n in ns}
             sources = {f"N={n}": load_results(records[n]["results"][m]) for n in ns}
-            paths = write_table(table_rows, output, stem=f"scale_table_{m}", kind="scale", sources=sources,
-                                overwrite=True)  # derived from the finished counts: rebuilt every run
+            paths = write_table(
+                table_rows, output, stem=f"scale_table_{m}", kind="scale", sources=sources, overwrite=True
+            )  # derived from the finished counts: rebuilt every run
             out["tables"][m] = {k: str(v) for k, v in paths.items()}
             out["delta"][m] = scale_table(table_rows)[DELTA_ROW]
     out["plot"] = str(_plot(rows, output / "scale_plot.png"))
     return out
 
 
-def run_scale(cfg: Config, output: str | Path, settings: ScaleSettings | None = None, overwrite: bool = False,
-              device: str | None = None, log=None) -> dict:
+def run_scale(
+    cfg: Config,
+    output: str | Path,
+    settings: ScaleSettings | None = None,
+    overwrite: bool = False,
+    device: str | None = None,
+    log=None,
+) -> dict:
     """Run the category-scale grid into ``output`` (see the module docstring); returns
     ``{"counts", "records": {N: done record}, "skipped": [N ...], "rows": {method: {N: mean row}},
     "tables": {method: {"md", "csv", "json"}}, "delta": {method: row}, "plot"}``. Progress messages go to
@@ -351,13 +408,17 @@ def run_scale(cfg: Config, output: str | Path, settings: ScaleSettings | None = 
             continue
         if backbone is None:
             backbone = build_backbone_from_config(cfg).to(dev).eval()
-        log(f"[scale] N={n}: training DPDiff-AD for {cfg.train.steps} steps on {n} categories, then testing it and "
-            f"the kNN bank")
+        log(
+            f"[scale] N={n}: training DPDiff-AD for {cfg.train.steps} steps on {n} categories, then testing it and "
+            f"the kNN bank"
+        )
         t_n = time.perf_counter()
         records[n] = _evaluate_count(n, names, output, cfg, s, backbone, cache, dev)
         m = records[n]["mean"]
-        log(f"[scale] N={n} done in {time.perf_counter() - t_n:.0f} s: "
+        log(
+            f"[scale] N={n} done in {time.perf_counter() - t_n:.0f} s: "
             f"DPDiff-AD I-AUROC {100 * m['dpdiff']['I-AUROC']:.1f} mAD {100 * m['dpdiff']['mAD']:.1f} | "
-            f"kNN I-AUROC {100 * m['knn']['I-AUROC']:.1f} mAD {100 * m['knn']['mAD']:.1f}")
+            f"kNN I-AUROC {100 * m['knn']['I-AUROC']:.1f} mAD {100 * m['knn']['mAD']:.1f}"
+        )
     summary = _write_summary(output, records)
     return {"counts": s.counts, "records": records, "skipped": skipped, **summary}

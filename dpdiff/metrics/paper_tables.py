@@ -200,8 +200,11 @@ def protocol_mismatch(protocols: Mapping[str, Mapping | None]) -> dict | None:
         return None
     keys = sorted({k for flat in known.values() for k in flat if not _ignored(k)})
     absent = object()
-    differing = [k for k in keys
-                 if len({"<absent>" if f.get(k, absent) is absent else _canonical(f[k]) for f in known.values()}) > 1]
+    differing = [
+        k
+        for k in keys
+        if len({"<absent>" if f.get(k, absent) is absent else _canonical(f[k]) for f in known.values()}) > 1
+    ]
     if not differing and not without:
         return None
     parts = []
@@ -265,6 +268,7 @@ def write_table(
     """
     if kind not in KINDS:
         raise UsageError(f"kind must be one of {KINDS}, got {kind!r}")
+    summary: str | None
     if kind == "scale":
         table, summary = scale_table(rows), DELTA_ROW
     else:
@@ -288,7 +292,7 @@ def write_table(
         "columns": list(TABLE_COLUMNS),
         "rows": table,
         "summary_row": summary,
-        "summary_rule": _SUMMARY_RULES.get(summary),
+        "summary_rule": None if summary is None else _SUMMARY_RULES.get(summary),
         "sources": src,
     }
     if warning:

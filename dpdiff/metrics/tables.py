@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from dpdiff.errors import DataError
@@ -28,7 +28,7 @@ TABLE_COLUMNS = METRIC_NAMES + ("mAD",)
 MEAN_ROW = "mean"
 
 
-def complete_row(metrics: dict, name: str) -> dict:
+def complete_row(metrics: Mapping, name: str) -> dict:
     """``{column: float}`` for every table column (mAD computed when absent); ``KeyError`` naming the
     row when one of the seven metrics is missing."""
     missing = [k for k in METRIC_NAMES if k not in metrics]
@@ -96,8 +96,9 @@ def format_table_csv(rows: dict[str, dict], label: str = "category", lead: dict[
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow((label, *lead) + TABLE_COLUMNS)
     for name, m in rows.items():
-        writer.writerow([name] + [_lead_cell(lead, c, name, "") for c in lead]
-                        + [repr(float(m[c])) for c in TABLE_COLUMNS])
+        writer.writerow(
+            [name] + [_lead_cell(lead, c, name, "") for c in lead] + [repr(float(m[c])) for c in TABLE_COLUMNS]
+        )
     return buf.getvalue()
 
 

@@ -8,6 +8,7 @@ prototypes (Eq. 16-17) unless ``model.prototype_cross_attention`` is false:
 * ``unet``: :class:`~dpdiff.model.unet.PrototypeUNet`, a conv U-Net on the token grid.
 * ``uvit``: :class:`~dpdiff.model.uvit.PrototypeUViT`, timestep as a token + long skip connections.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -25,8 +26,15 @@ def build_denoiser(cfg: ModelConfig, in_dim: int, grid: tuple[int, int]) -> nn.M
     name = str(cfg.denoiser).lower()
     if name not in DENOISERS:
         raise ValueError(f"model.denoiser must be one of {sorted(DENOISERS)}, got {cfg.denoiser!r}")
-    return DENOISERS[name](in_dim, tuple(grid), cfg.hidden_dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio,
-                           cross_attention=cfg.prototype_cross_attention)
+    return DENOISERS[name](
+        in_dim,
+        tuple(grid),
+        cfg.hidden_dim,
+        cfg.depth,
+        cfg.num_heads,
+        cfg.mlp_ratio,
+        cross_attention=cfg.prototype_cross_attention,
+    )
 
 
 __all__ = ["DENOISERS", "build_denoiser"]

@@ -4,10 +4,11 @@ Pure tensor functions plus a tiny ``NoiseSchedule`` holder so the maths can be t
 network. Timesteps are 0-based indices into the schedule (``t = 0 .. T-1``): index ``t`` has
 ``alpha_bar[t] = prod_{s<=t} (1 - beta_s)``. The paper's ``t`` (1-based) is ``index + 1``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -24,7 +25,7 @@ class NoiseSchedule:
     betas: torch.Tensor  # (T,) float64
 
     @classmethod
-    def linear(cls, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "NoiseSchedule":
+    def linear(cls, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> NoiseSchedule:
         return cls(linear_beta_schedule(num_timesteps, beta_start, beta_end))
 
     @property
@@ -69,7 +70,9 @@ def ddim_timesteps(start_step: int, num_steps: int) -> list[int]:
     return out
 
 
-def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, abar_t: torch.Tensor, abar_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def ddim_step(
+    x_t: torch.Tensor, eps: torch.Tensor, abar_t: torch.Tensor, abar_prev: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One deterministic DDIM update (eta = 0). Returns (x_prev, x0_pred)."""
     x0_pred = (x_t - (1.0 - abar_t).sqrt() * eps) / abar_t.sqrt()
     x_prev = abar_prev.sqrt() * x0_pred + (1.0 - abar_prev).sqrt() * eps
@@ -80,8 +83,9 @@ EpsFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
 @torch.no_grad()
-def ddim_reconstruct(x_start: torch.Tensor, start_step: int, num_steps: int, eps_fn: EpsFn,
-                     alphas_cumprod: torch.Tensor) -> torch.Tensor:
+def ddim_reconstruct(
+    x_start: torch.Tensor, start_step: int, num_steps: int, eps_fn: EpsFn, alphas_cumprod: torch.Tensor
+) -> torch.Tensor:
     """Denoise ``x_start`` (already noised to ``start_step``) back to x0 with DDIM (Sec. 4.3, [46]).
 
     ``eps_fn(x_s, t_batch, s)`` predicts the noise at step ``s`` (Eq. 20); the caller supplies the

@@ -5,6 +5,7 @@ noised prototypes (Eq. 16-17: x' = x + CrossAttn(x, P_t, P_t)), and an MLP. The 
 drives the adaLN shift/scale/gate of all three sub-layers; gates start at zero so each block begins
 as the identity (adaLN-Zero).
 """
+
 from __future__ import annotations
 
 import math
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .prototype_embedding import PrototypeEmbedding
+from .denoiser_base import DenoiserSize, PrototypeDenoiser
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -52,8 +53,9 @@ class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, context_dim: int | None = None):
         super().__init__()
         if dim % num_heads:
-            raise ConfigError(f"hidden dim {dim} not divisible by {num_heads} heads "
-                              f"(model.hidden_dim, model.num_heads)")
+            raise ConfigError(
+                f"hidden dim {dim} not divisible by {num_heads} heads (model.hidden_dim, model.num_heads)"
+            )
         self.num_heads = num_heads
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(context_dim or dim, 2 * dim)
@@ -85,8 +87,8 @@ class PrototypeDiTBlock(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
         self.adaLN = nn.Sequential(nn.SiLU(), nn.Linear(dim, n_mod * dim))
-        nn.init.zeros_(self.adaLN[-1].weight)
-        nn.init.zeros_(self.adaLN[-1].bias)
+        for p in self.adaLN[-1].parameters():  # weight and bias
+            nn.init.zeros_(p)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, protos: torch.Tensor | None) -> torch.Tensor:
         mods = self.adaLN(c).chunk(9 if self.cross_attention else 6, dim=-1)
@@ -100,35 +102,36 @@ class PrototypeDiTBlock(nn.Module):
         return x
 
 
-class PrototypeDiT(PrototypeEmbedding, nn.Module):
+class PrototypeDiT(PrototypeDenoiser):
     """eps_theta(x_t, P_t, t) of Eq. (18): tokens (B,N,C) + prototypes (B,P,C) + t (B,) -> noise (B,N,C)."""
 
-    def __init__(self, in_dim: int, grid_size: tuple[int, int], hidden_dim: int = 256, depth: int = 4,
-                 num_heads: int = 4, mlp_ratio: float = 4.0, cross_attention: bool = True,
-                 num_prototype_types: int = 2):
-        super().__init__()
-        self.grid_size = tuple(grid_size)
+    pos_embed: torch.Tensor  # buffer (register_buffer), declared for the type checker
+
+    def build(self, size: DenoiserSize) -> None:
+        in_dim, hidden_dim = size.in_dim, size.hidden_dim
         self.in_proj = nn.Linear(in_dim, hidden_dim)
-        self.init_prototype_embedding(in_dim, hidden_dim, num_prototype_types)  # proto_proj, proto_type
-        self.register_buffer("pos_embed", sincos_pos_embed_2d(hidden_dim, *self.grid_size).unsqueeze(0), persistent=False)
+        self.init_prototype_embedding(in_dim, hidden_dim, size.num_prototype_types)  # proto_proj, proto_type
+        self.register_buffer(
+            "pos_embed", sincos_pos_embed_2d(hidden_dim, *self.grid_size).unsqueeze(0), persistent=False
+        )
         self.t_embed = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, hidden_dim))
-        self.blocks = nn.ModuleList(PrototypeDiTBlock(hidden_dim, num_heads, mlp_ratio, cross_attention) for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            PrototypeDiTBlock(hidden_dim, size.num_heads, size.mlp_ratio, size.cross_attention)
+            for _ in range(size.depth)
+        )
         self.final_norm = nn.LayerNorm(hidden_dim, elementwise_affine=False, eps=1e-6)
         self.final_adaLN = nn.Sequential(nn.SiLU(), nn.Linear(hidden_dim, 2 * hidden_dim))
         self.out_proj = nn.Linear(hidden_dim, in_dim)
         for m in (self.final_adaLN[-1], self.out_proj):
-            nn.init.zeros_(m.weight)
-            nn.init.zeros_(m.bias)
-        self.hidden_dim = hidden_dim
+            for p in m.parameters():  # weight and bias
+                nn.init.zeros_(p)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, protos: torch.Tensor | None = None,
-                proto_types: torch.Tensor | None = None) -> torch.Tensor:
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, protos: torch.Tensor | None) -> torch.Tensor:
         if x_t.shape[1] != self.pos_embed.shape[1]:
             raise ValueError(f"DiT built for {self.pos_embed.shape[1]} tokens {self.grid_size}, got {x_t.shape[1]}")
         h = self.in_proj(x_t) + self.pos_embed
         c = self.t_embed(timestep_embedding(t, self.hidden_dim))
-        p = self.embed_prototypes(protos, proto_types)
         for block in self.blocks:
-            h = block(h, c, p)
+            h = block(h, c, protos)
         shift, scale = self.final_adaLN(c).chunk(2, dim=-1)
         return self.out_proj(modulate(self.final_norm(h), shift, scale))

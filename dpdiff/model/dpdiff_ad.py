@@ -4,6 +4,7 @@
 schedule, token statistics). The frozen backbone lives outside, so a checkpoint is small and the
 model works on cached tokens. Tokens enter as (B, N, C) in backbone space.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,8 +17,7 @@ from ..config import LossConfig, ModelConfig
 from ..errors import ConfigError
 from .denoisers import build_denoiser
 from .diffusion import NoiseSchedule, ddim_reconstruct, q_sample
-from .prototypes import (PrototypeExtractor, global_prototype_loss, local_prototype_loss,
-                         prototype_similarity_maps)
+from .prototypes import PrototypeExtractor, global_prototype_loss, local_prototype_loss, prototype_similarity_maps
 
 LOCAL, GLOBAL = 0, 1
 #: ``inference.scoring`` modes: Eq. (22) reconstruction error, or prototype similarity (Table 5 rows 1-2).
@@ -25,17 +25,34 @@ SCORING_MODES = ("reconstruction", "prototype")
 
 
 class DPDiffAD(nn.Module):
-    def __init__(self, in_dim: int, grid_size: tuple[int, int], cfg: ModelConfig | None = None,
-                 loss_cfg: LossConfig | None = None):
+    # buffers (register_buffer), declared for the type checker
+    alphas_cumprod: torch.Tensor
+    token_mean: torch.Tensor
+    token_std: torch.Tensor
+
+    def __init__(
+        self,
+        in_dim: int,
+        grid_size: tuple[int, int],
+        cfg: ModelConfig | None = None,
+        loss_cfg: LossConfig | None = None,
+    ):
         super().__init__()
         self.cfg = cfg = cfg or ModelConfig()
         self.loss_cfg = loss_cfg or LossConfig()
         self.in_dim = in_dim
-        self.grid_size = tuple(grid_size)
-        self.local_extractor = (PrototypeExtractor(in_dim, cfg.num_local_prototypes, cfg.prototype_heads)
-                                if cfg.use_local_prototypes and cfg.num_local_prototypes > 0 else None)
-        self.global_extractor = (PrototypeExtractor(in_dim, cfg.num_global_prototypes, cfg.prototype_heads)
-                                 if cfg.use_global_prototypes and cfg.num_global_prototypes > 0 else None)
+        h, w = grid_size
+        self.grid_size = (h, w)
+        self.local_extractor = (
+            PrototypeExtractor(in_dim, cfg.num_local_prototypes, cfg.prototype_heads)
+            if cfg.use_local_prototypes and cfg.num_local_prototypes > 0
+            else None
+        )
+        self.global_extractor = (
+            PrototypeExtractor(in_dim, cfg.num_global_prototypes, cfg.prototype_heads)
+            if cfg.use_global_prototypes and cfg.num_global_prototypes > 0
+            else None
+        )
         if not cfg.diffusion and self.local_extractor is None and self.global_extractor is None:
             raise ConfigError("model.diffusion=false needs local or global prototypes (nothing to train otherwise)")
         # eps_theta of Eq. (18): DiT (paper), U-Net or U-ViT (Table 9); None = prototype-only (Table 5 rows 1-2)
@@ -93,8 +110,9 @@ class DPDiffAD(nn.Module):
             return 0
         return sum(e.num_prototypes for e in (self.local_extractor, self.global_extractor) if e is not None)
 
-    def draw_training_noise(self, batch_size: int, generator: torch.Generator | None = None,
-                            device: torch.device | str | None = None) -> dict[str, torch.Tensor | None]:
+    def draw_training_noise(
+        self, batch_size: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
+    ) -> dict[str, torch.Tensor | None]:
         """The random draws of one training step, ``{"t", "eps_x", "eps_p"}``, for ``batch_size`` samples.
 
         Drawn in the order ``training_losses`` draws them itself, so passing the result (or a row
@@ -110,8 +128,12 @@ class DPDiffAD(nn.Module):
         eps_p = torch.randn((batch_size, m, self.in_dim), device=device, generator=generator) if m else None
         return {"t": t, "eps_x": eps_x, "eps_p": eps_p}
 
-    def training_losses(self, tokens: torch.Tensor, generator: torch.Generator | None = None,
-                        noise: dict[str, torch.Tensor | None] | None = None) -> dict[str, torch.Tensor]:
+    def training_losses(
+        self,
+        tokens: torch.Tensor,
+        generator: torch.Generator | None = None,
+        noise: dict[str, torch.Tensor | None] | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Eq. (19) on a batch of tokens. ``noise`` (from ``draw_training_noise``) replaces the draws
         from ``generator``."""
         x0 = self.standardize(tokens)
@@ -131,21 +153,28 @@ class DPDiffAD(nn.Module):
         p0, types = self._stack_prototypes(p_local, p_global)
 
         t, eps_x = noise["t"], noise["eps_x"]
+        if t is None or eps_x is None:
+            raise ValueError("noise must hold the draws 't' and 'eps_x' (see draw_training_noise)")
         if t.shape[0] != bsz or eps_x.shape != x0.shape:
-            raise ValueError(f"noise for {t.shape[0]} samples of shape {tuple(eps_x.shape[1:])} does not fit "
-                             f"tokens {tuple(x0.shape)}")
+            raise ValueError(
+                f"noise for {t.shape[0]} samples of shape {tuple(eps_x.shape[1:])} does not fit "
+                f"tokens {tuple(x0.shape)}"
+            )
         x_t = q_sample(x0, t, eps_x, self.alphas_cumprod)  # Eq. (14)
         p_t = None
         if p0 is not None:
             eps_p = noise["eps_p"]
+            if eps_p is None:
+                raise ValueError("noise has no prototype draws 'eps_p', but the denoiser attends to prototypes")
             p_t = q_sample(p0, t, eps_p, self.alphas_cumprod)  # Eq. (15)
         eps_pred = self.predict_noise(self.denoiser, x_t, t, p_t, types)
         l_diff = F.mse_loss(eps_pred, eps_x)  # Eq. (18)
         total = l_diff + self.loss_cfg.lambda_local * l_local + self.loss_cfg.lambda_global * l_global  # Eq. (19)
         return {"loss": total, "diff": l_diff, "local": l_local, "global": l_global}
 
-    def predict_noise(self, denoiser, x_t: torch.Tensor, t: torch.Tensor, p_t: torch.Tensor | None,
-                      types: torch.Tensor | None) -> torch.Tensor:
+    def predict_noise(
+        self, denoiser, x_t: torch.Tensor, t: torch.Tensor, p_t: torch.Tensor | None, types: torch.Tensor | None
+    ) -> torch.Tensor:
         """eps_theta(x_t, P_t, t) of Eq. (18): the denoiser (or its compiled wrapper) plus the linear skip."""
         eps = denoiser(x_t, t, p_t, types)
         if self.noise_skip is not None:
@@ -179,8 +208,9 @@ class DPDiffAD(nn.Module):
         """The DiT, or (``compile=True``) a cached ``torch.compile`` of it. The compiled wrapper is kept
         out of ``_modules`` so ``state_dict`` and checkpoints are unchanged."""
         if self.denoiser is None:
-            raise ConfigError("this model has no denoiser (model.diffusion=false): score it with "
-                              "inference.scoring=prototype")
+            raise ConfigError(
+                "this model has no denoiser (model.diffusion=false): score it with inference.scoring=prototype"
+            )
         if not compile:
             return self.denoiser
         fn = self.__dict__.get("_compiled_denoiser")
@@ -189,9 +219,15 @@ class DPDiffAD(nn.Module):
             self.__dict__["_compiled_denoiser"] = fn
         return fn
 
-    def _draw_noise(self, x0: torch.Tensor, p0: torch.Tensor | None, ensemble: int,
-                    generator: torch.Generator | None, antithetic: bool = False,
-                    common: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _draw_noise(
+        self,
+        x0: torch.Tensor,
+        p0: torch.Tensor | None,
+        ensemble: int,
+        generator: torch.Generator | None,
+        antithetic: bool = False,
+        common: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Noise for ``ensemble`` draws, stacked draw-major ((E*B, ...)). The generator is consumed in the
         order of ``ensemble`` sequential single-draw runs (x-noise, then prototype noise, per draw), so a
         seeded batched run reproduces the former per-draw loop.
@@ -204,12 +240,12 @@ class DPDiffAD(nn.Module):
         (common random numbers; ``generator`` is not used). A score then depends on the image alone, not on
         the batch it came in or its position, so batched, single-image, served and exported inference agree,
         and differences between images are not blurred by different noise."""
-        eps_x, eps_p = [], []
+        eps_x: list[torch.Tensor] = []
+        eps_p: list[torch.Tensor] = []
         shared = common is not None
-        if shared:  # one draw of shape (1, N, C) shared by every image of the batch
+        if common is not None:  # one draw of shape (1, N, C) shared by every image of the batch
             generator = torch.Generator(device=x0.device).manual_seed(int(common))
         x_shape = (1, *x0.shape[1:]) if shared else x0.shape
-        p_shape = None if p0 is None else ((1, *p0.shape[1:]) if shared else p0.shape)
         for e in range(ensemble):
             if antithetic and e % 2 == 1:
                 eps_x.append(-eps_x[-1])
@@ -218,21 +254,35 @@ class DPDiffAD(nn.Module):
                 continue
             eps_x.append(torch.randn(x_shape, device=x0.device, generator=generator))
             if p0 is not None:
+                p_shape = (1, *p0.shape[1:]) if shared else p0.shape
                 eps_p.append(torch.randn(p_shape, device=x0.device, generator=generator))
         if shared:
             eps_x = [e.expand_as(x0) for e in eps_x]
+        if p0 is None:
+            return torch.cat(eps_x), None
+        if shared:
             eps_p = [e.expand_as(p0) for e in eps_p]
-        return torch.cat(eps_x), (torch.cat(eps_p) if p0 is not None else None)
+        return torch.cat(eps_x), torch.cat(eps_p)
 
-    def _reconstruct_draws(self, tokens: torch.Tensor, noise_step: int, ddim_steps: int, ensemble: int,
-                           generator: torch.Generator | None, autocast_dtype, compile: bool,
-                           max_batch: int | None, antithetic: bool = False,
-                           common_noise_seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _reconstruct_draws(
+        self,
+        tokens: torch.Tensor,
+        noise_step: int,
+        ddim_steps: int,
+        ensemble: int,
+        generator: torch.Generator | None,
+        autocast_dtype,
+        compile: bool,
+        max_batch: int | None,
+        antithetic: bool = False,
+        common_noise_seed: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0 (B,N,C), x0_hat (E,B,N,C)): all E noise draws denoised as one batch of E*B rows (or in
         row chunks of ``max_batch``; the noise is drawn up front, so chunking never changes a result)."""
         if not 0 <= noise_step < self.cfg.num_timesteps:
-            raise ConfigError(f"noise_step must be in [0, {self.cfg.num_timesteps - 1}], got {noise_step} "
-                              f"(inference.noise_step)")
+            raise ConfigError(
+                f"noise_step must be in [0, {self.cfg.num_timesteps - 1}], got {noise_step} (inference.noise_step)"
+            )
         denoiser = self._denoiser_for_inference(compile)
         ensemble = max(1, int(ensemble))
         x0 = self.standardize(tokens)
@@ -276,17 +326,25 @@ class DPDiffAD(nn.Module):
         return x0, x0_hat.view(ensemble, b, *x0.shape[1:])
 
     @torch.inference_mode()
-    def reconstruct(self, tokens: torch.Tensor, noise_step: int, ddim_steps: int,
-                    generator: torch.Generator | None = None, *, autocast_dtype: torch.dtype | str | None = None,
-                    compile: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def reconstruct(
+        self,
+        tokens: torch.Tensor,
+        noise_step: int,
+        ddim_steps: int,
+        generator: torch.Generator | None = None,
+        *,
+        autocast_dtype: torch.dtype | str | None = None,
+        compile: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Noise standardised tokens to ``noise_step``, denoise with DDIM; returns (x0, x0_hat).
 
         ``autocast_dtype`` (``torch.bfloat16``/``torch.float16`` or "bf16"/"fp16"; default off) runs the
         networks under ``torch.autocast`` where the device supports it; ``compile=True`` uses a cached
         ``torch.compile`` of the DiT. Both are speed options that change results at rounding level only.
         """
-        x0, x0_hat = self._reconstruct_draws(tokens, noise_step, ddim_steps, 1, generator, autocast_dtype,
-                                             compile, None)
+        x0, x0_hat = self._reconstruct_draws(
+            tokens, noise_step, ddim_steps, 1, generator, autocast_dtype, compile, None
+        )
         return x0, x0_hat[0]
 
     @torch.inference_mode()
@@ -297,17 +355,30 @@ class DPDiffAD(nn.Module):
         x0 = self.standardize(tokens)
         parts = [p for p in self.prototypes(x0) if p is not None]
         if not parts:
-            raise ConfigError("inference.scoring=prototype needs local or global prototypes; this model has none "
-                              "(model.use_local_prototypes / model.use_global_prototypes are off)")
+            raise ConfigError(
+                "inference.scoring=prototype needs local or global prototypes; this model has none "
+                "(model.use_local_prototypes / model.use_global_prototypes are off)"
+            )
         sims = prototype_similarity_maps(x0, torch.cat(parts, dim=1))  # (B, M+K, N)
         return (1.0 - sims.max(dim=1).values).view(tokens.shape[0], *self.grid_size)
 
     @torch.inference_mode()
-    def token_scores(self, tokens: torch.Tensor, noise_step: int, ddim_steps: int, ensemble: int = 1,
-                     generator: torch.Generator | None = None, *, autocast_dtype: torch.dtype | str | None = None,
-                     compile: bool = False, max_batch: int | None = None,
-                     scoring: str = "reconstruction", ensemble_reduce: str = "error_of_mean",
-                     antithetic: bool = False, common_noise_seed: int | None = None) -> torch.Tensor:
+    def token_scores(
+        self,
+        tokens: torch.Tensor,
+        noise_step: int,
+        ddim_steps: int,
+        ensemble: int = 1,
+        generator: torch.Generator | None = None,
+        *,
+        autocast_dtype: torch.dtype | str | None = None,
+        compile: bool = False,
+        max_batch: int | None = None,
+        scoring: str = "reconstruction",
+        ensemble_reduce: str = "error_of_mean",
+        antithetic: bool = False,
+        common_noise_seed: int | None = None,
+    ) -> torch.Tensor:
         """Eq. (22)-(23): per-token squared L2 reconstruction error, reshaped to (B, h, w).
 
         ``ensemble_reduce``: ``mean_error`` averages the E squared errors ||x0 - x0_hat_e||^2;
@@ -331,8 +402,18 @@ class DPDiffAD(nn.Module):
         ensemble = max(1, int(ensemble))
         if ensemble_reduce not in ENSEMBLE_REDUCTIONS:
             raise ValueError(f"inference.ensemble_reduce must be one of {ENSEMBLE_REDUCTIONS}, got {ensemble_reduce!r}")
-        x0, x0_hat = self._reconstruct_draws(tokens, noise_step, ddim_steps, ensemble, generator, autocast_dtype,
-                                             compile, max_batch, antithetic, common_noise_seed)
+        x0, x0_hat = self._reconstruct_draws(
+            tokens,
+            noise_step,
+            ddim_steps,
+            ensemble,
+            generator,
+            autocast_dtype,
+            compile,
+            max_batch,
+            antithetic,
+            common_noise_seed,
+        )
         basis = self.noise_head_basis()
         if basis is not None:  # projected-error fallback for a rank-deficient head
             basis = basis.to(x0.device)
@@ -357,8 +438,14 @@ def _output_weight(denoiser: nn.Module) -> torch.Tensor | None:
             return layer.weight
     return None
 
-_AUTOCAST_NAMES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
-                   "float16": torch.float16, "half": torch.float16}
+
+_AUTOCAST_NAMES = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+}
 
 
 def _autocast_dtype(device: torch.device, dtype: torch.dtype | str | None) -> torch.dtype | None:

@@ -1,4 +1,5 @@
 """From token scores to pixel maps and image scores (paper Eq. 23-24)."""
+
 from __future__ import annotations
 
 import math
@@ -84,8 +85,14 @@ def top_percent_scores(pixel_maps: torch.Tensor, percent: float) -> torch.Tensor
     return flat.topk(k, dim=1).values.mean(dim=1)
 
 
-def postprocess(token_maps: torch.Tensor, image_size: int | tuple[int, int], smoothing_sigma: float, pool_size: int,
-                image_score: str = "pooled_max", top_percent: float = 1.0):
+def postprocess(
+    token_maps: torch.Tensor,
+    image_size: int | tuple[int, int],
+    smoothing_sigma: float,
+    pool_size: int,
+    image_score: str = "pooled_max",
+    top_percent: float = 1.0,
+):
     """Token maps (B,h,w) -> (pixel maps (B,S,S), image scores (B,)).
 
     ``image_size``: the output (evaluation) resolution; ``image_score``: ``pooled_max`` (Eq. 24) or

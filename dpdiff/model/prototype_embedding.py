@@ -14,6 +14,7 @@ dict keys of every checkpoint are unchanged (``proto_proj.weight``, ``proto_proj
 and :meth:`~PrototypeEmbedding.init_prototype_embedding` is called at the point of the constructor where
 the layers were always created, so a seed gives the same initial weights as before.
 """
+
 from __future__ import annotations
 
 import torch

@@ -7,6 +7,7 @@
 * ``global_prototype_loss``: Eq. (12)-(13), entropic OT between the uniform token distribution and the
   uniform prototype distribution with squared-L2 costs.
 """
+
 from __future__ import annotations
 
 import torch
@@ -43,8 +44,7 @@ class PrototypeExtractor(nn.Module):
         """tokens (B, N, C) -> prototypes (B, M, C) [, attention (B, M, N)]."""
         q = self.queries.unsqueeze(0).expand(tokens.shape[0], -1, -1)
         kv = self.norm_kv(tokens)
-        attn_out, attn_w = self.attn(self.norm_q(q), kv, kv, need_weights=return_attention,
-                                     average_attn_weights=True)
+        attn_out, attn_w = self.attn(self.norm_q(q), kv, kv, need_weights=return_attention, average_attn_weights=True)
         t_prime = q + attn_out
         protos = t_prime + self.ffn(self.norm_ffn(t_prime))
         return (protos, attn_w) if return_attention else protos
@@ -61,8 +61,9 @@ def squared_distance_cost(tokens: torch.Tensor, prototypes: torch.Tensor) -> tor
     return (tokens.unsqueeze(2) - prototypes.unsqueeze(1)).pow(2).sum(-1)
 
 
-def global_prototype_loss(tokens: torch.Tensor, prototypes: torch.Tensor, epsilon: float,
-                          num_iters: int = 50, cost_scale: float = 1.0) -> torch.Tensor:
+def global_prototype_loss(
+    tokens: torch.Tensor, prototypes: torch.Tensor, epsilon: float, num_iters: int = 50, cost_scale: float = 1.0
+) -> torch.Tensor:
     """Eq. (12)-(13): entropic OT between P_x (uniform over N tokens) and P_g (uniform over K).
 
     ``cost_scale`` multiplies the paper's squared-L2 cost; 1/C (mean squared difference per channel)

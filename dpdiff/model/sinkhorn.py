@@ -4,13 +4,20 @@ Solves   min_T <T, C> + eps * sum T (log T)   s.t. T 1 = a, T^T 1 = b   for a ba
 Log-domain updates keep it stable for small ``eps`` relative to the costs. POT's ``ot.sinkhorn``
 is the test oracle (tests/model/test_sinkhorn.py).
 """
+
 from __future__ import annotations
 
 import torch
 
 
-def sinkhorn_log(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor | None = None,
-                 epsilon: float = 0.1, num_iters: int = 100, tol: float = 0.0) -> torch.Tensor:
+def sinkhorn_log(
+    cost: torch.Tensor,
+    a: torch.Tensor | None = None,
+    b: torch.Tensor | None = None,
+    epsilon: float = 0.1,
+    num_iters: int = 100,
+    tol: float = 0.0,
+) -> torch.Tensor:
     """Entropic OT plan for costs (B, N, K) (or (N, K)); uniform marginals when a/b are None.
 
     Returns the transport plan T with the shape of ``cost``. Runs in float64 internally when the

@@ -26,6 +26,7 @@ Layout (``depth`` = L, ``levels`` = L // 2, every stage ``hidden_dim`` = D chann
   identity (as adaLN-Zero does for the DiT). Odd grid sides are handled (ceil-mode pooling, upsampling to the
   skip's exact size).
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,8 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .denoiser_base import DenoiserSize, PrototypeDenoiser
 from .dit import Attention, timestep_embedding
-from .prototype_embedding import PrototypeEmbedding
 
 
 def _groups(channels: int) -> int:
@@ -55,8 +56,8 @@ class ResBlock(nn.Module):
         self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * channels))
         self.norm2 = nn.GroupNorm(_groups(channels), channels)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
-        nn.init.zeros_(self.conv2.weight)
-        nn.init.zeros_(self.conv2.bias)
+        for p in self.conv2.parameters():  # weight and bias
+            nn.init.zeros_(p)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
@@ -104,21 +105,22 @@ def _downsample(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(x, (kh, kw), stride=(kh, kw), ceil_mode=True)
 
 
-class PrototypeUNet(PrototypeEmbedding, nn.Module):
+class PrototypeUNet(PrototypeDenoiser):
     """eps_theta(x_t, P_t, t) of Eq. (18) as a U-Net on the token grid; same forward as PrototypeDiT."""
 
-    def __init__(self, in_dim: int, grid_size: tuple[int, int], hidden_dim: int = 256, depth: int = 4,
-                 num_heads: int = 4, mlp_ratio: float = 4.0, cross_attention: bool = True,
-                 num_prototype_types: int = 2):
-        super().__init__()
-        del mlp_ratio  # no MLP sub-layers in the U-Net; accepted for a uniform constructor
-        if depth < 1:
-            raise ConfigError(f"U-Net depth must be >= 1, got {depth} (model.depth)")
-        self.grid_size = tuple(grid_size)
-        self.hidden_dim = hidden_dim
-        self.levels = depth // 2
+    def build(self, size: DenoiserSize) -> None:
+        # size.mlp_ratio is not used: the U-Net has no MLP sub-layers
+        if size.depth < 1:
+            raise ConfigError(f"U-Net depth must be >= 1, got {size.depth} (model.depth)")
+        in_dim, hidden_dim, num_heads, cross_attention = (
+            size.in_dim,
+            size.hidden_dim,
+            size.num_heads,
+            size.cross_attention,
+        )
+        self.levels = size.depth // 2
         self.in_conv = nn.Conv2d(in_dim, hidden_dim, 1)
-        self.init_prototype_embedding(in_dim, hidden_dim, num_prototype_types)  # proto_proj, proto_type
+        self.init_prototype_embedding(in_dim, hidden_dim, size.num_prototype_types)  # proto_proj, proto_type
         self.t_embed = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, hidden_dim))
         self.enc = nn.ModuleList(UNetUnit(hidden_dim, num_heads, cross_attention) for _ in range(self.levels))
         self.mid = UNetUnit(hidden_dim, num_heads, cross_attention)
@@ -126,27 +128,25 @@ class PrototypeUNet(PrototypeEmbedding, nn.Module):
         self.dec = nn.ModuleList(UNetUnit(hidden_dim, num_heads, cross_attention) for _ in range(self.levels))
         self.out_norm = nn.GroupNorm(_groups(hidden_dim), hidden_dim)
         self.out_conv = nn.Conv2d(hidden_dim, in_dim, 1)
-        nn.init.zeros_(self.out_conv.weight)
-        nn.init.zeros_(self.out_conv.bias)
+        for p in self.out_conv.parameters():  # weight and bias
+            nn.init.zeros_(p)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, protos: torch.Tensor | None = None,
-                proto_types: torch.Tensor | None = None) -> torch.Tensor:
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, protos: torch.Tensor | None) -> torch.Tensor:
         b, n, c_in = x_t.shape
         h, w = self.grid_size
         if n != h * w:
             raise ValueError(f"U-Net built for {h * w} tokens {self.grid_size}, got {n}")
         x = self.in_conv(x_t.transpose(1, 2).reshape(b, c_in, h, w))
         c = self.t_embed(timestep_embedding(t, self.hidden_dim))
-        p = self.embed_prototypes(protos, proto_types)
         skips = []
         for unit in self.enc:
-            x = unit(x, c, p)
+            x = unit(x, c, protos)
             skips.append(x)
             x = _downsample(x)
-        x = self.mid(x, c, p)
+        x = self.mid(x, c, protos)
         for i in reversed(range(self.levels)):
             skip = skips[i]
             x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
-            x = self.dec[i](self.merge[i](torch.cat([x, skip], dim=1)), c, p)
+            x = self.dec[i](self.merge[i](torch.cat([x, skip], dim=1)), c, protos)
         out = self.out_conv(F.silu(self.out_norm(x)))
         return out.flatten(2).transpose(1, 2)

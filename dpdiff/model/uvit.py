@@ -18,19 +18,21 @@ here); a zero-initialised output projection (the denoiser starts by predicting z
 Per block 16 D^2 parameters (+ 2 D^2 per skip) vs 25 D^2 per DiT block, with one block more than L when L is
 even (docs/method.md lists the counts).
 """
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .denoiser_base import DenoiserSize, PrototypeDenoiser
 from .dit import Attention, sincos_pos_embed_2d, timestep_embedding
-from .prototype_embedding import PrototypeEmbedding
 
 
 class UViTBlock(nn.Module):
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, cross_attention: bool = True,
-                 skip: bool = False):
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float = 4.0, cross_attention: bool = True, skip: bool = False
+    ):
         super().__init__()
         self.skip_linear = nn.Linear(2 * dim, dim) if skip else None
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
@@ -46,6 +48,10 @@ class UViTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, protos: torch.Tensor | None, skip: torch.Tensor | None = None) -> torch.Tensor:
         if self.skip_linear is not None:
+            if skip is None:
+                raise ValueError(
+                    "this U-ViT block has a long skip connection: pass skip (the matching early block's output)"
+                )
             x = self.skip_linear(torch.cat([x, skip], dim=-1))  # U-ViT long skip connection
         x = x + self.attn(self.norm1(x))
         if self.cross is not None and protos is not None:
@@ -53,48 +59,48 @@ class UViTBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class PrototypeUViT(PrototypeEmbedding, nn.Module):
+class PrototypeUViT(PrototypeDenoiser):
     """eps_theta(x_t, P_t, t) of Eq. (18) as a U-ViT; same forward as PrototypeDiT."""
 
-    def __init__(self, in_dim: int, grid_size: tuple[int, int], hidden_dim: int = 256, depth: int = 4,
-                 num_heads: int = 4, mlp_ratio: float = 4.0, cross_attention: bool = True,
-                 num_prototype_types: int = 2):
-        super().__init__()
-        if depth < 1:
-            raise ConfigError(f"U-ViT depth must be >= 1, got {depth} (model.depth)")
-        self.grid_size = tuple(grid_size)
-        self.hidden_dim = hidden_dim
-        half = depth // 2
+    pos_embed: torch.Tensor  # buffer (register_buffer), declared for the type checker
+
+    def build(self, size: DenoiserSize) -> None:
+        if size.depth < 1:
+            raise ConfigError(f"U-ViT depth must be >= 1, got {size.depth} (model.depth)")
+        in_dim, hidden_dim = size.in_dim, size.hidden_dim
+        num_heads, mlp_ratio, cross_attention = size.num_heads, size.mlp_ratio, size.cross_attention
+        half = size.depth // 2
         self.in_proj = nn.Linear(in_dim, hidden_dim)
-        self.init_prototype_embedding(in_dim, hidden_dim, num_prototype_types)  # proto_proj, proto_type
+        self.init_prototype_embedding(in_dim, hidden_dim, size.num_prototype_types)  # proto_proj, proto_type
         self.t_embed = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, hidden_dim))
         self.time_pos = nn.Parameter(torch.zeros(1, 1, hidden_dim))
         nn.init.trunc_normal_(self.time_pos, std=0.02)
-        self.register_buffer("pos_embed", sincos_pos_embed_2d(hidden_dim, *self.grid_size).unsqueeze(0),
-                             persistent=False)
-        self.in_blocks = nn.ModuleList(UViTBlock(hidden_dim, num_heads, mlp_ratio, cross_attention)
-                                       for _ in range(half))
+        self.register_buffer(
+            "pos_embed", sincos_pos_embed_2d(hidden_dim, *self.grid_size).unsqueeze(0), persistent=False
+        )
+        self.in_blocks = nn.ModuleList(
+            UViTBlock(hidden_dim, num_heads, mlp_ratio, cross_attention) for _ in range(half)
+        )
         self.mid_block = UViTBlock(hidden_dim, num_heads, mlp_ratio, cross_attention)
-        self.out_blocks = nn.ModuleList(UViTBlock(hidden_dim, num_heads, mlp_ratio, cross_attention, skip=True)
-                                        for _ in range(half))
+        self.out_blocks = nn.ModuleList(
+            UViTBlock(hidden_dim, num_heads, mlp_ratio, cross_attention, skip=True) for _ in range(half)
+        )
         self.final_norm = nn.LayerNorm(hidden_dim, eps=1e-6)
         self.out_proj = nn.Linear(hidden_dim, in_dim)
         nn.init.zeros_(self.out_proj.weight)
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, protos: torch.Tensor | None = None,
-                proto_types: torch.Tensor | None = None) -> torch.Tensor:
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, protos: torch.Tensor | None) -> torch.Tensor:
         if x_t.shape[1] != self.pos_embed.shape[1]:
             raise ValueError(f"U-ViT built for {self.pos_embed.shape[1]} tokens {self.grid_size}, got {x_t.shape[1]}")
         tokens = self.in_proj(x_t) + self.pos_embed
         time_token = self.t_embed(timestep_embedding(t, self.hidden_dim)).unsqueeze(1) + self.time_pos
         h = torch.cat([time_token, tokens], dim=1)  # the timestep is a token
-        p = self.embed_prototypes(protos, proto_types)
         skips = []
         for block in self.in_blocks:
-            h = block(h, p)
+            h = block(h, protos)
             skips.append(h)
-        h = self.mid_block(h, p)
+        h = self.mid_block(h, protos)
         for block in self.out_blocks:
-            h = block(h, p, skips.pop())
+            h = block(h, protos, skips.pop())
         return self.out_proj(self.final_norm(h))[:, 1:]  # drop the time token

@@ -26,6 +26,7 @@ from importlib import resources
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -150,9 +151,16 @@ def create_app(model: ServedModel, settings: ServeSettings | None = None) -> Fas
     }
     started = time.monotonic()
 
+    def warm_up() -> None:
+        """One grey image through the model and the overlay drawing (lazy imports, first-call set-up)."""
+        size = int(model.info["image_size"])
+        job = Job(Image.new("RGB", (size, size), (128, 128, 128)))
+        (prediction,) = model.predict_batch([job])
+        prediction_json(prediction, job.image, "", with_overlay=True, with_mask=True)
+
     @asynccontextmanager
     async def lifespan(_app):
-        await run_in_threadpool(model.warm_up)  # before the port opens: the first request is not slower
+        await run_in_threadpool(warm_up)  # before the port opens: the first request is not slower
         batcher.start()
         log.info(
             "serving %s (%s on %s), micro-batches of up to %d images / %g ms",

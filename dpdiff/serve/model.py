@@ -140,11 +140,6 @@ class ServedModel:
         d = calibration.to_dict()
         return {"global": d.get("global"), "per_category": d.get("per_category") or {}}
 
-    def warm_up(self) -> None:
-        """One prediction on a grey image, so the first request does not pay for lazy initialisation."""
-        size = int(self.info["image_size"])
-        self.detector.predict([Image.new("RGB", (size, size), (128, 128, 128))], batch_size=1)
-
 
 def _run_meta(run_dir: Path) -> dict:
     """``config.json`` of a run folder: the config and the metadata beside it (training categories, step)."""

@@ -4,8 +4,24 @@ viz only draws arrays (``dpdiff.figure_data`` and plain numpy): it never imports
 """
 
 from dpdiff.viz.curves import plot_curves, plot_loss_history
-from dpdiff.viz.overlay import (PANEL_GAP, TITLE_HEIGHT, compose_overlay, heat_colors, mask_boundary, save_overlay,
-                                save_overlay_items)
+from dpdiff.viz.overlay import (
+    PANEL_GAP,
+    TITLE_HEIGHT,
+    compose_overlay,
+    heat_colors,
+    mask_boundary,
+    save_overlay,
+    save_overlay_items,
+)
 
-__all__ = ["save_overlay", "save_overlay_items", "compose_overlay", "heat_colors", "mask_boundary", "plot_curves",
-           "plot_loss_history", "PANEL_GAP", "TITLE_HEIGHT"]
+__all__ = [
+    "save_overlay",
+    "save_overlay_items",
+    "compose_overlay",
+    "heat_colors",
+    "mask_boundary",
+    "plot_curves",
+    "plot_loss_history",
+    "PANEL_GAP",
+    "TITLE_HEIGHT",
+]

@@ -11,8 +11,14 @@ from dpdiff.io import atomic_write_bytes
 __all__ = ["plot_curves", "plot_loss_history"]
 
 
-def plot_curves(series: dict[str, list[float]], out_path, xlabel: str = "step", ylabel: str = "value",
-                title: str = "", logy: bool | None = None) -> Path:
+def plot_curves(
+    series: dict[str, list[float]],
+    out_path,
+    xlabel: str = "step",
+    ylabel: str = "value",
+    title: str = "",
+    logy: bool | None = None,
+) -> Path:
     """Plot each named series against its index and write a PNG atomically.
 
     ``logy=None`` picks a log y-axis when all finite values are positive and span more than two
@@ -53,5 +59,10 @@ def plot_loss_history(history: list[dict], out_path) -> Path:
         raise ValueError(f"{out_path}: no loss history to plot")
     keys = [k for k in history[0] if k != "step"]
     every = int(history[0]["step"])
-    return plot_curves({k: [r[k] for r in history] for k in keys}, out_path,
-                       xlabel=f"log interval (x{every} steps)", ylabel="loss", title="training losses")
+    return plot_curves(
+        {k: [r[k] for r in history] for k in keys},
+        out_path,
+        xlabel=f"log interval (x{every} steps)",
+        ylabel="loss",
+        title="training losses",
+    )

@@ -1,12 +1,12 @@
 """Tests of dpdiff.backbones (CPU, offline, a few seconds in total)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from dpdiff.backbones import (BACKBONES, CheckpointError, build_backbone, build_vit,
-                              load_efficientnet_lite_classifier)
+from dpdiff.backbones import BACKBONES, CheckpointError, build_backbone, build_vit, load_efficientnet_lite_classifier
 from dpdiff.backbones.efficientnet import default_lite_weights_path
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -61,8 +61,7 @@ def test_lite0_extractor_matches_manual_stages(lite0):
     """Stage selection + 3x3 aggregation + pooling/upsampling to the common grid."""
     import timm
 
-    ref = timm.create_model("tf_efficientnet_lite0", pretrained=False, features_only=True,
-                            out_indices=(1, 2, 3)).eval()
+    ref = timm.create_model("tf_efficientnet_lite0", pretrained=False, features_only=True, out_indices=(1, 2, 3)).eval()
     own = ref.state_dict()
     src = dict(lite0.named_parameters(), **dict(lite0.named_buffers()))
     ref.load_state_dict({k: src[k] for k in own if k in src}, strict=False)
@@ -71,8 +70,13 @@ def test_lite0_extractor_matches_manual_stages(lite0):
     with torch.no_grad():
         f1, _, f3 = ref(x)
         agg = lambda t: F.avg_pool2d(t, 3, 1, 1, count_include_pad=False)  # noqa: E731
-        exp = torch.cat([F.adaptive_avg_pool2d(agg(f1), 16),
-                         F.interpolate(agg(f3), size=(16, 16), mode="bilinear", align_corners=False)], 1)
+        exp = torch.cat(
+            [
+                F.adaptive_avg_pool2d(agg(f1), 16),
+                F.interpolate(agg(f3), size=(16, 16), mode="bilinear", align_corners=False),
+            ],
+            1,
+        )
         got = ex(x)
     assert got.shape == (1, 24 + 112, 16, 16)
     torch.testing.assert_close(got, exp, rtol=1e-4, atol=1e-4)
@@ -132,8 +136,7 @@ def _source_vit(arch, seed=0):
 def _expected(src, x, layers):
     """Independent reference via forward hooks on the source model."""
     outs = {}
-    hooks = [src.blocks[i].register_forward_hook(lambda m, a, o, i=i: outs.__setitem__(i, o))
-             for i in layers]
+    hooks = [src.blocks[i].register_forward_hook(lambda m, a, o, i=i: outs.__setitem__(i, o)) for i in layers]
     with torch.no_grad():
         src(x)
     for h in hooks:
@@ -174,8 +177,10 @@ def test_dinov2_timm_safetensors_wrappers_and_resampling(tmp_path):
         torch.testing.assert_close(ex(x), _expected(src, x, [2, 3]), rtol=1e-4, atol=1e-4)
     # DINOv2 training checkpoint wrapper: {"teacher": {"backbone.<key>": ..., "dino_head.*": ...}}
     off = _timm_to_official(src.state_dict(), True)
-    wrapped = {"teacher": {**{f"backbone.{k}": v for k, v in off.items()},
-                           "dino_head.mlp.0.weight": torch.zeros(3, 3)}, "iteration": 5}
+    wrapped = {
+        "teacher": {**{f"backbone.{k}": v for k, v in off.items()}, "dino_head.mlp.0.weight": torch.zeros(3, 3)},
+        "iteration": 5,
+    }
     p2 = tmp_path / "teacher_checkpoint.pth"
     torch.save(wrapped, p2)
     ex2 = build_vit(TINY_VIT_REG, layers=[2, 3], weights=str(p2), image_size=518)
@@ -239,8 +244,15 @@ def test_dinov2_errors(tmp_path):
 
 
 def test_registry_and_unknown_name():
-    for n in ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2",
-              "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitb14_reg"):
+    for n in (
+        "tf_efficientnet_lite0",
+        "tf_efficientnet_lite1",
+        "tf_efficientnet_lite2",
+        "dinov2_vits14",
+        "dinov2_vitb14",
+        "dinov2_vitl14",
+        "dinov2_vitb14_reg",
+    ):
         assert n in BACKBONES and BACKBONES[n]["description"]
     assert BACKBONES["dinov2_vitb14"]["default_layers"] == list(range(6, 12))
     assert BACKBONES["tf_efficientnet_lite0"]["default_layers"] == [2, 3]

@@ -8,6 +8,7 @@ BTAD (``btad.zip``) as users download it::
 
 Mask file names equal the image stem (no ``_mask`` suffix).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,7 @@ def _img(path: Path, value: int, rng: np.random.Generator):
 def _mask(path: Path, i: int):
     path.parent.mkdir(parents=True, exist_ok=True)
     a = np.zeros((SIZE[1], SIZE[0]), np.uint8)
-    a[3 + i:9 + i, 4:12] = 255
+    a[3 + i : 9 + i, 4:12] = 255
     Image.fromarray(a, "L").save(path)
 
 
@@ -52,7 +53,7 @@ def make_btad_tree(root: Path) -> Path:
             p = root / c / "test" / "ko" / f"{i:04d}{img_ext}"
             _img(p, base, rng)
             im = np.asarray(Image.open(p)).copy()
-            im[3 + i:9 + i, 4:12] = 255
+            im[3 + i : 9 + i, 4:12] = 255
             Image.fromarray(im).save(p)
             _mask(root / c / "ground_truth" / "ko" / f"{i:04d}{mask_ext}", i)
     return root
@@ -157,8 +158,24 @@ def test_cli_train_and_test_on_btad_fixture(tmp_path, capsys, tiny_config):
     cfg_path = tmp_path / "tiny.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     run = tmp_path / "run"
-    assert main(["train", "--config", str(cfg_path), "--format", "btad", "--data", str(root),
-                 "--output", str(run), "--set", "train.steps=2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(cfg_path),
+                "--format",
+                "btad",
+                "--data",
+                str(root),
+                "--output",
+                str(run),
+                "--set",
+                "train.steps=2",
+            ]
+        )
+        == 0
+    )
     saved = json.loads((run / "config.json").read_text())
     assert saved["categories"] == ["01", "02", "03"]
     assert main(["test", str(run), "--overlays", "0", "--no-report"]) == 0

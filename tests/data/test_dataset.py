@@ -1,4 +1,5 @@
 """torch Dataset and image/mask loading."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -70,8 +71,11 @@ def test_item_fields_and_normalisation(images):
     assert item["mask"].shape == (1, S, S) and item["mask"].dtype == torch.float32 and item["mask"].sum() == 0
     expected = (100 / 255 - np.array(MEAN)) / np.array(STD)
     np.testing.assert_allclose(item["image"][:, 5, 5].numpy(), expected, atol=1e-5)
-    batch = next(iter(torch.utils.data.DataLoader(ImageDataset([_sample(p) for p in images.values()], S, MEAN, STD),
-                                                  batch_size=3)))
+    batch = next(
+        iter(
+            torch.utils.data.DataLoader(ImageDataset([_sample(p) for p in images.values()], S, MEAN, STD), batch_size=3)
+        )
+    )
     assert batch["image"].shape == (3, 3, S, S) and batch["label"].tolist() == [0, 0, 0]
 
 
@@ -85,7 +89,7 @@ def test_mask_binarised_and_resized_nearest(tmp_path):
     Image.fromarray(a).save(m)
     got = load_mask(m, S)
     assert got.dtype == bool and got.shape == (S, S)
-    assert got[:, : S // 2].all() and not got[1:, S // 2:].any()
+    assert got[:, : S // 2].all() and not got[1:, S // 2 :].any()
     item = ImageDataset([_sample(img, m)], S, MEAN, STD)[0]
     assert set(torch.unique(item["mask"]).tolist()) == {0.0, 1.0}
     assert item["label"] == 1
@@ -150,7 +154,9 @@ MTD = shared_data_dir() / "mtd"
 
 
 @pytest.mark.data
-@pytest.mark.skipif(not (MTD / "magnetic_tile").is_dir(), reason=f"MTD data not found at {MTD} (set DPDIFF_SHARED_DATA)")
+@pytest.mark.skipif(
+    not (MTD / "magnetic_tile").is_dir(), reason=f"MTD data not found at {MTD} (set DPDIFF_SHARED_DATA)"
+)
 def test_real_mtd_items():
     test = load_split(MTD, "magnetic_tile", "test")
     ds = ImageDataset(test, 64, MEAN, STD)

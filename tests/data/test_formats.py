@@ -1,4 +1,5 @@
 """Format registry: names, errors, MVTec/MPDD through the registry, format detection."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -58,7 +59,10 @@ def test_mpdd_and_mvtec_through_registry(tmp_path):
     test = load_samples("auto", root, None, "test")
     assert test == load_dataset(root, None, "test")
     assert [(s.category, s.defect, s.label) for s in test] == [
-        ("metal_plate", "good", 0), ("metal_plate", "major_rust", 1), ("tubes", "good", 0), ("tubes", "major_rust", 1),
+        ("metal_plate", "good", 0),
+        ("metal_plate", "major_rust", 1),
+        ("tubes", "good", 0),
+        ("tubes", "major_rust", 1),
     ]
     assert all((s.mask_path is None) == (s.label == 0) for s in test)
     assert test[1].mask_path.name == "000_mask.png"

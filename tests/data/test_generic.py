@@ -1,4 +1,5 @@
 """Generic folder reader: a fixture written by the test, and MTD read both ways when present."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,16 +45,28 @@ def folders(tmp_path: Path) -> Path:
 def test_generic_train_and_test(folders):
     train = load_generic(None, train_normal_dir=folders / "ok_train", split="train", category="line7")
     assert [(s.image_path.name, s.label, s.defect, s.category) for s in train] == [
-        ("a.jpg", 0, "good", "line7"), ("b.png", 0, "good", "line7"),
+        ("a.jpg", 0, "good", "line7"),
+        ("b.png", 0, "good", "line7"),
     ]
     test = load_generic(folders / "ok_test", [folders / "scratch", folders / "dent"], folders / "masks")
     assert [(s.image_path.name, s.label, s.defect) for s in test] == [
-        ("c.bmp", 0, "good"), ("s1.png", 1, "scratch"), ("s2.JPG", 1, "scratch"), ("d1.tif", 1, "dent"),
+        ("c.bmp", 0, "good"),
+        ("s1.png", 1, "scratch"),
+        ("s2.JPG", 1, "scratch"),
+        ("d1.tif", 1, "dent"),
     ]
-    assert [None if s.mask_path is None else s.mask_path.name for s in test] == [None, "s1_mask.png", "S2.png", "d1_mask.bmp"]
+    assert [None if s.mask_path is None else s.mask_path.name for s in test] == [
+        None,
+        "s1_mask.png",
+        "S2.png",
+        "d1_mask.bmp",
+    ]
     # aligned list of mask folders, single abnormal folder, no masks at all
-    same = load_generic(folders / "ok_test", [folders / "scratch", folders / "dent"],
-                        [folders / "masks" / "scratch", folders / "masks" / "dent"])
+    same = load_generic(
+        folders / "ok_test",
+        [folders / "scratch", folders / "dent"],
+        [folders / "masks" / "scratch", folders / "masks" / "dent"],
+    )
     assert same == test
     one = load_generic(None, folders / "dent", folders / "masks" / "dent")
     assert [(s.label, s.mask_path.name) for s in one] == [(1, "d1_mask.bmp")]
@@ -91,15 +104,18 @@ MTD = shared_data_dir() / "mtd"
 
 
 @pytest.mark.data
-@pytest.mark.skipif(not (MTD / "magnetic_tile").is_dir(), reason=f"MTD data not found at {MTD} (set DPDIFF_SHARED_DATA)")
+@pytest.mark.skipif(
+    not (MTD / "magnetic_tile").is_dir(), reason=f"MTD data not found at {MTD} (set DPDIFF_SHARED_DATA)"
+)
 def test_mtd_generic_equals_mvtec_reader():
     cat = MTD / "magnetic_tile"
     defects = sorted(p.name for p in (cat / "test").iterdir() if p.is_dir() and p.name != "good")
     assert defects == ["blowhole", "break", "crack", "fray", "uneven"]
 
     def triples(samples):
-        return {(s.image_path.resolve(), None if s.mask_path is None else s.mask_path.resolve(), s.label)
-                for s in samples}
+        return {
+            (s.image_path.resolve(), None if s.mask_path is None else s.mask_path.resolve(), s.label) for s in samples
+        }
 
     train = load_generic(None, train_normal_dir=cat / "train" / "good", split="train", category="magnetic_tile")
     test = load_generic(

@@ -1,4 +1,5 @@
 """dpdiff.data has no import cycle, and every public name is importable from where it was."""
+
 from __future__ import annotations
 
 import ast
@@ -60,7 +61,7 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         stack.append(m)
         for n in sorted(graph.get(m, ())):
             if state.get(n) == 1:
-                cycles.append(stack[stack.index(n):] + [n])
+                cycles.append(stack[stack.index(n) :] + [n])
             elif n not in state:
                 visit(n)
         stack.pop()
@@ -93,14 +94,43 @@ def test_cycle_finder_sees_the_cycles_it_must_refuse(tmp_path):
 
 
 PUBLIC = {
-    "dpdiff.data": ["FORMATS", "LayoutError", "detect_format", "list_categories_for", "load_samples", "Sample",
-                    "load_dataset", "shared_data_dir", "generate_synthetic_dataset"],
-    "dpdiff.data.formats": ["FORMATS", "AUTO", "FormatSpec", "LayoutError", "MPDD_CATEGORIES", "detect_format",
-                            "list_categories_for", "load_samples"],
+    "dpdiff.data": [
+        "FORMATS",
+        "LayoutError",
+        "detect_format",
+        "list_categories_for",
+        "load_samples",
+        "Sample",
+        "load_dataset",
+        "shared_data_dir",
+        "generate_synthetic_dataset",
+    ],
+    "dpdiff.data.formats": [
+        "FORMATS",
+        "AUTO",
+        "FormatSpec",
+        "LayoutError",
+        "MPDD_CATEGORIES",
+        "detect_format",
+        "list_categories_for",
+        "load_samples",
+    ],
     "dpdiff.data.generic": ["LayoutError", "expect_dir", "expect_file", "load_generic"],
-    "dpdiff.data.realiad": ["RESOLUTIONS", "NORMAL_CLASS", "NG_WITHOUT_MASK", "find_json_dir", "list_categories",
-                            "list_variety_categories", "load_realiad", "load_realiad_variety", "object_id",
-                            "group_by_object", "object_scores", "REALIAD", "VARIETY"],
+    "dpdiff.data.realiad": [
+        "RESOLUTIONS",
+        "NORMAL_CLASS",
+        "NG_WITHOUT_MASK",
+        "find_json_dir",
+        "list_categories",
+        "list_variety_categories",
+        "load_realiad",
+        "load_realiad_variety",
+        "object_id",
+        "group_by_object",
+        "object_scores",
+        "REALIAD",
+        "VARIETY",
+    ],
     "dpdiff.data.realiad_variety_splits": ["S1", "S2", "S3", "SUBSETS", "SUBSET_NAMES", "FULL", "subset_categories"],
     "dpdiff.data.visa": ["SPLIT_CSV", "load_visa", "read_split_csv", "list_categories"],
     "dpdiff.data.btad": ["load_btad", "list_categories", "KO_DEFECT"],
@@ -110,8 +140,10 @@ PUBLIC = {
 @pytest.mark.parametrize("module", sorted(PUBLIC))
 def test_public_names_importable_first_in_a_fresh_interpreter(module):
     """Each module imported FIRST in a new interpreter (an import cycle fails in one order or another)."""
-    code = f"import {module} as m; missing = [n for n in {PUBLIC[module]!r} if not hasattr(m, n)]; " \
-           f"assert not missing, missing"
+    code = (
+        f"import {module} as m; missing = [n for n in {PUBLIC[module]!r} if not hasattr(m, n)]; "
+        f"assert not missing, missing"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE_DIR.parents[1])
     assert r.returncode == 0, r.stderr
 

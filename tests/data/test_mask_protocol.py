@@ -1,4 +1,5 @@
 """Mask reading and binarisation rules of the evaluation protocol (issue #3)."""
+
 from __future__ import annotations
 
 import numpy as np

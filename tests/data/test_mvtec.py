@@ -1,4 +1,5 @@
 """MVTec-layout reader: fixture written by the test, and the real MTD data when present."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -27,7 +28,8 @@ def _mask(path: Path, size=(12, 10)):
 @pytest.fixture
 def mvtec_root(tmp_path: Path) -> Path:
     root = tmp_path / "ds"
-    # category "tile": 3 train images, junk files, 2 good + 2 crack (<stem>_mask.png) + 1 hole (<stem>.png, MPDD/VisA style)
+    # category "tile": 3 train images, junk files, 2 good + 2 crack (<stem>_mask.png)
+    # + 1 hole (<stem>.png, MPDD/VisA style)
     t = root / "tile"
     for n in ("002.png", "000.png", "001.jpg"):
         _img(t / "train" / "good" / n)
@@ -83,8 +85,10 @@ def test_train_split_counts_and_skips(mvtec_root):
 def test_test_split_labels_and_masks(mvtec_root):
     s = load_split(mvtec_root, "tile", "test")
     assert [(x.defect, x.image_path.name) for x in s] == [
-        ("good", "000.png"), ("good", "001.png"),
-        ("crack", "000.png"), ("crack", "001.PNG"),
+        ("good", "000.png"),
+        ("good", "001.png"),
+        ("crack", "000.png"),
+        ("crack", "001.PNG"),
         ("hole", "a.bmp"),
     ]
     assert [x.label for x in s] == [0, 0, 1, 1, 1]
@@ -110,8 +114,11 @@ def test_load_dataset_multi_class(mvtec_root):
     assert load_dataset(mvtec_root, ["tile"], "test") == load_split(mvtec_root, "tile", "test")
     assert load_dataset(mvtec_root, "tile", "test") == load_split(mvtec_root, "tile", "test")
     assert count_samples(load_dataset(mvtec_root, None, "test")) == {
-        ("bottle", "good"): 1, ("bottle", "broken"): 1,
-        ("tile", "good"): 2, ("tile", "crack"): 2, ("tile", "hole"): 1,
+        ("bottle", "good"): 1,
+        ("bottle", "broken"): 1,
+        ("tile", "good"): 2,
+        ("tile", "crack"): 2,
+        ("tile", "hole"): 1,
     }
     with pytest.raises(ValueError, match="duplicate"):
         load_dataset(mvtec_root, ["tile", "tile"], "train")
@@ -171,7 +178,9 @@ MTD = shared_data_dir() / "mtd"
 
 
 @pytest.mark.data
-@pytest.mark.skipif(not (MTD / "magnetic_tile").is_dir(), reason=f"MTD data not found at {MTD} (set DPDIFF_SHARED_DATA)")
+@pytest.mark.skipif(
+    not (MTD / "magnetic_tile").is_dir(), reason=f"MTD data not found at {MTD} (set DPDIFF_SHARED_DATA)"
+)
 def test_real_mtd_counts():
     assert list_categories(MTD) == ["magnetic_tile"]
     train = load_split(MTD, "magnetic_tile", "train")

@@ -1,4 +1,5 @@
 """Real-IAD / Real-IAD Variety readers: fixtures in the exact layouts, object ids, S1/S2/S3 subsets."""
+
 from __future__ import annotations
 
 import json
@@ -120,7 +121,10 @@ def test_object_ids(realiad_root):
     ids = [object_id(s) for s in test]
     # OK/S0001, NG/BX/S0001 and NG/AK/S0001 are three different objects of audiojack
     assert list(dict.fromkeys(ids)) == [
-        "audiojack/OK/S0001", "audiojack/NG/BX/S0001", "audiojack/NG/AK/S0001", "toy_brick/NG/HS/S0003",
+        "audiojack/OK/S0001",
+        "audiojack/NG/BX/S0001",
+        "audiojack/NG/AK/S0001",
+        "toy_brick/NG/HS/S0003",
     ]
     groups = group_by_object(test)
     assert all(len(v) == 5 for v in groups.values())
@@ -147,8 +151,9 @@ def test_json_dir_variants(realiad_root, tmp_path):
     src = realiad_root / "realiad_jsons" / "realiad_jsons" / "toy_brick.json"
     (flat / "realiad_jsons" / "toy_brick.json").write_text(src.read_text())
     assert list_categories(flat) == ["toy_brick"]
-    assert [s.image_path.name for s in load_realiad(flat, None, "test")] == \
-        [s.image_path.name for s in load_realiad(realiad_root, ["toy_brick"], "test")]
+    assert [s.image_path.name for s in load_realiad(flat, None, "test")] == [
+        s.image_path.name for s in load_realiad(realiad_root, ["toy_brick"], "test")
+    ]
 
 
 def test_realiad_layout_errors(realiad_root, tmp_path):
@@ -193,8 +198,9 @@ def variety_root(tmp_path: Path) -> Path:
         cat_dir = root / "realiadvariety_raw" / cat / (cat if nested else "")
         train = _object(cat_dir, "OK/S000001", "S000001_C{v}_ok", ".png")
         test = _object(cat_dir, "OK/S000002", "S000002_C{v}_ok", ".png")
-        test += _object(cat_dir, "NG/Deformation/S000002", "S000002_C{v}_ng", ".png", masked_views=(1,),
-                        mask_suffix="_mask")
+        test += _object(
+            cat_dir, "NG/Deformation/S000002", "S000002_C{v}_ng", ".png", masked_views=(1,), mask_suffix="_mask"
+        )
         for e in train + test:
             e["category"] = cat
         _write_json(jd / f"{cat}.json", cat, train, test)
@@ -238,13 +244,13 @@ def test_subsets_counts_and_nesting():
 @pytest.mark.skipif(not PAPER.is_file(), reason=f"paper text not found at {PAPER}")
 def test_subsets_match_the_paper_appendix():
     text = PAPER.read_text(encoding="utf-8")
-    seg = text[text.index("S1 Categories (30 Classes)"):text.index("Appendix B More Quantitative")]
+    seg = text[text.index("S1 Categories (30 Classes)") : text.index("Appendix B More Quantitative")]
     parts = re.split(r"S[123] Categories \(\d+ Classes\)", seg)[1:]
     lists = [[x.strip().rstrip(".") for x in re.split(r",\s*", p.strip()) if x.strip()] for p in parts]
     assert lists == [list(S1), list(S2), list(S3)]
 
 
-# ----------------------------------------------------------------------------- Real-IAD: prefix, JSON folders, training rows
+# ------------------------------------------------------------------ Real-IAD: prefix, JSON folders, training rows
 
 
 def test_empty_prefix_paths_start_with_the_category(tmp_path):
@@ -254,8 +260,9 @@ def test_empty_prefix_paths_start_with_the_category(tmp_path):
     img_root = root / "realiad_1024"
     train = _object(img_root, "audiojack/OK/S0002", "audiojack_0002_OK_C{v}_20231021130235", ".jpg")
     test = _object(img_root, "audiojack/OK/S0001", "audiojack_0001_OK_C{v}_20231021130111", ".jpg")
-    test += _object(img_root, "audiojack/NG/BX/S0001", "audiojack__0001_NG_BX_C{v}_20231023111538", ".jpg",
-                    masked_views=(1,))
+    test += _object(
+        img_root, "audiojack/NG/BX/S0001", "audiojack__0001_NG_BX_C{v}_20231023111538", ".jpg", masked_views=(1,)
+    )
     for e in train + test:
         e["category"] = "audiojack"
         if e["image_path"].startswith("audiojack/NG/"):
@@ -307,8 +314,9 @@ def test_anomalous_training_entries_are_left_out_and_counted(realiad_root, caplo
     assert len(msgs) == 1 and "left out 10 anomalous training rows" in msgs[0]
     assert str(jd / "audiojack.json") in msgs[0]
     # ng_without_mask does not bring them back into training
-    train = load_realiad(realiad_root, ["audiojack"], "train", json_dir="realiad_jsons_fuiad_0.1",
-                         ng_without_mask="anomaly")
+    train = load_realiad(
+        realiad_root, ["audiojack"], "train", json_dir="realiad_jsons_fuiad_0.1", ng_without_mask="anomaly"
+    )
     assert len(train) == 5
     # the test split is untouched, and a clean JSON logs nothing
     caplog.clear()
@@ -324,30 +332,167 @@ def test_anomalous_training_entries_are_left_out_and_counted(realiad_root, caplo
 # loader's ``generate_class_info('Real-IAD-Variety')``): hyphens and joined words where the paper
 # writes underscores.
 THIRD_PARTY_VARIETY_NAMES = (
-    "2pin_block_plug", "3_adapter", "3pin_aviation_connector", "4_wire_stepping_motor", "D-sub-connector", "DVD_switch", "LED_indicator",
-    "PLCC_socket", "VR_joystick", "access_card", "accurate_detection_switch", "aircraft_model_head", "angled_toggle_switch", "audio_jack_socket",
-    "bag_buckle", "ball_pin", "balun_transformer", "battery", "battery_holder_connector", "battery_socket_connector", "bend_connector", "blade_switch",
-    "blue_light_switch", "bluetooth_module", "boost_converter_module", "bread_model", "brooch_clasp_accessory", "button_battery_holder", "button_motor",
-    "button_switch", "car_door_lock_switch", "ceramic_fuse", "ceramic_wave_filter", "charging_port", "chip-inductor", "circuit_breaker",
-    "circular_aviation_connector", "common-mode-choke", "common-mode-filter", "connector", "connector_housing-female", "console_switch",
-    "crimp_st_cable_mount_box", "dc_jack", "dc_power_connector", "detection_switch", "duckbill_circuit_breaker", "earphone_audio_unit",
-    "effect_transistor", "electronic_watch_movement", "ethernet-connector", "ferrite_bead", "ffc_connector_plug", "flow_control_valve",
-    "flower_copper_shape", "flower_velvet_fabric", "fork-crimp-terminal", "fuse_cover", "fuse_holder", "gear", "gear_motor", "green-ring-filter",
-    "hairdryer_switch", "hall_effect_sensor", "headphone_jack-female", "headphone_jack_socket", "hex_plug", "humidity_sensor", "ingot_buckle",
-    "insect_metal_parts", "inverter_connector", "jam_jar_model", "joystick_switch", "kfc_push-key_switch", "knob-cap", "laser_diode", "lattice_block_plug",
-    "lego-pin-connector-plate", "lego-propeller", "lego-reel", "lego-technical-gear", "lego-turbine", "lighting_connector", "lilypad_led", "limit-switch",
-    "lithium_battery_plug", "littel-fuse", "little_cow_model", "lock", "long-zipper", "meteor_hammer_arrowhead", "miniature_laser_module",
-    "miniature_lifting_motor", "miniature_motor", "miniature_stepper_motor", "mobile_charging_connector", "model_steering_module", "monitor_socket",
-    "motor_bracket", "motor_gear_reducer", "motor_plug", "mouse_socket", "multi_function_switch", "nylon_ball_head", "optical_fiber_outlet",
-    "pencil_sharpener", "pinboard_connector", "pitch_connector", "pneumatic_elbow", "pot_core", "potentiometer", "power_bank_module",
-    "power_inductor", "power_jack", "power_strip_socket", "pulse_transformer", "purple-clay-pot", "push_button_switch", "push_in_terminal",
-    "recorder_switch", "rectangular-connector-accessories", "red_terminal", "retaining_ring", "rheostat", "rotary_position_sensor",
-    "round_twist_switch", "self-lock_switch", "shelf_support_module", "side_press_switch", "side_release_buckle", "silicon_cell_sensor", "sim_card_reader",
-    "single-pole_potentiometer", "single_switch", "slide_switch", "slipper- model", "small_leaf", "smd_receiver_module", "solderless_adapter",
-    "spherical_airstone", "spring_antenna", "square_terminal", "steering_T-head", "steering_wheel", "suction-cup", "telephone_spring_switch",
-    "tension_snap_release_clip", "thumbtack", "thyristor", "toy-tire", "traceless_hair_clip", "travel_switch", "travel_switch_green",
-    "tubular_key_switch", "vacuum_switch", "vehicle_harness_conductor", "vertical-adjustable-resistor", "vibration_motor",
-    "volume_potentiometer", "wireless_receiver_module")
+    "2pin_block_plug",
+    "3_adapter",
+    "3pin_aviation_connector",
+    "4_wire_stepping_motor",
+    "D-sub-connector",
+    "DVD_switch",
+    "LED_indicator",
+    "PLCC_socket",
+    "VR_joystick",
+    "access_card",
+    "accurate_detection_switch",
+    "aircraft_model_head",
+    "angled_toggle_switch",
+    "audio_jack_socket",
+    "bag_buckle",
+    "ball_pin",
+    "balun_transformer",
+    "battery",
+    "battery_holder_connector",
+    "battery_socket_connector",
+    "bend_connector",
+    "blade_switch",
+    "blue_light_switch",
+    "bluetooth_module",
+    "boost_converter_module",
+    "bread_model",
+    "brooch_clasp_accessory",
+    "button_battery_holder",
+    "button_motor",
+    "button_switch",
+    "car_door_lock_switch",
+    "ceramic_fuse",
+    "ceramic_wave_filter",
+    "charging_port",
+    "chip-inductor",
+    "circuit_breaker",
+    "circular_aviation_connector",
+    "common-mode-choke",
+    "common-mode-filter",
+    "connector",
+    "connector_housing-female",
+    "console_switch",
+    "crimp_st_cable_mount_box",
+    "dc_jack",
+    "dc_power_connector",
+    "detection_switch",
+    "duckbill_circuit_breaker",
+    "earphone_audio_unit",
+    "effect_transistor",
+    "electronic_watch_movement",
+    "ethernet-connector",
+    "ferrite_bead",
+    "ffc_connector_plug",
+    "flow_control_valve",
+    "flower_copper_shape",
+    "flower_velvet_fabric",
+    "fork-crimp-terminal",
+    "fuse_cover",
+    "fuse_holder",
+    "gear",
+    "gear_motor",
+    "green-ring-filter",
+    "hairdryer_switch",
+    "hall_effect_sensor",
+    "headphone_jack-female",
+    "headphone_jack_socket",
+    "hex_plug",
+    "humidity_sensor",
+    "ingot_buckle",
+    "insect_metal_parts",
+    "inverter_connector",
+    "jam_jar_model",
+    "joystick_switch",
+    "kfc_push-key_switch",
+    "knob-cap",
+    "laser_diode",
+    "lattice_block_plug",
+    "lego-pin-connector-plate",
+    "lego-propeller",
+    "lego-reel",
+    "lego-technical-gear",
+    "lego-turbine",
+    "lighting_connector",
+    "lilypad_led",
+    "limit-switch",
+    "lithium_battery_plug",
+    "littel-fuse",
+    "little_cow_model",
+    "lock",
+    "long-zipper",
+    "meteor_hammer_arrowhead",
+    "miniature_laser_module",
+    "miniature_lifting_motor",
+    "miniature_motor",
+    "miniature_stepper_motor",
+    "mobile_charging_connector",
+    "model_steering_module",
+    "monitor_socket",
+    "motor_bracket",
+    "motor_gear_reducer",
+    "motor_plug",
+    "mouse_socket",
+    "multi_function_switch",
+    "nylon_ball_head",
+    "optical_fiber_outlet",
+    "pencil_sharpener",
+    "pinboard_connector",
+    "pitch_connector",
+    "pneumatic_elbow",
+    "pot_core",
+    "potentiometer",
+    "power_bank_module",
+    "power_inductor",
+    "power_jack",
+    "power_strip_socket",
+    "pulse_transformer",
+    "purple-clay-pot",
+    "push_button_switch",
+    "push_in_terminal",
+    "recorder_switch",
+    "rectangular-connector-accessories",
+    "red_terminal",
+    "retaining_ring",
+    "rheostat",
+    "rotary_position_sensor",
+    "round_twist_switch",
+    "self-lock_switch",
+    "shelf_support_module",
+    "side_press_switch",
+    "side_release_buckle",
+    "silicon_cell_sensor",
+    "sim_card_reader",
+    "single-pole_potentiometer",
+    "single_switch",
+    "slide_switch",
+    "slipper- model",
+    "small_leaf",
+    "smd_receiver_module",
+    "solderless_adapter",
+    "spherical_airstone",
+    "spring_antenna",
+    "square_terminal",
+    "steering_T-head",
+    "steering_wheel",
+    "suction-cup",
+    "telephone_spring_switch",
+    "tension_snap_release_clip",
+    "thumbtack",
+    "thyristor",
+    "toy-tire",
+    "traceless_hair_clip",
+    "travel_switch",
+    "travel_switch_green",
+    "tubular_key_switch",
+    "vacuum_switch",
+    "vehicle_harness_conductor",
+    "vertical-adjustable-resistor",
+    "vibration_motor",
+    "volume_potentiometer",
+    "wireless_receiver_module",
+)
 
 
 def _json_only_root(tmp_path: Path, names) -> Path:
@@ -369,7 +514,9 @@ def test_third_party_spelling_differs_as_reported():
 @pytest.mark.parametrize("subset", ["S1", "S2", "S3"])
 def test_every_subset_name_matches_both_spellings(tmp_path, spelling, subset):
     if spelling == "paper":  # the paper's 100 names plus the 60 other folders
-        extra = [n for n in THIRD_PARTY_VARIETY_NAMES if normalize_category(n) not in {normalize_category(x) for x in S3}]
+        extra = [
+            n for n in THIRD_PARTY_VARIETY_NAMES if normalize_category(n) not in {normalize_category(x) for x in S3}
+        ]
         names = list(S3) + extra
     else:
         names = list(THIRD_PARTY_VARIETY_NAMES)
@@ -401,7 +548,9 @@ def test_unmatched_subset_name_lists_the_closest_on_disk_names(tmp_path):
 
 
 def test_ambiguous_spellings_are_an_error():
-    with pytest.raises(ValueError, match=r"match several names on disk.*'knob cap' \(matches \['knob-cap', 'knob_cap'\]\)"):
+    with pytest.raises(
+        ValueError, match=r"match several names on disk.*'knob cap' \(matches \['knob-cap', 'knob_cap'\]\)"
+    ):
         match_categories(["knob cap"], ["knob-cap", "knob_cap"])
     assert match_categories(["knob_cap"], ["knob-cap", "knob_cap"]) == ["knob_cap"]  # exact name wins
 
@@ -414,11 +563,14 @@ def test_variety_reader_with_hyphenated_folders(tmp_path):
     for cat, folder in (("D-sub-connector", "D-sub-connector"), ("chip_inductor", "chip-inductor")):
         cat_dir = root / "realiadvariety_raw" / folder
         train = _object(cat_dir, "OK/S000001", "S000001_C{v}_ok", ".png")
-        test = _object(cat_dir, "NG/Deformation/S000002", "S000002_C{v}_ng", ".png", masked_views=(1,),
-                       mask_suffix="_mask")
+        test = _object(
+            cat_dir, "NG/Deformation/S000002", "S000002_C{v}_ng", ".png", masked_views=(1,), mask_suffix="_mask"
+        )
         _write_json(jd / f"{cat}.json", cat, train, test, prefix=f"{cat}/")
-    assert match_categories(["D_sub_connector", "chip-inductor"], list_variety_categories(root)) == \
-        ["D-sub-connector", "chip_inductor"]
+    assert match_categories(["D_sub_connector", "chip-inductor"], list_variety_categories(root)) == [
+        "D-sub-connector",
+        "chip_inductor",
+    ]
     test = load_realiad_variety(root, None, "test", resolution="raw")
     assert len(test) == 10 and {s.category for s in test} == {"D-sub-connector", "chip_inductor"}
     assert all(s.image_path.is_file() for s in test)

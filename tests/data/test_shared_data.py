@@ -1,5 +1,6 @@
 """Where the shared (read-only) data folder is found: ``$DPDIFF_SHARED_DATA``, else ``<repo>/../shared/data``,
 also when ``shared`` is a symlink to the real folder."""
+
 from __future__ import annotations
 
 import os
@@ -12,7 +13,7 @@ from dpdiff.data import SHARED_DATA_ENV, shared_data_dir
 
 @pytest.mark.skipif(not hasattr(os, "symlink"), reason="no symlinks on this platform")
 def test_symlinked_shared_folder_is_followed_not_resolved(monkeypatch, tmp_path):
-    store = tmp_path / "disk" / "datasets"          # the real folder, somewhere else
+    store = tmp_path / "disk" / "datasets"  # the real folder, somewhere else
     (store / "data" / "mtd").mkdir(parents=True)
     checkout = tmp_path / "work" / "main"
     checkout.mkdir(parents=True)
@@ -26,7 +27,7 @@ def test_symlinked_shared_folder_is_followed_not_resolved(monkeypatch, tmp_path)
     d = shared_data_dir()
     assert d == tmp_path / "work" / "shared" / "data"  # through the link, next to the checkout
     assert d.parts[-2:] == ("shared", "data")
-    assert (d / "mtd").is_dir()                        # and it reaches the real data
+    assert (d / "mtd").is_dir()  # and it reaches the real data
     assert d.resolve() == (store / "data").resolve()
 
 

@@ -2,6 +2,7 @@
 
 Generation speed is measured by ``benchmarks/synthetic_speed.py``, not here.
 """
+
 from __future__ import annotations
 
 import json
@@ -107,7 +108,10 @@ def test_categories_are_distinct_combinations_and_nested():
     for n in (10, 20, 80):
         small = category_specs(n, seed=0)
         assert [s.name for s in small] == names[:n]
-        assert all(json.dumps(a.params, default=str) == json.dumps(b.params, default=str) for a, b in zip(small, specs))
+        assert all(
+            json.dumps(a.params, default=str) == json.dumps(b.params, default=str)
+            for a, b in zip(small, specs[:n], strict=True)
+        )
     other = category_specs(20, seed=5)
     assert [s.name for s in other] == names[:20]
     assert json.dumps(other[12].params, default=str) != json.dumps(specs[12].params, default=str)
@@ -152,7 +156,7 @@ def test_new_defect_types_look_as_named():
     specs = category_specs(12)
     obj = next(s for s in specs if s.factors["kind"] == "object" and s.family not in ("nut", "chip"))
     for spec in (specs[0], specs[1], obj):
-        for k in range(3):
+        for _ in range(3):
             img, mask, clean = render_sample(spec, 128, rng, "crack")
             assert binary_erosion(mask, iterations=2).sum() < 0.05 * mask.sum()  # thin: at most ~3 px wide
             img, mask, clean = render_sample(spec, 128, rng, "color_deviation")
@@ -185,7 +189,7 @@ def test_categories_separate_by_backbone_features():
     x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255.0
     x = (x - torch.tensor(backbone.mean).view(1, 3, 1, 1)) / torch.tensor(backbone.std).view(1, 3, 1, 1)
     with torch.inference_mode():
-        maps = torch.cat([backbone(x[i:i + 50]) for i in range(0, len(x), 50)])
+        maps = torch.cat([backbone(x[i : i + 50]) for i in range(0, len(x), 50)])
     feats = torch.cat([maps.mean((2, 3)), maps.std((2, 3))], 1)
     feats = torch.nn.functional.normalize(feats - feats.mean(0), dim=1)
     labels = torch.tensor(labels)
@@ -197,10 +201,22 @@ def test_categories_separate_by_backbone_features():
 
 
 def test_regenerate_and_refuse_foreign_folder(tmp_path):
-    generate_synthetic_dataset(tmp_path / "d", num_categories=1, train_per_category=3, test_good_per_category=1,
-                               test_defect_per_category=2, image_size=32)
-    generate_synthetic_dataset(tmp_path / "d", num_categories=1, train_per_category=1, test_good_per_category=1,
-                               test_defect_per_category=1, image_size=32)
+    generate_synthetic_dataset(
+        tmp_path / "d",
+        num_categories=1,
+        train_per_category=3,
+        test_good_per_category=1,
+        test_defect_per_category=2,
+        image_size=32,
+    )
+    generate_synthetic_dataset(
+        tmp_path / "d",
+        num_categories=1,
+        train_per_category=1,
+        test_good_per_category=1,
+        test_defect_per_category=1,
+        image_size=32,
+    )
     assert len(load_split(tmp_path / "d", "synth_stripes", "train")) == 1  # stale files removed
     assert [s.defect for s in load_split(tmp_path / "d", "synth_stripes", "test")] == ["good", "scratch"]
     (tmp_path / "e" / "synth_stripes").mkdir(parents=True)
@@ -211,8 +227,14 @@ def test_regenerate_and_refuse_foreign_folder(tmp_path):
 
 
 def test_ensure_extends_reuses_and_checks_settings(tmp_path):
-    kw = dict(train_per_category=1, test_good_per_category=1, test_defect_per_category=1, image_size=32, seed=2,
-              progress=False)
+    kw = dict(
+        train_per_category=1,
+        test_good_per_category=1,
+        test_defect_per_category=1,
+        image_size=32,
+        seed=2,
+        progress=False,
+    )
     root = tmp_path / "d"
     assert ensure_synthetic_dataset(root, 2, **kw) == [s.name for s in category_specs(2)]
     first = root / "synth_stripes" / "train" / "good" / "000.png"
@@ -224,6 +246,7 @@ def test_ensure_extends_reuses_and_checks_settings(tmp_path):
     kw.pop("progress")
     generate_synthetic_dataset(tmp_path / "ref", num_categories=4, **kw)
     ours, ref = _files(root), _files(tmp_path / "ref")
+
     def visible(files: dict) -> dict:
         return {k: v for k, v in files.items() if not k.startswith(".")}
 

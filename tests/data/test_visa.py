@@ -1,4 +1,5 @@
 """VisA reader: a fixture in the exact VisA layout (split_csv/1cls.csv + Data/Images, Data/Masks)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -64,7 +65,10 @@ def test_counts_labels_and_mask_pairing(visa_root):
 
     test = load_visa(visa_root, ["candle"], "test")
     assert [(s.image_path.name, s.label, s.defect) for s in test] == [
-        ("0107.JPG", 0, "good"), ("0790.JPG", 0, "good"), ("000.JPG", 1, "anomaly"), ("001.JPG", 1, "anomaly"),
+        ("0107.JPG", 0, "good"),
+        ("0790.JPG", 0, "good"),
+        ("000.JPG", 1, "anomaly"),
+        ("001.JPG", 1, "anomaly"),
     ]
     for s in test:
         assert s.image_path.is_file() and s.category == "candle"
@@ -137,21 +141,29 @@ def test_2cls_split_file_never_puts_anomalies_in_training(visa_root, caplog):
     import logging
 
     two_cls = visa_root / "split_csv" / "2cls_highshot.csv"
-    two_cls.write_text("\n".join([
-        HEADER,
-        "candle,train,normal,candle/Data/Images/Normal/0836.JPG,",
-        "candle,train,anomaly,candle/Data/Images/Anomaly/000.JPG,candle/Data/Masks/Anomaly/000.png",
-        "candle,train,normal,candle/Data/Images/Normal/0451.JPG,",
-        "pcb1,train,anomaly,pcb1/Data/Images/Anomaly/000.JPG,pcb1/Data/Masks/Anomaly/000.png",
-        "pcb1,train,normal,pcb1/Data/Images/Normal/0000.JPG,",
-        "candle,test,normal,candle/Data/Images/Normal/0790.JPG,",
-        "candle,test,anomaly,candle/Data/Images/Anomaly/001.JPG,candle/Data/Masks/Anomaly/001.png",
-        "pcb1,test,normal,pcb1/Data/Images/Normal/0002.JPG,",
-    ]) + "\n")
+    two_cls.write_text(
+        "\n".join(
+            [
+                HEADER,
+                "candle,train,normal,candle/Data/Images/Normal/0836.JPG,",
+                "candle,train,anomaly,candle/Data/Images/Anomaly/000.JPG,candle/Data/Masks/Anomaly/000.png",
+                "candle,train,normal,candle/Data/Images/Normal/0451.JPG,",
+                "pcb1,train,anomaly,pcb1/Data/Images/Anomaly/000.JPG,pcb1/Data/Masks/Anomaly/000.png",
+                "pcb1,train,normal,pcb1/Data/Images/Normal/0000.JPG,",
+                "candle,test,normal,candle/Data/Images/Normal/0790.JPG,",
+                "candle,test,anomaly,candle/Data/Images/Anomaly/001.JPG,candle/Data/Masks/Anomaly/001.png",
+                "pcb1,test,normal,pcb1/Data/Images/Normal/0002.JPG,",
+            ]
+        )
+        + "\n"
+    )
     with caplog.at_level(logging.WARNING, logger="dpdiff.data"):
         train = load_samples("visa", visa_root, None, "train", split_csv="split_csv/2cls_highshot.csv")
     assert [(s.category, s.image_path.name) for s in train] == [
-        ("candle", "0451.JPG"), ("candle", "0836.JPG"), ("pcb1", "0000.JPG")]
+        ("candle", "0451.JPG"),
+        ("candle", "0836.JPG"),
+        ("pcb1", "0000.JPG"),
+    ]
     assert all(s.label == 0 and s.mask_path is None and s.defect == "good" for s in train)
     msgs = [r.getMessage() for r in caplog.records if r.name == "dpdiff.data.visa"]
     assert len(msgs) == 1 and "left out 2 anomalous training rows" in msgs[0] and str(two_cls) in msgs[0]

@@ -1,4 +1,5 @@
 """Feature cache: hits, misses, invalidation, crash safety, memory mapping, drop-in for training."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,8 @@ import dpdiff.engine.features.cache as cache_mod
 from dpdiff.backbones import build_backbone, build_vit
 from dpdiff.data.dataset import ImageDataset
 from dpdiff.data.mvtec import Sample
-from dpdiff.engine.features.cache import FeatureCache, FeatureStore, weights_sha256
 from dpdiff.engine.features import channel_statistics, extract_features, tokens_from_maps
+from dpdiff.engine.features.cache import FeatureCache, FeatureStore, weights_sha256
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 SIZE = 64
@@ -139,7 +140,7 @@ def test_store_indexes_like_a_tensor(tmp_path, samples, lite0):
     n, c, h, w = store.shape
     batch = tokens_from_maps(store[torch.randint(0, n, (4,))].float())
     assert batch.shape == (4, h * w, c) and batch.dtype == torch.float32
-    for a, b in zip(channel_statistics(store, chunk=4), channel_statistics(ref, chunk=4)):
+    for a, b in zip(channel_statistics(store, chunk=4), channel_statistics(ref, chunk=4), strict=True):
         assert torch.equal(a, b)
     assert torch.equal(store.to_tensor(chunk=4), ref)
 
@@ -369,10 +370,24 @@ def test_train_cli_uses_the_feature_cache(tmp_path, tiny_set_args):
     from dpdiff.engine.checkpoint import load_model
 
     root = tmp_path / "data"
-    generate_synthetic_dataset(root, num_categories=1, train_per_category=4, test_good_per_category=1,
-                               test_defect_per_category=1, image_size=64)
-    common = ["--data", str(root), "--cache-dir", str(tmp_path / "cache"), "--set", *tiny_set_args,
-              "train.batch_size=2", "train.steps=2"]
+    generate_synthetic_dataset(
+        root,
+        num_categories=1,
+        train_per_category=4,
+        test_good_per_category=1,
+        test_defect_per_category=1,
+        image_size=64,
+    )
+    common = [
+        "--data",
+        str(root),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--set",
+        *tiny_set_args,
+        "train.batch_size=2",
+        "train.steps=2",
+    ]
     assert main(["train", "--output", str(tmp_path / "a"), *common]) == 0
     shards = sorted((tmp_path / "cache").rglob("*.npy"))
     assert shards
@@ -382,5 +397,7 @@ def test_train_cli_uses_the_feature_cache(tmp_path, tiny_set_args):
     assert [p.stat().st_mtime_ns for p in shards] == mtimes
     a, _, _ = load_model(tmp_path / "a")
     b, _, _ = load_model(tmp_path / "b")
-    diffs = {k: (x - y).abs().max().item() for (k, x), y in zip(a.state_dict().items(), b.state_dict().values())}
+    diffs = {
+        k: (x - y).abs().max().item() for (k, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True)
+    }
     assert max(diffs.values()) < 1e-6, sorted(diffs.items(), key=lambda kv: -kv[1])[:3]

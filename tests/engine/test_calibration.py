@@ -1,6 +1,7 @@
 """Decision thresholds (dpdiff/engine/calibration.py): the conformal quantile gives the false-alarm rate asked for,
 F1 thresholds split the classes, calibration.json round-trips and is ignored for another model, and on synthetic
 data a calibrated tiny model's false-alarm rate on new normal images is within the binomial tolerance."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,17 @@ import numpy as np
 import pytest
 
 from dpdiff.data.synthetic import generate_synthetic_dataset
-from dpdiff.engine.calibration import (Calibration, Thresholds, f1_threshold, fpr_threshold, fpr_thresholds,
-                                       hold_out_for_calibration, min_normal_images, read_calibration,
-                                       write_calibration)
+from dpdiff.engine.calibration import (
+    Calibration,
+    Thresholds,
+    f1_threshold,
+    fpr_threshold,
+    fpr_thresholds,
+    hold_out_for_calibration,
+    min_normal_images,
+    read_calibration,
+    write_calibration,
+)
 from dpdiff.engine.inference import Detector
 from dpdiff.engine.train import train
 from dpdiff.errors import ConfigError, DataError
@@ -42,7 +51,7 @@ def test_conformal_threshold_holds_the_rate_on_new_samples(n, fpr):
     threshold, expected = fpr_threshold(calibration[0], fpr)
     k = int(np.searchsorted(np.sort(calibration[0]), threshold)) + 1  # the rank the function picked
     thresholds = np.sort(calibration, axis=1)[:, k - 1]
-    assert all(fpr_threshold(c, fpr)[0] == t for c, t in zip(calibration[:300], thresholds[:300]))
+    assert all(fpr_threshold(c, fpr)[0] == t for c, t in zip(calibration[:300], thresholds[:300], strict=True))
     rate = float(np.mean(new > thresholds))
     assert expected == pytest.approx((n + 1 - k) / (n + 1))
     assert fpr - 1.0 / (n + 1) - 1e-12 <= expected <= fpr + 1e-12
@@ -114,9 +123,15 @@ N_CALIBRATE, N_MEASURE, TARGET_FPR = 120, 120, 0.2
 @pytest.fixture(scope="module")
 def normal_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("calib") / "data"
-    generate_synthetic_dataset(root, num_categories=1, train_per_category=8,
-                               test_good_per_category=N_CALIBRATE + N_MEASURE, test_defect_per_category=2,
-                               image_size=64, seed=0)
+    generate_synthetic_dataset(
+        root,
+        num_categories=1,
+        train_per_category=8,
+        test_good_per_category=N_CALIBRATE + N_MEASURE,
+        test_defect_per_category=2,
+        image_size=64,
+        seed=0,
+    )
     return root
 
 
@@ -172,8 +187,10 @@ def test_labelled_set_gives_f1_thresholds(run, normal_data):
     t = detector.calibrate(labelled=normal_data, category="synth_stripes", save=False)
     assert t.method == "f1" and t.pixel is not None and 0 < t.details["image_f1"] <= 1
     assert detector.thresholds("synth_stripes") == t
-    assert not (run / "calibration.json").exists() or json.loads((run / CALIBRATION_FILE).read_text()) \
-        .get("per_category", {}).get("synth_stripes") is None  # save=False wrote nothing
+    assert (
+        not (run / "calibration.json").exists()
+        or json.loads((run / CALIBRATION_FILE).read_text()).get("per_category", {}).get("synth_stripes") is None
+    )  # save=False wrote nothing
 
 
 def test_training_holds_out_and_calibrates(normal_data, tmp_path, tiny_config):

@@ -1,7 +1,9 @@
 """Data-parallel training: ``torchrun --nproc-per-node 2`` on CPU (gloo) gives the weights of one process."""
+
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import subprocess
@@ -19,7 +21,6 @@ from dpdiff.engine.checkpoint import CONFIG_FILE, MODEL_FILE, load_train_state
 from dpdiff.engine.distributed import shard_range
 from dpdiff.engine.train import train
 
-
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 
@@ -36,8 +37,14 @@ def single_thread():
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth") / "data"
-    generate_synthetic_dataset(root, num_categories=2, train_per_category=6, test_good_per_category=2,
-                               test_defect_per_category=2, image_size=64)
+    generate_synthetic_dataset(
+        root,
+        num_categories=2,
+        train_per_category=6,
+        test_good_per_category=2,
+        test_defect_per_category=2,
+        image_size=64,
+    )
     return root
 
 
@@ -51,7 +58,7 @@ def test_shard_range_covers_everything_once():
         for world in (1, 2, 3, 8):
             parts = [shard_range(n, r, world) for r in range(world)]
             assert parts[0][0] == 0 and parts[-1][1] == n
-            assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+            assert all(a[1] == b[0] for a, b in itertools.pairwise(parts))
             assert max(hi - lo for lo, hi in parts) - min(hi - lo for lo, hi in parts) <= 1
 
 
@@ -60,6 +67,7 @@ def test_weighted_shard_losses_equal_the_global_batch_loss(kw, tiny_model_config
     """What makes N ranks equal one process: with each rank's slice of the global noise draw, the losses
     are per-sample means, so shard losses weighted by shard size sum to the global-batch loss."""
     from dpdiff.model.dpdiff_ad import DPDiffAD
+
     torch.manual_seed(0)
     model = DPDiffAD(12, (4, 4), tiny_model_config(**kw))
     for p in model.denoiser.parameters():  # adaLN-Zero starts at zero output: make the DiT matter
@@ -68,10 +76,12 @@ def test_weighted_shard_losses_equal_the_global_batch_loss(kw, tiny_model_config
     noise = model.draw_training_noise(5, torch.Generator().manual_seed(3))
     given = model.training_losses(tokens, noise=noise)
     parts = [(0, 3), (3, 5)]
-    sliced = [model.training_losses(tokens[lo:hi], noise={k: v[lo:hi] if v is not None else None
-                                                           for k, v in noise.items()}) for lo, hi in parts]
+    sliced = [
+        model.training_losses(tokens[lo:hi], noise={k: v[lo:hi] if v is not None else None for k, v in noise.items()})
+        for lo, hi in parts
+    ]
     for k in given:
-        total = sum(s[k] * (hi - lo) / 5 for s, (lo, hi) in zip(sliced, parts))
+        total = sum(s[k] * (hi - lo) / 5 for s, (lo, hi) in zip(sliced, parts, strict=True))
         assert torch.allclose(total, given[k], atol=1e-5), k
 
 
@@ -88,9 +98,26 @@ def test_torchrun_two_processes_match_one_process(dataset, tmp_path, tiny_config
     run = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    res = subprocess.run([str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "dpdiff.cli", "train",
-                          "--config", str(cfg_path), "--output", str(run)],
-                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            str(TORCHRUN),
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "dpdiff.cli",
+            "train",
+            "--config",
+            str(cfg_path),
+            "--output",
+            str(run),
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     assert res.stdout.count("checkpoint written to") == 1  # rank 0 reports, rank 1 stays quiet
     meta = json.loads((run / CONFIG_FILE).read_text())
@@ -104,7 +131,7 @@ def test_torchrun_two_processes_match_one_process(dataset, tmp_path, tiny_config
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-4, rtol=0), (k, float((a[k] - b[k]).abs().max()))
     # the logged losses are the global-batch means, as in one process
-    for ra, rb in zip(_history(single), _history(run)):
+    for ra, rb in zip(_history(single), _history(run), strict=True):
         assert all(abs(ra[k] - rb[k]) < 1e-4 for k in ra), (ra, rb)
     assert load_train_state(run)["step"] == 6
 

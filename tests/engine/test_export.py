@@ -1,6 +1,7 @@
 """ONNX export (dpdiff/engine/export.py) and the onnxruntime runner (dpdiff/engine/onnx_runtime.py): a tiny trained
 model exported and run in onnxruntime scores like PyTorch (maps, scores, ranking, decisions), for any batch size,
 with the thresholds and preprocessing in its metadata."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,15 @@ SCORE_RTOL, MAP_ATOL = 1e-4, 1e-3  # the acceptance bounds of issue #14
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("export") / "data"
-    generate_synthetic_dataset(root, num_categories=2, train_per_category=6, test_good_per_category=12,
-                               test_defect_per_category=4, image_size=64, seed=0)
+    generate_synthetic_dataset(
+        root,
+        num_categories=2,
+        train_per_category=6,
+        test_good_per_category=12,
+        test_defect_per_category=4,
+        image_size=64,
+        seed=0,
+    )
     return root
 
 
@@ -35,8 +43,9 @@ def run(data, tmp_path_factory, tiny_config) -> Path:
     out = tmp_path_factory.mktemp("export_run") / "run"
     # maps at 48 px (the resize is in the graph); 3 independent draws: after 6 training steps an antithetic pair
     # reconstructs these tokens almost exactly (scores ~1e-6, where a relative comparison means nothing)
-    cfg = tiny_config(data).override({"inference.ensemble": 3, "inference.antithetic": False,
-                                      "inference.ddim_steps": 2, "evaluation.resolution": 48})
+    cfg = tiny_config(data).override(
+        {"inference.ensemble": 3, "inference.antithetic": False, "inference.ddim_steps": 2, "evaluation.resolution": 48}
+    )
     train(cfg, out)
     detector = Detector.load(out)
     detector.calibrate(sorted(data.glob("*/test/good/*.png")), target_fpr=0.1)  # 24 normal images
@@ -67,13 +76,16 @@ def test_onnxruntime_scores_like_pytorch(run, data, exported):
     s_o = np.array([p.score for p in onnx_pred])
     assert np.all(np.abs(s_o - s_t) <= SCORE_RTOL * np.abs(s_t))
     assert np.array_equal(np.argsort(s_t, kind="stable"), np.argsort(s_o, kind="stable"))  # the same ranking
-    assert max(float(np.abs(a.anomaly_map - b.anomaly_map).max()) for a, b in zip(torch_pred, onnx_pred)) < MAP_ATOL
+    pairs = list(zip(torch_pred, onnx_pred, strict=True))
+    assert max(float(np.abs(a.anomaly_map - b.anomaly_map).max()) for a, b in pairs) < MAP_ATOL
     # the thresholds travel in the metadata: the same decisions on every image, mostly the same mask pixels
     assert [p.is_anomalous for p in onnx_pred] == [p.is_anomalous for p in torch_pred]
     assert {p.is_anomalous for p in torch_pred} == {True, False}  # a threshold inside the scores: not trivial
-    assert all(a.image_threshold == b.image_threshold and a.pixel_threshold == b.pixel_threshold
-               for a, b in zip(torch_pred, onnx_pred))
-    differing = sum(int((a.mask != b.mask).sum()) for a, b in zip(torch_pred, onnx_pred))
+    assert all(
+        a.image_threshold == b.image_threshold and a.pixel_threshold == b.pixel_threshold
+        for a, b in zip(torch_pred, onnx_pred, strict=True)
+    )
+    differing = sum(int((a.mask != b.mask).sum()) for a, b in zip(torch_pred, onnx_pred, strict=True))
     assert differing <= 1e-4 * sum(a.mask.size for a in torch_pred)
 
 
@@ -81,9 +93,9 @@ def test_batch_axis_is_dynamic(run, data, exported):
     detector = OnnxDetector.load(exported[0])
     images = _defective(data)[:7]
     batch = detector.preprocess(images)
-    one_by_one = np.concatenate([detector.run(batch[i:i + 1])[1] for i in range(len(images))])
+    one_by_one = np.concatenate([detector.run(batch[i : i + 1])[1] for i in range(len(images))])
     for size in (3, 7):
-        scores = np.concatenate([detector.run(batch[i:i + size])[1] for i in range(0, len(images), size)])
+        scores = np.concatenate([detector.run(batch[i : i + size])[1] for i in range(0, len(images), size)])
         np.testing.assert_allclose(scores, one_by_one, rtol=1e-5)
     # the normalised batch is the one PyTorch builds
     assert np.array_equal(batch, Detector.load(run).preprocess(images).numpy())

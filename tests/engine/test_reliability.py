@@ -5,6 +5,7 @@ data layer already tests on its own (image modes, corrupt files, mask size, miss
 categories: tests/data/*.py) is checked here end to end; the truncated-weights error of
 ``load_model`` and the refusal to overwrite a run are in test_pipeline.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,16 +20,15 @@ from PIL import Image
 
 import dpdiff.engine.train as train_mod
 from dpdiff.cli import main
-from dpdiff.data.synthetic import generate_synthetic_dataset
-from dpdiff.engine.checkpoint import CONFIG_FILE, MODEL_FILE, STATE_FILE, load_train_state
 from dpdiff.data.dataset import ImageDataset
 from dpdiff.data.mvtec import Sample
+from dpdiff.data.synthetic import generate_synthetic_dataset
+from dpdiff.engine.checkpoint import CONFIG_FILE, MODEL_FILE, STATE_FILE, load_train_state
 from dpdiff.engine.evaluate import evaluate
 from dpdiff.engine.features import extract_features
 from dpdiff.engine.predict import predict
 from dpdiff.engine.train import TrainingDiverged, prepare_run_dir, train, train_features
 from dpdiff.model.dpdiff_ad import DPDiffAD
-
 
 _BACKBONES: dict = {}
 MODES = {"000.png": "I;16", "001.png": "P", "002.png": "RGBA", "003.png": "L"}
@@ -61,8 +61,15 @@ def cached_backbone(monkeypatch):
 @pytest.fixture(scope="module")
 def clean_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth") / "data"
-    generate_synthetic_dataset(root, num_categories=2, train_per_category=6, test_good_per_category=2,
-                               test_defect_per_category=2, image_size=64, seed=0)
+    generate_synthetic_dataset(
+        root,
+        num_categories=2,
+        train_per_category=6,
+        test_good_per_category=2,
+        test_defect_per_category=2,
+        image_size=64,
+        seed=0,
+    )
     return root
 
 
@@ -165,8 +172,19 @@ def test_corrupt_training_image_is_named(data_copy, tmp_path, capsys, tiny_confi
         train(tiny_config(data_copy), tmp_path / "run")
     assert str(bad) in str(e.value)
     assert not (tmp_path / "run" / STATE_FILE).exists()
-    err = _cli_error(capsys, ["train", "--data", str(data_copy), "--output", str(tmp_path / "run2"),
-                              "--set", "backbone.image_size=64", "train.steps=1"])
+    err = _cli_error(
+        capsys,
+        [
+            "train",
+            "--data",
+            str(data_copy),
+            "--output",
+            str(tmp_path / "run2"),
+            "--set",
+            "backbone.image_size=64",
+            "train.steps=1",
+        ],
+    )
     assert str(bad) in err and "corrupt or truncated" in err
 
 
@@ -218,8 +236,20 @@ def test_empty_category_and_category_without_normal_images(data_copy, tmp_path, 
     assert str(empty) in str(e.value)
     (data_copy / "testonly" / "test" / "good").mkdir(parents=True)
     shutil.copy(data_copy / "synth_nut" / "test" / "good" / "000.png", data_copy / "testonly" / "test" / "good")
-    err = _cli_error(capsys, ["train", "--data", str(data_copy), "--categories", "testonly", "--output",
-                              str(tmp_path / "run2"), "--set", "backbone.image_size=64"])
+    err = _cli_error(
+        capsys,
+        [
+            "train",
+            "--data",
+            str(data_copy),
+            "--categories",
+            "testonly",
+            "--output",
+            str(tmp_path / "run2"),
+            "--set",
+            "backbone.image_size=64",
+        ],
+    )
     assert "no training folder" in err and str(data_copy / "testonly" / "train" / "good") in err
 
 
@@ -309,8 +339,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_copy, tmp_path, monk
     assert all(torch.equal(a[k], b[k]) for k in a)  # the kept weights are the good step-4 weights
     # the CLI reports it as an error, not a traceback
     calls["n"] = 0
-    err = _cli_error(capsys, ["train", "--config", str(_write_cfg(cfg, tmp_path / "c.yaml")),
-                              "--output", str(tmp_path / "run_cli")])
+    err = _cli_error(
+        capsys, ["train", "--config", str(_write_cfg(cfg, tmp_path / "c.yaml")), "--output", str(tmp_path / "run_cli")]
+    )
     assert "non-finite loss at step 5" in err
 
 
@@ -331,8 +362,9 @@ def test_resume_with_another_configuration_is_refused(run_copy, odd_data, tmp_pa
     with pytest.raises(ValueError, match="different configuration") as e:
         train(cfg, run_copy, resume=True)
     assert str(run_copy / STATE_FILE) in str(e.value) and "model.hidden_dim: checkpoint 32, now 64" in str(e.value)
-    err = _cli_error(capsys, ["train", "--resume", str(run_copy), "--config",
-                              str(_write_cfg(cfg, tmp_path / "other.yaml"))])
+    err = _cli_error(
+        capsys, ["train", "--resume", str(run_copy), "--config", str(_write_cfg(cfg, tmp_path / "other.yaml"))]
+    )
     assert "model.hidden_dim" in err and STATE_FILE in err
     assert (run_copy / STATE_FILE).read_bytes() == before  # nothing lost
 
@@ -364,7 +396,8 @@ def test_resume_with_changed_training_images_is_refused(run_copy, odd_data, tmp_
     shutil.copytree(odd_data, data)
     (data / "synth_nut" / "train" / "good" / "004.png").unlink()
     (data / "synth_nut" / "train" / "good" / "006.png").write_bytes(
-        (data / "synth_nut" / "train" / "good" / "005.png").read_bytes())
+        (data / "synth_nut" / "train" / "good" / "005.png").read_bytes()
+    )
     cfg = tiny_config(odd_data)
     cfg.train.steps, cfg.train.checkpoint_every = 4, 1
     cfg.data.root = str(data)  # data.root may change on resume (moved data) but not the images

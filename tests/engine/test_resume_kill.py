@@ -1,4 +1,5 @@
 """Crash-safe training: SIGKILL mid-run, ``dpdiff train --resume RUN_DIR``, same weights as without the kill."""
+
 from __future__ import annotations
 
 import csv
@@ -18,7 +19,6 @@ from dpdiff.data.synthetic import generate_synthetic_dataset
 from dpdiff.engine.checkpoint import CONFIG_FILE, MODEL_FILE, STATE_FILE, load_train_state
 from dpdiff.engine.train import build_backbone_from_config, train, train_features
 
-
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -34,8 +34,14 @@ def single_thread():
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth") / "data"
-    generate_synthetic_dataset(root, num_categories=2, train_per_category=6, test_good_per_category=2,
-                               test_defect_per_category=2, image_size=64)
+    generate_synthetic_dataset(
+        root,
+        num_categories=2,
+        train_per_category=6,
+        test_good_per_category=2,
+        test_defect_per_category=2,
+        image_size=64,
+    )
     return root
 
 
@@ -86,8 +92,14 @@ def test_sigkill_then_resume_matches_uninterrupted_run(dataset, tmp_path, tiny_c
     print(f"killed at step {killed_at}")
 
     # resume with nothing but the run folder (its own config) ...
-    res = subprocess.run([sys.executable, "-m", "dpdiff.cli", "train", "--resume", str(run)], env=_env(),
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "dpdiff.cli", "train", "--resume", str(run)],
+        env=_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     # ... and compare with an uninterrupted run of the same seed
     full = tmp_path / "full"
@@ -95,7 +107,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(dataset, tmp_path, tiny_c
     _assert_same_weights(load_file(str(full / MODEL_FILE)), load_file(str(run / MODEL_FILE)), atol=1e-5)
     ha, hb = _history(full), _history(run)
     assert [r["step"] for r in ha] == [r["step"] for r in hb]
-    for ra, rb in zip(ha, hb):
+    for ra, rb in zip(ha, hb, strict=True):
         assert all(abs(ra[k] - rb[k]) < 1e-4 for k in ra), (ra, rb)
     assert load_train_state(run)["step"] == cfg.train.steps
     assert not list(run.glob(".*.tmp"))

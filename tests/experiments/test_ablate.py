@@ -1,4 +1,5 @@
 """`dpdiff ablate`: grid files, train once / evaluate many, the table files, reuse and overwrite rules."""
+
 from __future__ import annotations
 
 import csv
@@ -13,26 +14,41 @@ import yaml
 from dpdiff.cli import main
 from dpdiff.config import Config
 from dpdiff.data.synthetic import generate_synthetic_dataset
-from dpdiff.experiments import ablate
-from dpdiff.experiments.ablate import (grid_from_dict, load_grid, run_ablation, run_dir_for, training_key,
-                                  training_status)
 from dpdiff.engine.checkpoint import CONFIG_FILE, STATE_FILE
+from dpdiff.experiments import ablate
+from dpdiff.experiments.ablate import (
+    grid_from_dict,
+    load_grid,
+    run_ablation,
+    run_dir_for,
+    training_key,
+    training_status,
+)
 from dpdiff.metrics.tables import TABLE_COLUMNS
 
 ROWS = [
     {"name": "full", "set": {}},
     {"name": "full t=50", "set": {"inference.noise_step": 50}},
     {"name": "full, prototype scoring", "set": {"inference.scoring": "prototype"}},
-    {"name": "L-Proto only", "set": {"model.diffusion": False, "model.use_global_prototypes": False,
-                                     "inference.scoring": "prototype"}},
+    {
+        "name": "L-Proto only",
+        "set": {"model.diffusion": False, "model.use_global_prototypes": False, "inference.scoring": "prototype"},
+    },
 ]
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth")
-    generate_synthetic_dataset(root, num_categories=2, train_per_category=6, test_good_per_category=3,
-                               test_defect_per_category=3, image_size=64, seed=0)
+    generate_synthetic_dataset(
+        root,
+        num_categories=2,
+        train_per_category=6,
+        test_good_per_category=3,
+        test_defect_per_category=3,
+        image_size=64,
+        seed=0,
+    )
     return root
 
 
@@ -43,12 +59,19 @@ def grids(tmp_path_factory, tiny_config) -> Path:
     (folder / "presets").mkdir()
     (folder / "presets" / "tiny.yaml").write_text(yaml.safe_dump(tiny_config().to_dict()))
     (folder / "ablations").mkdir()
-    (folder / "ablations" / "tiny_rows.yaml").write_text(yaml.safe_dump({
-        "base": "presets/tiny.yaml",  # found in a folder above the grid file
-        "columns": {"Scoring": "inference.scoring", "Diffusion": "model.diffusion"},
-        "rows": ROWS}, sort_keys=False))
-    (folder / "ablations" / "tiny_sweep.yaml").write_text(yaml.safe_dump({
-        "base": "presets/tiny.yaml", "sweep": "inference.noise_step", "values": [20, 60]}))
+    (folder / "ablations" / "tiny_rows.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "base": "presets/tiny.yaml",  # found in a folder above the grid file
+                "columns": {"Scoring": "inference.scoring", "Diffusion": "model.diffusion"},
+                "rows": ROWS,
+            },
+            sort_keys=False,
+        )
+    )
+    (folder / "ablations" / "tiny_sweep.yaml").write_text(
+        yaml.safe_dump({"base": "presets/tiny.yaml", "sweep": "inference.noise_step", "values": [20, 60]})
+    )
     return folder
 
 
@@ -158,20 +181,34 @@ def test_sweep_reuses_the_training_and_plots(ablation, grids, dataset, count_tra
 
 
 def test_product_sweep_plot(tmp_path):
-    grid = grid_from_dict({"sweep": {"inference.noise_step": [20, 60, 100], "inference.ddim_steps": [1, 3]}},
-                          "prod", overrides={"data.root": str(tmp_path)})
+    grid = grid_from_dict(
+        {"sweep": {"inference.noise_step": [20, 60, 100], "inference.ddim_steps": [1, 3]}},
+        "prod",
+        overrides={"data.root": str(tmp_path)},
+    )
     assert grid.sweep_keys == ["inference.noise_step", "inference.ddim_steps"] and len(grid.rows) == 6
     assert len({r.train_key for r in grid.rows}) == 1  # inference-only: one model for all six rows
-    rows = {r.name: {k: 0.5 + 0.001 * r.sweep["inference.noise_step"] * r.sweep["inference.ddim_steps"]
-                     for k in TABLE_COLUMNS} for r in grid.rows}
+    rows = {
+        r.name: {
+            k: 0.5 + 0.001 * r.sweep["inference.noise_step"] * r.sweep["inference.ddim_steps"] for k in TABLE_COLUMNS
+        }
+        for r in grid.rows
+    }
     png = ablate.plot_sweep(grid, rows, tmp_path / "prod.png")
     assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 10_000
 
 
 @pytest.mark.integration
 def test_interrupted_training_is_resumed(grids, dataset, tmp_path, count_train):
-    grid = grid_from_dict({"base": str(grids / "presets" / "tiny.yaml"), "rows": [{"name": "a", "set": {}}],
-                           "set": {"model.use_global_prototypes": False}}, "resume", overrides={"data.root": str(dataset)})
+    grid = grid_from_dict(
+        {
+            "base": str(grids / "presets" / "tiny.yaml"),
+            "rows": [{"name": "a", "set": {}}],
+            "set": {"model.use_global_prototypes": False},
+        },
+        "resume",
+        overrides={"data.root": str(dataset)},
+    )
     row = grid.rows[0]
     run = run_dir_for(tmp_path, row)
     # a run stopped at its step-3 checkpoint: train 3 steps, then make the files claim the 6-step config
@@ -194,11 +231,21 @@ def test_interrupted_training_is_resumed(grids, dataset, tmp_path, count_train):
 def test_training_key_ignores_test_time_and_run_settings():
     cfg = Config()
     key = training_key(cfg)
-    for dotted in ({"inference.noise_step": 7}, {"evaluation.resolution": 128}, {"train.device": "cpu"},
-                   {"train.feature_cache": True}, {"train.log_every": 1}):
+    for dotted in (
+        {"inference.noise_step": 7},
+        {"evaluation.resolution": 128},
+        {"train.device": "cpu"},
+        {"train.feature_cache": True},
+        {"train.log_every": 1},
+    ):
         assert training_key(cfg.override(dotted)) == key, dotted
-    for dotted in ({"model.denoiser": "unet"}, {"model.num_local_prototypes": 4}, {"train.steps": 10},
-                   {"backbone.image_size": 128}, {"data.root": "/elsewhere"}):
+    for dotted in (
+        {"model.denoiser": "unet"},
+        {"model.num_local_prototypes": 4},
+        {"train.steps": 10},
+        {"backbone.image_size": 128},
+        {"data.root": "/elsewhere"},
+    ):
         assert training_key(cfg.override(dotted)) != key, dotted
 
 
@@ -221,17 +268,25 @@ def test_grid_errors_are_caught_before_training(tmp_path):
     with pytest.raises(FileNotFoundError, match="base preset"):
         grid(base="nowhere/preset.yaml", rows=[{"name": "x"}])
     g = grid(sweep={"model.num_local_prototypes": [2, 4], "model.num_global_prototypes": [1, 2]})
-    assert [r.name for r in g.rows] == ["num_local_prototypes=2, num_global_prototypes=1",
-                                        "num_local_prototypes=2, num_global_prototypes=2",
-                                        "num_local_prototypes=4, num_global_prototypes=1",
-                                        "num_local_prototypes=4, num_global_prototypes=2"]
+    assert [r.name for r in g.rows] == [
+        "num_local_prototypes=2, num_global_prototypes=1",
+        "num_local_prototypes=2, num_global_prototypes=2",
+        "num_local_prototypes=4, num_global_prototypes=1",
+        "num_local_prototypes=4, num_global_prototypes=2",
+    ]
     assert g.rows[3].config.model.num_local_prototypes == 4 and len({r.train_key for r in g.rows}) == 4
 
 
 def test_shipped_grid_files_load():
-    expected = {"table5_modules": (7, 6), "fig5_prototypes": (12, 12), "fig6_noise_step": (6, 1),
-                "fig6_ddim_steps": (5, 1), "table9_denoiser": (3, 3), "ensemble_reduce": (6, 1),
-                "seed_spread": (3, 3)}
+    expected = {
+        "table5_modules": (7, 6),
+        "fig5_prototypes": (12, 12),
+        "fig6_noise_step": (6, 1),
+        "fig6_ddim_steps": (5, 1),
+        "table9_denoiser": (3, 3),
+        "ensemble_reduce": (6, 1),
+        "seed_spread": (3, 3),
+    }
     keys = {}
     for name, (n_rows, n_trainings) in expected.items():
         g = load_grid(name, {"data.root": "/data"})  # packaged grids, by name
@@ -248,8 +303,15 @@ def test_shipped_grid_files_load():
 @pytest.mark.integration
 def test_cli_dry_run_and_refusal(ablation, grids, dataset, capsys):
     _, out, _ = ablation
-    args = ["ablate", "--grid", str(grids / "ablations" / "tiny_rows.yaml"), "--data", str(dataset),
-            "--output", str(out)]
+    args = [
+        "ablate",
+        "--grid",
+        str(grids / "ablations" / "tiny_rows.yaml"),
+        "--data",
+        str(dataset),
+        "--output",
+        str(out),
+    ]
     assert main(args + ["--dry-run"]) == 0
     printed = capsys.readouterr().out
     assert "4 rows, 2 trainings" in printed and "(reuse)" in printed and "(train)" not in printed

@@ -1,4 +1,5 @@
 """FPS benchmark (paper Table 4): benchmark_fps and `dpdiff benchmark`, at tiny sizes."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,30 @@ from dpdiff.config import Config
 from dpdiff.experiments.benchmark import benchmark_fps, format_fps_markdown, random_vit
 
 TINY_VIT = dict(patch_size=14, embed_dim=32, depth=4, num_heads=2, init_values=1e-5)
-KEYS = {"device", "device_name", "dtype", "torch_threads", "batch_size", "image_size", "backbone",
-        "backbone_weights", "tokens", "dit", "noise_step", "ddim_steps", "ensemble", "backbone_fps", "full_fps",
-        "fps_ratio", "backbone_ms_per_image", "full_ms_per_image", "timings", "warmup", "rounds", "statistic"}
+KEYS = {
+    "device",
+    "device_name",
+    "dtype",
+    "torch_threads",
+    "batch_size",
+    "image_size",
+    "backbone",
+    "backbone_weights",
+    "tokens",
+    "dit",
+    "noise_step",
+    "ddim_steps",
+    "ensemble",
+    "backbone_fps",
+    "full_fps",
+    "fps_ratio",
+    "backbone_ms_per_image",
+    "full_ms_per_image",
+    "timings",
+    "warmup",
+    "rounds",
+    "statistic",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -32,6 +54,7 @@ def lite_cfg(tiny_settings):
 
     def make(**extra) -> Config:
         return Config().override({"backbone.image_size": 64, "inference.pool_size": 8, **tiny_dit, **extra})
+
     return make
 
 
@@ -64,6 +87,7 @@ def test_benchmark_fps_lite0_tiny_dit(lite_cfg):
 def test_benchmark_times_the_detector_users_run(lite_cfg, monkeypatch):
     """The full-pipeline FPS times Detector.__call__ itself (what evaluate/predict run), once per round."""
     from dpdiff.engine.inference import Detector
+
     calls, real = [], Detector.__call__
 
     def spy(self, batch, generator=None, inference=None):
@@ -86,8 +110,15 @@ def test_benchmark_fps_given_tiny_vit_and_bfloat16(lite_cfg):
 
 
 def test_benchmark_fps_dinov2_config_gets_random_weights(lite_cfg):
-    cfg = lite_cfg(**{"backbone.name": "dinov2_vits14_reg", "backbone.image_size": 28,
-                      "backbone.feature_stride": None, "backbone.layers": [10, 11], "inference.pool_size": 4})
+    cfg = lite_cfg(
+        **{
+            "backbone.name": "dinov2_vits14_reg",
+            "backbone.image_size": 28,
+            "backbone.feature_stride": None,
+            "backbone.layers": [10, 11],
+            "inference.pool_size": 4,
+        }
+    )
     r = benchmark_fps(cfg, batch_size=1, rounds=1, warmup=0, device="cpu")
     check_result(r, 1, 28)
     assert r["backbone"] == "dinov2_vits14_reg" and r["backbone_weights"] == "random"
@@ -109,8 +140,23 @@ def test_benchmark_fps_rejects_bad_arguments(lite_cfg):
 def test_cli_benchmark_writes_json_and_refuses_overwrite(tmp_path, capsys, tiny_set_args):
     out = tmp_path / "res" / "fps.json"
     sets = ["backbone.image_size=64", "inference.pool_size=8"] + [a for a in tiny_set_args if a.startswith("model.")]
-    argv = ["benchmark", "--config", "lite0_cpu", "--set", *sets, "--batch-size", "2",
-            "--rounds", "1", "--warmup", "0", "--device", "cpu", "--output", str(out)]
+    argv = [
+        "benchmark",
+        "--config",
+        "lite0_cpu",
+        "--set",
+        *sets,
+        "--batch-size",
+        "2",
+        "--rounds",
+        "1",
+        "--warmup",
+        "0",
+        "--device",
+        "cpu",
+        "--output",
+        str(out),
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "| backbone |" in printed and "full FPS" in printed and str(out) in printed
@@ -127,6 +173,7 @@ def test_cli_benchmark_writes_json_and_refuses_overwrite(tmp_path, capsys, tiny_
 
 def test_cli_benchmark_help_and_defaults(capsys):
     from dpdiff.cli import build_parser
+
     args = build_parser().parse_args(["benchmark"])
     assert (args.batch_size, args.rounds, args.warmup, args.dtype, args.output) == (64, 5, 2, "float32", None)
     with pytest.raises(SystemExit):

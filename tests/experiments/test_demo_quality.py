@@ -1,4 +1,5 @@
 """The demo's planted defects are found (issue #2 acceptance 2). Several CPU minutes: marked slow."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """`dpdiff scale`: nested category subsets, both methods, Table-2 files with a Delta row, plot, resume."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,20 @@ from dpdiff.experiments import scale as scale_mod
 from dpdiff.experiments.scale import DONE_FILE, METHODS, ScaleSettings, count_dir, parse_counts, run_scale
 from dpdiff.metrics.tables import TABLE_COLUMNS
 
-TINY_ARGS = ["--counts", "2,3", "--images-per-category", "3", "--test-good-per-category", "1",
-             "--test-defect-per-category", "2", "--steps", "4", "--device", "cpu"]
+TINY_ARGS = [
+    "--counts",
+    "2,3",
+    "--images-per-category",
+    "3",
+    "--test-good-per-category",
+    "1",
+    "--test-defect-per-category",
+    "2",
+    "--steps",
+    "4",
+    "--device",
+    "cpu",
+]
 
 
 @pytest.fixture(scope="session")
@@ -93,10 +106,10 @@ def test_settings_and_counts_parsing():
 @pytest.mark.integration
 def test_single_count_writes_no_delta_table(tmp_path, tiny_set):
     from dpdiff.config import load_config
+
     cfg = load_config(scale_mod.SCALE_PRESET)
     cfg = cfg.override({k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in tiny_set)})
-    s = ScaleSettings(counts=[1], images_per_category=2, test_good_per_category=1, test_defect_per_category=1,
-                      steps=2)
+    s = ScaleSettings(counts=[1], images_per_category=2, test_good_per_category=1, test_defect_per_category=1, steps=2)
     result = run_scale(cfg, tmp_path / "one", s, device="cpu", log=lambda *a: None)
     assert result["tables"] == {} and Path(result["plot"]).is_file()
     assert not list((tmp_path / "one").glob("scale_table_*"))

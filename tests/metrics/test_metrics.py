@@ -119,7 +119,7 @@ def test_aupro_random_is_about_limit_over_two():
     masks = np.zeros(maps.shape, bool)
     for i in range(20):
         y, x = rng.integers(0, 50, 2)
-        masks[i, y:y + rng.integers(3, 14), x:x + rng.integers(3, 14)] = True
+        masks[i, y : y + rng.integers(3, 14), x : x + rng.integers(3, 14)] = True
     assert aupro(maps, masks) == pytest.approx(0.15, abs=0.02)
     assert aupro(maps, masks, fpr_limit=0.1) == pytest.approx(0.05, abs=0.02)
 
@@ -177,7 +177,8 @@ def test_aupro_matches_reference_exactly_with_all_thresholds():
     assert exact == pytest.approx(ref, abs=1e-9)
     for lim in (0.05, 0.3, 1.0):
         assert aupro(maps, masks, lim) == pytest.approx(
-            aupro_reference(maps, masks, lim, thresholds=np.unique(maps)), abs=1e-9)
+            aupro_reference(maps, masks, lim, thresholds=np.unique(maps)), abs=1e-9
+        )
 
 
 def test_aupro_close_to_200_threshold_reference_on_few_values():
@@ -254,6 +255,7 @@ def test_atomic_writes_replace(tmp_path):
 @pytest.mark.parametrize("levels", [None, 7])
 def test_aupro_partial_sort_equals_the_full_curve(fpr_limit, levels):
     from dpdiff.metrics.anomaly import _PixelCurve
+
     rng = np.random.default_rng(3)
     maps = rng.standard_normal((6, 20, 20)).astype(np.float32)
     if levels:  # heavy ties, including around the FPR cut

@@ -56,7 +56,7 @@ def test_scale_table_delta_is_max_minus_min_and_order_kept():
         values = [rows[n][c] for n in ("S1", "Full", "S2", "S3")]
         assert table["Delta"][c] == pytest.approx(max(values) - min(values), abs=1e-12)
     mads = [sum(rows[n][c] for c in METRIC_NAMES) / 7 for n in ("S1", "Full", "S2", "S3")]
-    for n, mad in zip(("S1", "Full", "S2", "S3"), mads):
+    for n, mad in zip(("S1", "Full", "S2", "S3"), mads, strict=True):
         assert table[n]["mAD"] == pytest.approx(mad)
     assert table["Delta"]["mAD"] == pytest.approx(max(mads) - min(mads))
     assert set(table["Delta"]) == set(COLUMNS)
@@ -70,7 +70,7 @@ def test_scale_table_paper_dpdiff_rows():
         "S3": [92.4, 98.4, 95.9, 94.6, 50.7, 51.3, 79.8],
         "Full": [92.4, 98.5, 95.8, 94.8, 50.1, 50.7, 80.1],
     }
-    rows = {n: {k: v / 100 for k, v in zip(METRIC_NAMES, vals)} for n, vals in paper.items()}
+    rows = {n: {k: v / 100 for k, v in zip(METRIC_NAMES, vals, strict=True)} for n, vals in paper.items()}
     delta = scale_table(rows)["Delta"]
     expected = [1.1, 0.3, 0.7, 0.9, 1.1, 0.8, 2.4]
     assert [round(100 * delta[k], 1) for k in METRIC_NAMES] == expected
@@ -195,8 +195,10 @@ def _read_csv(path):
 
 
 def test_write_table_scale_parses_back(tmp_path):
-    runs = {name: _results(tmp_path, name, {f"c{i}": _row(seed + 0.01 * i) for i in range(n)}, _protocol())
-            for name, seed, n in (("S1", 0.2, 3), ("S2", 0.15, 4), ("Full", 0.1, 5))}
+    runs = {
+        name: _results(tmp_path, name, {f"c{i}": _row(seed + 0.01 * i) for i in range(n)}, _protocol())
+        for name, seed, n in (("S1", 0.2, 3), ("S2", 0.15, 4), ("Full", 0.1, 5))
+    }
     sources = {name: load_results(out) for name, (out, _) in runs.items()}
     rows = {n: s["row"] for n, s in sources.items()}
     paths = write_table(rows, tmp_path / "tables", "table2", "scale", sources)
@@ -226,7 +228,7 @@ def test_write_table_scale_parses_back(tmp_path):
     body = [[c.strip() for c in line.strip("|").split("|")] for line in md[2:]]
     assert [b[0] for b in body] == ["S1", "S2", "Full", "**Delta**"]
     assert body[3][1] == "-"
-    for b, name in zip(body, expected):
+    for b, name in zip(body, expected, strict=True):
         assert [float(x) for x in b[2:]] == [round(100 * expected[name][c], 1) for c in TABLE_COLUMNS]
     assert not list((tmp_path / "tables").glob(".*tmp"))
 
@@ -237,13 +239,17 @@ def test_write_table_scale_parses_back(tmp_path):
 
 def test_write_table_datasets_and_protocol_warning(tmp_path):
     rows = {"MVTec-AD": _row(0.4), "VisA": _row(0.2)}
-    sources = {"MVTec-AD": {"path": "a/results.json", "protocol": _protocol()},
-               "VisA": {"path": "b/results.json", "protocol": _protocol(noise_step=50)}}
+    sources = {
+        "MVTec-AD": {"path": "a/results.json", "protocol": _protocol()},
+        "VisA": {"path": "b/results.json", "protocol": _protocol(noise_step=50)},
+    }
     paths = write_table(rows, tmp_path, None, "datasets", sources)
     assert paths["md"].name == "datasets_table.md"
     doc = json.loads(paths["json"].read_text())
     assert list(doc["rows"]) == ["MVTec-AD", "VisA", "Average"] and doc["summary_row"] == "Average"
-    assert doc["rows"]["Average"]["I-AUROC"] == pytest.approx((rows["MVTec-AD"]["I-AUROC"] + rows["VisA"]["I-AUROC"]) / 2)
+    assert doc["rows"]["Average"]["I-AUROC"] == pytest.approx(
+        (rows["MVTec-AD"]["I-AUROC"] + rows["VisA"]["I-AUROC"]) / 2
+    )
     assert doc["warning"]["differing_keys"] == ["inference.noise_step"]
     assert doc["sources"]["VisA"] == {"path": "b/results.json", "protocol": _protocol(noise_step=50)}
     md = paths["md"].read_text()
@@ -290,7 +296,9 @@ def test_cli_table_end_to_end(tmp_path, capsys):
     assert main(["table", "--kind", "datasets", "-o", str(out), f"MVTec={a_out}", f"VisA={c_out}"]) == 0
     captured = capsys.readouterr()
     assert "**Average**" in captured.out and "inference.noise_step" in captured.err
-    assert json.loads((out / "datasets_table.json").read_text())["warning"]["differing_keys"] == ["inference.noise_step"]
+    assert json.loads((out / "datasets_table.json").read_text())["warning"]["differing_keys"] == [
+        "inference.noise_step"
+    ]
 
     # a missing results file: error naming it
     gone = tmp_path / "gone" / "results.json"

@@ -1,4 +1,5 @@
 """The denoiser variants of Table 9 (DiT, U-Net, U-ViT), the factory, prototype-only scoring and old checkpoints."""
+
 from __future__ import annotations
 
 import json
@@ -90,14 +91,17 @@ def test_prototypes_change_the_output_only_with_cross_attention(name):
         assert torch.equal(off(x, t, p1, types), off(x, t, None, None))
 
 
-@pytest.mark.parametrize("hidden,depth,in_dim,grid", [(32, 2, C, (4, 4)), (128, 4, 152, (16, 16)),
-                                                      (256, 6, 768, (32, 32))])
+@pytest.mark.parametrize(
+    "hidden,depth,in_dim,grid", [(32, 2, C, (4, 4)), (128, 4, 152, (16, 16)), (256, 6, 768, (32, 32))]
+)
 def test_parameter_counts_within_2x_of_the_dit(hidden, depth, in_dim, grid):
     kw = dict(hidden_dim=hidden, depth=depth, num_heads=4 if hidden > 32 else 2)
     counts = {n: _n_params(build_denoiser(_cfg(n, **kw), in_dim, grid)) for n in NAMES}
     # `pytest -s` shows the numbers quoted in docs/method.md
-    print(f"\nparams hidden={hidden} depth={depth} in_dim={in_dim}: "
-          + ", ".join(f"{n} {c / 1e6:.3f}M ({c / counts['dit']:.2f}x)" for n, c in counts.items()))
+    print(
+        f"\nparams hidden={hidden} depth={depth} in_dim={in_dim}: "
+        + ", ".join(f"{n} {c / 1e6:.3f}M ({c / counts['dit']:.2f}x)" for n, c in counts.items())
+    )
     for n in ("unet", "uvit"):
         assert 0.5 <= counts[n] / counts["dit"] <= 2.0, (n, counts)
 
@@ -157,7 +161,8 @@ def test_prototype_only_model_has_no_denoiser():
 
 
 def test_old_checkpoint_without_the_new_keys_loads_and_resumes(tmp_path):
-    from dpdiff.engine.checkpoint import (CONFIG_FILE, check_resume_config, load_model, save_checkpoint)
+    from dpdiff.engine.checkpoint import CONFIG_FILE, check_resume_config, load_model, save_checkpoint
+
     cfg = Config()
     cfg.model = _cfg("dit")
     model = DPDiffAD(C, (4, 4), cfg.model)
@@ -168,7 +173,11 @@ def test_old_checkpoint_without_the_new_keys_loads_and_resumes(tmp_path):
         del old[section][key]  # a config.json written before these switches existed
     (tmp_path / CONFIG_FILE).write_text(json.dumps(payload))
     loaded, loaded_cfg, _ = load_model(tmp_path)
-    assert loaded_cfg.model.denoiser == "dit" and loaded_cfg.model.diffusion and loaded_cfg.inference.scoring == "reconstruction"
+    assert (
+        loaded_cfg.model.denoiser == "dit"
+        and loaded_cfg.model.diffusion
+        and loaded_cfg.inference.scoring == "reconstruction"
+    )
     assert isinstance(loaded.denoiser, PrototypeDiT)
     assert set(loaded.state_dict()) == set(model.state_dict())
     check_resume_config(tmp_path, {"config": old}, loaded_cfg)  # missing keys = defaults: no difference
@@ -184,37 +193,75 @@ def test_old_checkpoint_without_the_new_keys_loads_and_resumes(tmp_path):
 # that code): existing checkpoints load, resume states keep their parameter order, and no number changes.
 
 _ATTN = ["q.weight", "q.bias", "kv.weight", "kv.bias", "proj.weight", "proj.bias"]
-_HEAD = ["proto_proj.weight", "proto_proj.bias", "proto_type.weight",
-         "t_embed.0.weight", "t_embed.0.bias", "t_embed.2.weight", "t_embed.2.bias"]
-_DIT_BLOCK = ([f"attn.{k}" for k in _ATTN] + ["norm_p.weight", "norm_p.bias"] + [f"cross.{k}" for k in _ATTN]
-              + ["mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias", "adaLN.1.weight", "adaLN.1.bias"])
-_UNET_UNIT = (["res.norm1.weight", "res.norm1.bias", "res.conv1.weight", "res.conv1.bias", "res.emb.1.weight",
-               "res.emb.1.bias", "res.norm2.weight", "res.norm2.bias", "res.conv2.weight", "res.conv2.bias",
-               "cross.norm_x.weight", "cross.norm_x.bias", "cross.norm_p.weight", "cross.norm_p.bias"]
-              + [f"cross.cross.{k}" for k in _ATTN])
-_UVIT_BLOCK = (["norm1.weight", "norm1.bias"] + [f"attn.{k}" for k in _ATTN]
-               + ["norm_x.weight", "norm_x.bias", "norm_p.weight", "norm_p.bias"] + [f"cross.{k}" for k in _ATTN]
-               + ["norm2.weight", "norm2.bias", "mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias"])
+_HEAD = [
+    "proto_proj.weight",
+    "proto_proj.bias",
+    "proto_type.weight",
+    "t_embed.0.weight",
+    "t_embed.0.bias",
+    "t_embed.2.weight",
+    "t_embed.2.bias",
+]
+_DIT_BLOCK = (
+    [f"attn.{k}" for k in _ATTN]
+    + ["norm_p.weight", "norm_p.bias"]
+    + [f"cross.{k}" for k in _ATTN]
+    + ["mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias", "adaLN.1.weight", "adaLN.1.bias"]
+)
+_UNET_UNIT = [
+    "res.norm1.weight",
+    "res.norm1.bias",
+    "res.conv1.weight",
+    "res.conv1.bias",
+    "res.emb.1.weight",
+    "res.emb.1.bias",
+    "res.norm2.weight",
+    "res.norm2.bias",
+    "res.conv2.weight",
+    "res.conv2.bias",
+    "cross.norm_x.weight",
+    "cross.norm_x.bias",
+    "cross.norm_p.weight",
+    "cross.norm_p.bias",
+] + [f"cross.cross.{k}" for k in _ATTN]
+_UVIT_BLOCK = (
+    ["norm1.weight", "norm1.bias"]
+    + [f"attn.{k}" for k in _ATTN]
+    + ["norm_x.weight", "norm_x.bias", "norm_p.weight", "norm_p.bias"]
+    + [f"cross.{k}" for k in _ATTN]
+    + ["norm2.weight", "norm2.bias", "mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias"]
+)
 EXPECTED_KEYS = {  # depth 2, cross-attention on
-    "dit": (["in_proj.weight", "in_proj.bias"] + _HEAD + [f"blocks.{i}.{k}" for i in (0, 1) for k in _DIT_BLOCK]
-            + ["final_adaLN.1.weight", "final_adaLN.1.bias", "out_proj.weight", "out_proj.bias"]),
-    "unet": (["in_conv.weight", "in_conv.bias"] + _HEAD + [f"enc.0.{k}" for k in _UNET_UNIT]
-             + [f"mid.{k}" for k in _UNET_UNIT] + ["merge.0.weight", "merge.0.bias"]
-             + [f"dec.0.{k}" for k in _UNET_UNIT] + ["out_norm.weight", "out_norm.bias", "out_conv.weight",
-                                                      "out_conv.bias"]),
-    "uvit": (["time_pos", "in_proj.weight", "in_proj.bias"] + _HEAD + [f"in_blocks.0.{k}" for k in _UVIT_BLOCK]
-             + [f"mid_block.{k}" for k in _UVIT_BLOCK]
-             + [f"out_blocks.0.{k}" for k in ["skip_linear.weight", "skip_linear.bias"] + _UVIT_BLOCK]
-             + ["final_norm.weight", "final_norm.bias", "out_proj.weight", "out_proj.bias"]),
+    "dit": (
+        ["in_proj.weight", "in_proj.bias"]
+        + _HEAD
+        + [f"blocks.{i}.{k}" for i in (0, 1) for k in _DIT_BLOCK]
+        + ["final_adaLN.1.weight", "final_adaLN.1.bias", "out_proj.weight", "out_proj.bias"]
+    ),
+    "unet": (
+        ["in_conv.weight", "in_conv.bias"]
+        + _HEAD
+        + [f"enc.0.{k}" for k in _UNET_UNIT]
+        + [f"mid.{k}" for k in _UNET_UNIT]
+        + ["merge.0.weight", "merge.0.bias"]
+        + [f"dec.0.{k}" for k in _UNET_UNIT]
+        + ["out_norm.weight", "out_norm.bias", "out_conv.weight", "out_conv.bias"]
+    ),
+    "uvit": (
+        ["time_pos", "in_proj.weight", "in_proj.bias"]
+        + _HEAD
+        + [f"in_blocks.0.{k}" for k in _UVIT_BLOCK]
+        + [f"mid_block.{k}" for k in _UVIT_BLOCK]
+        + [f"out_blocks.0.{k}" for k in ["skip_linear.weight", "skip_linear.bias"] + _UVIT_BLOCK]
+        + ["final_norm.weight", "final_norm.bias", "out_proj.weight", "out_proj.bias"]
+    ),
 }
 #: (sum over parameters i of (i + 1) * sum(p_i) right after the seeded init, out[0, 0] and out.sum() after the
 #: perturbation below), recorded from the denoisers before the refactor
 GOLDEN = {
     "dit": (202.37614284988376, [-0.120486, 0.289006, 0.235845, 0.673706, 0.309828, 0.327777], 10.667070955969393),
-    "unet": (3819.243434637334, [0.083374, -0.113691, -0.006121, -0.182437, -0.062102, 0.003898],
-             0.08341435343027115),
-    "uvit": (4231.516138118881, [-0.150755, -0.724913, -0.40919, 0.105401, 0.443953, -0.347445],
-             -12.082724383100867),
+    "unet": (3819.243434637334, [0.083374, -0.113691, -0.006121, -0.182437, -0.062102, 0.003898], 0.08341435343027115),
+    "uvit": (4231.516138118881, [-0.150755, -0.724913, -0.40919, 0.105401, 0.443953, -0.347445], -12.082724383100867),
 }
 
 

@@ -40,6 +40,7 @@ def test_losses_reach_the_parameters_they_should_train():
 
 def test_no_gradient_into_backbone(tiny_model_config):
     from dpdiff.backbones import build_backbone
+
     backbone = build_backbone("tf_efficientnet_lite0", image_size=64)
     model = DPDiffAD(backbone.out_channels, backbone.grid_size(64), tiny_model_config())
     feats = backbone(torch.randn(2, 3, 64, 64))
@@ -85,11 +86,15 @@ def test_training_reduces_diffusion_loss_on_structured_tokens():
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
     first = None
-    for step in range(150):
+    for _ in range(150):
         tokens = base + 0.05 * torch.randn(8, 16, 12)
         loss = model.training_losses(tokens, g)["diff"]
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
         first = first if first is not None else loss.item()
     with torch.no_grad():
-        final = sum(model.training_losses(base + 0.05 * torch.randn(8, 16, 12), g)["diff"].item() for _ in range(10)) / 10
+        final = (
+            sum(model.training_losses(base + 0.05 * torch.randn(8, 16, 12), g)["diff"].item() for _ in range(10)) / 10
+        )
     assert final < 0.5 * first

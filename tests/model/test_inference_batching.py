@@ -1,4 +1,5 @@
 """Batched inference of DPDiffAD: ensemble draws as one batch, chunking, autocast/compile flags."""
+
 import pytest
 import torch
 
@@ -28,13 +29,15 @@ def per_draw_loop(model, tokens, noise_step, ddim_steps, ensemble, generator):
     return (total / ensemble).view(tokens.shape[0], *model.grid_size)
 
 
-@pytest.mark.parametrize("kw", [{}, {"use_local_prototypes": False, "use_global_prototypes": False},
-                                {"prototype_cross_attention": False}])
+@pytest.mark.parametrize(
+    "kw", [{}, {"use_local_prototypes": False, "use_global_prototypes": False}, {"prototype_cross_attention": False}]
+)
 def test_batched_ensemble_reproduces_the_per_draw_loop(kw):
     model = model_with_weights(**kw)
     tokens = torch.randn(3, 16, 12) * 2 + 1
-    got = model.token_scores(tokens, 150, 3, ensemble=4, generator=torch.Generator().manual_seed(7),
-                             ensemble_reduce="mean_error")
+    got = model.token_scores(
+        tokens, 150, 3, ensemble=4, generator=torch.Generator().manual_seed(7), ensemble_reduce="mean_error"
+    )
     ref = per_draw_loop(model, tokens, 150, 3, 4, torch.Generator().manual_seed(7))
     assert got.shape == (3, 4, 4)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
@@ -47,8 +50,9 @@ def test_single_draw_is_unchanged_and_chunking_never_changes_results():
     model = model_with_weights()
     tokens = torch.randn(5, 16, 12)
     one = model.token_scores(tokens, 100, 3, generator=torch.Generator().manual_seed(1))
-    torch.testing.assert_close(one, per_draw_loop(model, tokens, 100, 3, 1, torch.Generator().manual_seed(1)),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        one, per_draw_loop(model, tokens, 100, 3, 1, torch.Generator().manual_seed(1)), rtol=1e-5, atol=1e-6
+    )
     full = model.token_scores(tokens, 100, 3, 3, torch.Generator().manual_seed(2))
     for max_batch in (1, 4, 7):
         chunked = model.token_scores(tokens, 100, 3, 3, torch.Generator().manual_seed(2), max_batch=max_batch)

@@ -1,4 +1,5 @@
 """Eq. (24) image scores: the summed-area box filter equals avg_pool2d (stride 1) + max."""
+
 from __future__ import annotations
 
 import pytest
@@ -26,8 +27,18 @@ def _maps(kind: str, shape, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("kind", ["uniform", "normal", "blobs"])
-@pytest.mark.parametrize("shape,k", [((3, 64, 64), 16), ((2, 64, 48), 7), ((4, 33, 20), 1), ((2, 40, 40), 2),
-                                     ((2, 40, 40), 40), ((1, 17, 31), 5), ((2, 128, 128), 32)])
+@pytest.mark.parametrize(
+    "shape,k",
+    [
+        ((3, 64, 64), 16),
+        ((2, 64, 48), 7),
+        ((4, 33, 20), 1),
+        ((2, 40, 40), 2),
+        ((2, 40, 40), 40),
+        ((1, 17, 31), 5),
+        ((2, 128, 128), 32),
+    ],
+)
 def test_image_scores_match_avg_pool(kind, shape, k):
     maps = _maps(kind, shape)
     got, want = image_scores(maps, k), reference(maps, k)
@@ -49,8 +60,9 @@ def test_image_scores_pool_larger_than_map_is_clamped():
     maps = _maps("uniform", (3, 12, 20))
     with pytest.raises(RuntimeError):
         reference(maps, 16)
-    torch.testing.assert_close(image_scores(maps, 16),
-                               F.avg_pool2d(maps.unsqueeze(1), (12, 16), stride=1).flatten(1).max(1).values)
+    torch.testing.assert_close(
+        image_scores(maps, 16), F.avg_pool2d(maps.unsqueeze(1), (12, 16), stride=1).flatten(1).max(1).values
+    )
     torch.testing.assert_close(image_scores(maps, 100), maps.mean(dim=(1, 2)))  # the whole map
 
 
@@ -62,9 +74,9 @@ def test_image_scores_pool_size_zero_or_one_is_plain_max():
 
 def test_image_scores_single_peak_location_independent():
     """A single bright box is found wherever it lies, including at the borders."""
-    for (r, c) in [(0, 0), (48, 48), (0, 48), (23, 7)]:
+    for r, c in [(0, 0), (48, 48), (0, 48), (23, 7)]:
         maps = torch.zeros(1, 64, 64)
-        maps[0, r:r + 16, c:c + 16] = 2.0
+        maps[0, r : r + 16, c : c + 16] = 2.0
         assert image_scores(maps, 16).item() == pytest.approx(2.0, rel=1e-6)
         assert image_scores(maps, 32).item() == pytest.approx(0.5, rel=1e-6)
 
@@ -92,6 +104,7 @@ def test_postprocess_uses_pooled_max():
 
 def test_top_percent_scores_average_the_highest_pixels():
     from dpdiff.model.postprocess import top_percent_scores
+
     maps = torch.zeros(2, 10, 10)
     maps[0, 0, :5] = torch.arange(1.0, 6.0)  # top 5 % of 100 pixels = the 5 values 1..5
     maps[1] = 7.0
@@ -104,6 +117,7 @@ def test_top_percent_scores_average_the_highest_pixels():
 
 def test_postprocess_rejects_an_unknown_image_score_rule():
     from dpdiff.model.postprocess import postprocess
+
     with pytest.raises(ValueError, match="image_score"):
         postprocess(torch.rand(1, 4, 4), 16, 0.0, 4, image_score="median")
     maps, scores = postprocess(torch.rand(2, 4, 4), 16, 1.0, 4, image_score="top_percent_mean", top_percent=1.0)

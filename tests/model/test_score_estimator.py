@@ -1,6 +1,9 @@
 """The anomaly score as an estimator (issue #13): antithetic noise pairs, the full-rank noise head, the
 projected-error fallback for rank-deficient checkpoints, and a tiny trained model that tells an
 off-distribution token from in-distribution ones."""
+
+import itertools
+
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
@@ -30,10 +33,10 @@ def test_antithetic_pairs_sum_to_zero_exactly_for_tokens_and_prototypes():
     eps_x, eps_p = model._draw_noise(x0, p0, 5, torch.Generator().manual_seed(0), antithetic=True)
     b = x0.shape[0]
     for e in (0, 2):
-        assert torch.equal(eps_x[e * b:(e + 1) * b] + eps_x[(e + 1) * b:(e + 2) * b], torch.zeros_like(x0))
-        assert torch.equal(eps_p[e * b:(e + 1) * b] + eps_p[(e + 1) * b:(e + 2) * b], torch.zeros_like(p0))
-    assert not torch.equal(eps_x[:b], eps_x[2 * b:3 * b])  # pairs are independent of each other
-    assert not torch.equal(eps_x[4 * b:], -eps_x[3 * b:4 * b])  # an odd last draw is a fresh one
+        assert torch.equal(eps_x[e * b : (e + 1) * b] + eps_x[(e + 1) * b : (e + 2) * b], torch.zeros_like(x0))
+        assert torch.equal(eps_p[e * b : (e + 1) * b] + eps_p[(e + 1) * b : (e + 2) * b], torch.zeros_like(p0))
+    assert not torch.equal(eps_x[:b], eps_x[2 * b : 3 * b])  # pairs are independent of each other
+    assert not torch.equal(eps_x[4 * b :], -eps_x[3 * b : 4 * b])  # an odd last draw is a fresh one
     plain, _ = model._draw_noise(x0, p0, 2, torch.Generator().manual_seed(0), antithetic=False)
     assert not torch.equal(plain[:b] + plain[b:], torch.zeros_like(x0))
 
@@ -66,8 +69,9 @@ def test_projected_error_fallback_scores_the_range_of_the_output_layer_only():
     model = model_with_weights(output_skip=False)
     tokens = torch.randn(2, 16, C)
     got = model.token_scores(tokens, 100, 1, 2, torch.Generator().manual_seed(3), antithetic=True)
-    x0, x0_hat = model._reconstruct_draws(tokens, 100, 1, 2, torch.Generator().manual_seed(3), None, False, None,
-                                          antithetic=True)
+    x0, x0_hat = model._reconstruct_draws(
+        tokens, 100, 1, 2, torch.Generator().manual_seed(3), None, False, None, antithetic=True
+    )
     q = model.noise_head_basis()
     err = (x0_hat.mean(0) - x0) @ q
     torch.testing.assert_close(got, err.pow(2).sum(-1).view(2, *GRID))
@@ -121,7 +125,7 @@ def test_lr_factor_warms_up_then_follows_the_schedule(schedule):
     if schedule == "constant":
         assert all(v == 1.0 for v in f[10:])
     else:
-        assert f[10] == pytest.approx(1.0) and all(a >= b for a, b in zip(f[10:], f[11:])) and f[-1] < 0.01
+        assert f[10] == pytest.approx(1.0) and all(a >= b for a, b in itertools.pairwise(f[10:])) and f[-1] < 0.01
     with pytest.raises(ValueError, match="lr_schedule"):
         lr_factor(0, 10, "step")
 
@@ -148,7 +152,7 @@ def test_common_noise_makes_a_score_independent_of_its_batch():
     kw = dict(antithetic=True, common_noise_seed=7)
     batch = model.token_scores(tokens, 100, 1, 4, torch.Generator().manual_seed(0), **kw)
     for i in range(5):  # alone, with another running generator: the same score
-        alone = model.token_scores(tokens[i:i + 1], 100, 1, 4, torch.Generator().manual_seed(i + 1), **kw)
+        alone = model.token_scores(tokens[i : i + 1], 100, 1, 4, torch.Generator().manual_seed(i + 1), **kw)
         torch.testing.assert_close(alone[0], batch[i], rtol=1e-5, atol=1e-6)
     reordered = model.token_scores(tokens.flip(0), 100, 1, 4, None, **kw)
     torch.testing.assert_close(reordered.flip(0), batch, rtol=1e-5, atol=1e-6)

@@ -85,6 +85,9 @@ class Server:
     cwd: Path
     tmpdir: Path
     headers: dict = field(default_factory=dict)
+    limits: dict = field(default_factory=dict)
+    run_snapshot: dict = field(default_factory=dict)
+    token: str | None = None
 
     def client(self, **kw) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60.0, headers=self.headers, **kw)
@@ -331,3 +334,31 @@ def expected(tiny_run):
 def start_server():
     """:func:`running_server` (a context manager: ``with start_server(run, folder, *options, token=None) as s``)."""
     return running_server
+
+
+#: The limits of the shared test server: small, so that oversized inputs are cheap to build.
+SERVER_LIMITS = {"max_image_mb": 2.0, "max_batch": 8, "max_wait_ms": 20.0, "max_megapixels": 1.0}
+TOKEN = "s3cret-t0ken"
+
+
+def _snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+@pytest.fixture(scope="session")
+def server(tiny_run, tmp_path_factory):
+    """The tiny run served with :data:`SERVER_LIMITS` (``server.limits``); ``server.run_snapshot``: the run
+    folder's files (size, mtime) before it started."""
+    before = _snapshot(tiny_run.run)
+    options = [x for k, v in SERVER_LIMITS.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    with running_server(tiny_run.run, tmp_path_factory.mktemp("server"), *options) as srv:
+        srv.limits, srv.run_snapshot = dict(SERVER_LIMITS), before
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def token_server(tiny_run, tmp_path_factory):
+    """The tiny run served with ``--token`` (``token_server.token``)."""
+    with running_server(tiny_run.run, tmp_path_factory.mktemp("token_server"), token=TOKEN) as srv:
+        srv.token = TOKEN
+        yield srv

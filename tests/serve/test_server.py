@@ -13,7 +13,6 @@ import struct
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -25,31 +24,6 @@ pytestmark = pytest.mark.integration
 LOAD_REQUESTS = 200
 LOAD_CLIENTS = 8
 LOAD_TIME_LIMIT_S = 180
-MAX_IMAGE_MB = 2.0  # small limits, so the oversized inputs are cheap to build
-MAX_MEGAPIXELS = 1.0
-MAX_BATCH = 8
-SERVER_OPTIONS = (
-    "--max-image-mb",
-    str(MAX_IMAGE_MB),
-    "--max-megapixels",
-    str(MAX_MEGAPIXELS),
-    "--max-batch",
-    str(MAX_BATCH),
-    "--max-wait-ms",
-    "20",
-)
-
-
-def _snapshot(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
-
-
-@pytest.fixture(scope="module")
-def server(tiny_run, tmp_path_factory, start_server):
-    before = _snapshot(tiny_run.run)
-    with start_server(tiny_run.run, tmp_path_factory.mktemp("server"), *SERVER_OPTIONS) as srv:
-        srv.run_snapshot = before
-        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -80,20 +54,14 @@ def png_array(b64: str) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- answers
-def test_health_describes_the_model(client, tiny_run):
+def test_health_describes_the_model(client, server, tiny_run):
     h = client.get("/health").json()
     assert h["status"] == "ok" and h["model"] == tiny_run.run.name and h["backbone"] == "tf_efficientnet_lite0"
     assert h["image_size"] == 64 and h["runtime"] == "torch" and h["device"] == "cpu"
     assert h["categories"] == sorted(tiny_run.categories)
     assert set(h["thresholds"]) == {"global", "per_category"} and "preset" in h
     assert h["version"] and h["uptime_s"] > 0
-    assert h["settings"] == {
-        "max_image_mb": MAX_IMAGE_MB,
-        "max_batch": MAX_BATCH,
-        "max_wait_ms": 20.0,
-        "max_megapixels": MAX_MEGAPIXELS,
-        "token_required": False,
-    }
+    assert h["settings"] == {**server.limits, "token_required": False}
     assert "token" not in str(h).replace("token_required", "")
 
 
@@ -146,7 +114,7 @@ def test_load_answers_equal_detector_predict(server, tiny_run, expected):
             assert np.array_equal(png_array(body["mask_png"]) > 127, np.asarray(want.mask)), path
     sizes = [body["batch_size"] for _, _, body in answers]
     assert max(sizes) > 1, "concurrent requests never shared a model call"
-    assert max(sizes) <= MAX_BATCH
+    assert max(sizes) <= server.limits["max_batch"]
     stats = httpx.get(server.url + "/health").json()["batches"]
     assert stats["items"] >= LOAD_REQUESTS and stats["batches"] < stats["items"]
     print(
@@ -155,8 +123,8 @@ def test_load_answers_equal_detector_predict(server, tiny_run, expected):
     )
 
 
-def test_batch_endpoint_answers_in_order(client, tiny_run, expected):
-    paths = tiny_run.images[-MAX_BATCH:]  # other sizes and formats included
+def test_batch_endpoint_answers_in_order(client, server, tiny_run, expected):
+    paths = tiny_run.images[-server.limits["max_batch"] :]  # other sizes and formats included
     cat = tiny_run.categories[1]
     files = [("files", (p.name, p.read_bytes())) for p in paths]
     r = client.post("/predict/batch", params={"category": cat, "overlay": "1", "mask": "1"}, files=files)
@@ -207,13 +175,11 @@ def _chunked(data: bytes, size: int = 256 * 1024):
         yield data[i : i + size]
 
 
-OVERSIZED = int((MAX_IMAGE_MB + 0.5) * 2**20)
-
-
-def _bad_requests(tiny_run):
+def _bad_requests(tiny_run, limits):
     """(name, request kwargs, expected status, expected error code) for each class of bad input."""
     good = tiny_run.images[0].read_bytes()
-    junk = np.random.default_rng(1).integers(0, 256, OVERSIZED, dtype=np.uint8).tobytes()
+    max_batch, oversized = limits["max_batch"], int((limits["max_image_mb"] + 0.5) * 2**20)
+    junk = np.random.default_rng(1).integers(0, 256, oversized, dtype=np.uint8).tobytes()
     bomb = _png(2000, 2000)  # 4 megapixels of black in a few KB: refused from its header
     assert len(bomb) < 50_000
     return [
@@ -274,7 +240,7 @@ def _bad_requests(tiny_run):
         ),
         (
             "too many files in a batch",
-            dict(method="POST", url="/predict/batch", files=[("f", (f"{i}.png", good)) for i in range(MAX_BATCH + 1)]),
+            dict(method="POST", url="/predict/batch", files=[("f", (f"{i}.png", good)) for i in range(max_batch + 1)]),
             413,
             "too_many_files",
         ),
@@ -309,7 +275,7 @@ def _bad_requests(tiny_run):
 
 def test_bad_input_gets_a_4xx_and_the_server_stays_healthy(client, tiny_run, server):
     seen = set()
-    for name, kwargs, status, code in _bad_requests(tiny_run):
+    for name, kwargs, status, code in _bad_requests(tiny_run, server.limits):
         r = client.request(**kwargs)
         assert r.status_code == status, (name, r.status_code, r.text[:300])
         body = r.json()
@@ -325,7 +291,7 @@ def test_bad_input_gets_a_4xx_and_the_server_stays_healthy(client, tiny_run, ser
 
 def test_nothing_is_written_to_disk(client, server, tiny_run):
     big = _png(700, 700, noise=True)  # ~1.4 MB: more than Starlette's 1 MB in-memory spool for uploads
-    assert 2**20 < len(big) < MAX_IMAGE_MB * 2**20
+    assert 2**20 < len(big) < server.limits["max_image_mb"] * 2**20
     r = client.post(
         "/predict/batch",
         files=[("f", ("big.png", big)), ("f", ("big2.png", big))],
@@ -333,16 +299,12 @@ def test_nothing_is_written_to_disk(client, server, tiny_run):
     )
     assert r.status_code == 200, r.text
     assert list(server.cwd.iterdir()) == [] and list(server.tmpdir.iterdir()) == []
-    assert _snapshot(tiny_run.run) == server.run_snapshot
+    assert {
+        str(p.relative_to(tiny_run.run)): (p.stat().st_size, p.stat().st_mtime_ns) for p in tiny_run.run.rglob("*")
+    } == server.run_snapshot
 
 
 # ---------------------------------------------------------------------------------------------- token
-@pytest.fixture(scope="module")
-def token_server(tiny_run, tmp_path_factory, start_server):
-    with start_server(tiny_run.run, tmp_path_factory.mktemp("token_server"), token="s3cret-t0ken") as srv:
-        yield srv
-
-
 def test_token_is_required(token_server, tiny_run):
     good = tiny_run.images[0].read_bytes()
     requests = [
@@ -355,14 +317,14 @@ def test_token_is_required(token_server, tiny_run):
             for headers in (
                 {},
                 {"Authorization": "Bearer wrong"},
-                {"Authorization": "Bearer s3cret-t0ke"},
-                {"Authorization": "Basic s3cret-t0ken"},
+                {"Authorization": f"Bearer {token_server.token[:-1]}"},
+                {"Authorization": f"Basic {token_server.token}"},
             ):
                 r = c.request(method, url, headers=headers, **kw)
                 assert r.status_code == 401, (url, headers, r.status_code)
                 assert r.json()["error"] == "unauthorized" and r.headers["www-authenticate"].startswith("Bearer")
-            r = c.request(method, url, headers={"Authorization": "Bearer s3cret-t0ken"}, **kw)
+            r = c.request(method, url, headers={"Authorization": f"Bearer {token_server.token}"}, **kw)
             assert r.status_code == 200, (url, r.text[:300])
         page = c.get("/")  # the page itself holds no data; it asks for the token
         assert page.status_code == 200 and "Access token" in page.text
-    assert "s3cret-t0ken" not in token_server.log_text()
+    assert token_server.token not in token_server.log_text()

@@ -1,5 +1,6 @@
 """The HTML report (dpdiff/viz/report/): written by `dpdiff test` (evaluate_and_report), rebuilt by `dpdiff report`,
 drawn without the model, and rendered by a real browser (headless Chromium, driven directly: no Python dependency)."""
+
 from __future__ import annotations
 
 import base64
@@ -18,7 +19,6 @@ import pytest
 from PIL import Image
 
 from dpdiff.cli import main
-from dpdiff.config import Config
 from dpdiff.data.synthetic import generate_synthetic_dataset
 from dpdiff.engine.train import load_history, train
 from dpdiff.experiments import evaluation
@@ -27,7 +27,7 @@ from dpdiff.figure_data import REPORT_DATA_FILE, ReportData, token_labels, unpac
 from dpdiff.viz.report import build_report
 
 CATEGORIES = 2
-PER_KIND = 2          # evaluate's default report_examples
+PER_KIND = 2  # evaluate's default report_examples
 # per category: PER_KIND false positives + PER_KIND false negatives + 2 prototype maps; then t-SNE + losses
 EXPECTED_IMAGES = CATEGORIES * (2 * PER_KIND + 2) + 2
 IMG_RE = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="[^"]*" data-file="([^"]+)">')
@@ -37,8 +37,15 @@ IMG_RE = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="[^
 def evaluated(tmp_path_factory, tiny_config):
     """A tiny trained and evaluated run: (run folder, evaluate's result)."""
     root = tmp_path_factory.mktemp("synth")
-    generate_synthetic_dataset(root, num_categories=CATEGORIES, train_per_category=6, test_good_per_category=3,
-                               test_defect_per_category=3, image_size=64, seed=0)
+    generate_synthetic_dataset(
+        root,
+        num_categories=CATEGORIES,
+        train_per_category=6,
+        test_good_per_category=3,
+        test_defect_per_category=3,
+        image_size=64,
+        seed=0,
+    )
     run = tmp_path_factory.mktemp("run") / "r"
     train(tiny_config(root), run)
     result = evaluate_and_report(run, output_dir=run / "eval", overlays_per_category=0)
@@ -144,8 +151,9 @@ def test_no_report_keeps_its_data_for_dpdiff_report(evaluated, tmp_path):
     assert main(["report", str(run), "--eval", str(out)]) == 0  # runs them, then draws
     assert len(_images((out / "report.html").read_text(encoding="utf-8"))) == EXPECTED_IMAGES
     # the same settings, so the same probe outputs as an evaluation that ran them at once
-    assert (out / "report_files" / "tsne_tokens.csv").read_text() == \
-        (run / "eval" / "report_files" / "tsne_tokens.csv").read_text()
+    assert (out / "report_files" / "tsne_tokens.csv").read_text() == (
+        run / "eval" / "report_files" / "tsne_tokens.csv"
+    ).read_text()
 
 
 @pytest.mark.integration
@@ -160,8 +168,9 @@ def test_report_follows_moved_data(evaluated, tmp_path):
     data.data_root = str(gone)
     with pytest.raises(FileNotFoundError, match="--data"):
         build_report(run, run / "eval", tmp_path / "a.html", data=data)
-    summary = build_report(run, run / "eval", tmp_path / "b.html", data=data, data_root=str(moved),
-                           history=load_history(run))
+    summary = build_report(
+        run, run / "eval", tmp_path / "b.html", data=data, data_root=str(moved), history=load_history(run)
+    )
     assert len(summary["figures"]) == EXPECTED_IMAGES
 
 
@@ -209,9 +218,9 @@ def test_a_failing_report_is_an_error(evaluated, tmp_path, monkeypatch):
 
 def test_token_labels():
     masks = np.zeros((1, 8, 8), bool)
-    masks[0, :4, :4] = True          # token (0,0): fully covered -> anomalous
-    masks[0, 0, 4:6] = True          # token (0,1): 2/16 covered -> boundary
-    masks[0, 4:6, 4:6] = True        # token (1,1): 4/16 = 25 % -> anomalous
+    masks[0, :4, :4] = True  # token (0,0): fully covered -> anomalous
+    masks[0, 0, 4:6] = True  # token (0,1): 2/16 covered -> boundary
+    masks[0, 4:6, 4:6] = True  # token (1,1): 4/16 = 25 % -> anomalous
     assert token_labels(masks, (2, 2)).tolist() == [[1, -1, 0, 1]]
 
 
@@ -222,7 +231,9 @@ CHECK_JS = """
 window.addEventListener('load', function () {
   var imgs = Array.prototype.slice.call(document.images);
   var t = document.getElementById('metrics');
-  function col(i) { return Array.prototype.map.call(t.tBodies[0].rows, function (r) { return r.cells[i].getAttribute('data-v'); }); }
+  function col(i) {
+    return Array.prototype.map.call(t.tBodies[0].rows, function (r) { return r.cells[i].getAttribute('data-v'); });
+  }
   var heads = t.tHead.rows[0].cells, iauroc = -1;
   for (var i = 0; i < heads.length; i++) { if (heads[i].textContent === 'I-AUROC') iauroc = i; }
   heads[iauroc].click();
@@ -230,7 +241,8 @@ window.addEventListener('load', function () {
   heads[iauroc].click();
   var desc = col(iauroc);
   var res = {images: imgs.length,
-             broken: imgs.filter(function (im) { return !(im.complete && im.naturalWidth > 0); }).map(function (im) { return im.alt; }),
+             broken: imgs.filter(function (im) { return !(im.complete && im.naturalWidth > 0); })
+                         .map(function (im) { return im.alt; }),
              widths: imgs.map(function (im) { return im.naturalWidth; }),
              rows: t.tBodies[0].rows.length, foot: t.tFoot ? t.tFoot.rows.length : 0,
              asc: asc, desc: desc};
@@ -251,8 +263,18 @@ def _chromium() -> str | None:
 
 
 def _run_chromium(exe: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-           "--no-default-browser-check", "--disable-extensions", f"--user-data-dir={profile}", *args]
+    cmd = [
+        exe,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--no-default-browser-check",
+        "--disable-extensions",
+        f"--user-data-dir={profile}",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=90)
 
 
@@ -260,8 +282,10 @@ def _run_chromium(exe: str, profile: Path, *args: str) -> subprocess.CompletedPr
 def test_report_renders_in_headless_chromium(evaluated, tmp_path):
     exe = _chromium()
     if exe is None:
-        pytest.skip("chromium not found on PATH (Debian: apt-get install chromium chromium-driver; .ci/run "
-                    "installs it); set DPDIFF_CHROMIUM to a Chrome/Chromium binary")
+        pytest.skip(
+            "chromium not found on PATH (Debian: apt-get install chromium chromium-driver; .ci/run "
+            "installs it); set DPDIFF_CHROMIUM to a Chrome/Chromium binary"
+        )
     run, _ = evaluated
     report = run / "eval" / "report.html"
     # the same page plus a script that checks the rendered DOM and writes the result into it
@@ -281,8 +305,14 @@ def test_report_renders_in_headless_chromium(evaluated, tmp_path):
     assert asc == sorted(asc) and desc == sorted(desc, reverse=True)  # the table sorts on a header click
 
     shot = tmp_path / "report_screenshot.png"
-    proc = _run_chromium(exe, tmp_path / "profile2", "--hide-scrollbars", "--window-size=1280,1800",
-                         f"--screenshot={shot}", report.as_uri())
+    proc = _run_chromium(
+        exe,
+        tmp_path / "profile2",
+        "--hide-scrollbars",
+        "--window-size=1280,1800",
+        f"--screenshot={shot}",
+        report.as_uri(),
+    )
     assert shot.is_file(), f"no screenshot (rc {proc.returncode}): {proc.stderr[-2000:]}"
     arr = np.asarray(Image.open(shot).convert("RGB"))
     assert arr.shape[:2] == (1800, 1280) and arr.std() > 10  # drawn, not a blank page

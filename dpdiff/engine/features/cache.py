@@ -32,6 +32,7 @@ writers of one key with ``flock`` where available, so the second one finds them 
 RAM: extraction streams batches to disk (nothing accumulates in memory) and :class:`FeatureStore`
 reads through ``np.memmap``: only the rows asked for are copied into RAM.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,8 +41,9 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -49,14 +51,34 @@ import torch
 from ...data.mvtec import Sample
 from ...io import TEMP_SUFFIX, atomic_write, atomic_write_json, slugify, to_jsonable
 
-__all__ = ["FeatureCache", "FeatureStore", "CACHE_ENV", "default_cache_root", "file_identity",
-           "backbone_fingerprint", "weights_sha256"]
+if TYPE_CHECKING:
+    from ...backbones.base import FeatureExtractor
+
+__all__ = [
+    "FeatureCache",
+    "FeatureStore",
+    "CACHE_ENV",
+    "default_cache_root",
+    "file_identity",
+    "backbone_fingerprint",
+    "weights_sha256",
+]
 
 CACHE_ENV = "DPDIFF_CACHE"
 FORMAT_VERSION = 1
 WEIGHTS_MEMO = "weights_sha256.json"
-_BACKBONE_ATTRS = ("name", "layers", "feature_stride", "local_aggregation", "patch_size", "image_size",
-                   "out_channels", "stage_channels", "mean", "std")
+_BACKBONE_ATTRS = (
+    "name",
+    "layers",
+    "feature_stride",
+    "local_aggregation",
+    "patch_size",
+    "image_size",
+    "out_channels",
+    "stage_channels",
+    "mean",
+    "std",
+)
 
 
 def default_cache_root() -> Path:
@@ -105,8 +127,12 @@ def weights_sha256(path: str | os.PathLike, memo_file: str | os.PathLike | None 
     path, size, mtime_ns = file_identity(path)
     memo = _read_json(Path(memo_file)) if memo_file else None
     entry = (memo or {}).get(path)
-    if isinstance(entry, dict) and entry.get("size") == size and entry.get("mtime_ns") == mtime_ns \
-            and isinstance(entry.get("sha256"), str):
+    if (
+        isinstance(entry, dict)
+        and entry.get("size") == size
+        and entry.get("mtime_ns") == mtime_ns
+        and isinstance(entry.get("sha256"), str)
+    ):
         return entry["sha256"]
     digest = _sha256_file(Path(path))
     if memo_file:
@@ -153,11 +179,19 @@ def _code_sha256(backbone: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def backbone_fingerprint(backbone: torch.nn.Module, image_size: int, backbone_key: dict | None = None,
-                         memo_file: str | os.PathLike | None = None) -> dict:
+def backbone_fingerprint(
+    backbone: torch.nn.Module,
+    image_size: int,
+    backbone_key: dict | None = None,
+    memo_file: str | os.PathLike | None = None,
+) -> dict:
     """Everything that determines the cached maps (see the module docstring), as a JSON-able dict."""
-    key: dict = {"format": FORMAT_VERSION, "dtype": "float16", "image_size": int(image_size),
-                 "class": f"{type(backbone).__module__}.{type(backbone).__qualname__}"}
+    key: dict = {
+        "format": FORMAT_VERSION,
+        "dtype": "float16",
+        "image_size": int(image_size),
+        "class": f"{type(backbone).__module__}.{type(backbone).__qualname__}",
+    }
     for attr in _BACKBONE_ATTRS:  # under their own names: backbone.image_size is not the requested size
         if hasattr(backbone, attr):
             key[f"backbone.{attr}"] = to_jsonable(getattr(backbone, attr), fallback=repr)
@@ -170,6 +204,7 @@ def backbone_fingerprint(backbone: torch.nn.Module, image_size: int, backbone_ke
     key["torch"] = torch.__version__
     try:
         import timm
+
         key["timm"] = timm.__version__
     except ImportError:  # pragma: no cover - timm is a dependency
         key["timm"] = None
@@ -194,12 +229,19 @@ class _ShardWriter:
         value = torch.as_tensor(value)
         if value.dtype != torch.float16:
             raise TypeError(f"shard rows must be float16, got {value.dtype}")
-        if not isinstance(sl, slice) or sl.start != self.pos or (sl.stop is not None and sl.stop != self.pos + len(value)):
+        if (
+            not isinstance(sl, slice)
+            or sl.start != self.pos
+            or (sl.stop is not None and sl.stop != self.pos + len(value))
+        ):
             raise ValueError(f"shard rows must be written in order: expected [{self.pos}:...], got {sl}")
         if self.item_shape is None:
             self.item_shape = tuple(value.shape[1:])
-            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False,
-                      "shape": (self.n, *self.item_shape)}
+            header = {
+                "descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)),
+                "fortran_order": False,
+                "shape": (self.n, *self.item_shape),
+            }
             np.lib.format.write_array_header_1_0(self._fh, header)
         elif tuple(value.shape[1:]) != self.item_shape:
             raise ValueError(f"feature map shape changed within a shard: {self.item_shape} -> {tuple(value.shape[1:])}")
@@ -261,9 +303,14 @@ class FeatureStore:
 
     dtype = torch.float16
 
-    def __init__(self, shards: Sequence[np.ndarray], shard_of: np.ndarray, row_of: np.ndarray,
-                 identities: Sequence[tuple[str, int, int]] | None = None,
-                 shard_paths: Sequence[Path] | None = None):
+    def __init__(
+        self,
+        shards: Sequence[np.ndarray],
+        shard_of: np.ndarray,
+        row_of: np.ndarray,
+        identities: Sequence[tuple[str, int, int]] | None = None,
+        shard_paths: Sequence[Path] | None = None,
+    ):
         if not shards:
             raise ValueError("a FeatureStore needs at least one shard")
         item = tuple(shards[0].shape[1:])
@@ -277,7 +324,7 @@ class FeatureStore:
             raise ValueError("shard_of and row_of must be 1-D arrays of equal length")
         self.identities = list(identities) if identities is not None else None
         self.shard_paths = list(shard_paths) if shard_paths is not None else None
-        self.shape: tuple[int, int, int, int] = (int(self._row.shape[0]), *item)  # type: ignore[assignment]
+        self.shape: tuple[int, int, int, int] = (int(self._row.shape[0]), *item)
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -324,7 +371,7 @@ class FeatureStore:
         if (sid == sid[0]).all():
             arr = self.shards[int(sid[0])]
             if len(rows) > 1 and (np.diff(rows) == 1).all():  # contiguous: one slice read
-                out[:] = arr[rows[0]:rows[-1] + 1]
+                out[:] = arr[rows[0] : rows[-1] + 1]
             else:
                 out[:] = arr[rows]
             return out
@@ -334,8 +381,9 @@ class FeatureStore:
         return out
 
     def __getitem__(self, idx) -> torch.Tensor:
-        if isinstance(idx, (int, np.integer)) or (torch.is_tensor(idx) and idx.ndim == 0 and not idx.is_floating_point()
-                                                  and idx.dtype != torch.bool):
+        if isinstance(idx, (int, np.integer)) or (
+            torch.is_tensor(idx) and idx.ndim == 0 and not idx.is_floating_point() and idx.dtype != torch.bool
+        ):
             i = int(idx)
             if not -len(self) <= i < len(self):
                 raise IndexError(f"index {i} is out of range for a FeatureStore of {len(self)} items")
@@ -354,13 +402,15 @@ class FeatureStore:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        if self.shard_paths is None:  # pragma: no cover - __getstate__ refuses to pickle such a store
+            raise TypeError("a FeatureStore built without shard paths cannot be unpickled")
         self.shards = [np.load(p, mmap_mode="r") for p in self.shard_paths]
 
     def to_tensor(self, chunk: int = 256) -> torch.Tensor:
         """Everything as one in-RAM fp16 tensor (what the store exists to avoid; for small sets)."""
         out = torch.empty(self.shape, dtype=torch.float16)
         for i in range(0, len(self), chunk):
-            out[i:i + chunk] = self[i:i + chunk]
+            out[i : i + chunk] = self[i : i + chunk]
         return out
 
 
@@ -413,8 +463,12 @@ class FeatureCache:
             except (OSError, ValueError):
                 continue  # data removed or unreadable: the shard is ignored (prune() removes it)
             items = index.get("items") or []
-            if (arr.dtype != np.float16 or arr.ndim != 4 or arr.shape[0] != len(items)
-                    or list(arr.shape) != list(index.get("shape", []))):
+            if (
+                arr.dtype != np.float16
+                or arr.ndim != 4
+                or arr.shape[0] != len(items)
+                or list(arr.shape) != list(index.get("shape", []))
+            ):
                 continue
             if item_shape is None:
                 item_shape = arr.shape[1:]
@@ -428,9 +482,19 @@ class FeatureCache:
         return arrays, paths, table
 
     # ---------------------------------------------------------------- writing
-    def _write_shard(self, key_dir: Path, key: dict, backbone: torch.nn.Module,
-                     samples: list[Sample], idents: list[tuple[str, int, int]], image_size: int,
-                     batch_size: int, device, num_workers: int, desc: str) -> None:
+    def _write_shard(
+        self,
+        key_dir: Path,
+        key: dict,
+        backbone: FeatureExtractor,
+        samples: list[Sample],
+        idents: list[tuple[str, int, int]],
+        image_size: int,
+        batch_size: int,
+        device,
+        num_workers: int,
+        desc: str,
+    ) -> None:
         from ...data.dataset import ImageDataset
         from .extract import extract_features
 
@@ -448,36 +512,54 @@ class FeatureCache:
             except BaseException:
                 writer.abort()
                 raise
+            if writer.item_shape is None:  # pragma: no cover - close() raises when no row was written
+                raise ValueError(f"shard {data_name}: no feature map written")
             item_shape.append(writer.item_shape)
 
         atomic_write(final, write_rows)
         try:
-            index = {"format": FORMAT_VERSION, "data": data_name, "shape": [len(samples), *item_shape[0]],
-                     "dtype": "float16", "key": _key_hash(key), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                     "items": [list(i) for i in idents]}
+            index = {
+                "format": FORMAT_VERSION,
+                "data": data_name,
+                "shape": [len(samples), *item_shape[0]],
+                "dtype": "float16",
+                "key": _key_hash(key),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "items": [list(i) for i in idents],
+            }
             atomic_write_json(key_dir / index_name, index)  # the shard becomes visible here, last
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(final)
             raise
 
-    def get(self, backbone: torch.nn.Module, backbone_key: dict | None, samples: Sequence[Sample | str | os.PathLike],
-            image_size: int, batch_size: int = 16, device: torch.device | str = "cpu", num_workers: int = 0,
-            desc: str = "features (cache)") -> FeatureStore:
+    def get(
+        self,
+        backbone: FeatureExtractor,
+        backbone_key: dict | None,
+        samples: Sequence[Sample | str | os.PathLike],
+        image_size: int,
+        batch_size: int = 16,
+        device: torch.device | str = "cpu",
+        num_workers: int = 0,
+        desc: str = "features (cache)",
+    ) -> FeatureStore:
         """Maps of ``samples`` (``Sample``s or image paths) at ``image_size``, extracting what is missing.
 
         ``backbone_key``: extra options to key on (e.g. the backbone config section); everything the
         backbone object itself knows (name, layers, stride, weights hash ...) is keyed on anyway.
         """
-        samples = [s if isinstance(s, Sample) else Sample(Path(s), None, 0, "good", "") for s in samples]
-        if not samples:
+        wanted = [s if isinstance(s, Sample) else Sample(Path(s), None, 0, "good", "") for s in samples]
+        if not wanted:
             raise ValueError("cannot get features for an empty list of images")
-        idents = [file_identity(s.image_path) for s in samples]  # before reading: see module docstring
+        idents = [file_identity(s.image_path) for s in wanted]  # before reading: see module docstring
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise OSError(f"feature cache folder {str(self.root)!r} cannot be created ({e}); choose another "
-                          f"with ${CACHE_ENV} / --cache-dir or turn the cache off") from e
+            raise OSError(
+                f"feature cache folder {str(self.root)!r} cannot be created ({e}); choose another "
+                f"with ${CACHE_ENV} / --cache-dir or turn the cache off"
+            ) from e
         key = self.key(backbone, image_size, backbone_key)
         key_dir = self.key_dir(key)
         key_dir.mkdir(exist_ok=True)
@@ -489,18 +571,30 @@ class FeatureCache:
             with _locked(key_dir / ".lock", self.lock):
                 arrays, paths, table = self._load(key_dir)  # another process may have added them meanwhile
                 missing: dict[tuple[str, int, int], Sample] = {}
-                for s, ident in zip(samples, idents):
+                for s, ident in zip(wanted, idents, strict=True):
                     if ident not in table and ident not in missing:
                         missing[ident] = s
                 if missing:
                     self._remove_stale_temps(key_dir)
-                    self._write_shard(key_dir, key, backbone, list(missing.values()), list(missing), image_size,
-                                      batch_size, device, num_workers, desc)
+                    self._write_shard(
+                        key_dir,
+                        key,
+                        backbone,
+                        list(missing.values()),
+                        list(missing),
+                        image_size,
+                        batch_size,
+                        device,
+                        num_workers,
+                        desc,
+                    )
                     self.last_extracted = len(missing)
                     arrays, paths, table = self._load(key_dir)
         lost = [i for i in idents if i not in table]
         if lost:  # pragma: no cover - only if another process deletes shards under us
-            raise RuntimeError(f"feature cache {key_dir}: {len(lost)} image(s) vanished from the cache, e.g. {lost[0][0]}")
+            raise RuntimeError(
+                f"feature cache {key_dir}: {len(lost)} image(s) vanished from the cache, e.g. {lost[0][0]}"
+            )
         used = sorted({table[i][0] for i in idents})
         remap = {k: j for j, k in enumerate(used)}
         shard_of = np.array([remap[table[i][0]] for i in idents], dtype=np.int32)

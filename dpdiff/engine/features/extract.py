@@ -1,13 +1,20 @@
 """Run the frozen backbone once over a dataset and keep its tokens (the backbone is a pure function
 of the image, so training never needs to run it again)."""
+
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Subset
 
 from ...backbones import build_backbone
+from ...backbones.base import FeatureExtractor
 from ...config import Config
 from ...progress import progress
+
+if TYPE_CHECKING:
+    from ...data.dataset import ImageDataset
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -16,17 +23,25 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def build_backbone_from_config(cfg: Config):
+def build_backbone_from_config(cfg: Config) -> FeatureExtractor:
     """The frozen feature extractor ``cfg.backbone`` describes (weights from ``backbone.weights`` or the package)."""
     b = cfg.backbone
-    return build_backbone(b.name, layers=b.layers, weights=b.weights, image_size=b.image_size,
-                          feature_stride=b.feature_stride)
+    return build_backbone(
+        b.name, layers=b.layers, weights=b.weights, image_size=b.image_size, feature_stride=b.feature_stride
+    )
 
 
 @torch.inference_mode()
-def extract_features(backbone: torch.nn.Module, dataset: Dataset, batch_size: int = 16,
-                     device: torch.device | str = "cpu", num_workers: int = 0, desc: str = "features",
-                     dtype: torch.dtype = torch.float16, out=None):
+def extract_features(
+    backbone: torch.nn.Module,
+    dataset: ImageDataset | Subset,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    num_workers: int = 0,
+    desc: str = "features",
+    dtype: torch.dtype = torch.float16,
+    out=None,
+):
     """Backbone feature maps for every item, in dataset order: (len(dataset), C, h, w) in ``dtype``.
 
     fp16 storage halves memory; tokens are standardised later in float32, so the rounding error
@@ -45,7 +60,7 @@ def extract_features(backbone: torch.nn.Module, dataset: Dataset, batch_size: in
         feats = backbone(images).to("cpu", dtype)
         if out is None:
             out = torch.empty((len(dataset), *feats.shape[1:]), dtype=dtype)
-        out[pos:pos + feats.shape[0]] = feats
+        out[pos : pos + feats.shape[0]] = feats
         pos += feats.shape[0]
     if pos == 0:
         raise ValueError("cannot extract features from an empty dataset")
@@ -68,7 +83,7 @@ def channel_statistics(maps, chunk: int = 256) -> tuple[torch.Tensor, torch.Tens
     s2 = torch.zeros(c, dtype=torch.float64)
     n = 0
     for i in range(0, maps.shape[0], chunk):
-        x = torch.as_tensor(maps[i:i + chunk]).double().transpose(0, 1).reshape(c, -1)
+        x = torch.as_tensor(maps[i : i + chunk]).double().transpose(0, 1).reshape(c, -1)
         s += x.sum(1)
         s2 += (x * x).sum(1)
         n += x.shape[1]

@@ -15,6 +15,7 @@ written by ``evaluate``, which keeps a few maps per category and runs the model 
 test images). Modules: ``build`` (:func:`build_report`), ``figures`` (one function per section), ``page``
 (the HTML from ``template.html``, shipped as package data), ``images`` (PNG and panel helpers).
 """
+
 from ...run_files import REPORT_DATA_FILE, REPORT_FILE, report_files_dir
 from .build import DISPLAY_MAX, build_report, check_report_target
 

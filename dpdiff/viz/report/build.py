@@ -1,4 +1,5 @@
 """``build_report``: draw the report of an evaluation from its results and report data (no model runs here)."""
+
 from __future__ import annotations
 
 import csv
@@ -35,8 +36,9 @@ def check_report_target(output: Path, overwrite: bool) -> Path:
     return files_dir
 
 
-def _draw(data: ReportData, paths: PathMap, rel: str, files_dir: Path, history: list[dict] | None,
-          timings: dict) -> tuple[dict[str, list[Figure]], dict[str, str]]:
+def _draw(
+    data: ReportData, paths: PathMap, rel: str, files_dir: Path, history: list[dict] | None, timings: dict
+) -> tuple[dict[str, list[Figure]], dict[str, str]]:
     """The figures of each section (examples, proto, tsne, loss) and the notes on what is left out."""
     size = min(int(data.map_size), DISPLAY_MAX)
     figs: dict[str, list[Figure]] = {"proto": [], "tsne": [], "loss": []}
@@ -48,8 +50,10 @@ def _draw(data: ReportData, paths: PathMap, rel: str, files_dir: Path, history: 
     if not data.probes:
         notes["proto"] = notes["tsne"] = "no probe images in the report data"
     elif po is None:
-        notes["proto"] = notes["tsne"] = (f"no model outputs on the probe images in the report data (evaluated "
-                                          f"with --no-report): `dpdiff report` computes them")
+        notes["proto"] = notes["tsne"] = (
+            "no model outputs on the probe images in the report data (evaluated "
+            "with --no-report): `dpdiff report` computes them"
+        )
     else:
         t = time.perf_counter()
         if po.sim_local is None and po.sim_global is None:
@@ -69,25 +73,37 @@ def _draw(data: ReportData, paths: PathMap, rel: str, files_dir: Path, history: 
         notes["loss"] = f"no {HISTORY_FILE} (training loss history) given: training curves left out"
     timings["loss_s"] = time.perf_counter() - t
     if data.maps_recomputed:
-        notes["data"] = (f"{REPORT_DATA_FILE} absent: the maps shown were recomputed for this report (other noise "
-                         f"draws than the evaluation's; colour scale from the shown maps)")
+        notes["data"] = (
+            f"{REPORT_DATA_FILE} absent: the maps shown were recomputed for this report (other noise "
+            f"draws than the evaluation's; colour scale from the shown maps)"
+        )
     return figs, notes
 
 
 def _sections(figs: dict[str, list[Figure]], notes: dict[str, str], data: ReportData) -> list[Section]:
     k = data.examples_per_category
-    fps = [f for f, e in zip(figs["examples"], data.examples) if e["kind"] == "fp"]
-    fns = [f for f, e in zip(figs["examples"], data.examples) if e["kind"] == "fn"]
+    fps = [f for f, e in zip(figs["examples"], data.examples, strict=True) if e["kind"] == "fp"]
+    fns = [f for f, e in zip(figs["examples"], data.examples, strict=True) if e["kind"] == "fn"]
     return [
-        Section("Worst false positives", fps,
-                f"The {k} highest-scoring <em>normal</em> test images of each category: image, anomaly map "
-                f"(colour scale per category, as in <code>overlays/</code>)."),
-        Section("Worst false negatives", fns,
-                f"The {k} lowest-scoring <em>defective</em> test images of each category: image, ground-truth "
-                f"contour (red), anomaly map with the contour."),
-        Section("Prototype similarity maps (Fig. 8)", figs["proto"],
-                "Local (L-Proto) and global (G-Proto) prototypes: per token, the highest cosine similarity "
-                "to any prototype of the image.", notes.get("proto", "")),
+        Section(
+            "Worst false positives",
+            fps,
+            f"The {k} highest-scoring <em>normal</em> test images of each category: image, anomaly map "
+            f"(colour scale per category, as in <code>overlays/</code>).",
+        ),
+        Section(
+            "Worst false negatives",
+            fns,
+            f"The {k} lowest-scoring <em>defective</em> test images of each category: image, ground-truth "
+            f"contour (red), anomaly map with the contour.",
+        ),
+        Section(
+            "Prototype similarity maps (Fig. 8)",
+            figs["proto"],
+            "Local (L-Proto) and global (G-Proto) prototypes: per token, the highest cosine similarity "
+            "to any prototype of the image.",
+            notes.get("proto", ""),
+        ),
         Section("Tokens before and after reconstruction (t-SNE, Fig. 7)", figs["tsne"], "", notes.get("tsne", "")),
         Section("Training losses", figs["loss"], "", notes.get("loss", "")),
     ]
@@ -98,14 +114,31 @@ def _write_examples_csv(data: ReportData, path: Path) -> None:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["kind", "category", "rank", "image", "defect", "score", "beyond_fraction", "png"])
     for e in data.examples:
-        w.writerow([e["kind"], e["category"], e["rank"] + 1, e["image"], e["defect"], repr(e["score"]),
-                    repr(e["beyond"]), e.get("png", "")])
+        w.writerow(
+            [
+                e["kind"],
+                e["category"],
+                e["rank"] + 1,
+                e["image"],
+                e["defect"],
+                repr(e["score"]),
+                repr(e["beyond"]),
+                e.get("png", ""),
+            ]
+        )
     atomic_write_text(path, buf.getvalue())
 
 
-def build_report(run_dir: Path, eval_dir: Path | None = None, output: Path | None = None, overwrite: bool = False,
-                 data: ReportData | None = None, data_root: str | None = None, history: list[dict] | None = None,
-                 timings: dict[str, float] | None = None) -> dict:
+def build_report(
+    run_dir: Path,
+    eval_dir: Path | None = None,
+    output: Path | None = None,
+    overwrite: bool = False,
+    data: ReportData | None = None,
+    data_root: str | None = None,
+    history: list[dict] | None = None,
+    timings: dict[str, float] | None = None,
+) -> dict:
     """Write the HTML report of an evaluated run; returns ``{"html", "files_dir", "figures", "seconds", ...}``.
 
     ``eval_dir`` (default ``RUN/eval``) must hold ``results.json``; ``data`` defaults to its
@@ -134,14 +167,23 @@ def build_report(run_dir: Path, eval_dir: Path | None = None, output: Path | Non
     _write_examples_csv(data, files_dir / "examples.csv")
     atomic_write_text(out, render_page(run_dir, eval_dir, results, _sections(figs, notes, data), notes.get("data", "")))
     figures = [f.file for f in drawn + figs["loss"]]
-    summary = {"html": str(out), "files_dir": str(files_dir), "figures": figures,
-               "categories": list((results.get("per_category") or {}).keys()), "notes": notes,
-               "timings_s": {k: round(v, 3) for k, v in timings.items()},
-               "seconds": round(time.perf_counter() - t0, 3)}
+    summary = {
+        "html": str(out),
+        "files_dir": str(files_dir),
+        "figures": figures,
+        "categories": list((results.get("per_category") or {}).keys()),
+        "notes": notes,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
     atomic_write_json(files_dir / "report.json", summary)
     # the folder belongs to this report: figures of an earlier one (other categories ...) go, once the new
     # report is complete
-    keep = {Path(f).name for f in figures} | {"examples.csv", "report.json"} | ({"tsne_tokens.csv"} if figs["tsne"] else set())
+    keep = (
+        {Path(f).name for f in figures}
+        | {"examples.csv", "report.json"}
+        | ({"tsne_tokens.csv"} if figs["tsne"] else set())
+    )
     for old in sorted(files_dir.iterdir()):
         if old.is_file() and old.suffix in (".png", ".csv", ".json") and old.name not in keep:
             old.unlink()

@@ -5,6 +5,7 @@
 * :func:`tsne_figures`: t-SNE of tokens before and after the reconstruction (paper Fig. 7),
 * :func:`loss_figures`: the training loss curves.
 """
+
 from __future__ import annotations
 
 import csv
@@ -29,7 +30,7 @@ __all__ = ["Figure", "example_figures", "loss_figures", "proto_figures", "tsne_f
 
 @dataclass
 class Figure:
-    file: str           # path relative to the HTML file's folder
+    file: str  # path relative to the HTML file's folder
     png: bytes
     caption: str
     alt: str
@@ -43,8 +44,10 @@ def _example_caption(e: dict) -> str:
             note = f"scores above {100 * e['beyond']:.0f}% of the category's defective images"
         else:
             note = f"scores below {100 * e['beyond']:.0f}% of the category's normal images"
-    return (f"{what} #{e['rank'] + 1}: {e['category']} / {e['defect']} / {Path(e['image']).name}, "
-            f"score {e['score']:.4g}" + (f" ({note})" if note else ""))
+    return (
+        f"{what} #{e['rank'] + 1}: {e['category']} / {e['defect']} / {Path(e['image']).name}, "
+        f"score {e['score']:.4g}" + (f" ({note})" if note else "")
+    )
 
 
 def example_figures(data: ReportData, rel: str, paths: PathMap, size: int) -> list[Figure]:
@@ -55,13 +58,22 @@ def example_figures(data: ReportData, rel: str, paths: PathMap, size: int) -> li
         amap = resize_map(e["map"], size)
         mask = resize_mask(unpack_mask(e["mask"], data.map_size), size) if e["kind"] == "fn" else None
         vmin, vmax = data.scales.get(e["category"], (None, None))
-        canvas = compose_overlay(img, amap, mask=mask, vmin=vmin, vmax=vmax,
-                                 title=f"{e['category']}/{e['defect']} score={e['score']:.4g}")
-        name = (f"{e['kind']}_{slugify(e['category'])}_{e['rank']}_{slugify(e['defect'])}_"
-                f"{slugify(Path(e['image']).stem)}.png")
+        canvas = compose_overlay(
+            img, amap, mask=mask, vmin=vmin, vmax=vmax, title=f"{e['category']}/{e['defect']} score={e['score']:.4g}"
+        )
+        name = (
+            f"{e['kind']}_{slugify(e['category'])}_{e['rank']}_{slugify(e['defect'])}_"
+            f"{slugify(Path(e['image']).stem)}.png"
+        )
         what = "false positive" if e["kind"] == "fp" else "false negative"
-        figs.append(Figure(f"{rel}/{name}", png_bytes(canvas), _example_caption(e),
-                           f"{what} {e['category']} {Path(e['image']).name}"))
+        figs.append(
+            Figure(
+                f"{rel}/{name}",
+                png_bytes(canvas),
+                _example_caption(e),
+                f"{what} {e['category']} {Path(e['image']).name}",
+            )
+        )
         e["png"] = f"{rel}/{name}"
     return figs
 
@@ -70,6 +82,8 @@ def proto_figures(data: ReportData, rel: str, paths: PathMap, size: int) -> list
     """Image (+ ground truth), L-Proto and G-Proto similarity maps of one defective and one normal probe of
     each of the first categories."""
     po = data.probe_outputs
+    if po is None:
+        raise ValueError("prototype maps need the model outputs on the probe images (ReportData.probe_outputs)")
     figs = []
     for k in progress(select_probes(data)[0], desc="report: prototype maps", leave=False):
         p, i = data.probes[k], po.index.index(k)
@@ -91,8 +105,10 @@ def proto_figures(data: ReportData, rel: str, paths: PathMap, size: int) -> list
         state = "anomalous" if p["label"] else "normal"
         canvas = labelled_panels(panels, labels, title=f"{cat}/{p['defect']} ({state})")
         name = f"proto_{slugify(cat)}_{state}_{slugify(p['defect'])}_{slugify(Path(p['image']).stem)}.png"
-        cap = (f"{cat}: {state} image {Path(p['image']).name} (score {p['score']:.4g}); max cosine similarity "
-               f"of each token to the local (L-Proto) and global (G-Proto) prototypes, colour scale per map")
+        cap = (
+            f"{cat}: {state} image {Path(p['image']).name} (score {p['score']:.4g}); max cosine similarity "
+            f"of each token to the local (L-Proto) and global (G-Proto) prototypes, colour scale per map"
+        )
         figs.append(Figure(f"{rel}/{name}", png_bytes(canvas), cap, f"prototype similarity {cat} {state}"))
     return figs
 
@@ -102,36 +118,57 @@ def _single_thread():
         from threadpoolctl import threadpool_limits  # a scikit-learn dependency
     except ImportError:  # pragma: no cover
         import contextlib
+
         return contextlib.nullcontext()
     return threadpool_limits(limits=1)
 
 
 def _embed(tokens, perplexity: float) -> dict[str, np.ndarray]:
     from sklearn.manifold import TSNE
+
     emb = {}
     # one OpenMP thread: sklearn's libgomp next to torch's (two OpenMP runtimes in one process) makes the
     # Barnes-Hut gradient spin-wait; measured 33 s instead of 0.3 s for 96 tokens on a busy 2-core machine
     with _single_thread():
         for key, x in (("before", tokens.before), ("after", tokens.after)):
-            emb[key] = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=tokens.seed,
-                            max_iter=500).fit_transform(x.astype(np.float32))
+            emb[key] = TSNE(
+                n_components=2, perplexity=perplexity, init="pca", random_state=tokens.seed, max_iter=500
+            ).fit_transform(x.astype(np.float32))
     return emb
 
 
 def _scatter_png(emb: dict[str, np.ndarray], lab: np.ndarray) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure as MplFigure
+
     fig = MplFigure(figsize=(10, 4.6), dpi=100)
     FigureCanvasAgg(fig)
-    for j, (key, title) in enumerate((("before", "encoder tokens (before reconstruction)"),
-                                      ("after", "reconstructed tokens (after)"))):
+    for j, (key, title) in enumerate(
+        (("before", "encoder tokens (before reconstruction)"), ("after", "reconstructed tokens (after)"))
+    ):
         ax = fig.add_subplot(1, 2, j + 1)
         e = emb[key]
-        ax.scatter(e[lab == 0, 0], e[lab == 0, 1], s=6, c="#3b6fb6", alpha=0.5, marker="o", linewidths=0,
-                   label=f"normal ({int((lab == 0).sum())})")
+        ax.scatter(
+            e[lab == 0, 0],
+            e[lab == 0, 1],
+            s=6,
+            c="#3b6fb6",
+            alpha=0.5,
+            marker="o",
+            linewidths=0,
+            label=f"normal ({int((lab == 0).sum())})",
+        )
         if (lab == 1).any():
-            ax.scatter(e[lab == 1, 0], e[lab == 1, 1], s=40, c="#d62728", alpha=0.85, marker="*", linewidths=0,
-                       label=f"anomalous ({int((lab == 1).sum())})")
+            ax.scatter(
+                e[lab == 1, 0],
+                e[lab == 1, 1],
+                s=40,
+                c="#d62728",
+                alpha=0.85,
+                marker="*",
+                linewidths=0,
+                label=f"anomalous ({int((lab == 1).sum())})",
+            )
         ax.set_title(title, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -145,9 +182,12 @@ def _scatter_png(emb: dict[str, np.ndarray], lab: np.ndarray) -> bytes:
 def tsne_figures(data: ReportData, rel: str, files_dir: Path) -> tuple[list[Figure], str]:
     """(the t-SNE figure, "") of the probe outputs' token sample, also written as ``tsne_tokens.csv``; ([], why)
     without a sample."""
-    tokens = data.probe_outputs.tokens
+    po = data.probe_outputs
+    if po is None:
+        raise ValueError("the t-SNE needs the model outputs on the probe images (ReportData.probe_outputs)")
+    tokens = po.tokens
     if tokens is None:
-        return [], data.probe_outputs.note
+        return [], po.note
     lab = np.asarray(tokens.labels)
     err = ((tokens.after - tokens.before) ** 2).sum(-1)
     perplexity = float(min(30.0, max(2.0, (len(lab) - 1) / 3.0)))
@@ -156,26 +196,43 @@ def tsne_figures(data: ReportData, rel: str, files_dir: Path) -> tuple[list[Figu
     w = csv.writer(out, lineterminator="\n")
     w.writerow(["category", "token_label", "reconstruction_error", "before_x", "before_y", "after_x", "after_y"])
     for k in range(len(lab)):
-        w.writerow([tokens.categories[k], "anomalous" if lab[k] else "normal", f"{err[k]:.6g}",
-                    *(f"{v:.5g}" for v in (*emb["before"][k], *emb["after"][k]))])
+        w.writerow(
+            [
+                tokens.categories[k],
+                "anomalous" if lab[k] else "normal",
+                f"{err[k]:.6g}",
+                *(f"{v:.5g}" for v in (*emb["before"][k], *emb["after"][k])),
+            ]
+        )
     atomic_write_text(files_dir / "tsne_tokens.csv", out.getvalue())
     if (lab == 1).any():
-        stats = (f"mean squared reconstruction error per token: normal {err[lab == 0].mean():.4g}, "
-                 f"anomalous {err[lab == 1].mean():.4g}")
+        stats = (
+            f"mean squared reconstruction error per token: normal {err[lab == 0].mean():.4g}, "
+            f"anomalous {err[lab == 1].mean():.4g}"
+        )
     else:
         stats = "no anomalous tokens in the sample"
-    cap = (f"t-SNE (perplexity {perplexity:.0f}, PCA init, seed {tokens.seed}) of {len(lab)} standardised tokens "
-           f"of {tokens.images} test images, before and after one DDIM reconstruction (paper Fig. 7). A token is "
-           f"anomalous when the ground truth covers at least {ANOMALOUS_TOKEN_FRACTION:.0%} of its patch; "
-           f"defect-boundary tokens are left out. {stats}.")
-    return [Figure(f"{rel}/tsne_tokens.png", _scatter_png(emb, lab), cap,
-                   "t-SNE of tokens before and after reconstruction")], ""
+    cap = (
+        f"t-SNE (perplexity {perplexity:.0f}, PCA init, seed {tokens.seed}) of {len(lab)} standardised tokens "
+        f"of {tokens.images} test images, before and after one DDIM reconstruction (paper Fig. 7). A token is "
+        f"anomalous when the ground truth covers at least {ANOMALOUS_TOKEN_FRACTION:.0%} of its patch; "
+        f"defect-boundary tokens are left out. {stats}."
+    )
+    return [
+        Figure(f"{rel}/tsne_tokens.png", _scatter_png(emb, lab), cap, "t-SNE of tokens before and after reconstruction")
+    ], ""
 
 
 def loss_figures(history: list[dict], rel: str, files_dir: Path) -> list[Figure]:
     """The training loss curves (written to ``files_dir/loss_curves.png`` at once)."""
     every = int(history[0]["step"])
     p = plot_loss_history(history, files_dir / LOSS_CURVES)
-    return [Figure(f"{rel}/{LOSS_CURVES}", p.read_bytes(),
-                   f"training losses (mean over every {every} steps, {int(history[-1]['step'])} steps; "
-                   f"total = diffusion + local + global prototype terms, Eq. 19)", "training loss curves")]
+    return [
+        Figure(
+            f"{rel}/{LOSS_CURVES}",
+            p.read_bytes(),
+            f"training losses (mean over every {every} steps, {int(history[-1]['step'])} steps; "
+            f"total = diffusion + local + global prototype terms, Eq. 19)",
+            "training loss curves",
+        )
+    ]

@@ -1,4 +1,5 @@
 """Image helpers of the report: PNG encoding, resizing maps and masks for display, labelled panel strips."""
+
 from __future__ import annotations
 
 import io
@@ -21,8 +22,9 @@ def resize_map(m: np.ndarray, size: int) -> np.ndarray:
     """A (S, S) float map at (size, size), bilinear."""
     if m.shape == (size, size):
         return m
-    return np.asarray(Image.fromarray(np.asarray(m, np.float32), mode="F").resize((size, size),
-                                                                                   Image.Resampling.BILINEAR))
+    return np.asarray(
+        Image.fromarray(np.asarray(m, np.float32), mode="F").resize((size, size), Image.Resampling.BILINEAR)
+    )
 
 
 def resize_mask(m: np.ndarray, size: int) -> np.ndarray:
@@ -36,6 +38,7 @@ def upsample_grid(grid_map: np.ndarray, size: int) -> np.ndarray:
     """A (h, w) token-grid map at (size, size), bilinear as the anomaly maps are upsampled (Eq. 23)."""
     import torch
     import torch.nn.functional as F
+
     t = torch.from_numpy(np.asarray(grid_map, np.float32))[None, None]
     return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
 
@@ -47,8 +50,9 @@ def _font(size: int = 13):
         return ImageFont.load_default()
 
 
-def labelled_panels(panels: list[np.ndarray], labels: list[str], title: str | None = None, gap: int = 4,
-                    band: int = 18) -> np.ndarray:
+def labelled_panels(
+    panels: list[np.ndarray], labels: list[str], title: str | None = None, gap: int = 4, band: int = 18
+) -> np.ndarray:
     """Panels side by side, each with a label band on top, and an optional title band over all."""
     h = max(p.shape[0] for p in panels)
     w = sum(p.shape[1] for p in panels) + gap * (len(panels) - 1)
@@ -59,7 +63,7 @@ def labelled_panels(panels: list[np.ndarray], labels: list[str], title: str | No
     if title:
         draw.text((3, 2), title, fill=(0, 0, 0), font=font)
     x = 0
-    for p, lab in zip(panels, labels):
+    for p, lab in zip(panels, labels, strict=True):
         canvas.paste(Image.fromarray(p), (x, top))
         draw.text((x + 3, top - band + 2), lab, fill=(0, 0, 0), font=font)
         x += p.shape[1] + gap

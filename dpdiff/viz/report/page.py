@@ -1,5 +1,6 @@
 """The report's HTML: ``template.html`` (package data: styles, the table-sorting script, the page skeleton)
 filled with the metrics table and the figure sections. Images are embedded as PNG data URIs."""
+
 from __future__ import annotations
 
 import base64
@@ -36,9 +37,12 @@ def metrics_table(results: dict) -> str:
     def cells(row: dict) -> str:
         out = []
         for c in cols:
+            value = row.get(c)
             try:
-                f = float(row.get(c))
+                f = None if value is None else float(value)
             except (TypeError, ValueError):
+                f = None
+            if f is None:  # missing or not a number
                 out.append('<td data-v="">-</td>')
                 continue
             out.append(f'<td data-v="{f!r}">{"nan" if math.isnan(f) else f"{100 * f:.1f}"}</td>')
@@ -48,22 +52,28 @@ def metrics_table(results: dict) -> str:
     body = "\n".join(f'<tr><td data-v="{_esc(n)}">{_esc(n)}</td>{cells(r)}</tr>' for n, r in per.items())
     foot = ""
     if results.get("mean"):
-        foot = f'<tfoot><tr><td>mean</td>{cells(results["mean"])}</tr></tfoot>'
-    return (f'<table class="metrics" id="metrics"><thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>'
-            f'{foot}</table>')
+        foot = f"<tfoot><tr><td>mean</td>{cells(results['mean'])}</tr></tfoot>"
+    return (
+        f'<table class="metrics" id="metrics"><thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>{foot}</table>'
+    )
 
 
 def figure_html(f: Figure) -> str:
     b64 = base64.b64encode(f.png).decode("ascii")
-    return (f'<figure><img src="data:image/png;base64,{b64}" alt="{_esc(f.alt)}" data-file="{_esc(f.file)}">'
-            f'<figcaption>{_esc(f.caption)} <a href="{_esc(f.file)}">PNG</a></figcaption></figure>')
+    return (
+        f'<figure><img src="data:image/png;base64,{b64}" alt="{_esc(f.alt)}" data-file="{_esc(f.file)}">'
+        f'<figcaption>{_esc(f.caption)} <a href="{_esc(f.file)}">PNG</a></figcaption></figure>'
+    )
 
 
 def protocol_line(results: dict) -> str:
     p = results.get("protocol") or {}
     inf = p.get("inference") or {}
-    parts = [f"{k}={inf[k]}" for k in ("noise_step", "ddim_steps", "ensemble", "smoothing_sigma", "pool_size",
-                                       "image_score") if k in inf]
+    parts = [
+        f"{k}={inf[k]}"
+        for k in ("noise_step", "ddim_steps", "ensemble", "smoothing_sigma", "pool_size", "image_score")
+        if k in inf
+    ]
     parts += [f"{k}={p[k]}" for k in ("evaluation_resolution", "device", "fps_end_to_end") if k in p]
     return ", ".join(parts)
 
@@ -87,8 +97,14 @@ class Section:
 def render_page(run_dir: Path, eval_dir: Path, results: dict, sections: list[Section], data_note: str = "") -> str:
     """The whole self-contained HTML document."""
     return _template().substitute(
-        run_name=_esc(Path(run_dir).name), run_dir=_esc(run_dir), eval_dir=_esc(eval_dir),
-        created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), protocol=_esc(protocol_line(results)),
+        run_name=_esc(Path(run_dir).name),
+        run_dir=_esc(run_dir),
+        eval_dir=_esc(eval_dir),
+        created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        protocol=_esc(protocol_line(results)),
         data_note=f'<p class="note">{_esc(data_note)}</p>' if data_note else "",
-        results_file=_esc(RESULTS_FILE), results_stem=_esc(RESULTS_STEM), metrics_table=metrics_table(results),
-        sections="\n".join(s.html() for s in sections))
+        results_file=_esc(RESULTS_FILE),
+        results_stem=_esc(RESULTS_STEM),
+        metrics_table=metrics_table(results),
+        sections="\n".join(s.html() for s in sections),
+    )
