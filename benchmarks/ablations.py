@@ -41,14 +41,10 @@ DEFAULT_GRIDS = [
     "table9_denoiser",
 ]
 
-SYNTH_SETTINGS = dict(
-    num_categories=10,
-    train_per_category=40,
-    test_good_per_category=10,
-    test_defect_per_category=20,
-    image_size=128,
-    seed=0,
-)
+#: the synthetic data set: 10 categories of 128 px images, each with 40 normal training images and 10 normal and
+#: 20 defective test images
+SYNTH_IMAGES_PER_CATEGORY = dict(train_per_category=40, test_good_per_category=10, test_defect_per_category=20)
+SYNTH_SETTINGS = dict(num_categories=10, image_size=128, seed=0, **SYNTH_IMAGES_PER_CATEGORY)
 SYNTH_OVERRIDES = ["backbone.image_size=128", "inference.smoothing_sigma=2.0", "inference.pool_size=8"]
 
 

@@ -22,10 +22,10 @@ What a key means to the rest of the package is said once, on its field (``datacl
 
 This module imports nothing from dpdiff but the bottom-layer ``dpdiff.errors``.
 """
+
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import re
 import types
@@ -52,12 +52,23 @@ GRID_DIR = PRESET_DIR / "ablations"
 _YAML_SUFFIXES = (".yaml", ".yml")
 
 
-def _setting(default: Any = MISSING, *, factory: Any = MISSING, choices: tuple | None = None,
-             ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None,
-             role: str | None = None) -> Any:
+def _setting(
+    default: Any = MISSING,
+    *,
+    factory: Any = MISSING,
+    choices: tuple | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    role: str | None = None,
+) -> Any:
     """A dataclass field carrying its allowed values (``choices``, bounds) and its ``role``."""
-    meta = {k: v for k, v in (("choices", choices), ("ge", ge), ("gt", gt), ("le", le), ("lt", lt),
-                              ("role", role)) if v is not None}
+    meta = {
+        k: v
+        for k, v in (("choices", choices), ("ge", ge), ("gt", gt), ("le", le), ("lt", lt), ("role", role))
+        if v is not None
+    }
     if factory is not MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -66,53 +77,53 @@ def _setting(default: Any = MISSING, *, factory: Any = MISSING, choices: tuple |
 @dataclass
 class BackboneConfig:
     name: str = "tf_efficientnet_lite0"
-    layers: list[int] | None = None        # None: the backbone's default (ViT-B: blocks 6-11; Lite0: stages 2,3)
+    layers: list[int] | None = None  # None: the backbone's default (ViT-B: blocks 6-11; Lite0: stages 2,3)
     weights: str | None = _setting(None, role=LOCATION)  # local file; None = the installed package's weights
-                                           # (Lite) / required (DINOv2)
+    # (Lite) / required (DINOv2)
     image_size: int = _setting(256, ge=1)
     feature_stride: int | None = _setting(None, ge=1)  # CNNs: token grid = image_size // feature_stride (default 16)
 
 
 @dataclass
 class ModelConfig:
-    num_local_prototypes: int = _setting(8, ge=0)   # M (paper)
+    num_local_prototypes: int = _setting(8, ge=0)  # M (paper)
     num_global_prototypes: int = _setting(2, ge=0)  # K (paper); 0 builds no global extractor
     use_local_prototypes: bool = True
     use_global_prototypes: bool = True
     prototype_heads: int = _setting(4, ge=1)
     hidden_dim: int = _setting(256, ge=4)  # DiT width (choice); divisible by num_heads and by 4 (2-D sincos)
-    depth: int = _setting(4, ge=1)         # DiT blocks (choice)
+    depth: int = _setting(4, ge=1)  # DiT blocks (choice)
     num_heads: int = _setting(4, ge=1)
     mlp_ratio: float = _setting(4.0, gt=0)
     prototype_cross_attention: bool = True  # False = diffusion-only ablation (Table 5 row 3)
     denoiser: str = _setting("dit", choices=("dit", "unet", "uvit"))  # dit (paper, Eq. 16-17) | unet | uvit:
-                                           # Table 9 variants (docs/method.md); model/denoisers.py DENOISERS
-    diffusion: bool = True                 # False = prototype-only ablation (Table 5 rows 1-2): no denoiser is
-                                           # built or trained; score with inference.scoring=prototype
-    num_timesteps: int = _setting(1000, ge=1)     # T (paper)
+    # Table 9 variants (docs/method.md); model/denoisers.py DENOISERS
+    diffusion: bool = True  # False = prototype-only ablation (Table 5 rows 1-2): no denoiser is
+    # built or trained; score with inference.scoring=prototype
+    num_timesteps: int = _setting(1000, ge=1)  # T (paper)
     beta_start: float = _setting(1e-4, gt=0, lt=1)  # paper; <= beta_end
-    beta_end: float = _setting(0.02, gt=0, lt=1)    # paper
-    standardize_tokens: bool = True        # choice: per-channel z-score of tokens before diffusion
+    beta_end: float = _setting(0.02, gt=0, lt=1)  # paper
+    standardize_tokens: bool = True  # choice: per-channel z-score of tokens before diffusion
     ot_epsilon: float = _setting(0.05, gt=0)  # choice: entropic regularisation of Eq. (13)
     ot_iters: int = _setting(50, ge=1)
-    ot_cost_per_channel: bool = True       # choice: cost / C so epsilon is width-independent
+    ot_cost_per_channel: bool = True  # choice: cost / C so epsilon is width-independent
     train_max_timestep: int | None = _setting(None, ge=0)  # choice: None = uniform over all T (paper);
-                                           # else t ~ U[0, this] (clipped to T - 1)
-    output_skip: bool = True               # choice (issue #13): eps = denoiser(...) + W x_t with a learned CxC W
-                                           # (zero-init), so the noise head has full rank even when hidden_dim < C;
-                                           # W x_t is the exact Bayes noise predictor for Gaussian tokens
+    # else t ~ U[0, this] (clipped to T - 1)
+    output_skip: bool = True  # choice (issue #13): eps = denoiser(...) + W x_t with a learned CxC W
+    # (zero-init), so the noise head has full rank even when hidden_dim < C;
+    # W x_t is the exact Bayes noise predictor for Gaussian tokens
 
 
 @dataclass
 class LossConfig:
-    lambda_local: float = _setting(0.2, ge=0)     # lambda_1 (paper)
+    lambda_local: float = _setting(0.2, ge=0)  # lambda_1 (paper)
     lambda_global: float = _setting(0.001, ge=0)  # lambda_2 (paper)
 
 
 @dataclass
 class TrainConfig:
-    batch_size: int = _setting(32, ge=1)   # paper
-    lr: float = _setting(1e-4, gt=0)       # paper (Adam)
+    batch_size: int = _setting(32, ge=1)  # paper
+    lr: float = _setting(1e-4, gt=0)  # paper (Adam)
     weight_decay: float = _setting(0.0, ge=0)
     steps: int = _setting(2000, ge=1)
     seed: int = _setting(0, ge=0)
@@ -123,41 +134,41 @@ class TrainConfig:
     feature_batch_size: int = _setting(16, ge=1, role=RUNTIME)  # images per backbone batch
     grad_clip: float | None = _setting(1.0, ge=0)  # choice: stabilises the noisy diffusion loss (None or 0 = off)
     ema_decay: float = _setting(0.999, ge=0, lt=1)  # choice: EMA of the weights, used at inference and saved as
-                                           # model.safetensors (0 = off); decay warms up as (1+n)/(10+n)
+    # model.safetensors (0 = off); decay warms up as (1+n)/(10+n)
     lr_schedule: str = _setting("cosine", choices=("constant", "cosine"))  # choice: cosine decays to 0 at
-                                           # train.steps (engine/train.py LR_SCHEDULES)
+    # train.steps (engine/train.py LR_SCHEDULES)
     warmup_steps: int = _setting(100, ge=0)  # choice: linear lr warm-up (0 = off)
     feature_cache: bool = _setting(False, role=RUNTIME)  # memory-mapped fp16 token cache reused across runs
-                                           # (engine/features/cache.py)
+    # (engine/features/cache.py)
     cache_dir: str | None = _setting(None, role=RUNTIME)  # default $DPDIFF_CACHE or ~/.cache/dpdiff/features
     calibration_fraction: float = _setting(0.0, ge=0, lt=1)  # hold out this fraction of each category's normal
-                                           # training images (seeded by train.seed) and calibrate the decision
-                                           # thresholds on them after training (engine/calibration.py); 0 = off
+    # training images (seeded by train.seed) and calibrate the decision
+    # thresholds on them after training (engine/calibration.py); 0 = off
     calibration_fpr: float = _setting(0.01, gt=0, lt=1)  # target false-alarm rate of that
-                                           # calibration; needs >= 1/fpr - 1 held-out images (99 for 0.01)
+    # calibration; needs >= 1/fpr - 1 held-out images (99 for 0.01)
 
 
 @dataclass
 class InferenceConfig:
     noise_step: int = _setting(100, ge=0)  # choice (paper: "moderate"): 0-based index of t in 0..T-1
-    ddim_steps: int = _setting(3, ge=1)    # paper: 3 is best (Fig. 6)
-    ensemble: int = _setting(2, ge=1)      # choice: noise draws per image (the paper: 1)
-    antithetic: bool = True                # choice: draws come in pairs (eps, -eps) for tokens and prototypes;
-                                           # an odd ensemble leaves the last draw unpaired (issue #13: one pair
-                                           # ~ 16 independent draws)
+    ddim_steps: int = _setting(3, ge=1)  # paper: 3 is best (Fig. 6)
+    ensemble: int = _setting(2, ge=1)  # choice: noise draws per image (the paper: 1)
+    antithetic: bool = True  # choice: draws come in pairs (eps, -eps) for tokens and prototypes;
+    # an odd ensemble leaves the last draw unpaired (issue #13: one pair
+    # ~ 16 independent draws)
     ensemble_reduce: str = _setting("error_of_mean", choices=("mean_error", "error_of_mean"))
-                                           # error_of_mean (score the mean reconstruction) | mean_error
-                                           # (model/dpdiff_ad.py ENSEMBLE_REDUCTIONS)
-    common_noise: bool = True              # choice: every image gets the same noise draws (seeded with
-                                           # inference.seed): a score depends on the image alone, not its batch
+    # error_of_mean (score the mean reconstruction) | mean_error
+    # (model/dpdiff_ad.py ENSEMBLE_REDUCTIONS)
+    common_noise: bool = True  # choice: every image gets the same noise draws (seeded with
+    # inference.seed): a score depends on the image alone, not its batch
     scoring: str = _setting("reconstruction", choices=("reconstruction", "prototype"))
-                                           # reconstruction (Eq. 22) | prototype (Table 5 rows 1-2: per token
-                                           # 1 - max cosine similarity to the image's own prototypes, no diffusion)
+    # reconstruction (Eq. 22) | prototype (Table 5 rows 1-2: per token
+    # 1 - max cosine similarity to the image's own prototypes, no diffusion)
     seed: int = _setting(0, ge=0)
     smoothing_sigma: float = _setting(4.0, ge=0)  # choice: Gaussian sigma in pixels after upsampling (0 = off)
-    pool_size: int = _setting(16, ge=1)    # choice: AvgPool kernel (pixels) of Eq. (24)
+    pool_size: int = _setting(16, ge=1)  # choice: AvgPool kernel (pixels) of Eq. (24)
     image_score: str = _setting("pooled_max", choices=("pooled_max", "top_percent_mean"))
-                                           # pooled_max (Eq. 24, paper/ADer) | top_percent_mean (Dinomaly)
+    # pooled_max (Eq. 24, paper/ADer) | top_percent_mean (Dinomaly)
     top_percent: float = _setting(1.0, gt=0, le=100)  # top_percent_mean: mean of the highest this-% pixels
     batch_size: int = _setting(16, ge=1)
 
@@ -165,21 +176,23 @@ class InferenceConfig:
 @dataclass
 class EvaluationConfig:
     """The evaluation protocol; every results file records it (docs/datasets.md, "Evaluation protocol")."""
+
     resolution: int | None = _setting(None, ge=1)  # maps and masks at this size; None = backbone.image_size
-                                           # (Dinomaly: 256)
+    # (Dinomaly: 256)
     mask_threshold: float = _setting(0.0, ge=0, lt=1)  # mask value in [0, 1] must be > this (Dinomaly 0, ADer 0.5)
     mask_resize: str = _setting("nearest", choices=("nearest", "bilinear"))  # resampling of the mask before
-                                           # thresholding (data/dataset.py MASK_RESIZE_MODES)
+    # thresholding (data/dataset.py MASK_RESIZE_MODES)
 
 
 @dataclass
 class DataConfig:
     root: str | None = _setting(None, role=LOCATION)
-    categories: list[str] | None = None    # None = all categories found under root
-    format: str = _setting("mvtec", choices=("mvtec", "mpdd", "visa", "realiad", "realiad_variety", "btad",
-                                             "generic", "auto"))  # data/formats.py FORMATS, or auto
+    categories: list[str] | None = None  # None = all categories found under root
+    format: str = _setting(
+        "mvtec", choices=("mvtec", "mpdd", "visa", "realiad", "realiad_variety", "btad", "generic", "auto")
+    )  # data/formats.py FORMATS, or auto
     options: dict = field(default_factory=dict)  # reader options, e.g. {resolution: 512} for Real-IAD
-                                           # (docs/datasets.md)
+    # (docs/datasets.md)
 
 
 @dataclass
@@ -196,17 +209,17 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> "Config":
+    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> Config:
         """Build and :meth:`validate` a configuration; keys not given take their defaults."""
         return _from_dict(cls, d or {}, source).validate(source)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "Config":
+    def from_yaml(cls, path: str | Path) -> Config:
         """Read a YAML file (resolving its ``base:`` chain) and validate it."""
         path = Path(path)
         return cls.from_dict(read_config_yaml(path), source=str(path))
 
-    def override(self, dotted: dict[str, Any]) -> "Config":
+    def override(self, dotted: dict[str, Any]) -> Config:
         """Apply {"train.steps": 100, ...} overrides (CLI); returns a new, validated Config.
 
         Unknown keys raise :class:`ConfigKeyError` (a ``KeyError``), invalid values :class:`ConfigError`."""
@@ -214,12 +227,13 @@ class Config:
         for key, value in dotted.items():
             section, _, name = str(key).partition(".")
             if section not in d or not isinstance(d[section], dict) or name not in d[section]:
-                raise ConfigKeyError(f"unknown config key {key!r}; known keys look like "
-                                     f"'train.steps' (sections: {', '.join(d)})")
+                raise ConfigKeyError(
+                    f"unknown config key {key!r}; known keys look like 'train.steps' (sections: {', '.join(d)})"
+                )
             d[section][name] = value
         return _from_dict(Config, d, "overrides").validate()
 
-    def validate(self, source: str | None = None) -> "Config":
+    def validate(self, source: str | None = None) -> Config:
         """Check every value's type (from the annotations), enumerated values, bounds and the relations
         between keys; raise :class:`ConfigError` naming the key, the value and what is allowed. Returns self."""
         where = f"{source}: " if source and source not in ("<dict>", "overrides") else ""
@@ -234,9 +248,15 @@ class Config:
 
 # ----------------------------------------------------------------------------- validation
 
-@functools.lru_cache(maxsize=None)
-def _hints(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    """The resolved annotations of a config section class (computed once per class)."""
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
 
 
 def _type_text(hint: Any) -> str:
@@ -308,15 +328,21 @@ def _num(x: float) -> str:
 
 
 def _in_bounds(value: float, meta: Mapping) -> bool:
-    checks = (("ge", lambda b: value >= b), ("gt", lambda b: value > b), ("le", lambda b: value <= b),
-              ("lt", lambda b: value < b))
+    checks = (
+        ("ge", lambda b: value >= b),
+        ("gt", lambda b: value > b),
+        ("le", lambda b: value <= b),
+        ("lt", lambda b: value < b),
+    )
     return all(test(meta[name]) for name, test in checks if name in meta)  # NaN fails every bound
 
 
 def _check_value(key: str, value: Any, hint: Any, meta: Mapping, where: str) -> None:
     if not _type_ok(value, hint):
-        raise ConfigError(f"{where}{key}: expected {_type_text(hint)}, got {value!r} ({type(value).__name__})"
-                          f"{_number_hint(value, hint)}")
+        raise ConfigError(
+            f"{where}{key}: expected {_type_text(hint)}, got {value!r} ({type(value).__name__})"
+            f"{_number_hint(value, hint)}"
+        )
     if value is None:
         return
     choices = meta.get("choices")
@@ -331,13 +357,17 @@ def _check_relations(cfg: Config, where: str) -> None:
     m, inf = cfg.model, cfg.inference
     for divisor, why in ((m.num_heads, "model.num_heads (attention heads)"), (4, "4 (2-D sincos position embedding)")):
         if m.hidden_dim % divisor:
-            raise ConfigError(f"{where}model.hidden_dim: {m.hidden_dim} is not divisible by {why}; "
-                              f"use a multiple of {math.lcm(m.num_heads, 4)}")
+            raise ConfigError(
+                f"{where}model.hidden_dim: {m.hidden_dim} is not divisible by {why}; "
+                f"use a multiple of {math.lcm(m.num_heads, 4)}"
+            )
     if m.beta_start > m.beta_end:
         raise ConfigError(f"{where}model.beta_start: {m.beta_start} is above model.beta_end {m.beta_end}")
     if inf.noise_step >= m.num_timesteps:
-        raise ConfigError(f"{where}inference.noise_step: must be < model.num_timesteps ({m.num_timesteps}), "
-                          f"got {inf.noise_step} (0-based index of t)")
+        raise ConfigError(
+            f"{where}inference.noise_step: must be < model.num_timesteps ({m.num_timesteps}), "
+            f"got {inf.noise_step} (0-based index of t)"
+        )
 
 
 def _from_dict(cls, d: dict[str, Any], source: str):
@@ -352,7 +382,7 @@ def _from_dict(cls, d: dict[str, Any], source: str):
         if name not in d:
             continue
         value = d[name]
-        ftype = f.default_factory if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
+        ftype = f.default_factory if f.default_factory is not dataclasses.MISSING else None
         if ftype is not None and is_dataclass(ftype):
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: section {name!r} must be a mapping, got {value!r}")
@@ -362,6 +392,7 @@ def _from_dict(cls, d: dict[str, Any], source: str):
 
 
 # ----------------------------------------------------------------------------- keys and their roles
+
 
 def flatten_config(d: Mapping, prefix: str = "") -> dict[str, Any]:
     """``{"model": {"depth": 4}}`` -> ``{"model.depth": 4}``: the sections are flattened into dotted keys,
@@ -433,6 +464,7 @@ def is_weight_neutral(key: str) -> bool:
 
 # ----------------------------------------------------------------------------- presets
 
+
 def _is_name(text: str) -> bool:
     """A preset name (``lite0_cpu``) rather than a path: no folder, no YAML suffix."""
     return bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", text)) and not text.lower().endswith(_YAML_SUFFIXES)
@@ -469,12 +501,16 @@ def find_yaml(name_or_path: str | Path, folder: Path | None = None, what: str = 
             return next(folder / f"{text}{s}" for s in _YAML_SUFFIXES if (folder / f"{text}{s}").is_file())
         if not Path(text).is_file():
             listed = ", ".join(names) if names else f"none: {folder} holds no YAML files (incomplete installation?)"
-            raise FileNotFoundError(f"unknown {what} {text!r}; available {what}s: {listed} (or give the path of "
-                                    f"a YAML file)")
+            raise FileNotFoundError(
+                f"unknown {what} {text!r}; available {what}s: {listed} (or give the path of a YAML file)"
+            )
     path = Path(text).expanduser()
     if not path.is_file():
-        moved = (f"; the shipped {what}s are packaged with dpdiff now: use the name {path.stem!r}"
-                 if path.stem in names else "")
+        moved = (
+            f"; the shipped {what}s are packaged with dpdiff now: use the name {path.stem!r}"
+            if path.stem in names
+            else ""
+        )
         raise FileNotFoundError(f"{what} file not found: {path}{moved}")
     return path
 
@@ -515,8 +551,10 @@ def read_config_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
         if not base_path.is_absolute():
             base_path = path.resolve().parent / base_path
         if not base_path.is_file():
-            raise FileNotFoundError(f"{path}: base {base!r} not found (not a packaged preset: "
-                                    f"{', '.join(preset_names())}; nor a file: {base_path})")
+            raise FileNotFoundError(
+                f"{path}: base {base!r} not found (not a packaged preset: "
+                f"{', '.join(preset_names())}; nor a file: {base_path})"
+            )
     chain = _chain + (path.resolve(),)
     if base_path.resolve() in chain:
         raise ConfigError(f"{path}: base chain loops: {' -> '.join(str(p) for p in chain + (base_path,))}")
@@ -534,8 +572,33 @@ def load_config(name_or_path: str | Path, overrides: Mapping[str, Any] | None = 
     return cfg.override(dotted) if dotted else cfg
 
 
-__all__ = ["Config", "BackboneConfig", "ModelConfig", "LossConfig", "TrainConfig", "InferenceConfig",
-           "EvaluationConfig", "DataConfig", "ConfigError", "ConfigKeyError", "RUNTIME", "LOCATION", "TEST_TIME",
-           "PRESET_DIR", "GRID_DIR", "load_config", "preset_names", "grid_names", "find_yaml", "read_config_yaml",
-           "flatten_config", "config_keys", "key_metadata", "allowed_values", "sections_with_role",
-           "keys_with_role", "weight_neutral_keys", "is_weight_neutral"]
+__all__ = [
+    "Config",
+    "BackboneConfig",
+    "ModelConfig",
+    "LossConfig",
+    "TrainConfig",
+    "InferenceConfig",
+    "EvaluationConfig",
+    "DataConfig",
+    "ConfigError",
+    "ConfigKeyError",
+    "RUNTIME",
+    "LOCATION",
+    "TEST_TIME",
+    "PRESET_DIR",
+    "GRID_DIR",
+    "load_config",
+    "preset_names",
+    "grid_names",
+    "find_yaml",
+    "read_config_yaml",
+    "flatten_config",
+    "config_keys",
+    "key_metadata",
+    "allowed_values",
+    "sections_with_role",
+    "keys_with_role",
+    "weight_neutral_keys",
+    "is_weight_neutral",
+]

@@ -17,7 +17,6 @@ from PIL import Image
 
 import dpdiff
 from dpdiff.cli import main
-from dpdiff.data.synthetic import generate_synthetic_dataset
 from dpdiff.engine.train import train
 from dpdiff.errors import DataError
 from dpdiff.run_files import CALIBRATION_FILE
@@ -27,19 +26,11 @@ EXAMPLE = re.compile(r"<!-- api-example:start -->\s*```python\n(.*?)```\s*<!-- a
 
 
 @pytest.fixture(scope="module")
-def demo_like(tmp_path_factory, tiny_config) -> Path:
+def demo_like(tmp_path_factory, tiny_config, tiny_dataset) -> Path:
     """A folder laid out as `make demo` leaves it (runs/demo/data, runs/demo/run), with a tiny run."""
     base = tmp_path_factory.mktemp("api")
     data = base / "runs" / "demo" / "data"
-    generate_synthetic_dataset(
-        data,
-        num_categories=2,
-        train_per_category=6,
-        test_good_per_category=10,
-        test_defect_per_category=4,
-        image_size=64,
-        seed=0,
-    )
+    tiny_dataset(data, test_good_per_category=10, test_defect_per_category=4)
     # independent draws: after 6 steps an antithetic pair would reconstruct the tokens almost exactly (scores ~1e-6)
     train(tiny_config(data).override({"inference.antithetic": False}), base / "runs" / "demo" / "run")
     return base

@@ -1,6 +1,7 @@
 """dpdiff/config.py: validation on every load and override, the weight-neutral key tags, one flattener, the
 packaged presets (by name, with `base:` inheritance) and that every preset still resolves to the values of the
 file it replaced."""
+
 from __future__ import annotations
 
 import ast
@@ -13,63 +14,114 @@ import yaml
 
 from dpdiff import config as config_mod
 from dpdiff.cli import FORMAT_CHOICES, main
-from dpdiff.config import (LOCATION, RUNTIME, TEST_TIME, Config, ConfigError, allowed_values, config_keys,
-                           flatten_config, grid_names, is_weight_neutral, key_metadata, keys_with_role, load_config,
-                           preset_names, sections_with_role, weight_neutral_keys)
+from dpdiff.config import (
+    LOCATION,
+    RUNTIME,
+    TEST_TIME,
+    Config,
+    ConfigError,
+    allowed_values,
+    config_keys,
+    flatten_config,
+    grid_names,
+    is_weight_neutral,
+    key_metadata,
+    keys_with_role,
+    load_config,
+    preset_names,
+    sections_with_role,
+    weight_neutral_keys,
+)
 
 # ----------------------------------------------------------------------------- the presets' values
 
-# What every packaged preset resolves to (the rest: the Config defaults). Written out in full, so a change of
+# What every packaged preset resolves to (the rest: the Config defaults). Written out as values, so a change of
 # inheritance or of a default that moves a preset fails here. demo, mtd_lite0 and scale_lite0 take lite0_cpu's
 # inference since issue #13; ablation_lite0 is the setting the committed ablation tables were measured with.
+# Pieces several presets share (still the literal values, not read from the preset files).
+LITE0 = {"name": "tf_efficientnet_lite0", "layers": [2, 3], "image_size": 256, "feature_stride": 16}
+LITE0_DIT = {"hidden_dim": 128, "train_max_timestep": 300, "depth": 4, "num_heads": 4}
+LITE0_TRAIN = {"batch_size": 16, "lr": 0.001, "ema_decay": 0.999, "lr_schedule": "cosine", "warmup_steps": 100}
+LITE0_CPU_INFERENCE = {
+    "noise_step": 100,
+    "ddim_steps": 1,
+    "ensemble": 2,
+    "antithetic": True,
+    "smoothing_sigma": 4.0,
+    "pool_size": 16,
+}
 OLD_PRESET_FILES = {
     "lite0_cpu": {
-        "backbone": {"name": "tf_efficientnet_lite0", "layers": [2, 3], "image_size": 256, "feature_stride": 16},
-        "model": {"num_local_prototypes": 8, "num_global_prototypes": 2, "hidden_dim": 128, "output_skip": True,
-                  "train_max_timestep": 300, "depth": 4, "num_heads": 4, "mlp_ratio": 4.0},
+        "backbone": LITE0,
+        "model": {
+            "num_local_prototypes": 8,
+            "num_global_prototypes": 2,
+            "hidden_dim": 128,
+            "output_skip": True,
+            "train_max_timestep": 300,
+            "depth": 4,
+            "num_heads": 4,
+            "mlp_ratio": 4.0,
+        },
         "loss": {"lambda_local": 0.2, "lambda_global": 0.001},
-        "train": {"batch_size": 16, "lr": 0.001, "steps": 3000, "ema_decay": 0.999, "lr_schedule": "cosine",
-                  "warmup_steps": 100, "log_every": 25, "checkpoint_every": 250},
-        "inference": {"noise_step": 100, "ddim_steps": 1, "ensemble": 2, "antithetic": True,
-                      "ensemble_reduce": "error_of_mean", "smoothing_sigma": 4.0, "pool_size": 16},
+        "train": {**LITE0_TRAIN, "steps": 3000, "log_every": 25, "checkpoint_every": 250},
+        "inference": {**LITE0_CPU_INFERENCE, "ensemble_reduce": "error_of_mean"},
     },
     "demo": {
-        "backbone": {"name": "tf_efficientnet_lite0", "layers": [2, 3], "image_size": 256, "feature_stride": 16},
-        "model": {"hidden_dim": 128, "train_max_timestep": 300, "depth": 4, "num_heads": 4},
-        "train": {"batch_size": 16, "lr": 0.001, "steps": 500, "log_every": 20, "checkpoint_every": 100,
-                  "ema_decay": 0.999, "lr_schedule": "cosine", "warmup_steps": 100},
-        "inference": {"noise_step": 100, "ddim_steps": 1, "ensemble": 2, "antithetic": True,
-                      "smoothing_sigma": 4.0, "pool_size": 16},
+        "backbone": LITE0,
+        "model": LITE0_DIT,
+        "train": {**LITE0_TRAIN, "steps": 500, "log_every": 20, "checkpoint_every": 100},
+        "inference": LITE0_CPU_INFERENCE,
     },
     "mtd_lite0": {
-        "backbone": {"name": "tf_efficientnet_lite0", "layers": [2, 3], "image_size": 256, "feature_stride": 16},
-        "model": {"hidden_dim": 128, "train_max_timestep": 300, "depth": 4, "num_heads": 4},
-        "train": {"batch_size": 16, "lr": 0.001, "steps": 2000, "log_every": 25, "checkpoint_every": 250,
-                  "ema_decay": 0.999, "lr_schedule": "cosine", "warmup_steps": 100},
-        "inference": {"noise_step": 100, "ddim_steps": 1, "ensemble": 2, "antithetic": True,
-                      "ensemble_reduce": "error_of_mean", "smoothing_sigma": 4.0, "pool_size": 16},
+        "backbone": LITE0,
+        "model": LITE0_DIT,
+        "train": {**LITE0_TRAIN, "steps": 2000, "log_every": 25, "checkpoint_every": 250},
+        "inference": {**LITE0_CPU_INFERENCE, "ensemble_reduce": "error_of_mean"},
     },
     # the pre-issue-#13 setting of the committed ablation tables (the old mtd_lite0 with the old defaults)
     "ablation_lite0": {
-        "backbone": {"name": "tf_efficientnet_lite0", "layers": [2, 3], "image_size": 256, "feature_stride": 16},
-        "model": {"hidden_dim": 128, "train_max_timestep": 300, "depth": 4, "num_heads": 4, "output_skip": False},
-        "train": {"batch_size": 16, "lr": 0.001, "steps": 2000, "log_every": 25, "checkpoint_every": 250,
-                  "ema_decay": 0.0, "lr_schedule": "constant", "warmup_steps": 0},
-        "inference": {"noise_step": 100, "ddim_steps": 3, "ensemble": 4, "ensemble_reduce": "error_of_mean",
-                      "antithetic": False, "common_noise": False, "smoothing_sigma": 4.0, "pool_size": 16},
+        "backbone": LITE0,
+        "model": {**LITE0_DIT, "output_skip": False},
+        "train": {
+            "batch_size": 16,
+            "lr": 0.001,
+            "steps": 2000,
+            "log_every": 25,
+            "checkpoint_every": 250,
+            "ema_decay": 0.0,
+            "lr_schedule": "constant",
+            "warmup_steps": 0,
+        },
+        "inference": {
+            "noise_step": 100,
+            "ddim_steps": 3,
+            "ensemble": 4,
+            "ensemble_reduce": "error_of_mean",
+            "antithetic": False,
+            "common_noise": False,
+            "smoothing_sigma": 4.0,
+            "pool_size": 16,
+        },
     },
     "scale_lite0": {
-        "backbone": {"name": "tf_efficientnet_lite0", "layers": [2, 3], "image_size": 128, "feature_stride": 16},
-        "model": {"hidden_dim": 128, "train_max_timestep": 300, "depth": 4, "num_heads": 4},
-        "train": {"batch_size": 16, "lr": 0.001, "steps": 1500, "log_every": 50, "checkpoint_every": 250,
-                  "ema_decay": 0.999, "lr_schedule": "cosine", "warmup_steps": 100},
-        "inference": {"noise_step": 100, "ddim_steps": 1, "ensemble": 2, "antithetic": True,
-                      "smoothing_sigma": 2.0, "pool_size": 8},
+        "backbone": {**LITE0, "image_size": 128},
+        "model": LITE0_DIT,
+        "train": {**LITE0_TRAIN, "steps": 1500, "log_every": 50, "checkpoint_every": 250},
+        "inference": {**LITE0_CPU_INFERENCE, "smoothing_sigma": 2.0, "pool_size": 8},
     },
     "paper_dinov2_b448": {
         "backbone": {"name": "dinov2_vitb14_reg", "layers": [6, 7, 8, 9, 10, 11], "image_size": 448},
-        "model": {"num_local_prototypes": 8, "num_global_prototypes": 2, "hidden_dim": 768, "depth": 6,
-                  "num_heads": 12, "num_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02},
+        "model": {
+            "num_local_prototypes": 8,
+            "num_global_prototypes": 2,
+            "hidden_dim": 768,
+            "depth": 6,
+            "num_heads": 12,
+            "num_timesteps": 1000,
+            "beta_start": 0.0001,
+            "beta_end": 0.02,
+        },
         "loss": {"lambda_local": 0.2, "lambda_global": 0.001},
         "train": {"batch_size": 32, "lr": 0.0001, "steps": 20000, "feature_batch_size": 16},
         "inference": {"noise_step": 100, "ddim_steps": 3, "smoothing_sigma": 4.0, "pool_size": 32, "batch_size": 16},
@@ -80,8 +132,11 @@ PAPER_INFERENCE = {"ensemble": 1, "antithetic": False, "ddim_steps": 3, "ensembl
 
 def _differences(a: dict, b: dict) -> dict:
     fa, fb = flatten_config(a), flatten_config(b)
-    return {k: (fa.get(k, "<absent>"), fb.get(k, "<absent>")) for k in sorted(set(fa) | set(fb))
-            if fa.get(k, "<absent>") != fb.get(k, "<absent>") or type(fa.get(k)) is not type(fb.get(k))}
+    return {
+        k: (fa.get(k, "<absent>"), fb.get(k, "<absent>"))
+        for k in sorted(set(fa) | set(fb))
+        if fa.get(k, "<absent>") != fb.get(k, "<absent>") or type(fa.get(k)) is not type(fb.get(k))
+    }
 
 
 @pytest.mark.parametrize("name", sorted(OLD_PRESET_FILES))
@@ -92,8 +147,9 @@ def test_every_preset_resolves_to_the_values_of_the_file_it_replaced(name):
 
 def test_paper_protocol_is_lite0_cpu_with_the_papers_inference():
     lite, paper = load_config("lite0_cpu").to_dict(), load_config("paper_protocol").to_dict()
-    assert _differences(paper, lite) == {f"inference.{k}": (v, lite["inference"][k])
-                                         for k, v in sorted(PAPER_INFERENCE.items())}
+    assert _differences(paper, lite) == {
+        f"inference.{k}": (v, lite["inference"][k]) for k, v in sorted(PAPER_INFERENCE.items())
+    }
 
 
 def test_derived_presets_are_short():
@@ -109,8 +165,15 @@ def test_derived_presets_are_short():
 
 def test_packaged_presets_and_grids_are_listed_and_ship_in_the_wheel():
     assert set(preset_names()) == set(OLD_PRESET_FILES) | {"paper_protocol"}
-    assert set(grid_names()) == {"ensemble_reduce", "fig5_prototypes", "fig6_ddim_steps", "fig6_noise_step",
-                                 "seed_spread", "table5_modules", "table9_denoiser"}
+    assert set(grid_names()) == {
+        "ensemble_reduce",
+        "fig5_prototypes",
+        "fig6_ddim_steps",
+        "fig6_noise_step",
+        "seed_spread",
+        "table5_modules",
+        "table9_denoiser",
+    }
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     package_data = pyproject["tool"]["setuptools"]["package-data"]["dpdiff"]
@@ -118,6 +181,7 @@ def test_packaged_presets_and_grids_are_listed_and_ship_in_the_wheel():
 
 
 # ----------------------------------------------------------------------------- loading
+
 
 def test_load_config_by_name_path_and_with_overrides(tmp_path):
     path = tmp_path / "mine.yaml"
@@ -143,7 +207,7 @@ def test_base_inheritance_by_name_and_relative_path(tmp_path):
     (tmp_path / "sub" / "child.yaml").write_text("base: ../parent.yaml\ntrain:\n  steps: 50\n")
     cfg = load_config(tmp_path / "sub" / "child.yaml")
     lite = load_config("lite0_cpu")
-    assert cfg.train.steps == 50                       # the child wins
+    assert cfg.train.steps == 50  # the child wins
     assert cfg.train.lr == 0.002 and cfg.model.depth == 2  # the parent's other keys in the same sections stay
     assert cfg.train.batch_size == lite.train.batch_size == 16 and cfg.inference == lite.inference  # the grandparent
     assert Config.from_yaml(tmp_path / "sub" / "child.yaml") == cfg
@@ -164,6 +228,7 @@ def test_base_errors(tmp_path):
 
 def test_a_missing_demo_preset_is_an_error_not_the_defaults(tmp_path, monkeypatch):
     from dpdiff.experiments.demo import demo_config
+
     assert demo_config() == load_config("demo") != Config()
     monkeypatch.setattr(config_mod, "PRESET_DIR", tmp_path)  # an installation without its package data
     with pytest.raises(FileNotFoundError, match="unknown preset 'demo'"):
@@ -172,6 +237,7 @@ def test_a_missing_demo_preset_is_an_error_not_the_defaults(tmp_path, monkeypatc
 
 def test_cli_demo_applies_set_on_top_of_the_demo_preset(tmp_path, monkeypatch):
     from dpdiff.experiments import demo
+
     seen = []
 
     def fake_run_demo(output, cfg, **kw):
@@ -185,39 +251,43 @@ def test_cli_demo_applies_set_on_top_of_the_demo_preset(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- validation
 
-@pytest.mark.parametrize("key, value, words", [
-    ("train.steps", "1e3", ["train.steps", "expected int", "'1e3'", "1000"]),
-    ("train.steps", 1000.0, ["train.steps", "expected int"]),
-    ("train.steps", True, ["train.steps", "expected int"]),
-    ("train.lr", "1e-4", ["train.lr", "expected float", "0.0001"]),
-    ("model.use_local_prototypes", 1, ["model.use_local_prototypes", "bool"]),
-    ("backbone.layers", [2, "3"], ["backbone.layers", "list of int"]),
-    ("data.categories", ["01", 2], ["data.categories", "list of str", "quote"]),
-    ("data.options", None, ["data.options", "mapping"]),
-    ("model.denoiser", "resnet", ["model.denoiser", "'resnet'", "dit, unet, uvit"]),
-    ("inference.ensemble_reduce", "median", ["inference.ensemble_reduce", "mean_error, error_of_mean"]),
-    ("inference.scoring", "knn", ["inference.scoring", "reconstruction, prototype"]),
-    ("inference.image_score", "max", ["inference.image_score", "pooled_max, top_percent_mean"]),
-    ("evaluation.mask_resize", "bicubic", ["evaluation.mask_resize", "nearest, bilinear"]),
-    ("train.lr_schedule", "linear", ["train.lr_schedule", "constant, cosine"]),
-    ("data.format", "coco", ["data.format", "mvtec", "auto"]),
-    ("train.steps", 0, ["train.steps", ">= 1", "got 0"]),
-    ("inference.ddim_steps", 0, ["inference.ddim_steps", ">= 1"]),
-    ("inference.ensemble", 0, ["inference.ensemble", ">= 1"]),
-    ("inference.noise_step", -1, ["inference.noise_step", ">= 0"]),
-    ("inference.noise_step", 1000, ["inference.noise_step", "model.num_timesteps (1000)"]),
-    ("train.ema_decay", 1.0, ["train.ema_decay", ">= 0 and < 1"]),
-    ("train.lr", 0, ["train.lr", "> 0"]),
-    ("train.lr", math.nan, ["train.lr", "> 0"]),
-    ("train.batch_size", 0, ["train.batch_size", ">= 1"]),
-    ("inference.batch_size", 0, ["inference.batch_size", ">= 1"]),
-    ("inference.top_percent", 0, ["inference.top_percent", "> 0 and <= 100"]),
-    ("inference.top_percent", 100.5, ["inference.top_percent", "<= 100"]),
-    ("backbone.image_size", 0, ["backbone.image_size", ">= 1"]),
-    ("backbone.image_size", 25.5, ["backbone.image_size", "expected int"]),
-    ("model.hidden_dim", 132, ["model.hidden_dim", "132", "model.num_heads"]),  # with 8 heads (below)
-    ("model.beta_start", 0.5, ["model.beta_start", "beta_end"]),
-])
+
+@pytest.mark.parametrize(
+    "key, value, words",
+    [
+        ("train.steps", "1e3", ["train.steps", "expected int", "'1e3'", "1000"]),
+        ("train.steps", 1000.0, ["train.steps", "expected int"]),
+        ("train.steps", True, ["train.steps", "expected int"]),
+        ("train.lr", "1e-4", ["train.lr", "expected float", "0.0001"]),
+        ("model.use_local_prototypes", 1, ["model.use_local_prototypes", "bool"]),
+        ("backbone.layers", [2, "3"], ["backbone.layers", "list of int"]),
+        ("data.categories", ["01", 2], ["data.categories", "list of str", "quote"]),
+        ("data.options", None, ["data.options", "mapping"]),
+        ("model.denoiser", "resnet", ["model.denoiser", "'resnet'", "dit, unet, uvit"]),
+        ("inference.ensemble_reduce", "median", ["inference.ensemble_reduce", "mean_error, error_of_mean"]),
+        ("inference.scoring", "knn", ["inference.scoring", "reconstruction, prototype"]),
+        ("inference.image_score", "max", ["inference.image_score", "pooled_max, top_percent_mean"]),
+        ("evaluation.mask_resize", "bicubic", ["evaluation.mask_resize", "nearest, bilinear"]),
+        ("train.lr_schedule", "linear", ["train.lr_schedule", "constant, cosine"]),
+        ("data.format", "coco", ["data.format", "mvtec", "auto"]),
+        ("train.steps", 0, ["train.steps", ">= 1", "got 0"]),
+        ("inference.ddim_steps", 0, ["inference.ddim_steps", ">= 1"]),
+        ("inference.ensemble", 0, ["inference.ensemble", ">= 1"]),
+        ("inference.noise_step", -1, ["inference.noise_step", ">= 0"]),
+        ("inference.noise_step", 1000, ["inference.noise_step", "model.num_timesteps (1000)"]),
+        ("train.ema_decay", 1.0, ["train.ema_decay", ">= 0 and < 1"]),
+        ("train.lr", 0, ["train.lr", "> 0"]),
+        ("train.lr", math.nan, ["train.lr", "> 0"]),
+        ("train.batch_size", 0, ["train.batch_size", ">= 1"]),
+        ("inference.batch_size", 0, ["inference.batch_size", ">= 1"]),
+        ("inference.top_percent", 0, ["inference.top_percent", "> 0 and <= 100"]),
+        ("inference.top_percent", 100.5, ["inference.top_percent", "<= 100"]),
+        ("backbone.image_size", 0, ["backbone.image_size", ">= 1"]),
+        ("backbone.image_size", 25.5, ["backbone.image_size", "expected int"]),
+        ("model.hidden_dim", 132, ["model.hidden_dim", "132", "model.num_heads"]),  # with 8 heads (below)
+        ("model.beta_start", 0.5, ["model.beta_start", "beta_end"]),
+    ],
+)
 def test_invalid_values_are_refused_naming_key_value_and_what_is_allowed(key, value, words):
     base = Config().override({"model.num_heads": 8}) if key == "model.hidden_dim" else Config()
     with pytest.raises(ConfigError) as e:
@@ -232,12 +302,24 @@ def test_hidden_dim_must_be_divisible_by_4_for_the_sincos_embedding():
         Config().override({"model.hidden_dim": 6, "model.num_heads": 2})
 
 
-@pytest.mark.parametrize("key, value", [
-    ("train.lr", 1), ("inference.top_percent", 100), ("train.ema_decay", 0.0), ("inference.noise_step", 999),
-    ("train.grad_clip", None), ("train.grad_clip", 0), ("model.train_max_timestep", None),
-    ("backbone.layers", None), ("backbone.layers", (2, 3)), ("evaluation.resolution", None),
-    ("model.num_global_prototypes", 0), ("data.options", {"resolution": 512}), ("data.categories", ["01"]),
-])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("train.lr", 1),
+        ("inference.top_percent", 100),
+        ("train.ema_decay", 0.0),
+        ("inference.noise_step", 999),
+        ("train.grad_clip", None),
+        ("train.grad_clip", 0),
+        ("model.train_max_timestep", None),
+        ("backbone.layers", None),
+        ("backbone.layers", (2, 3)),
+        ("evaluation.resolution", None),
+        ("model.num_global_prototypes", 0),
+        ("data.options", {"resolution": 512}),
+        ("data.categories", ["01"]),
+    ],
+)
 def test_valid_edge_values_are_accepted_unchanged(key, value):
     cfg = Config().override({key: value})
     section, name = key.split(".")
@@ -246,7 +328,7 @@ def test_valid_edge_values_are_accepted_unchanged(key, value):
 
 def test_validation_runs_on_every_load(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("train:\n  steps: 1e3\n")   # YAML 1.1: text, not a number
+    bad.write_text("train:\n  steps: 1e3\n")  # YAML 1.1: text, not a number
     with pytest.raises(ConfigError, match=r"bad.yaml: train.steps: expected int"):
         Config.from_yaml(bad)
     with pytest.raises(ConfigError, match="train.steps"):
@@ -266,8 +348,19 @@ def test_cli_refuses_a_bad_set_value_at_once_and_writes_nothing(tmp_path, monkey
     monkeypatch.setattr(train_mod, "train", must_not_run)
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "run"
-    rc = main(["train", "--config", "lite0_cpu", "--set", "train.steps=1e3", "--data", str(tmp_path / "no_data"),
-               "--output", str(run)])
+    rc = main(
+        [
+            "train",
+            "--config",
+            "lite0_cpu",
+            "--set",
+            "train.steps=1e3",
+            "--data",
+            str(tmp_path / "no_data"),
+            "--output",
+            str(run),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2
     assert "train.steps" in err and "expected int" in err and "1000" in err
@@ -282,6 +375,7 @@ def test_cli_unknown_preset_is_an_error(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- keys, roles, flattening
 
+
 def test_choices_match_the_modules_that_use_them():
     from dpdiff.data.dataset import MASK_RESIZE_MODES
     from dpdiff.data.formats import FORMATS
@@ -289,6 +383,7 @@ def test_choices_match_the_modules_that_use_them():
     from dpdiff.model.denoisers import DENOISERS
     from dpdiff.model.dpdiff_ad import ENSEMBLE_REDUCTIONS, SCORING_MODES
     from dpdiff.model.postprocess import IMAGE_SCORE_RULES
+
     assert set(allowed_values("model.denoiser")) == set(DENOISERS)
     assert set(allowed_values("inference.scoring")) == set(SCORING_MODES)
     assert set(allowed_values("inference.ensemble_reduce")) == set(ENSEMBLE_REDUCTIONS)
@@ -299,8 +394,15 @@ def test_choices_match_the_modules_that_use_them():
 
 
 def test_weight_neutral_keys_are_the_run_time_keys_and_the_test_time_sections():
-    runtime = {"train.device", "train.num_workers", "train.log_every", "train.checkpoint_every",
-               "train.feature_batch_size", "train.feature_cache", "train.cache_dir"}
+    runtime = {
+        "train.device",
+        "train.num_workers",
+        "train.log_every",
+        "train.checkpoint_every",
+        "train.feature_batch_size",
+        "train.feature_cache",
+        "train.cache_dir",
+    }
     assert keys_with_role(RUNTIME) == runtime
     assert keys_with_role(LOCATION) == {"data.root", "backbone.weights"}
     assert sections_with_role(TEST_TIME) == ("inference", "evaluation")
@@ -329,8 +431,13 @@ def _another_valid_value(cfg: Config, key: str):
     elif isinstance(value, dict):
         candidates = [{"some_option": 1}]
     else:  # None of an optional key
-        candidates = {"list[int] | None": [[1]], "list[str] | None": [["a"]], "str | None": ["/x"],
-                      "int | None": [8], "float | None": [0.5]}[str(hint).replace("typing.", "")]
+        candidates = {
+            "list[int] | None": [[1]],
+            "list[str] | None": [["a"]],
+            "str | None": ["/x"],
+            "int | None": [8],
+            "float | None": [0.5],
+        }[str(hint).replace("typing.", "")]
     for c in candidates:
         try:
             cfg.override({key: c})
@@ -345,6 +452,7 @@ def test_training_key_resume_and_scale_use_the_tags():
     from dpdiff.engine.checkpoint import RESUME_MUTABLE_KEYS, config_differences
     from dpdiff.experiments import scale
     from dpdiff.experiments.ablate import TRAINING_KEY_IGNORED, training_key
+
     cfg = Config()
     key = training_key(cfg)
     assert TRAINING_KEY_IGNORED == weight_neutral_keys()

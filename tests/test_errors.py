@@ -11,7 +11,6 @@ import pytest
 from dpdiff import cli, errors
 from dpdiff import progress as progress_mod
 from dpdiff.cli import main
-from dpdiff.config import Config
 from dpdiff.errors import (
     CheckpointError,
     ConfigError,
@@ -182,7 +181,7 @@ def test_weights_are_passed_on_by_test_predict_and_report(monkeypatch, tmp_path)
     assert seen == {"test": w, "report": w, "predict": w}
 
 
-def test_test_weights_reach_the_backbone(tmp_path, capsys):
+def test_test_weights_reach_the_backbone(tmp_path, capsys, tiny_config):
     """A run folder + ``--weights`` pointing nowhere: the error names that file, so the path got to the backbone."""
     import torch
 
@@ -190,18 +189,10 @@ def test_test_weights_reach_the_backbone(tmp_path, capsys):
     from dpdiff.engine.features import build_backbone_from_config
     from dpdiff.model.dpdiff_ad import DPDiffAD
 
-    cfg = Config().override(
-        {
-            "backbone.image_size": 64,
-            "model.hidden_dim": 32,
-            "model.depth": 1,
-            "model.num_heads": 2,
-            "model.prototype_heads": 2,
-        }
-    )
+    cfg = tiny_config()
     backbone = build_backbone_from_config(cfg)
     torch.manual_seed(0)
-    model = DPDiffAD(backbone.out_channels, tuple(backbone.grid_size(64)), cfg.model, cfg.loss)
+    model = DPDiffAD(backbone.out_channels, backbone.grid_size(64), cfg.model, cfg.loss)
     run = tmp_path / "run"
     save_checkpoint(run, model, cfg, {"step": 0, "categories": ["x"]})
     gone = tmp_path / "elsewhere" / "lite0.pth"

@@ -49,11 +49,10 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from .base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    CheckpointError,
     FeatureExtractor,
     check_and_load,
     check_layers,

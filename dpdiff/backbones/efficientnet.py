@@ -49,17 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ConfigError, MissingDependencyError
-from .base import (
-    HALF_MEAN,
-    HALF_STD,
-    CheckpointError,
-    FeatureExtractor,
-    check_and_load,
-    check_layers,
-    read_checkpoint,
-    resize_map,
-)
+from ..errors import CheckpointError, ConfigError, MissingDependencyError
+from .base import HALF_MEAN, HALF_STD, FeatureExtractor, check_and_load, check_layers, read_checkpoint, resize_map
 
 if TYPE_CHECKING:
     from timm.models.efficientnet import EfficientNetFeatures

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..backbones.base import IMAGENET_MEAN, IMAGENET_STD  # the default normalisation (re-exported)
 from ..errors import DataError
 from .mvtec import Sample
 
@@ -47,8 +48,6 @@ __all__ = [
     "read_mask",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 

@@ -38,22 +38,22 @@ class LayoutError(DataError, FileNotFoundError):
         return str(self.args[0]) if self.args else ""
 
 
-def expect_dir(path: Path, what: str) -> Path:
-    """``path`` if it is a directory, else :class:`LayoutError` ``"expected <path> <what>"``."""
+def _expect(path: Path, what: str, kind: str, other: str, is_kind: Callable[[Path], bool]) -> Path:
     path = Path(path)
-    if not path.is_dir():
-        state = "is a file, not a directory" if path.exists() else "does not exist"
-        raise LayoutError(f"expected directory {str(path)!r} {what} ({state})", path)
+    if not is_kind(path):
+        state = f"is a {other}, not a {kind}" if path.exists() else "does not exist"
+        raise LayoutError(f"expected {kind} {str(path)!r} {what} ({state})", path)
     return path
+
+
+def expect_dir(path: Path, what: str) -> Path:
+    """``path`` if it is a directory, else :class:`LayoutError` ``"expected directory <path> <what> (why)"``."""
+    return _expect(path, what, "directory", "file", Path.is_dir)
 
 
 def expect_file(path: Path, what: str) -> Path:
-    """``path`` if it is a file, else :class:`LayoutError` ``"expected <path> <what>"``."""
-    path = Path(path)
-    if not path.is_file():
-        state = "is a directory, not a file" if path.exists() else "does not exist"
-        raise LayoutError(f"expected file {str(path)!r} {what} ({state})", path)
-    return path
+    """``path`` if it is a file, else :class:`LayoutError` ``"expected file <path> <what> (why)"``."""
+    return _expect(path, what, "file", "directory", Path.is_file)
 
 
 def resolve_categories(categories: Sequence[str] | str | None, list_all: Callable[[], list[str]]) -> list[str]:

@@ -591,10 +591,19 @@ def _vignette(S: int) -> np.ndarray:
     return a
 
 
-def _render_nut(p: dict, rng: np.random.Generator, S: int) -> _Scene:
+def _placement(
+    rng: np.random.Generator, S: int, max_degrees: float
+) -> tuple[np.ndarray, np.ndarray, float, float, float]:
+    """The pixel grid (X, Y) and a random placement of a single object: centre (cx, cy) within +-0.05 of the
+    image centre, then rotation th within +-``max_degrees`` (drawn from ``rng`` in this order)."""
     X, Y = _grid(S)
     cx, cy = (float(x) for x in rng.uniform(-0.05, 0.05, size=2))
-    th = float(rng.uniform(-np.deg2rad(12), np.deg2rad(12)))
+    th = float(rng.uniform(-np.deg2rad(max_degrees), np.deg2rad(max_degrees)))
+    return X, Y, cx, cy, th
+
+
+def _render_nut(p: dict, rng: np.random.Generator, S: int) -> _Scene:
+    X, Y, cx, cy, th = _placement(rng, S, 12)
     R, r = p["radius"], p["hole"]
     sl = _window(cx, cy, R + 0.02, R + 0.02, S)
     u, v = _rotate(X[sl], Y[sl], cx, cy, th)
@@ -634,9 +643,7 @@ def _traces(S: int) -> np.ndarray:
 
 
 def _render_chip(p: dict, rng: np.random.Generator, S: int) -> _Scene:
-    X, Y = _grid(S)
-    cx, cy = (float(x) for x in rng.uniform(-0.05, 0.05, size=2))
-    th = float(rng.uniform(-np.deg2rad(5), np.deg2rad(5)))
+    X, Y, cx, cy, th = _placement(rng, S, 5)
     hx, hy, n = p["hx"], p["hy"], p["pins"]
     plen = 0.14
     ext = float(np.hypot(hx, hy + plen)) + 0.02

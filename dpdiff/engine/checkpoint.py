@@ -107,14 +107,14 @@ def save_checkpoint(
     cfg: Config,
     meta: dict[str, Any],
     train_state: dict[str, Any] | None = None,
-    inference_model: DPDiffAD | None = None,
+    inference_model: torch.nn.Module | None = None,
 ) -> None:
     """Write ``train_state.pt`` (when given; it gets ``model``'s weights, config and grid added), then
     ``model.safetensors`` (the weights of ``inference_model``, e.g. the EMA, default ``model``), then
     ``config.json``, each atomically."""
     run_dir = Path(run_dir)
 
-    def cpu_state(m: DPDiffAD) -> dict[str, torch.Tensor]:
+    def cpu_state(m: torch.nn.Module) -> dict[str, torch.Tensor]:
         return {k: v.detach().contiguous().cpu().clone() for k, v in m.state_dict().items()}
 
     tensors = cpu_state(model)

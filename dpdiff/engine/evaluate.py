@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from ..config import Config
-from ..data.dataset import ImageDataset
 from ..data.formats import load_samples
 from ..errors import ConfigError
 from ..figure_data import OverlayItem, ReportData, overlay_picks
@@ -30,7 +29,7 @@ from ..run_files import (
     RESULTS_STEM,
 )
 from .checkpoint import read_run_config
-from .inference import apply_test_overrides, load_detector, map_size, score_dataset
+from .inference import apply_test_overrides, load_detector, map_size, score_dataset, scoring_dataset
 from .report_inputs import add_probe_outputs
 
 
@@ -112,15 +111,7 @@ def evaluate(
         # canonical order: the noise draws follow the batch order, so two readers listing the same
         # files in different orders must still give identical scores
         samples = sorted(load_samples(fmt, root, [cat], "test", **cfg.data.options), key=lambda s: str(s.image_path))
-        ds = ImageDataset(
-            samples,
-            cfg.backbone.image_size,
-            detector.backbone.mean,
-            detector.backbone.std,
-            mask_size=detector.map_size,
-            mask_threshold=cfg.evaluation.mask_threshold,
-            mask_resize=cfg.evaluation.mask_resize,
-        )
+        ds = scoring_dataset(detector, samples)
         maps, scores, labels, masks, secs = score_dataset(
             detector, ds, cfg.inference.batch_size, f"test {cat}", seed=cfg.inference.seed
         )

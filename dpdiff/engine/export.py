@@ -41,7 +41,7 @@ from ..errors import ConfigError, MissingDependencyError, RunFolderError
 from ..io import atomic_write_bytes
 from ..model.dpdiff_ad import DPDiffAD
 from .features import tokens_from_maps
-from .inference import Detector, postprocess_maps
+from .inference import Detector, postprocess_maps, token_score_options
 
 logger = logging.getLogger(__name__)
 
@@ -115,15 +115,10 @@ class ScoringGraph(nn.Module):
             token_maps = token_scores(
                 self.model,
                 tokens,
-                inf.noise_step,
-                inf.ddim_steps,
-                inf.ensemble,
-                None,
-                scoring=inf.scoring,
-                ensemble_reduce=inf.ensemble_reduce,
-                antithetic=inf.antithetic,
+                generator=None,
                 common_noise_seed=int(inf.seed),
                 max_batch=None,
+                **token_score_options(inf),
             )  # one DiT call over all rows: a row loop would be traced for one batch size
         return postprocess_maps(token_maps, self.cfg)
 

@@ -14,17 +14,20 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
+from ..backbones.base import FeatureExtractor
 from ..config import Config, InferenceConfig
 from ..data.dataset import ImageDataset, normalized_image_tensor
+from ..data.mvtec import Sample
 from ..errors import CheckpointError, ConfigKeyError
 from ..model.dpdiff_ad import DPDiffAD, _autocast_dtype
 from ..model.postprocess import postprocess
@@ -47,6 +50,20 @@ CPU_MAX_ROWS = 16
 def inference_row_cap(device: torch.device) -> int | None:
     """Rows per DiT call for ``DPDiffAD.token_scores(max_batch=...)``: results are identical either way."""
     return CPU_MAX_ROWS if torch.device(device).type == "cpu" else None
+
+
+def token_score_options(inference: InferenceConfig) -> dict:
+    """The keyword arguments of :meth:`~dpdiff.model.dpdiff_ad.DPDiffAD.token_scores` that ``inference.*`` sets
+    (the DDIM reconstruction of Eq. 20-21 and the score of Eq. 22); the caller adds the noise source and how the
+    rows are run."""
+    return {
+        "noise_step": inference.noise_step,
+        "ddim_steps": inference.ddim_steps,
+        "ensemble": inference.ensemble,
+        "scoring": inference.scoring,
+        "ensemble_reduce": inference.ensemble_reduce,
+        "antithetic": inference.antithetic,
+    }
 
 
 def scoring_settings(cfg: Config) -> dict:
@@ -139,7 +156,7 @@ class Detector(Predictor):
 
     def __init__(
         self,
-        backbone: torch.nn.Module,
+        backbone: FeatureExtractor,
         model: DPDiffAD,
         cfg: Config,
         device: torch.device | str,
@@ -192,17 +209,12 @@ class Detector(Predictor):
         tokens = tokens_from_maps(feats.float().to(self.device))
         return self.model.token_scores(
             tokens,
-            inf.noise_step,
-            inf.ddim_steps,
-            inf.ensemble,
-            generator,
-            scoring=inf.scoring,
-            ensemble_reduce=inf.ensemble_reduce,
-            antithetic=inf.antithetic,
+            generator=generator,
             common_noise_seed=inf.seed if inf.common_noise else None,
             max_batch=inference_row_cap(self.device),
             autocast_dtype=self.autocast_dtype,
             compile=self.compile,
+            **token_score_options(inf),
         )
 
     @torch.inference_mode()
@@ -285,7 +297,7 @@ class Detector(Predictor):
                 m, s = self.score_features(feats, inf, scoring)
                 part |= {"maps": m.float().cpu(), "scores": s.float().cpu()}
             parts.append(part)
-        joined = {
+        joined: dict[str, Any] = {
             k: (torch.cat([p[k] for p in parts]).numpy() if parts and k in parts[0] else None)
             for k in ("x0", "x0_hat", "sim_local", "sim_global", "maps", "scores")
         }
@@ -339,9 +351,24 @@ def load_detector(run_dir: Path, device: str = "auto", weights: str | None = Non
     return Detector(backbone, model, cfg, dev)
 
 
+def scoring_dataset(detector: Detector, samples: Sequence[Sample]) -> ImageDataset:
+    """``samples`` as :func:`score_dataset` scores them with ``detector``: images at the backbone's input size,
+    normalised with its statistics, masks at the map size (``evaluation.mask_threshold``/``mask_resize``)."""
+    cfg = detector.cfg
+    return ImageDataset(
+        samples,
+        cfg.backbone.image_size,
+        detector.backbone.mean,
+        detector.backbone.std,
+        mask_size=detector.map_size,
+        mask_threshold=cfg.evaluation.mask_threshold,
+        mask_resize=cfg.evaluation.mask_resize,
+    )
+
+
 def score_dataset(
     detector: Detector,
-    dataset: ImageDataset,
+    dataset: ImageDataset | Subset,
     batch_size: int,
     desc: str,
     features: torch.Tensor | None = None,
@@ -379,4 +406,6 @@ __all__ = [
     "postprocess_maps",
     "scoring_settings",
     "score_dataset",
+    "scoring_dataset",
+    "token_score_options",
 ]

@@ -14,13 +14,12 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Subset
 
-from ..data.dataset import ImageDataset
 from ..data.formats import detect_format, load_samples
 from ..errors import DataError
 from ..figure_data import TSNE_MAX_TOKENS, PathMap, ProbeOutputs, ReportData, select_probes, token_sample
 from ..progress import progress
 from ..run_files import EVAL_DIR, IMAGE_SCORES_FILE, REPORT_DATA_FILE, RESULTS_FILE
-from .inference import Detector, apply_test_overrides, load_detector, score_dataset
+from .inference import Detector, apply_test_overrides, load_detector, score_dataset, scoring_dataset
 
 __all__ = ["add_probe_outputs", "collect_from_scores", "evaluation_detector", "prepare_report_data"]
 
@@ -106,15 +105,7 @@ def collect_from_scores(
         scores = np.array([scores_by[key(s.image_path)] for s in samples])
         fp, fn, probes = data.select(np.array([int(s.label) for s in samples]), scores)
         picked = sorted({int(i) for i in (*fp, *fn, *probes)})
-        ds = ImageDataset(
-            samples,
-            cfg.backbone.image_size,
-            detector.backbone.mean,
-            detector.backbone.std,
-            mask_size=detector.map_size,
-            mask_threshold=cfg.evaluation.mask_threshold,
-            mask_resize=cfg.evaluation.mask_resize,
-        )
+        ds = scoring_dataset(detector, samples)
         maps, _, _, masks, _ = score_dataset(
             detector, Subset(ds, picked), cfg.inference.batch_size, f"report {cat}", seed=cfg.inference.seed
         )

@@ -24,6 +24,7 @@ import math
 import random
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -54,6 +55,9 @@ from .checkpoint import (
     set_rng_states,
 )
 from .features import build_backbone_from_config, channel_statistics, extract_features, tokens_from_maps
+
+if TYPE_CHECKING:
+    from .features.cache import FeatureStore
 
 LOSS_KEYS = ("loss", "diff", "local", "global")
 
@@ -127,7 +131,8 @@ def calibrate_held_out(run_dir: Path, cfg: Config) -> None:
 
 
 def _shared_training_samples(cfg: Config, info: D.DistInfo) -> list:
-    samples, error = None, None
+    samples: list = []
+    error = None
     try:
         samples = _training_samples(cfg)
     except (FileNotFoundError, ValueError) as e:
@@ -169,6 +174,8 @@ def train_features(
         if local is None:
             local = torch.empty((0, *shape), dtype=torch.float16)
         feats = D.all_gather_rows(local, len(dataset), info)
+    elif local is None:  # pragma: no cover - the samples are never empty (_training_samples raises)
+        raise DataError("no training images to extract features from")
     else:
         feats = local
     return feats, samples
@@ -199,7 +206,7 @@ def _cached_train_features(cfg: Config, backbone, device, info: D.DistInfo, samp
     return cache.get(backbone, key, samples, cfg.backbone.image_size, cfg.train.feature_batch_size, device)
 
 
-def check_finite_features(features: torch.Tensor, samples: list | None, chunk: int = 256) -> None:
+def check_finite_features(features: torch.Tensor | FeatureStore, samples: list | None, chunk: int = 256) -> None:
     """ValueError naming the first image whose backbone features hold NaN or inf (read ``chunk`` maps at a time)."""
     bad: list[int] = []
     for i in range(0, features.shape[0], chunk):
@@ -245,7 +252,8 @@ def _check_same_data(state: dict, n: int, ids: list[str] | None, run_dir: Path) 
         )
     old = saved.get("images")
     if old and ids and list(old) != list(ids):
-        i = next(k for k, (a, b) in enumerate(zip(old, ids)) if a != b)
+        # the first differing position (on the common prefix: the lists may differ in length)
+        i = next(k for k, (a, b) in enumerate(zip(old, ids, strict=False)) if a != b)
         raise DataError(
             f"{path}: the training images changed since the checkpoint: image {i} was {old[i]!r}, "
             f"now {ids[i]!r}; resuming would draw different batches (start a new run instead)"
@@ -278,7 +286,11 @@ def build_ema(model: nn.Module, decay: float) -> AveragedModel | None:
     if decay >= 1:
         raise ConfigError(f"train.ema_decay must be in [0, 1), got {decay}")
 
-    def ema_update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+    def ema_update(
+        averaged: list[torch.Tensor] | tuple[torch.Tensor, ...],
+        current: list[torch.Tensor] | tuple[torch.Tensor, ...],
+        num_averaged: torch.Tensor | int,
+    ) -> None:
         n = float(num_averaged)
         d = min(decay, (1.0 + n) / (10.0 + n))
         torch._foreach_lerp_(averaged, current, 1.0 - d)
@@ -311,7 +323,7 @@ def train(
     run_dir: Path,
     overwrite: bool = False,
     resume: bool = False,
-    features: torch.Tensor | None = None,
+    features: torch.Tensor | FeatureStore | None = None,
     samples: list | None = None,
 ) -> Path:
     """Train one unified model on all configured categories; returns the run folder.
@@ -341,14 +353,16 @@ class Trainer:
     ``lr_factor(s)``, so a run resumed at any checkpoint continues exactly as an uninterrupted one.
     """
 
+    # set by setup()
+    features: torch.Tensor | FeatureStore  # (N, C, h, w) backbone maps, or the feature cache's view of them
+    model: DPDiffAD
+    loss_module: nn.Module  # the model's loss, DDP-wrapped under torchrun
+    optimizer: torch.optim.Optimizer
+
     def __init__(self, cfg: Config, run_dir: Path, info: D.DistInfo):
         self.cfg, self.run_dir, self.info = cfg, Path(run_dir), info
         self.device: torch.device = info.device
-        self.features: torch.Tensor | None = None  # (N, C, h, w) backbone maps, or a FeatureStore-like view
         self.samples: list | None = None
-        self.model: DPDiffAD | None = None
-        self.loss_module: nn.Module | None = None  # the model's loss, DDP-wrapped under torchrun
-        self.optimizer: torch.optim.Optimizer | None = None
         self.ema: AveragedModel | None = None
         self.batch_size = 0  # the global batch (train.batch_size, at most N)
         self.lo, self.hi, self.share = 0, 0, 1.0  # this rank's rows of it and their part of the mean
@@ -367,7 +381,7 @@ class Trainer:
         self,
         overwrite: bool = False,
         resume: bool = False,
-        features: torch.Tensor | None = None,
+        features: torch.Tensor | FeatureStore | None = None,
         samples: list | None = None,
     ) -> Trainer:
         """Prepare the run folder (``prepare_run_dir``), the training features and everything ``fit`` needs."""
@@ -402,7 +416,7 @@ class Trainer:
     def num_images(self) -> int:
         return int(self.features.shape[0])
 
-    def _load_features(self, features: torch.Tensor | None, samples: list | None) -> None:
+    def _load_features(self, features: torch.Tensor | FeatureStore | None, samples: list | None) -> None:
         if features is None:
             t0 = time.perf_counter()
             samples = _shared_training_samples(self.cfg, self.info)  # data errors before the (slow) backbone load
@@ -520,7 +534,7 @@ class Trainer:
         local = torch.stack([losses[k].detach().float() for k in LOSS_KEYS])
         global_losses = D.all_reduce_sum(local * self.share, info) if info.enabled else local
         if not bool(torch.isfinite(global_losses).all()):
-            vals = ", ".join(f"{k}={float(v):.4g}" for k, v in zip(LOSS_KEYS, global_losses))
+            vals = ", ".join(f"{k}={float(v):.4g}" for k, v in zip(LOSS_KEYS, global_losses, strict=True))
             raise TrainingDiverged(
                 f"training diverged: non-finite loss at step {step + 1} ({vals}); stopped without updating, "
                 f"{self._last_checkpoint_note()}. Lower train.lr or set train.grad_clip"
@@ -540,7 +554,7 @@ class Trainer:
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update_parameters(self.model)
-        for k, v in zip(LOSS_KEYS, global_losses.tolist()):
+        for k, v in zip(LOSS_KEYS, global_losses.tolist(), strict=True):
             self.running[k] = self.running.get(k, 0.0) + v
         return global_losses
 

@@ -8,6 +8,7 @@
 
 The engine never imports dpdiff.viz and viz never runs a model; this layer is where the two meet.
 """
+
 from __future__ import annotations
 
 import time
@@ -26,11 +27,20 @@ from ..viz.report import build_report, check_report_target
 __all__ = ["evaluate_and_report", "plot_training_curves", "predict_and_draw", "rebuild_report"]
 
 
-def evaluate_and_report(run_dir: Path, data_root: str | None = None, categories: list[str] | None = None,
-                        output_dir: Path | None = None, overlays_per_category: int = 4, device: str = "auto",
-                        overwrite: bool = False, inference_overrides: dict | None = None,
-                        data_format: str | None = None, report: bool = True, report_examples: int = 2,
-                        weights: str | None = None) -> dict:
+def evaluate_and_report(
+    run_dir: Path,
+    data_root: str | None = None,
+    categories: list[str] | None = None,
+    output_dir: Path | None = None,
+    overlays_per_category: int = 4,
+    device: str = "auto",
+    overwrite: bool = False,
+    inference_overrides: dict | None = None,
+    data_format: str | None = None,
+    report: bool = True,
+    report_examples: int = 2,
+    weights: str | None = None,
+) -> dict:
     """:func:`~dpdiff.engine.evaluate.evaluate`, then its overlays (``EVAL/overlays/``) and, unless
     ``report=False``, the HTML report (``EVAL/report.html``, summary under ``result["report"]``). An existing
     report is refused before anything runs unless ``overwrite``; a failing report is an error (the results
@@ -38,19 +48,37 @@ def evaluate_and_report(run_dir: Path, data_root: str | None = None, categories:
     out = Path(output_dir) if output_dir else Path(run_dir) / EVAL_DIR
     if report and (out / REPORT_FILE).exists() and not overwrite:
         raise RunFolderError(f"{out / REPORT_FILE} exists; pass --overwrite or choose another --output")
-    result = evaluate(run_dir, data_root=data_root, categories=categories, output_dir=out,
-                      overlays_per_category=overlays_per_category, device=device, overwrite=overwrite,
-                      inference_overrides=inference_overrides, data_format=data_format, report=report,
-                      report_examples=report_examples, weights=weights)
+    result = evaluate(
+        run_dir,
+        data_root=data_root,
+        categories=categories,
+        output_dir=out,
+        overlays_per_category=overlays_per_category,
+        device=device,
+        overwrite=overwrite,
+        inference_overrides=inference_overrides,
+        data_format=data_format,
+        report=report,
+        report_examples=report_examples,
+        weights=weights,
+    )
     save_overlay_items(result["overlays"], out)
     if report:
-        result["report"] = build_report(run_dir, out, out / REPORT_FILE, overwrite=True, data=result["report_data"],
-                                        history=load_history(run_dir))
+        result["report"] = build_report(
+            run_dir, out, out / REPORT_FILE, overwrite=True, data=result["report_data"], history=load_history(run_dir)
+        )
     return result
 
 
-def rebuild_report(run_dir: Path, eval_dir: Path | None = None, output: Path | None = None, overwrite: bool = False,
-                   data_root: str | None = None, device: str = "auto", weights: str | None = None) -> dict:
+def rebuild_report(
+    run_dir: Path,
+    eval_dir: Path | None = None,
+    output: Path | None = None,
+    overwrite: bool = False,
+    data_root: str | None = None,
+    device: str = "auto",
+    weights: str | None = None,
+) -> dict:
     """The HTML report of an evaluation (``dpdiff report``): ``report_data.npz`` drawn as saved; the model runs
     only for what it lacks (see :func:`~dpdiff.engine.report_inputs.prepare_report_data`)."""
     run_dir = Path(run_dir)
@@ -59,18 +87,43 @@ def rebuild_report(run_dir: Path, eval_dir: Path | None = None, output: Path | N
     check_report_target(out, overwrite)  # before the model runs
     t0 = time.perf_counter()
     data, root = prepare_report_data(run_dir, eval_dir, data_root, device, weights)
-    return build_report(run_dir, eval_dir, out, overwrite, data=data, data_root=root, history=load_history(run_dir),
-                        timings={"prepare_s": time.perf_counter() - t0})
+    return build_report(
+        run_dir,
+        eval_dir,
+        out,
+        overwrite,
+        data=data,
+        data_root=root,
+        history=load_history(run_dir),
+        timings={"prepare_s": time.perf_counter() - t0},
+    )
 
 
-def predict_and_draw(run_dir: Path, images: Path, output_dir: Path, device: str = "auto", overlays: bool = True,
-                     overwrite: bool = False, weights: str | None = None, skip_bad: bool = False,
-                     category: str | None = None) -> PredictionFiles:
+def predict_and_draw(
+    run_dir: Path,
+    images: Path,
+    output_dir: Path,
+    device: str = "auto",
+    overlays: bool = True,
+    overwrite: bool = False,
+    weights: str | None = None,
+    skip_bad: bool = False,
+    category: str | None = None,
+) -> PredictionFiles:
     """:func:`~dpdiff.engine.predict.predict` (``OUTPUT/scores.csv``, ``OUTPUT/masks/`` when calibrated), then one
     overlay PNG per image under ``OUTPUT/overlays/`` (the anomaly map with the predicted defect mask's contour)
     unless ``overlays=False``. ``run_dir``: a run folder or an exported ``.onnx``."""
-    prediction = predict(run_dir, images, output_dir, device=device, overlays=overlays, overwrite=overwrite,
-                         weights=weights, skip_bad=skip_bad, category=category)
+    prediction = predict(
+        run_dir,
+        images,
+        output_dir,
+        device=device,
+        overlays=overlays,
+        overwrite=overwrite,
+        weights=weights,
+        skip_bad=skip_bad,
+        category=category,
+    )
     save_overlay_items(prediction.overlays, output_dir)
     return prediction
 

@@ -44,14 +44,13 @@ from typing import Any
 import torch
 
 from ..config import RUNTIME, Config, keys_with_role
-from ..data.dataset import ImageDataset
 from ..data.formats import load_samples
 from ..data.synthetic import ensure_synthetic_dataset, read_marker
 from ..engine.checkpoint import STATE_FILE, load_model
 from ..engine.evaluate import protocol_description
 from ..engine.features import build_backbone_from_config, resolve_device
 from ..engine.features.cache import FeatureCache
-from ..engine.inference import Detector
+from ..engine.inference import Detector, scoring_dataset
 from ..engine.train import train
 from ..errors import ConfigError
 from ..io import atomic_write_bytes, atomic_write_json
@@ -59,7 +58,7 @@ from ..metrics import compute_metrics
 from ..metrics.paper_tables import DELTA_ROW, load_results, scale_table, write_table
 from ..metrics.tables import TABLE_COLUMNS, write_results
 from ..run_files import RESULTS_STEM
-from .compare import build_knn, dpdiff_score_features, knn_score_features, map_size, masks_and_labels
+from .compare import build_knn, dpdiff_score_features, knn_score_features, masks_and_labels
 
 logger = logging.getLogger(__name__)
 
@@ -261,21 +260,11 @@ def _evaluate_count(
     per_cat: dict[str, dict] = {m: {} for m in METHODS}
     secs = {m: 0.0 for m in METHODS}
     pos = 0
-    R = map_size(run_cfg)
     for c in cats:
         samples = tests[c]
         feats = test_feats[pos : pos + len(samples)]
         pos += len(samples)
-        ds = ImageDataset(
-            samples,
-            cfg.backbone.image_size,
-            backbone.mean,
-            backbone.std,
-            mask_size=R,
-            mask_threshold=run_cfg.evaluation.mask_threshold,
-            mask_resize=run_cfg.evaluation.mask_resize,
-        )
-        masks, labels = masks_and_labels(ds)
+        masks, labels = masks_and_labels(scoring_dataset(detector, samples))
         t0 = time.perf_counter()
         maps, scores = dpdiff_score_features(detector, feats)
         secs["dpdiff"] += time.perf_counter() - t0

@@ -11,24 +11,23 @@ prototypes (Eq. 16-17) unless ``model.prototype_cross_attention`` is false:
 
 from __future__ import annotations
 
-from torch import nn
-
 from ..config import ModelConfig
+from .denoiser_base import PrototypeDenoiser
 from .dit import PrototypeDiT
 from .unet import PrototypeUNet
 from .uvit import PrototypeUViT
 
-DENOISERS: dict[str, type[nn.Module]] = {"dit": PrototypeDiT, "unet": PrototypeUNet, "uvit": PrototypeUViT}
+DENOISERS: dict[str, type[PrototypeDenoiser]] = {"dit": PrototypeDiT, "unet": PrototypeUNet, "uvit": PrototypeUViT}
 
 
-def build_denoiser(cfg: ModelConfig, in_dim: int, grid: tuple[int, int]) -> nn.Module:
+def build_denoiser(cfg: ModelConfig, in_dim: int, grid: tuple[int, int]) -> PrototypeDenoiser:
     """The ``cfg.denoiser`` network for ``in_dim``-channel tokens on a ``grid`` = (h, w) token grid."""
     name = str(cfg.denoiser).lower()
     if name not in DENOISERS:
         raise ValueError(f"model.denoiser must be one of {sorted(DENOISERS)}, got {cfg.denoiser!r}")
     return DENOISERS[name](
         in_dim,
-        tuple(grid),
+        grid,
         cfg.hidden_dim,
         cfg.depth,
         cfg.num_heads,

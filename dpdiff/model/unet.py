@@ -112,12 +112,8 @@ class PrototypeUNet(PrototypeDenoiser):
         # size.mlp_ratio is not used: the U-Net has no MLP sub-layers
         if size.depth < 1:
             raise ConfigError(f"U-Net depth must be >= 1, got {size.depth} (model.depth)")
-        in_dim, hidden_dim, num_heads, cross_attention = (
-            size.in_dim,
-            size.hidden_dim,
-            size.num_heads,
-            size.cross_attention,
-        )
+        in_dim, hidden_dim = size.in_dim, size.hidden_dim
+        num_heads, cross_attention = size.num_heads, size.cross_attention
         self.levels = size.depth // 2
         self.in_conv = nn.Conv2d(in_dim, hidden_dim, 1)
         self.init_prototype_embedding(in_dim, hidden_dim, size.num_prototype_types)  # proto_proj, proto_type

@@ -3,25 +3,8 @@
 viz only draws arrays (``dpdiff.figure_data`` and plain numpy): it never imports dpdiff.engine nor runs a model.
 """
 
+from dpdiff.viz import overlay
 from dpdiff.viz.curves import plot_curves, plot_loss_history
-from dpdiff.viz.overlay import (
-    PANEL_GAP,
-    TITLE_HEIGHT,
-    compose_overlay,
-    heat_colors,
-    mask_boundary,
-    save_overlay,
-    save_overlay_items,
-)
+from dpdiff.viz.overlay import *  # noqa: F403 - exactly the names of overlay.__all__, listed there once
 
-__all__ = [
-    "save_overlay",
-    "save_overlay_items",
-    "compose_overlay",
-    "heat_colors",
-    "mask_boundary",
-    "plot_curves",
-    "plot_loss_history",
-    "PANEL_GAP",
-    "TITLE_HEIGHT",
-]
+__all__ = [*overlay.__all__, "plot_curves", "plot_loss_history"]

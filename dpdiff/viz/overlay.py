@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -15,8 +15,15 @@ from dpdiff.figure_data import OverlayItem
 from dpdiff.io import atomic_write_bytes
 from dpdiff.progress import progress
 
-__all__ = ["save_overlay", "save_overlay_items", "compose_overlay", "heat_colors", "mask_boundary", "PANEL_GAP",
-           "TITLE_HEIGHT"]
+__all__ = [
+    "save_overlay",
+    "save_overlay_items",
+    "compose_overlay",
+    "heat_colors",
+    "mask_boundary",
+    "PANEL_GAP",
+    "TITLE_HEIGHT",
+]
 
 #: White gap (pixels) between panels.
 PANEL_GAP = 4
@@ -35,8 +42,9 @@ def _lut(cmap_name: str) -> np.ndarray:
     return np.round(cmap(np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np.uint8)
 
 
-def heat_colors(anomaly_map: np.ndarray, vmin: float | None = None, vmax: float | None = None,
-                cmap: str = "jet") -> np.ndarray:
+def heat_colors(
+    anomaly_map: np.ndarray, vmin: float | None = None, vmax: float | None = None, cmap: str = "jet"
+) -> np.ndarray:
     """(H,W) scores -> (H,W,3) uint8 colours; scale fixed by vmin/vmax (default: map min/max)."""
     m = np.asarray(anomaly_map, dtype=np.float32)
     finite = np.isfinite(m)
@@ -86,16 +94,22 @@ def _to_rgb_uint8(image: np.ndarray) -> np.ndarray:
 def _resize(arr: np.ndarray, size_hw: tuple[int, int], nearest: bool) -> np.ndarray:
     if arr.shape[:2] == size_hw:
         return arr
-    pil = Image.fromarray(arr.astype(np.uint8) * 255 if nearest else arr.astype(np.float32),
-                          mode="L" if nearest else "F")
-    pil = pil.resize((size_hw[1], size_hw[0]), Image.NEAREST if nearest else Image.BILINEAR)
+    pil = Image.fromarray(
+        arr.astype(np.uint8) * 255 if nearest else arr.astype(np.float32), mode="L" if nearest else "F"
+    )
+    pil = pil.resize((size_hw[1], size_hw[0]), Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR)
     out = np.asarray(pil)
     return out > 127 if nearest else out
 
 
-def compose_overlay(image: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarray | None = None,
-                    vmin: float | None = None, vmax: float | None = None,
-                    title: str | None = None) -> np.ndarray:
+def compose_overlay(
+    image: np.ndarray,
+    anomaly_map: np.ndarray,
+    mask: np.ndarray | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    title: str | None = None,
+) -> np.ndarray:
     """The panels of :func:`save_overlay` as one (H', W', 3) uint8 array."""
     img = _to_rgb_uint8(image)
     h, w = img.shape[:2]
@@ -107,7 +121,7 @@ def compose_overlay(image: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarray
     amap = _resize(amap, (h, w), nearest=False)
 
     heat = heat_colors(amap, vmin, vmax)
-    blend = (img.astype(np.float32) * (1.0 - HEAT_ALPHA) + heat.astype(np.float32) * HEAT_ALPHA)
+    blend = img.astype(np.float32) * (1.0 - HEAT_ALPHA) + heat.astype(np.float32) * HEAT_ALPHA
     blend = np.clip(blend + 0.5, 0, 255).astype(np.uint8)
 
     panels = [img]
@@ -128,7 +142,7 @@ def compose_overlay(image: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarray
     canvas = np.full((top + h, width, 3), 255, dtype=np.uint8)
     for i, p in enumerate(panels):
         x = i * (w + PANEL_GAP)
-        canvas[top:top + h, x:x + w] = p
+        canvas[top : top + h, x : x + w] = p
     if title:
         pil = Image.fromarray(canvas)
         draw = ImageDraw.Draw(pil)
@@ -145,8 +159,15 @@ def _font():
         return ImageFont.load_default()
 
 
-def save_overlay(image: np.ndarray, anomaly_map: np.ndarray, out_path, mask: np.ndarray | None = None,
-                 vmin: float | None = None, vmax: float | None = None, title: str | None = None) -> Path:
+def save_overlay(
+    image: np.ndarray,
+    anomaly_map: np.ndarray,
+    out_path,
+    mask: np.ndarray | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    title: str | None = None,
+) -> Path:
     """Write a PNG with panels side by side (white gap of ``PANEL_GAP`` px):
 
     1. the input image; 2. the image with the ground-truth contour in red (only when ``mask`` is
@@ -166,8 +187,18 @@ def save_overlay_items(items: Iterable[OverlayItem], folder: str | Path) -> list
     """Draw the overlays kept by evaluation or prediction (:class:`~dpdiff.figure_data.OverlayItem`): each
     image read and resized like the model input, its map on top, written to ``folder / item.file``."""
     from dpdiff.data.dataset import load_image_array
+
     written = []
     for it in progress(list(items), desc="overlays", leave=False):
-        written.append(save_overlay(load_image_array(it.image, it.size), it.map, Path(folder) / it.file, mask=it.mask,
-                                    vmin=it.vmin, vmax=it.vmax, title=it.title))
+        written.append(
+            save_overlay(
+                load_image_array(it.image, it.size),
+                it.map,
+                Path(folder) / it.file,
+                mask=it.mask,
+                vmin=it.vmin,
+                vmax=it.vmax,
+                title=it.title,
+            )
+        )
     return written

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from image_files import write_box_mask  # tests/data/image_files.py
 from PIL import Image
 
 from dpdiff.data.btad import KO_DEFECT, find_btad_mask, list_categories, load_btad
@@ -34,10 +35,7 @@ def _img(path: Path, value: int, rng: np.random.Generator):
 
 
 def _mask(path: Path, i: int):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    a = np.zeros((SIZE[1], SIZE[0]), np.uint8)
-    a[3 + i : 9 + i, 4:12] = 255
-    Image.fromarray(a, "L").save(path)
+    write_box_mask(path, SIZE, slice(3 + i, 9 + i), slice(4, 12))
 
 
 def make_btad_tree(root: Path) -> Path:

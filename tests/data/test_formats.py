@@ -4,24 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from image_files import write_box_mask, write_image  # tests/data/image_files.py
 
 from dpdiff.data.formats import FORMATS, LayoutError, detect_format, list_categories_for, load_samples
 from dpdiff.data.mvtec import load_dataset
 
 
 def _img(path: Path, size=(8, 8)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("L", size, 70).save(path)
+    write_image(path, size, 70)
 
 
 def _mask(path: Path, size=(8, 8)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    a = np.zeros((size[1], size[0]), np.uint8)
-    a[2:4, 2:4] = 255
-    Image.fromarray(a).save(path)
+    write_box_mask(path, size, slice(2, 4), slice(2, 4))
 
 
 def _mpdd(root: Path, cats=("metal_plate", "tubes")) -> Path:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from image_files import write_box_mask, write_image  # tests/data/image_files.py
 
 from dpdiff.data import shared_data_dir
 from dpdiff.data.formats import LayoutError, load_samples
@@ -15,15 +14,11 @@ from dpdiff.data.mvtec import load_split
 
 
 def _img(path: Path, size=(10, 8)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("L", size, 90).save(path)
+    write_image(path, size, 90)
 
 
 def _mask(path: Path, size=(10, 8)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    a = np.zeros((size[1], size[0]), np.uint8)
-    a[1:3, 2:5] = 255
-    Image.fromarray(a).save(path)
+    write_box_mask(path, size, slice(1, 3), slice(2, 5))
 
 
 @pytest.fixture

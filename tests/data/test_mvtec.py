@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from image_files import write_box_mask, write_image  # tests/data/image_files.py
 from PIL import Image
 
 from dpdiff.data import shared_data_dir
@@ -14,15 +15,11 @@ from dpdiff.data.mvtec import IMAGE_EXTENSIONS, Sample, count_samples, list_cate
 
 
 def _img(path: Path, size=(12, 10), value=128, mode="L"):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new(mode, size, value).save(path)
+    write_image(path, size, value, mode)
 
 
 def _mask(path: Path, size=(12, 10)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    a = np.zeros((size[1], size[0]), np.uint8)
-    a[2:5, 3:7] = 255
-    Image.fromarray(a).save(path)
+    write_box_mask(path, size, slice(2, 5), slice(3, 7))
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from image_files import write_box_mask, write_image  # tests/data/image_files.py
 from PIL import Image
 
 from dpdiff.data.formats import LayoutError, detect_format, list_categories_for, load_samples
@@ -30,16 +31,12 @@ PAPER = Path(__file__).resolve().parents[3] / "shared" / "paper" / "DPDiff-AD.tx
 
 
 def _img(path: Path, size=(16, 16)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, (100, 100, 100)).save(path)
+    write_image(path, size, (100, 100, 100), "RGB")
 
 
 def _mask255(path: Path, size=(16, 16)):
     """Real-IAD masks are 0/255 PNGs."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    a = np.zeros((size[1], size[0]), np.uint8)
-    a[4:8, 4:8] = 255
-    Image.fromarray(a).save(path)
+    write_box_mask(path, size, slice(4, 8), slice(4, 8))
 
 
 def _object(cat_dir: Path, rel_dir: str, stem_fmt: str, ext: str, masked_views=(), mask_suffix="") -> list[dict]:
@@ -330,168 +327,39 @@ def test_anomalous_training_entries_are_left_out_and_counted(realiad_root, caplo
 
 # The 160 Real-IAD Variety folder names as spelled in a third-party list (a public AnomalyCLIP-style
 # loader's ``generate_class_info('Real-IAD-Variety')``): hyphens and joined words where the paper
-# writes underscores.
-THIRD_PARTY_VARIETY_NAMES = (
-    "2pin_block_plug",
-    "3_adapter",
-    "3pin_aviation_connector",
-    "4_wire_stepping_motor",
-    "D-sub-connector",
-    "DVD_switch",
-    "LED_indicator",
-    "PLCC_socket",
-    "VR_joystick",
-    "access_card",
-    "accurate_detection_switch",
-    "aircraft_model_head",
-    "angled_toggle_switch",
-    "audio_jack_socket",
-    "bag_buckle",
-    "ball_pin",
-    "balun_transformer",
-    "battery",
-    "battery_holder_connector",
-    "battery_socket_connector",
-    "bend_connector",
-    "blade_switch",
-    "blue_light_switch",
-    "bluetooth_module",
-    "boost_converter_module",
-    "bread_model",
-    "brooch_clasp_accessory",
-    "button_battery_holder",
-    "button_motor",
-    "button_switch",
-    "car_door_lock_switch",
-    "ceramic_fuse",
-    "ceramic_wave_filter",
-    "charging_port",
-    "chip-inductor",
-    "circuit_breaker",
-    "circular_aviation_connector",
-    "common-mode-choke",
-    "common-mode-filter",
-    "connector",
-    "connector_housing-female",
-    "console_switch",
-    "crimp_st_cable_mount_box",
-    "dc_jack",
-    "dc_power_connector",
-    "detection_switch",
-    "duckbill_circuit_breaker",
-    "earphone_audio_unit",
-    "effect_transistor",
-    "electronic_watch_movement",
-    "ethernet-connector",
-    "ferrite_bead",
-    "ffc_connector_plug",
-    "flow_control_valve",
-    "flower_copper_shape",
-    "flower_velvet_fabric",
-    "fork-crimp-terminal",
-    "fuse_cover",
-    "fuse_holder",
-    "gear",
-    "gear_motor",
-    "green-ring-filter",
-    "hairdryer_switch",
-    "hall_effect_sensor",
-    "headphone_jack-female",
-    "headphone_jack_socket",
-    "hex_plug",
-    "humidity_sensor",
-    "ingot_buckle",
-    "insect_metal_parts",
-    "inverter_connector",
-    "jam_jar_model",
-    "joystick_switch",
-    "kfc_push-key_switch",
-    "knob-cap",
-    "laser_diode",
-    "lattice_block_plug",
-    "lego-pin-connector-plate",
-    "lego-propeller",
-    "lego-reel",
-    "lego-technical-gear",
-    "lego-turbine",
-    "lighting_connector",
-    "lilypad_led",
-    "limit-switch",
-    "lithium_battery_plug",
-    "littel-fuse",
-    "little_cow_model",
-    "lock",
-    "long-zipper",
-    "meteor_hammer_arrowhead",
-    "miniature_laser_module",
-    "miniature_lifting_motor",
-    "miniature_motor",
-    "miniature_stepper_motor",
-    "mobile_charging_connector",
-    "model_steering_module",
-    "monitor_socket",
-    "motor_bracket",
-    "motor_gear_reducer",
-    "motor_plug",
-    "mouse_socket",
-    "multi_function_switch",
-    "nylon_ball_head",
-    "optical_fiber_outlet",
-    "pencil_sharpener",
-    "pinboard_connector",
-    "pitch_connector",
-    "pneumatic_elbow",
-    "pot_core",
-    "potentiometer",
-    "power_bank_module",
-    "power_inductor",
-    "power_jack",
-    "power_strip_socket",
-    "pulse_transformer",
-    "purple-clay-pot",
-    "push_button_switch",
-    "push_in_terminal",
-    "recorder_switch",
-    "rectangular-connector-accessories",
-    "red_terminal",
-    "retaining_ring",
-    "rheostat",
-    "rotary_position_sensor",
-    "round_twist_switch",
-    "self-lock_switch",
-    "shelf_support_module",
-    "side_press_switch",
-    "side_release_buckle",
-    "silicon_cell_sensor",
-    "sim_card_reader",
-    "single-pole_potentiometer",
-    "single_switch",
-    "slide_switch",
-    "slipper- model",
-    "small_leaf",
-    "smd_receiver_module",
-    "solderless_adapter",
-    "spherical_airstone",
-    "spring_antenna",
-    "square_terminal",
-    "steering_T-head",
-    "steering_wheel",
-    "suction-cup",
-    "telephone_spring_switch",
-    "tension_snap_release_clip",
-    "thumbtack",
-    "thyristor",
-    "toy-tire",
-    "traceless_hair_clip",
-    "travel_switch",
-    "travel_switch_green",
-    "tubular_key_switch",
-    "vacuum_switch",
-    "vehicle_harness_conductor",
-    "vertical-adjustable-resistor",
-    "vibration_motor",
-    "volume_potentiometer",
-    "wireless_receiver_module",
+# writes underscores. Comma-separated, as one name holds a space ("slipper- model").
+THIRD_PARTY_VARIETY_NAMES = tuple(
+    (
+        "2pin_block_plug, 3_adapter, 3pin_aviation_connector, 4_wire_stepping_motor, D-sub-connector, DVD_switch,"
+        " LED_indicator, PLCC_socket, VR_joystick, access_card, accurate_detection_switch, aircraft_model_head,"
+        " angled_toggle_switch, audio_jack_socket, bag_buckle, ball_pin, balun_transformer, battery,"
+        " battery_holder_connector, battery_socket_connector, bend_connector, blade_switch, blue_light_switch,"
+        " bluetooth_module, boost_converter_module, bread_model, brooch_clasp_accessory, button_battery_holder,"
+        " button_motor, button_switch, car_door_lock_switch, ceramic_fuse, ceramic_wave_filter, charging_port,"
+        " chip-inductor, circuit_breaker, circular_aviation_connector, common-mode-choke, common-mode-filter,"
+        " connector, connector_housing-female, console_switch, crimp_st_cable_mount_box, dc_jack, dc_power_connector,"
+        " detection_switch, duckbill_circuit_breaker, earphone_audio_unit, effect_transistor,"
+        " electronic_watch_movement, ethernet-connector, ferrite_bead, ffc_connector_plug, flow_control_valve,"
+        " flower_copper_shape, flower_velvet_fabric, fork-crimp-terminal, fuse_cover, fuse_holder, gear, gear_motor,"
+        " green-ring-filter, hairdryer_switch, hall_effect_sensor, headphone_jack-female, headphone_jack_socket,"
+        " hex_plug, humidity_sensor, ingot_buckle, insect_metal_parts, inverter_connector, jam_jar_model,"
+        " joystick_switch, kfc_push-key_switch, knob-cap, laser_diode, lattice_block_plug, lego-pin-connector-plate,"
+        " lego-propeller, lego-reel, lego-technical-gear, lego-turbine, lighting_connector, lilypad_led, limit-switch,"
+        " lithium_battery_plug, littel-fuse, little_cow_model, lock, long-zipper, meteor_hammer_arrowhead,"
+        " miniature_laser_module, miniature_lifting_motor, miniature_motor, miniature_stepper_motor,"
+        " mobile_charging_connector, model_steering_module, monitor_socket, motor_bracket, motor_gear_reducer,"
+        " motor_plug, mouse_socket, multi_function_switch, nylon_ball_head, optical_fiber_outlet, pencil_sharpener,"
+        " pinboard_connector, pitch_connector, pneumatic_elbow, pot_core, potentiometer, power_bank_module,"
+        " power_inductor, power_jack, power_strip_socket, pulse_transformer, purple-clay-pot, push_button_switch,"
+        " push_in_terminal, recorder_switch, rectangular-connector-accessories, red_terminal, retaining_ring,"
+        " rheostat, rotary_position_sensor, round_twist_switch, self-lock_switch, shelf_support_module,"
+        " side_press_switch, side_release_buckle, silicon_cell_sensor, sim_card_reader, single-pole_potentiometer,"
+        " single_switch, slide_switch, slipper- model, small_leaf, smd_receiver_module, solderless_adapter,"
+        " spherical_airstone, spring_antenna, square_terminal, steering_T-head, steering_wheel, suction-cup,"
+        " telephone_spring_switch, tension_snap_release_clip, thumbtack, thyristor, toy-tire, traceless_hair_clip,"
+        " travel_switch, travel_switch_green, tubular_key_switch, vacuum_switch, vehicle_harness_conductor,"
+        " vertical-adjustable-resistor, vibration_motor, volume_potentiometer, wireless_receiver_module"
+    ).split(", ")
 )
 
 

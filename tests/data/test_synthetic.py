@@ -34,7 +34,14 @@ from dpdiff.data.synthetic import (
 )
 
 FACTORS = ("kind", "family", "variant", "material", "background", "layout", "palette", "scale")
-SMALL = dict(train_per_category=2, test_good_per_category=1, test_defect_per_category=len(DEFECT_TYPES), image_size=64)
+
+
+def _per_category(train: int, test_good: int, test_defect: int) -> dict:
+    """The image counts per category, as generate_synthetic_dataset / ensure_synthetic_dataset arguments."""
+    return dict(train_per_category=train, test_good_per_category=test_good, test_defect_per_category=test_defect)
+
+
+SMALL = dict(image_size=64, **_per_category(2, 1, len(DEFECT_TYPES)))
 LEGACY = ["synth_stripes", "synth_nut", "synth_leather", "synth_chip", "synth_grid"]
 
 
@@ -201,22 +208,8 @@ def test_categories_separate_by_backbone_features():
 
 
 def test_regenerate_and_refuse_foreign_folder(tmp_path):
-    generate_synthetic_dataset(
-        tmp_path / "d",
-        num_categories=1,
-        train_per_category=3,
-        test_good_per_category=1,
-        test_defect_per_category=2,
-        image_size=32,
-    )
-    generate_synthetic_dataset(
-        tmp_path / "d",
-        num_categories=1,
-        train_per_category=1,
-        test_good_per_category=1,
-        test_defect_per_category=1,
-        image_size=32,
-    )
+    generate_synthetic_dataset(tmp_path / "d", num_categories=1, image_size=32, **_per_category(3, 1, 2))
+    generate_synthetic_dataset(tmp_path / "d", num_categories=1, image_size=32, **_per_category(1, 1, 1))
     assert len(load_split(tmp_path / "d", "synth_stripes", "train")) == 1  # stale files removed
     assert [s.defect for s in load_split(tmp_path / "d", "synth_stripes", "test")] == ["good", "scratch"]
     (tmp_path / "e" / "synth_stripes").mkdir(parents=True)
@@ -227,14 +220,7 @@ def test_regenerate_and_refuse_foreign_folder(tmp_path):
 
 
 def test_ensure_extends_reuses_and_checks_settings(tmp_path):
-    kw = dict(
-        train_per_category=1,
-        test_good_per_category=1,
-        test_defect_per_category=1,
-        image_size=32,
-        seed=2,
-        progress=False,
-    )
+    kw = dict(image_size=32, seed=2, progress=False, **_per_category(1, 1, 1))
     root = tmp_path / "d"
     assert ensure_synthetic_dataset(root, 2, **kw) == [s.name for s in category_specs(2)]
     first = root / "synth_stripes" / "train" / "good" / "000.png"

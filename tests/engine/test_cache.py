@@ -363,21 +363,13 @@ def test_training_on_the_store_equals_training_on_the_tensor(tmp_path, samples, 
 
 
 @pytest.mark.integration
-def test_train_cli_uses_the_feature_cache(tmp_path, tiny_set_args):
+def test_train_cli_uses_the_feature_cache(tmp_path, tiny_set_args, tiny_dataset):
     """`dpdiff train --cache-dir` fills the cache once; a second run extracts nothing and trains identically."""
     from dpdiff.cli import main
-    from dpdiff.data.synthetic import generate_synthetic_dataset
     from dpdiff.engine.checkpoint import load_model
 
     root = tmp_path / "data"
-    generate_synthetic_dataset(
-        root,
-        num_categories=1,
-        train_per_category=4,
-        test_good_per_category=1,
-        test_defect_per_category=1,
-        image_size=64,
-    )
+    tiny_dataset(root, num_categories=1, train_per_category=4, test_good_per_category=1, test_defect_per_category=1)
     common = [
         "--data",
         str(root),

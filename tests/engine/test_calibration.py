@@ -12,7 +12,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from dpdiff.data.synthetic import generate_synthetic_dataset
 from dpdiff.engine.calibration import (
     Calibration,
     Thresholds,
@@ -121,17 +120,9 @@ N_CALIBRATE, N_MEASURE, TARGET_FPR = 120, 120, 0.2
 
 
 @pytest.fixture(scope="module")
-def normal_data(tmp_path_factory) -> Path:
+def normal_data(tmp_path_factory, tiny_dataset) -> Path:
     root = tmp_path_factory.mktemp("calib") / "data"
-    generate_synthetic_dataset(
-        root,
-        num_categories=1,
-        train_per_category=8,
-        test_good_per_category=N_CALIBRATE + N_MEASURE,
-        test_defect_per_category=2,
-        image_size=64,
-        seed=0,
-    )
+    tiny_dataset(root, num_categories=1, train_per_category=8, test_good_per_category=N_CALIBRATE + N_MEASURE)
     return root
 
 

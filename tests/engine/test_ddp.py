@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,41 +14,14 @@ import yaml
 from safetensors.torch import load_file
 
 from dpdiff.cli import main
-from dpdiff.data.synthetic import generate_synthetic_dataset
 from dpdiff.engine.checkpoint import CONFIG_FILE, MODEL_FILE, load_train_state
 from dpdiff.engine.distributed import shard_range
 from dpdiff.engine.train import train
 
-REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models gain nothing from threads, and on a busy machine OpenMP thread sync can cost 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synth") / "data"
-    generate_synthetic_dataset(
-        root,
-        num_categories=2,
-        train_per_category=6,
-        test_good_per_category=2,
-        test_defect_per_category=2,
-        image_size=64,
-    )
-    return root
-
-
-def _history(run: Path) -> list[dict]:
-    with open(run / "loss_history.csv") as f:
-        return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_shard_range_covers_everything_once():
@@ -87,8 +58,8 @@ def test_weighted_shard_losses_equal_the_global_batch_loss(kw, tiny_model_config
 
 @pytest.mark.integration
 @pytest.mark.skipif(not TORCHRUN.exists(), reason=f"torchrun not found at {TORCHRUN}")
-def test_torchrun_two_processes_match_one_process(dataset, tmp_path, tiny_config):
-    cfg = tiny_config(dataset)
+def test_torchrun_two_processes_match_one_process(tiny_data, tmp_path, tiny_config, loss_history, subprocess_env):
+    cfg = tiny_config(tiny_data)
     cfg.train.steps = 6
     cfg.train.batch_size = 5  # global batch; uneven 3 + 2 split across the ranks
     cfg.train.checkpoint_every = 3
@@ -96,8 +67,6 @@ def test_torchrun_two_processes_match_one_process(dataset, tmp_path, tiny_config
     cfg_path = tmp_path / "tiny.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg.to_dict()))
     run = tmp_path / "ddp"
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     res = subprocess.run(
         [
             str(TORCHRUN),
@@ -112,7 +81,7 @@ def test_torchrun_two_processes_match_one_process(dataset, tmp_path, tiny_config
             "--output",
             str(run),
         ],
-        env=env,
+        env=subprocess_env,
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -131,7 +100,7 @@ def test_torchrun_two_processes_match_one_process(dataset, tmp_path, tiny_config
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-4, rtol=0), (k, float((a[k] - b[k]).abs().max()))
     # the logged losses are the global-batch means, as in one process
-    for ra, rb in zip(_history(single), _history(run), strict=True):
+    for ra, rb in zip(loss_history(single), loss_history(run), strict=True):
         assert all(abs(ra[k] - rb[k]) < 1e-4 for k in ra), (ra, rb)
     assert load_train_state(run)["step"] == 6
 

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from dpdiff.cli import main
-from dpdiff.data.synthetic import generate_synthetic_dataset
 from dpdiff.engine.export import ScoringGraph, export_onnx
 from dpdiff.engine.inference import Detector
 from dpdiff.engine.onnx_runtime import OnnxDetector, sidecar_calibration_path
@@ -24,17 +23,9 @@ SCORE_RTOL, MAP_ATOL = 1e-4, 1e-3  # the acceptance bounds of issue #14
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
+def data(tmp_path_factory, tiny_dataset) -> Path:
     root = tmp_path_factory.mktemp("export") / "data"
-    generate_synthetic_dataset(
-        root,
-        num_categories=2,
-        train_per_category=6,
-        test_good_per_category=12,
-        test_defect_per_category=4,
-        image_size=64,
-        seed=0,
-    )
+    tiny_dataset(root, test_good_per_category=12, test_defect_per_category=4)
     return root
 
 

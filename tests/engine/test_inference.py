@@ -1,5 +1,6 @@
 """The one inference pipeline (dpdiff/engine/inference.py): Detector is exactly DPDiffAD.token_scores + postprocess
 on the dataset's preprocessing, for every kind of image input, and the report's probe is the same model calls."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,8 +18,8 @@ from dpdiff.experiments import compare
 from dpdiff.experiments.benchmark import random_model
 from dpdiff.model.postprocess import postprocess
 
-N_IMAGES, HEIGHT, WIDTH, BATCH = 5, 70, 90, 3   # non-square images (resized to 64 px), batches of 3 + 2
-MAP_SIZE = 48                                   # evaluation resolution != input size
+N_IMAGES, HEIGHT, WIDTH, BATCH = 5, 70, 90, 3  # non-square images (resized to 64 px), batches of 3 + 2
+MAP_SIZE = 48  # evaluation resolution != input size
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +28,16 @@ def backbone(tiny_config):
 
 
 def make_detector(backbone, tiny_config, common_noise: bool) -> Detector:
-    cfg = tiny_config().override({"evaluation.resolution": MAP_SIZE, "inference.ensemble": 2,
-                                  "inference.ddim_steps": 2, "inference.batch_size": BATCH, "inference.seed": 7,
-                                  "inference.common_noise": common_noise})
+    cfg = tiny_config().override(
+        {
+            "evaluation.resolution": MAP_SIZE,
+            "inference.ensemble": 2,
+            "inference.ddim_steps": 2,
+            "inference.batch_size": BATCH,
+            "inference.seed": 7,
+            "inference.common_noise": common_noise,
+        }
+    )
     grid = tuple(backbone.grid_size(cfg.backbone.image_size))
     return Detector(backbone, random_model(backbone.out_channels, grid, cfg, "cpu", seed=3), cfg, "cpu")
 
@@ -59,20 +67,42 @@ def by_hand(detector: Detector, images: list[np.ndarray]) -> tuple[torch.Tensor,
     s = cfg.backbone.image_size
     mean = np.asarray(detector.backbone.mean, np.float32)[:, None, None]
     std = np.asarray(detector.backbone.std, np.float32)[:, None, None]
-    x = np.stack([(np.asarray(Image.fromarray(a).resize((s, s), Image.Resampling.BICUBIC), np.float32)
-                   .transpose(2, 0, 1) / 255.0 - mean) / std for a in images])
+    x = np.stack(
+        [
+            (
+                np.asarray(Image.fromarray(a).resize((s, s), Image.Resampling.BICUBIC), np.float32).transpose(2, 0, 1)
+                / 255.0
+                - mean
+            )
+            / std
+            for a in images
+        ]
+    )
     generator = torch.Generator().manual_seed(inf.seed)
     maps, scores = [], []
     with torch.inference_mode():
         for lo in range(0, len(images), BATCH):
-            feats = detector.backbone(torch.from_numpy(x[lo:lo + BATCH]))
+            feats = detector.backbone(torch.from_numpy(x[lo : lo + BATCH]))
             tokens = feats.flatten(2).transpose(1, 2)  # (B, h*w, C)
-            token_maps = model.token_scores(tokens, inf.noise_step, inf.ddim_steps, inf.ensemble, generator,
-                                            scoring=inf.scoring, ensemble_reduce=inf.ensemble_reduce,
-                                            antithetic=inf.antithetic,
-                                            common_noise_seed=inf.seed if inf.common_noise else None)
-            m, sc = postprocess(token_maps, MAP_SIZE, inf.smoothing_sigma, inf.pool_size,
-                                image_score=inf.image_score, top_percent=inf.top_percent)
+            token_maps = model.token_scores(
+                tokens,
+                inf.noise_step,
+                inf.ddim_steps,
+                inf.ensemble,
+                generator,
+                scoring=inf.scoring,
+                ensemble_reduce=inf.ensemble_reduce,
+                antithetic=inf.antithetic,
+                common_noise_seed=inf.seed if inf.common_noise else None,
+            )
+            m, sc = postprocess(
+                token_maps,
+                MAP_SIZE,
+                inf.smoothing_sigma,
+                inf.pool_size,
+                image_score=inf.image_score,
+                top_percent=inf.top_percent,
+            )
             maps.append(m)
             scores.append(sc)
     return torch.cat(maps), torch.cat(scores)
@@ -113,8 +143,13 @@ def test_every_input_kind_gives_the_same_maps(backbone, tiny_config, images, ima
 def test_score_images_is_what_evaluation_computes(backbone, tiny_config, image_files):
     """evaluate/predict score an ImageDataset through score_dataset: the same numbers as score_images."""
     detector = make_detector(backbone, tiny_config, common_noise=False)
-    ds = ImageDataset([Sample(p, None, 0, "good", "x") for p in image_files], 64, detector.backbone.mean,
-                      detector.backbone.std, mask_size=detector.map_size)
+    ds = ImageDataset(
+        [Sample(p, None, 0, "good", "x") for p in image_files],
+        64,
+        detector.backbone.mean,
+        detector.backbone.std,
+        mask_size=detector.map_size,
+    )
     maps, scores, labels, masks, _ = score_dataset(detector, ds, BATCH, "test", seed=detector.cfg.inference.seed)
     m, s = detector.score_images(image_files)
     assert np.array_equal(maps, m.numpy()) and np.array_equal(scores, s.numpy())
@@ -140,15 +175,15 @@ def test_probe_is_the_same_model_calls(backbone, tiny_config, image_files):
     batch = detector.preprocess(image_files)
     with torch.inference_mode():
         for lo in range(0, N_IMAGES, BATCH):
-            tokens = detector.backbone(batch[lo:lo + BATCH]).flatten(2).transpose(1, 2)
+            tokens = detector.backbone(batch[lo : lo + BATCH]).flatten(2).transpose(1, 2)
             x0, x0_hat = model.reconstruct(tokens, inf.noise_step, inf.ddim_steps, generator)
-            assert np.array_equal(probe.x0[lo:lo + BATCH], x0.numpy())
-            assert np.array_equal(probe.x0_hat[lo:lo + BATCH], x0_hat.numpy())
+            assert np.array_equal(probe.x0[lo : lo + BATCH], x0.numpy())
+            assert np.array_equal(probe.x0_hat[lo : lo + BATCH], x0_hat.numpy())
             p_local, p_global = model.prototypes(x0)
             for got, protos in ((probe.sim_local, p_local), (probe.sim_global, p_global)):
                 cos = F.cosine_similarity(x0[:, :, None], protos[:, None], dim=-1)  # (B, N, M)
                 want = cos.max(-1).values.view(-1, h, w).numpy()
-                np.testing.assert_allclose(got[lo:lo + BATCH], want, atol=1e-5)
+                np.testing.assert_allclose(got[lo : lo + BATCH], want, atol=1e-5)
     assert probe.x0.shape == probe.x0_hat.shape == (N_IMAGES, h * w, model.in_dim)
     assert not np.array_equal(probe.x0, probe.x0_hat)
     without = detector.probe(image_files, with_maps=False)

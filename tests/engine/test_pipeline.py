@@ -1,4 +1,5 @@
 """End-to-end on a tiny synthetic dataset: train -> checkpoint -> test -> predict, and the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -9,26 +10,19 @@ import torch
 
 from dpdiff.cli import main
 from dpdiff.config import Config, load_config, preset_names
-from dpdiff.data.synthetic import generate_synthetic_dataset
 from dpdiff.engine.checkpoint import MODEL_FILE, load_model
 from dpdiff.engine.evaluate import evaluate
 from dpdiff.engine.predict import predict
 from dpdiff.engine.train import train
 from dpdiff.experiments.evaluation import evaluate_and_report, predict_and_draw
 
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synth")
-    generate_synthetic_dataset(root, num_categories=2, train_per_category=6, test_good_per_category=3,
-                               test_defect_per_category=3, image_size=64, seed=0)
-    return root
+TINY_DATA_CHANGES = {"test_good_per_category": 3, "test_defect_per_category": 3}  # read by tiny_data
 
 
 @pytest.fixture(scope="module")
-def trained(dataset, tmp_path_factory, tiny_config) -> Path:
+def trained(tiny_data, tmp_path_factory, tiny_config) -> Path:
     run = tmp_path_factory.mktemp("run") / "r"
-    train(tiny_config(dataset), run)
+    train(tiny_config(tiny_data), run)
     return run
 
 
@@ -44,26 +38,26 @@ def test_train_writes_checkpoint_and_history(trained):
 
 
 @pytest.mark.integration
-def test_existing_run_is_not_overwritten(trained, dataset, tiny_config):
+def test_existing_run_is_not_overwritten(trained, tiny_data, tiny_config):
     before = (trained / MODEL_FILE).read_bytes()
     with pytest.raises(FileExistsError, match="--resume"):
-        train(tiny_config(dataset), trained)
+        train(tiny_config(tiny_data), trained)
     assert (trained / MODEL_FILE).read_bytes() == before
 
 
 @pytest.mark.integration
-def test_resume_continues_to_the_same_weights(dataset, tmp_path, tiny_config):
-    cfg = tiny_config(dataset)
+def test_resume_continues_to_the_same_weights(tiny_data, tmp_path, tiny_config):
+    cfg = tiny_config(tiny_data)
     full = tmp_path / "full"
     train(cfg, full)
     part = tmp_path / "part"
-    cfg_short = tiny_config(dataset)
+    cfg_short = tiny_config(tiny_data)
     cfg_short.train.steps = 3
     train(cfg_short, part)
     train(cfg, part, resume=True)
     a, _, _ = load_model(full)
     b, _, _ = load_model(part)
-    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.allclose(va, vb, atol=1e-6), k
 
 
@@ -81,8 +75,9 @@ def test_evaluate_writes_results_and_overlays(trained, tmp_path):
     # ... `dpdiff test` (evaluate_and_report) draws them, with the same numbers
     again = evaluate_and_report(trained, output_dir=out, overlays_per_category=2, overwrite=True, report=False)
     assert again["per_category"] == result["per_category"]
-    assert sorted(p.relative_to(out).as_posix() for p in (out / "overlays").rglob("*.png")) == \
-        sorted(i.file for i in items)
+    assert sorted(p.relative_to(out).as_posix() for p in (out / "overlays").rglob("*.png")) == sorted(
+        i.file for i in items
+    )
     for metrics in result["per_category"].values():
         assert all(0.0 <= metrics[k] <= 1.0 for k in metrics)
     with pytest.raises(FileExistsError):
@@ -90,8 +85,8 @@ def test_evaluate_writes_results_and_overlays(trained, tmp_path):
 
 
 @pytest.mark.integration
-def test_predict_on_a_folder(trained, dataset, tmp_path):
-    folder = dataset / "synth_nut" / "test"
+def test_predict_on_a_folder(trained, tiny_data, tmp_path):
+    folder = tiny_data / "synth_nut" / "test"
     prediction = predict(trained, folder, tmp_path / "pred")
     lines = prediction.scores_csv.read_text().strip().splitlines()
     assert lines[0] == "image,score,normalized_score,is_anomalous,max_pixel_score,defect_pixels,status"
@@ -105,6 +100,7 @@ def test_predict_on_a_folder(trained, dataset, tmp_path):
 @pytest.mark.integration
 def test_corrupt_checkpoint_is_a_clear_error(trained, tmp_path):
     import shutil
+
     bad = tmp_path / "bad"
     shutil.copytree(trained, bad)
     data = (bad / MODEL_FILE).read_bytes()
@@ -114,24 +110,26 @@ def test_corrupt_checkpoint_is_a_clear_error(trained, tmp_path):
 
 
 @pytest.mark.integration
-def test_cli_train_test_predict(dataset, tmp_path, capsys, tiny_config):
+def test_cli_train_test_predict(tiny_data, tmp_path, capsys, tiny_config):
     cfg_path = tmp_path / "tiny.yaml"
-    cfg = tiny_config(dataset).to_dict()
+    cfg = tiny_config(tiny_data).to_dict()
     cfg["data"]["root"] = None
     import yaml
+
     cfg_path.write_text(yaml.safe_dump(cfg))
     run = tmp_path / "cli_run"
-    assert main(["train", "--config", str(cfg_path), "--data", str(dataset), "--output", str(run),
-                 "--set", "train.steps=2"]) == 0
+    train_argv = ["train", "--config", str(cfg_path), "--data", str(tiny_data), "--output", str(run)]
+    assert main([*train_argv, "--set", "train.steps=2"]) == 0
     assert (run / "loss_curves.png").is_file()  # drawn by the command, not by train()
     assert main(["test", str(run), "--overlays", "0"]) == 0
     assert (run / "eval" / "report.html").is_file() and not (run / "eval" / "overlays").exists()
     out = capsys.readouterr().out
     assert "| Category | I-AUROC |" in out and "mean" in out
-    assert main(["predict", str(run), str(dataset / "synth_stripes" / "test" / "good"), "-o", str(tmp_path / "p")]) == 0
+    good = tiny_data / "synth_stripes" / "test" / "good"
+    assert main(["predict", str(run), str(good), "-o", str(tmp_path / "p")]) == 0
     assert len(list((tmp_path / "p" / "overlays").glob("*.png"))) == 3
     # errors are reported, not raised, and name the problem
-    assert main(["train", "--config", str(cfg_path), "--data", str(dataset), "--output", str(run)]) == 2
+    assert main(train_argv) == 2
     assert "already holds a dpdiff run" in capsys.readouterr().err
     assert main(["test", str(tmp_path / "nope")]) == 2
 
@@ -148,10 +146,18 @@ def test_config_presets_load():
 @pytest.mark.integration
 def test_evaluation_protocol_options_change_resolution_and_are_recorded(trained, tmp_path):
     out = tmp_path / "proto"
-    result = evaluate(trained, output_dir=out, overlays_per_category=1,
-                      inference_overrides={"evaluation.resolution": 32, "evaluation.mask_threshold": 0.5,
-                                           "evaluation.mask_resize": "bilinear",
-                                           "inference.image_score": "top_percent_mean", "top_percent": 2.0})
+    result = evaluate(
+        trained,
+        output_dir=out,
+        overlays_per_category=1,
+        inference_overrides={
+            "evaluation.resolution": 32,
+            "evaluation.mask_threshold": 0.5,
+            "evaluation.mask_resize": "bilinear",
+            "inference.image_score": "top_percent_mean",
+            "top_percent": 2.0,
+        },
+    )
     saved = json.loads((out / "results.json").read_text())
     proto = saved["protocol"]
     assert proto["evaluation_resolution"] == 32 and proto["input_resolution"] == 64

@@ -22,7 +22,6 @@ import dpdiff.engine.train as train_mod
 from dpdiff.cli import main
 from dpdiff.data.dataset import ImageDataset
 from dpdiff.data.mvtec import Sample
-from dpdiff.data.synthetic import generate_synthetic_dataset
 from dpdiff.engine.checkpoint import CONFIG_FILE, MODEL_FILE, STATE_FILE, load_train_state
 from dpdiff.engine.evaluate import evaluate
 from dpdiff.engine.features import extract_features
@@ -34,13 +33,7 @@ _BACKBONES: dict = {}
 MODES = {"000.png": "I;16", "001.png": "P", "002.png": "RGBA", "003.png": "L"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models gain nothing from threads, and on a busy machine OpenMP thread sync can cost 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(autouse=True)
@@ -56,21 +49,6 @@ def cached_backbone(monkeypatch):
         return _BACKBONES[key]
 
     monkeypatch.setattr(train_mod, "build_backbone_from_config", cached)
-
-
-@pytest.fixture(scope="module")
-def clean_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synth") / "data"
-    generate_synthetic_dataset(
-        root,
-        num_categories=2,
-        train_per_category=6,
-        test_good_per_category=2,
-        test_defect_per_category=2,
-        image_size=64,
-        seed=0,
-    )
-    return root
 
 
 def _convert(path: Path, mode: str, twin: Path | None = None) -> None:
@@ -99,10 +77,10 @@ def _convert(path: Path, mode: str, twin: Path | None = None) -> None:
 
 
 @pytest.fixture(scope="module")
-def odd_data(clean_data, tmp_path_factory) -> Path:
+def odd_data(tiny_data, tmp_path_factory) -> Path:
     """The synthetic data with 16-bit, palette, RGBA and grayscale images and non-image files mixed in."""
     root = tmp_path_factory.mktemp("odd") / "data"
-    shutil.copytree(clean_data, root)
+    shutil.copytree(tiny_data, root)
     good = root / "synth_nut" / "train" / "good"
     for name, mode in MODES.items():
         _convert(good / name, mode, twin=root.parent / "twins" / name)
@@ -126,9 +104,9 @@ def trained(odd_data, tmp_path_factory, tiny_config) -> Path:
 
 
 @pytest.fixture
-def data_copy(clean_data, tmp_path) -> Path:
+def data_copy(tiny_data, tmp_path) -> Path:
     root = tmp_path / "data"
-    shutil.copytree(clean_data, root)
+    shutil.copytree(tiny_data, root)
     return root
 
 

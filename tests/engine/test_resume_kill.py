@@ -2,58 +2,20 @@
 
 from __future__ import annotations
 
-import csv
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 
-from dpdiff.data.synthetic import generate_synthetic_dataset
 from dpdiff.engine.checkpoint import CONFIG_FILE, MODEL_FILE, STATE_FILE, load_train_state
 from dpdiff.engine.train import build_backbone_from_config, train, train_features
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models gain nothing from threads, and on a busy machine OpenMP thread sync can cost 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synth") / "data"
-    generate_synthetic_dataset(
-        root,
-        num_categories=2,
-        train_per_category=6,
-        test_good_per_category=2,
-        test_defect_per_category=2,
-        image_size=64,
-    )
-    return root
-
-
-def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
-
-
-def _history(run: Path) -> list[dict]:
-    with open(run / "loss_history.csv") as f:
-        return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _assert_same_weights(a: dict, b: dict, atol: float) -> None:
@@ -63,8 +25,8 @@ def _assert_same_weights(a: dict, b: dict, atol: float) -> None:
 
 
 @pytest.mark.integration
-def test_sigkill_then_resume_matches_uninterrupted_run(dataset, tmp_path, tiny_config):
-    cfg = tiny_config(dataset)
+def test_sigkill_then_resume_matches_uninterrupted_run(tiny_data, tmp_path, tiny_config, loss_history, subprocess_env):
+    cfg = tiny_config(tiny_data)
     cfg.train.steps = 40
     cfg.train.checkpoint_every = 4
     cfg.train.log_every = 3  # not a divisor of checkpoint_every: partial log sums are part of the state
@@ -73,7 +35,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(dataset, tmp_path, tiny_c
     cfg_path.write_text(yaml.safe_dump(cfg.to_dict()))
     run = tmp_path / "killed"
     cmd = [sys.executable, "-m", "dpdiff.cli", "train", "--config", str(cfg_path), "--output", str(run)]
-    proc = subprocess.Popen(cmd, env=_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, env=subprocess_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 180
         while not (run / STATE_FILE).exists():
@@ -94,7 +56,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(dataset, tmp_path, tiny_c
     # resume with nothing but the run folder (its own config) ...
     res = subprocess.run(
         [sys.executable, "-m", "dpdiff.cli", "train", "--resume", str(run)],
-        env=_env(),
+        env=subprocess_env,
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -105,7 +67,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(dataset, tmp_path, tiny_c
     full = tmp_path / "full"
     train(cfg, full)  # single-threaded (fixture), as the subprocesses: same float summation order
     _assert_same_weights(load_file(str(full / MODEL_FILE)), load_file(str(run / MODEL_FILE)), atol=1e-5)
-    ha, hb = _history(full), _history(run)
+    ha, hb = loss_history(full), loss_history(run)
     assert [r["step"] for r in ha] == [r["step"] for r in hb]
     for ra, rb in zip(ha, hb, strict=True):
         assert all(abs(ra[k] - rb[k]) < 1e-4 for k in ra), (ra, rb)
@@ -114,21 +76,21 @@ def test_sigkill_then_resume_matches_uninterrupted_run(dataset, tmp_path, tiny_c
 
 
 @pytest.mark.integration
-def test_resume_when_a_kill_left_files_from_different_steps(dataset, tmp_path, tiny_config):
+def test_resume_when_a_kill_left_files_from_different_steps(tiny_data, tmp_path, tiny_config):
     """A kill between the three checkpoint writes leaves model.safetensors/config.json one checkpoint
     behind train_state.pt (written first), plus a partial temp file; resuming must still be exact."""
-    cfg = tiny_config(dataset)
+    cfg = tiny_config(tiny_data)
     cfg.train.steps, cfg.train.checkpoint_every = 6, 2
     feats, samples = train_features(cfg, build_backbone_from_config(cfg), torch.device("cpu"))
     full = tmp_path / "full"
     train(cfg, full, features=feats, samples=samples)
 
     part = tmp_path / "part"
-    cfg2 = tiny_config(dataset)
+    cfg2 = tiny_config(tiny_data)
     cfg2.train.steps, cfg2.train.checkpoint_every = 2, 2
     train(cfg2, part, features=feats, samples=samples)
     old = {n: (part / n).read_bytes() for n in (MODEL_FILE, CONFIG_FILE)}
-    cfg4 = tiny_config(dataset)
+    cfg4 = tiny_config(tiny_data)
     cfg4.train.steps, cfg4.train.checkpoint_every = 4, 2
     train(cfg4, part, resume=True, features=feats, samples=samples)
     for n, b in old.items():  # killed after writing train_state.pt (step 4), before the other two

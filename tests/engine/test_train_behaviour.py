@@ -5,6 +5,7 @@ noise); an anomalous map has one token replaced by a vector orthogonal to that s
 checkpoint's reconstruction error (Eq. 22) must rank anomalous maps above normal ones and peak at the planted
 token. The backbone is skipped (``train(features=...)``), so this runs in seconds on one CPU core.
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,7 +16,7 @@ from dpdiff.engine.features import tokens_from_maps
 from dpdiff.engine.train import train
 
 C, H, W = 16, 4, 4  # channels, token grid
-RANK = 3            # dimension of the normal tokens' subspace
+RANK = 3  # dimension of the normal tokens' subspace
 ANOMALY_NORM = 3.0  # a normal token's norm is about sqrt(RANK) = 1.7
 
 
@@ -53,15 +54,21 @@ def test_trained_model_scores_planted_anomalies_higher(tmp_path, tiny_config):
     good = _normal_maps(8, basis, g)
     bad, planted = _plant_anomalies(_normal_maps(8, basis, g), odd, g)
     inf = saved.inference
-    token_maps = model.eval().token_scores(tokens_from_maps(torch.cat([good, bad])), inf.noise_step, inf.ddim_steps,
-                                           inf.ensemble, torch.Generator().manual_seed(0), antithetic=inf.antithetic)
+    token_maps = model.eval().token_scores(
+        tokens_from_maps(torch.cat([good, bad])),
+        inf.noise_step,
+        inf.ddim_steps,
+        inf.ensemble,
+        torch.Generator().manual_seed(0),
+        antithetic=inf.antithetic,
+    )
     image_scores = token_maps.flatten(1).max(dim=1).values
     labels = [0] * len(good) + [1] * len(bad)
     auroc = roc_auc_score(labels, image_scores.numpy())
     assert auroc >= 0.9, f"image AUROC {auroc:.3f}: scores {image_scores.tolist()}"
     # and by a margin: an untrained model (zero-initialised noise head) scores every map ~1e-13, at random
-    normal_mean, anomalous_mean = float(image_scores[:len(good)].mean()), float(image_scores[len(good):].mean())
+    normal_mean, anomalous_mean = float(image_scores[: len(good)].mean()), float(image_scores[len(good) :].mean())
     assert anomalous_mean >= max(1.5 * normal_mean, 1e-3), (normal_mean, anomalous_mean)
-    found = [int(m.flatten().argmax()) for m in token_maps[len(good):]]
-    hits = sum(f == p for f, p in zip(found, planted))
-    assert hits >= 6, f"the highest-scoring token is the planted one in {hits}/8 maps (planted {planted}, found {found})"
+    found = [int(m.flatten().argmax()) for m in token_maps[len(good) :]]
+    hits = sum(f == p for f, p in zip(found, planted, strict=True))
+    assert hits >= 6, f"the top-scoring token is the planted one in {hits}/8 maps (planted {planted}, found {found})"

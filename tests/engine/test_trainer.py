@@ -1,4 +1,5 @@
 """The Trainer (engine/train.py): what a step draws depends on (seed, step) alone, and ``fit`` writes the run."""
+
 from __future__ import annotations
 
 import torch

@@ -13,7 +13,6 @@ import yaml
 
 from dpdiff.cli import main
 from dpdiff.config import Config
-from dpdiff.data.synthetic import generate_synthetic_dataset
 from dpdiff.engine.checkpoint import CONFIG_FILE, STATE_FILE
 from dpdiff.experiments import ablate
 from dpdiff.experiments.ablate import (
@@ -36,20 +35,7 @@ ROWS = [
     },
 ]
 
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synth")
-    generate_synthetic_dataset(
-        root,
-        num_categories=2,
-        train_per_category=6,
-        test_good_per_category=3,
-        test_defect_per_category=3,
-        image_size=64,
-        seed=0,
-    )
-    return root
+TINY_DATA_CHANGES = {"test_good_per_category": 3, "test_defect_per_category": 3}  # read by tiny_data
 
 
 @pytest.fixture(scope="module")
@@ -85,12 +71,12 @@ class _CountingTrain:
 
 
 @pytest.fixture(scope="module")
-def ablation(grids, dataset, tmp_path_factory):
+def ablation(grids, tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("ablate")
     counter = _CountingTrain(ablate.train)
     ablate.train = counter
     try:
-        grid = load_grid(grids / "ablations" / "tiny_rows.yaml", {"data.root": str(dataset)})
+        grid = load_grid(grids / "ablations" / "tiny_rows.yaml", {"data.root": str(tiny_data)})
         result = run_ablation(grid, out)
     finally:
         ablate.train = counter.real
@@ -154,9 +140,9 @@ def test_prototype_scoring_gives_valid_metrics(ablation):
 
 
 @pytest.mark.integration
-def test_rerun_is_refused_and_overwrite_reuses_everything(ablation, grids, dataset, count_train):
+def test_rerun_is_refused_and_overwrite_reuses_everything(ablation, grids, tiny_data, count_train):
     result, out, _ = ablation
-    grid = load_grid(grids / "ablations" / "tiny_rows.yaml", {"data.root": str(dataset)})
+    grid = load_grid(grids / "ablations" / "tiny_rows.yaml", {"data.root": str(tiny_data)})
     before = (out / "tiny_rows.md").read_text()
     with pytest.raises(FileExistsError, match="--overwrite"):
         run_ablation(grid, out)
@@ -167,9 +153,9 @@ def test_rerun_is_refused_and_overwrite_reuses_everything(ablation, grids, datas
 
 
 @pytest.mark.integration
-def test_sweep_reuses_the_training_and_plots(ablation, grids, dataset, count_train):
+def test_sweep_reuses_the_training_and_plots(ablation, grids, tiny_data, count_train):
     _, out, _ = ablation
-    grid = load_grid(grids / "ablations" / "tiny_sweep.yaml", {"data.root": str(dataset)})
+    grid = load_grid(grids / "ablations" / "tiny_sweep.yaml", {"data.root": str(tiny_data)})
     assert [r.name for r in grid.rows] == ["noise_step=20", "noise_step=60"]
     result = run_ablation(grid, out)
     assert count_train.calls == [] and list(result["trainings"].values()) == ["reused"]  # the "full" model
@@ -199,7 +185,7 @@ def test_product_sweep_plot(tmp_path):
 
 
 @pytest.mark.integration
-def test_interrupted_training_is_resumed(grids, dataset, tmp_path, count_train):
+def test_interrupted_training_is_resumed(grids, tiny_data, tmp_path, count_train):
     grid = grid_from_dict(
         {
             "base": str(grids / "presets" / "tiny.yaml"),
@@ -207,7 +193,7 @@ def test_interrupted_training_is_resumed(grids, dataset, tmp_path, count_train):
             "set": {"model.use_global_prototypes": False},
         },
         "resume",
-        overrides={"data.root": str(dataset)},
+        overrides={"data.root": str(tiny_data)},
     )
     row = grid.rows[0]
     run = run_dir_for(tmp_path, row)
@@ -301,14 +287,14 @@ def test_shipped_grid_files_load():
 
 
 @pytest.mark.integration
-def test_cli_dry_run_and_refusal(ablation, grids, dataset, capsys):
+def test_cli_dry_run_and_refusal(ablation, grids, tiny_data, capsys):
     _, out, _ = ablation
     args = [
         "ablate",
         "--grid",
         str(grids / "ablations" / "tiny_rows.yaml"),
         "--data",
-        str(dataset),
+        str(tiny_data),
         "--output",
         str(out),
     ]

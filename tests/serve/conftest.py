@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -22,7 +21,6 @@ import pytest
 from PIL import Image
 
 import dpdiff
-from dpdiff.data.synthetic import generate_synthetic_dataset
 from dpdiff.engine.train import train
 
 SERVER_START_TIMEOUT_S = 90
@@ -40,17 +38,9 @@ class TinyRun:
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, tiny_config) -> TinyRun:
+def tiny_run(tmp_path_factory, tiny_config, tiny_dataset) -> TinyRun:
     root = tmp_path_factory.mktemp("serve_data")
-    categories = generate_synthetic_dataset(
-        root,
-        num_categories=2,
-        train_per_category=6,
-        test_good_per_category=3,
-        test_defect_per_category=3,
-        image_size=64,
-        seed=0,
-    )
+    categories = tiny_dataset(root, test_good_per_category=3, test_defect_per_category=3)
     run = tmp_path_factory.mktemp("serve_run") / "run"
     train(tiny_config(root), run)
     # thresholds (RUN/calibration.json): global ones F1-optimal on the labelled test split, and the second
@@ -142,20 +132,13 @@ def running_server(run: Path, folder: Path, *options: str, token: str | None = N
 
 
 # ---------------------------------------------------------------------------------------------- the browser
-def chromium_executable() -> str | None:
-    """The browser of tests/viz/test_report.py: $DPDIFF_CHROMIUM, else chromium / chromium-browser / google-chrome."""
-    for name in (os.environ.get("DPDIFF_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
 class DevTools:
     """Headless Chromium driven over the Chrome DevTools Protocol on a pipe (fd 3: commands in, fd 4: replies
     and events out, each a JSON message ending in NUL). ``call`` sends a command to the page and waits for its
-    reply; every event is kept in ``events``."""
+    reply; every event is kept in ``events``. ``cmd``: the browser's command line, ``--remote-debugging-pipe``
+    among its flags."""
 
-    def __init__(self, exe: str, profile: Path, timeout_s: float = 60.0):
+    def __init__(self, cmd: list[str], timeout_s: float = 60.0):
         self.timeout_s = timeout_s
         to_browser_r, self._to_browser = os.pipe()
         self._from_browser, from_browser_w = os.pipe()
@@ -165,23 +148,6 @@ class DevTools:
             os.dup2(a, 3)
             os.dup2(b, 4)
 
-        cmd = [
-            exe,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--no-default-browser-check",
-            "--disable-extensions",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--remote-debugging-pipe",
-            f"--user-data-dir={profile}",
-            "--window-size=1280,1000",
-            "about:blank",
-        ]
         self.process = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
@@ -298,14 +264,10 @@ class DevTools:
 
 
 @pytest.fixture
-def chromium(tmp_path):
-    exe = chromium_executable()
-    if exe is None:
-        pytest.skip(
-            "chromium not found on PATH (Debian: apt-get install chromium chromium-driver; .ci/run "
-            "installs it); set DPDIFF_CHROMIUM to a Chrome/Chromium binary"
-        )
-    browser = DevTools(exe, tmp_path / "profile")
+def chromium(tmp_path, headless_chromium):
+    flags = ("--disable-background-networking", "--disable-component-update", "--disable-sync")
+    cmd = headless_chromium(tmp_path / "profile", *flags, "--remote-debugging-pipe", "--window-size=1280,1000")
+    browser = DevTools([*cmd, "about:blank"])
     try:
         browser.open_page()
         yield browser

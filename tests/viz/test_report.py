@@ -255,44 +255,21 @@ window.addEventListener('load', function () {
 """
 
 
-def _chromium() -> str | None:
-    for name in (os.environ.get("DPDIFF_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
-def _run_chromium(exe: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [
-        exe,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--no-default-browser-check",
-        "--disable-extensions",
-        f"--user-data-dir={profile}",
-        *args,
-    ]
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=90)
 
 
 @pytest.mark.integration
-def test_report_renders_in_headless_chromium(evaluated, tmp_path):
-    exe = _chromium()
-    if exe is None:
-        pytest.skip(
-            "chromium not found on PATH (Debian: apt-get install chromium chromium-driver; .ci/run "
-            "installs it); set DPDIFF_CHROMIUM to a Chrome/Chromium binary"
-        )
+def test_report_renders_in_headless_chromium(evaluated, tmp_path, headless_chromium):
     run, _ = evaluated
     report = run / "eval" / "report.html"
     # the same page plus a script that checks the rendered DOM and writes the result into it
     probe = report.with_name("report_check.html")
     probe.write_text(report.read_text(encoding="utf-8").replace("</body>", CHECK_JS + "</body>"), encoding="utf-8")
     try:
-        proc = _run_chromium(exe, tmp_path / "profile", "--virtual-time-budget=10000", "--dump-dom", probe.as_uri())
+        proc = _run(
+            headless_chromium(tmp_path / "profile", "--virtual-time-budget=10000", "--dump-dom", probe.as_uri())
+        )
     finally:
         probe.unlink()
     found = re.search(r'<pre id="dpdiff-check">(.*?)</pre>', proc.stdout, re.S)
@@ -305,13 +282,14 @@ def test_report_renders_in_headless_chromium(evaluated, tmp_path):
     assert asc == sorted(asc) and desc == sorted(desc, reverse=True)  # the table sorts on a header click
 
     shot = tmp_path / "report_screenshot.png"
-    proc = _run_chromium(
-        exe,
-        tmp_path / "profile2",
-        "--hide-scrollbars",
-        "--window-size=1280,1800",
-        f"--screenshot={shot}",
-        report.as_uri(),
+    proc = _run(
+        headless_chromium(
+            tmp_path / "profile2",
+            "--hide-scrollbars",
+            "--window-size=1280,1800",
+            f"--screenshot={shot}",
+            report.as_uri(),
+        )
     )
     assert shot.is_file(), f"no screenshot (rc {proc.returncode}): {proc.stderr[-2000:]}"
     arr = np.asarray(Image.open(shot).convert("RGB"))

@@ -1,7 +1,6 @@
 import time
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from dpdiff.viz import PANEL_GAP, TITLE_HEIGHT, mask_boundary, plot_curves, save_overlay
@@ -20,7 +19,7 @@ def _inputs():
 
 def _panel(arr, i, top=0):
     x = i * (W + PANEL_GAP)
-    return arr[top:top + H, x:x + W]
+    return arr[top : top + H, x : x + W]
 
 
 def test_overlay_three_panels(tmp_path):
@@ -32,7 +31,7 @@ def test_overlay_three_panels(tmp_path):
     # panel 1 is the input image
     assert np.array_equal(_panel(arr, 0), image)
     # gaps are white
-    assert (arr[:, W:W + PANEL_GAP] == 255).all()
+    assert (arr[:, W : W + PANEL_GAP] == 255).all()
     # panel 2: red contour on the mask boundary, interior untouched
     gt = _panel(arr, 1)
     assert tuple(gt[20, 35]) == (255, 0, 0)
@@ -85,8 +84,13 @@ def test_mask_boundary():
 
 
 def test_plot_curves(tmp_path):
-    out = plot_curves({"loss": [1.0, 0.5, 0.25, float("nan"), 0.1], "val": [0.9, 0.6]},
-                      tmp_path / "c.png", "epoch", "loss", "training")
+    out = plot_curves(
+        {"loss": [1.0, 0.5, 0.25, float("nan"), 0.1], "val": [0.9, 0.6]},
+        tmp_path / "c.png",
+        "epoch",
+        "loss",
+        "training",
+    )
     img = Image.open(out)
     assert img.format == "PNG" and img.size == (640, 400)
     assert not list(tmp_path.glob(".*tmp"))

@@ -137,6 +137,13 @@ def _embed(tokens, perplexity: float) -> dict[str, np.ndarray]:
     return emb
 
 
+#: t-SNE marker of each token label: 0 normal, 1 anomalous
+_TSNE_STYLES: dict[int, tuple[str, dict]] = {
+    0: ("normal", dict(s=6, c="#3b6fb6", alpha=0.5, marker="o")),
+    1: ("anomalous", dict(s=40, c="#d62728", alpha=0.85, marker="*")),
+}
+
+
 def _scatter_png(emb: dict[str, np.ndarray], lab: np.ndarray) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure as MplFigure
@@ -148,27 +155,11 @@ def _scatter_png(emb: dict[str, np.ndarray], lab: np.ndarray) -> bytes:
     ):
         ax = fig.add_subplot(1, 2, j + 1)
         e = emb[key]
-        ax.scatter(
-            e[lab == 0, 0],
-            e[lab == 0, 1],
-            s=6,
-            c="#3b6fb6",
-            alpha=0.5,
-            marker="o",
-            linewidths=0,
-            label=f"normal ({int((lab == 0).sum())})",
-        )
-        if (lab == 1).any():
-            ax.scatter(
-                e[lab == 1, 0],
-                e[lab == 1, 1],
-                s=40,
-                c="#d62728",
-                alpha=0.85,
-                marker="*",
-                linewidths=0,
-                label=f"anomalous ({int((lab == 1).sum())})",
-            )
+        for value, (name, style) in _TSNE_STYLES.items():
+            sel = lab == value
+            if value == 1 and not sel.any():
+                continue  # no anomalous token in the sample: no empty legend entry
+            ax.scatter(e[sel, 0], e[sel, 1], linewidths=0, label=f"{name} ({int(sel.sum())})", **style)
         ax.set_title(title, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
