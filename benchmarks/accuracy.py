@@ -281,7 +281,7 @@ class Bench:
         return m
 
 
-def run_dataset(bench: Bench, preset: Config, extra_trainings: bool) -> dict:
+def run_dataset(bench: Bench, preset: Config, extra_trainings: bool, only: set[str] | None = None) -> dict:
     rows: dict[str, dict] = {}
     main_run = bench.trained("preset", {})
     shipped = {
@@ -307,6 +307,8 @@ def run_dataset(bench: Bench, preset: Config, extra_trainings: bool) -> dict:
     )
     if extra_trainings:
         for name, overrides in TRAINING_ROWS.items():
+            if only is not None and _slug(name) not in only:
+                continue
             run = bench.trained(name, overrides)
             rows[f"train:{name}"] = bench._cached(
                 f"train:{name}", lambda run=run: bench.dpdiff_row(run, shipped), shipped
@@ -364,6 +366,12 @@ def main() -> int:
     ap.add_argument("--no-extra-trainings", action="store_true", help="train the preset only")
     ap.add_argument("--quick", action="store_true", help="smoke run: 3 synthetic categories, 30 steps")
     ap.add_argument("--results", default=None, help="summary folder (default benchmarks/results/accuracy)")
+    ap.add_argument(
+        "--trainings",
+        default=None,
+        help="comma-separated extra trainings to run (their run-folder names, e.g. "
+        "no_full_rank_skip__projected_error_fallback); default: all of TRAINING_ROWS",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if args.quick:
@@ -386,7 +394,8 @@ def main() -> int:
             ds_out = out / name
             root, cats = _dataset_spec(name, ds_out, preset, args)
             bench = Bench(name, root, cats, preset, ds_out, args.steps)
-            summary[name] = run_dataset(bench, preset, extra)
+            only = None if args.trainings is None else {t.strip() for t in args.trainings.split(",") if t.strip()}
+            summary[name] = run_dataset(bench, preset, extra, only)
             write_summary(summary, results)  # after each dataset: a stopped run keeps what it finished
             log.info("wrote %s", results / "summary.json")
     print((results / "summary.md").read_text())

@@ -43,7 +43,7 @@ LITE0 = {"name": "tf_efficientnet_lite0", "layers": [2, 3], "image_size": 256, "
 LITE0_DIT = {"hidden_dim": 128, "train_max_timestep": 300, "depth": 4, "num_heads": 4}
 LITE0_TRAIN = {"batch_size": 16, "lr": 0.001, "ema_decay": 0.999, "lr_schedule": "cosine", "warmup_steps": 100}
 LITE0_CPU_INFERENCE = {
-    "noise_step": 100,
+    "noise_step": 50,
     "ddim_steps": 1,
     "ensemble": 2,
     "antithetic": True,
@@ -127,7 +127,13 @@ OLD_PRESET_FILES = {
         "inference": {"noise_step": 100, "ddim_steps": 3, "smoothing_sigma": 4.0, "pool_size": 32, "batch_size": 16},
     },
 }
-PAPER_INFERENCE = {"ensemble": 1, "antithetic": False, "ddim_steps": 3, "ensemble_reduce": "mean_error"}
+PAPER_INFERENCE = {
+    "noise_step": 100,
+    "ensemble": 1,
+    "antithetic": False,
+    "ddim_steps": 3,
+    "ensemble_reduce": "mean_error",
+}
 
 
 def _differences(a: dict, b: dict) -> dict:
