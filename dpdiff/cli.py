@@ -601,6 +601,12 @@ def _add_tool_commands(sub) -> None:
 
 def _add_protocol_commands(sub) -> None:
     """``dpdiff ablate`` and ``scale``: the paper's experiment protocols."""
+    _add_ablate_command(sub)
+    _add_scale_command(sub)
+
+
+def _add_ablate_command(sub) -> None:
+    """``dpdiff ablate``: a grid of ablation rows (paper Table 5, Fig. 5-6, Table 9)."""
     from .config import grid_names
 
     ab = sub.add_parser(
@@ -644,6 +650,9 @@ def _add_protocol_commands(sub) -> None:
     )
     ab.set_defaults(func=cmd_ablate)
 
+
+def _add_scale_command(sub) -> None:
+    """``dpdiff scale``: the category-scale protocol (paper Table 2)."""
     sc = sub.add_parser(
         "scale",
         help="category-scale protocol (paper Table 2) on synthetic data: one unified model "

@@ -50,6 +50,7 @@ import os
 import shutil
 import struct
 import zlib
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -391,8 +392,7 @@ def _family_params(combo: tuple, index: int, rng: np.random.Generator) -> dict:
     kind, family, variant, material, bg, layout, palette, scale = combo
     legacy = index < len(_LEGACY)
     c0, c1 = (_col(*c) for c in PALETTES[palette])
-    fine = scale == "fine"
-    u = (lambda lo, hi: (lo + hi) / 2) if legacy else (lambda lo, hi: float(rng.uniform(lo, hi)))
+    draw = _uniform_draw(legacy, rng)
     p: dict = dict(
         factors=dict(zip(_FACTORS, combo, strict=True)),
         c0=c0,
@@ -400,52 +400,79 @@ def _family_params(combo: tuple, index: int, rng: np.random.Generator) -> dict:
         sigma=0.02 if kind == "texture" else 0.015,
         variant=variant,
     )
+    if family in SHAPES:
+        p.update(_object_params(combo, legacy, draw, rng, c0))
+    else:
+        p.update(_texture_params(family, scale == "fine", legacy, draw, rng, c0))
+    return p
+
+
+def _uniform_draw(legacy: bool, rng: np.random.Generator) -> Callable[[float, float], float]:
+    """``draw(lo, hi)``: a uniform draw from ``rng``, or the range's middle for the hand-tuned categories 0-4."""
+    if legacy:
+        return lambda lo, hi: (lo + hi) / 2
+    return lambda lo, hi: float(rng.uniform(lo, hi))
+
+
+def _texture_params(
+    family: str, fine: bool, legacy: bool, u: Callable[[float, float], float], rng: np.random.Generator, c0
+) -> dict:
+    """The pattern parameters of a texture family (draws from ``rng`` in a fixed order: the images depend on it)."""
     if family in ("stripes", "woven"):
-        p.update(
+        return dict(
             angle=float(np.deg2rad(30.0 if legacy else rng.uniform(-30, 90))),
             freq=11.0 if legacy else (u(15, 19) if fine else u(9, 12)),
             woven=family == "woven",
         )
-    elif family == "leather":
-        p.update(
+    if family == "leather":
+        return dict(
             base=c0,
             grain=56.0 if legacy else (u(85, 110) if fine else u(45, 65)),
             crease=0.22 if legacy else u(0.15, 0.3),
         )
-    elif family in ("grid", "plates"):
-        p.update(
+    if family in ("grid", "plates"):
+        return dict(
             metal=c0,
             pitch=0.25 if legacy else (u(0.15, 0.19) if fine else u(0.24, 0.3)),
             holes=family == "grid",
             angle=0.0 if legacy else float(np.deg2rad(rng.uniform(-20, 20))),
         )
-    elif family == "wood":
-        p.update(vertical=bool(rng.integers(2)), freq=u(10, 13) if fine else u(5, 7), warp=u(0.1, 0.2))
-    elif family == "marble":
-        p.update(angle=u(0, np.pi), freq=u(5, 7) if fine else u(2.5, 4), turbulence=u(1.2, 2.0))
-    elif family == "tiles":
-        p.update(angle=u(0, np.pi / 3), cell=u(0.09, 0.11) if fine else u(0.16, 0.2), grout=u(0.05, 0.08))
-    elif family == "dots":
-        p.update(angle=u(-0.4, 0.4), pitch=u(0.09, 0.12) if fine else u(0.16, 0.2), radius=u(0.26, 0.34))
-    elif family == "terrazzo":
-        p.update(cells=u(26, 32) if fine else u(12, 16), density=u(0.9, 1.2))
-    elif family == "bricks":
-        p.update(
+    if family == "wood":
+        return dict(vertical=bool(rng.integers(2)), freq=u(10, 13) if fine else u(5, 7), warp=u(0.1, 0.2))
+    if family == "marble":
+        return dict(angle=u(0, np.pi), freq=u(5, 7) if fine else u(2.5, 4), turbulence=u(1.2, 2.0))
+    if family == "tiles":
+        return dict(angle=u(0, np.pi / 3), cell=u(0.09, 0.11) if fine else u(0.16, 0.2), grout=u(0.05, 0.08))
+    if family == "dots":
+        return dict(angle=u(-0.4, 0.4), pitch=u(0.09, 0.12) if fine else u(0.16, 0.2), radius=u(0.26, 0.34))
+    if family == "terrazzo":
+        return dict(cells=u(26, 32) if fine else u(12, 16), density=u(0.9, 1.2))
+    if family == "bricks":
+        return dict(
             angle=float(np.deg2rad(rng.uniform(-3, 3))) + (np.pi / 2 if rng.integers(4) == 0 else 0.0),
             height=u(0.08, 0.1) if fine else u(0.14, 0.18),
             ratio=u(1.8, 2.6),
         )
-    elif family == "knurled":
-        p.update(angle=float(np.deg2rad(rng.uniform(25, 35))), pitch=u(0.05, 0.065) if fine else u(0.09, 0.12))
-    elif family == "nut":
-        p.update(
+    if family == "knurled":
+        return dict(angle=float(np.deg2rad(rng.uniform(25, 35))), pitch=u(0.05, 0.065) if fine else u(0.09, 0.12))
+    raise ValueError(f"unknown family {family!r}")  # pragma: no cover - the candidates only hold known families
+
+
+def _object_params(
+    combo: tuple, legacy: bool, u: Callable[[float, float], float], rng: np.random.Generator, c0
+) -> dict:
+    """The parameters of an object family: a nut, a chip or one of the other :data:`SHAPES` (draws from ``rng``
+    in a fixed order: the images depend on it)."""
+    _, family, _, material, bg, layout, palette, _ = combo
+    if family == "nut":
+        return dict(
             radius=0.56 if legacy else u(0.50, 0.62),
             hole=0.24 if legacy else u(0.20, 0.28),
             metal=c0,
             bg=_col(*_BG_COLOURS[bg]),
         )
-    elif family == "chip":
-        p.update(
+    if family == "chip":
+        return dict(
             body=_col(*_CHIP_BODY),
             pin=_col(0.80, 0.80, 0.78),
             pcb=c0,
@@ -453,25 +480,21 @@ def _family_params(combo: tuple, index: int, rng: np.random.Generator) -> dict:
             hy=0.30 if legacy else u(0.24, 0.34),
             pins=7 if legacy else int(rng.choice([5, 7, 9])),
         )
-    elif family in SHAPES:
-        p.update(
-            shape=family,
-            material=material,
-            background=bg,
-            layout=layout,
-            colour=_material_colour(material, PALETTES[palette][0]),
-            size=u(0.92, 1.04),
-            light_angle=u(0, 2 * np.pi),
-            rotation=_ROTATION[family],
-            teeth=int(rng.integers(8, 15)),
-            lobes=int(rng.integers(4, 7)),
-            inner=u(0.4, 0.55),
-            cross=bool(rng.integers(2)),
-            grain=u(18, 30),
-        )
-    else:  # pragma: no cover - the candidates only hold known families
-        raise ValueError(f"unknown family {family!r}")
-    return p
+    return dict(
+        shape=family,
+        material=material,
+        background=bg,
+        layout=layout,
+        colour=_material_colour(material, PALETTES[palette][0]),
+        size=u(0.92, 1.04),
+        light_angle=u(0, 2 * np.pi),
+        rotation=_ROTATION[family],
+        teeth=int(rng.integers(8, 15)),
+        lobes=int(rng.integers(4, 7)),
+        inner=u(0.4, 0.55),
+        cross=bool(rng.integers(2)),
+        grain=u(18, 30),
+    )
 
 
 def category_specs(num_categories: int, seed: int = 0) -> list[CategorySpec]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +87,34 @@ def evaluate(
     run_dir = Path(run_dir)
     detector = load_detector(run_dir, device, weights=weights)
     detector.cfg = cfg = apply_test_overrides(detector.cfg, inference_overrides)
+    root, cats = _test_data(run_dir, cfg, data_root, categories)
+    out = _output_folder(run_dir, output_dir, overwrite)
+    fmt = _data_format(data_format or cfg.data.format, root)
+    report_data = ReportData(detector.map_size, str(root.absolute()), examples_per_category=report_examples)
+    tally = _TestTally()
+    for cat in cats:
+        _test_category(detector, fmt, root, cat, tally, report_data, overlays_per_category)
+    result = _write_results(detector, cfg, out, tally)
+    if report and report_data.probes:
+        add_probe_outputs(detector, report_data)
+    report_data.save(out / REPORT_DATA_FILE)  # `dpdiff report` draws it later without scoring the test set again
+    return result | {"report_data": report_data, "overlays": tally.overlays}
+
+
+@dataclass
+class _TestTally:
+    """What the categories' tests add up to: their metrics, image score rows, overlays and timing."""
+
+    per_category: dict = field(default_factory=dict)
+    per_category_object: dict = field(default_factory=dict)
+    image_rows: list[dict] = field(default_factory=list)
+    overlays: list[OverlayItem] = field(default_factory=list)
+    images: int = 0
+    seconds: float = 0.0
+
+
+def _test_data(run_dir: Path, cfg: Config, data_root: str | None, categories: list[str] | None):
+    """(test data root, categories): the given ones, else those the run recorded, else ``data.categories``."""
     _, meta = read_run_config(run_dir)
     root = Path(data_root or cfg.data.root or "")
     if not str(root) or not root.is_dir():
@@ -94,51 +122,69 @@ def evaluate(
     cats = categories or meta.get("categories") or cfg.data.categories
     if cats is None:
         raise ConfigError(f"no categories to test: {run_dir} records none and data.categories is unset; pass them")
+    return root, cats
+
+
+def _output_folder(run_dir: Path, output_dir: Path | None, overwrite: bool) -> Path:
+    """The results folder (default ``RUN/eval``), created; one already holding results only with ``overwrite``."""
     out = Path(output_dir) if output_dir else run_dir / EVAL_DIR
     if (out / RESULTS_FILE).exists() and not overwrite:
         raise FileExistsError(f"{out} already holds results; pass --overwrite or choose another --output")
     out.mkdir(parents=True, exist_ok=True)
+    return out
 
-    fmt = data_format or cfg.data.format
+
+def _data_format(fmt: str, root: Path) -> str:
+    """The dataset layout, detected from ``root``'s contents for ``auto``."""
     if fmt == "auto":
         from ..data.formats import detect_format
 
         fmt = detect_format(root)
-    per_category, per_category_object, image_rows, overlays = {}, {}, [], []
-    report_data = ReportData(detector.map_size, str(root.absolute()), examples_per_category=report_examples)
-    total_images, total_s = 0, 0.0
-    for cat in cats:
-        # canonical order: the noise draws follow the batch order, so two readers listing the same
-        # files in different orders must still give identical scores
-        samples = sorted(load_samples(fmt, root, [cat], "test", **cfg.data.options), key=lambda s: str(s.image_path))
-        ds = scoring_dataset(detector, samples)
-        maps, scores, labels, masks, secs = score_dataset(
-            detector, ds, cfg.inference.batch_size, f"test {cat}", seed=cfg.inference.seed
+    return fmt
+
+
+def _test_category(
+    detector, fmt: str, root: Path, cat: str, tally: _TestTally, report_data: ReportData, overlays_per_category: int
+) -> None:
+    """Score one category's test split and add its metrics, image scores, report maps and overlays."""
+    cfg = detector.cfg
+    # canonical order: the noise draws follow the batch order, so two readers listing the same
+    # files in different orders must still give identical scores
+    samples = sorted(load_samples(fmt, root, [cat], "test", **cfg.data.options), key=lambda s: str(s.image_path))
+    ds = scoring_dataset(detector, samples)
+    maps, scores, labels, masks, secs = score_dataset(
+        detector, ds, cfg.inference.batch_size, f"test {cat}", seed=cfg.inference.seed
+    )
+    tally.images += len(samples)
+    tally.seconds += secs
+    tally.per_category[cat] = compute_metrics(scores, labels, maps, masks)
+    report_data.add_category(cat, samples, maps, scores, masks)  # keeps a few maps only
+    if fmt in OBJECT_LEVEL_FORMATS:
+        tally.per_category_object[cat] = object_level_metrics(samples, scores)
+    for smp, sc in zip(samples, scores, strict=True):
+        tally.image_rows.append(
+            {
+                "category": cat,
+                "image": str(smp.image_path),
+                "defect": smp.defect,
+                "label": smp.label,
+                "score": float(sc),
+            }
         )
-        total_images += len(samples)
-        total_s += secs
-        per_category[cat] = compute_metrics(scores, labels, maps, masks)
-        report_data.add_category(cat, samples, maps, scores, masks)  # keeps a few maps only
-        if fmt in OBJECT_LEVEL_FORMATS:
-            per_category_object[cat] = object_level_metrics(samples, scores)
-        for smp, sc in zip(samples, scores, strict=True):
-            image_rows.append(
-                {
-                    "category": cat,
-                    "image": str(smp.image_path),
-                    "defect": smp.defect,
-                    "label": smp.label,
-                    "score": float(sc),
-                }
-            )
-        if overlays_per_category > 0:
-            overlays += category_overlays(
-                f"{OVERLAYS_DIR}/{cat}", samples, maps, scores, masks, detector.map_size, overlays_per_category
-            )
-    fps = total_images / total_s if total_s > 0 else float("nan")
+    if overlays_per_category > 0:
+        tally.overlays += category_overlays(
+            f"{OVERLAYS_DIR}/{cat}", samples, maps, scores, masks, detector.map_size, overlays_per_category
+        )
+
+
+def _write_results(detector, cfg: Config, out: Path, tally: _TestTally) -> dict:
+    """Write the results tables, the image scores and (multi-view formats) the object-level metrics; return
+    ``{"per_category", "mean", "fps", "output_dir", "files"[, "object_level"]}``."""
+    per_category = tally.per_category
+    fps = tally.images / tally.seconds if tally.seconds > 0 else float("nan")
     protocol = protocol_description(cfg) | {"fps_end_to_end": round(fps, 3), "device": str(detector.device)}
     paths = write_results(per_category, out, stem=RESULTS_STEM, protocol=protocol)
-    _write_image_scores(out / IMAGE_SCORES_FILE, image_rows)
+    _write_image_scores(out / IMAGE_SCORES_FILE, tally.image_rows)
     mean = {k: float(np.mean([m[k] for m in per_category.values()])) for k in list(METRIC_NAMES) + ["mAD"]}
     result = {
         "per_category": per_category,
@@ -147,12 +193,9 @@ def evaluate(
         "output_dir": str(out),
         "files": {k: str(v) for k, v in paths.items()},
     }
-    if per_category_object:
-        result["object_level"] = write_object_level(per_category_object, out, protocol)
-    if report and report_data.probes:
-        add_probe_outputs(detector, report_data)
-    report_data.save(out / REPORT_DATA_FILE)  # `dpdiff report` draws it later without scoring the test set again
-    return result | {"report_data": report_data, "overlays": overlays}
+    if tally.per_category_object:
+        result["object_level"] = write_object_level(tally.per_category_object, out, protocol)
+    return result
 
 
 def _write_image_scores(path: Path, rows: list[dict]) -> None:

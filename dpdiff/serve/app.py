@@ -140,154 +140,150 @@ def _ms(seconds: float) -> float:
 # ---------------------------------------------------------------------------------------------- the app
 def create_app(model: ServedModel, settings: ServeSettings | None = None) -> FastAPI:
     """The service around ``model`` (see the module docstring); the micro-batcher runs while the app does."""
-    settings = settings or ServeSettings()
-    batcher: MicroBatcher = MicroBatcher(model.predict_batch, settings.max_batch, settings.max_wait_ms / 1e3)
-    page = page_html()
-    page_headers = {
-        "Content-Security-Policy": _content_security_policy(page),
-        "Cache-Control": "no-store",
-        "X-Content-Type-Options": "nosniff",
-        "Referrer-Policy": "no-referrer",
-    }
-    started = time.monotonic()
+    service = _Service(model, settings or ServeSettings())
+    app = FastAPI(
+        title="dpdiff", version=__version__, lifespan=service.lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )  # the interactive docs load scripts from a CDN: off
+    app.state.model, app.state.settings, app.state.batcher = service.model, service.settings, service.batcher
+    _add_error_handlers(app)
+    _add_routes(app, service)
+    return app
 
-    def warm_up() -> None:
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every refusal and failure as ``{"error": code, "message": text}``."""
+    app.exception_handler(ApiError)(_api_error)
+    app.exception_handler(StarletteHTTPException)(_http_error)
+    app.exception_handler(RequestValidationError)(_validation_error)
+    app.exception_handler(BatcherClosed)(_closing)
+    app.exception_handler(Exception)(_bug)
+
+
+def _add_routes(app: FastAPI, service: _Service) -> None:
+    app.get("/", response_class=HTMLResponse)(service.index)
+    app.get("/favicon.ico", include_in_schema=False)(service.favicon)
+    app.get("/health")(service.health)
+    app.post("/predict")(service.predict)
+    app.post("/predict/batch")(service.predict_batch)
+
+
+# ---------------------------------------------------------------------------------------------- error handlers
+async def _api_error(_request, e: ApiError):
+    log.info("refused: %d %s: %s", e.status, e.code, e.message)
+    return _error(e.status, e.code, e.message, e.headers)
+
+
+async def _http_error(request, e: StarletteHTTPException):
+    code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+    message = str(e.detail)
+    if e.status_code in (404, 405):
+        message = f"{message}: {request.method} {request.url.path}; the service answers {ROUTES}"
+    return _error(e.status_code, code, message, getattr(e, "headers", None))
+
+
+async def _validation_error(_request, e: RequestValidationError):
+    return _error(422, "bad_request", "; ".join(str(x.get("msg")) for x in e.errors()) or "invalid request")
+
+
+async def _closing(_request, e: BatcherClosed):
+    return _error(503, "shutting_down", str(e))
+
+
+async def _bug(_request, e: Exception):
+    log.exception("internal error")
+    return _error(500, "internal_error", f"internal error ({type(e).__name__}); see the server log")
+
+
+# ---------------------------------------------------------------------------------------------- the routes
+def _render(outcome, job: Job, name: str, overlay: bool, mask: bool) -> dict:
+    """One image's JSON: the prediction plus its batch size and queue/model latencies."""
+    out = prediction_json(outcome.result, job.image, name, with_overlay=overlay, with_mask=mask)
+    out["batch_size"] = outcome.batch_size
+    out["latency_ms"] = {"queue": _ms(outcome.queued_s), "model": _ms(outcome.model_s)}
+    return out
+
+
+class _Service:
+    """What the routes share (the model, the settings, the micro-batcher, the page) and the routes themselves."""
+
+    def __init__(self, model: ServedModel, settings: ServeSettings):
+        self.model, self.settings = model, settings
+        self.batcher: MicroBatcher = MicroBatcher(model.predict_batch, settings.max_batch, settings.max_wait_ms / 1e3)
+        self.page = page_html()
+        self.page_headers = {
+            "Content-Security-Policy": _content_security_policy(self.page),
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+        }
+        self.started = time.monotonic()
+
+    # ------------------------------------------------------------------------------------------ lifetime
+    def warm_up(self) -> None:
         """One grey image through the model and the overlay drawing (lazy imports, first-call set-up)."""
-        size = int(model.info["image_size"])
+        size = int(self.model.info["image_size"])
         job = Job(Image.new("RGB", (size, size), (128, 128, 128)))
-        (prediction,) = model.predict_batch([job])
+        (prediction,) = self.model.predict_batch([job])
         prediction_json(prediction, job.image, "", with_overlay=True, with_mask=True)
 
     @asynccontextmanager
-    async def lifespan(_app):
-        await run_in_threadpool(warm_up)  # before the port opens: the first request is not slower
-        batcher.start()
+    async def lifespan(self, _app):
+        await run_in_threadpool(self.warm_up)  # before the port opens: the first request is not slower
+        self.batcher.start()
         log.info(
             "serving %s (%s on %s), micro-batches of up to %d images / %g ms",
-            model.info.get("model"),
-            model.runtime,
-            model.info.get("device"),
-            settings.max_batch,
-            settings.max_wait_ms,
+            self.model.info.get("model"),
+            self.model.runtime,
+            self.model.info.get("device"),
+            self.settings.max_batch,
+            self.settings.max_wait_ms,
         )
         try:
             yield
         finally:
-            await run_in_threadpool(batcher.close)
+            await run_in_threadpool(self.batcher.close)
 
-    app = FastAPI(
-        title="dpdiff", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
-    )  # the interactive docs load scripts from a CDN: off
-    app.state.model, app.state.settings, app.state.batcher = model, settings, batcher
+    # ------------------------------------------------------------------------------------------ steps of a request
+    def authorize(self, request: Request) -> None:
+        check_bearer(request.headers.get("authorization"), self.settings.token)
 
-    @app.exception_handler(ApiError)
-    async def _api_error(_request, e: ApiError):
-        log.info("refused: %d %s: %s", e.status, e.code, e.message)
-        return _error(e.status, e.code, e.message, e.headers)
+    def check_image_size(self, name: str, data: bytes) -> None:
+        """413 for one image over ``--max-image-mb``."""
+        if len(data) > self.settings.max_image_bytes:
+            raise ApiError(
+                413,
+                "too_large",
+                f"{name}: {len(data) / 2**20:.3g} MiB is over the limit of "
+                f"--max-image-mb {self.settings.max_image_mb:g}",
+            )
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request, e: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
-        message = str(e.detail)
-        if e.status_code in (404, 405):
-            message = f"{message}: {request.method} {request.url.path}; the service answers {ROUTES}"
-        return _error(e.status_code, code, message, getattr(e, "headers", None))
+    def options(self, request: Request, fields: dict[str, str]) -> tuple[str | None, bool, bool]:
+        """(category, overlay?, mask?) of a request, the category checked against the model's (422)."""
+        category, overlay, mask = _options(request.query_params, fields)
+        return self.model.check_category(category), overlay, mask
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request, e: RequestValidationError):
-        return _error(422, "bad_request", "; ".join(str(x.get("msg")) for x in e.errors()) or "invalid request")
-
-    @app.exception_handler(BatcherClosed)
-    async def _closing(_request, e: BatcherClosed):
-        return _error(503, "shutting_down", str(e))
-
-    @app.exception_handler(Exception)
-    async def _bug(_request, e: Exception):
-        log.exception("internal error")
-        return _error(500, "internal_error", f"internal error ({type(e).__name__}); see the server log")
-
-    def authorize(request: Request) -> None:
-        check_bearer(request.headers.get("authorization"), settings.token)
-
-    async def score(jobs: list[Job]):
-        """Queue the jobs (they may share a model call with other requests' images) and wait for all."""
-        futures = [batcher.submit(job) for job in jobs]
-        try:
-            return await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
-        except BaseException:
-            for f in futures:
-                f.cancel()  # not started yet: dropped from its batch
-            raise
-
-    def render(outcome, job: Job, name: str, overlay: bool, mask: bool) -> dict:
-        out = prediction_json(outcome.result, job.image, name, with_overlay=overlay, with_mask=mask)
-        out["batch_size"] = outcome.batch_size
-        out["latency_ms"] = {"queue": _ms(outcome.queued_s), "model": _ms(outcome.model_s)}
-        return out
-
-    # ------------------------------------------------------------------------------------------ routes
-    @app.get("/", response_class=HTMLResponse)
-    async def index():
-        return HTMLResponse(page, headers=page_headers)
-
-    @app.get("/favicon.ico", include_in_schema=False)
-    async def favicon():
-        return Response(status_code=204)  # browsers ask for it; there is none
-
-    @app.get("/health")
-    async def health(request: Request):
-        authorize(request)
-        return {
-            "status": "ok",
-            "version": __version__,
-            **model.info,
-            "categories": list(model.categories),
-            "thresholds": model.thresholds(),
-            "uptime_s": round(time.monotonic() - started, 3),
-            "settings": settings.public(),
-            "batches": dict(batcher.stats),
-            "queued": batcher.pending,
-        }
-
-    @app.post("/predict")
-    async def predict(request: Request):
-        t0 = time.perf_counter()
-        authorize(request)
+    async def single_upload(self, request: Request) -> tuple[str, bytes, dict[str, str]]:
+        """(file name, image bytes, form fields) of ``/predict``: a raw body, or one multipart file."""
+        settings = self.settings
         body = await read_body(
             request.stream(),
             request.headers.get("content-length"),
             settings.max_image_bytes + MULTIPART_ALLOWANCE,
             f"--max-image-mb {settings.max_image_mb:g}",
         )
-        name = ""
-        fields: dict[str, str] = {}
-        if _is_multipart(request):
-            files, fields = await parse_multipart(
-                request.headers, body, max_files=1, hint="several images go to /predict/batch"
-            )
-            if not files:
-                raise ApiError(400, "empty_body", "no image file in the multipart body")
-            name, body = files[0].filename, files[0].data
-            if len(body) > settings.max_image_bytes:
-                raise ApiError(
-                    413,
-                    "too_large",
-                    f"{name}: {len(body) / 2**20:.3g} MiB is over the limit of "
-                    f"--max-image-mb {settings.max_image_mb:g}",
-                )
-        category, overlay, mask = _options(request.query_params, fields)
-        category = model.check_category(category)
-        image = await run_in_threadpool(decode_image, body, settings.max_pixels, name or "image")
-        job = Job(image, category)
-        (outcome,) = await score([job])
-        out = await run_in_threadpool(render, outcome, job, name, overlay, mask)
-        out["latency_ms"]["total"] = _ms(time.perf_counter() - t0)
-        return out
+        if not _is_multipart(request):
+            return "", body, {}
+        files, fields = await parse_multipart(
+            request.headers, body, max_files=1, hint="several images go to /predict/batch"
+        )
+        if not files:
+            raise ApiError(400, "empty_body", "no image file in the multipart body")
+        self.check_image_size(files[0].filename, files[0].data)
+        return files[0].filename, files[0].data, fields
 
-    @app.post("/predict/batch")
-    async def predict_batch(request: Request):
-        t0 = time.perf_counter()
-        authorize(request)
+    async def batch_uploads(self, request: Request):
+        """(files, form fields) of ``/predict/batch``: up to ``--max-batch`` multipart files."""
+        settings = self.settings
         if not _is_multipart(request):
             raise ApiError(415, "not_multipart", "send the images as multipart/form-data files (one part each)")
         body = await read_body(
@@ -305,24 +301,66 @@ def create_app(model: ServedModel, settings: ServeSettings | None = None) -> Fas
         if not files:
             raise ApiError(400, "empty_body", "no image files in the multipart body")
         for f in files:
-            if len(f.data) > settings.max_image_bytes:
-                raise ApiError(
-                    413,
-                    "too_large",
-                    f"{f.filename or f.field}: {len(f.data) / 2**20:.3g} MiB is over "
-                    f"the limit of --max-image-mb {settings.max_image_mb:g}",
-                )
-        category, overlay, mask = _options(request.query_params, fields)
-        category = model.check_category(category)
+            self.check_image_size(f.filename or f.field, f.data)
+        return files, fields
+
+    async def score(self, jobs: list[Job]):
+        """Queue the jobs (they may share a model call with other requests' images) and wait for all."""
+        futures = [self.batcher.submit(job) for job in jobs]
+        try:
+            return await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        except BaseException:
+            for f in futures:
+                f.cancel()  # not started yet: dropped from its batch
+            raise
+
+    # ------------------------------------------------------------------------------------------ routes
+    async def index(self):
+        return HTMLResponse(self.page, headers=self.page_headers)
+
+    async def favicon(self):
+        return Response(status_code=204)  # browsers ask for it; there is none
+
+    async def health(self, request: Request):
+        self.authorize(request)
+        model, batcher = self.model, self.batcher
+        return {
+            "status": "ok",
+            "version": __version__,
+            **model.info,
+            "categories": list(model.categories),
+            "thresholds": model.thresholds(),
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "settings": self.settings.public(),
+            "batches": dict(batcher.stats),
+            "queued": batcher.pending,
+        }
+
+    async def predict(self, request: Request):
+        t0 = time.perf_counter()
+        self.authorize(request)
+        name, body, fields = await self.single_upload(request)
+        category, overlay, mask = self.options(request, fields)
+        image = await run_in_threadpool(decode_image, body, self.settings.max_pixels, name or "image")
+        job = Job(image, category)
+        (outcome,) = await self.score([job])
+        out = await run_in_threadpool(_render, outcome, job, name, overlay, mask)
+        out["latency_ms"]["total"] = _ms(time.perf_counter() - t0)
+        return out
+
+    async def predict_batch(self, request: Request):
+        t0 = time.perf_counter()
+        self.authorize(request)
+        files, fields = await self.batch_uploads(request)
+        category, overlay, mask = self.options(request, fields)
         names = [f.filename or f"image {i}" for i, f in enumerate(files)]
+        max_pixels = self.settings.max_pixels
         images = await run_in_threadpool(
-            lambda: [decode_image(f.data, settings.max_pixels, n) for f, n in zip(files, names, strict=True)]
+            lambda: [decode_image(f.data, max_pixels, n) for f, n in zip(files, names, strict=True)]
         )
         jobs = [Job(image, category) for image in images]
-        outcomes = await score(jobs)
+        outcomes = await self.score(jobs)
         results = await run_in_threadpool(
-            lambda: [render(o, j, f.filename, overlay, mask) for o, j, f in zip(outcomes, jobs, files, strict=True)]
+            lambda: [_render(o, j, f.filename, overlay, mask) for o, j, f in zip(outcomes, jobs, files, strict=True)]
         )
         return {"count": len(results), "results": results, "latency_ms": {"total": _ms(time.perf_counter() - t0)}}
-
-    return app
