@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from ..engine.evaluate import evaluate
 from ..engine.predict import PredictionFiles, predict
@@ -29,39 +30,20 @@ __all__ = ["evaluate_and_report", "plot_training_curves", "predict_and_draw", "r
 
 def evaluate_and_report(
     run_dir: Path,
-    data_root: str | None = None,
-    categories: list[str] | None = None,
     output_dir: Path | None = None,
-    overlays_per_category: int = 4,
-    device: str = "auto",
     overwrite: bool = False,
-    inference_overrides: dict | None = None,
-    data_format: str | None = None,
     report: bool = True,
-    report_examples: int = 2,
-    weights: str | None = None,
+    **evaluate_options: Any,
 ) -> dict:
-    """:func:`~dpdiff.engine.evaluate.evaluate`, then its overlays (``EVAL/overlays/``) and, unless
+    """:func:`~dpdiff.engine.evaluate.evaluate` (``evaluate_options``: its keyword arguments, e.g. ``data_root``,
+    ``categories``, ``inference_overrides``, ``weights``), then its overlays (``EVAL/overlays/``) and, unless
     ``report=False``, the HTML report (``EVAL/report.html``, summary under ``result["report"]``). An existing
     report is refused before anything runs unless ``overwrite``; a failing report is an error (the results
     files are written by then)."""
     out = Path(output_dir) if output_dir else Path(run_dir) / EVAL_DIR
     if report and (out / REPORT_FILE).exists() and not overwrite:
         raise RunFolderError(f"{out / REPORT_FILE} exists; pass --overwrite or choose another --output")
-    result = evaluate(
-        run_dir,
-        data_root=data_root,
-        categories=categories,
-        output_dir=out,
-        overlays_per_category=overlays_per_category,
-        device=device,
-        overwrite=overwrite,
-        inference_overrides=inference_overrides,
-        data_format=data_format,
-        report=report,
-        report_examples=report_examples,
-        weights=weights,
-    )
+    result = evaluate(run_dir, output_dir=out, overwrite=overwrite, report=report, **evaluate_options)
     save_overlay_items(result["overlays"], out)
     if report:
         result["report"] = build_report(
@@ -99,31 +81,12 @@ def rebuild_report(
     )
 
 
-def predict_and_draw(
-    run_dir: Path,
-    images: Path,
-    output_dir: Path,
-    device: str = "auto",
-    overlays: bool = True,
-    overwrite: bool = False,
-    weights: str | None = None,
-    skip_bad: bool = False,
-    category: str | None = None,
-) -> PredictionFiles:
-    """:func:`~dpdiff.engine.predict.predict` (``OUTPUT/scores.csv``, ``OUTPUT/masks/`` when calibrated), then one
-    overlay PNG per image under ``OUTPUT/overlays/`` (the anomaly map with the predicted defect mask's contour)
-    unless ``overlays=False``. ``run_dir``: a run folder or an exported ``.onnx``."""
-    prediction = predict(
-        run_dir,
-        images,
-        output_dir,
-        device=device,
-        overlays=overlays,
-        overwrite=overwrite,
-        weights=weights,
-        skip_bad=skip_bad,
-        category=category,
-    )
+def predict_and_draw(run_dir: Path, images: Path, output_dir: Path, **predict_options: Any) -> PredictionFiles:
+    """:func:`~dpdiff.engine.predict.predict` (``predict_options``: its keyword arguments, e.g. ``device``,
+    ``overwrite``, ``skip_bad``, ``category``; ``OUTPUT/scores.csv``, ``OUTPUT/masks/`` when calibrated), then
+    one overlay PNG per image under ``OUTPUT/overlays/`` (the anomaly map with the predicted defect mask's
+    contour) unless ``overlays=False``. ``run_dir``: a run folder or an exported ``.onnx``."""
+    prediction = predict(run_dir, images, output_dir, **predict_options)
     save_overlay_items(prediction.overlays, output_dir)
     return prediction
 
