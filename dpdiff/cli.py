@@ -340,11 +340,14 @@ def cmd_scale(args) -> int:
         "test_good_per_category",
         "test_defect_per_category",
         "steps",
+        "epochs",
         "seed",
         "coreset",
     ):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
+    if args.steps is not None and args.epochs is None:
+        kw["epochs"] = None  # --steps alone: a fixed step count for every N
     result = run_scale(cfg, Path(args.output), ScaleSettings(**kw), overwrite=args.overwrite, device=args.device)
     for m, paths in result["tables"].items():
         print(f"\n{m}:\n" + Path(paths["md"]).read_text(encoding="utf-8"))
@@ -679,7 +682,16 @@ def _add_scale_command(sub) -> None:
         default=None,
         help="defective test images per category, defect types round-robin (default 8)",
     )
-    sc.add_argument("--steps", type=int, default=None, help="training steps per model (default: the config's)")
+    sc.add_argument(
+        "--epochs",
+        type=float,
+        default=None,
+        help="training passes over each model's normal images, the same for every N, so the steps grow with N "
+        "(default 100: steps = ceil(epochs * N * images-per-category / train.batch_size))",
+    )
+    sc.add_argument(
+        "--steps", type=int, default=None, help="instead of --epochs: the same fixed step count for every N"
+    )
     sc.add_argument("--seed", type=int, default=None, help="synthetic data and training seed (default 0)")
     sc.add_argument("--coreset", type=float, default=None, help="kNN memory bank coreset fraction (default 1.0: all)")
     sc.add_argument("--weights", help="backbone checkpoint (DINOv2 presets)")

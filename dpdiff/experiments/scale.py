@@ -91,7 +91,10 @@ class ScaleSettings:
     images_per_category: int = 16  # normal training images per category
     test_good_per_category: int = 4
     test_defect_per_category: int = 8  # one of each defect type
-    steps: int | None = None  # None: the config's train.steps
+    #: Training budget proportional to N (issue #13): every count trains for the same number of passes over its
+    #: normal images, steps = ceil(epochs * N * images_per_category / train.batch_size). A fixed ``steps`` replaces it.
+    epochs: float | None = 100.0
+    steps: int | None = None  # a fixed step count for every N (then epochs must be None)
     seed: int = 0  # synthetic data and training seed
     coreset: float = 1.0  # kNN memory bank: fraction kept by greedy coreset (1.0 = all tokens)
 
@@ -108,6 +111,22 @@ class ScaleSettings:
             )
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ConfigError(f"epochs must be > 0, got {self.epochs}")
+        if self.steps is not None and self.epochs is not None:
+            raise ConfigError(
+                f"give either steps (a fixed count for every N, got {self.steps}) or epochs (steps proportional "
+                f"to N, got {self.epochs}), not both: set epochs=None for a fixed step count"
+            )
+
+    def steps_for(self, n: int, batch_size: int, config_steps: int) -> int:
+        """Training steps of the N-category model: the same epochs for every N, a fixed ``steps``, or (both
+        None) the config's ``train.steps``."""
+        if self.steps is not None:
+            return self.steps
+        if self.epochs is None:
+            return config_steps
+        return max(1, math.ceil(self.epochs * n * self.images_per_category / batch_size))
         if not 0.0 < self.coreset <= 1.0:
             raise ConfigError(f"coreset must be in (0, 1], got {self.coreset}")
 
@@ -231,7 +250,10 @@ def _evaluate_count(
     cats = names[:n]
     folder = count_dir(output, n)
     data = output / "data"
-    run_cfg = cfg.override({"data.root": str(data), "data.categories": cats, "data.format": "mvtec"})
+    steps = s.steps_for(n, cfg.train.batch_size, cfg.train.steps)
+    run_cfg = cfg.override(
+        {"data.root": str(data), "data.categories": cats, "data.format": "mvtec", "train.steps": steps}
+    )
     timings = {}
     bkey = {"name": cfg.backbone.name, "layers": cfg.backbone.layers, "feature_stride": cfg.backbone.feature_stride}
     fb = cfg.train.feature_batch_size
@@ -285,6 +307,7 @@ def _evaluate_count(
         "categories": n,
         "category_names": cats,
         "train_images": len(train_samples),
+        "train_steps": steps,
         "test_images": len(flat),
         "mean": means,
         "results": files,
@@ -295,19 +318,26 @@ def _evaluate_count(
 
 
 def _protocol(cfg: Config, s: ScaleSettings) -> dict:
-    """Evaluation protocol + the (count-independent) training setting, identical for every N."""
-    return protocol_description(cfg) | {
-        "backbone": cfg.backbone.name,
-        "layers": cfg.backbone.layers,
-        "train_steps": cfg.train.steps,
-        "train_batch_size": cfg.train.batch_size,
-        "images_per_category": s.images_per_category,
-        "test_good_per_category": s.test_good_per_category,
-        "test_defect_per_category": s.test_defect_per_category,
-        "knn_coreset": s.coreset,
-        "data": "dpdiff.data.synthetic (nested category prefixes)",
-        "seed": s.seed,
-    }
+    """Evaluation protocol + the training setting every N shares: the epochs when the budget grows with N
+    (each count's step count is in its done.json), else the fixed step count."""
+    budget = (
+        {"train_epochs": s.epochs} if s.epochs is not None and s.steps is None else {"train_steps": cfg.train.steps}
+    )
+    return (
+        protocol_description(cfg)
+        | budget
+        | {
+            "backbone": cfg.backbone.name,
+            "layers": cfg.backbone.layers,
+            "train_batch_size": cfg.train.batch_size,
+            "images_per_category": s.images_per_category,
+            "test_good_per_category": s.test_good_per_category,
+            "test_defect_per_category": s.test_defect_per_category,
+            "knn_coreset": s.coreset,
+            "data": "dpdiff.data.synthetic (nested category prefixes)",
+            "seed": s.seed,
+        }
+    )
 
 
 def _plot(rows: dict[str, dict[int, dict]], out_path: Path) -> Path:
@@ -398,8 +428,8 @@ def run_scale(
         if backbone is None:
             backbone = build_backbone_from_config(cfg).to(dev).eval()
         log(
-            f"[scale] N={n}: training DPDiff-AD for {cfg.train.steps} steps on {n} categories, then testing it and "
-            f"the kNN bank"
+            f"[scale] N={n}: training DPDiff-AD for {s.steps_for(n, cfg.train.batch_size, cfg.train.steps)} steps on "
+            f"{n} categories, then testing it and the kNN bank"
         )
         t_n = time.perf_counter()
         records[n] = _evaluate_count(n, names, output, cfg, s, backbone, cache, dev)

@@ -53,6 +53,7 @@ def test_outputs_nesting_and_delta(scale_run):
         done = json.loads((count_dir(out, n) / DONE_FILE).read_text())
         assert done["category_names"] == names[:n]  # nested: N=2 is the first two categories of N=3
         assert done["train_images"] == 3 * n and done["test_images"] == 3 * n
+        assert done["train_steps"] == 4  # --steps: the same fixed count for every N
         assert (count_dir(out, n) / "run" / "model.safetensors").is_file()
         for m in METHODS:
             res = json.loads((count_dir(out, n) / m / "results.json").read_text())
@@ -89,6 +90,8 @@ def test_rerun_skips_finished_counts_and_refuses_other_settings(scale_run, monke
     # other settings: refused (exit 2 with a message), nothing touched
     args = [a if a != "4" else "5" for a in TINY_ARGS]  # --steps 5
     assert main(["scale", "--output", str(out), *args, "--set", *tiny_set]) == 2
+    epochs = [a for a in TINY_ARGS if a not in ("--steps", "4")] + ["--epochs", "2"]  # the budget in epochs instead
+    assert main(["scale", "--output", str(out), *epochs, "--set", *tiny_set]) == 2
     assert {n: (count_dir(out, n) / DONE_FILE).stat().st_mtime_ns for n in (2, 3)} == stamps
 
 
@@ -101,6 +104,19 @@ def test_settings_and_counts_parsing():
         ScaleSettings(counts=[0])
     with pytest.raises(ValueError):
         ScaleSettings(test_defect_per_category=0)
+    with pytest.raises(ValueError, match="not both"):
+        ScaleSettings(steps=10)  # the default budget is in epochs
+    with pytest.raises(ValueError):
+        ScaleSettings(epochs=0)
+
+
+def test_training_budget_grows_with_the_category_count():
+    s = ScaleSettings(images_per_category=16, epochs=100)
+    steps = [s.steps_for(n, batch_size=16, config_steps=1500) for n in (10, 20, 40, 80)]
+    assert steps == [1000, 2000, 4000, 8000]  # the same 100 passes over 16 N images
+    assert ScaleSettings(images_per_category=3, epochs=1.5).steps_for(3, batch_size=4, config_steps=9) == 4  # ceil
+    assert ScaleSettings(epochs=None, steps=7).steps_for(80, batch_size=16, config_steps=1500) == 7
+    assert ScaleSettings(epochs=None).steps_for(80, batch_size=16, config_steps=1500) == 1500
 
 
 @pytest.mark.integration
@@ -109,7 +125,10 @@ def test_single_count_writes_no_delta_table(tmp_path, tiny_set):
 
     cfg = load_config(scale_mod.SCALE_PRESET)
     cfg = cfg.override({k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in tiny_set)})
-    s = ScaleSettings(counts=[1], images_per_category=2, test_good_per_category=1, test_defect_per_category=1, steps=2)
+    s = ScaleSettings(counts=[1], images_per_category=2, test_good_per_category=1, test_defect_per_category=1, epochs=3)
     result = run_scale(cfg, tmp_path / "one", s, device="cpu", log=lambda *a: None)
     assert result["tables"] == {} and Path(result["plot"]).is_file()
+    assert result["records"][1]["train_steps"] == 2  # ceil(3 epochs x 1 category x 2 images / batch 4)
+    res = json.loads((count_dir(tmp_path / "one", 1) / "dpdiff" / "results.json").read_text())
+    assert res["protocol"]["train_epochs"] == 3 and "train_steps" not in res["protocol"]
     assert not list((tmp_path / "one").glob("scale_table_*"))
