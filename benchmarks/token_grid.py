@@ -1,0 +1,117 @@
+"""Token grid (issue #13): does the paper's finer token grid pay on a CPU? MTD (real, thin cracks) at 256 px with
+Lite0 stages 2+3 resampled to a 16x16 grid (stride 16, the shipped preset) and to a 32x32 grid (stride 8, the
+paper's 32x32 token count), everything else the shipped ``lite0_cpu`` preset.
+
+    python benchmarks/token_grid.py                      # both grids, --steps 1000 each (resumable)
+    python benchmarks/token_grid.py --steps 300          # a shorter budget
+
+For each grid: one DPDiff-AD training of ``--steps`` steps (the same for both grids, so the rows compare the
+grids at equal steps; the 3000-step preset row is in benchmarks/results/accuracy), scored with the preset's
+inference; and a kNN memory bank on the same tokens built from every ``--knn-every``-th training image (a full
+bank at stride 8 holds 780k tokens: hours of exact search on 2 cores), so both grids get the same bank images.
+Reported: the 8 metric columns, training seconds per step, scoring images/s (backbone included). Writes
+``benchmarks/results/token_grid.{json,md}``. Reuses ``benchmarks/accuracy.py``'s ``Bench`` (feature cache, one
+training per folder, one JSON per row), so an interrupted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from accuracy import COLUMNS, PRESET, Bench  # noqa: E402
+
+from dpdiff.config import load_config  # noqa: E402
+from dpdiff.data import shared_data_dir  # noqa: E402
+from dpdiff.engine.checkpoint import read_run_config  # noqa: E402
+from dpdiff.experiments.compare import build_knn, knn_score_features  # noqa: E402
+from dpdiff.io import atomic_write_json, atomic_write_text  # noqa: E402
+
+log = logging.getLogger("token_grid")
+RESULTS = ROOT / "benchmarks" / "results"
+SHIPPED_KEYS = ("noise_step", "ddim_steps", "ensemble", "antithetic", "ensemble_reduce", "common_noise")
+
+
+def knn_subset_row(bench: Bench, every: int) -> dict:
+    """Raw-space kNN (the stronger variant on MTD, benchmarks/results/accuracy) on every ``every``-th training
+    image's tokens."""
+    bank = build_knn(bench.train_feats[::every], 1.0, standardize=False)
+    t0 = time.perf_counter()
+    maps, scores = knn_score_features(bank, bench.test_feats, bench.cfg)
+    secs = time.perf_counter() - t0
+    m = bench._metrics(maps.numpy(), scores.numpy())
+    n = len(bench.test_samples)
+    m["images_per_s"] = n / (secs + n * bench.backbone_s_per_image)
+    m["bank_tokens"] = int(bank.bank.shape[0])
+    return m
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--output", default=str(ROOT / "runs" / "token_grid"))
+    ap.add_argument("--mtd", default=None, help="MTD root (default: $DPDIFF_SHARED_DATA/mtd)")
+    ap.add_argument("--steps", type=int, default=1000, help="training steps for every grid (default 1000)")
+    ap.add_argument("--strides", default="16,8", help="feature strides at 256 px (16: 16x16 tokens, 8: 32x32)")
+    ap.add_argument("--results", default=str(RESULTS), help="folder for token_grid.{json,md}")
+    ap.add_argument("--knn-every", type=int, default=16, help="kNN bank: every k-th training image (default 16)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    root = Path(args.mtd) if args.mtd else shared_data_dir() / "mtd"
+    if not root.is_dir():
+        raise SystemExit(f"MTD not found at {root}: set DPDIFF_SHARED_DATA or pass --mtd")
+    preset = load_config(PRESET)
+    shipped = {k: getattr(preset.inference, k) for k in SHIPPED_KEYS}
+    out = Path(args.output)
+    torch.manual_seed(0)
+    rows: dict[str, dict] = {}
+    for stride in (int(s) for s in args.strides.split(",")):
+        cfg = preset.override({"backbone.feature_stride": stride})
+        grid = cfg.backbone.image_size // stride
+        bench = Bench("mtd", root, ["magnetic_tile"], cfg, out / f"stride{stride}", args.steps)
+        run = bench.trained("preset", {})
+        _, payload = read_run_config(run)
+        dp = bench._cached("dpdiff", lambda run=run, b=bench: b.dpdiff_row(run, shipped), shipped)
+        dp["train_s_per_step"] = float(payload.get("train_s", float("nan"))) / args.steps
+        rows[f"dpdiff, {grid}x{grid} tokens"] = dp
+        rows[f"knn raw (1/{args.knn_every} of the images), {grid}x{grid} tokens"] = bench._cached(
+            f"knn_every_{args.knn_every}", lambda b=bench: knn_subset_row(b, args.knn_every)
+        )
+    summary = {
+        "data": str(root),
+        "steps": args.steps,
+        "preset": PRESET,
+        "torch_threads": torch.get_num_threads(),
+        "rows": rows,
+    }
+    results = Path(args.results)
+    atomic_write_json(results / "token_grid.json", summary)
+    lines = [
+        f"# Token grid on MTD: 16x16 vs 32x32 tokens at 256 px ({args.steps} training steps each, "
+        f"{torch.get_num_threads()} thread(s))",
+        "",
+        "| row | " + " | ".join(COLUMNS) + " | img/s | train s/step |",
+        "|---|" + "---:|" * (len(COLUMNS) + 2),
+    ]
+    for name, m in rows.items():
+        step = m.get("train_s_per_step")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{100 * m[k]:.1f}" for k in COLUMNS)
+            + f" | {m['images_per_s']:.1f} | {'' if step is None else f'{step:.2f}'} |"
+        )
+    atomic_write_text(results / "token_grid.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
