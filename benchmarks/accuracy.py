@@ -19,8 +19,8 @@ standardised-space full memory bank. Rows:
 
 * ``dpdiff/<variant>``: the preset model scored with other inference settings (paper protocol: 1 draw,
   3 DDIM steps; the former preset: 4 independent draws; antithetic pairs at several t and DDIM steps).
-* ``train:<variant>``: other trainings (no full-rank skip, i.e. the projected-error fallback; no EMA/cosine),
-  scored with the preset's inference.
+* ``train:<variant>``: other trainings (no full-rank skip, i.e. the projected-error fallback; no EMA/cosine;
+  Eq. 13's raw OT cost; v- or x0-prediction), scored with the preset's inference.
 * ``knn/raw``, ``knn/standardized``, ``knn/coreset_time_matched`` (greedy coreset whose scoring time per
   image matches the preset's DPDiff-AD).
 """
@@ -92,6 +92,8 @@ TRAINING_ROWS: dict[str, dict] = {
     "no full-rank skip (projected-error fallback)": {"model.output_skip": False},
     "no EMA, constant lr": {"train.ema_decay": 0.0, "train.lr_schedule": "constant", "train.warmup_steps": 0},
     "global OT on the raw cost (Eq. 13)": {"model.ot_cost_per_channel": False},
+    "v-prediction": {"model.prediction": "v"},
+    "x0-prediction": {"model.prediction": "x0"},
 }
 
 

@@ -112,6 +112,9 @@ class ModelConfig:
     output_skip: bool = True  # choice (issue #13): eps = denoiser(...) + W x_t with a learned CxC W
     # (zero-init), so the noise head has full rank even when hidden_dim < C;
     # W x_t is the exact Bayes noise predictor for Gaussian tokens
+    prediction: str = _setting("eps", choices=("eps", "v", "x0"))  # what the network is trained to output:
+    # eps (paper, Eq. 18) | v = sqrt(abar) eps - sqrt(1-abar) x0 | x0; all are converted to eps for DDIM
+    # (model/dpdiff_ad.py PREDICTIONS)
 
 
 @dataclass

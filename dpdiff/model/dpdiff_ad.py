@@ -167,19 +167,42 @@ class DPDiffAD(nn.Module):
             if eps_p is None:
                 raise ValueError("noise has no prototype draws 'eps_p', but the denoiser attends to prototypes")
             p_t = q_sample(p0, t, eps_p, self.alphas_cumprod)  # Eq. (15)
-        eps_pred = self.predict_noise(self.denoiser, x_t, t, p_t, types)
-        l_diff = F.mse_loss(eps_pred, eps_x)  # Eq. (18)
+        out = self.network_output(self.denoiser, x_t, t, p_t, types)
+        l_diff = F.mse_loss(out, self._training_target(x0, eps_x, t))  # Eq. (18) for prediction=eps
         total = l_diff + self.loss_cfg.lambda_local * l_local + self.loss_cfg.lambda_global * l_global  # Eq. (19)
         return {"loss": total, "diff": l_diff, "local": l_local, "global": l_global}
+
+    def network_output(
+        self, denoiser, x_t: torch.Tensor, t: torch.Tensor, p_t: torch.Tensor | None, types: torch.Tensor | None
+    ) -> torch.Tensor:
+        """What the network predicts (``model.prediction``: eps, v or x0): the denoiser (or its compiled
+        wrapper) plus the full-rank linear skip."""
+        out = denoiser(x_t, t, p_t, types)
+        if self.noise_skip is not None:
+            out = out + self.noise_skip(x_t.to(out.dtype))
+        return out
+
+    def _training_target(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.cfg.prediction == "eps":
+            return eps
+        if self.cfg.prediction == "x0":
+            return x0
+        abar = self.alphas_cumprod[t].view(-1, *([1] * (x0.dim() - 1)))
+        return abar.sqrt() * eps - (1.0 - abar).sqrt() * x0  # v (Salimans & Ho, 2022)
 
     def predict_noise(
         self, denoiser, x_t: torch.Tensor, t: torch.Tensor, p_t: torch.Tensor | None, types: torch.Tensor | None
     ) -> torch.Tensor:
-        """eps_theta(x_t, P_t, t) of Eq. (18): the denoiser (or its compiled wrapper) plus the linear skip."""
-        eps = denoiser(x_t, t, p_t, types)
-        if self.noise_skip is not None:
-            eps = eps + self.noise_skip(x_t.to(eps.dtype))
-        return eps
+        """eps_theta(x_t, P_t, t) of Eq. (18): the network output converted to noise for DDIM. With
+        x_t = sqrt(abar) x0 + sqrt(1-abar) eps: v gives eps = sqrt(1-abar) x_t + sqrt(abar) v, x0 gives
+        eps = (x_t - sqrt(abar) x0) / sqrt(1-abar)."""
+        out = self.network_output(denoiser, x_t, t, p_t, types)
+        if self.cfg.prediction == "eps":
+            return out
+        abar = self.alphas_cumprod[t].to(out.dtype).view(-1, *([1] * (out.dim() - 1)))
+        if self.cfg.prediction == "v":
+            return (1.0 - abar).sqrt() * x_t.to(out.dtype) + abar.sqrt() * out
+        return (x_t.to(out.dtype) - abar.sqrt() * out) / (1.0 - abar).sqrt().clamp_min(1e-4)
 
     def noise_head_basis(self) -> torch.Tensor | None:
         """Orthonormal basis (C, r) of the directions the noise head can predict, or None at full rank.
@@ -188,7 +211,7 @@ class DPDiffAD(nn.Module):
         issue #13) leaves the injected noise untouched in the other C - r directions; scoring the error in
         this basis only (the projected-error fallback) drops that pure-noise part.
         """
-        if self.denoiser is None or self.noise_skip is not None:
+        if self.denoiser is None or self.noise_skip is not None or self.cfg.prediction != "eps":
             return None
         weight = _output_weight(self.denoiser)
         if weight is None:
@@ -428,6 +451,8 @@ class DPDiffAD(nn.Module):
 
 
 ENSEMBLE_REDUCTIONS = ("mean_error", "error_of_mean")
+#: ``model.prediction``: the network's training target (issue #13 asks to try v and x0; eps is the paper's).
+PREDICTIONS = ("eps", "v", "x0")
 
 
 def _output_weight(denoiser: nn.Module) -> torch.Tensor | None:

@@ -98,3 +98,27 @@ def test_training_reduces_diffusion_loss_on_structured_tokens():
             sum(model.training_losses(base + 0.05 * torch.randn(8, 16, 12), g)["diff"].item() for _ in range(10)) / 10
         )
     assert final < 0.5 * first
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_an_exact_network_of_any_prediction_type_reconstructs_the_clean_tokens(prediction):
+    """The training target and the conversion to noise for DDIM agree: a network that outputs exactly the
+    target of ``model.prediction`` (eps, v or x0) for the draws of the run gives zero training loss and denoises
+    x_t back to x0 in one DDIM step."""
+    torch.manual_seed(0)
+    model = small_model(prediction=prediction, output_skip=False).eval()
+    x0 = torch.randn(2, 16, 12)
+    noise = model.draw_training_noise(2, torch.Generator().manual_seed(3))
+    noise["t"] = torch.tensor([40, 250])
+    abar = model.alphas_cumprod[noise["t"]].view(-1, 1, 1)
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise["eps_x"]
+    target = {"eps": noise["eps_x"], "x0": x0, "v": abar.sqrt() * noise["eps_x"] - (1 - abar).sqrt() * x0}[prediction]
+    model.denoiser.forward = lambda x, t, p, types: target  # the exact network for these draws
+    assert model.training_losses(x0, noise=noise)["diff"].item() == pytest.approx(0.0, abs=1e-10)
+    eps = model.predict_noise(model.denoiser, x_t, noise["t"], None, None)
+    torch.testing.assert_close(eps, noise["eps_x"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close((x_t - (1 - abar).sqrt() * eps) / abar.sqrt(), x0, rtol=1e-4, atol=1e-4)
+    # a network that outputs the eps target under another prediction type is wrong (the test can fail)
+    if prediction != "eps":
+        model.denoiser.forward = lambda x, t, p, types: noise["eps_x"]
+        assert model.training_losses(x0, noise=noise)["diff"].item() > 0.1
