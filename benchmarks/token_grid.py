@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -33,26 +32,11 @@ from accuracy import COLUMNS, PRESET, Bench  # noqa: E402
 from dpdiff.config import load_config  # noqa: E402
 from dpdiff.data import shared_data_dir  # noqa: E402
 from dpdiff.engine.checkpoint import read_run_config  # noqa: E402
-from dpdiff.experiments.compare import build_knn, knn_score_features  # noqa: E402
 from dpdiff.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 log = logging.getLogger("token_grid")
 RESULTS = ROOT / "benchmarks" / "results"
 SHIPPED_KEYS = ("noise_step", "ddim_steps", "ensemble", "antithetic", "ensemble_reduce", "common_noise")
-
-
-def knn_subset_row(bench: Bench, every: int) -> dict:
-    """Raw-space kNN (the stronger variant on MTD, benchmarks/results/accuracy) on every ``every``-th training
-    image's tokens."""
-    bank = build_knn(bench.train_feats[::every], 1.0, standardize=False)
-    t0 = time.perf_counter()
-    maps, scores = knn_score_features(bank, bench.test_feats, bench.cfg)
-    secs = time.perf_counter() - t0
-    m = bench._metrics(maps.numpy(), scores.numpy())
-    n = len(bench.test_samples)
-    m["images_per_s"] = n / (secs + n * bench.backbone_s_per_image)
-    m["bank_tokens"] = int(bank.bank.shape[0])
-    return m
 
 
 def main() -> int:
@@ -83,7 +67,7 @@ def main() -> int:
         dp["train_s_per_step"] = float(payload.get("train_s", float("nan"))) / args.steps
         rows[f"dpdiff, {grid}x{grid} tokens"] = dp
         rows[f"knn raw (1/{args.knn_every} of the images), {grid}x{grid} tokens"] = bench._cached(
-            f"knn_every_{args.knn_every}", lambda b=bench: knn_subset_row(b, args.knn_every)
+            f"knn_every_{args.knn_every}", lambda b=bench: b.knn_row(False, 1.0, args.knn_every)
         )
     summary = {
         "data": str(root),
