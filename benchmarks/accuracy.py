@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import logging
 import sys
@@ -41,12 +42,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dpdiff.config import Config, load_config  # noqa: E402
+from dpdiff.config import Config, flatten_config, load_config  # noqa: E402
 from dpdiff.data import shared_data_dir  # noqa: E402
 from dpdiff.data.dataset import ImageDataset  # noqa: E402
 from dpdiff.data.formats import load_samples  # noqa: E402
 from dpdiff.data.synthetic import ensure_synthetic_dataset  # noqa: E402
-from dpdiff.engine.checkpoint import load_model, read_run_config  # noqa: E402
+from dpdiff.engine.checkpoint import load_model, read_run_config, resume_may_change  # noqa: E402
 from dpdiff.engine.features import resolve_device, tokens_from_maps  # noqa: E402
 from dpdiff.engine.features.cache import FeatureCache  # noqa: E402
 from dpdiff.engine.inference import Detector  # noqa: E402
@@ -171,7 +172,14 @@ class Bench:
         run_dir = self.out / "runs" / _slug(variant)
         done = False
         if (run_dir / "config.json").exists():
-            _, payload = read_run_config(run_dir)
+            stored, payload = read_run_config(run_dir)
+            old, new = flatten_config(stored.to_dict()), flatten_config(cfg.to_dict())
+            changed = sorted(k for k, v in new.items() if not resume_may_change(k) and old.get(k) != v)
+            if changed:  # a changed preset must not reuse (or resume) weights trained with the old one
+                diff = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
+                raise SystemExit(
+                    f"{run_dir} was trained with other settings ({diff}); move it away or pass another --output"
+                )
             done = int(payload.get("step", -1)) >= cfg.train.steps
         if not done:
             resume = (run_dir / "train_state.pt").exists()
@@ -216,6 +224,11 @@ class Bench:
             metrics["images_per_s"],
         )
         return metrics
+
+    @staticmethod
+    def weights_digest(run_dir: Path) -> str:
+        """sha256 (first 16 hex digits) of the run's inference weights: part of a scored row's cache key."""
+        return hashlib.sha256((run_dir / "model.safetensors").read_bytes()).hexdigest()[:16]
 
     def dpdiff_row(self, run_dir: Path, inference: dict) -> dict:
         model, run_cfg, payload = load_model(run_dir, self.device)
@@ -291,7 +304,9 @@ def run_dataset(bench: Bench, preset: Config, extra_trainings: bool, only: set[s
         k: getattr(preset.inference, k)
         for k in ("noise_step", "ddim_steps", "ensemble", "antithetic", "ensemble_reduce", "common_noise")
     }
-    dp = bench._cached("dpdiff (shipped preset)", lambda: bench.dpdiff_row(main_run, shipped), shipped)
+    weights = bench.weights_digest(main_run)
+    key = shipped | {"weights": weights}  # a row's cache key: its inference settings and the weights it scored
+    dp = bench._cached("dpdiff (shipped preset)", lambda: bench.dpdiff_row(main_run, shipped), key)
     rows["dpdiff (shipped preset)"] = dp
     raw = bench._cached("knn/raw", lambda: bench.knn_row(False))
     std = bench._cached("knn/standardized", lambda: bench.knn_row(True))
@@ -304,9 +319,11 @@ def run_dataset(bench: Bench, preset: Config, extra_trainings: bool, only: set[s
         f"knn/coreset_{frac:g}_{'std' if knn is std else 'raw'}", lambda: bench.knn_row(knn is std, frac)
     )
     for name, inf in INFERENCE_ROWS.items():
-        rows[f"dpdiff/{name}"] = bench._cached(f"dpdiff/{name}", lambda inf=inf: bench.dpdiff_row(main_run, inf))
+        rows[f"dpdiff/{name}"] = bench._cached(
+            f"dpdiff/{name}", lambda inf=inf: bench.dpdiff_row(main_run, inf), inf | {"weights": weights}
+        )
     rows["dpdiff/swap: category-mean training prototypes (leakage check)"] = bench._cached(
-        "dpdiff/swap_category_mean_prototypes", lambda: bench.swap_row(main_run, shipped), shipped
+        "dpdiff/swap_category_mean_prototypes", lambda: bench.swap_row(main_run, shipped), key
     )
     if extra_trainings:
         for name, overrides in TRAINING_ROWS.items():
@@ -314,7 +331,9 @@ def run_dataset(bench: Bench, preset: Config, extra_trainings: bool, only: set[s
                 continue
             run = bench.trained(name, overrides)
             rows[f"train:{name}"] = bench._cached(
-                f"train:{name}", lambda run=run: bench.dpdiff_row(run, shipped), shipped
+                f"train:{name}",
+                lambda run=run: bench.dpdiff_row(run, shipped),
+                shipped | {"weights": bench.weights_digest(run)},
             )
     return {
         "dpdiff": dp,

@@ -33,9 +33,16 @@ def data(tmp_path_factory, tiny_dataset) -> Path:
 def run(data, tmp_path_factory, tiny_config) -> Path:
     out = tmp_path_factory.mktemp("export_run") / "run"
     # maps at 48 px (the resize is in the graph); 3 independent draws: after 6 training steps an antithetic pair
-    # reconstructs these tokens almost exactly (scores ~1e-6, where a relative comparison means nothing)
+    # reconstructs these tokens almost exactly (scores ~1e-6, where a relative comparison means nothing);
+    # v-prediction, so the graph holds the conversion of the network's output to noise (model.prediction)
     cfg = tiny_config(data).override(
-        {"inference.ensemble": 3, "inference.antithetic": False, "inference.ddim_steps": 2, "evaluation.resolution": 48}
+        {
+            "inference.ensemble": 3,
+            "inference.antithetic": False,
+            "inference.ddim_steps": 2,
+            "evaluation.resolution": 48,
+            "model.prediction": "v",
+        }
     )
     train(cfg, out)
     detector = Detector.load(out)
