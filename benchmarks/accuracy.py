@@ -93,7 +93,7 @@ TRAINING_ROWS: dict[str, dict] = {
     "no full-rank skip (projected-error fallback)": {"model.output_skip": False},
     "no EMA, constant lr": {"train.ema_decay": 0.0, "train.lr_schedule": "constant", "train.warmup_steps": 0},
     "global OT on the raw cost (Eq. 13)": {"model.ot_cost_per_channel": False},
-    "v-prediction": {"model.prediction": "v"},
+    "eps-prediction (the paper's; the 0.2.0 preset)": {"model.prediction": "eps"},
     "x0-prediction": {"model.prediction": "x0"},
 }
 

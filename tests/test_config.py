@@ -40,7 +40,7 @@ from dpdiff.config import (
 # inference since issue #13; ablation_lite0 is the setting the committed ablation tables were measured with.
 # Pieces several presets share (still the literal values, not read from the preset files).
 LITE0 = {"name": "tf_efficientnet_lite0", "layers": [2, 3], "image_size": 256, "feature_stride": 16}
-LITE0_DIT = {"hidden_dim": 128, "train_max_timestep": 300, "depth": 4, "num_heads": 4}
+LITE0_DIT = {"hidden_dim": 128, "train_max_timestep": 300, "depth": 4, "num_heads": 4, "prediction": "v"}
 LITE0_TRAIN = {"batch_size": 16, "lr": 0.001, "ema_decay": 0.999, "lr_schedule": "cosine", "warmup_steps": 100}
 LITE0_CPU_INFERENCE = {
     "noise_step": 50,
@@ -58,6 +58,7 @@ OLD_PRESET_FILES = {
             "num_global_prototypes": 2,
             "hidden_dim": 128,
             "output_skip": True,
+            "prediction": "v",
             "train_max_timestep": 300,
             "depth": 4,
             "num_heads": 4,
@@ -82,7 +83,7 @@ OLD_PRESET_FILES = {
     # the pre-issue-#13 setting of the committed ablation tables (the old mtd_lite0 with the old defaults)
     "ablation_lite0": {
         "backbone": LITE0,
-        "model": {**LITE0_DIT, "output_skip": False},
+        "model": {**LITE0_DIT, "output_skip": False, "prediction": "eps"},
         "train": {
             "batch_size": 16,
             "lr": 0.001,
