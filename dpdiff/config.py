@@ -114,7 +114,7 @@ class ModelConfig:
     # W x_t is the exact Bayes noise predictor for Gaussian tokens
     prediction: str = _setting("eps", choices=("eps", "v", "x0"))  # what the network is trained to output:
     # eps (paper, Eq. 18) | v = sqrt(abar) eps - sqrt(1-abar) x0 | x0; all are converted to eps for DDIM
-    # (model/dpdiff_ad.py PREDICTIONS)
+    # (model/dpdiff_ad.py DPDiffAD.predict_noise)
 
 
 @dataclass

@@ -118,6 +118,8 @@ class ScaleSettings:
                 f"give either steps (a fixed count for every N, got {self.steps}) or epochs (steps proportional "
                 f"to N, got {self.epochs}), not both: set epochs=None for a fixed step count"
             )
+        if not 0.0 < self.coreset <= 1.0:
+            raise ConfigError(f"coreset must be in (0, 1], got {self.coreset}")
 
     def steps_for(self, n: int, batch_size: int, config_steps: int) -> int:
         """Training steps of the N-category model: the same epochs for every N, a fixed ``steps``, or (both
@@ -127,8 +129,6 @@ class ScaleSettings:
         if self.epochs is None:
             return config_steps
         return max(1, math.ceil(self.epochs * n * self.images_per_category / batch_size))
-        if not 0.0 < self.coreset <= 1.0:
-            raise ConfigError(f"coreset must be in (0, 1], got {self.coreset}")
 
 
 def parse_counts(items) -> list[int]:

@@ -451,8 +451,6 @@ class DPDiffAD(nn.Module):
 
 
 ENSEMBLE_REDUCTIONS = ("mean_error", "error_of_mean")
-#: ``model.prediction``: the network's training target (issue #13 asks to try v and x0; eps is the paper's).
-PREDICTIONS = ("eps", "v", "x0")
 
 
 def _output_weight(denoiser: nn.Module) -> torch.Tensor | None:

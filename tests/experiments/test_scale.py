@@ -108,6 +108,8 @@ def test_settings_and_counts_parsing():
         ScaleSettings(steps=10)  # the default budget is in epochs
     with pytest.raises(ValueError):
         ScaleSettings(epochs=0)
+    with pytest.raises(ValueError, match="coreset"):
+        ScaleSettings(coreset=1.5)
 
 
 def test_training_budget_grows_with_the_category_count():
