@@ -43,12 +43,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dpdiff.config import Config, flatten_config, load_config  # noqa: E402
+from dpdiff.config import Config, load_config  # noqa: E402
 from dpdiff.data import shared_data_dir  # noqa: E402
 from dpdiff.data.dataset import ImageDataset  # noqa: E402
 from dpdiff.data.formats import load_samples  # noqa: E402
 from dpdiff.data.synthetic import ensure_synthetic_dataset  # noqa: E402
-from dpdiff.engine.checkpoint import load_model, read_run_config, resume_may_change  # noqa: E402
+from dpdiff.engine.checkpoint import config_differences, load_model, read_run_config  # noqa: E402
 from dpdiff.engine.features import resolve_device, tokens_from_maps  # noqa: E402
 from dpdiff.engine.features.cache import FeatureCache  # noqa: E402
 from dpdiff.engine.inference import Detector  # noqa: E402
@@ -177,10 +177,9 @@ class Bench:
         done = False
         if (run_dir / "config.json").exists():
             stored, payload = read_run_config(run_dir)
-            old, new = flatten_config(stored.to_dict()), flatten_config(cfg.to_dict())
-            changed = sorted(k for k, v in new.items() if not resume_may_change(k) and old.get(k) != v)
+            changed = config_differences(stored.to_dict(), cfg.to_dict())  # the keys a resume may not change
             if changed:  # a changed preset must not reuse (or resume) weights trained with the old one
-                diff = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
+                diff = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changed)
                 raise SystemExit(
                     f"{run_dir} was trained with other settings ({diff}); move it away or pass another --output"
                 )
