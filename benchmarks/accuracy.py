@@ -4,6 +4,8 @@ SAME backbone tokens, on real MTD (one category) and on the first N synthetic ca
     python benchmarks/accuracy.py                         # preset + default training rows (resumable; about 2 h)
     python benchmarks/accuracy.py --trainings all         # every training row of TRAINING_ROWS (about 25 min each)
     python benchmarks/accuracy.py --datasets mtd          # one dataset
+    python benchmarks/accuracy.py --datasets elpv,bsdata --rows short --no-extra-trainings   # the public real sets
+                                                          # (convert them first: benchmarks/real_datasets.py)
     python benchmarks/accuracy.py --quick                 # smoke run: tiny data, 30 steps (a few minutes)
 
 One run folder (``--output``, default runs/accuracy) holds every piece, so an interrupted run continues
@@ -55,7 +57,8 @@ from dpdiff.engine.inference import Detector  # noqa: E402
 from dpdiff.engine.train import build_backbone_from_config, train  # noqa: E402
 from dpdiff.experiments.compare import build_knn, dpdiff_score_features, knn_score_features, masks_and_labels  # noqa: E402
 from dpdiff.io import atomic_write_json, atomic_write_text  # noqa: E402
-from dpdiff.metrics import METRIC_NAMES, compute_metrics  # noqa: E402
+from dpdiff.metrics import METRIC_NAMES, add_mean_row, compute_metrics  # noqa: E402
+from dpdiff.model.postprocess import image_scores  # noqa: E402
 
 log = logging.getLogger("accuracy")
 PRESET = "lite0_cpu"  # packaged preset (dpdiff/configs/lite0_cpu.yaml)
@@ -96,14 +99,43 @@ TRAINING_ROWS: dict[str, dict] = {
     "global OT on the raw cost (Eq. 13)": {"model.ot_cost_per_channel": False},
     "eps-prediction (the paper's Eq. 18)": {"model.prediction": "eps"},
     "x0-prediction": {"model.prediction": "x0"},
+    # the frontier (issue #21/#22): accuracy against training minutes, and the paper's prototype grids (Tables 6-8)
+    "1000 steps": {"train.steps": 1000},
+    "masked training: 50% of the tokens, last 300 steps all": {"train.token_keep": 0.5, "train.full_token_steps": 300},
+    "1500 steps, masked 50%, last 150 all": {
+        "train.steps": 1500,
+        "train.token_keep": 0.5,
+        "train.full_token_steps": 150,
+    },
+    "DiT width 64": {"model.hidden_dim": 64},
+    "DiT depth 2": {"model.depth": 2},
+    "M=4 local prototypes": {"model.num_local_prototypes": 4},
+    "M=16 local prototypes": {"model.num_local_prototypes": 16},
+    "K=1 global prototype": {"model.num_global_prototypes": 1},
+    "K=4 global prototypes": {"model.num_global_prototypes": 4},
+    "lr 3e-4": {"train.lr": 3e-4},
 }
 
 #: The training rows a plain run trains (run-folder names): eps vs the preset's v-prediction.
 DEFAULT_TRAININGS = ("eps_prediction__the_paper_s_eq__18",)
 
 
+def _pct(value) -> str:
+    return "\u2014" if value is None else f"{100 * value:.1f}"
+
+
+def _best(rows: list[dict]) -> dict:
+    """The stronger row: by mAD where available (masks), else by I-AUROC."""
+    key = "mAD" if all(r.get("mAD") is not None for r in rows) else "I-AUROC"
+    return max(rows, key=lambda m: m[key])
+
+
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()[:80]
+
+
+#: Real public sets converted by benchmarks/real_datasets.py (dpdiff.data.public_sets): name -> categories.
+REAL_SETS = {"elpv": ["mono", "poly"], "bsdata": ["ball_screw"]}
 
 
 def _dataset_spec(name: str, out: Path, cfg: Config, args) -> tuple[Path, list[str]]:
@@ -112,6 +144,13 @@ def _dataset_spec(name: str, out: Path, cfg: Config, args) -> tuple[Path, list[s
         if not root.is_dir():
             raise FileNotFoundError(f"MTD not found at {root}: set DPDIFF_SHARED_DATA or pass --mtd")
         return root, ["magnetic_tile"]
+    if name in REAL_SETS:
+        root = Path(args.real_data) / name
+        if not (root / "done.json").is_file():
+            raise FileNotFoundError(
+                f"{name} not converted at {root}: run `python benchmarks/real_datasets.py {name} --output {root}`"
+            )
+        return root, REAL_SETS[name]
     root = out / "synthetic_data"
     n = args.synthetic_categories
     cats = ensure_synthetic_dataset(
@@ -150,6 +189,7 @@ class Bench:
         self.test_feats = cache.get(self.backbone, key, self.test_samples, size, bs, self.device)
         ds = ImageDataset(self.test_samples, size, self.backbone.mean, self.backbone.std)
         self.masks, self.labels = masks_and_labels(ds)
+        self.mask_known = np.array([s.mask_known for s in self.test_samples], dtype=bool)
         self.cats = np.array([s.category for s in self.test_samples])
         self.backbone_s_per_image = self._time_backbone(ds)
 
@@ -201,8 +241,10 @@ class Bench:
         per_cat = {}
         for c in self.categories:
             sel = self.cats == c
-            per_cat[c] = compute_metrics(scores[sel], self.labels[sel], maps[sel], self.masks[sel])
-        return {k: float(np.mean([m[k] for m in per_cat.values()])) for k in COLUMNS}
+            per_cat[c] = compute_metrics(
+                scores[sel], self.labels[sel], maps[sel], self.masks[sel], mask_known=self.mask_known[sel]
+            )
+        return add_mean_row(per_cat)["mean"]
 
     def _cached(self, name: str, compute, settings: dict | None = None) -> dict:
         """The row's metrics from ``rows/<name>.json``, else ``compute()`` saved there. ``settings`` (the
@@ -218,13 +260,11 @@ class Bench:
         metrics = compute()
         atomic_write_json(path, {"name": name, "metrics": metrics, "settings": settings})
         log.info(
-            "[%s] %s: I-AUROC %.1f P-AUROC %.1f mAD %.1f (%.2f img/s)",
+            "[%s] %s: I-AUROC %s P-AUROC %s mAD %s (%.2f img/s)",
             self.name,
             name,
-            100 * metrics["I-AUROC"],
-            100 * metrics["P-AUROC"],
-            100 * metrics["mAD"],
-            metrics["images_per_s"],
+            *(_pct(metrics.get(k)) for k in ("I-AUROC", "P-AUROC", "mAD")),
+            metrics.get("images_per_s", float("nan")),
         )
         return metrics
 
@@ -285,6 +325,109 @@ class Bench:
         m["images_per_s"] = float("nan")  # a diagnostic: not timed
         return m
 
+    def hybrid_row(self, run_dir: Path, inference: dict, coreset: float = 0.1, calibration_images: int = 128) -> dict:
+        """Beyond the paper (issue #21): DPDiff-AD's error map plus a small coreset kNN bank's distance map, each
+        z-scored with the mean and std of its pixel values on normal training images the bank was not built
+        from (the bank: the even-numbered training images, ``coreset`` of their tokens, standardised space; the
+        statistics: up to ``calibration_images`` odd-numbered ones). The image score is the preset's rule on the
+        summed map. Returns the row, with the rows of each part alone under ``parts``."""
+        model, run_cfg, _ = load_model(run_dir, self.device)
+        cfg = run_cfg.override({f"inference.{k}": v for k, v in inference.items()})
+        detector = Detector(self.backbone, model, cfg, self.device)
+        n = self.train_feats.shape[0]
+        bank = build_knn(self.train_feats[np.arange(0, n, 2)], coreset, standardize=True)
+        calib = torch.as_tensor(self.train_feats[np.arange(1, n, 2)[:calibration_images]])
+        stats = []
+        for score in (lambda f: dpdiff_score_features(detector, f), lambda f: knn_score_features(bank, f, self.cfg)):
+            maps = score(calib)[0]
+            stats.append((float(maps.mean()), float(maps.std())))
+        t0 = time.perf_counter()
+        dp_maps = dpdiff_score_features(detector, self.test_feats)[0]
+        knn_maps = knn_score_features(bank, self.test_feats, self.cfg)[0]
+        z = [(m - mu) / sd for m, (mu, sd) in zip((dp_maps, knn_maps), stats, strict=True)]
+        combined = z[0] + z[1]
+        assert cfg.inference.image_score == "pooled_max", cfg.inference.image_score
+        scores = image_scores(combined, cfg.inference.pool_size)
+        secs = time.perf_counter() - t0
+        m = self._metrics(combined.numpy(), scores.numpy())
+        n_test = len(self.test_samples)
+        m["images_per_s"] = n_test / (secs + n_test * self.backbone_s_per_image)
+        m["bank_tokens"] = int(bank.bank.shape[0])
+        m["normalisation"] = {"dpdiff": stats[0], "knn": stats[1]}
+        knn_alone = image_scores(knn_maps, cfg.inference.pool_size)
+        m["parts"] = {"knn coreset alone": self._metrics(knn_maps.numpy(), knn_alone.numpy())}
+        return m
+
+    def _mean_tokens(self, feats) -> np.ndarray:
+        """(N, C): each image's backbone tokens averaged over the grid."""
+        return np.concatenate(
+            [
+                tokens_from_maps(torch.as_tensor(feats[i : i + 64]).float()).mean(1).numpy()
+                for i in range(0, feats.shape[0], 64)
+            ]
+        )
+
+    def global_row(self, run_dir: Path, inference: dict, calibration_images: int = 128) -> dict:
+        """Beyond the paper (issue #21, dark defects): an image-level Gaussian (Rippel et al. 2020) on each image's
+        mean backbone token, Ledoit-Wolf covariance fitted on the even-numbered training images; its Mahalanobis
+        distance z-scored on the odd-numbered ones and added to the z-scored DPDiff-AD image score (same
+        statistics for DPDiff-AD). The maps (pixel metrics) are DPDiff-AD's. ``parts``: the global score alone
+        (image metrics only)."""
+        from sklearn.covariance import LedoitWolf
+
+        model, run_cfg, _ = load_model(run_dir, self.device)
+        cfg = run_cfg.override({f"inference.{k}": v for k, v in inference.items()})
+        detector = Detector(self.backbone, model, cfg, self.device)
+        n = self.train_feats.shape[0]
+        even, odd = np.arange(0, n, 2), np.arange(1, n, 2)[:calibration_images]
+        gauss = LedoitWolf().fit(self._mean_tokens(self.train_feats[even]))
+        g_cal = np.sqrt(gauss.mahalanobis(self._mean_tokens(self.train_feats[odd])))
+        d_cal = dpdiff_score_features(detector, torch.as_tensor(self.train_feats[odd]))[1].numpy()
+        maps, d_test = (x.numpy() for x in dpdiff_score_features(detector, self.test_feats))
+        g_test = np.sqrt(gauss.mahalanobis(self._mean_tokens(self.test_feats)))
+        combined = (d_test - d_cal.mean()) / d_cal.std() + (g_test - g_cal.mean()) / g_cal.std()
+        m = self._metrics(maps, combined)
+        m["images_per_s"] = float("nan")  # a diagnostic: not timed
+        alone = self._metrics(maps, g_test)
+        alone.update({k: None for k in ("P-AUROC", "P-AP", "P-F1max", "P-AUPRO", "mAD")})
+        m["parts"] = {"global alone": alone | {"images_per_s": float("nan")}}
+        return m
+
+    def intensity_diagnostic(self, run_dir: Path, inference: dict) -> dict:
+        """Does the image score follow the image's brightness (issue #21: dark defects scored as normal)? Per
+        category: Spearman's rho between the mean grey level of each test image and its DPDiff-AD / coreset-kNN
+        image score (over all test images and over the normal ones), and the I-AUROC of darkness alone."""
+        from PIL import Image
+        from scipy.stats import spearmanr
+        from sklearn.metrics import roc_auc_score
+
+        model, run_cfg, _ = load_model(run_dir, self.device)
+        cfg = run_cfg.override({f"inference.{k}": v for k, v in inference.items()})
+        detector = Detector(self.backbone, model, cfg, self.device)
+        dp = dpdiff_score_features(detector, self.test_feats)[1].numpy()
+        bank = build_knn(self.train_feats[np.arange(0, self.train_feats.shape[0], 2)], 0.1, standardize=True)
+        kn = knn_score_features(bank, self.test_feats, self.cfg)[1].numpy()
+        bright = np.array(
+            [np.asarray(Image.open(s.image_path).convert("L"), np.float32).mean() for s in self.test_samples]
+        )
+        out = {}
+        for c in self.categories:
+            sel = self.cats == c
+            good = sel & (self.labels == 0)
+            out[c] = {
+                "darkness_I-AUROC": float(roc_auc_score(self.labels[sel], -bright[sel])),
+                "mean_grey_normal": float(bright[good].mean()),
+                "mean_grey_defective": float(bright[sel & (self.labels == 1)].mean()),
+                **{
+                    f"rho_{name}_{subset}": float(spearmanr(bright[m], score[m]).statistic)
+                    for name, score in (("dpdiff", dp), ("knn_coreset", kn))
+                    for subset, m in (("all", sel), ("normal", good))
+                },
+                "dpdiff_I-AUROC": float(roc_auc_score(self.labels[sel], dp[sel])),
+                "knn_coreset_I-AUROC": float(roc_auc_score(self.labels[sel], kn[sel])),
+            }
+        return out
+
     def knn_row(self, standardize: bool, coreset: float = 1.0, train_every: int = 1) -> dict:
         """kNN memory bank on the tokens of every ``train_every``-th training image (1: all), greedy coreset."""
         bank = build_knn(self.train_feats[::train_every], coreset, standardize=standardize)
@@ -300,7 +443,13 @@ class Bench:
         return m
 
 
-def run_dataset(bench: Bench, preset: Config, extra_trainings: bool, only: set[str] | None = None) -> dict:
+#: ``--rows short``: the inference rows kept (the t sweep of the shipped estimator).
+SHORT_ROWS = ("pair, 1 DDIM, t=25", "pair, 1 DDIM, t=50", "pair, 1 DDIM, t=100")
+
+
+def run_dataset(
+    bench: Bench, preset: Config, extra_trainings: bool, only: set[str] | None = None, short: bool = False
+) -> dict:
     rows: dict[str, dict] = {}
     main_run = bench.trained("preset", {})
     shipped = {
@@ -314,7 +463,7 @@ def run_dataset(bench: Bench, preset: Config, extra_trainings: bool, only: set[s
     raw = bench._cached("knn/raw", lambda: bench.knn_row(False))
     std = bench._cached("knn/standardized", lambda: bench.knn_row(True))
     rows["knn/raw (full bank)"], rows["knn/standardized (full bank)"] = raw, std
-    knn = max((raw, std), key=lambda m: m["mAD"])
+    knn = _best([raw, std])
     # coreset sized so that kNN scoring costs about what the shipped DPDiff-AD costs per image
     frac = float(np.clip(dp["scoring_s_per_image"] / max(knn["scoring_s_per_image"], 1e-9), 0.01, 1.0))
     frac = round(frac, 3)
@@ -322,9 +471,19 @@ def run_dataset(bench: Bench, preset: Config, extra_trainings: bool, only: set[s
         f"knn/coreset_{frac:g}_{'std' if knn is std else 'raw'}", lambda: bench.knn_row(knn is std, frac)
     )
     for name, inf in INFERENCE_ROWS.items():
+        if short and name not in SHORT_ROWS:
+            continue
         rows[f"dpdiff/{name}"] = bench._cached(
             f"dpdiff/{name}", lambda inf=inf: bench.dpdiff_row(main_run, inf), inf | {"weights": weights}
         )
+    hybrid = bench._cached(
+        "hybrid: dpdiff + coreset kNN (beyond the paper)", lambda: bench.hybrid_row(main_run, shipped), key
+    )
+    rows["hybrid: dpdiff + coreset kNN, z-scored on normal training images (beyond the paper)"] = hybrid
+    rows["knn/coreset 0.1 of half the training images (the hybrid's bank alone)"] = hybrid["parts"]["knn coreset alone"]
+    glob = bench._cached("global: image-level Gaussian + dpdiff", lambda: bench.global_row(main_run, shipped), key)
+    rows["global+dpdiff: image-level Gaussian of the mean token added to the image score (beyond the paper)"] = glob
+    rows["global alone: image-level Gaussian of the mean token (image metrics only)"] = glob["parts"]["global alone"]
     rows["dpdiff/swap: category-mean training prototypes (leakage check)"] = bench._cached(
         "dpdiff/swap_category_mean_prototypes", lambda: bench.swap_row(main_run, shipped), key
     )
@@ -338,10 +497,14 @@ def run_dataset(bench: Bench, preset: Config, extra_trainings: bool, only: set[s
                 lambda run=run: bench.dpdiff_row(run, shipped),
                 shipped | {"weights": bench.weights_digest(run)},
             )
+    diagnostics = bench._cached(
+        "diagnostic: image score vs brightness", lambda: bench.intensity_diagnostic(main_run, shipped), key
+    )
     return {
         "dpdiff": dp,
         "knn": knn,
         "rows": rows,
+        "intensity_diagnostic": diagnostics,
         "protocol": {
             "data": str(bench.root),
             "categories": len(bench.categories),
@@ -355,9 +518,97 @@ def run_dataset(bench: Bench, preset: Config, extra_trainings: bool, only: set[s
     }
 
 
+def _diagnostic_lines(diag: dict) -> list[str]:
+    """The brightness diagnostic as a Markdown table (rows: categories)."""
+    cols = [
+        "darkness_I-AUROC",
+        "dpdiff_I-AUROC",
+        "knn_coreset_I-AUROC",
+        "rho_dpdiff_all",
+        "rho_dpdiff_normal",
+        "rho_knn_coreset_all",
+        "rho_knn_coreset_normal",
+        "mean_grey_normal",
+        "mean_grey_defective",
+    ]
+    lines = [
+        "Image score vs brightness (Spearman rho with the mean grey level; I-AUROC of darkness alone):",
+        "",
+        "| category | " + " | ".join(cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    for cat, d in diag.items():
+        lines.append(f"| {cat} | " + " | ".join(f"{d[c]:.3f}" for c in cols) + " |")
+    return lines + [""]
+
+
+def frontier_points(summary: dict) -> list[dict]:
+    """Accuracy against training minutes (2 CPU cores): every trained DPDiff-AD row (the shipped preset and the
+    ``train:`` rows) and the kNN banks at 0 minutes, per dataset."""
+    points = []
+    for ds, r in summary.items():
+        named = [("dpdiff (shipped preset)", r["dpdiff"])] + [(k, m) for k, m in r["rows"].items()]
+        for name, m in named:
+            if name.startswith("knn/"):
+                minutes = 0.0
+            elif (name == "dpdiff (shipped preset)" or name.startswith("train:")) and m.get("train_s"):
+                minutes = float(m["train_s"]) / 60.0
+            else:
+                continue
+            points.append(
+                {
+                    "dataset": ds,
+                    "row": name,
+                    "train_minutes": round(minutes, 2),
+                    "I-AUROC": m["I-AUROC"],
+                    "P-AUROC": m["P-AUROC"],
+                    "images_per_s": m.get("images_per_s"),
+                }
+            )
+    return points
+
+
+def write_frontier(summary: dict, folder: Path) -> None:
+    """``frontier.{json,csv,png}``: :func:`frontier_points` as a table and one plot per dataset."""
+    import csv
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = frontier_points(summary)
+    atomic_write_json(folder / "frontier.json", points)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(points[0]) if points else ["dataset"], lineterminator="\n")
+    w.writeheader()
+    w.writerows({k: ("\u2014" if v is None else v) for k, v in p.items()} for p in points)
+    atomic_write_text(folder / "frontier.csv", buf.getvalue())
+    sets = list(summary)
+    fig, axes = plt.subplots(1, len(sets), figsize=(4.2 * len(sets), 3.6), squeeze=False)
+    for ax, ds in zip(axes[0], sets, strict=True):
+        for p in (p for p in points if p["dataset"] == ds):
+            knn = p["row"].startswith("knn/")
+            ax.scatter(p["train_minutes"], 100 * p["I-AUROC"], marker="s" if knn else "o", c="C1" if knn else "C0")
+            label = p["row"].replace("train:", "").replace("dpdiff (shipped preset)", "shipped")[:28]
+            ax.annotate(
+                label, (p["train_minutes"], 100 * p["I-AUROC"]), fontsize=6, xytext=(3, 2), textcoords="offset points"
+            )
+        ax.set_title(ds)
+        ax.set_xlabel("training minutes (2 CPU cores)")
+        ax.set_ylabel("I-AUROC (%)")
+        ax.grid(alpha=0.3)
+    fig.suptitle("DPDiff-AD trainings (circles) vs kNN banks (squares, no training)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(folder / "frontier.png", dpi=110)
+    plt.close(fig)
+
+
 def write_summary(summary: dict, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / "summary.json", summary)
+    write_frontier(summary, folder)
     lines = ["# Accuracy: DPDiff-AD (shipped `lite0_cpu` preset) vs kNN on the same tokens", ""]
     for ds, r in summary.items():
         p = r["protocol"]
@@ -371,10 +622,10 @@ def write_summary(summary: dict, folder: Path) -> None:
         for name, m in [("**dpdiff** (shipped)", r["dpdiff"]), ("**knn** (stronger)", r["knn"])] + list(
             r["rows"].items()
         ):
-            lines.append(
-                f"| {name} | " + " | ".join(f"{100 * m[k]:.1f}" for k in COLUMNS) + f" | {m['images_per_s']:.1f} |"
-            )
+            lines.append(f"| {name} | " + " | ".join(_pct(m[k]) for k in COLUMNS) + f" | {m['images_per_s']:.1f} |")
         lines.append("")
+        if r.get("intensity_diagnostic"):
+            lines += _diagnostic_lines(r["intensity_diagnostic"])
     atomic_write_text(folder / "summary.md", "\n".join(lines))
 
 
@@ -383,12 +634,23 @@ def main() -> int:
     ap.add_argument("--output", default=str(ROOT / "runs" / "accuracy"))
     ap.add_argument("--datasets", default="mtd,synthetic")
     ap.add_argument("--mtd", default=None, help="MTD root (default: $DPDIFF_SHARED_DATA/mtd)")
+    ap.add_argument(
+        "--real-data",
+        default=str(ROOT / "runs" / "real_data"),
+        help="folder of the converted public sets (benchmarks/real_datasets.py), one sub-folder each",
+    )
     ap.add_argument("--synthetic-categories", type=int, default=20)
     ap.add_argument("--synthetic-train", type=int, default=32)
     ap.add_argument("--synthetic-test-good", type=int, default=8)
     ap.add_argument("--synthetic-test-defect", type=int, default=16)
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
     ap.add_argument("--no-extra-trainings", action="store_true", help="train the preset only")
+    ap.add_argument(
+        "--rows",
+        choices=("full", "short"),
+        default="full",
+        help="inference rows: every variant of INFERENCE_ROWS (full) or the t sweep only (short)",
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: 3 synthetic categories, 30 steps")
     ap.add_argument("--results", default=None, help="summary folder (default benchmarks/results/accuracy)")
     ap.add_argument(
@@ -412,8 +674,8 @@ def main() -> int:
     torch.manual_seed(0)
     names = [d.strip() for d in args.datasets.split(",") if d.strip()]
     for name in names:
-        if name not in ("mtd", "synthetic"):
-            raise SystemExit(f"--datasets: unknown dataset {name!r} (mtd, synthetic)")
+        if name not in ("mtd", "synthetic", *REAL_SETS):
+            raise SystemExit(f"--datasets: unknown dataset {name!r} (mtd, synthetic, {', '.join(REAL_SETS)})")
     # first the preset and its rows on every dataset, then the extra trainings: a run stopped by its
     # time budget has the headline numbers of both datasets
     for extra in (False, True) if not args.no_extra_trainings else (False,):
@@ -423,7 +685,7 @@ def main() -> int:
             bench = Bench(name, root, cats, preset, ds_out, args.steps)
             chosen = args.trainings or ",".join(DEFAULT_TRAININGS)
             only = None if chosen == "all" else {t.strip() for t in chosen.split(",") if t.strip()}
-            summary[name] = run_dataset(bench, preset, extra, only)
+            summary[name] = run_dataset(bench, preset, extra, only, short=args.rows == "short")
             write_summary(summary, results)  # after each dataset: a stopped run keeps what it finished
             log.info("wrote %s", results / "summary.json")
     print((results / "summary.md").read_text())

@@ -53,9 +53,11 @@ from dpdiff.config import Config, load_config  # noqa: E402
 from dpdiff.data import shared_data_dir  # noqa: E402
 from dpdiff.data.dataset import ImageDataset  # noqa: E402
 from dpdiff.data.mvtec import load_split  # noqa: E402
+from dpdiff.engine.distributed import DistInfo  # noqa: E402
 from dpdiff.engine.features import resolve_device, tokens_from_maps  # noqa: E402
 from dpdiff.engine.features.cache import FeatureCache  # noqa: E402
 from dpdiff.engine.inference import Detector  # noqa: E402
+from dpdiff.engine.train import Trainer  # noqa: E402
 from dpdiff.experiments.benchmark import cpu_name, measure, random_model, random_vit  # noqa: E402
 from dpdiff.io import atomic_write_json  # noqa: E402
 
@@ -219,37 +221,26 @@ def bench_training(
         flush=True,
     )
     n, c, h, w = store.shape
-    model = random_model(c, (h, w), cfg, device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     bs = min(cfg.train.batch_size, n)
-    dataset = ImageDataset(samples, cfg.backbone.image_size, backbone.mean, backbone.std, load_masks=False)
-    step_no = [0]
-
-    def step(tokens_fn):
-        g = torch.Generator().manual_seed(step_no[0])
-        step_no[0] += 1
-        idx = torch.randint(0, n, (bs,), generator=g)
-        tokens = tokens_fn(idx)
-        losses = model.training_losses(tokens, g if device.type == "cpu" else None)
-        opt.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-
-    def from_cache(idx):
-        return tokens_from_maps(store[idx].float()).to(device)
-
-    def through_backbone(idx):
-        images = torch.stack([dataset[int(i)]["image"] for i in idx]).to(device)
-        with torch.inference_mode():
-            feats = backbone(images)
-        return tokens_from_maps(feats.clone().float())
-
     g = torch.Generator().manual_seed(123)
     gather = measure(lambda: store[torch.randint(0, n, (bs,), generator=g)], device, warmup, max(5, cached_steps))
     out["cache_read_ms_per_batch"] = 1e3 * gather["median_s"]
-    a = measure(lambda: step(from_cache), device, warmup, cached_steps)
-    b = measure(lambda: step(through_backbone), device, max(1, warmup // 2), backbone_steps)
+    # the real step (Trainer.step: batch draw, loss, backward, clipping, lr schedule, Adam, EMA) from the cache,
+    # and the same step with the batch's images pushed through the backbone first (what training without the
+    # feature cache adds per step)
+    dataset = ImageDataset(samples, cfg.backbone.image_size, backbone.mean, backbone.std, load_masks=False)
+    trainer = real_trainer(cfg, store, samples, cache_root / "run_cache", device)
+    step_no = iter(range(10**9))
+
+    def through_backbone() -> None:
+        idx = torch.randint(0, n, (bs,), generator=g)
+        images = torch.stack([dataset[int(i)]["image"] for i in idx]).to(device)
+        with torch.inference_mode():
+            backbone(images)
+        trainer.step(next(step_no))
+
+    a = measure(lambda: trainer.step(next(step_no)), device, warmup, cached_steps)
+    b = measure(through_backbone, device, max(1, warmup // 2), backbone_steps)
     out["from_cache"] = a | {"steps_per_s": 1 / a["median_s"]}
     out["through_backbone"] = b | {"steps_per_s": 1 / b["median_s"]}
     out["speedup"] = out["from_cache"]["steps_per_s"] / out["through_backbone"]["steps_per_s"]
@@ -262,6 +253,48 @@ def bench_training(
         f"{fmt(out['cache_read_ms_per_batch'], 2)} ms)",
         flush=True,
     )
+    return out
+
+
+def real_trainer(cfg: Config, features, samples: list, run_dir: Path, device: torch.device) -> Trainer:
+    """A :class:`~dpdiff.engine.train.Trainer` set up as ``dpdiff train`` sets it up, on these features (its
+    ``step`` is what is timed; nothing is saved: the steps run outside ``fit``)."""
+    cfg = cfg.override({"train.device": str(device)})
+    return Trainer(cfg, run_dir, DistInfo(device=device)).setup(overwrite=True, features=features, samples=samples)
+
+
+def bench_trainer_step(
+    cfg: Config, features, samples: list, run_root: Path, device: torch.device, warmup: int, steps: int
+) -> dict:
+    """steps/s and tokens/s of ``Trainer.step`` with the shipped preset, on one and two threads, with every token
+    and with masked training (``train.token_keep`` 0.5; issue #22). Tokens/s counts the tokens the DiT sees."""
+    out: dict = {}
+    n_tokens = int(features.shape[2] * features.shape[3])
+    before = torch.get_num_threads()
+    try:
+        for keep in (1.0, 0.5):
+            trainer = real_trainer(
+                cfg.override({"train.token_keep": keep}), features, samples, run_root / f"k{keep}", device
+            )
+            bs = trainer.batch_size
+            step_no = iter(range(10**9))
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                r = measure(lambda t=trainer, it=step_no: t.step(next(it)), device, warmup, steps)
+                sps = 1.0 / r["median_s"]
+                out[f"token_keep={keep:g}, threads={threads}"] = r | {
+                    "steps_per_s": sps,
+                    "tokens_per_s": sps * bs * round(keep * n_tokens),
+                    "batch_size": bs,
+                    "minutes_per_3000_steps": 3000 / sps / 60,
+                }
+                print(
+                    f"  Trainer.step, token_keep {keep:g}, {threads} thread(s): {fmt(sps)} steps/s, "
+                    f"{sps * bs * round(keep * n_tokens):.0f} tokens/s, 3000 steps in {3000 / sps / 60:.1f} min",
+                    flush=True,
+                )
+    finally:
+        torch.set_num_threads(before)
     return out
 
 
@@ -528,6 +561,13 @@ def main() -> int:
                 lite_cfg, lite, samples, Path(args.cache_dir), device, warmup + 1, 5 if q else 30, 2 if q else 6
             )
             results["training"]["data"] = source
+            print("(2b) Trainer.step of the shipped preset, one and two threads, all tokens vs masked", flush=True)
+            store = FeatureCache(Path(args.cache_dir)).get(
+                lite, None, samples, lite_cfg.backbone.image_size, lite_cfg.train.feature_batch_size, device
+            )
+            results["training"]["trainer_step"] = bench_trainer_step(
+                lite_cfg, store, samples, tmp / "trainer", device, warmup + 1, 5 if q else 20
+            )
         if "rss" not in args.skip:
             print(f"(3) peak RSS of train() ({args.rss_steps} steps), separate processes", flush=True)
             results["peak_rss"] = bench_rss(args, tmp)

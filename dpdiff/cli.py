@@ -169,6 +169,7 @@ def cmd_predict(args) -> int:
         weights=args.weights,
         skip_bad=args.skip_bad,
         category=args.category,
+        all_masks=args.all_masks,
     )
     masks, skipped = getattr(prediction, "masks", None), getattr(prediction, "skipped", [])
     where = f", defect masks to {masks}/" if masks else " (uncalibrated: no decisions or masks; run `dpdiff calibrate`)"
@@ -187,13 +188,18 @@ def cmd_calibrate(args) -> int:
     t = detector.calibrate(
         args.normal,
         target_fpr=args.fpr,
+        pixel_fpr=args.pixel_fpr,
         category=args.category,
         labelled=args.labelled,
         skip_bad=args.skip_bad,
         save=True,
     )
     scope = f"category {args.category!r}" if args.category else "global"
-    how = f"target false-alarm rate {t.target_fpr:g}" if t.method == "fpr" else "F1-optimal"
+    how = (
+        f"false-alarm rate {t.target_fpr:g} per image, {t.details['target_pixel_fpr']:g} per pixel"
+        if t.method == "fpr"
+        else "F1-optimal"
+    )
     pixel = "none (no masks)" if t.pixel is None else f"{t.pixel:.6g}"
     print(f"{scope} thresholds ({how}, {t.num_images} images): image {t.image:.6g}, pixel {pixel}")
     print(f"written to {detector.calibration_path}")
@@ -495,6 +501,11 @@ def _add_evaluation_commands(sub) -> None:
     r.add_argument(
         "--skip-bad", action="store_true", help="list unreadable images in scores.csv as skipped instead of stopping"
     )
+    r.add_argument(
+        "--all-masks",
+        action="store_true",
+        help="write defect masks and contours for images judged normal too (default: anomalous images only)",
+    )
     r.add_argument("--weights", help=_WEIGHTS_HELP)
     r.add_argument("--device", default=None)
     r.add_argument("--overwrite", action="store_true")
@@ -503,6 +514,8 @@ def _add_evaluation_commands(sub) -> None:
 
 def _add_deployment_commands(sub) -> None:
     """``dpdiff calibrate`` and ``export``: decision thresholds and an ONNX model of a trained run."""
+    from .engine.calibration import DEFAULT_PIXEL_FPR
+
     c = sub.add_parser(
         "calibrate",
         help="decision thresholds from held-out normal images at a target false-alarm "
@@ -515,14 +528,23 @@ def _add_deployment_commands(sub) -> None:
     )
     c.add_argument(
         "--normal",
-        help="folder of normal images NOT used in training (searched recursively); at least "
-        "1/fpr - 1 of them (99 for --fpr 0.01)",
+        nargs="+",
+        metavar="DIR",
+        help="one or more folders of normal images NOT used in training (searched recursively); at least "
+        "1/fpr - 1 images in all (99 for --fpr 0.01)",
     )
     c.add_argument("--fpr", type=float, default=0.01, help="target false-alarm rate on normal images (default 0.01)")
     c.add_argument(
+        "--pixel-fpr",
+        type=float,
+        default=DEFAULT_PIXEL_FPR,
+        help="the pixel threshold's own false-alarm rate: the share of a normal image's map pixels above it "
+        f"(default {DEFAULT_PIXEL_FPR:g}); masks are drawn on images judged anomalous only",
+    )
+    c.add_argument(
         "--labelled",
-        help="a labelled validation set (a dataset folder; its test split with masks): "
-        "F1-optimal thresholds instead, --normal images added as normal samples",
+        help="a labelled validation set (a dataset folder; its test split, with or without masks): "
+        "F1-optimal thresholds instead (no pixel threshold without masks), --normal images added as normal samples",
     )
     c.add_argument("--category", help="store the thresholds for this category only (default: global thresholds)")
     c.add_argument("--skip-bad", action="store_true", help="leave out unreadable images instead of stopping")

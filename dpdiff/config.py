@@ -141,6 +141,11 @@ class TrainConfig:
     lr_schedule: str = _setting("cosine", choices=("constant", "cosine"))  # choice: cosine decays to 0 at
     # train.steps (engine/train.py LR_SCHEDULES)
     warmup_steps: int = _setting(100, ge=0)  # choice: linear lr warm-up (0 = off)
+    token_keep: float = _setting(1.0, gt=0, le=1)  # beyond the paper (Zheng et al. 2023, masked training): the
+    # DiT sees a random subset of this fraction of each image's tokens per step (loss on those; prototypes
+    # from all tokens); 1 = every token (the paper). Inference always uses every token
+    full_token_steps: int = _setting(0, ge=0)  # with token_keep < 1: the last N steps use every token
+    # (the unmasked fine-tuning that closes the train/test gap)
     feature_cache: bool = _setting(False, role=RUNTIME)  # memory-mapped fp16 token cache reused across runs
     # (engine/features/cache.py)
     cache_dir: str | None = _setting(None, role=RUNTIME)  # default $DPDIFF_CACHE or ~/.cache/dpdiff/features
@@ -149,6 +154,8 @@ class TrainConfig:
     # thresholds on them after training (engine/calibration.py); 0 = off
     calibration_fpr: float = _setting(0.01, gt=0, lt=1)  # target false-alarm rate of that
     # calibration; needs >= 1/fpr - 1 held-out images (99 for 0.01)
+    calibration_pixel_fpr: float = _setting(0.001, gt=0, lt=1)  # the pixel threshold's own rate: share of a
+    # normal image's map pixels above it (engine/calibration.py DEFAULT_PIXEL_FPR)
 
 
 @dataclass

@@ -27,6 +27,7 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_json",
     "fsync_dir",
+    "new_file_mode",
     "to_jsonable",
     "slugify",
     "TEMP_SUFFIX",
@@ -50,11 +51,30 @@ def fsync_dir(folder: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def _current_umask() -> int:
+    """The process umask, read without changing it where the OS tells it (Linux ``/proc/self/status``); else
+    by the set-and-restore idiom."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` gives a new file: 0666 minus the umask (0644 under umask 022)."""
+    return 0o666 & ~_current_umask()
+
+
 def atomic_write(path: str | os.PathLike, writer: Callable[[str], Any]) -> Path:
     """``writer(tmp_path)`` writes the whole file at ``tmp_path`` (a new empty file in ``path``'s folder);
     it is then fsync'ed, renamed onto ``path`` and the folder fsync'ed. On any error (``writer``'s included)
     the temporary file is removed and the old ``path``, if any, is untouched.
 
+    The file gets the mode any program's new file would (:func:`new_file_mode`), not the 0600 of the
+    temporary file, so a model or report written by one account can be read by a service account.
     Parent folders are created when missing. Returns ``path``. Example:
     ``atomic_write(p, lambda tmp: torch.save(state, tmp))``.
     """
@@ -64,6 +84,7 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[str], Any]) -> Path:
     os.close(fd)
     try:
         writer(tmp)
+        os.chmod(tmp, new_file_mode())
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -158,7 +158,7 @@ def test_cli_calibrate_then_predict_writes_decisions_and_masks(demo_like, tmp_pa
     err = capsys.readouterr().err
     assert "needs at least 99 normal images, got 10" in err and not (run / CALIBRATION_FILE).exists()
     assert main(["calibrate", str(run), "--normal", str(data / "synth_nut" / "test" / "good"), "--fpr", "0.1"]) == 0
-    assert "global thresholds (target false-alarm rate 0.1, 10 images)" in capsys.readouterr().out
+    assert "global thresholds (false-alarm rate 0.1 per image, 0.001 per pixel, 10 images)" in capsys.readouterr().out
     assert main(["predict", str(run), str(data / "synth_nut" / "test"), "-o", str(tmp_path / "p")]) == 0
     rows = list(csv.DictReader((tmp_path / "p" / "scores.csv").open()))
     assert len(rows) == 14 and all(r["is_anomalous"] in ("true", "false") for r in rows)
@@ -170,7 +170,9 @@ def test_cli_calibrate_then_predict_writes_decisions_and_masks(demo_like, tmp_pa
         for r in rows
     )
     masks = sorted((tmp_path / "p" / "masks").rglob("*.png"))
-    assert len(masks) == 14
+    anomalous = [r for r in rows if r["is_anomalous"] == "true"]
+    assert 0 < len(anomalous) < 14 and len(masks) == len(anomalous)  # masks on images judged anomalous only
+    assert all(int(r["defect_pixels"]) == 0 for r in rows if r["is_anomalous"] == "false")
     m = np.asarray(Image.open(masks[0]))
     assert m.shape == (64, 64) and set(np.unique(m)) <= {0, 255}
     assert sum(int(r["defect_pixels"]) for r in rows) == sum(int((np.asarray(Image.open(p)) > 0).sum()) for p in masks)

@@ -6,6 +6,7 @@ import ast
 import json
 import math
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,15 @@ import torch
 import dpdiff.io as dio
 from dpdiff import progress as progress_mod
 from dpdiff import run_files
-from dpdiff.io import atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text, slugify, to_jsonable
+from dpdiff.io import (
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    new_file_mode,
+    slugify,
+    to_jsonable,
+)
 
 PACKAGE = Path(dio.__file__).resolve().parent
 
@@ -234,3 +243,17 @@ def test_no_module_uses_tqdm_directly():
         if p.name != "progress.py" and "tqdm" in p.read_text(encoding="utf-8")
     ]
     assert hits == [], f"tqdm used outside dpdiff/progress.py (use dpdiff.progress.progress): {hits}"
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_written_files_get_the_mode_a_new_file_would(tmp_path, umask, mode):
+    """Not mkstemp's 0600: a run folder written by one account must be readable by a service account."""
+    old = os.umask(umask)
+    try:
+        for i, write in enumerate((atomic_write_text, atomic_write_bytes, atomic_write_json)):
+            p = tmp_path / f"f{i}"
+            write(p, {"a": 1} if write is atomic_write_json else ("x" if write is atomic_write_text else b"x"))
+            assert stat.S_IMODE(p.stat().st_mode) == mode, (write.__name__, oct(p.stat().st_mode))
+            assert new_file_mode() == mode
+    finally:
+        os.umask(old)

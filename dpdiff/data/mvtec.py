@@ -20,15 +20,19 @@ Rules:
 * The training split is ``train/good`` only (unsupervised setting); every training sample is
   labelled good.
 * In the test split the folder ``good`` gives label 0 and every other folder is a defect type
-  (label 1). A defective image without a mask raises :class:`FileNotFoundError` naming the image
-  and every mask path tried, unless ``allow_missing_masks=True`` (then ``mask_path`` is ``None``
-  and the sample should be left out of pixel-level metrics).
+  (label 1). A defect type with no ``ground_truth/<defect>`` folder at all has image labels only:
+  its samples get ``mask_path=None`` (left out of the pixel metrics) and one log line per load says
+  which defect types have no masks; a data set without ``ground_truth/`` is a labels-only set. Where
+  the folder exists, a defective image without a mask in it raises :class:`FileNotFoundError` naming
+  the image and every mask path tried (a half-filled mask folder is a mistake, not a labels-only
+  set), unless ``allow_missing_masks=True`` (then ``mask_path`` is ``None``).
 * Order is deterministic: categories sorted, within a category ``good`` first then the defect
   folders sorted by name, and files sorted by name.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +52,8 @@ __all__ = [
     "count_samples",
 ]
 
+logger = logging.getLogger(__name__)
+
 #: Extensions recognised as images (compared lower-cased).
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 SPLITS = ("train", "test")
@@ -59,14 +65,19 @@ class Sample:
     """One image of an MVTec-layout dataset."""
 
     image_path: Path
-    #: ``None`` for good images (and for defective images without a mask when
-    #: ``allow_missing_masks=True``).
+    #: ``None`` for good images, and for defective images with image labels only.
     mask_path: Path | None
     #: 0 good, 1 defective.
     label: int
     #: ``"good"`` or the defect folder name.
     defect: str
     category: str
+
+    @property
+    def mask_known(self) -> bool:
+        """Whether the ground truth is known pixel by pixel: a normal image (no defect pixel) or a defective
+        image with a mask. The pixel metrics use these images only."""
+        return self.label == 0 or self.mask_path is not None
 
 
 def _visible(path: Path) -> bool:
@@ -136,8 +147,12 @@ def _index_folder(folder: Path) -> dict[str, Path]:
     return index
 
 
-def load_split(root: Path, category: str, split: str, allow_missing_masks: bool = False) -> list[Sample]:
-    """Samples of one category and split (``"train"`` or ``"test"``), deterministically sorted."""
+def load_split(
+    root: Path, category: str, split: str, allow_missing_masks: bool = False, _unmasked: list | None = None
+) -> list[Sample]:
+    """Samples of one category and split (``"train"`` or ``"test"``), deterministically sorted.
+    ``_unmasked``: when given, ``"<category>/<defect>"`` of the defect types without a mask folder are added
+    to it instead of logged (:func:`load_dataset` logs them in one line)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     root = _check_root(root)
@@ -164,6 +179,7 @@ def load_split(root: Path, category: str, split: str, allow_missing_masks: bool 
     defect_dirs = _list_subdirs(split_dir)
     defect_dirs.sort(key=lambda p: (p.name != GOOD, p.name))
     samples: list[Sample] = []
+    unmasked: list[str] = [] if _unmasked is None else _unmasked
     for ddir in defect_dirs:
         defect = ddir.name
         images = _list_images(ddir)
@@ -171,6 +187,10 @@ def load_split(root: Path, category: str, split: str, allow_missing_masks: bool 
             samples.extend(Sample(p, None, 0, GOOD, category) for p in images)
             continue
         gt_dir = cat_dir / "ground_truth" / defect
+        if not gt_dir.is_dir():  # image labels only for this defect type
+            unmasked.append(f"{category}/{defect}")
+            samples.extend(Sample(p, None, 1, defect, category) for p in images)
+            continue
         index = _index_folder(gt_dir)
         for p in images:
             mask, tried = find_mask(gt_dir, p, index)
@@ -184,7 +204,20 @@ def load_split(root: Path, category: str, split: str, allow_missing_masks: bool 
             samples.append(Sample(p, mask, 1, defect, category))
     if not samples:
         raise DataError(f"category {category!r} has no test images under {str(split_dir)!r}")
+    if _unmasked is None:
+        log_unmasked(unmasked)
     return samples
+
+
+def log_unmasked(unmasked: Sequence[str]) -> None:
+    """The one log line saying which defect types have image labels only (no ground-truth masks)."""
+    if unmasked:
+        logger.info(
+            "no ground-truth masks for %d defect type(s) (%s): image labels only there; pixel metrics use the "
+            "images with masks, and are not available where no defective image has one",
+            len(unmasked),
+            ", ".join(unmasked[:8]) + (" ..." if len(unmasked) > 8 else ""),
+        )
 
 
 def load_dataset(
@@ -195,8 +228,10 @@ def load_dataset(
 ) -> list[Sample]:
     """Concatenate :func:`load_split` over ``categories`` (all of :func:`list_categories` if None)."""
     out: list[Sample] = []
+    unmasked: list[str] = []
     for cat in resolve_categories(categories, lambda: list_categories(root)):
-        out.extend(load_split(root, cat, split, allow_missing_masks=allow_missing_masks))
+        out.extend(load_split(root, cat, split, allow_missing_masks=allow_missing_masks, _unmasked=unmasked))
+    log_unmasked(unmasked)
     return out
 
 

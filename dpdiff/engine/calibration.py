@@ -2,14 +2,15 @@
 
 Two ways to set them (``Detector.calibrate``, ``dpdiff calibrate``):
 
-* **at a false-alarm rate** (``target_fpr``, default 0.01), from held-out *normal* images only: the image
-  threshold is the (1 - fpr) quantile of their image scores, the pixel threshold the (1 - fpr) quantile of
-  all their map pixels. The quantile is the split-conformal order statistic: with ``n`` scores the
-  threshold is the ``k``-th smallest, ``k = ceil((n + 1) (1 - fpr))`` (:func:`fpr_threshold`). For a new
-  normal image from the same distribution, P(score > threshold) = (n + 1 - k) / (n + 1), which is at most
-  ``fpr`` and at least ``fpr - 1 / (n + 1)``: the rate holds for any score distribution and any ``n``, not
-  only asymptotically. It needs ``k <= n``, i.e. ``n >= 1/fpr - 1`` normal images
-  (:func:`min_normal_images`; 99 for 1 %); fewer is an error, never a silently looser threshold.
+* **at a false-alarm rate** (``target_fpr``, default 0.01), from held-out *normal* images only: the image threshold is
+  the (1 - fpr) quantile of their image scores, the pixel threshold the (1 - pixel_fpr) quantile of all their map
+  pixels, at its own, small rate (``pixel_fpr``, default :data:`DEFAULT_PIXEL_FPR` = 0.001: the share of a normal
+  image's pixels above it). The quantile is the split-conformal order statistic: with ``n`` scores the threshold is
+  the ``k``-th smallest, ``k = ceil((n + 1) (1 - fpr))`` (:func:`fpr_threshold`). For a new normal image from the same
+  distribution, P(score > threshold) = (n + 1 - k) / (n + 1), which is at most ``fpr`` and at least ``fpr - 1 / (n +
+  1)``: the rate holds for any score distribution and any ``n``, not only asymptotically. It needs ``k <= n``, i.e.
+  ``n >= 1/fpr - 1`` normal images (:func:`min_normal_images`; 99 for 1 %); fewer is an error, never a silently looser
+  threshold.
 * **F1-optimal**, from a labelled validation set (normal and defective images, masks for the pixel
   threshold): the threshold that maximises F1 of ``score > threshold`` (:func:`f1_threshold`).
 
@@ -55,6 +56,7 @@ __all__ = [
     "f1_threshold",
     "fpr_thresholds",
     "f1_thresholds",
+    "DEFAULT_PIXEL_FPR",
     "scoring_fingerprint",
     "read_calibration",
     "write_calibration",
@@ -63,6 +65,9 @@ __all__ = [
 ]
 
 CALIBRATION_VERSION = 1
+#: Default false-alarm rate of the pixel threshold: the share of a normal image's map pixels above it (0.1 %,
+#: about 65 pixels of a 256 x 256 map), far below the image rate so that a normal image is not painted.
+DEFAULT_PIXEL_FPR = 0.001
 #: ``fpr``: quantile of normal scores at a target false-alarm rate; ``f1``: F1-optimal on labelled images.
 METHODS = ("fpr", "f1")
 
@@ -254,13 +259,16 @@ def _check_positive(value: float, what: str) -> None:
         )
 
 
-def fpr_thresholds(image_scores: np.ndarray, maps: np.ndarray, target_fpr: float) -> Thresholds:
-    """:class:`Thresholds` at ``target_fpr`` from the image scores (N,) and anomaly maps (N, R, R) of normal
-    images: image threshold over the N scores, pixel threshold over all N*R*R map pixels."""
+def fpr_thresholds(
+    image_scores: np.ndarray, maps: np.ndarray, target_fpr: float, pixel_fpr: float = DEFAULT_PIXEL_FPR
+) -> Thresholds:
+    """:class:`Thresholds` from the image scores (N,) and anomaly maps (N, R, R) of normal images: image
+    threshold at ``target_fpr`` over the N scores, pixel threshold at ``pixel_fpr`` over all N*R*R map pixels
+    (its own rate: at the image rate, e.g. 5 %, a normal image would show 5 % of its pixels as defect)."""
     n = int(np.asarray(image_scores).size)
     image, image_rate = fpr_threshold(image_scores, target_fpr, "normal images")
     pixels = np.asarray(maps, dtype=np.float32).reshape(-1)
-    pixel, pixel_rate = fpr_threshold(pixels, target_fpr, "normal map pixels")
+    pixel, pixel_rate = fpr_threshold(pixels, check_fpr(pixel_fpr), "normal map pixels")
     _check_positive(image, "the image threshold")
     _check_positive(pixel, "the pixel threshold")
     return Thresholds(
@@ -269,7 +277,12 @@ def fpr_thresholds(image_scores: np.ndarray, maps: np.ndarray, target_fpr: float
         "fpr",
         n,
         float(target_fpr),
-        {"expected_image_fpr": image_rate, "expected_pixel_fpr": pixel_rate, "num_pixels": int(pixels.size)},
+        {
+            "expected_image_fpr": image_rate,
+            "target_pixel_fpr": float(pixel_fpr),
+            "expected_pixel_fpr": pixel_rate,
+            "num_pixels": int(pixels.size),
+        },
     )
 
 

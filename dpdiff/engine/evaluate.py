@@ -17,8 +17,8 @@ from ..data.formats import load_samples
 from ..errors import ConfigError
 from ..figure_data import OverlayItem, ReportData, overlay_picks
 from ..io import atomic_write_text
-from ..metrics import METRIC_NAMES, compute_metrics
-from ..metrics.tables import write_results
+from ..metrics import compute_metrics
+from ..metrics.tables import add_mean_row, write_results
 from ..run_files import (
     EVAL_DIR,
     IMAGE_SCORES_FILE,
@@ -109,6 +109,7 @@ class _TestTally:
     per_category_object: dict = field(default_factory=dict)
     image_rows: list[dict] = field(default_factory=list)
     overlays: list[OverlayItem] = field(default_factory=list)
+    unmasked: dict = field(default_factory=dict)  # category -> defective test images without a mask
     images: int = 0
     seconds: float = 0.0
 
@@ -157,7 +158,10 @@ def _test_category(
     )
     tally.images += len(samples)
     tally.seconds += secs
-    tally.per_category[cat] = compute_metrics(scores, labels, maps, masks)
+    known = np.array([s.mask_known for s in samples], dtype=bool)
+    tally.per_category[cat] = compute_metrics(scores, labels, maps, masks, mask_known=known)
+    if not known.all():
+        tally.unmasked[cat] = int((~known).sum())
     report_data.add_category(cat, samples, maps, scores, masks)  # keeps a few maps only
     if fmt in OBJECT_LEVEL_FORMATS:
         tally.per_category_object[cat] = object_level_metrics(samples, scores)
@@ -183,9 +187,15 @@ def _write_results(detector, cfg: Config, out: Path, tally: _TestTally) -> dict:
     per_category = tally.per_category
     fps = tally.images / tally.seconds if tally.seconds > 0 else float("nan")
     protocol = protocol_description(cfg) | {"fps_end_to_end": round(fps, 3), "device": str(detector.device)}
+    if tally.unmasked:
+        protocol["defective_images_without_mask"] = dict(tally.unmasked)
+        protocol["pixel_metrics"] += (
+            "; defective images without a mask are left out of the pixel metrics (not available: null / \u2014 "
+            "where no defective image of a category has a mask, and mAD then too)"
+        )
     paths = write_results(per_category, out, stem=RESULTS_STEM, protocol=protocol)
     _write_image_scores(out / IMAGE_SCORES_FILE, tally.image_rows)
-    mean = {k: float(np.mean([m[k] for m in per_category.values()])) for k in list(METRIC_NAMES) + ["mAD"]}
+    mean = add_mean_row(per_category)["mean"]
     result = {
         "per_category": per_category,
         "mean": mean,
@@ -259,7 +269,7 @@ def category_overlays(folder: str, samples, maps, scores, masks, size: int, n: i
                 vmin,
                 vmax,
                 f"{smp.category}/{smp.defect} score={scores[i]:.3g}",
-                mask=masks[i].copy() if smp.label else None,
+                mask=masks[i].copy() if smp.label and smp.mask_path is not None else None,
             )
         )
     return items

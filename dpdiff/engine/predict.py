@@ -76,12 +76,14 @@ def predict(
     skip_bad: bool = False,
     category: str | None = None,
     detector: Predictor | None = None,
+    all_masks: bool = False,
 ) -> PredictionFiles:
     """Score every image under ``images`` with the run (or ``.onnx``) ``run_dir`` (:meth:`Detector.load`;
     ``detector``: one already loaded); writes ``scores.csv`` and the masks (module docstring) and returns
     them with one :class:`~dpdiff.figure_data.OverlayItem` per scored image when ``overlays``. ``category``:
     use the thresholds calibrated for it. ``weights``: the backbone checkpoint, when it is not where the run's
-    config says."""
+    config says. Masks and overlay contours are drawn on the images judged anomalous only, unless
+    ``all_masks``."""
     images, out = Path(images), Path(output_dir)
     csv_path = out / PREDICTIONS_FILE
     if csv_path.exists() and not overwrite:
@@ -100,9 +102,9 @@ def predict(
             rows.append([item.image, "", "", "", "", "", f"skipped: {item.reason}"])
             continue
         name, small_map, score, size_hw = item
-        p = decide(name, small_map, score, size_hw, thresholds, category)
+        p = decide(name, small_map, score, size_hw, thresholds, category, all_masks)
         rel = Path(name).relative_to(images).with_suffix(".png").as_posix()
-        if p.mask is not None:
+        if p.mask is not None and (p.is_anomalous or all_masks):
             atomic_write_bytes(out / MASKS_DIR / rel, _mask_png(p.mask))
         rows.append(
             [
@@ -122,19 +124,22 @@ def predict(
     writer.writerow(CSV_COLUMNS)
     writer.writerows(rows)
     atomic_write_text(csv_path, buf.getvalue())
-    items = _overlay_items(kept, detector.map_size, thresholds)
+    items = _overlay_items(kept, detector.map_size, thresholds, all_masks)
     return PredictionFiles(csv_path, out / MASKS_DIR if write_masks else None, items, skipped, len(rows) - len(skipped))
 
 
-def _overlay_items(kept: list, size: int, thresholds) -> list[OverlayItem]:
-    """The anomaly map (one colour scale for the folder) with the predicted mask's contour (at map size)."""
+def _overlay_items(kept: list, size: int, thresholds, all_masks: bool = False) -> list[OverlayItem]:
+    """The anomaly map (one colour scale for the folder) with the predicted mask's contour (at map size), on
+    the images judged anomalous (all of them with ``all_masks``)."""
     if not kept:
         return []
     maps = np.stack([k[2] for k in kept])
     vmin, vmax = float(np.min(maps)), float(np.percentile(maps, 99.9))
     items = []
     for name, rel, small_map, p in kept:
-        mask = None if thresholds is None or thresholds.pixel is None else small_map > thresholds.pixel
+        mask = None
+        if thresholds is not None and thresholds.pixel is not None and (p.is_anomalous or all_masks):
+            mask = small_map > thresholds.pixel
         title = f"score={p.score:.3g}"
         if p.is_anomalous is not None:
             title += f" ({p.normalized_score:.2f}x threshold: {'ANOMALOUS' if p.is_anomalous else 'normal'})"

@@ -18,7 +18,8 @@ prediction. A :class:`Prediction` holds:
 * ``anomaly_map`` (float32 ``(H, W)``): the pixel anomaly map at the image's own size (the model's map,
   bilinearly resized);
 * ``mask`` (bool ``(H, W)`` or None when uncalibrated or without a pixel threshold): ``anomaly_map >
-  pixel_threshold``, the defect region;
+  pixel_threshold``, the defect region, on an image judged anomalous; all False on an image judged normal
+  (an operator reads any marked pixel as "defect here"), unless ``predict(..., all_masks=True)``;
 * ``image_threshold``, ``pixel_threshold`` (float or None): the thresholds used;
 * ``category`` (str or None): the category the caller named (its thresholds are used when calibrated for it,
   else the global ones);
@@ -48,7 +49,15 @@ from ..data.dataset import load_image_rgb, read_mask_values, resize_binarise_mas
 from ..data.mvtec import IMAGE_EXTENSIONS
 from ..errors import DataError, UsageError
 from ..progress import progress
-from .calibration import Calibration, Thresholds, f1_thresholds, fpr_thresholds, min_normal_images, write_calibration
+from .calibration import (
+    DEFAULT_PIXEL_FPR,
+    Calibration,
+    Thresholds,
+    f1_thresholds,
+    fpr_thresholds,
+    min_normal_images,
+    write_calibration,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import Config
@@ -207,18 +216,23 @@ def decide(
     size_hw: tuple[int, int],
     thresholds: Thresholds | None,
     category: str | None,
+    all_masks: bool = False,
 ) -> Prediction:
-    """The :class:`Prediction` of one scored image: map at its own size, decision and mask by ``thresholds``."""
+    """The :class:`Prediction` of one scored image: map at its own size, decision and mask by ``thresholds``;
+    the mask of an image judged normal is empty unless ``all_masks``."""
     full = resize_map(anomaly_map, size_hw)
     score = float(score)
     if thresholds is None:
         return Prediction(name, score, None, None, full, None, None, None, category)
-    mask = None if thresholds.pixel is None else full > thresholds.pixel
+    anomalous = bool(score > thresholds.image)
+    mask = None
+    if thresholds.pixel is not None:
+        mask = full > thresholds.pixel if anomalous or all_masks else np.zeros(full.shape, dtype=bool)
     return Prediction(
         name,
         score,
         score / thresholds.image,
-        bool(score > thresholds.image),
+        anomalous,
         full,
         mask,
         thresholds.image,
@@ -302,6 +316,7 @@ class Predictor:
         category: str | None = None,
         batch_size: int | None = None,
         skip_bad: bool = False,
+        all_masks: bool = False,
     ) -> Iterable[Prediction | Skipped]:
         """:meth:`predict` one batch at a time (memory stays bounded by a batch); with ``skip_bad`` an
         unreadable file yields a :class:`Skipped` in its place instead of raising a DataError."""
@@ -311,14 +326,19 @@ class Predictor:
                 yield item
             else:
                 name, small_map, score, size_hw = item
-                yield decide(name, small_map, score, size_hw, thresholds, category)
+                yield decide(name, small_map, score, size_hw, thresholds, category, all_masks)
 
     def predict(
-        self, images: ImageInput | Sequence[ImageInput], category: str | None = None, batch_size: int | None = None
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        category: str | None = None,
+        batch_size: int | None = None,
+        all_masks: bool = False,
     ) -> list[Prediction]:
         """One :class:`Prediction` per image (see the module docstring); ``category``: use the thresholds
-        calibrated for it (else the global ones). Unreadable files are a DataError naming the file."""
-        return cast(list[Prediction], list(self.iter_predict(images, category, batch_size)))  # no Skipped here
+        calibrated for it (else the global ones); ``all_masks``: the pixel mask on images judged normal too
+        (default: empty there). Unreadable files are a DataError naming the file."""
+        return cast(list[Prediction], list(self.iter_predict(images, category, batch_size, all_masks=all_masks)))
 
     # ------------------------------------------------------------------------------------------ calibration
     def _score_all(self, items: list, batch_size: int | None, skip_bad: bool):
@@ -341,6 +361,7 @@ class Predictor:
         target_fpr: float = 0.01,
         category: str | None = None,
         *,
+        pixel_fpr: float = DEFAULT_PIXEL_FPR,
         labelled: str | os.PathLike | Sequence | None = None,
         batch_size: int | None = None,
         skip_bad: bool = False,
@@ -349,7 +370,8 @@ class Predictor:
         """Set the decision thresholds (:mod:`dpdiff.engine.calibration`) and return them.
 
         ``normal_images`` (paths, folders, in-memory images) held out from training: the image threshold is
-        the (1 - ``target_fpr``) quantile of their scores, the pixel threshold that of their map pixels;
+        the (1 - ``target_fpr``) quantile of their scores, the pixel threshold the (1 - ``pixel_fpr``) quantile
+        of their map pixels (its own, small rate: the share of a normal image's pixels that may exceed it);
         fewer than ``min_normal_images(target_fpr)`` images is a DataError (99 for 1 %).
         ``labelled``: a labelled validation set instead or in addition: a dataset folder (its test split, in
         any layout ``dpdiff test`` reads; masks give the pixel threshold) or a sequence of ``(image, label,
@@ -375,7 +397,7 @@ class Predictor:
                     f"target (--fpr)"
                 )
             maps, scores, _, skipped = self._score_all(normal, batch_size, skip_bad)
-            thresholds = fpr_thresholds(scores, maps, target_fpr)
+            thresholds = fpr_thresholds(scores, maps, target_fpr, pixel_fpr)
         else:
             thresholds, skipped = self._calibrate_labelled(normal, labelled, batch_size, skip_bad)
         if skipped:
@@ -412,7 +434,10 @@ class Predictor:
         rows = [rows[i] for i in kept]
         labels = np.array([int(r[1]) for r in rows], dtype=np.int64)
         masks = np.zeros(maps.shape, dtype=bool)
-        size, ev, has_masks = self.map_size, self.cfg.evaluation, False
+        size, ev = self.map_size, self.cfg.evaluation
+        # the pixel threshold from the images whose ground truth is known pixel by pixel: normal images and
+        # defective ones with a mask; image labels only (no mask anywhere): no pixel threshold
+        known = np.array([not label or mask is not None for _, label, mask in rows], dtype=bool)
         for i, (_, label, mask) in enumerate(rows):
             if label and mask is not None:
                 values = (
@@ -421,5 +446,7 @@ class Predictor:
                     else np.asarray(mask, dtype=np.float32)
                 )
                 masks[i] = resize_binarise_mask(values, size, ev.mask_threshold, ev.mask_resize)
-                has_masks = True
-        return f1_thresholds(scores, labels, maps if has_masks else None, masks if has_masks else None), skipped
+        if not masks.any():
+            logger.info("calibrate: no defect masks in the labelled images: image threshold only")
+            return f1_thresholds(scores, labels, None, None), skipped
+        return f1_thresholds(scores, labels, maps[known], masks[known]), skipped

@@ -120,13 +120,13 @@ def calibrate_held_out(run_dir: Path, cfg: Config) -> None:
     held = _split_samples(cfg)[1]
     detector = Detector.load(run_dir, device=cfg.train.device)
     maps, scores = (t.numpy() for t in detector.score_images([s.image_path for s in held], desc="calibration"))
-    fpr = cfg.train.calibration_fpr
-    thresholds = {None: fpr_thresholds(scores, maps, fpr)}
+    fpr, pixel_fpr = cfg.train.calibration_fpr, cfg.train.calibration_pixel_fpr
+    thresholds = {None: fpr_thresholds(scores, maps, fpr, pixel_fpr)}
     categories = np.array([str(s.category) for s in held])
     for category in sorted(set(categories)):
         idx = np.flatnonzero(categories == category)
         if idx.size >= min_normal_images(fpr):
-            thresholds[category] = fpr_thresholds(scores[idx], maps[idx], fpr)
+            thresholds[category] = fpr_thresholds(scores[idx], maps[idx], fpr, pixel_fpr)
     detector.set_thresholds(thresholds, save=True)
 
 
@@ -521,7 +521,10 @@ class Trainer:
         g = torch.Generator().manual_seed(seed)
         idx = torch.randint(0, self.num_images, (self.batch_size,), generator=g)
         g_dev = g if self.device.type == "cpu" else torch.Generator(self.device).manual_seed(seed)
-        noise = self.model.draw_training_noise(self.batch_size, g_dev, self.device)  # the global batch's draws ...
+        keep = self.cfg.train.token_keep if step < self.cfg.train.steps - self.cfg.train.full_token_steps else 1.0
+        noise = self.model.draw_training_noise(
+            self.batch_size, g_dev, self.device, keep
+        )  # the global batch's draws ...
         noise = {k: (v[self.lo : self.hi] if v is not None else None) for k, v in noise.items()}  # ... this rank's rows
         tokens = tokens_from_maps(self.features[idx[self.lo : self.hi]].float()).to(self.device)
         return tokens, noise

@@ -338,7 +338,7 @@ def pixel_metrics(maps: np.ndarray, masks: np.ndarray, aupro_fpr_limit: float = 
 
 def mean_ad(metrics: dict) -> float:
     """mAD: mean of the seven paper metrics."""
-    missing = [k for k in METRIC_NAMES if k not in metrics]
+    missing = [k for k in METRIC_NAMES if metrics.get(k) is None]
     if missing:
         raise KeyError(f"mAD needs all seven metrics; missing {missing}")
     return float(sum(float(metrics[k]) for k in METRIC_NAMES) / len(METRIC_NAMES))
@@ -350,12 +350,29 @@ def compute_metrics(
     maps: np.ndarray,
     masks: np.ndarray,
     aupro_fpr_limit: float = 0.3,
+    mask_known: np.ndarray | None = None,
 ) -> dict:
-    """All seven metrics (paper order) plus ``"mAD"``."""
-    out = image_metrics(image_scores, image_labels)
-    out.update(pixel_metrics(maps, masks, aupro_fpr_limit=aupro_fpr_limit))
-    out = {k: out[k] for k in METRIC_NAMES}
-    out["mAD"] = mean_ad(out)
+    """All seven metrics (paper order) plus ``"mAD"``.
+
+    ``mask_known`` (N,) bool, default all True: the images whose ground truth is known pixel by pixel (normal
+    images, and defective images with a mask). The pixel metrics are computed over those images only; when
+    none of them has a defect pixel (a data set with image labels only) the four pixel metrics and mAD are
+    ``None`` ("not available"): mAD is the mean of all seven or nothing, never a mean of fewer."""
+    out: dict = image_metrics(image_scores, image_labels)
+    maps, masks = np.asarray(maps), np.asarray(masks)
+    if mask_known is not None:
+        known = np.asarray(mask_known, dtype=bool).ravel()
+        if known.shape[0] != maps.shape[0]:
+            raise ValueError(f"mask_known has {known.shape[0]} entries for {maps.shape[0]} maps")
+        if not known.all():
+            maps, masks = maps[known], masks[known]
+    if masks.size and masks.any():
+        out.update(pixel_metrics(maps, masks, aupro_fpr_limit=aupro_fpr_limit))
+        out = {k: out[k] for k in METRIC_NAMES}
+        out["mAD"] = mean_ad(out)
+    else:
+        out = {k: out.get(k) for k in METRIC_NAMES}
+        out["mAD"] = None
     return out
 
 

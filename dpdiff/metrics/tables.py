@@ -20,6 +20,8 @@ __all__ = [
     "complete_row",
     "format_table_markdown",
     "format_table_csv",
+    "NOT_AVAILABLE",
+    "available_counts",
     "write_results",
 ]
 
@@ -28,34 +30,72 @@ TABLE_COLUMNS = METRIC_NAMES + ("mAD",)
 MEAN_ROW = "mean"
 
 
+#: How a metric that is not available (pixel metrics of a data set with image labels only) is shown.
+NOT_AVAILABLE = "\u2014"
+
+
 def complete_row(metrics: Mapping, name: str) -> dict:
-    """``{column: float}`` for every table column (mAD computed when absent); ``KeyError`` naming the
-    row when one of the seven metrics is missing."""
+    """``{column: float or None}`` for every table column (mAD computed when absent); ``KeyError`` naming the
+    row when one of the seven metrics is missing. ``None`` is "not available" (no defect masks): a pixel
+    metric may be None, and then mAD is None too."""
     missing = [k for k in METRIC_NAMES if k not in metrics]
     if missing:
         raise KeyError(f"category {name!r} lacks metrics {missing}")
-    row = {k: float(metrics[k]) for k in METRIC_NAMES}
-    row["mAD"] = float(metrics["mAD"]) if "mAD" in metrics else mean_ad(row)
+    row = {k: None if metrics[k] is None else float(metrics[k]) for k in METRIC_NAMES}
+    if "mAD" in metrics:
+        row["mAD"] = None if metrics["mAD"] is None else float(metrics["mAD"])
+    else:
+        row["mAD"] = None if any(v is None for v in row.values()) else mean_ad(row)
     return row
+
+
+def _mean_available(values: list) -> float | None:
+    present = [v for v in values if v is not None]
+    return math.fsum(present) / len(present) if present else None
 
 
 def add_mean_row(per_category: dict[str, dict]) -> dict[str, dict]:
     """Return ``{category: row, ..., "mean": row}`` with complete rows (mAD filled in) and the mean
-    over categories of every column (including mAD)."""
+    over categories of every column (including mAD). A column's mean is over the categories where it is
+    available (:func:`available_counts` says how many), None where it is available in none."""
     if not per_category:
         raise ValueError("no categories to tabulate")
     if MEAN_ROW in per_category:
         raise DataError(f"{MEAN_ROW!r} is reserved for the mean row and cannot be a category name")
     rows = {str(name): complete_row(m, name) for name, m in per_category.items()}
-    rows[MEAN_ROW] = {c: math.fsum(r[c] for r in rows.values()) / len(rows) for c in TABLE_COLUMNS}
+    rows[MEAN_ROW] = {c: _mean_available([r[c] for r in rows.values()]) for c in TABLE_COLUMNS}
     return rows
+
+
+def available_counts(per_category: Mapping[str, Mapping]) -> dict[str, int]:
+    """``{column: number of categories where it is available}`` (not None)."""
+    return {c: sum(1 for m in per_category.values() if m.get(c) is not None) for c in TABLE_COLUMNS}
+
+
+def _availability_note(per_category: Mapping[str, Mapping]) -> str:
+    """A line under a table whose mean row averages fewer categories in some columns ("" when none)."""
+    counts, n = available_counts(per_category), len(per_category)
+    partial = [c for c in TABLE_COLUMNS if counts[c] < n]
+    if not partial:
+        return ""
+    if all(counts[c] == 0 for c in partial):
+        return f"\n{NOT_AVAILABLE}: not available ({', '.join(partial)}): the test images have no defect masks.\n"
+    return (
+        f"\n{NOT_AVAILABLE}: not available (no defect masks); the mean of "
+        + ", ".join(f"{c} is over {counts[c]} of {n} categories" for c in partial)
+        + ".\n"
+    )
 
 
 def _pct(value) -> str:
     if value is None:
-        return "-"
+        return NOT_AVAILABLE
     value = float(value)
     return "nan" if math.isnan(value) else f"{100.0 * value:.1f}"
+
+
+def _csv_value(value) -> str:
+    return NOT_AVAILABLE if value is None else repr(float(value))
 
 
 def _lead_cell(lead: dict, column: str, name: str, missing: str) -> str:
@@ -73,7 +113,7 @@ def format_table_markdown(
 
     ``label`` heads the row-name column; rows named in ``bold`` (summary rows) are shown in bold.
     ``lead`` adds plain columns between the row names and the metrics: ``{column: {row: value}}``.
-    Missing values show as ``-``.
+    Missing values show as an em dash (:data:`NOT_AVAILABLE`).
     """
     lead = lead or {}
     header = [label, *lead, *TABLE_COLUMNS]
@@ -82,7 +122,7 @@ def format_table_markdown(
         "|---|" + "---:|" * (len(header) - 1),
     ]
     for name, m in rows.items():
-        cells = [_lead_cell(lead, c, name, "-") for c in lead] + [_pct(m.get(c)) for c in TABLE_COLUMNS]
+        cells = [_lead_cell(lead, c, name, NOT_AVAILABLE) for c in lead] + [_pct(m.get(c)) for c in TABLE_COLUMNS]
         row_label = f"**{name}**" if name in bold else str(name)
         lines.append(f"| {row_label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -97,7 +137,7 @@ def format_table_csv(rows: dict[str, dict], label: str = "category", lead: dict[
     writer.writerow((label, *lead) + TABLE_COLUMNS)
     for name, m in rows.items():
         writer.writerow(
-            [name] + [_lead_cell(lead, c, name, "") for c in lead] + [repr(float(m[c])) for c in TABLE_COLUMNS]
+            [name] + [_lead_cell(lead, c, name, "") for c in lead] + [_csv_value(m[c]) for c in TABLE_COLUMNS]
         )
     return buf.getvalue()
 
@@ -137,5 +177,5 @@ def write_results(
         },
     )
     atomic_write_text(paths["csv"], format_table_csv(rows))
-    atomic_write_text(paths["md"], format_table_markdown(rows))
+    atomic_write_text(paths["md"], format_table_markdown(rows) + _availability_note(per_cat))
     return paths

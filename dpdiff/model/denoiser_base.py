@@ -54,6 +54,9 @@ class PrototypeDenoiser(PrototypeEmbedding, nn.Module):
         self.hidden_dim = hidden_dim
         self.build(DenoiserSize(in_dim, hidden_dim, depth, num_heads, mlp_ratio, cross_attention, num_prototype_types))
 
+    #: Whether :meth:`denoise` takes ``keep`` (a subset of the token positions; masked training).
+    supports_token_subsets = False
+
     def build(self, size: DenoiserSize) -> None:  # pragma: no cover - abstract
         """Create the layers (each variant in its own order)."""
         raise NotImplementedError
@@ -64,8 +67,15 @@ class PrototypeDenoiser(PrototypeEmbedding, nn.Module):
         t: torch.Tensor,
         protos: torch.Tensor | None = None,
         proto_types: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.denoise(x_t, t, self.embed_prototypes(protos, proto_types))
+        """``keep`` (B, K) long: ``x_t`` holds only these token positions of the grid (masked training)."""
+        embedded = self.embed_prototypes(protos, proto_types)
+        if keep is None:
+            return self.denoise(x_t, t, embedded)
+        if not self.supports_token_subsets:
+            raise ValueError(f"{type(self).__name__} cannot train on token subsets: set train.token_keep=1")
+        return self.denoise(x_t, t, embedded, keep=keep)  # type: ignore[call-arg]  # DiT's own signature
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, protos: torch.Tensor | None) -> torch.Tensor:
         """eps (B,N,C) from tokens x_t (B,N,C), timesteps t (B,) and the embedded prototypes (B,P,D) or None

@@ -106,6 +106,7 @@ class PrototypeDiT(PrototypeDenoiser):
     """eps_theta(x_t, P_t, t) of Eq. (18): tokens (B,N,C) + prototypes (B,P,C) + t (B,) -> noise (B,N,C)."""
 
     pos_embed: torch.Tensor  # buffer (register_buffer), declared for the type checker
+    supports_token_subsets = True
 
     def build(self, size: DenoiserSize) -> None:
         in_dim, hidden_dim = size.in_dim, size.hidden_dim
@@ -126,10 +127,17 @@ class PrototypeDiT(PrototypeDenoiser):
             for p in m.parameters():  # weight and bias
                 nn.init.zeros_(p)
 
-    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, protos: torch.Tensor | None) -> torch.Tensor:
-        if x_t.shape[1] != self.pos_embed.shape[1]:
-            raise ValueError(f"DiT built for {self.pos_embed.shape[1]} tokens {self.grid_size}, got {x_t.shape[1]}")
-        h = self.in_proj(x_t) + self.pos_embed
+    def denoise(
+        self, x_t: torch.Tensor, t: torch.Tensor, protos: torch.Tensor | None, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``keep`` (B, K): ``x_t`` holds these grid positions only, each with its own position embedding."""
+        if keep is None:
+            if x_t.shape[1] != self.pos_embed.shape[1]:
+                raise ValueError(f"DiT built for {self.pos_embed.shape[1]} tokens {self.grid_size}, got {x_t.shape[1]}")
+            pos = self.pos_embed
+        else:
+            pos = self.pos_embed[0][keep]  # (B, K, D)
+        h = self.in_proj(x_t) + pos
         c = self.t_embed(timestep_embedding(t, self.hidden_dim))
         for block in self.blocks:
             h = block(h, c, protos)

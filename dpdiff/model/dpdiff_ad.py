@@ -111,9 +111,15 @@ class DPDiffAD(nn.Module):
         return sum(e.num_prototypes for e in (self.local_extractor, self.global_extractor) if e is not None)
 
     def draw_training_noise(
-        self, batch_size: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
+        self,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        token_keep: float = 1.0,
     ) -> dict[str, torch.Tensor | None]:
-        """The random draws of one training step, ``{"t", "eps_x", "eps_p"}``, for ``batch_size`` samples.
+        """The random draws of one training step, ``{"t", "eps_x", "eps_p"[, "keep"]}``, for ``batch_size``
+        samples; ``token_keep`` < 1 adds ``keep`` (B, K) sorted token positions, ``K = round(token_keep * N)``
+        per image (masked training), drawn after the others so that they do not change.
 
         Drawn in the order ``training_losses`` draws them itself, so passing the result (or a row
         slice of a larger draw, as each data-parallel rank does) gives the same numbers.
@@ -126,7 +132,12 @@ class DPDiffAD(nn.Module):
         eps_x = torch.randn((batch_size, n_tokens, self.in_dim), device=device, generator=generator)
         m = self.num_prototypes
         eps_p = torch.randn((batch_size, m, self.in_dim), device=device, generator=generator) if m else None
-        return {"t": t, "eps_x": eps_x, "eps_p": eps_p}
+        draws: dict[str, torch.Tensor | None] = {"t": t, "eps_x": eps_x, "eps_p": eps_p}
+        if token_keep < 1.0:
+            k = max(1, int(round(token_keep * n_tokens)))
+            order = torch.rand((batch_size, n_tokens), device=device, generator=generator).argsort(dim=1)
+            draws["keep"] = order[:, :k].sort(dim=1).values
+        return draws
 
     def training_losses(
         self,
@@ -160,6 +171,9 @@ class DPDiffAD(nn.Module):
                 f"noise for {t.shape[0]} samples of shape {tuple(eps_x.shape[1:])} does not fit "
                 f"tokens {tuple(x0.shape)}"
             )
+        keep = noise.get("keep")
+        if keep is not None:  # masked training: the DiT sees (and is scored on) these tokens only
+            x0, eps_x = (v.gather(1, keep.unsqueeze(-1).expand(-1, -1, v.shape[-1])) for v in (x0, eps_x))
         x_t = q_sample(x0, t, eps_x, self.alphas_cumprod)  # Eq. (14)
         p_t = None
         if p0 is not None:
@@ -167,17 +181,23 @@ class DPDiffAD(nn.Module):
             if eps_p is None:
                 raise ValueError("noise has no prototype draws 'eps_p', but the denoiser attends to prototypes")
             p_t = q_sample(p0, t, eps_p, self.alphas_cumprod)  # Eq. (15)
-        out = self.network_output(self.denoiser, x_t, t, p_t, types)
+        out = self.network_output(self.denoiser, x_t, t, p_t, types, keep)
         l_diff = F.mse_loss(out, self._training_target(x0, eps_x, t))  # Eq. (18) for prediction=eps
         total = l_diff + self.loss_cfg.lambda_local * l_local + self.loss_cfg.lambda_global * l_global  # Eq. (19)
         return {"loss": total, "diff": l_diff, "local": l_local, "global": l_global}
 
     def network_output(
-        self, denoiser, x_t: torch.Tensor, t: torch.Tensor, p_t: torch.Tensor | None, types: torch.Tensor | None
+        self,
+        denoiser,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        p_t: torch.Tensor | None,
+        types: torch.Tensor | None,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """What the network predicts (``model.prediction``: eps, v or x0): the denoiser (or its compiled
-        wrapper) plus the full-rank linear skip."""
-        out = denoiser(x_t, t, p_t, types)
+        wrapper) plus the full-rank linear skip. ``keep``: the token positions ``x_t`` holds (masked training)."""
+        out = denoiser(x_t, t, p_t, types) if keep is None else denoiser(x_t, t, p_t, types, keep=keep)
         if self.noise_skip is not None:
             out = out + self.noise_skip(x_t.to(out.dtype))
         return out

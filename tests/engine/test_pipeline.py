@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from dpdiff.engine.evaluate import evaluate
 from dpdiff.engine.predict import predict
 from dpdiff.engine.train import train
 from dpdiff.experiments.evaluation import evaluate_and_report, predict_and_draw
+from dpdiff.io import new_file_mode
 
 TINY_DATA_CHANGES = {"test_good_per_category": 3, "test_defect_per_category": 3}  # read by tiny_data
 
@@ -35,6 +37,8 @@ def test_train_writes_checkpoint_and_history(trained):
     assert not (trained / "loss_curves.png").exists()  # the engine draws nothing (`dpdiff train` plots them)
     model, config, _ = load_model(trained)
     assert config.backbone.image_size == 64 and model.grid_size == (4, 4)
+    for name in (MODEL_FILE, "config.json", "train_state.pt", "loss_history.csv"):  # not mkstemp's 0600
+        assert stat.S_IMODE((trained / name).stat().st_mode) == new_file_mode(), name
 
 
 @pytest.mark.integration

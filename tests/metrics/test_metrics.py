@@ -240,7 +240,51 @@ def test_write_results_rejects_bad_input(tmp_path):
 
 def test_format_table_markdown_missing_value():
     text = format_table_markdown({"a": {"I-AUROC": 0.9876}})
-    assert "| a | 98.8 | - |" in text
+    assert "| a | 98.8 | \u2014 |" in text
+
+
+def _labels_only_case(rng, n=12, size=8):
+    labels = np.array([0, 1] * (n // 2))
+    scores = rng.random(n) + labels  # separable: I-AUROC 1
+    maps = rng.random((n, size, size)).astype(np.float32)
+    masks = np.zeros((n, size, size), dtype=bool)  # no defect mask anywhere
+    return scores, labels, maps, masks
+
+
+def test_compute_metrics_labels_only_gives_image_metrics_and_no_pixel_metrics():
+    scores, labels, maps, masks = _labels_only_case(np.random.default_rng(0))
+    known = labels == 0  # the defective images have no mask
+    m = compute_metrics(scores, labels, maps, masks, mask_known=known)
+    assert m["I-AUROC"] == 1.0 and m["I-AP"] == 1.0
+    assert all(m[k] is None for k in ("P-AUROC", "P-AP", "P-F1max", "P-AUPRO", "mAD"))
+
+
+def test_compute_metrics_mixed_set_scores_pixels_of_masked_images_only():
+    rng = np.random.default_rng(1)
+    scores, labels, maps, masks = _labels_only_case(rng)
+    masks[1, 2:4, 2:4] = True  # image 1 has a mask; 3, 5, ... have image labels only
+    maps[1, 2:4, 2:4] += 10.0  # found perfectly where the mask is known
+    maps[3] += 20.0  # an unmasked defective image lights up everywhere: it must not count as normal pixels
+    known = (labels == 0) | (np.arange(len(labels)) == 1)
+    mixed = compute_metrics(scores, labels, maps, masks, mask_known=known)
+    assert mixed["P-AUROC"] == 1.0
+    treated_as_normal = compute_metrics(scores, labels, maps, masks)  # the unmasked images' pixels as normal
+    assert treated_as_normal["P-AUROC"] < 1.0
+    assert mixed["mAD"] is not None
+
+
+def test_write_results_labels_only_null_in_json_em_dash_in_tables(tmp_path):
+    rows = {"a": {**_row(0.8), "P-AUROC": None, "P-AP": None, "P-F1max": None, "P-AUPRO": None, "mAD": None}}
+    rows["b"] = _row(0.6)
+    paths = write_results(rows, tmp_path)
+    data = json.loads(paths["json"].read_text())
+    assert data["per_category"]["a"]["P-AUROC"] is None and data["per_category"]["a"]["mAD"] is None
+    assert data["mean"]["P-AUROC"] == pytest.approx(0.63)  # over the one category that has it
+    assert data["mean"]["I-AUROC"] == pytest.approx(0.7)
+    md = paths["md"].read_text()
+    assert "\u2014" in md and "P-AUROC is over 1 of 2 categories" in md
+    csv_a = [line for line in paths["csv"].read_text().splitlines() if line.startswith("a,")][0]
+    assert csv_a.split(",")[4] == "\u2014" and ",0," not in csv_a
 
 
 def test_atomic_writes_replace(tmp_path):

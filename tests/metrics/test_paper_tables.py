@@ -227,7 +227,7 @@ def test_write_table_scale_parses_back(tmp_path):
     assert md[0] == "| Subset | Classes | " + " | ".join(TABLE_COLUMNS) + " |"
     body = [[c.strip() for c in line.strip("|").split("|")] for line in md[2:]]
     assert [b[0] for b in body] == ["S1", "S2", "Full", "**Delta**"]
-    assert body[3][1] == "-"
+    assert body[3][1] == "\u2014"
     for b, name in zip(body, expected, strict=True):
         assert [float(x) for x in b[2:]] == [round(100 * expected[name][c], 1) for c in TABLE_COLUMNS]
     assert not list((tmp_path / "tables").glob(".*tmp"))

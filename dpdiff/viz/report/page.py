@@ -42,8 +42,8 @@ def metrics_table(results: dict) -> str:
                 f = None if value is None else float(value)
             except (TypeError, ValueError):
                 f = None
-            if f is None:  # missing or not a number
-                out.append('<td data-v="">-</td>')
+            if f is None:  # not available (no defect masks) or not a number
+                out.append('<td data-v="" title="not available">\u2014</td>')
                 continue
             out.append(f'<td data-v="{f!r}">{"nan" if math.isnan(f) else f"{100 * f:.1f}"}</td>')
         return "".join(out)
