@@ -51,10 +51,15 @@ from dpdiff.data.dataset import ImageDataset  # noqa: E402
 from dpdiff.data.formats import load_samples  # noqa: E402
 from dpdiff.data.synthetic import ensure_synthetic_dataset  # noqa: E402
 from dpdiff.engine.checkpoint import config_differences, load_model, read_run_config  # noqa: E402
-from dpdiff.engine.features import resolve_device, tokens_from_maps  # noqa: E402
+from dpdiff.engine.features import (  # noqa: E402
+    build_backbone_from_config,
+    feature_cache_key,
+    resolve_device,
+    tokens_from_maps,
+)
 from dpdiff.engine.features.cache import FeatureCache  # noqa: E402
 from dpdiff.engine.inference import Detector  # noqa: E402
-from dpdiff.engine.train import build_backbone_from_config, train  # noqa: E402
+from dpdiff.engine.train import train  # noqa: E402
 from dpdiff.experiments.compare import build_knn, dpdiff_score_features, knn_score_features, masks_and_labels  # noqa: E402
 from dpdiff.io import atomic_write_json, atomic_write_text  # noqa: E402
 from dpdiff.metrics import METRIC_NAMES, add_mean_row, compute_metrics  # noqa: E402
@@ -92,6 +97,10 @@ INFERENCE_ROWS: dict[str, dict] = {
     ),
 }
 
+#: The shipped model and inference under other runtimes (name -> Detector options): speed options whose accuracy
+#: cost must be known before they can become defaults (issue #22).
+RUNTIME_ROWS: dict[str, dict] = {"DiT under bf16 autocast": {"autocast_dtype": "bf16"}}
+
 #: Other trainings (name -> config overrides), scored with the preset's inference settings.
 TRAINING_ROWS: dict[str, dict] = {
     "no full-rank skip (projected-error fallback)": {"model.output_skip": False},
@@ -114,6 +123,7 @@ TRAINING_ROWS: dict[str, dict] = {
     "K=1 global prototype": {"model.num_global_prototypes": 1},
     "K=4 global prototypes": {"model.num_global_prototypes": 4},
     "lr 3e-4": {"train.lr": 3e-4},
+    "per-image intensity normalisation (beyond the paper)": {"backbone.normalize_intensity": True},
 }
 
 #: The training rows a plain run trains (run-folder names): eps vs the preset's v-prediction.
@@ -135,7 +145,7 @@ def _slug(name: str) -> str:
 
 
 #: Real public sets converted by benchmarks/real_datasets.py (dpdiff.data.public_sets): name -> categories.
-REAL_SETS = {"elpv": ["mono", "poly"], "bsdata": ["ball_screw"]}
+REAL_SETS = {"elpv": ["mono", "poly"], "elpv_units": ["mono", "poly"], "bsdata": ["ball_screw"]}
 
 
 def _dataset_spec(name: str, out: Path, cfg: Config, args) -> tuple[Path, list[str]]:
@@ -175,23 +185,31 @@ class Bench:
         if steps:
             self.cfg.train.steps = steps
         self.device = resolve_device("cpu")
-        self.backbone = build_backbone_from_config(self.cfg)
         self.train_samples = load_samples("mvtec", root, categories, "train")
         self.test_samples = sorted(load_samples("mvtec", root, categories, "test"), key=lambda s: str(s.image_path))
-        cache = FeatureCache(out.parent / "features")  # shared by the datasets of one run
-        key = {
-            "name": self.cfg.backbone.name,
-            "layers": self.cfg.backbone.layers,
-            "feature_stride": self.cfg.backbone.feature_stride,
-        }
-        size, bs = self.cfg.backbone.image_size, self.cfg.train.feature_batch_size
-        self.train_feats = cache.get(self.backbone, key, self.train_samples, size, bs, self.device)
-        self.test_feats = cache.get(self.backbone, key, self.test_samples, size, bs, self.device)
+        self.cache = FeatureCache(out.parent / "features")  # shared by the datasets of one run
+        self._feature_sets: dict[str, tuple] = {}
+        self.backbone, self.train_feats, self.test_feats = self.features_for(self.cfg)
+        size = self.cfg.backbone.image_size
         ds = ImageDataset(self.test_samples, size, self.backbone.mean, self.backbone.std)
         self.masks, self.labels = masks_and_labels(ds)
         self.mask_known = np.array([s.mask_known for s in self.test_samples], dtype=bool)
         self.cats = np.array([s.category for s in self.test_samples])
         self.backbone_s_per_image = self._time_backbone(ds)
+
+    def features_for(self, cfg: Config) -> tuple:
+        """(backbone, train features, test features) of ``cfg``'s backbone section, from the feature cache; a
+        training row that changes the backbone (layers, intensity normalisation ...) trains and scores on its own
+        features."""
+        key = feature_cache_key(cfg)
+        name = json.dumps(key | {"image_size": cfg.backbone.image_size}, sort_keys=True)
+        if name not in self._feature_sets:
+            backbone = build_backbone_from_config(cfg)
+            size, bs = cfg.backbone.image_size, cfg.train.feature_batch_size
+            train = self.cache.get(backbone, key, self.train_samples, size, bs, self.device)
+            test = self.cache.get(backbone, key, self.test_samples, size, bs, self.device)
+            self._feature_sets[name] = (backbone, train, test)
+        return self._feature_sets[name]
 
     def _time_backbone(self, ds: ImageDataset, n: int = 32) -> float:
         """Seconds per image of image loading + backbone (batch of 16), median of 3 rounds."""
@@ -230,9 +248,8 @@ class Bench:
                 "[%s] training %s (%d steps)%s", self.name, variant, cfg.train.steps, " (resumed)" if resume else ""
             )
             t0 = time.perf_counter()
-            train(
-                cfg, run_dir, overwrite=not resume, resume=resume, features=self.train_feats, samples=self.train_samples
-            )
+            train_feats = self.features_for(cfg)[1]
+            train(cfg, run_dir, overwrite=not resume, resume=resume, features=train_feats, samples=self.train_samples)
             log.info("[%s] trained %s in %.0f s", self.name, variant, time.perf_counter() - t0)
         return run_dir
 
@@ -273,12 +290,15 @@ class Bench:
         """sha256 (first 16 hex digits) of the run's inference weights: part of a scored row's cache key."""
         return hashlib.sha256((run_dir / "model.safetensors").read_bytes()).hexdigest()[:16]
 
-    def dpdiff_row(self, run_dir: Path, inference: dict) -> dict:
+    def dpdiff_row(self, run_dir: Path, inference: dict, runtime: dict | None = None) -> dict:
+        """The run scored with ``inference`` settings; ``runtime``: Detector options (e.g. ``autocast_dtype``),
+        applied to the DiT (the backbone features come from the float32 cache)."""
         model, run_cfg, payload = load_model(run_dir, self.device)
         cfg = run_cfg.override({f"inference.{k}": v for k, v in inference.items()})
-        detector = Detector(self.backbone, model, cfg, self.device)
+        backbone, _, test_feats = self.features_for(run_cfg)
+        detector = Detector(backbone, model, cfg, self.device, **(runtime or {}))
         t0 = time.perf_counter()
-        maps, scores = dpdiff_score_features(detector, self.test_feats)
+        maps, scores = dpdiff_score_features(detector, test_feats)
         secs = time.perf_counter() - t0
         m = self._metrics(maps.numpy(), scores.numpy())
         n = len(self.test_samples)
@@ -355,7 +375,9 @@ class Bench:
         m["bank_tokens"] = int(bank.bank.shape[0])
         m["normalisation"] = {"dpdiff": stats[0], "knn": stats[1]}
         knn_alone = image_scores(knn_maps, cfg.inference.pool_size)
-        m["parts"] = {"knn coreset alone": self._metrics(knn_maps.numpy(), knn_alone.numpy())}
+        m["parts"] = {
+            "knn coreset alone": self._metrics(knn_maps.numpy(), knn_alone.numpy()) | {"images_per_s": float("nan")}
+        }
         return m
 
     def _mean_tokens(self, feats) -> np.ndarray:
@@ -460,6 +482,22 @@ def run_dataset(
     key = shipped | {"weights": weights}  # a row's cache key: its inference settings and the weights it scored
     dp = bench._cached("dpdiff (shipped preset)", lambda: bench.dpdiff_row(main_run, shipped), key)
     rows["dpdiff (shipped preset)"] = dp
+    # first what is cheap and says most (the brightness diagnostic, the beyond-the-paper scores), then the banks
+    diagnostics = bench._cached(
+        "diagnostic: image score vs brightness", lambda: bench.intensity_diagnostic(main_run, shipped), key
+    )
+    glob = bench._cached("global: image-level Gaussian + dpdiff", lambda: bench.global_row(main_run, shipped), key)
+    rows["global+dpdiff: image-level Gaussian of the mean token added to the image score (beyond the paper)"] = glob
+    rows["global alone: image-level Gaussian of the mean token (image metrics only)"] = glob["parts"]["global alone"]
+    hybrid = bench._cached(
+        "hybrid: dpdiff + coreset kNN (beyond the paper)", lambda: bench.hybrid_row(main_run, shipped), key
+    )
+    rows["hybrid: dpdiff + coreset kNN, z-scored on normal training images (beyond the paper)"] = hybrid
+    rows["knn/coreset 0.1 of half the training images (the hybrid's bank alone)"] = hybrid["parts"]["knn coreset alone"]
+    for name, runtime in RUNTIME_ROWS.items():
+        rows[f"dpdiff/{name}"] = bench._cached(
+            f"dpdiff/{name}", lambda r=runtime: bench.dpdiff_row(main_run, shipped, r), key | runtime
+        )
     raw = bench._cached("knn/raw", lambda: bench.knn_row(False))
     std = bench._cached("knn/standardized", lambda: bench.knn_row(True))
     rows["knn/raw (full bank)"], rows["knn/standardized (full bank)"] = raw, std
@@ -476,14 +514,6 @@ def run_dataset(
         rows[f"dpdiff/{name}"] = bench._cached(
             f"dpdiff/{name}", lambda inf=inf: bench.dpdiff_row(main_run, inf), inf | {"weights": weights}
         )
-    hybrid = bench._cached(
-        "hybrid: dpdiff + coreset kNN (beyond the paper)", lambda: bench.hybrid_row(main_run, shipped), key
-    )
-    rows["hybrid: dpdiff + coreset kNN, z-scored on normal training images (beyond the paper)"] = hybrid
-    rows["knn/coreset 0.1 of half the training images (the hybrid's bank alone)"] = hybrid["parts"]["knn coreset alone"]
-    glob = bench._cached("global: image-level Gaussian + dpdiff", lambda: bench.global_row(main_run, shipped), key)
-    rows["global+dpdiff: image-level Gaussian of the mean token added to the image score (beyond the paper)"] = glob
-    rows["global alone: image-level Gaussian of the mean token (image metrics only)"] = glob["parts"]["global alone"]
     rows["dpdiff/swap: category-mean training prototypes (leakage check)"] = bench._cached(
         "dpdiff/swap_category_mean_prototypes", lambda: bench.swap_row(main_run, shipped), key
     )
@@ -497,9 +527,6 @@ def run_dataset(
                 lambda run=run: bench.dpdiff_row(run, shipped),
                 shipped | {"weights": bench.weights_digest(run)},
             )
-    diagnostics = bench._cached(
-        "diagnostic: image score vs brightness", lambda: bench.intensity_diagnostic(main_run, shipped), key
-    )
     return {
         "dpdiff": dp,
         "knn": knn,
@@ -547,8 +574,7 @@ def frontier_points(summary: dict) -> list[dict]:
     ``train:`` rows) and the kNN banks at 0 minutes, per dataset."""
     points = []
     for ds, r in summary.items():
-        named = [("dpdiff (shipped preset)", r["dpdiff"])] + [(k, m) for k, m in r["rows"].items()]
-        for name, m in named:
+        for name, m in r["rows"].items():  # holds the shipped preset's row too
             if name.startswith("knn/"):
                 minutes = 0.0
             elif (name == "dpdiff (shipped preset)" or name.startswith("train:")) and m.get("train_s"):
@@ -588,18 +614,21 @@ def write_frontier(summary: dict, folder: Path) -> None:
     sets = list(summary)
     fig, axes = plt.subplots(1, len(sets), figsize=(4.2 * len(sets), 3.6), squeeze=False)
     for ax, ds in zip(axes[0], sets, strict=True):
-        for p in (p for p in points if p["dataset"] == ds):
-            knn = p["row"].startswith("knn/")
-            ax.scatter(p["train_minutes"], 100 * p["I-AUROC"], marker="s" if knn else "o", c="C1" if knn else "C0")
-            label = p["row"].replace("train:", "").replace("dpdiff (shipped preset)", "shipped")[:28]
+        mine = [p for p in points if p["dataset"] == ds]
+        for p in (p for p in mine if not p["row"].startswith("knn/")):
+            ax.scatter(p["train_minutes"], 100 * p["I-AUROC"], c="C0")
+            label = p["row"].replace("train:", "").replace("dpdiff (shipped preset)", "shipped")[:30]
             ax.annotate(
                 label, (p["train_minutes"], 100 * p["I-AUROC"]), fontsize=6, xytext=(3, 2), textcoords="offset points"
             )
+        for i, p in enumerate(p for p in mine if p["row"].startswith("knn/")):  # no training: a level to reach
+            ax.axhline(100 * p["I-AUROC"], color=f"C{1 + i}", ls="--", lw=0.9, label=p["row"][4:34])
+        ax.legend(fontsize=6, loc="lower right")
         ax.set_title(ds)
         ax.set_xlabel("training minutes (2 CPU cores)")
         ax.set_ylabel("I-AUROC (%)")
         ax.grid(alpha=0.3)
-    fig.suptitle("DPDiff-AD trainings (circles) vs kNN banks (squares, no training)", fontsize=9)
+    fig.suptitle("DPDiff-AD trainings (dots) vs kNN banks (dashed: no training)", fontsize=9)
     fig.tight_layout()
     fig.savefig(folder / "frontier.png", dpi=110)
     plt.close(fig)
@@ -622,7 +651,11 @@ def write_summary(summary: dict, folder: Path) -> None:
         for name, m in [("**dpdiff** (shipped)", r["dpdiff"]), ("**knn** (stronger)", r["knn"])] + list(
             r["rows"].items()
         ):
-            lines.append(f"| {name} | " + " | ".join(_pct(m[k]) for k in COLUMNS) + f" | {m['images_per_s']:.1f} |")
+            lines.append(
+                f"| {name} | "
+                + " | ".join(_pct(m[k]) for k in COLUMNS)
+                + f" | {m.get('images_per_s', float('nan')):.1f} |"
+            )
         lines.append("")
         if r.get("intensity_diagnostic"):
             lines += _diagnostic_lines(r["intensity_diagnostic"])

@@ -44,7 +44,7 @@ __all__ = [
 _EXPORTS = {
     "load_config": "dpdiff.config",
     "Config": "dpdiff.config",
-    "Detector": "dpdiff.engine.inference",
+    "Detector": "dpdiff.engine.predictor",
     "OnnxDetector": "dpdiff.engine.onnx_runtime",
     "Prediction": "dpdiff.engine.predictor",
     "Thresholds": "dpdiff.engine.calibration",
@@ -54,9 +54,8 @@ _EXPORTS = {
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .config import Config, load_config
     from .engine.calibration import Thresholds
-    from .engine.inference import Detector
     from .engine.onnx_runtime import OnnxDetector
-    from .engine.predictor import Prediction
+    from .engine.predictor import Detector, Prediction
     from .errors import DpdiffError
 
 

@@ -54,6 +54,8 @@ def _load_config(args):
         overrides["backbone.weights"] = str(args.weights)
     if getattr(args, "device", None):
         overrides["train.device"] = args.device
+    if getattr(args, "logger", None):
+        overrides["train.logger"] = args.logger
     return cfg.override(overrides) if overrides else cfg
 
 
@@ -214,11 +216,16 @@ def cmd_export(args) -> int:
         raise UsageError(f"{args.run} is already an ONNX model; pass the run folder it was exported from")
     detector = Detector.load(Path(args.run), weights=args.weights, device="cpu")
     summary = export_onnx(
-        detector, Path(args.output), opset=args.opset, overwrite=args.overwrite, verify=not args.no_verify
+        detector,
+        Path(args.output),
+        opset=args.opset,
+        overwrite=args.overwrite,
+        verify=not args.no_verify,
+        quantize=args.quantize,
     )
     print(
         f"exported {summary['file']} ({summary['bytes'] / 1e6:.1f} MB, opset {summary['opset']}, input "
-        f"(batch, 3, {summary['image_size']}, {summary['image_size']}))"
+        f"(batch, 3, {summary['image_size']}, {summary['image_size']}), quantization {summary['quantization']})"
     )
     if "max_abs_map_diff" in summary:
         print(
@@ -429,6 +436,12 @@ def _add_training_command(sub) -> None:
     t.add_argument("--weights", help="backbone checkpoint (DINOv2 official .pth or timm/HF .safetensors)")
     t.add_argument("--output", "-o", help="run folder for the checkpoint (required unless --resume RUN_DIR)")
     t.add_argument(
+        "--logger",
+        choices=["none", "tensorboard"],
+        help="training curves beside loss_history.csv: tensorboard = event files in RUN/tensorboard "
+        "(pip install tensorboard; `tensorboard --logdir RUN/tensorboard`) (train.logger)",
+    )
+    t.add_argument(
         "--resume",
         nargs="?",
         const=True,
@@ -562,6 +575,13 @@ def _add_deployment_commands(sub) -> None:
     x.add_argument("--output", "-o", required=True, help="the .onnx file to write")
     x.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17, default 17)")
     x.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-PyTorch check on two images")
+    x.add_argument(
+        "--quantize",
+        choices=["int8"],
+        default=None,
+        help="INT8 dynamic quantisation of the matrix products (onnxruntime); an option: scores differ from "
+        "the float model by the quantisation error (benchmarks/export_speed.py measures it)",
+    )
     x.add_argument("--weights", help=_WEIGHTS_HELP)
     x.add_argument("--overwrite", action="store_true", help="replace an existing file")
     x.set_defaults(func=cmd_export)

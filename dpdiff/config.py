@@ -82,6 +82,9 @@ class BackboneConfig:
     # (Lite) / required (DINOv2)
     image_size: int = _setting(256, ge=1)
     feature_stride: int | None = _setting(None, ge=1)  # CNNs: token grid = image_size // feature_stride (default 16)
+    normalize_intensity: bool = False  # beyond the paper: each image standardised to zero mean, unit std (one
+    # gain and offset per image) before the backbone, against exposure/gain shifts between units
+    # (backbones/base.py FeatureExtractor.set_intensity_normalization)
 
 
 @dataclass
@@ -134,6 +137,8 @@ class TrainConfig:
     num_workers: int = _setting(0, ge=0, role=RUNTIME)
     log_every: int = _setting(25, ge=1, role=RUNTIME)
     checkpoint_every: int = _setting(500, ge=1, role=RUNTIME)
+    logger: str = _setting("none", choices=("none", "tensorboard"), role=RUNTIME)  # training curves beside
+    # loss_history.csv: tensorboard = event files in RUN/tensorboard (engine/loggers.py LOGGERS)
     feature_batch_size: int = _setting(16, ge=1, role=RUNTIME)  # images per backbone batch
     grad_clip: float | None = _setting(1.0, ge=0)  # choice: stabilises the noisy diffusion loss (None or 0 = off)
     ema_decay: float = _setting(0.999, ge=0, lt=1)  # choice: EMA of the weights, used at inference and saved as

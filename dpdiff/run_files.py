@@ -7,6 +7,7 @@ A run folder (``dpdiff train --output RUN``)::
     RUN/config.json           CONFIG_FILE    config + token grid + step
     RUN/loss_history.csv      HISTORY_FILE   logged losses
     RUN/loss_curves.png       LOSS_CURVES    their plot
+    RUN/calibration.json      CALIBRATION_FILE  decision thresholds (`dpdiff calibrate`, train.calibration_fraction)
     RUN/eval/                 EVAL_DIR       default output of `dpdiff test`
 
 An evaluation folder (``dpdiff test``)::
@@ -18,7 +19,6 @@ An evaluation folder (``dpdiff test``)::
     EVAL/report.html                REPORT_FILE                   the HTML report
     EVAL/report_files/              report_files_dir()            its PNGs and CSVs
     EVAL/report_data.npz            REPORT_DATA_FILE              the maps the report shows
-    EVAL/calibration.json           CALIBRATION_FILE              score thresholds
 
 This module is the bottom layer: it imports nothing from dpdiff.
 """

@@ -53,7 +53,8 @@ def test_readme_example_runs(demo_like, monkeypatch, capsys):
 
 def test_public_names_and_lazy_import():
     assert set(dpdiff.__all__) >= {"load_config", "fit", "Detector", "Prediction", "OnnxDetector"}
-    assert dpdiff.Detector is __import__("dpdiff.engine.inference", fromlist=["Detector"]).Detector
+    torch_detector = __import__("dpdiff.engine.inference", fromlist=["Detector"]).Detector
+    assert issubclass(torch_detector, dpdiff.Detector) and issubclass(dpdiff.OnnxDetector, dpdiff.Detector)
     assert dpdiff.load_config("lite0_cpu").backbone.image_size == 256
     with pytest.raises(AttributeError):
         _ = dpdiff.nothing_here

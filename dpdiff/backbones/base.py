@@ -62,6 +62,19 @@ class FeatureExtractor(nn.Module):
         """Ignore ``mode``: the backbone always stays in eval mode."""
         return super().train(False)
 
+    def set_intensity_normalization(self, on: bool) -> FeatureExtractor:
+        """Beyond the paper (``backbone.normalize_intensity``): standardise each input image to zero mean and
+        unit standard deviation over all its pixels and channels before the backbone (one gain and offset per
+        image, so colour ratios stay), which removes exposure and gain differences between units, cameras or
+        lighting. Done in ``forward`` (a pre-hook), so training, testing, serving and the ONNX graph share it."""
+        hook = getattr(self, "_intensity_hook", None)
+        if on and hook is None:
+            self._intensity_hook = self.register_forward_pre_hook(_standardize_intensity)
+        elif not on and hook is not None:
+            hook.remove()
+            self._intensity_hook = None
+        return self
+
     def grid_size(self, image_size: int) -> tuple[int, int]:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -70,6 +83,15 @@ class FeatureExtractor(nn.Module):
             f"name={getattr(self, 'name', '?')}, layers={getattr(self, 'layers', '?')}, "
             f"out_channels={getattr(self, 'out_channels', '?')}"
         )
+
+
+def _standardize_intensity(_module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook of :meth:`FeatureExtractor.set_intensity_normalization`: (B, 3, H, W) -> per image
+    ``(x - mean) / (std + 1e-6)`` over all its pixels and channels."""
+    x = args[0]
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    std = x.var(dim=(1, 2, 3), keepdim=True, unbiased=False).sqrt()
+    return ((x - mean) / (std + 1e-6), *args[1:])
 
 
 # ----------------------------------------------------------------------------------------

@@ -10,7 +10,13 @@ licences). Nothing here downloads: each converter reads a copy the user obtained
   ``seed`` and ``train_fraction`` of them train, the rest are ``test/good``; as many defective images as
   there are ``test/good`` ones, drawn with ``seed``, are ``test/defective`` (a balanced test set that keeps
   the kNN baseline's scoring time within a benchmark run). Defects (cracks, inactive regions) are *dark*
-  in these images.
+  in these images. ``split="units"`` (``elpv_units``) keeps the test cells on *other units* than the training
+  ones: the cells are numbered module by module (60 cells a module: 44 blocks of 60 numbers for 44 modules,
+  5 blocks holding both cell types, so the boundaries are approximate), so each block of 60 numbers of a
+  category is one unit; units are shuffled with ``seed`` and drawn until they hold ``1 - train_fraction`` of
+  the category's normal cells; their normal and (as many, drawn) defective cells are the test set, the normal
+  cells of the other units train. Brightness differs by unit (module mean grey 114 to 183), as on a line
+  where the camera, exposure or supplier changes.
 * **BSData** (Schlagenhauf et al. 2021, "Industrial machine tool element surface defect dataset"; CC BY-SA
   4.0): 1104 RGB photographs of ball screw drive spindles (1130 x 460 px), 394 with labelme polygons of
   pitting. Source: a clone of the public repository ``2Obe/BSData`` (``data/*.jpg``, ``label/*.json``,
@@ -21,6 +27,7 @@ licences). Nothing here downloads: each converter reads a copy the user obtained
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
@@ -67,8 +74,9 @@ def _already_done(out: Path, record: dict) -> dict | None:
     done = out / DONE_FILE
     if done.is_file():
         stored = json.loads(done.read_text())
-        if {k: stored.get(k) for k in ("source", "seed", "train_fraction")} == {
-            k: record[k] for k in ("source", "seed", "train_fraction")
+        keys = ("source", "seed", "train_fraction", "split")
+        if {k: stored.get(k, "cells" if k == "split" else None) for k in keys} == {
+            k: record.get(k, "cells" if k == "split" else None) for k in keys
         }:
             return stored
         raise DataError(f"{out} holds a conversion made with other settings ({stored}); choose another output")
@@ -85,15 +93,44 @@ def elpv_source() -> Path:
     return Path(spec.origin).parent / "data"
 
 
-def convert_elpv(source: Path | None, out: Path, train_fraction: float = 0.8, seed: int = 0) -> dict:
+#: Cells per solar module in ELPV's numbering (the ``units`` split).
+ELPV_CELLS_PER_UNIT = 60
+
+
+def _elpv_unit(path: str) -> int:
+    digits = "".join(c for c in Path(path).stem if c.isdigit())
+    return (int(digits) - 1) // ELPV_CELLS_PER_UNIT
+
+
+def _split_by_units(groups: dict[str, list[str]], train_fraction: float, seed: int) -> tuple[list, list, list]:
+    """(train normal, test normal, test defective) with whole units on one side (module docstring)."""
+    units = sorted({_elpv_unit(p) for names in groups.values() for p in names})
+    random.Random(seed).shuffle(units)
+    n_normal, held, chosen = len(groups["normal"]), 0, set()
+    for u in units:
+        if held >= (1.0 - train_fraction) * n_normal:
+            break
+        chosen.add(u)
+        held += sum(_elpv_unit(p) == u for p in groups["normal"])
+    train = sorted(p for p in groups["normal"] if _elpv_unit(p) not in chosen)
+    test_good = sorted(p for p in groups["normal"] if _elpv_unit(p) in chosen)
+    return train, test_good, sorted(p for p in groups["defective"] if _elpv_unit(p) in chosen)
+
+
+def convert_elpv(
+    source: Path | None, out: Path, train_fraction: float = 0.8, seed: int = 0, split: str = "cells"
+) -> dict:
     """ELPV (module docstring) from ``source`` (a folder with ``labels.csv`` and ``images/``; default the
-    installed package's) into ``out`` in MVTec layout, without ``ground_truth/`` (image labels only)."""
+    installed package's) into ``out`` in MVTec layout, without ``ground_truth/`` (image labels only).
+    ``split``: ``cells`` (normal cells drawn at random) or ``units`` (test cells on other modules)."""
+    if split not in ("cells", "units"):
+        raise ValueError(f"split must be 'cells' or 'units', got {split!r}")
     source = Path(source) if source else elpv_source()
     labels = source / "labels.csv"
     if not labels.is_file():
         raise DataError(f"ELPV: {labels} not found (expected the elpv-dataset 'data' folder)")
     out = Path(out)
-    record = {"source": str(source), "seed": seed, "train_fraction": train_fraction, "dataset": "elpv"}
+    record = {"source": str(source), "seed": seed, "train_fraction": train_fraction, "dataset": "elpv", "split": split}
     if (done := _already_done(out, record)) is not None:
         return done
     by_type: dict[str, dict[str, list[str]]] = {}
@@ -109,17 +146,20 @@ def convert_elpv(source: Path | None, out: Path, train_fraction: float = 0.8, se
             by_type.setdefault(cell_type, {"normal": [], "defective": []})[kind].append(path)
     counts = {}
     for cell_type, groups in sorted(by_type.items()):
-        train, test_good = split_normals(groups["normal"], train_fraction, seed)
-        defective = sorted(groups["defective"])
+        if split == "units":
+            train, test_good, defective = _split_by_units(groups, train_fraction, seed)
+        else:
+            train, test_good = split_normals(groups["normal"], train_fraction, seed)
+            defective = sorted(groups["defective"])
         random.Random(seed).shuffle(defective)
         defective = sorted(defective[: len(test_good)])
-        for split, folder, names in (
+        for part, folder, names in (
             ("train", "good", train),
             ("test", "good", test_good),
             ("test", "defective", defective),
         ):
             for name in names:
-                _copy(source / name, out / cell_type / split / folder / Path(name).name)
+                _copy(source / name, out / cell_type / part / folder / Path(name).name)
         counts[cell_type] = {"train": len(train), "test_good": len(test_good), "test_defective": len(defective)}
     return _finish(out, record | {"counts": counts, "left_out": "probabilities 1/3 and 2/3"})
 
@@ -182,5 +222,6 @@ def convert_bsdata(source: Path, out: Path, train_fraction: float = 0.8, seed: i
 #: name -> (converter, whether it needs --source)
 PUBLIC_SETS: dict[str, tuple[Callable[..., dict], bool]] = {
     "elpv": (convert_elpv, False),
+    "elpv_units": (functools.partial(convert_elpv, split="units"), False),
     "bsdata": (convert_bsdata, True),
 }

@@ -53,6 +53,7 @@ __all__ = [
     "INPUT_NAME",
     "OUTPUT_NAMES",
     "METADATA_PREFIX",
+    "QUANTIZE_CHOICES",
 ]
 
 #: The lowest opset the post-processing needs (reflect padding, CumSum, Resize) is 11; 17 has LayerNormalization.
@@ -226,21 +227,36 @@ def _metadata(detector: Detector) -> dict[str, str]:
     return {METADATA_PREFIX + k: v for k, v in meta.items()}
 
 
+#: ``quantize`` choices of :func:`export_onnx`: onnxruntime dynamic quantisation of the matrix products.
+QUANTIZE_CHOICES = ("int8",)
+
+
 def export_onnx(
-    detector: Detector, output: str | Path, opset: int = DEFAULT_OPSET, overwrite: bool = False, verify: bool = True
+    detector: Detector,
+    output: str | Path,
+    opset: int = DEFAULT_OPSET,
+    overwrite: bool = False,
+    verify: bool = True,
+    quantize: str | None = None,
 ) -> dict:
     """Write ``detector``'s pipeline as ONNX to ``output`` (atomically) and return a summary: the file, its
     size, the opset and, with ``verify``, the largest differences between onnxruntime and PyTorch on two
     random images (``max_abs_map_diff``, ``max_rel_score_diff``).
 
     The graph is traced with batch 2 by the TorchScript exporter (``dynamo=False``) with a dynamic batch
-    axis; the thresholds and the preprocessing go into the metadata (module docstring)."""
+    axis; the thresholds and the preprocessing go into the metadata (module docstring). ``quantize="int8"``:
+    onnxruntime's dynamic INT8 quantisation of the MatMul/Gemm weights (the DiT's linear layers; activations
+    quantised per batch at run time); the scores then differ from PyTorch's by the quantisation error
+    (``verify`` reports it; ``benchmarks/export_speed.py`` measures speed and accuracy), and the metadata
+    records ``dpdiff.quantization``. An option, not a default."""
     onnx = _need_onnx()
     output = Path(output)
     if output.exists() and not overwrite:
         raise RunFolderError(f"{output} exists; pass --overwrite or choose another --output")
     if int(opset) < DEFAULT_OPSET:
         raise ConfigError(f"opset must be >= {DEFAULT_OPSET}, got {opset}")
+    if quantize is not None and quantize not in QUANTIZE_CHOICES:
+        raise ConfigError(f"quantize must be one of {QUANTIZE_CHOICES} or None, got {quantize!r}")
     graph = ScoringGraph(detector).eval()
     size = int(detector.cfg.backbone.image_size)
     example = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32))
@@ -264,6 +280,8 @@ def export_onnx(
     proto.producer_name, proto.producer_version = "dpdiff", _dpdiff_version()
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
+    if quantize is not None:
+        data = _quantize_int8(data)
     summary = {
         "file": str(output),
         "bytes": len(data),
@@ -272,12 +290,37 @@ def export_onnx(
         "outputs": list(OUTPUT_NAMES),
         "image_size": size,
         "map_size": detector.map_size,
+        "quantization": quantize or "none",
     }
     if verify:
         summary |= _verify(data, graph, example)
     atomic_write_bytes(output, data)
     logger.info("exported %s (%.1f MB)", output, len(data) / 1e6)
     return summary
+
+
+def _quantize_int8(data: bytes) -> bytes:
+    """``data`` with its MatMul/Gemm weights quantised to INT8 (onnxruntime ``quantize_dynamic``), the dpdiff
+    metadata kept and ``dpdiff.quantization`` added."""
+    import tempfile
+
+    onnx = _need_onnx()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src = onnx.load_from_string(data)
+    with tempfile.TemporaryDirectory(prefix="dpdiff_quant_") as tmp:
+        fp32, int8 = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
+        fp32.write_bytes(data)
+        quantize_dynamic(fp32, int8, op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
+        out = onnx.load(str(int8))
+    del out.metadata_props[:]
+    for prop in src.metadata_props:
+        entry = out.metadata_props.add()
+        entry.key, entry.value = prop.key, prop.value
+    entry = out.metadata_props.add()
+    entry.key, entry.value = METADATA_PREFIX + "quantization", "int8 dynamic (MatMul, Gemm weights)"
+    out.producer_name, out.producer_version = "dpdiff", _dpdiff_version()
+    return out.SerializeToString()
 
 
 def _verify(data: bytes, graph: ScoringGraph, example: torch.Tensor) -> dict:

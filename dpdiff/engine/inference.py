@@ -37,7 +37,8 @@ from ..run_files import CALIBRATION_FILE
 from .calibration import read_calibration, scoring_fingerprint
 from .checkpoint import load_model
 from .features import build_backbone_from_config, resolve_device, tokens_from_maps
-from .predictor import ImageInput, Predictor
+from .predictor import Detector as DetectorBase
+from .predictor import ImageInput
 from .predictor import as_pil as _as_pil
 from .predictor import flatten_inputs as _flatten_inputs
 
@@ -71,16 +72,10 @@ def scoring_settings(cfg: Config) -> dict:
     map size and the backbone (name, layers, input size, stride; not where its weights file lives)."""
     inference = {k: v for k, v in dataclasses.asdict(cfg.inference).items() if k != "batch_size"}
     b = cfg.backbone
-    return {
-        "inference": inference,
-        "map_size": map_size(cfg),
-        "backbone": {
-            "name": b.name,
-            "layers": b.layers,
-            "image_size": b.image_size,
-            "feature_stride": b.feature_stride,
-        },
-    }
+    backbone = {"name": b.name, "layers": b.layers, "image_size": b.image_size, "feature_stride": b.feature_stride}
+    if b.normalize_intensity:  # only when on: fingerprints made before the option stay valid
+        backbone["normalize_intensity"] = True
+    return {"inference": inference, "map_size": map_size(cfg), "backbone": backbone}
 
 
 def map_size(cfg: Config) -> int:
@@ -121,7 +116,7 @@ class Probe:
     scores: np.ndarray | None
 
 
-class Detector(Predictor):
+class Detector(DetectorBase):
     """Backbone + DPDiffAD + post-processing: images -> (pixel maps (B,R,R), image scores (B,)).
 
     The public ``dpdiff.Detector``: :meth:`load` a run folder (or a ``dpdiff export`` ``.onnx``), then

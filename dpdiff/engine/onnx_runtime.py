@@ -1,8 +1,9 @@
 """Run a ``dpdiff export`` model with onnxruntime: :class:`OnnxDetector`, the same ``predict``/``calibrate`` as
 the PyTorch :class:`~dpdiff.engine.inference.Detector` (:class:`~dpdiff.engine.predictor.Predictor`).
 
-The images are preprocessed exactly as for PyTorch (:func:`dpdiff.data.dataset.normalized_image_tensor`,
-with the size, mean and std from the model's metadata); the graph does the rest. Thresholds come from the
+The images are preprocessed exactly as for PyTorch (:func:`dpdiff.data.images.normalized_image_array`, numpy and
+Pillow, with the size, mean and std from the model's metadata); the graph does the rest. Nothing here imports
+torch: an edge box needs onnxruntime, numpy, Pillow, PyYAML and tqdm (README, "Export"). Thresholds come from the
 model's metadata (the run's ``calibration.json`` at export time) or, when present and made for the same
 weights and settings, from ``<model>.calibration.json`` beside the model, where :meth:`OnnxDetector.calibrate`
 saves. Thresholds are interchangeable with the run folder's: both carry the same fingerprint.
@@ -13,17 +14,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..config import Config
-from ..data.dataset import normalized_image_tensor
+from ..data.images import normalized_image_array
 from ..errors import CheckpointError, MissingDependencyError
 from .calibration import Calibration, read_calibration
-from .predictor import ImageInput, Predictor, as_pil, flatten_inputs
+from .predictor import Detector, ImageInput, as_pil, flatten_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -41,13 +42,19 @@ def _ort():
     return onnxruntime
 
 
+def _default_threads() -> int:
+    """torch's thread count when torch is loaded (both runtimes then use the same CPU share), else 0
+    (onnxruntime's own default: one thread per physical core). torch is never imported here."""
+    torch = sys.modules.get("torch")
+    return int(torch.get_num_threads()) if torch is not None else 0
+
+
 def make_session(model: bytes | str | os.PathLike, device: str = "auto", threads: int | None = None):
     """An onnxruntime ``InferenceSession`` of a model file or its bytes: CUDA when asked for (or "auto") and
-    available, else CPU; ``threads`` intra-op threads (default ``torch.get_num_threads()``, so both runtimes
-    use the same CPU share)."""
+    available, else CPU; ``threads`` intra-op threads (default: :func:`_default_threads`)."""
     ort = _ort()
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+    opts.intra_op_num_threads = int(threads if threads is not None else _default_threads())
     opts.inter_op_num_threads = 1
     available = ort.get_available_providers()
     providers = ["CPUExecutionProvider"]
@@ -86,7 +93,7 @@ def sidecar_calibration_path(model_path: str | os.PathLike) -> Path:
     return p.with_name(p.stem + ".calibration.json")
 
 
-class OnnxDetector(Predictor):
+class OnnxDetector(Detector):
     """An exported pipeline in onnxruntime with the :class:`~dpdiff.engine.predictor.Predictor` interface."""
 
     def __init__(self, session, metadata: dict[str, str], path: Path | None = None):
@@ -134,7 +141,7 @@ class OnnxDetector(Predictor):
         pil = [as_pil(item, i) for i, item in enumerate(flatten_inputs(images))]
         if not pil:
             raise ValueError("no images given")
-        return np.stack([normalized_image_tensor(im, self.image_size, self.mean, self.std).numpy() for im in pil])
+        return np.stack([normalized_image_array(im, self.image_size, self.mean, self.std) for im in pil])
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(maps (B, R, R), scores (B,)) of a normalised batch."""

@@ -36,16 +36,16 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import numpy as np
-import torch
 from PIL import Image
 
-from ..data.dataset import load_image_rgb, read_mask_values, resize_binarise_mask
+from ..data.images import load_image_rgb, read_mask_values, resize_binarise_mask
 from ..data.mvtec import IMAGE_EXTENSIONS
 from ..errors import DataError, UsageError
 from ..progress import progress
@@ -60,16 +60,40 @@ from .calibration import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
     from ..config import Config
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ImageInput", "Prediction", "Predictor", "Skipped", "as_pil", "flatten_inputs", "list_images", "resize_map"]
+__all__ = [
+    "Detector",
+    "ImageInput",
+    "Prediction",
+    "Predictor",
+    "Skipped",
+    "as_pil",
+    "flatten_inputs",
+    "list_images",
+    "resize_map",
+]
 
 #: What the predictors take: a file path (or a folder of images, for ``predict``/``calibrate``), a PIL image,
 #: an 8-bit numpy image (H, W[, 3|4]), or a float tensor in [0, 1] of one (3, H, W) or several (B, 3, H, W) RGB
 #: images.
-ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
+ImageInput: TypeAlias = "str | os.PathLike | Image.Image | np.ndarray | torch.Tensor"
+
+
+def _torch_tensor_type() -> type | None:
+    """``torch.Tensor`` when torch is loaded, else None: no input can be a tensor then, and this module (the
+    onnxruntime path's base) never imports torch itself."""
+    torch = sys.modules.get("torch")
+    return None if torch is None else torch.Tensor
+
+
+def _is_tensor(item) -> bool:
+    tensor = _torch_tensor_type()
+    return tensor is not None and isinstance(item, tensor)
 
 
 @dataclass
@@ -133,11 +157,11 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 def flatten_inputs(images, expand_folders: bool = False) -> list:
     """One entry per image: a (B, 3, H, W) tensor becomes B (3, H, W) tensors; a single image a list of one;
     with ``expand_folders`` a folder path becomes the images under it (:func:`list_images`)."""
-    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray, torch.Tensor)):
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)) or _is_tensor(images):
         images = [images]
     out: list[Any] = []
     for item in images:
-        if isinstance(item, torch.Tensor) and item.dim() == 4:
+        if _is_tensor(item) and item.dim() == 4:
             out.extend(item.unbind(0))
         elif expand_folders and isinstance(item, (str, os.PathLike)) and Path(item).is_dir():
             out.extend(list_images(item))
@@ -160,7 +184,9 @@ def as_pil(item, position: int) -> Image.Image:
                 f"{item.dtype} {item.shape}; pass float images as a torch tensor (3, H, W) in [0, 1]"
             )
         return Image.fromarray(np.ascontiguousarray(item))
-    if isinstance(item, torch.Tensor):
+    if _is_tensor(item):
+        import torch
+
         if not item.is_floating_point() or item.dim() != 3 or item.shape[0] != 3:
             raise ValueError(
                 f"image {position}: tensors must be float RGB (3, H, W) or (B, 3, H, W) in [0, 1], got "
@@ -450,3 +476,23 @@ class Predictor:
             logger.info("calibrate: no defect masks in the labelled images: image threshold only")
             return f1_thresholds(scores, labels, None, None), skipped
         return f1_thresholds(scores, labels, maps[known], masks[known]), skipped
+
+
+class Detector(Predictor):
+    """``dpdiff.Detector``: what both runtimes' detectors are (the PyTorch
+    :class:`dpdiff.engine.inference.Detector` and the onnxruntime :class:`~dpdiff.engine.onnx_runtime.OnnxDetector`),
+    and :meth:`load`, which picks the runtime by the file it is given."""
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, weights: str | None = None, device: str = "auto") -> Detector:
+        """A run folder (``dpdiff train``) -> the PyTorch detector; a ``.onnx`` (``dpdiff export``) -> the
+        onnxruntime one, which imports neither torch nor torchvision nor timm (an edge box needs onnxruntime,
+        numpy, Pillow, PyYAML and tqdm). ``weights``: the backbone checkpoint of a run folder, when it is not
+        where the run's config says."""
+        if Path(path).suffix.lower() == ".onnx":
+            from .onnx_runtime import OnnxDetector
+
+            return OnnxDetector.load(path, device=device)
+        from .inference import Detector as TorchDetector
+
+        return TorchDetector.load(path, weights=weights, device=device)

@@ -54,7 +54,14 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_states,
 )
-from .features import build_backbone_from_config, channel_statistics, extract_features, tokens_from_maps
+from .features import (
+    build_backbone_from_config,
+    channel_statistics,
+    extract_features,
+    feature_cache_key,
+    tokens_from_maps,
+)
+from .loggers import build_logger
 
 if TYPE_CHECKING:
     from .features.cache import FeatureStore
@@ -186,7 +193,7 @@ def _cached_train_features(cfg: Config, backbone, device, info: D.DistInfo, samp
     from .features.cache import FeatureCache
 
     cache = FeatureCache(cfg.train.cache_dir)
-    key = {"name": cfg.backbone.name, "layers": cfg.backbone.layers, "feature_stride": cfg.backbone.feature_stride}
+    key = feature_cache_key(cfg)
     lo, hi = D.shard_range(len(samples), info.rank, info.world_size)
     error = None
     try:
@@ -505,15 +512,32 @@ class Trainer:
             mininterval=2.0,
             disable=not self.info.is_main,
         )
-        for step in pbar:
-            self.step(step)
-            row = self._record(step + 1, t_start)
-            if row is not None and self.info.is_main:
-                pbar.set_postfix(loss=f"{row['loss']:.4f}", diff=f"{row['diff']:.4f}")
+        logger = build_logger(self.cfg.train.logger, self.run_dir) if self.info.is_main else None
+        try:
+            for step in pbar:
+                self.step(step)
+                row = self._record(step + 1, t_start)
+                if row is not None and self.info.is_main:
+                    pbar.set_postfix(loss=f"{row['loss']:.4f}", diff=f"{row['diff']:.4f}")
+                    if logger is not None:
+                        logger.log(step + 1, self._watch_scalars(row, step, t_start))
+        finally:
+            if logger is not None:
+                logger.close()
         if self.start_step >= steps:  # nothing left to do, keep files as they are
             return self.run_dir
         D.barrier(self.info)
         return self.run_dir
+
+    def _watch_scalars(self, row: dict, step: int, t_start: float) -> dict[str, float]:
+        """What a training logger shows at a logged step: the loss terms, the lr and the speed so far."""
+        cfg = self.cfg.train
+        done_here = step + 1 - self.start_step
+        return {
+            **{f"loss/{'total' if k == 'loss' else k}": float(row[k]) for k in LOSS_KEYS if k in row},
+            "train/lr": cfg.lr * lr_factor(step, cfg.steps, cfg.lr_schedule, cfg.warmup_steps),
+            "train/steps_per_s": done_here / max(time.perf_counter() - t_start, 1e-9),
+        }
 
     def _draw_batch(self, step: int) -> tuple[torch.Tensor, dict]:
         """This rank's tokens and noise of step ``step``'s global batch, drawn from the (seed, step) generator."""

@@ -48,7 +48,7 @@ from ..data.formats import load_samples
 from ..data.synthetic import ensure_synthetic_dataset, read_marker
 from ..engine.checkpoint import STATE_FILE, load_model
 from ..engine.evaluate import protocol_description
-from ..engine.features import build_backbone_from_config, resolve_device
+from ..engine.features import build_backbone_from_config, feature_cache_key, resolve_device
 from ..engine.features.cache import FeatureCache
 from ..engine.inference import Detector, scoring_dataset
 from ..engine.train import train
@@ -255,7 +255,7 @@ def _evaluate_count(
         {"data.root": str(data), "data.categories": cats, "data.format": "mvtec", "train.steps": steps}
     )
     timings = {}
-    bkey = {"name": cfg.backbone.name, "layers": cfg.backbone.layers, "feature_stride": cfg.backbone.feature_stride}
+    bkey = feature_cache_key(cfg)
     fb = cfg.train.feature_batch_size
 
     t0 = time.perf_counter()

@@ -57,7 +57,7 @@ class ServedModel:
     ) -> ServedModel:
         """``run``: a run folder (``dpdiff train``) or a ``.onnx`` export; ``onnx``: serve this export of the
         run folder with onnxruntime instead of PyTorch (the folder then only names the training categories)."""
-        from ..engine.inference import Detector
+        from ..engine.predictor import Detector  # a .onnx loads without torch
 
         given = Path(run)
         onnx_path = Path(onnx) if onnx is not None else None

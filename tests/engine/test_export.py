@@ -5,6 +5,9 @@ with the thresholds and preprocessing in its metadata."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +154,23 @@ def test_export_refuses_what_it_cannot_honour(run, exported, tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
+def test_int8_export_keeps_the_metadata_and_stays_close(run, data, exported, tmp_path):
+    path = tmp_path / "model.int8.onnx"
+    summary = export_onnx(Detector.load(run), path, quantize="int8")
+    assert summary["quantization"] == "int8" and summary["bytes"] < exported[1]["bytes"]
+    int8 = OnnxDetector.load(path)
+    assert (
+        "int8" in int8.metadata["quantization"] and int8.fingerprint() == OnnxDetector.load(exported[0]).fingerprint()
+    )
+    images = _defective(data) + sorted(data.glob("*/test/good/*.png"))
+    s_f = np.array([p.score for p in OnnxDetector.load(exported[0]).predict(images)])
+    s_q = np.array([p.score for p in int8.predict(images)])
+    assert not np.array_equal(s_f, s_q)  # it is quantised ...
+    assert np.corrcoef(s_f, s_q)[0, 1] > 0.9  # ... and still scores the images alike
+    with pytest.raises(ConfigError, match="quantize"):
+        export_onnx(Detector.load(run), tmp_path / "x.onnx", quantize="int4")
+
+
 @pytest.mark.integration
 def test_cli_export_then_predict_with_the_onnx_model(run, data, tmp_path, capsys):
     model = tmp_path / "model.onnx"
@@ -159,6 +179,33 @@ def test_cli_export_then_predict_with_the_onnx_model(run, data, tmp_path, capsys
     assert main(["predict", str(model), str(data / "synth_nut" / "test"), "-o", str(tmp_path / "pred")]) == 0
     rows = (tmp_path / "pred" / "scores.csv").read_text().splitlines()
     assert len(rows) == 1 + 16 and all(r.endswith(",ok") for r in rows[1:])
-    assert len(list((tmp_path / "pred" / "masks").rglob("*.png"))) == 16
+    anomalous = sum(r.split(",")[3] == "true" for r in rows[1:])
+    assert len(list((tmp_path / "pred" / "masks").rglob("*.png"))) == anomalous  # masks on anomalous images only
     assert main(["export", str(run), "--output", str(model)]) == 2  # exists
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_the_onnx_runtime_and_its_service_need_no_torch(exported, data):
+    """`Detector.load("model.onnx")` and `dpdiff serve model.onnx` in a process where importing torch, torchvision
+    or timm fails (an edge box with onnxruntime, numpy, Pillow, PyYAML and tqdm only): same scores."""
+    path = exported[0]
+    images = [str(p) for p in _defective(data)[:3]]
+    code = textwrap.dedent(
+        f"""
+        import json, sys
+        for name in ("torch", "torchvision", "timm"):
+            sys.modules[name] = None  # any import of them now raises ImportError
+        import dpdiff
+        from dpdiff.serve.model import ServedModel
+        detector = dpdiff.Detector.load({str(path)!r})
+        scores = [p.score for p in detector.predict({images!r})]
+        served = ServedModel.load({str(path)!r}, device="cpu")
+        print(json.dumps({{"type": type(detector).__name__, "scores": scores, "runtime": served.runtime}}))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["type"] == "OnnxDetector" and got["runtime"] == "onnx"
+    want = [p.score for p in OnnxDetector.load(path).predict(images)]  # here, with torch loaded
+    np.testing.assert_allclose(got["scores"], want, rtol=1e-6)

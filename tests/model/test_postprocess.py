@@ -122,3 +122,16 @@ def test_postprocess_rejects_an_unknown_image_score_rule():
         postprocess(torch.rand(1, 4, 4), 16, 0.0, 4, image_score="median")
     maps, scores = postprocess(torch.rand(2, 4, 4), 16, 1.0, 4, image_score="top_percent_mean", top_percent=1.0)
     assert maps.shape == (2, 16, 16) and scores.shape == (2,)
+
+
+@pytest.mark.parametrize("size, sigma", [(64, 4.0), ((48, 80), 2.0), (32, 0.0)])
+def test_smooth_upsample_is_upsampling_then_blurring(size, sigma):
+    """The fused operator (two matrix products) equals bilinear upsampling followed by the reflect-padded
+    Gaussian, to float rounding, for square and non-square outputs and without smoothing."""
+    from dpdiff.model.postprocess import gaussian_blur, smooth_upsample, upsample_maps
+
+    token_maps = torch.rand(3, 8, 6, generator=torch.Generator().manual_seed(0)) * 5
+    want = gaussian_blur(upsample_maps(token_maps, size), sigma)
+    got = smooth_upsample(token_maps, size, sigma)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

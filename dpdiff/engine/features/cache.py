@@ -160,9 +160,10 @@ def _code_sha256(backbone: torch.nn.Module) -> str:
 
     from ...backbones import base as _base
     from ...data import dataset as _dataset
+    from ...data import images as _images
 
     files = set()
-    for obj in (type(backbone), _base, _dataset):
+    for obj in (type(backbone), _base, _dataset, _images):
         try:
             f = inspect.getsourcefile(obj)
         except TypeError:

@@ -26,9 +26,19 @@ def resolve_device(name: str = "auto") -> torch.device:
 def build_backbone_from_config(cfg: Config) -> FeatureExtractor:
     """The frozen feature extractor ``cfg.backbone`` describes (weights from ``backbone.weights`` or the package)."""
     b = cfg.backbone
-    return build_backbone(
+    backbone = build_backbone(
         b.name, layers=b.layers, weights=b.weights, image_size=b.image_size, feature_stride=b.feature_stride
     )
+    return backbone.set_intensity_normalization(b.normalize_intensity)
+
+
+def feature_cache_key(cfg: Config) -> dict:
+    """What identifies a backbone's features in the feature cache (the image size is checked apart)."""
+    b = cfg.backbone
+    key = {"name": b.name, "layers": b.layers, "feature_stride": b.feature_stride}
+    if b.normalize_intensity:  # only when on: the keys of every cache made before the option stay valid
+        key["normalize_intensity"] = True
+    return key
 
 
 @torch.inference_mode()
