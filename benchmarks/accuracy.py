@@ -58,12 +58,12 @@ from dpdiff.engine.features import (  # noqa: E402
     tokens_from_maps,
 )
 from dpdiff.engine.features.cache import FeatureCache  # noqa: E402
-from dpdiff.engine.inference import Detector  # noqa: E402
+from dpdiff.engine.inference import Detector, postprocess_maps  # noqa: E402
+from dpdiff.engine.token_bank import build_token_bank  # noqa: E402
 from dpdiff.engine.train import train  # noqa: E402
 from dpdiff.experiments.compare import build_knn, dpdiff_score_features, knn_score_features, masks_and_labels  # noqa: E402
 from dpdiff.io import atomic_write_json, atomic_write_text  # noqa: E402
 from dpdiff.metrics import METRIC_NAMES, add_mean_row, compute_metrics  # noqa: E402
-from dpdiff.model.postprocess import image_scores  # noqa: E402
 
 log = logging.getLogger("accuracy")
 PRESET = "lite0_cpu"  # packaged preset (dpdiff/configs/lite0_cpu.yaml)
@@ -100,6 +100,11 @@ INFERENCE_ROWS: dict[str, dict] = {
 #: The shipped model and inference under other runtimes (name -> Detector options): speed options whose accuracy
 #: cost must be known before they can become defaults (issue #22).
 RUNTIME_ROWS: dict[str, dict] = {"DiT under bf16 autocast": {"autocast_dtype": "bf16"}}
+#: The same, scored from the image files end to end (the backbone runs here, under the same runtime options).
+END_TO_END_ROWS: dict[str, dict] = {
+    "end to end from the files, float32": {},
+    "end to end from the files, bf16 autocast (backbone + DiT)": {"autocast_dtype": "bf16"},
+}
 
 #: Other trainings (name -> config overrides), scored with the preset's inference settings.
 TRAINING_ROWS: dict[str, dict] = {
@@ -312,6 +317,23 @@ class Bench:
         }
         return m
 
+    def end_to_end_row(self, run_dir: Path, inference: dict, runtime: dict | None = None) -> dict:
+        """The run scored from the image files, as users run it (``Detector.score_images``: decoding, resizing,
+        backbone, DiT, post-processing), with Detector options ``runtime`` (e.g. ``autocast_dtype`` for the
+        backbone AND the DiT); ``images_per_s`` is measured end to end here."""
+        model, run_cfg, _ = load_model(run_dir, self.device)
+        cfg = run_cfg.override({f"inference.{k}": v for k, v in inference.items()})
+        backbone = self.features_for(run_cfg)[0]
+        detector = Detector(backbone, model, cfg, self.device, **(runtime or {}))
+        paths = [s.image_path for s in self.test_samples]
+        detector.score_images(paths[:16], batch_size=16)  # warm-up
+        t0 = time.perf_counter()
+        maps, scores = detector.score_images(paths, batch_size=16)
+        secs = time.perf_counter() - t0
+        m = self._metrics(maps.numpy(), scores.numpy())
+        m["images_per_s"] = len(paths) / secs
+        return m
+
     def swap_row(self, run_dir: Path, inference: dict) -> dict:
         """Prototype-leakage check: each test image is reconstructed with the MEAN prototypes of its category's
         training images instead of its own (Eq. 10 computes them from the test image itself, so a defect could
@@ -345,38 +367,35 @@ class Bench:
         m["images_per_s"] = float("nan")  # a diagnostic: not timed
         return m
 
-    def hybrid_row(self, run_dir: Path, inference: dict, coreset: float = 0.1, calibration_images: int = 128) -> dict:
-        """Beyond the paper (issue #21): DPDiff-AD's error map plus a small coreset kNN bank's distance map, each
-        z-scored with the mean and std of its pixel values on normal training images the bank was not built
-        from (the bank: the even-numbered training images, ``coreset`` of their tokens, standardised space; the
-        statistics: up to ``calibration_images`` odd-numbered ones). The image score is the preset's rule on the
-        summed map. Returns the row, with the rows of each part alone under ``parts``."""
+    def hybrid_row(self, run_dir: Path, inference: dict, weight: float = 1.0) -> dict:
+        """Beyond the paper (issue #21): ``inference.knn_weight`` as the library ships it
+        (:mod:`dpdiff.engine.token_bank`): the z-scored reconstruction error plus ``weight`` times the z-scored
+        distance to a coreset bank of the even-numbered training images' tokens (statistics on odd-numbered ones),
+        token by token. ``parts``: the bank's distance alone."""
         model, run_cfg, _ = load_model(run_dir, self.device)
-        cfg = run_cfg.override({f"inference.{k}": v for k, v in inference.items()})
+        cfg = run_cfg.override({f"inference.{k}": v for k, v in inference.items()} | {"inference.knn_weight": weight})
         detector = Detector(self.backbone, model, cfg, self.device)
-        n = self.train_feats.shape[0]
-        bank = build_knn(self.train_feats[np.arange(0, n, 2)], coreset, standardize=True)
-        calib = torch.as_tensor(self.train_feats[np.arange(1, n, 2)[:calibration_images]])
-        stats = []
-        for score in (lambda f: dpdiff_score_features(detector, f), lambda f: knn_score_features(bank, f, self.cfg)):
-            maps = score(calib)[0]
-            stats.append((float(maps.mean()), float(maps.std())))
+        detector.token_bank = build_token_bank(detector, self.train_feats, seed=cfg.train.seed)
         t0 = time.perf_counter()
-        dp_maps = dpdiff_score_features(detector, self.test_feats)[0]
-        knn_maps = knn_score_features(bank, self.test_feats, self.cfg)[0]
-        z = [(m - mu) / sd for m, (mu, sd) in zip((dp_maps, knn_maps), stats, strict=True)]
-        combined = z[0] + z[1]
-        assert cfg.inference.image_score == "pooled_max", cfg.inference.image_score
-        scores = image_scores(combined, cfg.inference.pool_size)
+        maps, scores = dpdiff_score_features(detector, self.test_feats)
         secs = time.perf_counter() - t0
-        m = self._metrics(combined.numpy(), scores.numpy())
+        m = self._metrics(maps.numpy(), scores.numpy())
         n_test = len(self.test_samples)
         m["images_per_s"] = n_test / (secs + n_test * self.backbone_s_per_image)
-        m["bank_tokens"] = int(bank.bank.shape[0])
-        m["normalisation"] = {"dpdiff": stats[0], "knn": stats[1]}
-        knn_alone = image_scores(knn_maps, cfg.inference.pool_size)
+        m["bank_tokens"] = int(detector.token_bank.tokens.shape[0])
+        m["normalisation"] = detector.token_bank.stats.tolist()
+        with torch.inference_mode():
+            dist = torch.cat(
+                [
+                    detector.token_bank.distances(
+                        model.standardize(tokens_from_maps(torch.as_tensor(self.test_feats[i : i + 32]).float()))
+                    ).view(-1, *model.grid_size)
+                    for i in range(0, n_test, 32)
+                ]
+            )
+        alone_maps, alone_scores = postprocess_maps(dist, cfg)
         m["parts"] = {
-            "knn coreset alone": self._metrics(knn_maps.numpy(), knn_alone.numpy()) | {"images_per_s": float("nan")}
+            "bank alone": self._metrics(alone_maps.numpy(), alone_scores.numpy()) | {"images_per_s": float("nan")}
         }
         return m
 
@@ -490,13 +509,21 @@ def run_dataset(
     rows["global+dpdiff: image-level Gaussian of the mean token added to the image score (beyond the paper)"] = glob
     rows["global alone: image-level Gaussian of the mean token (image metrics only)"] = glob["parts"]["global alone"]
     hybrid = bench._cached(
-        "hybrid: dpdiff + coreset kNN (beyond the paper)", lambda: bench.hybrid_row(main_run, shipped), key
+        "hybrid: inference.knn_weight=1 (token bank, beyond the paper)",
+        lambda: bench.hybrid_row(main_run, shipped),
+        key,
     )
-    rows["hybrid: dpdiff + coreset kNN, z-scored on normal training images (beyond the paper)"] = hybrid
-    rows["knn/coreset 0.1 of half the training images (the hybrid's bank alone)"] = hybrid["parts"]["knn coreset alone"]
+    rows["hybrid: inference.knn_weight=1, token bank z-scored on held-out training images (beyond the paper)"] = hybrid
+    rows["knn/token bank of inference.knn_weight alone (coreset of half the training images)"] = hybrid["parts"][
+        "bank alone"
+    ]
     for name, runtime in RUNTIME_ROWS.items():
         rows[f"dpdiff/{name}"] = bench._cached(
             f"dpdiff/{name}", lambda r=runtime: bench.dpdiff_row(main_run, shipped, r), key | runtime
+        )
+    for name, runtime in END_TO_END_ROWS.items():
+        rows[f"dpdiff/{name}"] = bench._cached(
+            f"dpdiff/{name}", lambda r=runtime: bench.end_to_end_row(main_run, shipped, r), key | runtime
         )
     raw = bench._cached("knn/raw", lambda: bench.knn_row(False))
     std = bench._cached("knn/standardized", lambda: bench.knn_row(True))

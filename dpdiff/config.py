@@ -186,6 +186,9 @@ class InferenceConfig:
     # pooled_max (Eq. 24, paper/ADer) | top_percent_mean (Dinomaly)
     top_percent: float = _setting(1.0, gt=0, le=100)  # top_percent_mean: mean of the highest this-% pixels
     batch_size: int = _setting(16, ge=1)
+    knn_weight: float = _setting(0.0, ge=0)  # beyond the paper: add this times the z-scored distance to a coreset
+    # bank of normal training tokens to the z-scored reconstruction error (engine/token_bank.py); 0 = the paper.
+    # The bank is built by `dpdiff train` when this is > 0 at training time
 
 
 @dataclass

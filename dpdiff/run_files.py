@@ -8,6 +8,7 @@ A run folder (``dpdiff train --output RUN``)::
     RUN/loss_history.csv      HISTORY_FILE   logged losses
     RUN/loss_curves.png       LOSS_CURVES    their plot
     RUN/calibration.json      CALIBRATION_FILE  decision thresholds (`dpdiff calibrate`, train.calibration_fraction)
+    RUN/knn_bank.safetensors  TOKEN_BANK_FILE   token bank of inference.knn_weight (engine/token_bank.py)
     RUN/eval/                 EVAL_DIR       default output of `dpdiff test`
 
 An evaluation folder (``dpdiff test``)::
@@ -44,6 +45,7 @@ OVERLAYS_DIR = "overlays"
 REPORT_FILE = "report.html"
 REPORT_DATA_FILE = "report_data.npz"
 CALIBRATION_FILE = "calibration.json"
+TOKEN_BANK_FILE = "knn_bank.safetensors"
 PREDICTIONS_FILE = "scores.csv"
 
 
@@ -69,6 +71,7 @@ __all__ = [
     "REPORT_FILE",
     "REPORT_DATA_FILE",
     "CALIBRATION_FILE",
+    "TOKEN_BANK_FILE",
     "PREDICTIONS_FILE",
     "report_files_dir",
 ]

@@ -90,6 +90,7 @@ class ScoringGraph(nn.Module):
         size = int(cfg.backbone.image_size)
         self.backbone = static_same_padding(detector.backbone, torch.zeros(1, 3, size, size))
         self.model = detector.model
+        self.bank = detector.bank() if inf.knn_weight else None  # beyond the paper: inference.knn_weight
         noise_x, noise_p = self._common_noise()
         self.register_buffer("noise_x", noise_x)
         self.register_buffer("noise_p", noise_p)
@@ -121,6 +122,8 @@ class ScoringGraph(nn.Module):
                 max_batch=None,
                 **token_score_options(inf),
             )  # one DiT call over all rows: a row loop would be traced for one batch size
+        if self.bank is not None:
+            token_maps = self.bank.combine(token_maps, self.model.standardize(tokens), inf.knn_weight)
         return postprocess_maps(token_maps, self.cfg)
 
 
@@ -247,8 +250,9 @@ def export_onnx(
     axis; the thresholds and the preprocessing go into the metadata (module docstring). ``quantize="int8"``:
     onnxruntime's dynamic INT8 quantisation of the MatMul/Gemm weights (the DiT's linear layers; activations
     quantised per batch at run time); the scores then differ from PyTorch's by the quantisation error
-    (``verify`` reports it; ``benchmarks/export_speed.py`` measures speed and accuracy), and the metadata
-    records ``dpdiff.quantization``. An option, not a default."""
+    (``verify`` reports it; ``benchmarks/export_speed.py`` measures speed and accuracy), the metadata records
+    ``dpdiff.quantization``, carries no thresholds and a fingerprint of its own: calibrate the INT8 model itself.
+    An option, not a default."""
     onnx = _need_onnx()
     output = Path(output)
     if output.exists() and not overwrite:
@@ -316,11 +320,23 @@ def _quantize_int8(data: bytes) -> bytes:
     del out.metadata_props[:]
     for prop in src.metadata_props:
         entry = out.metadata_props.add()
-        entry.key, entry.value = prop.key, prop.value
+        entry.key, entry.value = prop.key, _int8_metadata(prop.key, prop.value)
     entry = out.metadata_props.add()
     entry.key, entry.value = METADATA_PREFIX + "quantization", "int8 dynamic (MatMul, Gemm weights)"
     out.producer_name, out.producer_version = "dpdiff", _dpdiff_version()
     return out.SerializeToString()
+
+
+def _int8_metadata(key: str, value: str) -> str:
+    """The INT8 model's value of a metadata entry: its scores differ from the float model's, so thresholds made
+    for the float model are left out and the fingerprint names the quantisation (a float calibration.json is
+    then ignored for it): calibrate the INT8 model on its own."""
+    name = key[len(METADATA_PREFIX) :]
+    if name in ("calibration", "image_threshold", "pixel_threshold"):
+        return ""
+    if name == "fingerprint":
+        return json.dumps(json.loads(value) | {"quantization": "int8"})
+    return value
 
 
 def _verify(data: bytes, graph: ScoringGraph, example: torch.Tensor) -> dict:

@@ -41,6 +41,7 @@ from .predictor import Detector as DetectorBase
 from .predictor import ImageInput
 from .predictor import as_pil as _as_pil
 from .predictor import flatten_inputs as _flatten_inputs
+from .token_bank import TokenBank
 
 #: Rows (image x noise draw) per DiT call on a CPU. Measured (benchmarks/speed.py, Lite0 @256, DiT
 #: 128x4, batch 16, 4 draws): one call over all 64 rows 159 ms/img, 16-row calls 118 ms/img - the
@@ -71,6 +72,8 @@ def scoring_settings(cfg: Config) -> dict:
     """The settings a score depends on besides the weights: the inference options (but the batch size), the
     map size and the backbone (name, layers, input size, stride; not where its weights file lives)."""
     inference = {k: v for k, v in dataclasses.asdict(cfg.inference).items() if k != "batch_size"}
+    if not inference.get("knn_weight"):  # only when on: fingerprints made before the option stay valid
+        inference.pop("knn_weight", None)
     b = cfg.backbone
     backbone = {"name": b.name, "layers": b.layers, "image_size": b.image_size, "feature_stride": b.feature_stride}
     if b.normalize_intensity:  # only when on: fingerprints made before the option stay valid
@@ -165,6 +168,8 @@ class Detector(DetectorBase):
         self.cfg = cfg
         self.autocast_dtype = _autocast_dtype(self.device, autocast_dtype)  # an unsupported pair raises
         self.compile = bool(compile)
+        self.run_dir: Path | None = None  # set by load_detector: where the token bank (knn_weight) is read
+        self.token_bank: TokenBank | None = None
 
     @property
     def map_size(self) -> int:
@@ -202,7 +207,7 @@ class Detector(DetectorBase):
         prototype score, as ``inference.scoring`` says."""
         inf = inference or self.cfg.inference
         tokens = tokens_from_maps(feats.float().to(self.device))
-        return self.model.token_scores(
+        errors = self.model.token_scores(
             tokens,
             generator=generator,
             common_noise_seed=inf.seed if inf.common_noise else None,
@@ -211,6 +216,19 @@ class Detector(DetectorBase):
             compile=self.compile,
             **token_score_options(inf),
         )
+        if not inf.knn_weight:
+            return errors
+        return self.bank().combine(errors, self.model.standardize(tokens), inf.knn_weight)
+
+    def bank(self) -> TokenBank:
+        """The run's token bank (``inference.knn_weight``), read from the run folder on first use."""
+        if self.token_bank is None:
+            if self.run_dir is None:
+                raise CheckpointError(
+                    "inference.knn_weight > 0 needs the run's token bank: load the detector from its run folder"
+                )
+            self.token_bank = TokenBank.load(self.run_dir, self.device)
+        return self.token_bank
 
     @torch.inference_mode()
     def postprocess(self, token_maps: torch.Tensor, inference: InferenceConfig | None = None):
@@ -343,7 +361,9 @@ def load_detector(run_dir: Path, device: str = "auto", weights: str | None = Non
             f"{backbone.grid_size(cfg.backbone.image_size)} grid, the checkpoint expects "
             f"{model.in_dim} on {model.grid_size}"
         )
-    return Detector(backbone, model, cfg, dev)
+    detector = Detector(backbone, model, cfg, dev)
+    detector.run_dir = Path(run_dir)
+    return detector
 
 
 def scoring_dataset(detector: Detector, samples: Sequence[Sample]) -> ImageDataset:

@@ -119,6 +119,16 @@ def _split_samples(cfg: Config) -> tuple[list, list]:
     return kept, held
 
 
+def save_token_bank(run_dir: Path, features, seed: int) -> Path:
+    """Build the run's token bank from its training features (``inference.knn_weight``; engine/token_bank.py)
+    and write ``RUN/knn_bank.safetensors``."""
+    from .inference import Detector
+    from .token_bank import build_token_bank
+
+    detector = Detector.load(run_dir, device="cpu")
+    return build_token_bank(detector, features, seed=seed).save(run_dir)
+
+
 def calibrate_held_out(run_dir: Path, cfg: Config) -> None:
     """Thresholds at ``train.calibration_fpr`` on the held-out normal images (``calibration.json``): global,
     and per category for the categories with enough held-out images. Each image is scored once."""
@@ -347,6 +357,8 @@ def train(
         trainer = Trainer(cfg, Path(run_dir), info)
         trainer.setup(overwrite, resume, features, samples)
         run = trainer.fit()
+        if cfg.inference.knn_weight > 0 and info.is_main:  # before the calibration: thresholds on the summed score
+            save_token_bank(run, trainer.features, cfg.train.seed)
         if cfg.train.calibration_fraction > 0 and info.is_main:
             calibrate_held_out(run, cfg)
         return run
