@@ -406,6 +406,7 @@ def test_weight_neutral_keys_are_the_run_time_keys_and_the_test_time_sections():
         "train.num_workers",
         "train.log_every",
         "train.checkpoint_every",
+        "train.logger",
         "train.feature_batch_size",
         "train.feature_cache",
         "train.cache_dir",

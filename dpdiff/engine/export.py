@@ -248,8 +248,8 @@ def export_onnx(
 
     The graph is traced with batch 2 by the TorchScript exporter (``dynamo=False``) with a dynamic batch
     axis; the thresholds and the preprocessing go into the metadata (module docstring). ``quantize="int8"``:
-    onnxruntime's dynamic INT8 quantisation of the MatMul/Gemm weights (the DiT's linear layers; activations
-    quantised per batch at run time); the scores then differ from PyTorch's by the quantisation error
+    onnxruntime's dynamic INT8 quantisation of the MatMul weights (the DiT's token-wise linear layers;
+    activations quantised per batch at run time); the scores then differ from PyTorch's by the quantisation error
     (``verify`` reports it; ``benchmarks/export_speed.py`` measures speed and accuracy), the metadata records
     ``dpdiff.quantization``, carries no thresholds and a fingerprint of its own: calibrate the INT8 model itself.
     An option, not a default."""
@@ -304,7 +304,7 @@ def export_onnx(
 
 
 def _quantize_int8(data: bytes) -> bytes:
-    """``data`` with its MatMul/Gemm weights quantised to INT8 (onnxruntime ``quantize_dynamic``), the dpdiff
+    """``data`` with its MatMul weights quantised to INT8 (onnxruntime ``quantize_dynamic``), the dpdiff
     metadata kept and ``dpdiff.quantization`` added."""
     import tempfile
 
@@ -314,17 +314,56 @@ def _quantize_int8(data: bytes) -> bytes:
     src = onnx.load_from_string(data)
     with tempfile.TemporaryDirectory(prefix="dpdiff_quant_") as tmp:
         fp32, int8 = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
-        fp32.write_bytes(data)
-        quantize_dynamic(fp32, int8, op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
+        onnx.save(_gemm_as_matmul(onnx.load_from_string(data)), str(fp32))
+        quantize_dynamic(
+            fp32,
+            int8,
+            op_types_to_quantize=["MatMul"],
+            weight_type=QuantType.QInt8,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # for what shape inference leaves untyped
+        )
         out = onnx.load(str(int8))
     del out.metadata_props[:]
     for prop in src.metadata_props:
         entry = out.metadata_props.add()
         entry.key, entry.value = prop.key, _int8_metadata(prop.key, prop.value)
     entry = out.metadata_props.add()
-    entry.key, entry.value = METADATA_PREFIX + "quantization", "int8 dynamic (MatMul, Gemm weights)"
+    entry.key, entry.value = METADATA_PREFIX + "quantization", "int8 dynamic (MatMul weights)"
     out.producer_name, out.producer_version = "dpdiff", _dpdiff_version()
     return out.SerializeToString()
+
+
+def _gemm_as_matmul(model):
+    """Every ``Gemm(A, W, b)`` with ``transB=1`` (and alpha = beta = 1, what ``nn.Linear`` on (B, D) exports) as
+    ``MatMul(A, W^T) + b`` with ``W^T`` stored: the quantiser rewrites Gemms itself and loses ``transB``."""
+    onnx = _need_onnx()
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    nodes = []
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        weight = inits.get(node.input[1]) if node.op_type == "Gemm" and len(node.input) == 3 else None
+        if (
+            weight is None
+            or attrs.get("transB", 0) != 1
+            or attrs.get("transA", 0) != 0
+            or attrs.get("alpha", 1.0) != 1.0
+            or attrs.get("beta", 1.0) != 1.0
+        ):
+            nodes.append(node)
+            continue
+        name_t = f"{weight.name}__T"
+        if name_t not in inits:
+            inits[name_t] = numpy_helper.from_array(numpy_helper.to_array(weight).T.copy(), name_t)
+            model.graph.initializer.append(inits[name_t])
+        product = f"{node.output[0]}__matmul"
+        nodes.append(helper.make_node("MatMul", [node.input[0], name_t], [product], name=f"{node.name}__matmul"))
+        nodes.append(helper.make_node("Add", [product, node.input[2]], list(node.output), name=f"{node.name}__add"))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    return model
 
 
 def _int8_metadata(key: str, value: str) -> str:

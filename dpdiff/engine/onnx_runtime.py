@@ -3,10 +3,11 @@ the PyTorch :class:`~dpdiff.engine.inference.Detector` (:class:`~dpdiff.engine.p
 
 The images are preprocessed exactly as for PyTorch (:func:`dpdiff.data.images.normalized_image_array`, numpy and
 Pillow, with the size, mean and std from the model's metadata); the graph does the rest. Nothing here imports
-torch: an edge box needs onnxruntime, numpy, Pillow, PyYAML and tqdm (README, "Export"). Thresholds come from the
-model's metadata (the run's ``calibration.json`` at export time) or, when present and made for the same
-weights and settings, from ``<model>.calibration.json`` beside the model, where :meth:`OnnxDetector.calibrate`
-saves. Thresholds are interchangeable with the run folder's: both carry the same fingerprint.
+torch: an edge box needs onnxruntime and the light packages README's "An edge box without torch" lists.
+Thresholds come from the model's metadata (the run's ``calibration.json`` at export time) or, when
+present and made for the same weights and settings, from ``<model>.calibration.json`` beside the model,
+where :meth:`OnnxDetector.calibrate` saves. Thresholds are interchangeable with the run folder's: both
+carry the same fingerprint.
 """
 
 from __future__ import annotations

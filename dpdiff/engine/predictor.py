@@ -34,6 +34,7 @@ run folder, saves them to ``RUN/calibration.json`` (atomically) so later loads u
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -478,21 +479,25 @@ class Predictor:
         return f1_thresholds(scores, labels, maps[known], masks[known]), skipped
 
 
+#: The runtimes :meth:`Detector.load` picks from, by the suffix of the path it is given ("" for a run folder):
+#: ``"module:class"``, imported only when used (so the onnxruntime path never loads torch). A runtime plugs in
+#: here with its ``load(path, weights=None, device="auto")`` classmethod.
+RUNTIMES = {".onnx": "dpdiff.engine.onnx_runtime:OnnxDetector", "": "dpdiff.engine.inference:Detector"}
+
+
 class Detector(Predictor):
     """``dpdiff.Detector``: what both runtimes' detectors are (the PyTorch
     :class:`dpdiff.engine.inference.Detector` and the onnxruntime :class:`~dpdiff.engine.onnx_runtime.OnnxDetector`),
-    and :meth:`load`, which picks the runtime by the file it is given."""
+    and :meth:`load`, which picks the runtime by the file it is given (:data:`RUNTIMES`)."""
 
     @classmethod
     def load(cls, path: str | os.PathLike, weights: str | None = None, device: str = "auto") -> Detector:
         """A run folder (``dpdiff train``) -> the PyTorch detector; a ``.onnx`` (``dpdiff export``) -> the
-        onnxruntime one, which imports neither torch nor torchvision nor timm (an edge box needs onnxruntime,
-        numpy, Pillow, PyYAML and tqdm). ``weights``: the backbone checkpoint of a run folder, when it is not
-        where the run's config says."""
-        if Path(path).suffix.lower() == ".onnx":
-            from .onnx_runtime import OnnxDetector
-
-            return OnnxDetector.load(path, device=device)
-        from .inference import Detector as TorchDetector
-
-        return TorchDetector.load(path, weights=weights, device=device)
+        onnxruntime one, which imports neither torch nor torchvision nor timm. ``weights``: the backbone checkpoint
+        of a run folder, when it is not where the run's config says."""
+        suffix = Path(path).suffix.lower()
+        module, _, name = RUNTIMES.get(suffix, RUNTIMES[""]).partition(":")
+        runtime = getattr(importlib.import_module(module), name)
+        if suffix == ".onnx":
+            return runtime.load(path, device=device)
+        return runtime.load(path, weights=weights, device=device)

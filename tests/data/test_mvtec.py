@@ -132,12 +132,15 @@ def test_missing_mask_error_names_image_and_tried_paths(mvtec_root):
     assert miss.label == 1 and miss.mask_path is None
 
 
-def test_missing_ground_truth_folder(mvtec_root):
+def test_missing_ground_truth_folder_means_image_labels_only(mvtec_root, caplog):
     import shutil
 
     shutil.rmtree(mvtec_root / "tile" / "ground_truth" / "hole")
-    with pytest.raises(FileNotFoundError, match="a.bmp"):
-        load_split(mvtec_root, "tile", "test")
+    with caplog.at_level("INFO", logger="dpdiff.data.mvtec"):
+        samples = load_split(mvtec_root, "tile", "test")
+    holes = [s for s in samples if s.defect == "hole"]
+    assert holes and all(s.label == 1 and s.mask_path is None and not s.mask_known for s in holes)
+    assert "tile/hole" in caplog.text and "image labels only" in caplog.text
 
 
 def test_empty_category_error(mvtec_root):

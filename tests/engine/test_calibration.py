@@ -60,9 +60,11 @@ def test_conformal_threshold_holds_the_rate_on_new_samples(n, fpr):
 def test_fpr_thresholds_refuse_non_finite_and_set_the_pixel_threshold_on_pixels():
     rng = np.random.default_rng(1)
     maps = rng.random((20, 8, 8)).astype(np.float32) + 0.1
-    t = fpr_thresholds(maps.max(axis=(1, 2)), maps, 0.1)
+    t = fpr_thresholds(maps.max(axis=(1, 2)), maps, 0.1, pixel_fpr=0.05)
     assert t.method == "fpr" and t.num_images == 20 and t.target_fpr == 0.1
-    assert abs(float((maps > t.pixel).mean()) - 0.1) < 0.01  # 1280 pixels: the rate on the pixels themselves
+    assert t.details["target_pixel_fpr"] == 0.05  # the pixel threshold's own rate, not the image rate
+    assert abs(float((maps > t.pixel).mean()) - 0.05) < 0.01  # 1280 pixels: the rate on the pixels themselves
+    assert float((maps > fpr_thresholds(maps.max(axis=(1, 2)), maps, 0.1).pixel).mean()) <= 0.001 + 1e-9
     with pytest.raises(DataError, match="non-finite"):
         fpr_threshold(np.array([1.0] * 30 + [np.nan]), 0.1)
 
