@@ -67,12 +67,12 @@ class FeatureExtractor(nn.Module):
         unit standard deviation over all its pixels and channels before the backbone (one gain and offset per
         image, so colour ratios stay), which removes exposure and gain differences between units, cameras or
         lighting. Done in ``forward`` (a pre-hook), so training, testing, serving and the ONNX graph share it."""
-        hook = getattr(self, "_intensity_hook", None)
+        hook = self.__dict__.get("_intensity_hook")
         if on and hook is None:
-            self._intensity_hook = self.register_forward_pre_hook(_standardize_intensity)
+            self.__dict__["_intensity_hook"] = self.register_forward_pre_hook(_standardize_intensity)
         elif not on and hook is not None:
             hook.remove()
-            self._intensity_hook = None
+            self.__dict__["_intensity_hook"] = None
         return self
 
     def grid_size(self, image_size: int) -> tuple[int, int]:  # pragma: no cover - abstract

@@ -88,7 +88,9 @@ def _resize_rgb(im: Image.Image, size: int) -> Image.Image:
     return im.resize((size, size), Image.Resampling.BICUBIC)
 
 
-def normalized_image_array(im: Image.Image, size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+def normalized_image_array(
+    im: Image.Image, size: int, mean: Sequence[float] | np.ndarray, std: Sequence[float] | np.ndarray
+) -> np.ndarray:
     """The model input of one image, float32 ``(3, size, size)``: converted to 8-bit RGB (module docstring),
     resized directly to ``size x size`` (PIL bicubic, aspect not kept), scaled to [0, 1], then
     ``(x - mean) / std`` per channel. Training, evaluation, ``Detector.preprocess`` and the onnxruntime

@@ -309,7 +309,7 @@ def _quantize_int8(data: bytes) -> bytes:
     import tempfile
 
     onnx = _need_onnx()
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # type: ignore[import-untyped]
 
     src = onnx.load_from_string(data)
     with tempfile.TemporaryDirectory(prefix="dpdiff_quant_") as tmp:

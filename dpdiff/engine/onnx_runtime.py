@@ -23,7 +23,7 @@ import numpy as np
 
 from ..config import Config
 from ..data.images import normalized_image_array
-from ..errors import CheckpointError, MissingDependencyError
+from ..errors import CheckpointError, MissingDependencyError, UsageError
 from .calibration import Calibration, read_calibration
 from .predictor import Detector, ImageInput, as_pil, flatten_inputs
 
@@ -115,9 +115,14 @@ class OnnxDetector(Detector):
         self.input_name = session.get_inputs()[0].name
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "auto", threads: int | None = None) -> OnnxDetector:
+    def load(
+        cls, path: str | os.PathLike, weights: str | None = None, device: str = "auto", threads: int | None = None
+    ) -> OnnxDetector:
         """Load ``path`` (a ``dpdiff export`` file); thresholds from ``<model>.calibration.json`` when it exists
-        and matches, else from the metadata."""
+        and matches, else from the metadata. ``weights`` (a backbone checkpoint) does not apply: the backbone is
+        in the graph."""
+        if weights is not None:
+            raise UsageError(f"{path}: an exported model holds its backbone; --weights applies to run folders only")
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"ONNX model not found: {path}")

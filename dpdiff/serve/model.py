@@ -69,6 +69,7 @@ class ServedModel:
         elif not given.is_dir():
             raise FileNotFoundError(f"run folder not found: {given} (give a `dpdiff train` output folder or a .onnx)")
         meta = _run_meta(run_dir) if run_dir is not None else {}
+        detector: Any  # an OnnxDetector (its session) or the PyTorch Detector (its device)
         if onnx_path is not None:
             detector = Detector.load(onnx_path, device=device)
             if run_dir is not None and "config" in meta and meta["config"] != detector.cfg.to_dict():
