@@ -7,21 +7,13 @@ Resize policy
     bicubic resampling (PIL's resize is antialiased: the filter support grows when downscaling);
     masks use nearest neighbour so they stay binary and aligned with the image.
 
-Image conversion (:func:`load_image_rgb`)
-    Grayscale (``L``), 1-bit, palette, CMYK, YCbCr ... are converted to RGB with PIL. 16-bit
-    grayscale (``I;16*``, and 32-bit ``I``) is scaled with the *fixed* 16-bit range (value/257),
-    never per-image min/max, so that brightness anomalies survive. Float images (``F``) are taken
-    as [0, 1] if their maximum is <= 1, else as [0, 255]. Alpha is dropped (not composited), as
-    ``PIL.Image.convert("RGB")`` does in the reference implementations. EXIF orientation is *not*
-    applied (masks have none, and the reference implementations do not either).
-    Tensor: float in [0, 1], then ``(x - mean) / std`` per channel.
+Image conversion and the model input: :mod:`dpdiff.data.images` (numpy and Pillow, shared with the onnxruntime
+runner); :func:`normalized_image_tensor` is its torch form.
 
-Masks (:func:`load_mask`)
-    Read as values in [0, 1] (0/1-encoded masks as 0/1), resized nearest and binarised with ``> 0``
-    by default (any channel); threshold and resampling are protocol options (``evaluation``
-    config): MTD and MVTec-AD masks are 0/255, and Dinomaly's
-    loaders likewise treat every non-zero pixel as defective. A mask whose size differs from its
-    image is an error (:class:`ValueError` naming both files and sizes), never silently resized.
+Masks
+    MTD and MVTec-AD masks are 0/255, and Dinomaly's loaders likewise treat every non-zero pixel as
+    defective (:mod:`dpdiff.data.images` reads them). A mask whose size differs from its image is an error
+    (:class:`ValueError` naming both files and sizes), never silently resized.
 """
 
 from __future__ import annotations
