@@ -27,12 +27,8 @@ from PIL import Image
 from ..backbones.base import IMAGENET_MEAN, IMAGENET_STD  # the default normalisation (re-exported)
 from ..errors import DataError
 from .images import (  # noqa: F401 - re-exported: the image helpers live in the torch-free .images
-    _SIXTEEN_BIT_MODES,
     LABEL_ID_MAX,
     MASK_RESIZE_MODES,
-    _open,
-    _resize_rgb,
-    _to_rgb,
     load_image_array,
     load_image_rgb,
     load_mask,
