@@ -50,20 +50,20 @@ from dpdiff.data import shared_data_dir  # noqa: E402
 from dpdiff.data.dataset import ImageDataset  # noqa: E402
 from dpdiff.data.formats import load_samples  # noqa: E402
 from dpdiff.data.synthetic import ensure_synthetic_dataset  # noqa: E402
-from dpdiff.engine.checkpoint import config_differences, load_model, read_run_config  # noqa: E402
-from dpdiff.engine.features import (  # noqa: E402
+from dpdiff.experiments.compare import build_knn, dpdiff_score_features, knn_score_features, masks_and_labels  # noqa: E402
+from dpdiff.features import (  # noqa: E402
     build_backbone_from_config,
     feature_cache_key,
     resolve_device,
     tokens_from_maps,
 )
-from dpdiff.engine.features.cache import FeatureCache  # noqa: E402
-from dpdiff.engine.inference import Detector, postprocess_maps  # noqa: E402
-from dpdiff.engine.token_bank import build_token_bank  # noqa: E402
-from dpdiff.engine.train import train  # noqa: E402
-from dpdiff.experiments.compare import build_knn, dpdiff_score_features, knn_score_features, masks_and_labels  # noqa: E402
-from dpdiff.io import atomic_write_json, atomic_write_text  # noqa: E402
+from dpdiff.features.cache import FeatureCache  # noqa: E402
+from dpdiff.inference.detector import Detector, postprocess_maps  # noqa: E402
 from dpdiff.metrics import METRIC_NAMES, add_mean_row, compute_metrics  # noqa: E402
+from dpdiff.model.checkpoint import config_differences, load_model, read_run_config  # noqa: E402
+from dpdiff.scoring.token_bank import build_token_bank  # noqa: E402
+from dpdiff.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
+from dpdiff.workflows.train import train  # noqa: E402
 
 log = logging.getLogger("accuracy")
 PRESET = "lite0_cpu"  # packaged preset (dpdiff/configs/lite0_cpu.yaml)
@@ -378,7 +378,7 @@ class Bench:
 
     def hybrid_row(self, run_dir: Path, inference: dict, weight: float = 1.0) -> dict:
         """Beyond the paper (issue #21): ``inference.knn_weight`` as the library ships it
-        (:mod:`dpdiff.engine.token_bank`): the z-scored reconstruction error plus ``weight`` times the z-scored
+        (:mod:`dpdiff.scoring.token_bank`): the z-scored reconstruction error plus ``weight`` times the z-scored
         distance to a coreset bank of the even-numbered training images' tokens (statistics on odd-numbered ones),
         token by token. ``parts``: the bank's distance alone."""
         model, run_cfg, _ = load_model(run_dir, self.device)

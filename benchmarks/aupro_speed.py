@@ -35,9 +35,9 @@ from scipy import ndimage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dpdiff.io import atomic_write_json, atomic_write_text  # noqa: E402
 from dpdiff.metrics import aupro  # noqa: E402
 from dpdiff.metrics.anomaly import _integrate_pro  # noqa: E402  (same integration rule for both)
+from dpdiff.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 GOAL_RATIO = 20.0
 GOAL_DIFF = 1e-3

@@ -4,7 +4,7 @@
     python benchmarks/export_speed.py --quick    # smoke run: a tiny random model at 64 px, a few seconds
 
 The model: ``runs/demo/run`` (``make demo``) when it exists, else the ``demo`` preset trained on the demo's
-synthetic data into ``runs/export_speed_demo`` (resumed if interrupted). It is exported with ``dpdiff.engine.export``
+synthetic data into ``runs/export_speed_demo`` (resumed if interrupted). It is exported with ``dpdiff.inference.export``
 and both runtimes score the demo's test images (4 categories x 24):
 
 * consistency: image scores (largest relative difference), maps (largest absolute difference), the ranking of the
@@ -36,15 +36,15 @@ sys.path.insert(0, str(ROOT))
 
 from dpdiff.config import load_config  # noqa: E402
 from dpdiff.data.synthetic import generate_synthetic_dataset  # noqa: E402
-from dpdiff.engine.export import export_onnx  # noqa: E402
-from dpdiff.engine.features import build_backbone_from_config  # noqa: E402
-from dpdiff.engine.inference import Detector  # noqa: E402
-from dpdiff.engine.onnx_runtime import OnnxDetector  # noqa: E402
-from dpdiff.engine.train import train  # noqa: E402
 from dpdiff.experiments.benchmark import cpu_name, measure, random_model  # noqa: E402
 from dpdiff.experiments.demo import DEMO_PRESET  # noqa: E402
-from dpdiff.io import atomic_write_json  # noqa: E402
-from dpdiff.run_files import STATE_FILE  # noqa: E402
+from dpdiff.features import build_backbone_from_config  # noqa: E402
+from dpdiff.inference.detector import Detector  # noqa: E402
+from dpdiff.inference.export import export_onnx  # noqa: E402
+from dpdiff.inference.onnx_runtime import OnnxDetector  # noqa: E402
+from dpdiff.utils.io import atomic_write_json  # noqa: E402
+from dpdiff.utils.run_files import STATE_FILE  # noqa: E402
+from dpdiff.workflows.train import train  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 DEMO_RUN = ROOT / "runs" / "demo" / "run"

@@ -26,10 +26,10 @@ import torch
 
 from dpdiff.config import load_config
 from dpdiff.data.mvtec import Sample
-from dpdiff.engine.distributed import DistInfo
-from dpdiff.engine.train import Trainer
 from dpdiff.experiments.benchmark import benchmark_fps
-from dpdiff.io import atomic_write_json
+from dpdiff.training.distributed import DistInfo
+from dpdiff.training.trainer import Trainer
+from dpdiff.utils.io import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,10 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dpdiff.data import shared_data_dir  # noqa: E402
-from dpdiff.engine.evaluate import evaluate  # noqa: E402
-from dpdiff.io import atomic_write_json, atomic_write_text  # noqa: E402
 from dpdiff.metrics import METRIC_NAMES  # noqa: E402
 from dpdiff.metrics.tables import format_table_markdown  # noqa: E402
+from dpdiff.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
+from dpdiff.workflows.evaluate import evaluate  # noqa: E402
 
 CATEGORY = "magnetic_tile"
 

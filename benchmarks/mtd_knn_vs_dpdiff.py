@@ -27,13 +27,14 @@ from dpdiff.config import load_config  # noqa: E402
 from dpdiff.data import shared_data_dir  # noqa: E402
 from dpdiff.data.dataset import ImageDataset  # noqa: E402
 from dpdiff.data.mvtec import load_split  # noqa: E402
-from dpdiff.engine.checkpoint import load_model  # noqa: E402
-from dpdiff.engine.features import extract_features, resolve_device  # noqa: E402
-from dpdiff.engine.inference import Detector  # noqa: E402
-from dpdiff.engine.train import build_backbone_from_config, train  # noqa: E402
 from dpdiff.experiments.compare import build_knn, dpdiff_score_features, knn_score_features, masks_and_labels  # noqa: E402
+from dpdiff.features import extract_features, resolve_device  # noqa: E402
+from dpdiff.inference.detector import Detector  # noqa: E402
 from dpdiff.metrics import compute_metrics  # noqa: E402
 from dpdiff.metrics.tables import write_results  # noqa: E402
+from dpdiff.model.checkpoint import load_model  # noqa: E402
+from dpdiff.training.trainer import build_backbone_from_config  # noqa: E402
+from dpdiff.workflows.train import train  # noqa: E402
 
 
 def main() -> int:

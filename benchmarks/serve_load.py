@@ -50,7 +50,7 @@ import torch  # noqa: E402
 
 from dpdiff.config import load_config  # noqa: E402
 from dpdiff.experiments.benchmark import benchmark_fps, cpu_name  # noqa: E402
-from dpdiff.io import atomic_write_json  # noqa: E402
+from dpdiff.utils.io import atomic_write_json  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 #: The --quick model: lite0_cpu's backbone at 64 px with a one-block DiT of width 32 (as the tests' tiny config).
@@ -72,8 +72,8 @@ def log(msg: str) -> None:
 # ---------------------------------------------------------------------------------------------- the model
 def random_run(cfg, folder: Path) -> Path:
     """A run folder with random DiT weights (and the configured backbone's real ones) for ``cfg``."""
-    from dpdiff.engine.checkpoint import save_checkpoint
     from dpdiff.experiments.benchmark import build_benchmark_backbone, random_model
+    from dpdiff.model.checkpoint import save_checkpoint
 
     backbone, _ = build_benchmark_backbone(cfg)
     grid = tuple(int(v) for v in backbone.grid_size(int(cfg.backbone.image_size)))
@@ -238,7 +238,7 @@ def main() -> int:
         tmp = Path(tmp)
         if args.run:
             run = Path(args.run)
-            from dpdiff.engine.checkpoint import read_run_config
+            from dpdiff.model.checkpoint import read_run_config
 
             cfg, _ = read_run_config(run)
             weights = "trained"

@@ -21,7 +21,7 @@ side by side, with warm-up rounds and the median of several timed rounds.
 
 Writes benchmarks/results/speed.json (``--quick``: speed_quick.json) atomically.
 
-The pipeline timed is ``dpdiff.engine.inference.Detector``, the object evaluation and prediction score with;
+The pipeline timed is ``dpdiff.inference.detector.Detector``, the object evaluation and prediction score with;
 the timing helpers and the random DiT/ViT builders are shared with ``dpdiff.experiments.benchmark``; for the
 FPS of one config (paper Table 4) use ``dpdiff benchmark``.
 """
@@ -53,13 +53,13 @@ from dpdiff.config import Config, load_config  # noqa: E402
 from dpdiff.data import shared_data_dir  # noqa: E402
 from dpdiff.data.dataset import ImageDataset  # noqa: E402
 from dpdiff.data.mvtec import load_split  # noqa: E402
-from dpdiff.engine.distributed import DistInfo  # noqa: E402
-from dpdiff.engine.features import resolve_device, tokens_from_maps  # noqa: E402
-from dpdiff.engine.features.cache import FeatureCache  # noqa: E402
-from dpdiff.engine.inference import Detector  # noqa: E402
-from dpdiff.engine.train import Trainer  # noqa: E402
 from dpdiff.experiments.benchmark import cpu_name, measure, random_model, random_vit  # noqa: E402
-from dpdiff.io import atomic_write_json  # noqa: E402
+from dpdiff.features import resolve_device, tokens_from_maps  # noqa: E402
+from dpdiff.features.cache import FeatureCache  # noqa: E402
+from dpdiff.inference.detector import Detector  # noqa: E402
+from dpdiff.training.distributed import DistInfo  # noqa: E402
+from dpdiff.training.trainer import Trainer  # noqa: E402
+from dpdiff.utils.io import atomic_write_json  # noqa: E402
 
 LITE_CFG = "lite0_cpu"  # packaged presets (dpdiff/configs/)
 PAPER_CFG = "paper_dinov2_b448"
@@ -257,7 +257,7 @@ def bench_training(
 
 
 def real_trainer(cfg: Config, features, samples: list, run_dir: Path, device: torch.device) -> Trainer:
-    """A :class:`~dpdiff.engine.train.Trainer` set up as ``dpdiff train`` sets it up, on these features (its
+    """A :class:`~dpdiff.training.trainer.Trainer` set up as ``dpdiff train`` sets it up, on these features (its
     ``step`` is what is timed; nothing is saved: the steps run outside ``fit``)."""
     cfg = cfg.override({"train.device": str(device)})
     return Trainer(cfg, run_dir, DistInfo(device=device)).setup(overwrite=True, features=features, samples=samples)
@@ -302,7 +302,8 @@ def bench_trainer_step(
 def rss_child(args) -> int:
     """Runs in a subprocess: train() with features from the cache / a tiny tensor / in-RAM extraction."""
     torch.set_num_threads(args.threads)
-    from dpdiff.engine.train import build_backbone_from_config, train
+    from dpdiff.training.trainer import build_backbone_from_config
+    from dpdiff.workflows.train import train
 
     cfg = load_config(LITE_CFG)
     data = shared_data_dir() / "mtd"

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dpdiff.data.synthetic import DEFECT_TYPES, category_specs, generate_synthetic_dataset, render_sample  # noqa: E402
-from dpdiff.io import atomic_write_json  # noqa: E402
+from dpdiff.utils.io import atomic_write_json  # noqa: E402
 
 
 def nearest_centroid_accuracy(n: int, size: int = 64, fit: int = 3, held_out: int = 2) -> dict:

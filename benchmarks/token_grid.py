@@ -31,8 +31,8 @@ from accuracy import COLUMNS, PRESET, Bench  # noqa: E402
 
 from dpdiff.config import load_config  # noqa: E402
 from dpdiff.data import shared_data_dir  # noqa: E402
-from dpdiff.engine.checkpoint import read_run_config  # noqa: E402
-from dpdiff.io import atomic_write_json, atomic_write_text  # noqa: E402
+from dpdiff.model.checkpoint import read_run_config  # noqa: E402
+from dpdiff.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 log = logging.getLogger("token_grid")
 RESULTS = ROOT / "benchmarks" / "results"

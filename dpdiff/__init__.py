@@ -12,7 +12,7 @@ The Python API (README "Use from Python")::
 * :func:`load_config`: a packaged preset by name (``"lite0_cpu"``) or a YAML path, with overrides;
 * :func:`fit`: train one unified model on a dataset folder and return its :class:`Detector`;
 * :class:`Detector`: ``load``, ``predict`` -> list of :class:`Prediction`, ``calibrate`` -> :class:`Thresholds`
-  (the contract is in :mod:`dpdiff.engine.predictor`);
+  (the contract is in :mod:`dpdiff.inference.predictor`);
 * :class:`OnnxDetector`: the same interface on an exported ``.onnx`` with onnxruntime (``Detector.load``
   returns one for a ``.onnx`` path).
 
@@ -44,19 +44,19 @@ __all__ = [
 _EXPORTS = {
     "load_config": "dpdiff.config",
     "Config": "dpdiff.config",
-    "Detector": "dpdiff.engine.predictor",
-    "OnnxDetector": "dpdiff.engine.onnx_runtime",
-    "Prediction": "dpdiff.engine.predictor",
-    "Thresholds": "dpdiff.engine.calibration",
-    "DpdiffError": "dpdiff.errors",
+    "Detector": "dpdiff.inference.predictor",
+    "OnnxDetector": "dpdiff.inference.onnx_runtime",
+    "Prediction": "dpdiff.inference.predictor",
+    "Thresholds": "dpdiff.inference.calibration",
+    "DpdiffError": "dpdiff.utils.errors",
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from .config import Config, load_config
-    from .engine.calibration import Thresholds
-    from .engine.onnx_runtime import OnnxDetector
-    from .engine.predictor import Detector, Prediction
-    from .errors import DpdiffError
+    from dpdiff.config import Config, load_config
+    from dpdiff.inference.calibration import Thresholds
+    from dpdiff.inference.onnx_runtime import OnnxDetector
+    from dpdiff.inference.predictor import Detector, Prediction
+    from dpdiff.utils.errors import DpdiffError
 
 
 def __getattr__(name: str) -> Any:
@@ -93,9 +93,9 @@ def fit(
     ``"auto"``/``"cpu"``/``"cuda"``; ``overrides``: config values as ``train__steps=500`` (``__`` for the
     dot). With ``train__calibration_fraction=0.2`` a fifth of the normal images is held out and the returned
     detector is already calibrated (``calibration.json`` in ``output``)."""
-    from .config import Config, load_config
-    from .engine.inference import Detector
-    from .engine.train import train
+    from dpdiff.config import Config, load_config
+    from dpdiff.inference.detector import Detector
+    from dpdiff.workflows.train import train
 
     dotted = {k.replace("__", "."): v for k, v in overrides.items()}
     dotted |= {"data.root": os.fspath(data), "data.format": format}

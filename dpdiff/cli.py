@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from .errors import DpdiffError, UsageError
+from dpdiff.utils.errors import DpdiffError, UsageError
 
 #: What ``main`` reports as ``dpdiff: error: ...`` with exit status 2: the user's input is wrong (DpdiffError,
 #: e.g. a bad config value, a dataset folder missing pieces, a corrupt checkpoint) or the system refused a file
@@ -33,7 +33,7 @@ def _parse_overrides(pairs: list[str]) -> dict:
 def _load_config(args):
     """--config (a packaged preset name or a YAML path; default: the Config defaults), then --set and the
     options that map to config keys; validated here, before any data or backbone is touched."""
-    from .config import Config, load_config
+    from dpdiff.config import Config, load_config
 
     cfg = getattr(args, "config_obj", None)
     if cfg is None:
@@ -60,7 +60,7 @@ def _load_config(args):
 
 
 def _print_table(result: dict) -> None:
-    from .metrics.tables import format_table_markdown
+    from dpdiff.metrics.tables import format_table_markdown
 
     rows = dict(result["per_category"])
     rows["mean"] = result["mean"]
@@ -80,13 +80,13 @@ def _train_run_dir(args) -> tuple[Path, bool]:
 
 
 def cmd_train(args) -> int:
-    from .engine.distributed import env_world
-    from .engine.train import train
+    from dpdiff.training.distributed import env_world
+    from dpdiff.workflows.train import train
 
     run, resume = _train_run_dir(args)
     if resume and not args.config:
         # continue with the run's own configuration; --set/--data/--device still apply on top
-        from .engine.checkpoint import STATE_FILE, resume_config
+        from dpdiff.model.checkpoint import STATE_FILE, resume_config
 
         rank = env_world()[0]
         if rank != 0 and not (run / STATE_FILE).is_file():
@@ -98,7 +98,7 @@ def cmd_train(args) -> int:
     cfg = _load_config(args)
     run = train(cfg, run, overwrite=args.overwrite, resume=resume)
     if env_world()[0] == 0:
-        from .experiments.evaluation import plot_training_curves
+        from dpdiff.workflows.reporting import plot_training_curves
 
         plot_training_curves(run)
         print(f"checkpoint written to {run}")
@@ -107,7 +107,7 @@ def cmd_train(args) -> int:
 
 def _is_worker_rank() -> bool:
     """True in a torchrun process other than rank 0: evaluation and prediction run on rank 0 only."""
-    from .engine.distributed import env_world
+    from dpdiff.training.distributed import env_world
 
     return env_world()[0] != 0
 
@@ -115,7 +115,7 @@ def _is_worker_rank() -> bool:
 def cmd_test(args) -> int:
     if _is_worker_rank():
         return 0
-    from .experiments.evaluation import evaluate_and_report
+    from dpdiff.workflows.reporting import evaluate_and_report
 
     result = evaluate_and_report(
         Path(args.run),
@@ -138,7 +138,7 @@ def cmd_test(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .experiments.evaluation import rebuild_report
+    from dpdiff.workflows.reporting import rebuild_report
 
     summary = rebuild_report(
         Path(args.run),
@@ -159,7 +159,7 @@ def cmd_report(args) -> int:
 def cmd_predict(args) -> int:
     if _is_worker_rank():
         return 0
-    from .experiments.evaluation import predict_and_draw
+    from dpdiff.workflows.reporting import predict_and_draw
 
     prediction = predict_and_draw(
         Path(args.run),
@@ -182,7 +182,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from .engine.inference import Detector
+    from dpdiff.inference.detector import Detector
 
     if args.normal is None and args.labelled is None:
         raise UsageError("pass --normal DIR (held-out normal images) and/or --labelled DIR (a labelled validation set)")
@@ -209,8 +209,8 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .engine.export import export_onnx
-    from .engine.inference import Detector
+    from dpdiff.inference.detector import Detector
+    from dpdiff.inference.export import export_onnx
 
     if Path(args.run).suffix.lower() == ".onnx":
         raise UsageError(f"{args.run} is already an ONNX model; pass the run folder it was exported from")
@@ -236,8 +236,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .config import load_config
-    from .experiments.demo import DEMO_PRESET, run_demo
+    from dpdiff.config import load_config
+    from dpdiff.experiments.demo import DEMO_PRESET, run_demo
 
     args.config_obj = load_config(args.config or DEMO_PRESET)  # --set/--device apply on top of the preset
     cfg = _load_config(args)
@@ -253,7 +253,7 @@ def cmd_demo(args) -> int:
 def cmd_table(args) -> int:
     import json
 
-    from .metrics.paper_tables import load_results, write_table
+    from dpdiff.metrics.paper_tables import load_results, write_table
 
     sources = {}
     for item in args.results:
@@ -284,8 +284,8 @@ def cmd_table(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    from .experiments.benchmark import benchmark_fps, format_fps_markdown
-    from .io import atomic_write_json
+    from dpdiff.experiments.benchmark import benchmark_fps, format_fps_markdown
+    from dpdiff.utils.io import atomic_write_json
 
     out = Path(args.output) if args.output else None
     if out is not None and out.is_dir():
@@ -304,7 +304,7 @@ def cmd_benchmark(args) -> int:
 
 
 def cmd_ablate(args) -> int:
-    from .experiments.ablate import load_grid, plan, run_ablation
+    from dpdiff.experiments.ablate import load_grid, plan, run_ablation
 
     overrides = _parse_overrides(args.set)
     if args.data:
@@ -342,8 +342,8 @@ def cmd_ablate(args) -> int:
 
 
 def cmd_scale(args) -> int:
-    from .config import load_config
-    from .experiments.scale import SCALE_PRESET, ScaleSettings, parse_counts, run_scale
+    from dpdiff.config import load_config
+    from dpdiff.experiments.scale import SCALE_PRESET, ScaleSettings, parse_counts, run_scale
 
     args.config_obj = load_config(args.config or SCALE_PRESET)
     cfg = _load_config(args)
@@ -373,7 +373,7 @@ def cmd_scale(args) -> int:
 def cmd_serve(args) -> int:
     import os
 
-    from .serve import ServeSettings, run_server
+    from dpdiff.serve import ServeSettings, run_server
 
     token = args.token or os.environ.get("DPDIFF_SERVE_TOKEN") or None  # the variable keeps it out of `ps`
     try:
@@ -403,7 +403,7 @@ FORMAT_CHOICES = ["mvtec", "mpdd", "btad", "visa", "realiad", "realiad_variety",
 
 def _add_common_options(sp: argparse.ArgumentParser, config: bool = True) -> None:
     """``--config``/``--set`` (when ``config``), ``--device`` and ``--overwrite``."""
-    from .config import preset_names
+    from dpdiff.config import preset_names
 
     if config:
         sp.add_argument("--config", help=f"a packaged preset by name ({', '.join(preset_names())}) or a YAML file")
@@ -527,7 +527,7 @@ def _add_evaluation_commands(sub) -> None:
 
 def _add_deployment_commands(sub) -> None:
     """``dpdiff calibrate`` and ``export``: decision thresholds and an ONNX model of a trained run."""
-    from .engine.calibration import DEFAULT_PIXEL_FPR
+    from dpdiff.inference.calibration import DEFAULT_PIXEL_FPR
 
     c = sub.add_parser(
         "calibrate",
@@ -652,7 +652,7 @@ def _add_protocol_commands(sub) -> None:
 
 def _add_ablate_command(sub) -> None:
     """``dpdiff ablate``: a grid of ablation rows (paper Table 5, Fig. 5-6, Table 9)."""
-    from .config import grid_names
+    from dpdiff.config import grid_names
 
     ab = sub.add_parser(
         "ablate",
@@ -832,7 +832,7 @@ def build_parser() -> argparse.ArgumentParser:
 def configure_output(verbose: bool = False, quiet: bool = False, no_progress: bool = False) -> None:
     """Log records of the ``dpdiff`` loggers to stderr (INFO, DEBUG with ``verbose``, WARNING with ``quiet``)
     in a short format; progress bars off with ``quiet`` or ``no_progress``. Called once per ``main``."""
-    from .progress import ProgressLogHandler, set_progress_enabled
+    from dpdiff.utils.progress import ProgressLogHandler, set_progress_enabled
 
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     root = logging.getLogger("dpdiff")

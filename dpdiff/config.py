@@ -18,9 +18,9 @@ What a key means to the rest of the package is said once, on its field (``datacl
   :data:`TEST_TIME`: they change the scores, never the trained weights.
 
 :func:`weight_neutral_keys` (run-time keys + the test-time sections) is what resuming
-(engine/checkpoint.py) and the ablation training key (experiments/ablate.py) build on.
+(model/checkpoint.py) and the ablation training key (experiments/ablate.py) build on.
 
-This module imports nothing from dpdiff but the bottom-layer ``dpdiff.errors``.
+This module imports nothing from dpdiff but the bottom-layer ``dpdiff.utils.errors``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError, ConfigKeyError
+from dpdiff.utils.errors import ConfigError, ConfigKeyError
 
 #: Field role: where/how a computation runs; changes neither the trained weights nor the scores.
 RUNTIME = "runtime"
@@ -138,13 +138,13 @@ class TrainConfig:
     log_every: int = _setting(25, ge=1, role=RUNTIME)
     checkpoint_every: int = _setting(500, ge=1, role=RUNTIME)
     logger: str = _setting("none", choices=("none", "tensorboard"), role=RUNTIME)  # training curves beside
-    # loss_history.csv: tensorboard = event files in RUN/tensorboard (engine/loggers.py LOGGERS)
+    # loss_history.csv: tensorboard = event files in RUN/tensorboard (training/loggers.py LOGGERS)
     feature_batch_size: int = _setting(16, ge=1, role=RUNTIME)  # images per backbone batch
     grad_clip: float | None = _setting(1.0, ge=0)  # choice: stabilises the noisy diffusion loss (None or 0 = off)
     ema_decay: float = _setting(0.999, ge=0, lt=1)  # choice: EMA of the weights, used at inference and saved as
     # model.safetensors (0 = off); decay warms up as (1+n)/(10+n)
     lr_schedule: str = _setting("cosine", choices=("constant", "cosine"))  # choice: cosine decays to 0 at
-    # train.steps (engine/train.py LR_SCHEDULES)
+    # train.steps (training/trainer.py LR_SCHEDULES)
     warmup_steps: int = _setting(100, ge=0)  # choice: linear lr warm-up (0 = off)
     token_keep: float = _setting(1.0, gt=0, le=1)  # beyond the paper (Zheng et al. 2023, masked training): the
     # DiT sees a random subset of this fraction of each image's tokens per step (loss on those; prototypes
@@ -152,15 +152,15 @@ class TrainConfig:
     full_token_steps: int = _setting(0, ge=0)  # with token_keep < 1: the last N steps use every token
     # (the unmasked fine-tuning that closes the train/test gap)
     feature_cache: bool = _setting(False, role=RUNTIME)  # memory-mapped fp16 token cache reused across runs
-    # (engine/features/cache.py)
+    # (features/cache.py)
     cache_dir: str | None = _setting(None, role=RUNTIME)  # default $DPDIFF_CACHE or ~/.cache/dpdiff/features
     calibration_fraction: float = _setting(0.0, ge=0, lt=1)  # hold out this fraction of each category's normal
     # training images (seeded by train.seed) and calibrate the decision
-    # thresholds on them after training (engine/calibration.py); 0 = off
+    # thresholds on them after training (inference/calibration.py); 0 = off
     calibration_fpr: float = _setting(0.01, gt=0, lt=1)  # target false-alarm rate of that
     # calibration; needs >= 1/fpr - 1 held-out images (99 for 0.01)
     calibration_pixel_fpr: float = _setting(0.001, gt=0, lt=1)  # the pixel threshold's own rate: share of a
-    # normal image's map pixels above it (engine/calibration.py DEFAULT_PIXEL_FPR)
+    # normal image's map pixels above it (inference/calibration.py DEFAULT_PIXEL_FPR)
 
 
 @dataclass
@@ -187,7 +187,7 @@ class InferenceConfig:
     top_percent: float = _setting(1.0, gt=0, le=100)  # top_percent_mean: mean of the highest this-% pixels
     batch_size: int = _setting(16, ge=1)
     knn_weight: float = _setting(0.0, ge=0)  # beyond the paper: add this times the z-scored distance to a coreset
-    # bank of normal training tokens to the z-scored reconstruction error (engine/token_bank.py); 0 = the paper.
+    # bank of normal training tokens to the z-scored reconstruction error (scoring/token_bank.py); 0 = the paper.
     # The bank is built by `dpdiff train` when this is > 0 at training time
 
 

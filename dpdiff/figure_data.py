@@ -1,7 +1,7 @@
 """What evaluation and prediction keep for the figures drawn afterwards: overlay maps and the report's data.
 
-The engine fills these objects while it scores (``dpdiff.engine.evaluate``, ``dpdiff.engine.predict``,
-``dpdiff.engine.report_inputs``); ``dpdiff.viz`` draws them. This module imports neither of the two, so the
+The engine fills these objects while it scores (``dpdiff.workflows.evaluate``, ``dpdiff.workflows.predict``,
+``dpdiff.workflows.report_inputs``); ``dpdiff.viz`` draws them. This module imports neither of the two, so the
 engine never imports viz and viz never runs a model.
 
 * :class:`OverlayItem`: one overlay PNG to draw (image path, anomaly map, ground truth, colour scale).
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
-from .io import atomic_write_bytes
-from .run_files import REPORT_DATA_FILE
+from dpdiff.utils.errors import DataError
+from dpdiff.utils.io import atomic_write_bytes
+from dpdiff.utils.run_files import REPORT_DATA_FILE
 
 __all__ = [
     "ANOMALOUS_TOKEN_FRACTION",

@@ -17,9 +17,9 @@ from PIL import Image
 
 import dpdiff
 from dpdiff.cli import main
-from dpdiff.engine.train import train
-from dpdiff.errors import DataError
-from dpdiff.run_files import CALIBRATION_FILE
+from dpdiff.utils.errors import DataError
+from dpdiff.utils.run_files import CALIBRATION_FILE
+from dpdiff.workflows.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = re.compile(r"<!-- api-example:start -->\s*```python\n(.*?)```\s*<!-- api-example:end -->", re.S)
@@ -53,7 +53,7 @@ def test_readme_example_runs(demo_like, monkeypatch, capsys):
 
 def test_public_names_and_lazy_import():
     assert set(dpdiff.__all__) >= {"load_config", "fit", "Detector", "Prediction", "OnnxDetector"}
-    torch_detector = __import__("dpdiff.engine.inference", fromlist=["Detector"]).Detector
+    torch_detector = __import__("dpdiff.inference.detector", fromlist=["Detector"]).Detector
     assert issubclass(torch_detector, dpdiff.Detector) and issubclass(dpdiff.OnnxDetector, dpdiff.Detector)
     assert dpdiff.load_config("lite0_cpu").backbone.image_size == 256
     with pytest.raises(AttributeError):

@@ -347,7 +347,7 @@ def test_validation_runs_on_every_load(tmp_path):
 
 
 def test_cli_refuses_a_bad_set_value_at_once_and_writes_nothing(tmp_path, monkeypatch, capsys):
-    import dpdiff.engine.train as train_mod
+    import dpdiff.training.trainer as train_mod
 
     def must_not_run(*a, **kw):
         raise AssertionError("training (data, backbone) started despite an invalid --set")
@@ -386,10 +386,10 @@ def test_cli_unknown_preset_is_an_error(tmp_path, capsys):
 def test_choices_match_the_modules_that_use_them():
     from dpdiff.data.dataset import MASK_RESIZE_MODES
     from dpdiff.data.formats import FORMATS
-    from dpdiff.engine.train import LR_SCHEDULES
     from dpdiff.model.denoisers import DENOISERS
     from dpdiff.model.dpdiff_ad import ENSEMBLE_REDUCTIONS, SCORING_MODES
     from dpdiff.model.postprocess import IMAGE_SCORE_RULES
+    from dpdiff.training.trainer import LR_SCHEDULES
 
     assert set(allowed_values("model.denoiser")) == set(DENOISERS)
     assert set(allowed_values("inference.scoring")) == set(SCORING_MODES)
@@ -457,9 +457,9 @@ def _another_valid_value(cfg: Config, key: str):
 
 
 def test_training_key_resume_and_scale_use_the_tags():
-    from dpdiff.engine.checkpoint import RESUME_MUTABLE_KEYS, config_differences
     from dpdiff.experiments import scale
     from dpdiff.experiments.ablate import TRAINING_KEY_IGNORED, training_key
+    from dpdiff.model.checkpoint import RESUME_MUTABLE_KEYS, config_differences
 
     cfg = Config()
     key = training_key(cfg)

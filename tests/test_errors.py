@@ -1,4 +1,4 @@
-"""User errors vs bugs: the dpdiff.errors hierarchy, where it is raised, and what the command line does with it
+"""User errors vs bugs: the dpdiff.utils.errors hierarchy, where it is raised, and what the command line does with it
 (one line and exit 2 for a user error, the traceback for a bug); logging and progress flags of the CLI."""
 
 from __future__ import annotations
@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from dpdiff import cli, errors
-from dpdiff import progress as progress_mod
+from dpdiff import cli
 from dpdiff.cli import main
-from dpdiff.errors import (
+from dpdiff.utils import errors
+from dpdiff.utils import progress as progress_mod
+from dpdiff.utils.errors import (
     CheckpointError,
     ConfigError,
     ConfigKeyError,
@@ -49,7 +50,7 @@ def test_the_package_raises_the_shared_classes():
     from dpdiff import config
     from dpdiff.backbones import CheckpointError as BackboneCheckpointError
     from dpdiff.data.layout import LayoutError
-    from dpdiff.engine.train import TrainingDiverged as TrainTrainingDiverged
+    from dpdiff.training.trainer import TrainingDiverged as TrainTrainingDiverged
 
     assert BackboneCheckpointError is CheckpointError and TrainTrainingDiverged is TrainingDiverged
     assert config.ConfigError is ConfigError
@@ -61,8 +62,8 @@ def test_the_package_raises_the_shared_classes():
 def test_user_errors_at_their_sites(tmp_path):
     from dpdiff.backbones import build_backbone
     from dpdiff.data.mvtec import load_split
-    from dpdiff.engine.checkpoint import load_model
-    from dpdiff.engine.train import prepare_run_dir
+    from dpdiff.model.checkpoint import load_model
+    from dpdiff.training.trainer import prepare_run_dir
 
     (tmp_path / "bottle" / "train").mkdir(parents=True)
     with pytest.raises(DataError, match="no training folder"):
@@ -82,7 +83,7 @@ def test_user_errors_at_their_sites(tmp_path):
 
 def test_a_rank_rebuilds_the_nearest_portable_error_type():
     from dpdiff.data.layout import LayoutError
-    from dpdiff.engine.distributed import _portable_type_name
+    from dpdiff.training.distributed import _portable_type_name
 
     assert _portable_type_name(LayoutError("x")) == "DataError"  # LayoutError is not importable by name on rank 1
     assert _portable_type_name(TrainingDiverged("x")) == "TrainingDiverged"
@@ -156,7 +157,7 @@ def test_a_bug_propagates_with_its_traceback(monkeypatch, bug):
 
 
 def test_weights_are_passed_on_by_test_predict_and_report(monkeypatch, tmp_path):
-    import dpdiff.experiments.evaluation as ev
+    import dpdiff.workflows.reporting as ev
 
     seen: dict[str, object] = {}
 
@@ -185,8 +186,8 @@ def test_test_weights_reach_the_backbone(tmp_path, capsys, tiny_config):
     """A run folder + ``--weights`` pointing nowhere: the error names that file, so the path got to the backbone."""
     import torch
 
-    from dpdiff.engine.checkpoint import save_checkpoint
-    from dpdiff.engine.features import build_backbone_from_config
+    from dpdiff.features import build_backbone_from_config
+    from dpdiff.model.checkpoint import save_checkpoint
     from dpdiff.model.dpdiff_ad import DPDiffAD
 
     cfg = tiny_config()
@@ -204,7 +205,7 @@ def test_test_weights_reach_the_backbone(tmp_path, capsys, tiny_config):
 
 def test_log_level_flags_and_progress_switch(capsys, monkeypatch):
     monkeypatch.delenv(progress_mod.NO_PROGRESS_ENV, raising=False)
-    log = logging.getLogger("dpdiff.engine.something")
+    log = logging.getLogger("dpdiff.inference.something")
     cli.configure_output()
     log.info("training 3 steps")
     log.debug("batch indices")

@@ -1,4 +1,4 @@
-"""dpdiff.io (atomic writes, JSON conversion, slugs), dpdiff.run_files, dpdiff.progress: the shared bottom layer."""
+"""dpdiff.utils: io (atomic writes, JSON conversion, slugs), run_files, progress: the shared bottom layer."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-import dpdiff.io as dio
-from dpdiff import progress as progress_mod
-from dpdiff import run_files
-from dpdiff.io import (
+import dpdiff.utils.io as dio
+from dpdiff.utils import progress as progress_mod
+from dpdiff.utils import run_files
+from dpdiff.utils.io import (
     atomic_write,
     atomic_write_bytes,
     atomic_write_json,
@@ -79,7 +79,7 @@ def test_the_file_and_then_its_folder_are_fsynced_before_returning(tmp_path, mon
 _KILL_MID_WRITE = r"""
 import os, signal, sys
 from pathlib import Path
-from dpdiff.io import atomic_write
+from dpdiff.utils.io import atomic_write
 
 def writer(tmp):
     with open(tmp, "wb") as fh:
@@ -100,8 +100,8 @@ def test_sigkill_during_a_write_leaves_the_old_file_and_at_most_a_temp_file(tmp_
     assert target.read_bytes() == b"the previous checkpoint"
     visible, temps = _visible_and_temp(tmp_path)
     assert visible == ["train_state.pt"] and len(temps) == 1 and temps[0].startswith(".train_state.pt.")
-    # what dpdiff.engine.checkpoint.remove_stale_temp_files cleans up before a run folder is reused
-    from dpdiff.engine.checkpoint import remove_stale_temp_files
+    # what dpdiff.model.checkpoint.remove_stale_temp_files cleans up before a run folder is reused
+    from dpdiff.model.checkpoint import remove_stale_temp_files
 
     assert [p.name for p in remove_stale_temp_files(tmp_path)] == temps
     assert _visible_and_temp(tmp_path) == (["train_state.pt"], [])
@@ -173,7 +173,8 @@ def test_slugify_default_and_length():
 
 
 def test_run_file_names_are_the_ones_on_disk_and_re_exported_by_checkpoint():
-    from dpdiff.engine import checkpoint, train
+    from dpdiff.model import checkpoint
+    from dpdiff.training import trainer as train
 
     assert run_files.RUN_FILES == (
         "train_state.pt",
@@ -208,7 +209,7 @@ def test_no_copies_of_the_io_helpers_left_in_the_package(helper):
         for p in PACKAGE.rglob("*.py")
         if p.name != "io.py" and helper in p.read_text(encoding="utf-8")
     ]
-    assert hits == [], f"{helper!r} outside dpdiff/io.py: {hits}"
+    assert hits == [], f"{helper!r} outside dpdiff/utils/io.py: {hits}"
 
 
 # ----------------------------------------------------------------------------- progress bars
@@ -242,7 +243,7 @@ def test_no_module_uses_tqdm_directly():
         for p in PACKAGE.rglob("*.py")
         if p.name != "progress.py" and "tqdm" in p.read_text(encoding="utf-8")
     ]
-    assert hits == [], f"tqdm used outside dpdiff/progress.py (use dpdiff.progress.progress): {hits}"
+    assert hits == [], f"tqdm used outside dpdiff/utils/progress.py (use dpdiff.utils.progress.progress): {hits}"
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])

@@ -7,10 +7,14 @@ CNN backbone: multi-stage maps pooled to one grid and concatenated) and :mod:`.d
 (the paper's DINOv2 backbone: mean of blocks 6..11, eq. 9).
 """
 
-from .base import CheckpointError, FeatureExtractor, read_checkpoint, unwrap_state_dict
-from .dinov2 import DinoV2Extractor, build_vit
-from .efficientnet import EfficientNetLiteExtractor, load_efficientnet_lite_classifier, lukemelas_to_timm
-from .registry import BACKBONES, build_backbone
+from dpdiff.backbones.base import CheckpointError, FeatureExtractor, read_checkpoint, unwrap_state_dict
+from dpdiff.backbones.dinov2 import DinoV2Extractor, build_vit
+from dpdiff.backbones.efficientnet import (
+    EfficientNetLiteExtractor,
+    load_efficientnet_lite_classifier,
+    lukemelas_to_timm,
+)
+from dpdiff.backbones.registry import BACKBONES, build_backbone
 
 __all__ = [
     "BACKBONES",

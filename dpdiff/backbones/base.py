@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import CheckpointError, ConfigError
+from dpdiff.utils.errors import CheckpointError, ConfigError
 
 __all__ = [
     "CheckpointError",

@@ -49,8 +49,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import Tensor, nn
 
-from ..errors import CheckpointError, ConfigError
-from .base import (
+from dpdiff.backbones.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     FeatureExtractor,
@@ -59,6 +58,7 @@ from .base import (
     read_checkpoint,
     resize_map,
 )
+from dpdiff.utils.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
     from timm.models.vision_transformer import VisionTransformer

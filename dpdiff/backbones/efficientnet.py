@@ -49,8 +49,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import CheckpointError, ConfigError, MissingDependencyError
-from .base import HALF_MEAN, HALF_STD, FeatureExtractor, check_and_load, check_layers, read_checkpoint, resize_map
+from dpdiff.backbones.base import (
+    HALF_MEAN,
+    HALF_STD,
+    FeatureExtractor,
+    check_and_load,
+    check_layers,
+    read_checkpoint,
+    resize_map,
+)
+from dpdiff.utils.errors import CheckpointError, ConfigError, MissingDependencyError
 
 if TYPE_CHECKING:
     from timm.models.efficientnet import EfficientNetFeatures

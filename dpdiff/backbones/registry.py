@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from ..errors import ConfigError
-from .base import HALF_MEAN, HALF_STD, IMAGENET_MEAN, IMAGENET_STD, FeatureExtractor
-from .dinov2 import DINOV2_MODELS, build_vit
-from .efficientnet import LITE_DEFAULT_LAYERS, LITE_DEFAULT_STRIDE, LITE_NAMES, EfficientNetLiteExtractor
+from dpdiff.backbones.base import HALF_MEAN, HALF_STD, IMAGENET_MEAN, IMAGENET_STD, FeatureExtractor
+from dpdiff.backbones.dinov2 import DINOV2_MODELS, build_vit
+from dpdiff.backbones.efficientnet import (
+    LITE_DEFAULT_LAYERS,
+    LITE_DEFAULT_STRIDE,
+    LITE_NAMES,
+    EfficientNetLiteExtractor,
+)
+from dpdiff.utils.errors import ConfigError
 
 _LITE_CH = {
     "tf_efficientnet_lite0": [16, 24, 40, 112, 320],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..progress import progress
+from dpdiff.utils.progress import progress
 
 
 @torch.no_grad()

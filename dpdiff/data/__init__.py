@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .formats import FORMATS, LayoutError, detect_format, list_categories_for, load_samples
-from .mvtec import IMAGE_EXTENSIONS, Sample, count_samples, list_categories, load_dataset, load_split
-from .synthetic import DEFECT_TYPES, generate_synthetic_dataset
+from dpdiff.data.formats import FORMATS, LayoutError, detect_format, list_categories_for, load_samples
+from dpdiff.data.mvtec import IMAGE_EXTENSIONS, Sample, count_samples, list_categories, load_dataset, load_split
+from dpdiff.data.synthetic import DEFECT_TYPES, generate_synthetic_dataset
 
 #: Environment variable overriding the shared (read-only) data folder.
 SHARED_DATA_ENV = "DPDIFF_SHARED_DATA"
@@ -34,7 +34,7 @@ def shared_data_dir() -> Path:
 def __getattr__(name: str):
     # torch is only imported when the torch Dataset is asked for
     if name in ("ImageDataset", "load_image_rgb", "load_image_array", "load_mask", "IMAGENET_MEAN", "IMAGENET_STD"):
-        from . import dataset
+        from dpdiff.data import dataset
 
         return getattr(dataset, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

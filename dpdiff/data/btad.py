@@ -27,8 +27,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from .layout import LayoutError, expect_dir, resolve_categories
-from .mvtec import GOOD, Sample, _index_folder, _list_images, _list_subdirs
+from dpdiff.data.layout import LayoutError, expect_dir, resolve_categories
+from dpdiff.data.mvtec import GOOD, Sample, _index_folder, _list_images, _list_subdirs
 
 __all__ = [
     "BTAD_CATEGORIES",

@@ -24,11 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..backbones.base import IMAGENET_MEAN, IMAGENET_STD  # the default normalisation (re-exported)
-from ..errors import DataError
-from .images import (  # noqa: F401 - re-exported: the image helpers live in the torch-free .images
-    LABEL_ID_MAX,
-    MASK_RESIZE_MODES,
+from dpdiff.backbones.base import IMAGENET_MEAN, IMAGENET_STD  # the default normalisation (re-exported)
+from dpdiff.data.images import (
     load_image_array,
     load_image_rgb,
     load_mask,
@@ -37,7 +34,8 @@ from .images import (  # noqa: F401 - re-exported: the image helpers live in the
     read_mask_values,
     resize_binarise_mask,
 )
-from .mvtec import Sample
+from dpdiff.data.mvtec import Sample
+from dpdiff.utils.errors import DataError
 
 __all__ = [
     "IMAGENET_MEAN",

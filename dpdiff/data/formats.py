@@ -52,23 +52,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dpdiff.data.btad import list_categories as _btad_list_categories
+from dpdiff.data.btad import load_btad
+from dpdiff.data.generic import load_generic
+from dpdiff.data.layout import LayoutError, expect_dir, keep_normal_training
+from dpdiff.data.mvtec import Sample
+from dpdiff.data.mvtec import list_categories as _mvtec_list_categories
+from dpdiff.data.mvtec import load_dataset as _mvtec_load_dataset
+from dpdiff.data.realiad import RESOLUTIONS as _REALIAD_RESOLUTIONS
+from dpdiff.data.realiad import list_categories as _realiad_list_categories
+from dpdiff.data.realiad import list_variety_categories as _variety_list_categories
+from dpdiff.data.realiad import load_realiad, load_realiad_variety
+from dpdiff.data.visa import SPLIT_CSV as _VISA_SPLIT_CSV
+from dpdiff.data.visa import list_categories as _visa_list_categories
+from dpdiff.data.visa import load_visa
+
 # explicit submodule imports (never ``from . import ...``, which imports this package's
 # __init__, itself importing this module: an import cycle)
-from ..errors import ConfigError
-from .btad import list_categories as _btad_list_categories
-from .btad import load_btad
-from .generic import load_generic
-from .layout import LayoutError, expect_dir, keep_normal_training
-from .mvtec import Sample
-from .mvtec import list_categories as _mvtec_list_categories
-from .mvtec import load_dataset as _mvtec_load_dataset
-from .realiad import RESOLUTIONS as _REALIAD_RESOLUTIONS
-from .realiad import list_categories as _realiad_list_categories
-from .realiad import list_variety_categories as _variety_list_categories
-from .realiad import load_realiad, load_realiad_variety
-from .visa import SPLIT_CSV as _VISA_SPLIT_CSV
-from .visa import list_categories as _visa_list_categories
-from .visa import load_visa
+from dpdiff.utils.errors import ConfigError
 
 __all__ = [
     "FORMATS",

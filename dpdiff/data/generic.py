@@ -37,9 +37,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import ConfigError
-from .layout import LayoutError, expect_dir, expect_file
-from .mvtec import GOOD, Sample, _index_folder, _list_images, find_mask
+from dpdiff.data.layout import LayoutError, expect_dir, expect_file
+from dpdiff.data.mvtec import GOOD, Sample, _index_folder, _list_images, find_mask
+from dpdiff.utils.errors import ConfigError
 
 __all__ = ["LayoutError", "expect_dir", "expect_file", "load_generic"]
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import DataError
+from dpdiff.utils.errors import DataError
 
 __all__ = [
     "MASK_RESIZE_MODES",

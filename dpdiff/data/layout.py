@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from ..errors import ConfigError, DataError
+from dpdiff.utils.errors import ConfigError, DataError
 
 __all__ = ["DataError", "LayoutError", "expect_dir", "expect_file", "keep_normal_training", "resolve_categories"]
 
@@ -26,7 +26,7 @@ class LayoutError(DataError, FileNotFoundError):
     """A dataset root does not match the expected on-disk layout.
 
     ``path`` is the first offending path (the one that was expected and is missing, or that has
-    the wrong content). A :class:`~dpdiff.errors.DataError` (so a ``ValueError``) and a
+    the wrong content). A :class:`~dpdiff.utils.errors.DataError` (so a ``ValueError``) and a
     :class:`FileNotFoundError`, so callers catching either (as for :mod:`dpdiff.data.mvtec`) also catch it.
     """
 

@@ -37,8 +37,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DataError
-from .layout import resolve_categories
+from dpdiff.data.layout import resolve_categories
+from dpdiff.utils.errors import DataError
 
 __all__ = [
     "IMAGE_EXTENSIONS",

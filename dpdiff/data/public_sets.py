@@ -38,8 +38,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from ..errors import DataError
-from ..io import atomic_write_json
+from dpdiff.utils.errors import DataError
+from dpdiff.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
 

@@ -60,10 +60,9 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePath
 
-from ..errors import ConfigError, DataError
-from .layout import LayoutError, expect_dir, keep_normal_training, resolve_categories
-from .mvtec import GOOD, Sample
-from .realiad_layout import (
+from dpdiff.data.layout import LayoutError, expect_dir, keep_normal_training, resolve_categories
+from dpdiff.data.mvtec import GOOD, Sample
+from dpdiff.data.realiad_layout import (
     REALIAD,
     VARIETY,
     _Variant,
@@ -74,7 +73,8 @@ from .realiad_layout import (
     list_variety_categories,
     normalize_category,
 )
-from .realiad_variety_splits import SUBSET_NAMES, subset_categories
+from dpdiff.data.realiad_variety_splits import SUBSET_NAMES, subset_categories
+from dpdiff.utils.errors import ConfigError, DataError
 
 __all__ = [
     "RESOLUTIONS",

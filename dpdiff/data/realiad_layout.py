@@ -31,8 +31,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DataError
-from .layout import LayoutError, expect_dir
+from dpdiff.data.layout import LayoutError, expect_dir
+from dpdiff.utils.errors import DataError
 
 __all__ = [
     "REALIAD",

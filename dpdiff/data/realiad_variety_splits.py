@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import ConfigError
-from .realiad_layout import list_variety_categories, match_categories, normalize_category
+from dpdiff.data.realiad_layout import list_variety_categories, match_categories, normalize_category
+from dpdiff.utils.errors import ConfigError
 
 __all__ = ["S1", "S2", "S3", "SUBSETS", "SUBSET_NAMES", "FULL", "subset_categories", "normalize_category"]
 

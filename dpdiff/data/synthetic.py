@@ -59,7 +59,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..io import atomic_write_text
+from dpdiff.utils.io import atomic_write_text
 
 __all__ = [
     "FAMILIES",
@@ -1453,7 +1453,7 @@ def read_marker(root: str | os.PathLike) -> dict | None:
 
 
 def _write_marker(root: Path, settings: dict, specs: list[CategorySpec], complete: list[str]) -> None:
-    """Atomic replace (``dpdiff.io.atomic_write_text``); rewritten after every category."""
+    """Atomic replace (``dpdiff.utils.io.atomic_write_text``); rewritten after every category."""
     doc = dict(
         generator="dpdiff.data.synthetic",
         num_categories=len(specs),
@@ -1485,7 +1485,7 @@ def _write_categories(
     _write_marker(root, settings, specs, complete)
     bar = None
     if progress:
-        from ..progress import progress as progress_bar
+        from dpdiff.utils.progress import progress as progress_bar
 
         bar = progress_bar(total=len(todo), desc="synthetic categories", unit="cat", mininterval=1.0)
     # PNG compression (zlib releases the GIL) runs in writer threads while the next image renders;

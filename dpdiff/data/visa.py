@@ -36,9 +36,9 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import DataError
-from .layout import LayoutError, expect_dir, expect_file, keep_normal_training, resolve_categories
-from .mvtec import GOOD, Sample
+from dpdiff.data.layout import LayoutError, expect_dir, expect_file, keep_normal_training, resolve_categories
+from dpdiff.data.mvtec import GOOD, Sample
+from dpdiff.utils.errors import DataError
 
 __all__ = [
     "SPLIT_CSV",

@@ -55,7 +55,7 @@ from typing import Any
 
 import yaml
 
-from ..config import (
+from dpdiff.config import (
     GRID_DIR,
     TEST_TIME,
     Config,
@@ -67,13 +67,13 @@ from ..config import (
     sections_with_role,
     weight_neutral_keys,
 )
-from ..engine.checkpoint import CONFIG_FILE, MODEL_FILE, RUN_FILES, STATE_FILE, read_run_config, resume_config
-from ..engine.train import train
-from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, slugify
-from ..metrics.tables import TABLE_COLUMNS, complete_row, format_table_csv, format_table_markdown
-from ..progress import progress
-from ..run_files import RESULTS_FILE
-from .evaluation import evaluate_and_report
+from dpdiff.metrics.tables import TABLE_COLUMNS, complete_row, format_table_csv, format_table_markdown
+from dpdiff.model.checkpoint import CONFIG_FILE, MODEL_FILE, RUN_FILES, STATE_FILE, read_run_config, resume_config
+from dpdiff.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text, slugify
+from dpdiff.utils.progress import progress
+from dpdiff.utils.run_files import RESULTS_FILE
+from dpdiff.workflows.reporting import evaluate_and_report
+from dpdiff.workflows.train import train
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ size, feeds synthetic ``torch.randn`` images (configured image size, given batch
 ``warmup`` untimed calls, ``rounds`` calls of
 
 * the backbone alone, and
-* the full pipeline, :class:`dpdiff.engine.inference.Detector` itself (the object evaluation and prediction
+* the full pipeline, :class:`dpdiff.inference.detector.Detector` itself (the object evaluation and prediction
   score with): backbone -> tokens -> DiT reconstruction from ``inference.noise_step`` with
   ``inference.ddim_steps`` DDIM steps and ``inference.ensemble`` noise draws (Eq. 22-23) -> bilinear
   upsampling, Gaussian smoothing and the pooled max (Eq. 23-24),
@@ -31,12 +31,12 @@ from pathlib import Path
 
 import torch
 
-from ..backbones.base import FeatureExtractor
-from ..config import Config, InferenceConfig
-from ..engine.features import resolve_device
-from ..engine.inference import Detector
-from ..errors import ConfigError
-from ..model.dpdiff_ad import DPDiffAD, _autocast_dtype
+from dpdiff.backbones.base import FeatureExtractor
+from dpdiff.config import Config, InferenceConfig
+from dpdiff.features import resolve_device
+from dpdiff.inference.detector import Detector
+from dpdiff.model.dpdiff_ad import DPDiffAD, _autocast_dtype
+from dpdiff.utils.errors import ConfigError
 
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PAPER_BATCH_SIZE = 64  # Table 4 measures FPS at batch size 64
@@ -110,8 +110,8 @@ def random_vit(
     safetensors file and loaded like real weights (build_vit never initialises randomly by itself)."""
     from safetensors.torch import save_file
 
-    from ..backbones import build_vit
-    from ..backbones.dinov2 import create_vit
+    from dpdiff.backbones import build_vit
+    from dpdiff.backbones.dinov2 import create_vit
 
     label = name or f"{arch if isinstance(arch, str) else 'custom_vit'}(random)"
     with contextlib.ExitStack() as stack:
@@ -145,8 +145,8 @@ def build_benchmark_backbone(cfg: Config, weights_random_ok: bool = True) -> tup
 
     A DINOv2 backbone without ``backbone.weights`` gets random weights when ``weights_random_ok`` (timing
     only); otherwise (and for every other case) this is ``build_backbone_from_config``."""
-    from ..backbones.registry import _ALIASES, BACKBONES
-    from ..engine.features import build_backbone_from_config
+    from dpdiff.backbones.registry import _ALIASES, BACKBONES
+    from dpdiff.features import build_backbone_from_config
 
     b = cfg.backbone
     info = BACKBONES.get(_ALIASES.get(b.name, b.name))

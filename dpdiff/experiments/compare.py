@@ -11,13 +11,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..baselines.knn import KNNMemoryBank
-from ..config import Config
-from ..data.dataset import ImageDataset
-from ..engine.features import tokens_from_maps
-from ..engine.inference import Detector, map_size, postprocess_maps
+from dpdiff.baselines.knn import KNNMemoryBank
+from dpdiff.config import Config
+from dpdiff.data.dataset import ImageDataset
+from dpdiff.features import tokens_from_maps
+from dpdiff.inference.detector import Detector, map_size, postprocess_maps
 
-# ``map_size`` is dpdiff.engine.inference.map_size (the one rule), importable from here for experiments/scale.py
+# ``map_size`` is dpdiff.inference.detector.map_size (the one rule), importable from here for experiments/scale.py
 __all__ = ["masks_and_labels", "map_size", "build_knn", "knn_score_features", "dpdiff_score_features"]
 
 

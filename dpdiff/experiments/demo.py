@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..config import Config, load_config
-from ..data.synthetic import generate_synthetic_dataset
-from ..engine.train import train
-from ..io import atomic_write_text
-from ..run_files import EVAL_DIR, STATE_FILE
-from .evaluation import evaluate_and_report, plot_training_curves
+from dpdiff.config import Config, load_config
+from dpdiff.data.synthetic import generate_synthetic_dataset
+from dpdiff.utils.io import atomic_write_text
+from dpdiff.utils.run_files import EVAL_DIR, STATE_FILE
+from dpdiff.workflows.reporting import evaluate_and_report, plot_training_curves
+from dpdiff.workflows.train import train
 
 logger = logging.getLogger(__name__)
 

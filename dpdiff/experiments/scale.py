@@ -13,7 +13,7 @@ Output folder::
 
     scale_settings.json            what the run was made with (a rerun must match, else --overwrite)
     data/                          the synthetic dataset (MVTec layout)
-    features/                      feature cache (engine/features/cache.py)
+    features/                      feature cache (features/cache.py)
     N010/run/                      the DPDiff-AD run of N = 10 (checkpoint, loss history)
     N010/dpdiff/results.{json,csv,md}, N010/knn/results.{json,csv,md}
                                    per-category metrics + mean, with the evaluation protocol
@@ -43,22 +43,22 @@ from typing import Any
 
 import torch
 
-from ..config import RUNTIME, Config, keys_with_role
-from ..data.formats import load_samples
-from ..data.synthetic import ensure_synthetic_dataset, read_marker
-from ..engine.checkpoint import STATE_FILE, load_model
-from ..engine.evaluate import protocol_description
-from ..engine.features import build_backbone_from_config, feature_cache_key, resolve_device
-from ..engine.features.cache import FeatureCache
-from ..engine.inference import Detector, scoring_dataset
-from ..engine.train import train
-from ..errors import ConfigError
-from ..io import atomic_write_bytes, atomic_write_json
-from ..metrics import compute_metrics
-from ..metrics.paper_tables import DELTA_ROW, load_results, scale_table, write_table
-from ..metrics.tables import TABLE_COLUMNS, write_results
-from ..run_files import RESULTS_STEM
-from .compare import build_knn, dpdiff_score_features, knn_score_features, masks_and_labels
+from dpdiff.config import RUNTIME, Config, keys_with_role
+from dpdiff.data.formats import load_samples
+from dpdiff.data.synthetic import ensure_synthetic_dataset, read_marker
+from dpdiff.experiments.compare import build_knn, dpdiff_score_features, knn_score_features, masks_and_labels
+from dpdiff.features import build_backbone_from_config, feature_cache_key, resolve_device
+from dpdiff.features.cache import FeatureCache
+from dpdiff.inference.detector import Detector, scoring_dataset
+from dpdiff.metrics import compute_metrics
+from dpdiff.metrics.paper_tables import DELTA_ROW, load_results, scale_table, write_table
+from dpdiff.metrics.tables import TABLE_COLUMNS, write_results
+from dpdiff.model.checkpoint import STATE_FILE, load_model
+from dpdiff.utils.errors import ConfigError
+from dpdiff.utils.io import atomic_write_bytes, atomic_write_json
+from dpdiff.utils.run_files import RESULTS_STEM
+from dpdiff.workflows.evaluate import protocol_description
+from dpdiff.workflows.train import train
 
 logger = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ import numpy as np
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-from dpdiff.errors import DataError
+from dpdiff.utils.errors import DataError
 
 __all__ = [
     "METRIC_NAMES",

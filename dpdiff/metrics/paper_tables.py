@@ -20,8 +20,6 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from dpdiff.errors import DataError, UsageError
-from dpdiff.io import atomic_write_json, atomic_write_text, to_jsonable
 from dpdiff.metrics.tables import (
     MEAN_ROW,
     TABLE_COLUMNS,
@@ -30,7 +28,9 @@ from dpdiff.metrics.tables import (
     format_table_csv,
     format_table_markdown,
 )
-from dpdiff.run_files import EVAL_DIR, RESULTS_FILE
+from dpdiff.utils.errors import DataError, UsageError
+from dpdiff.utils.io import atomic_write_json, atomic_write_text, to_jsonable
+from dpdiff.utils.run_files import EVAL_DIR, RESULTS_FILE
 
 __all__ = [
     "KINDS",
@@ -124,7 +124,7 @@ def load_results(path: str | os.PathLike) -> dict:
     the file's mean row (computed from its per-category rows when it has none; mAD filled in when
     absent), its protocol (``None`` when it records none) and its number of categories.
     A missing file raises ``FileNotFoundError``, an unreadable or incomplete one
-    :class:`~dpdiff.errors.DataError` (a ``ValueError``); both name the file.
+    :class:`~dpdiff.utils.errors.DataError` (a ``ValueError``); both name the file.
     """
     file = resolve_results_path(path)
     try:

@@ -8,10 +8,10 @@ import math
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
-from dpdiff.errors import DataError
-from dpdiff.io import atomic_write_json, atomic_write_text
 from dpdiff.metrics.anomaly import METRIC_NAMES, mean_ad
-from dpdiff.run_files import RESULTS_STEM
+from dpdiff.utils.errors import DataError
+from dpdiff.utils.io import atomic_write_json, atomic_write_text
+from dpdiff.utils.run_files import RESULTS_STEM
 
 __all__ = [
     "TABLE_COLUMNS",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .prototype_embedding import PrototypeEmbedding
+from dpdiff.model.prototype_embedding import PrototypeEmbedding
 
 __all__ = ["DenoiserSize", "PrototypeDenoiser"]
 

@@ -11,11 +11,11 @@ prototypes (Eq. 16-17) unless ``model.prototype_cross_attention`` is false:
 
 from __future__ import annotations
 
-from ..config import ModelConfig
-from .denoiser_base import PrototypeDenoiser
-from .dit import PrototypeDiT
-from .unet import PrototypeUNet
-from .uvit import PrototypeUViT
+from dpdiff.config import ModelConfig
+from dpdiff.model.denoiser_base import PrototypeDenoiser
+from dpdiff.model.dit import PrototypeDiT
+from dpdiff.model.unet import PrototypeUNet
+from dpdiff.model.uvit import PrototypeUViT
 
 DENOISERS: dict[str, type[PrototypeDenoiser]] = {"dit": PrototypeDiT, "unet": PrototypeUNet, "uvit": PrototypeUViT}
 

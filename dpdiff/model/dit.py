@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from .denoiser_base import DenoiserSize, PrototypeDenoiser
+from dpdiff.model.denoiser_base import DenoiserSize, PrototypeDenoiser
+from dpdiff.utils.errors import ConfigError
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

@@ -13,11 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import LossConfig, ModelConfig
-from ..errors import ConfigError
-from .denoisers import build_denoiser
-from .diffusion import NoiseSchedule, ddim_reconstruct, q_sample
-from .prototypes import PrototypeExtractor, global_prototype_loss, local_prototype_loss, prototype_similarity_maps
+from dpdiff.config import LossConfig, ModelConfig
+from dpdiff.model.denoisers import build_denoiser
+from dpdiff.model.diffusion import NoiseSchedule, ddim_reconstruct, q_sample
+from dpdiff.model.prototypes import (
+    PrototypeExtractor,
+    global_prototype_loss,
+    local_prototype_loss,
+    prototype_similarity_maps,
+)
+from dpdiff.utils.errors import ConfigError
 
 LOCAL, GLOBAL = 0, 1
 #: ``inference.scoring`` modes: Eq. (22) reconstruction error, or prototype similarity (Table 5 rows 1-2).

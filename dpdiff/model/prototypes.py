@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .sinkhorn import entropic_ot_loss
+from dpdiff.model.sinkhorn import entropic_ot_loss
 
 
 class PrototypeExtractor(nn.Module):

@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from .denoiser_base import DenoiserSize, PrototypeDenoiser
-from .dit import Attention, timestep_embedding
+from dpdiff.model.denoiser_base import DenoiserSize, PrototypeDenoiser
+from dpdiff.model.dit import Attention, timestep_embedding
+from dpdiff.utils.errors import ConfigError
 
 
 def _groups(channels: int) -> int:

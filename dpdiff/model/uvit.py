@@ -24,9 +24,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from .denoiser_base import DenoiserSize, PrototypeDenoiser
-from .dit import Attention, sincos_pos_embed_2d, timestep_embedding
+from dpdiff.model.denoiser_base import DenoiserSize, PrototypeDenoiser
+from dpdiff.model.dit import Attention, sincos_pos_embed_2d, timestep_embedding
+from dpdiff.utils.errors import ConfigError
 
 
 class UViTBlock(nn.Module):

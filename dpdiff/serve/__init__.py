@@ -13,8 +13,8 @@ Layer: beside :mod:`dpdiff.experiments`, above the engine, below the command lin
 
 from __future__ import annotations
 
-from .app import ServeSettings, create_app
-from .batching import MicroBatcher
-from .server import run_server
+from dpdiff.serve.app import ServeSettings, create_app
+from dpdiff.serve.batching import MicroBatcher
+from dpdiff.serve.server import run_server
 
 __all__ = ["ServeSettings", "create_app", "MicroBatcher", "run_server"]

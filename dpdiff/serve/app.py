@@ -30,12 +30,12 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
-from .auth import check_bearer
-from .batching import BatcherClosed, MicroBatcher
-from .limits import ApiError, decode_image, parse_multipart, read_body
-from .model import Job, ServedModel
-from .results import prediction_json
+from dpdiff import __version__
+from dpdiff.serve.auth import check_bearer
+from dpdiff.serve.batching import BatcherClosed, MicroBatcher
+from dpdiff.serve.limits import ApiError, decode_image, parse_multipart, read_body
+from dpdiff.serve.model import Job, ServedModel
+from dpdiff.serve.results import prediction_json
 
 __all__ = ["ServeSettings", "create_app", "page_html", "MULTIPART_ALLOWANCE"]
 

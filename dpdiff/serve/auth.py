@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 
-from .limits import ApiError
+from dpdiff.serve.limits import ApiError
 
 __all__ = ["check_bearer"]
 

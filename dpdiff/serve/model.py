@@ -16,9 +16,9 @@ from typing import Any
 
 from PIL import Image
 
-from ..errors import UsageError
-from ..run_files import CONFIG_FILE
-from .limits import ApiError
+from dpdiff.serve.limits import ApiError
+from dpdiff.utils.errors import UsageError
+from dpdiff.utils.run_files import CONFIG_FILE
 
 __all__ = ["ServedModel", "Job"]
 
@@ -57,7 +57,7 @@ class ServedModel:
     ) -> ServedModel:
         """``run``: a run folder (``dpdiff train``) or a ``.onnx`` export; ``onnx``: serve this export of the
         run folder with onnxruntime instead of PyTorch (the folder then only names the training categories)."""
-        from ..engine.predictor import Detector  # a .onnx loads without torch
+        from dpdiff.inference.predictor import Detector  # a .onnx loads without torch
 
         given = Path(run)
         onnx_path = Path(onnx) if onnx is not None else None
@@ -154,7 +154,7 @@ def _run_meta(run_dir: Path) -> dict:
 def _matching_preset(cfg) -> str:
     """The packaged preset(s) whose backbone, model and inference settings the run has ("a|b" when several
     share them), else "custom"."""
-    from ..config import load_config, preset_names
+    from dpdiff.config import load_config, preset_names
 
     def settings(c) -> dict:
         d = c.to_dict()

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..viz.overlay import compose_overlay
+from dpdiff.viz.overlay import compose_overlay
 
 __all__ = ["OVERLAY_MAX_SIDE", "decision", "overlay_png", "mask_png", "prediction_json"]
 

@@ -6,8 +6,8 @@ import ipaddress
 import logging
 from pathlib import Path
 
-from .app import ServeSettings, create_app
-from .model import ServedModel
+from dpdiff.serve.app import ServeSettings, create_app
+from dpdiff.serve.model import ServedModel
 
 __all__ = ["run_server", "DEFAULT_HOST", "DEFAULT_PORT", "MAX_CONNECTIONS"]
 

@@ -1,6 +1,6 @@
 """Visualisation: anomaly-map overlays, training curves and the HTML report (headless; no pyplot state).
 
-viz only draws arrays (``dpdiff.figure_data`` and plain numpy): it never imports dpdiff.engine nor runs a model.
+viz only draws arrays (``dpdiff.figure_data`` and plain numpy): it never imports the layers that run a model.
 """
 
 from dpdiff.viz import overlay

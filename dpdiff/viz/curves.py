@@ -6,7 +6,7 @@ import io
 import math
 from pathlib import Path
 
-from dpdiff.io import atomic_write_bytes
+from dpdiff.utils.io import atomic_write_bytes
 
 __all__ = ["plot_curves", "plot_loss_history"]
 

@@ -12,8 +12,8 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from dpdiff.figure_data import OverlayItem
-from dpdiff.io import atomic_write_bytes
-from dpdiff.progress import progress
+from dpdiff.utils.io import atomic_write_bytes
+from dpdiff.utils.progress import progress
 
 __all__ = [
     "save_overlay",

@@ -13,7 +13,6 @@ import yaml
 
 from dpdiff.cli import main
 from dpdiff.config import Config
-from dpdiff.engine.checkpoint import CONFIG_FILE, STATE_FILE
 from dpdiff.experiments import ablate
 from dpdiff.experiments.ablate import (
     grid_from_dict,
@@ -24,6 +23,7 @@ from dpdiff.experiments.ablate import (
     training_status,
 )
 from dpdiff.metrics.tables import TABLE_COLUMNS
+from dpdiff.model.checkpoint import CONFIG_FILE, STATE_FILE
 
 ROWS = [
     {"name": "full", "set": {}},

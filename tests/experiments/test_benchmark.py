@@ -86,7 +86,7 @@ def test_benchmark_fps_lite0_tiny_dit(lite_cfg):
 
 def test_benchmark_times_the_detector_users_run(lite_cfg, monkeypatch):
     """The full-pipeline FPS times Detector.__call__ itself (what evaluate/predict run), once per round."""
-    from dpdiff.engine.inference import Detector
+    from dpdiff.inference.detector import Detector
 
     calls, real = [], Detector.__call__
 

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-from dpdiff.io import atomic_write_json, atomic_write_text
 from dpdiff.metrics import (
     METRIC_NAMES,
     aupro,
@@ -17,6 +16,7 @@ from dpdiff.metrics import (
     pixel_metrics,
     write_results,
 )
+from dpdiff.utils.io import atomic_write_json, atomic_write_text
 
 # ----------------------------------------------------------------------------- image level
 

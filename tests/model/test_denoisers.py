@@ -161,7 +161,7 @@ def test_prototype_only_model_has_no_denoiser():
 
 
 def test_old_checkpoint_without_the_new_keys_loads_and_resumes(tmp_path):
-    from dpdiff.engine.checkpoint import CONFIG_FILE, check_resume_config, load_model, save_checkpoint
+    from dpdiff.model.checkpoint import CONFIG_FILE, check_resume_config, load_model, save_checkpoint
 
     cfg = Config()
     cfg.model = _cfg("dit")

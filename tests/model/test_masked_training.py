@@ -65,7 +65,8 @@ def test_a_denoiser_without_positions_refuses_a_subset():
 def test_training_with_masked_tokens_runs_and_uses_every_token_at_the_end(
     tiny_data, tmp_path, tiny_config, monkeypatch
 ):
-    from dpdiff.engine.train import Trainer, train
+    from dpdiff.training.trainer import Trainer
+    from dpdiff.workflows.train import train
 
     cfg = tiny_config(tiny_data).override({"train.token_keep": 0.5, "train.full_token_steps": 2})
     run = train(cfg, tmp_path / "run")

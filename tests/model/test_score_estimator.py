@@ -9,8 +9,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from dpdiff.config import LossConfig, ModelConfig
-from dpdiff.engine.train import build_ema, lr_factor
 from dpdiff.model.dpdiff_ad import DPDiffAD
+from dpdiff.training.trainer import build_ema, lr_factor
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 C, GRID = 12, (4, 4)

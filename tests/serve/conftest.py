@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 import dpdiff
-from dpdiff.engine.train import train
+from dpdiff.workflows.train import train
 
 SERVER_START_TIMEOUT_S = 90
 

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from starlette.testclient import TestClient
 
-from dpdiff.engine.predictor import Prediction
+from dpdiff.inference.predictor import Prediction
 from dpdiff.serve.app import ServeSettings, create_app
 from dpdiff.serve.model import Job, ServedModel
 

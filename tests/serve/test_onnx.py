@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import dpdiff
-from dpdiff.engine.export import export_onnx
-from dpdiff.errors import UsageError
+from dpdiff.inference.export import export_onnx
 from dpdiff.serve.model import ServedModel
+from dpdiff.utils.errors import UsageError
 
 pytestmark = pytest.mark.integration
 

@@ -20,11 +20,12 @@ from PIL import Image
 
 from dpdiff.cli import main
 from dpdiff.data.synthetic import generate_synthetic_dataset
-from dpdiff.engine.train import load_history, train
 from dpdiff.experiments import evaluation
-from dpdiff.experiments.evaluation import evaluate_and_report, rebuild_report
 from dpdiff.figure_data import REPORT_DATA_FILE, ReportData, token_labels, unpack_mask
+from dpdiff.training.trainer import load_history
 from dpdiff.viz.report import build_report
+from dpdiff.workflows.reporting import evaluate_and_report, rebuild_report
+from dpdiff.workflows.train import train
 
 CATEGORIES = 2
 PER_KIND = 2  # evaluate's default report_examples

@@ -16,7 +16,7 @@ test images). Modules: ``build`` (:func:`build_report`), ``figures`` (one functi
 (the HTML from ``template.html``, shipped as package data), ``images`` (PNG and panel helpers).
 """
 
-from ...run_files import REPORT_DATA_FILE, REPORT_FILE, report_files_dir
-from .build import DISPLAY_MAX, build_report, check_report_target
+from dpdiff.utils.run_files import REPORT_DATA_FILE, REPORT_FILE, report_files_dir
+from dpdiff.viz.report.build import DISPLAY_MAX, build_report, check_report_target
 
 __all__ = ["DISPLAY_MAX", "REPORT_DATA_FILE", "REPORT_FILE", "build_report", "check_report_target", "report_files_dir"]

@@ -8,12 +8,12 @@ import json
 import time
 from pathlib import Path
 
-from ...errors import RunFolderError, UsageError
-from ...figure_data import PathMap, ReportData
-from ...io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from ...run_files import EVAL_DIR, HISTORY_FILE, REPORT_DATA_FILE, REPORT_FILE, RESULTS_FILE, report_files_dir
-from .figures import Figure, example_figures, loss_figures, proto_figures, tsne_figures
-from .page import Section, render_page
+from dpdiff.figure_data import PathMap, ReportData
+from dpdiff.utils.errors import RunFolderError, UsageError
+from dpdiff.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from dpdiff.utils.run_files import EVAL_DIR, HISTORY_FILE, REPORT_DATA_FILE, REPORT_FILE, RESULTS_FILE, report_files_dir
+from dpdiff.viz.report.figures import Figure, example_figures, loss_figures, proto_figures, tsne_figures
+from dpdiff.viz.report.page import Section, render_page
 
 __all__ = ["DISPLAY_MAX", "build_report", "check_report_target"]
 
@@ -142,8 +142,8 @@ def build_report(
     """Write the HTML report of an evaluated run; returns ``{"html", "files_dir", "figures", "seconds", ...}``.
 
     ``eval_dir`` (default ``RUN/eval``) must hold ``results.json``; ``data`` defaults to its
-    ``report_data.npz`` (``dpdiff.engine.report_inputs.prepare_report_data`` completes one that lacks the
-    probe outputs); ``history``: the run's loss history rows (``dpdiff.engine.train.load_history``), drawn
+    ``report_data.npz`` (``dpdiff.workflows.report_inputs.prepare_report_data`` completes one that lacks the
+    probe outputs); ``history``: the run's loss history rows (``dpdiff.training.trainer.load_history``), drawn
     when given; ``timings``: extra entries for ``report.json``. ``output`` defaults to ``EVAL/report.html``,
     its PNGs go to ``<output stem>_files/``; an existing report is kept unless ``overwrite``. ``data_root``
     re-roots the test image paths when the dataset moved.

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ...data.dataset import load_image_array
-from ...figure_data import ANOMALOUS_TOKEN_FRACTION, PathMap, ReportData, select_probes, unpack_mask
-from ...io import atomic_write_text, slugify
-from ...progress import progress
-from ...run_files import LOSS_CURVES
-from ..curves import plot_loss_history
-from ..overlay import CONTOUR_RGB, compose_overlay, mask_boundary
-from .images import heat_blend, labelled_panels, png_bytes, resize_map, resize_mask, upsample_grid
+from dpdiff.data.dataset import load_image_array
+from dpdiff.figure_data import ANOMALOUS_TOKEN_FRACTION, PathMap, ReportData, select_probes, unpack_mask
+from dpdiff.utils.io import atomic_write_text, slugify
+from dpdiff.utils.progress import progress
+from dpdiff.utils.run_files import LOSS_CURVES
+from dpdiff.viz.curves import plot_loss_history
+from dpdiff.viz.overlay import CONTOUR_RGB, compose_overlay, mask_boundary
+from dpdiff.viz.report.images import heat_blend, labelled_panels, png_bytes, resize_map, resize_mask, upsample_grid
 
 __all__ = ["Figure", "example_figures", "loss_figures", "proto_figures", "tsne_figures"]
 

@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..overlay import CONTOUR_RGB, HEAT_ALPHA, heat_colors
+from dpdiff.viz.overlay import CONTOUR_RGB, HEAT_ALPHA, heat_colors
 
 __all__ = ["heat_blend", "labelled_panels", "png_bytes", "resize_map", "resize_mask", "upsample_grid"]
 

@@ -11,8 +11,8 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
-from ...run_files import RESULTS_FILE, RESULTS_STEM
-from .figures import Figure
+from dpdiff.utils.run_files import RESULTS_FILE, RESULTS_STEM
+from dpdiff.viz.report.figures import Figure
 
 __all__ = ["Section", "render_page"]
 

@@ -1,0 +1,665 @@
+"""On-disk cache of frozen-backbone features: extract once, memory-map ever after.
+
+The backbone is a pure function of (weights, options, image), so its fp16 feature maps can be kept
+on disk and reused by every later run that asks for the same thing.
+
+Layout (``root`` = ``FeatureCache(root)``, default ``$DPDIFF_CACHE``, else
+``$XDG_CACHE_HOME/dpdiff/features``, else ``~/.cache/dpdiff/features``)::
+
+    root/weights_sha256.json                 memo: weights file (path, size, mtime_ns) -> sha256
+    root/<backbone>-<size>-<keyhash>/        one folder per backbone key
+        key.json                             the key, for people (the folder name is its hash)
+        shard-<id>.npy                       fp16 maps (n, C, h, w), NumPy .npy, read memory-mapped
+        shard-<id>.json                      index: the n image identities, in row order
+
+Key (``backbone_fingerprint``): backbone class, name, layers, feature stride, local aggregation,
+patch size, backbone image size, output channels, normalisation mean/std, sha256 of the weights
+file (``backbone.weights_path``; a backbone without one is hashed from its state dict), the
+requested image size, the caller's ``backbone_key`` dict, torch and timm versions, and a hash of
+the source files that define the extractor and the image preprocessing. Any change selects
+another folder, i.e. invalidates.
+
+Image identity: (absolute resolved path, size in bytes, mtime_ns), taken *before* the image is read,
+so an image edited during extraction is re-extracted next time, never served stale.
+
+Crash safety: a shard's data is written to a hidden temp file, fsync'ed, renamed to its final name
+(``dpdiff.utils.io.atomic_write``), and only then its index is written (atomically too). Lookups read
+indexes only, so a crash at any point leaves nothing visible but complete shards (at most a stray temp or
+index-less data file, removed by :meth:`FeatureCache.prune`). Concurrent writers never collide (unique
+shard ids); two processes missing the same images may both extract them (``lock=True``, the default, serialises
+writers of one key with ``flock`` where available, so the second one finds them cached).
+
+RAM: extraction streams batches to disk (nothing accumulates in memory) and :class:`FeatureStore`
+reads through ``np.memmap``: only the rows asked for are copied into RAM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from dpdiff.data.mvtec import Sample
+from dpdiff.utils.io import TEMP_SUFFIX, atomic_write, atomic_write_json, slugify, to_jsonable
+
+if TYPE_CHECKING:
+    from dpdiff.backbones.base import FeatureExtractor
+
+__all__ = [
+    "FeatureCache",
+    "FeatureStore",
+    "CACHE_ENV",
+    "default_cache_root",
+    "file_identity",
+    "backbone_fingerprint",
+    "weights_sha256",
+]
+
+CACHE_ENV = "DPDIFF_CACHE"
+FORMAT_VERSION = 1
+WEIGHTS_MEMO = "weights_sha256.json"
+_BACKBONE_ATTRS = (
+    "name",
+    "layers",
+    "feature_stride",
+    "local_aggregation",
+    "patch_size",
+    "image_size",
+    "out_channels",
+    "stage_channels",
+    "mean",
+    "std",
+)
+
+
+def default_cache_root() -> Path:
+    """``$DPDIFF_CACHE``, else ``$XDG_CACHE_HOME/dpdiff/features``, else ``~/.cache/dpdiff/features``."""
+    env = os.environ.get(CACHE_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "dpdiff" / "features"
+
+
+def file_identity(path: str | os.PathLike) -> tuple[str, int, int]:
+    """(absolute resolved path, size, mtime_ns) of an existing file."""
+    p = Path(path).expanduser().resolve()
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file {str(path)!r} does not exist") from None
+    return (str(p), int(st.st_size), int(st.st_mtime_ns))
+
+
+def _sha256_file(path: Path, chunk: int = 8 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while True:
+            b = fh.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        with open(path) as fh:
+            d = json.load(fh)
+        return d if isinstance(d, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def weights_sha256(path: str | os.PathLike, memo_file: str | os.PathLike | None = None) -> str:
+    """sha256 of a weights file's content, memoised in ``memo_file`` (JSON) under
+    (resolved path, size, mtime_ns), so a large file is hashed once until it changes."""
+    path, size, mtime_ns = file_identity(path)
+    memo = _read_json(Path(memo_file)) if memo_file else None
+    entry = (memo or {}).get(path)
+    if (
+        isinstance(entry, dict)
+        and entry.get("size") == size
+        and entry.get("mtime_ns") == mtime_ns
+        and isinstance(entry.get("sha256"), str)
+    ):
+        return entry["sha256"]
+    digest = _sha256_file(Path(path))
+    if memo_file:
+        memo = _read_json(Path(memo_file)) or {}  # re-read: another process may have added entries
+        memo[path] = {"size": size, "mtime_ns": mtime_ns, "sha256": digest}
+        try:
+            atomic_write_json(memo_file, memo)
+        except OSError:  # a read-only cache still works, it only hashes again next time
+            pass
+    return digest
+
+
+def _state_dict_sha256(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _code_sha256(backbone: torch.nn.Module) -> str:
+    """Hash of the source files defining the extractor's output and the image preprocessing."""
+    import inspect
+
+    from dpdiff.backbones import base as _base
+    from dpdiff.data import dataset as _dataset
+    from dpdiff.data import images as _images
+
+    files = set()
+    for obj in (type(backbone), _base, _dataset, _images):
+        try:
+            f = inspect.getsourcefile(obj)
+        except TypeError:
+            f = None
+        if f:
+            files.add(os.path.abspath(f))
+    h = hashlib.sha256()
+    for f in sorted(files):
+        h.update(os.path.basename(f).encode())
+        try:
+            h.update(Path(f).read_bytes())
+        except OSError:
+            h.update(b"<unreadable>")
+    return h.hexdigest()
+
+
+def backbone_fingerprint(
+    backbone: torch.nn.Module,
+    image_size: int,
+    backbone_key: dict | None = None,
+    memo_file: str | os.PathLike | None = None,
+) -> dict:
+    """Everything that determines the cached maps (see the module docstring), as a JSON-able dict."""
+    key: dict = {
+        "format": FORMAT_VERSION,
+        "dtype": "float16",
+        "image_size": int(image_size),
+        "class": f"{type(backbone).__module__}.{type(backbone).__qualname__}",
+    }
+    for attr in _BACKBONE_ATTRS:  # under their own names: backbone.image_size is not the requested size
+        if hasattr(backbone, attr):
+            key[f"backbone.{attr}"] = to_jsonable(getattr(backbone, attr), fallback=repr)
+    wpath = getattr(backbone, "weights_path", None)
+    if wpath:
+        key["weights_sha256"] = weights_sha256(wpath, memo_file)
+    else:
+        key["state_dict_sha256"] = _state_dict_sha256(backbone)
+    key["code_sha256"] = _code_sha256(backbone)
+    key["torch"] = torch.__version__
+    try:
+        import timm
+
+        key["timm"] = timm.__version__
+    except ImportError:  # pragma: no cover - timm is a dependency
+        key["timm"] = None
+    key["options"] = to_jsonable(dict(backbone_key or {}), fallback=repr)
+    return key
+
+
+def _key_hash(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+
+class _ShardWriter:
+    """Sequential ``.npy`` writer with ``w[a:b] = maps`` (what ``extract_features(out=...)`` does):
+    the header is written on the first batch, then raw fp16 rows; nothing is kept in RAM."""
+
+    def __init__(self, path: Path, n: int):
+        self.path, self.n, self.pos = path, int(n), 0
+        self.item_shape: tuple[int, ...] | None = None
+        self._fh = open(path, "wb")
+
+    def __setitem__(self, sl: slice, value: torch.Tensor) -> None:
+        value = torch.as_tensor(value)
+        if value.dtype != torch.float16:
+            raise TypeError(f"shard rows must be float16, got {value.dtype}")
+        if (
+            not isinstance(sl, slice)
+            or sl.start != self.pos
+            or (sl.stop is not None and sl.stop != self.pos + len(value))
+        ):
+            raise ValueError(f"shard rows must be written in order: expected [{self.pos}:...], got {sl}")
+        if self.item_shape is None:
+            self.item_shape = tuple(value.shape[1:])
+            header = {
+                "descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)),
+                "fortran_order": False,
+                "shape": (self.n, *self.item_shape),
+            }
+            np.lib.format.write_array_header_1_0(self._fh, header)
+        elif tuple(value.shape[1:]) != self.item_shape:
+            raise ValueError(f"feature map shape changed within a shard: {self.item_shape} -> {tuple(value.shape[1:])}")
+        if self.pos + len(value) > self.n:
+            raise ValueError(f"more rows than announced ({self.n})")
+        self._fh.write(value.contiguous().numpy().tobytes())
+        self.pos += len(value)
+
+    def close(self) -> None:
+        if self._fh.closed:
+            return
+        try:
+            if self.pos != self.n or self.item_shape is None:
+                raise ValueError(f"shard {self.path.name}: {self.pos} of {self.n} rows written")
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        finally:
+            self._fh.close()
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self._fh.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+@contextlib.contextmanager
+def _locked(path: Path, enabled: bool):
+    """Exclusive ``flock`` on ``path`` (no-op where unsupported or disabled)."""
+    if not enabled:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    fh = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        except OSError:  # e.g. a filesystem without flock: carry on unlocked
+            pass
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        fh.close()
+
+
+class FeatureStore:
+    """Read-only view of cached fp16 maps ``(N, C, h, w)``, in the order of the requested samples,
+    over one or more memory-mapped shards (``np.memmap``): indexing copies only the rows asked for.
+
+    Drop-in for the ``features`` tensor of ``train``/``score_dataset``: ``store.shape``,
+    ``len(store)``, ``store[i]``, ``store[a:b]``, ``store[long_tensor]``, ``store[ndarray]`` all
+    return ``torch.float16`` tensors (fresh copies, safe to modify).
+    """
+
+    dtype = torch.float16
+
+    def __init__(
+        self,
+        shards: Sequence[np.ndarray],
+        shard_of: np.ndarray,
+        row_of: np.ndarray,
+        identities: Sequence[tuple[str, int, int]] | None = None,
+        shard_paths: Sequence[Path] | None = None,
+    ):
+        if not shards:
+            raise ValueError("a FeatureStore needs at least one shard")
+        item = tuple(shards[0].shape[1:])
+        for s in shards:
+            if tuple(s.shape[1:]) != item:
+                raise ValueError(f"shards disagree on the map shape: {item} vs {tuple(s.shape[1:])}")
+        self.shards = list(shards)
+        self._shard = np.asarray(shard_of, dtype=np.int32)
+        self._row = np.asarray(row_of, dtype=np.int64)
+        if self._shard.shape != self._row.shape or self._shard.ndim != 1:
+            raise ValueError("shard_of and row_of must be 1-D arrays of equal length")
+        self.identities = list(identities) if identities is not None else None
+        self.shard_paths = list(shard_paths) if shard_paths is not None else None
+        self.shape: tuple[int, int, int, int] = (int(self._row.shape[0]), *item)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the maps this store covers (fp16)."""
+        return int(np.prod(self.shape, dtype=np.int64)) * 2
+
+    def __repr__(self) -> str:
+        return f"FeatureStore(shape={self.shape}, dtype=float16, shards={len(self.shards)})"
+
+    def _positions(self, idx) -> np.ndarray:
+        n = len(self)
+        if isinstance(idx, slice):
+            return np.arange(n, dtype=np.int64)[idx]
+        if torch.is_tensor(idx):
+            idx = idx.detach().to("cpu")
+            if idx.dtype == torch.bool:
+                idx = torch.nonzero(idx).flatten()
+            elif idx.is_floating_point() or idx.is_complex():
+                raise IndexError(f"FeatureStore indices must be integers, got {idx.dtype}")
+            idx = idx.numpy()
+        pos = np.asarray(idx)
+        if pos.dtype == bool:
+            if pos.shape != (n,):
+                raise IndexError(f"boolean index of shape {pos.shape} does not fit {n} items")
+            pos = np.nonzero(pos)[0]
+        if pos.dtype.kind not in "iu":
+            raise IndexError(f"FeatureStore indices must be integers, got {pos.dtype}")
+        if pos.ndim != 1:
+            raise IndexError(f"FeatureStore takes a 1-D index, got shape {pos.shape}")
+        pos = pos.astype(np.int64)
+        if pos.size and (pos.min() < -n or pos.max() >= n):
+            bad = pos[(pos < -n) | (pos >= n)][0]
+            raise IndexError(f"index {bad} is out of range for a FeatureStore of {n} items")
+        return np.where(pos < 0, pos + n, pos)
+
+    def _gather(self, pos: np.ndarray) -> np.ndarray:
+        out = np.empty((len(pos), *self.shape[1:]), dtype=np.float16)
+        if not len(pos):
+            return out
+        sid, rows = self._shard[pos], self._row[pos]
+        if (sid == sid[0]).all():
+            arr = self.shards[int(sid[0])]
+            if len(rows) > 1 and (np.diff(rows) == 1).all():  # contiguous: one slice read
+                out[:] = arr[rows[0] : rows[-1] + 1]
+            else:
+                out[:] = arr[rows]
+            return out
+        for s in np.unique(sid):
+            m = sid == s
+            out[m] = self.shards[int(s)][rows[m]]
+        return out
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        if isinstance(idx, (int, np.integer)) or (
+            torch.is_tensor(idx) and idx.ndim == 0 and not idx.is_floating_point() and idx.dtype != torch.bool
+        ):
+            i = int(idx)
+            if not -len(self) <= i < len(self):
+                raise IndexError(f"index {i} is out of range for a FeatureStore of {len(self)} items")
+            return torch.from_numpy(self._gather(np.array([i % len(self)], dtype=np.int64))[0])
+        if isinstance(idx, tuple):
+            raise IndexError("FeatureStore supports indexing along the first axis only; index the returned tensor")
+        return torch.from_numpy(self._gather(self._positions(idx)))
+
+    def __getstate__(self) -> dict:
+        """Pickles as shard file paths (e.g. to DataLoader workers), never as the data itself."""
+        if self.shard_paths is None:
+            raise TypeError("a FeatureStore built without shard paths cannot be pickled")
+        state = dict(self.__dict__)
+        state["shards"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.shard_paths is None:  # pragma: no cover - __getstate__ refuses to pickle such a store
+            raise TypeError("a FeatureStore built without shard paths cannot be unpickled")
+        self.shards = [np.load(p, mmap_mode="r") for p in self.shard_paths]
+
+    def to_tensor(self, chunk: int = 256) -> torch.Tensor:
+        """Everything as one in-RAM fp16 tensor (what the store exists to avoid; for small sets)."""
+        out = torch.empty(self.shape, dtype=torch.float16)
+        for i in range(0, len(self), chunk):
+            out[i : i + chunk] = self[i : i + chunk]
+        return out
+
+
+class FeatureCache:
+    """Extract-once cache of backbone maps (see the module docstring).
+
+    ``FeatureCache(root).get(backbone, backbone_key, samples, image_size)`` returns a
+    :class:`FeatureStore` in the order of ``samples``; images not cached yet under this key (or changed
+    since: other size or mtime) are extracted with ``extract_features`` into one new shard.
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None, lock: bool = True):
+        self.root = Path(root).expanduser() if root is not None else default_cache_root()
+        self.lock = bool(lock)
+        #: images extracted by the last ``get`` (0 when everything was cached)
+        self.last_extracted = 0
+
+    @property
+    def weights_memo(self) -> Path:
+        return self.root / WEIGHTS_MEMO
+
+    def key(self, backbone: torch.nn.Module, image_size: int, backbone_key: dict | None = None) -> dict:
+        return backbone_fingerprint(backbone, image_size, backbone_key, self.weights_memo)
+
+    def key_dir(self, key: dict) -> Path:
+        backbone = slugify(key.get("backbone.name", "backbone"), default="backbone", max_length=60)
+        name = f"{backbone}-{int(key['image_size'])}-{_key_hash(key)}"
+        return self.root / name
+
+    # ---------------------------------------------------------------- reading
+    @staticmethod
+    def _index_files(key_dir: Path) -> list[Path]:
+        if not key_dir.is_dir():
+            return []
+        return sorted(p for p in key_dir.glob("shard-*.json") if not p.name.startswith("."))
+
+    def _load(self, key_dir: Path):
+        """(shard arrays, shard paths, {identity: (shard no, row)}) of every complete shard."""
+        arrays: list[np.ndarray] = []
+        paths: list[Path] = []
+        table: dict[tuple[str, int, int], tuple[int, int]] = {}
+        item_shape = None
+        for ipath in self._index_files(key_dir):
+            index = _read_json(ipath)
+            if not index or index.get("format") != FORMAT_VERSION:
+                continue
+            dpath = key_dir / str(index.get("data", ""))
+            try:
+                arr = np.load(dpath, mmap_mode="r")
+            except (OSError, ValueError):
+                continue  # data removed or unreadable: the shard is ignored (prune() removes it)
+            items = index.get("items") or []
+            if (
+                arr.dtype != np.float16
+                or arr.ndim != 4
+                or arr.shape[0] != len(items)
+                or list(arr.shape) != list(index.get("shape", []))
+            ):
+                continue
+            if item_shape is None:
+                item_shape = arr.shape[1:]
+            elif arr.shape[1:] != item_shape:
+                continue
+            k = len(arrays)
+            arrays.append(arr)
+            paths.append(dpath)
+            for row, it in enumerate(items):
+                table[(str(it[0]), int(it[1]), int(it[2]))] = (k, row)  # later shards win
+        return arrays, paths, table
+
+    # ---------------------------------------------------------------- writing
+    def _write_shard(
+        self,
+        key_dir: Path,
+        key: dict,
+        backbone: FeatureExtractor,
+        samples: list[Sample],
+        idents: list[tuple[str, int, int]],
+        image_size: int,
+        batch_size: int,
+        device,
+        num_workers: int,
+        desc: str,
+    ) -> None:
+        from dpdiff.data.dataset import ImageDataset
+        from dpdiff.features.extract import extract_features
+
+        sid = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:10]}"
+        data_name, index_name = f"shard-{sid}.npy", f"shard-{sid}.json"
+        final = key_dir / data_name
+        dataset = ImageDataset(samples, image_size, backbone.mean, backbone.std, load_masks=False)
+        item_shape: list[tuple[int, ...]] = []
+
+        def write_rows(tmp: str) -> None:  # streams the maps into the temp file atomic_write renames
+            writer = _ShardWriter(Path(tmp), len(samples))
+            try:
+                extract_features(backbone, dataset, batch_size, device, num_workers, desc=desc, out=writer)
+                writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+            if writer.item_shape is None:  # pragma: no cover - close() raises when no row was written
+                raise ValueError(f"shard {data_name}: no feature map written")
+            item_shape.append(writer.item_shape)
+
+        atomic_write(final, write_rows)
+        try:
+            index = {
+                "format": FORMAT_VERSION,
+                "data": data_name,
+                "shape": [len(samples), *item_shape[0]],
+                "dtype": "float16",
+                "key": _key_hash(key),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "items": [list(i) for i in idents],
+            }
+            atomic_write_json(key_dir / index_name, index)  # the shard becomes visible here, last
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(final)
+            raise
+
+    def get(
+        self,
+        backbone: FeatureExtractor,
+        backbone_key: dict | None,
+        samples: Sequence[Sample | str | os.PathLike],
+        image_size: int,
+        batch_size: int = 16,
+        device: torch.device | str = "cpu",
+        num_workers: int = 0,
+        desc: str = "features (cache)",
+    ) -> FeatureStore:
+        """Maps of ``samples`` (``Sample``s or image paths) at ``image_size``, extracting what is missing.
+
+        ``backbone_key``: extra options to key on (e.g. the backbone config section); everything the
+        backbone object itself knows (name, layers, stride, weights hash ...) is keyed on anyway.
+        """
+        wanted = [s if isinstance(s, Sample) else Sample(Path(s), None, 0, "good", "") for s in samples]
+        if not wanted:
+            raise ValueError("cannot get features for an empty list of images")
+        idents = [file_identity(s.image_path) for s in wanted]  # before reading: see module docstring
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OSError(
+                f"feature cache folder {str(self.root)!r} cannot be created ({e}); choose another "
+                f"with ${CACHE_ENV} / --cache-dir or turn the cache off"
+            ) from e
+        key = self.key(backbone, image_size, backbone_key)
+        key_dir = self.key_dir(key)
+        key_dir.mkdir(exist_ok=True)
+        if not (key_dir / "key.json").exists():
+            atomic_write_json(key_dir / "key.json", key)
+        self.last_extracted = 0
+        arrays, paths, table = self._load(key_dir)
+        if any(i not in table for i in idents):
+            with _locked(key_dir / ".lock", self.lock):
+                arrays, paths, table = self._load(key_dir)  # another process may have added them meanwhile
+                missing: dict[tuple[str, int, int], Sample] = {}
+                for s, ident in zip(wanted, idents, strict=True):
+                    if ident not in table and ident not in missing:
+                        missing[ident] = s
+                if missing:
+                    self._remove_stale_temps(key_dir)
+                    self._write_shard(
+                        key_dir,
+                        key,
+                        backbone,
+                        list(missing.values()),
+                        list(missing),
+                        image_size,
+                        batch_size,
+                        device,
+                        num_workers,
+                        desc,
+                    )
+                    self.last_extracted = len(missing)
+                    arrays, paths, table = self._load(key_dir)
+        lost = [i for i in idents if i not in table]
+        if lost:  # pragma: no cover - only if another process deletes shards under us
+            raise RuntimeError(
+                f"feature cache {key_dir}: {len(lost)} image(s) vanished from the cache, e.g. {lost[0][0]}"
+            )
+        used = sorted({table[i][0] for i in idents})
+        remap = {k: j for j, k in enumerate(used)}
+        shard_of = np.array([remap[table[i][0]] for i in idents], dtype=np.int32)
+        row_of = np.array([table[i][1] for i in idents], dtype=np.int64)
+        return FeatureStore([arrays[k] for k in used], shard_of, row_of, idents, [paths[k] for k in used])
+
+    # ---------------------------------------------------------------- housekeeping
+    @staticmethod
+    def _remove_stale_temps(key_dir: Path, max_age_s: float = 24 * 3600) -> int:
+        now, n = time.time(), 0
+        for p in key_dir.glob(f".*{TEMP_SUFFIX}"):
+            with contextlib.suppress(OSError):
+                if now - p.stat().st_mtime > max_age_s:
+                    p.unlink()
+                    n += 1
+        return n
+
+    def prune(self, max_age_s: float = 3600.0) -> dict:
+        """Delete what no lookup can use: temp files and index-less data files older than
+        ``max_age_s`` (crash leftovers), shards whose data is truncated or missing, and shards none
+        of whose images still exist unchanged.
+        Returns counts. Safe while other processes read (they keep their open maps)."""
+        counts = {"temp_files": 0, "orphan_data": 0, "broken_shards": 0, "dead_shards": 0}
+        if not self.root.is_dir():
+            return counts
+        now = time.time()
+        for key_dir in (p for p in self.root.iterdir() if p.is_dir()):
+            counts["temp_files"] += self._remove_stale_temps(key_dir, max_age_s)
+            indexed = set()
+            for ipath in self._index_files(key_dir):
+                index = _read_json(ipath) or {}
+                data = key_dir / str(index.get("data", ""))
+                indexed.add(data.name)
+                items = index.get("items") or []
+                try:
+                    arr = np.load(data, mmap_mode="r")
+                    ok = arr.shape[0] == len(items) and list(arr.shape) == list(index.get("shape", []))
+                    del arr
+                except (OSError, ValueError):
+                    ok = False
+                if not ok:  # truncated or missing data behind an index: never served, so remove it
+                    ipath.unlink(missing_ok=True)
+                    data.unlink(missing_ok=True)
+                    counts["broken_shards"] += 1
+                    continue
+                alive = False
+                for it in items:
+                    try:
+                        alive = file_identity(it[0]) == (str(it[0]), int(it[1]), int(it[2]))
+                    except (FileNotFoundError, OSError, IndexError, ValueError):
+                        alive = False
+                    if alive:
+                        break
+                if not alive:
+                    ipath.unlink(missing_ok=True)  # index first: the shard disappears atomically
+                    data.unlink(missing_ok=True)
+                    counts["dead_shards"] += 1
+            for dpath in key_dir.glob("shard-*.npy"):
+                with contextlib.suppress(OSError):
+                    if dpath.name not in indexed and now - dpath.stat().st_mtime > max_age_s:
+                        dpath.unlink()
+                        counts["orphan_data"] += 1
+        return counts
+
+    def size_bytes(self) -> int:
+        """Disk space used by the cache."""
+        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file()) if self.root.is_dir() else 0

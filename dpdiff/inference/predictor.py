@@ -1,0 +1,504 @@
+"""Decisions on images, shared by the PyTorch :class:`~dpdiff.inference.detector.Detector` and the onnxruntime
+:class:`~dpdiff.inference.onnx_runtime.OnnxDetector`: :class:`Prediction` (the public result) and
+:class:`Predictor` (``predict`` and ``calibrate`` on top of a runtime's ``score_images``).
+
+The contract (stable; ``dpdiff serve`` and user code rely on it):
+
+``Predictor.predict(images, category=None, batch_size=None) -> list[Prediction]``, one per image, in order.
+``images``: one image or a sequence of file paths, folders (every image under them, sorted), PIL images,
+``(H, W[, 3|4])`` uint8 arrays or float tensors in [0, 1] of shape ``(3, H, W)``/``(B, 3, H, W)``; each is
+preprocessed inside exactly as in training, so the same picture given in any of these forms gets the same
+prediction. A :class:`Prediction` holds:
+
+* ``image``: the file path (str) it was read from, or None for in-memory images;
+* ``score`` (float): the image anomaly score (paper Eq. 24); higher = more anomalous;
+* ``normalized_score`` (float or None when uncalibrated): ``score / image_threshold``; 1.0 is the decision
+  boundary;
+* ``is_anomalous`` (bool or None when uncalibrated): ``score > image_threshold``;
+* ``anomaly_map`` (float32 ``(H, W)``): the pixel anomaly map at the image's own size (the model's map,
+  bilinearly resized);
+* ``mask`` (bool ``(H, W)`` or None when uncalibrated or without a pixel threshold): ``anomaly_map >
+  pixel_threshold``, the defect region, on an image judged anomalous; all False on an image judged normal
+  (an operator reads any marked pixel as "defect here"), unless ``predict(..., all_masks=True)``;
+* ``image_threshold``, ``pixel_threshold`` (float or None): the thresholds used;
+* ``category`` (str or None): the category the caller named (its thresholds are used when calibrated for it,
+  else the global ones);
+
+and ``to_dict()`` gives the JSON-ready fields without arrays (plus ``height``, ``width``,
+``max_pixel_score`` and ``defect_pixels``).
+
+``Predictor.calibrate(normal_images=None, target_fpr=0.01, category=None, *, labelled=None, ...)`` sets the
+thresholds (:mod:`dpdiff.inference.calibration`), keeps them on the predictor and, for a detector loaded from a
+run folder, saves them to ``RUN/calibration.json`` (atomically) so later loads use them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
+
+import numpy as np
+from PIL import Image
+
+from dpdiff.data.images import load_image_rgb, read_mask_values, resize_binarise_mask
+from dpdiff.data.mvtec import IMAGE_EXTENSIONS
+from dpdiff.inference.calibration import (
+    DEFAULT_PIXEL_FPR,
+    Calibration,
+    Thresholds,
+    f1_thresholds,
+    fpr_thresholds,
+    min_normal_images,
+    write_calibration,
+)
+from dpdiff.utils.errors import DataError, UsageError
+from dpdiff.utils.progress import progress
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from dpdiff.config import Config
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Detector",
+    "ImageInput",
+    "Prediction",
+    "Predictor",
+    "Skipped",
+    "as_pil",
+    "flatten_inputs",
+    "list_images",
+    "resize_map",
+]
+
+#: What the predictors take: a file path (or a folder of images, for ``predict``/``calibrate``), a PIL image,
+#: an 8-bit numpy image (H, W[, 3|4]), or a float tensor in [0, 1] of one (3, H, W) or several (B, 3, H, W) RGB
+#: images.
+ImageInput: TypeAlias = "str | os.PathLike | Image.Image | np.ndarray | torch.Tensor"
+
+
+def _torch_tensor_type() -> type | None:
+    """``torch.Tensor`` when torch is loaded, else None: no input can be a tensor then, and this module (the
+    onnxruntime path's base) never imports torch itself."""
+    torch = sys.modules.get("torch")
+    return None if torch is None else torch.Tensor
+
+
+def _is_tensor(item) -> bool:
+    tensor = _torch_tensor_type()
+    return tensor is not None and isinstance(item, tensor)
+
+
+@dataclass
+class Prediction:
+    """The decision on one image (see the module docstring for the contract)."""
+
+    image: str | None
+    score: float
+    normalized_score: float | None
+    is_anomalous: bool | None
+    anomaly_map: np.ndarray
+    mask: np.ndarray | None
+    image_threshold: float | None
+    pixel_threshold: float | None
+    category: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as plain JSON types, without the arrays: their size, the largest map value and the
+        number of defect pixels (None without a mask) instead."""
+        h, w = self.anomaly_map.shape
+        return {
+            "image": self.image,
+            "score": self.score,
+            "normalized_score": self.normalized_score,
+            "is_anomalous": self.is_anomalous,
+            "image_threshold": self.image_threshold,
+            "pixel_threshold": self.pixel_threshold,
+            "category": self.category,
+            "height": int(h),
+            "width": int(w),
+            "max_pixel_score": float(self.anomaly_map.max()),
+            "defect_pixels": None if self.mask is None else int(self.mask.sum()),
+        }
+
+
+@dataclass
+class Skipped:
+    """An input that could not be read (``skip_bad=True``): its name and why."""
+
+    image: str
+    reason: str
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Every image file under ``folder`` (recursively, sorted; hidden files skipped). FileNotFoundError when
+    it is not a folder, DataError when it holds no image."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    paths = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+    if not paths:
+        raise DataError(f"{folder}: no images found (extensions {sorted(IMAGE_EXTENSIONS)})")
+    return paths
+
+
+def flatten_inputs(images, expand_folders: bool = False) -> list:
+    """One entry per image: a (B, 3, H, W) tensor becomes B (3, H, W) tensors; a single image a list of one;
+    with ``expand_folders`` a folder path becomes the images under it (:func:`list_images`)."""
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)) or _is_tensor(images):
+        images = [images]
+    out: list[Any] = []
+    for item in images:
+        if _is_tensor(item) and item.dim() == 4:
+            out.extend(item.unbind(0))
+        elif expand_folders and isinstance(item, (str, os.PathLike)) and Path(item).is_dir():
+            out.extend(list_images(item))
+        else:
+            out.append(item)
+    return out
+
+
+def as_pil(item, position: int) -> Image.Image:
+    """One input as an 8-bit RGB-convertible PIL image (files decoded, arrays and tensors converted exactly:
+    a float tensor is taken as an 8-bit image, rounded to 1/255)."""
+    if isinstance(item, (str, os.PathLike)):
+        return load_image_rgb(os.fspath(item))
+    if isinstance(item, Image.Image):
+        return item
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8 or not (item.ndim == 2 or (item.ndim == 3 and item.shape[2] in (3, 4))):
+            raise ValueError(
+                f"image {position}: numpy images must be uint8 (H, W), (H, W, 3) or (H, W, 4), got "
+                f"{item.dtype} {item.shape}; pass float images as a torch tensor (3, H, W) in [0, 1]"
+            )
+        return Image.fromarray(np.ascontiguousarray(item))
+    if _is_tensor(item):
+        import torch
+
+        if not item.is_floating_point() or item.dim() != 3 or item.shape[0] != 3:
+            raise ValueError(
+                f"image {position}: tensors must be float RGB (3, H, W) or (B, 3, H, W) in [0, 1], got "
+                f"{item.dtype} {tuple(item.shape)}"
+            )
+        t = item.detach().float().cpu()
+        if not bool(torch.isfinite(t).all()) or float(t.min()) < 0.0 or float(t.max()) > 1.0:
+            raise ValueError(
+                f"image {position}: tensor values must be finite and in [0, 1], got "
+                f"[{float(t.min()):.4g}, {float(t.max()):.4g}] (an already normalised batch goes to "
+                f"Detector(batch), not to preprocess/score_images)"
+            )
+        return Image.fromarray((t * 255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
+    raise TypeError(
+        f"image {position}: expected a path, PIL image, numpy uint8 array or float tensor, got {type(item).__name__}"
+    )
+
+
+def _name(item) -> str | None:
+    return os.fspath(item) if isinstance(item, (str, os.PathLike)) else None
+
+
+def _load(items: Sequence, offset: int, skip_bad: bool) -> list[tuple[str | None, Image.Image] | Skipped]:
+    """Per item, in order, ``(name, PIL image)``; an unreadable file is a DataError naming it, or with
+    ``skip_bad`` a :class:`Skipped` in its place."""
+    out: list[tuple[str | None, Image.Image] | Skipped] = []
+    for i, item in enumerate(items):
+        name = _name(item)
+        try:
+            out.append((name, as_pil(item, offset + i)))
+        except (DataError, OSError) as e:
+            if not skip_bad or name is None:
+                raise
+            logger.warning("skipping %s: %s", name, e)
+            out.append(Skipped(name, str(e)))
+    return out
+
+
+def resize_map(anomaly_map: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """A (R, R) map resized to (H, W) bilinearly (PIL, float32): the inverse of the model's direct resize of
+    the image to S x S, so the map lines up with the original image."""
+    m = np.asarray(anomaly_map, dtype=np.float32)
+    if m.shape == tuple(size_hw):
+        return m.copy()
+    out = Image.fromarray(m).resize((int(size_hw[1]), int(size_hw[0])), Image.Resampling.BILINEAR)
+    return np.asarray(out, dtype=np.float32).copy()
+
+
+def decide(
+    name: str | None,
+    anomaly_map: np.ndarray,
+    score: float,
+    size_hw: tuple[int, int],
+    thresholds: Thresholds | None,
+    category: str | None,
+    all_masks: bool = False,
+) -> Prediction:
+    """The :class:`Prediction` of one scored image: map at its own size, decision and mask by ``thresholds``;
+    the mask of an image judged normal is empty unless ``all_masks``."""
+    full = resize_map(anomaly_map, size_hw)
+    score = float(score)
+    if thresholds is None:
+        return Prediction(name, score, None, None, full, None, None, None, category)
+    anomalous = bool(score > thresholds.image)
+    mask = None
+    if thresholds.pixel is not None:
+        mask = full > thresholds.pixel if anomalous or all_masks else np.zeros(full.shape, dtype=bool)
+    return Prediction(
+        name,
+        score,
+        score / thresholds.image,
+        anomalous,
+        full,
+        mask,
+        thresholds.image,
+        thresholds.pixel,
+        category,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- the base class
+class Predictor:
+    """``predict`` and ``calibrate`` for a runtime that scores images.
+
+    A subclass provides ``score_images(images, batch_size=None)`` returning (maps (B, R, R), scores (B,)) of
+    PIL images (tensors or arrays), ``map_size`` (R), ``cfg`` (the run's :class:`~dpdiff.config.Config`) and
+    ``fingerprint()`` (:func:`~dpdiff.inference.calibration.scoring_fingerprint` of its model and settings).
+    ``calibration`` (None until calibrated) and ``calibration_path`` (where ``calibrate`` saves; None: kept
+    in memory only) are set by the loaders."""
+
+    calibration: Calibration | None = None
+    calibration_path: Path | None = None
+    cfg: Config
+
+    # ---------------------------------------------------------------------------- what a runtime provides
+    @property
+    def map_size(self) -> int:  # pragma: no cover - abstract
+        """Side R of the model's maps."""
+        raise NotImplementedError
+
+    def score_images(self, images: Any, batch_size: int | None = None) -> tuple[Any, Any]:  # pragma: no cover
+        """(maps (B, R, R), scores (B,)) of the images, as tensors or arrays."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> dict:  # pragma: no cover - abstract
+        """What thresholds are valid for (:func:`~dpdiff.inference.calibration.scoring_fingerprint`)."""
+        raise NotImplementedError
+
+    @property
+    def calibrated(self) -> bool:
+        """True when global thresholds are set (predictions then carry decisions)."""
+        return self.calibration is not None and self.calibration.overall is not None
+
+    def thresholds(self, category: str | None = None) -> Thresholds | None:
+        """The thresholds ``predict`` uses for ``category`` (its own when calibrated for it, else the global
+        ones); None when uncalibrated."""
+        return None if self.calibration is None else self.calibration.thresholds(category)
+
+    def _batch_size(self, batch_size: int | None) -> int:
+        return max(1, int(batch_size or self.cfg.inference.batch_size))
+
+    def _scored(self, pils: list[Image.Image], batch_size: int | None) -> tuple[np.ndarray, np.ndarray]:
+        maps, scores = self.score_images(pils, batch_size=batch_size)
+        return np.asarray(maps, dtype=np.float32), np.asarray(scores, dtype=np.float32)
+
+    def iter_scored(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        batch_size: int | None = None,
+        skip_bad: bool = False,
+        desc: str | None = None,
+    ):
+        """Per image, in order: ``(name, map (R, R) float32, score, (H, W))``, or a :class:`Skipped` for an
+        unreadable file when ``skip_bad`` (else a DataError naming it). Scored a batch at a time."""
+        items = flatten_inputs(images, expand_folders=True)
+        if not items:
+            raise ValueError("no images given")
+        bs = self._batch_size(batch_size)
+        for lo in progress(range(0, len(items), bs), desc=desc, leave=False, disable=desc is None):
+            loaded = _load(items[lo : lo + bs], lo, skip_bad)
+            good = [x for x in loaded if not isinstance(x, Skipped)]
+            done: Iterator[tuple[str | None, np.ndarray, float, tuple[int, int]]] = iter(())
+            if good:
+                maps, scores = self._scored([pil for _, pil in good], bs)
+                sizes = [(pil.height, pil.width) for _, pil in good]
+                done = iter(zip([n for n, _ in good], maps, scores.tolist(), sizes, strict=True))
+            for x in loaded:  # the inputs' order, skipped files in their place
+                yield x if isinstance(x, Skipped) else next(done)
+
+    def iter_predict(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        category: str | None = None,
+        batch_size: int | None = None,
+        skip_bad: bool = False,
+        all_masks: bool = False,
+    ) -> Iterable[Prediction | Skipped]:
+        """:meth:`predict` one batch at a time (memory stays bounded by a batch); with ``skip_bad`` an
+        unreadable file yields a :class:`Skipped` in its place instead of raising a DataError."""
+        thresholds = self.thresholds(category)
+        for item in self.iter_scored(images, batch_size, skip_bad):
+            if isinstance(item, Skipped):
+                yield item
+            else:
+                name, small_map, score, size_hw = item
+                yield decide(name, small_map, score, size_hw, thresholds, category, all_masks)
+
+    def predict(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        category: str | None = None,
+        batch_size: int | None = None,
+        all_masks: bool = False,
+    ) -> list[Prediction]:
+        """One :class:`Prediction` per image (see the module docstring); ``category``: use the thresholds
+        calibrated for it (else the global ones); ``all_masks``: the pixel mask on images judged normal too
+        (default: empty there). Unreadable files are a DataError naming the file."""
+        return cast(list[Prediction], list(self.iter_predict(images, category, batch_size, all_masks=all_masks)))
+
+    # ------------------------------------------------------------------------------------------ calibration
+    def _score_all(self, items: list, batch_size: int | None, skip_bad: bool):
+        """(maps (N, R, R), scores (N,), kept positions, skipped) of ``items``."""
+        maps, scores, kept, skipped = [], [], [], []
+        for i, item in enumerate(self.iter_scored(items, batch_size, skip_bad, desc="calibration images")):
+            if isinstance(item, Skipped):
+                skipped.append(item)
+                continue
+            maps.append(item[1])
+            scores.append(item[2])
+            kept.append(i)
+        if not maps:
+            raise DataError("no readable images to calibrate on")
+        return np.stack(maps), np.asarray(scores, np.float32), kept, skipped
+
+    def calibrate(
+        self,
+        normal_images: ImageInput | Sequence[ImageInput] | None = None,
+        target_fpr: float = 0.01,
+        category: str | None = None,
+        *,
+        pixel_fpr: float = DEFAULT_PIXEL_FPR,
+        labelled: str | os.PathLike | Sequence | None = None,
+        batch_size: int | None = None,
+        skip_bad: bool = False,
+        save: bool | None = None,
+    ) -> Thresholds:
+        """Set the decision thresholds (:mod:`dpdiff.inference.calibration`) and return them.
+
+        ``normal_images`` (paths, folders, in-memory images) held out from training: the image threshold is
+        the (1 - ``target_fpr``) quantile of their scores, the pixel threshold the (1 - ``pixel_fpr``) quantile
+        of their map pixels (its own, small rate: the share of a normal image's pixels that may exceed it);
+        fewer than ``min_normal_images(target_fpr)`` images is a DataError (99 for 1 %).
+        ``labelled``: a labelled validation set instead or in addition: a dataset folder (its test split, in
+        any layout ``dpdiff test`` reads; masks give the pixel threshold) or a sequence of ``(image, label,
+        mask or None)`` with label 1 = defective; the thresholds are then the F1-optimal ones, with
+        ``normal_images`` added as normal samples.
+
+        ``category``: store them as that category's thresholds (used by ``predict(..., category=...)``);
+        default the global ones. ``skip_bad``: leave out unreadable files (logged) instead of failing.
+        ``save``: write ``calibration.json`` (default: when the predictor has a ``calibration_path``);
+        nothing is written when calibration fails."""
+        if normal_images is None and labelled is None:
+            raise UsageError(
+                "calibrate needs normal images (normal_images / --normal) or a labelled set (labelled / --labelled)"
+            )
+        normal = flatten_inputs(normal_images, expand_folders=True) if normal_images is not None else []
+        if labelled is None:
+            need = min_normal_images(target_fpr)
+            if len(normal) < need:  # before any scoring
+                raise DataError(
+                    f"calibrating at target_fpr={float(target_fpr):g} needs at least {need} normal images, "
+                    f"got {len(normal)}: with n normal images the smallest false-alarm rate that can be "
+                    f"set is 1/(n+1) = {1.0 / (len(normal) + 1):.3g}; add normal images or raise the "
+                    f"target (--fpr)"
+                )
+            maps, scores, _, skipped = self._score_all(normal, batch_size, skip_bad)
+            thresholds = fpr_thresholds(scores, maps, target_fpr, pixel_fpr)
+        else:
+            thresholds, skipped = self._calibrate_labelled(normal, labelled, batch_size, skip_bad)
+        if skipped:
+            thresholds.details["skipped"] = [s.image for s in skipped]
+        self.set_thresholds({category: thresholds}, save=save)
+        return thresholds
+
+    def set_thresholds(self, thresholds: dict[str | None, Thresholds], save: bool | None = None) -> Calibration:
+        """Use ``thresholds`` ({None: global ones, "category": that category's}) from now on, keeping the other
+        scopes; ``save``: write ``calibration.json`` atomically (default: when there is a ``calibration_path``)."""
+        calibration = self.calibration or Calibration(self.fingerprint())
+        for category, t in thresholds.items():
+            calibration = calibration.with_thresholds(t, category)
+        if save or (save is None and self.calibration_path is not None):
+            if self.calibration_path is None:
+                raise UsageError("save=True needs a detector loaded from a run folder (Detector.load)")
+            write_calibration(self.calibration_path, calibration)
+            logger.info("thresholds written to %s", self.calibration_path)
+        self.calibration = calibration
+        return calibration
+
+    def _calibrate_labelled(self, normal: list, labelled, batch_size, skip_bad):
+        if isinstance(labelled, (str, os.PathLike)):
+            from dpdiff.data.formats import load_samples
+
+            samples = load_samples("auto", Path(labelled), None, "test")
+            rows = [(s.image_path, int(s.label), s.mask_path) for s in samples]
+        else:
+            rows = [tuple(r) + (None,) * (3 - len(tuple(r))) for r in labelled]
+        rows += [(item, 0, None) for item in normal]
+        if not rows:
+            raise DataError(f"{labelled}: no labelled images")
+        maps, scores, kept, skipped = self._score_all([r[0] for r in rows], batch_size, skip_bad)
+        rows = [rows[i] for i in kept]
+        labels = np.array([int(r[1]) for r in rows], dtype=np.int64)
+        masks = np.zeros(maps.shape, dtype=bool)
+        size, ev = self.map_size, self.cfg.evaluation
+        # the pixel threshold from the images whose ground truth is known pixel by pixel: normal images and
+        # defective ones with a mask; image labels only (no mask anywhere): no pixel threshold
+        known = np.array([not label or mask is not None for _, label, mask in rows], dtype=bool)
+        for i, (_, label, mask) in enumerate(rows):
+            if label and mask is not None:
+                values = (
+                    read_mask_values(mask)
+                    if isinstance(mask, (str, os.PathLike))
+                    else np.asarray(mask, dtype=np.float32)
+                )
+                masks[i] = resize_binarise_mask(values, size, ev.mask_threshold, ev.mask_resize)
+        if not masks.any():
+            logger.info("calibrate: no defect masks in the labelled images: image threshold only")
+            return f1_thresholds(scores, labels, None, None), skipped
+        return f1_thresholds(scores, labels, maps[known], masks[known]), skipped
+
+
+#: The runtimes :meth:`Detector.load` picks from, by the suffix of the path it is given ("" for a run folder):
+#: ``"module:class"``, imported only when used (so the onnxruntime path never loads torch). A runtime plugs in
+#: here with its ``load(path, weights=None, device="auto")`` classmethod.
+RUNTIMES = {".onnx": "dpdiff.inference.onnx_runtime:OnnxDetector", "": "dpdiff.inference.detector:Detector"}
+
+
+class Detector(Predictor):
+    """``dpdiff.Detector``: what both runtimes' detectors are (the PyTorch
+    :class:`dpdiff.inference.detector.Detector` and the onnxruntime
+    :class:`~dpdiff.inference.onnx_runtime.OnnxDetector`),
+    and :meth:`load`, which picks the runtime by the file it is given (:data:`RUNTIMES`)."""
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, weights: str | None = None, device: str = "auto") -> Detector:
+        """A run folder (``dpdiff train``) -> the PyTorch detector; a ``.onnx`` (``dpdiff export``) -> the
+        onnxruntime one, which imports neither torch nor torchvision nor timm. ``weights``: the backbone checkpoint
+        of a run folder, when it is not where the run's config says."""
+        suffix = Path(path).suffix.lower()
+        module, _, name = RUNTIMES.get(suffix, RUNTIMES[""]).partition(":")
+        runtime = getattr(importlib.import_module(module), name)
+        if suffix == ".onnx":
+            return runtime.load(path, device=device)
+        return runtime.load(path, weights=weights, device=device)

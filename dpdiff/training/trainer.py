@@ -1,0 +1,633 @@
+"""The Trainer: DPDiff-AD trained on frozen-backbone tokens (paper Eq. 19, Adam, batch 32).
+
+The backbone runs once over the training images (``extract_features``); the loop then samples
+batches of tokens. Every step's batch indices and noise come from a generator seeded by
+(seed, step), so a resumed run draws exactly what an uninterrupted one would. ``dpdiff.workflows.train.train``
+is the entry point; a ``Trainer`` holds one run's state (model, optimiser, EMA, lr schedule, loss history).
+
+Crash safety: every ``train.checkpoint_every`` steps and at the end, ``train_state.pt`` (step,
+weights, optimiser, RNG states, history, the training images in order), ``model.safetensors`` and
+``config.json`` are written, each atomically (``checkpoint.py``). ``resume=True`` continues from
+``train_state.pt`` alone and gives the weights an uninterrupted run would have.
+
+Data parallel: under ``torchrun`` (``WORLD_SIZE`` > 1) each rank extracts the features of its slice
+of the training images, all ranks gather them, every rank draws the same global batch and noise and
+trains on its slice with DistributedDataParallel; ``train.batch_size`` stays the global batch, so
+the result matches one process. Only rank 0 writes files (``distributed.py``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import random
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+from torch.utils.data import Subset
+
+from dpdiff.config import Config
+from dpdiff.data.dataset import ImageDataset
+from dpdiff.data.formats import load_samples
+from dpdiff.data.splits import hold_out_for_calibration
+from dpdiff.features import (
+    build_backbone_from_config,
+    channel_statistics,
+    extract_features,
+    feature_cache_key,
+    tokens_from_maps,
+)
+from dpdiff.metrics.thresholds import min_normal_images
+from dpdiff.model.checkpoint import (
+    RUN_FILES,
+    STATE_FILE,
+    build_model_from_state,
+    check_resume_config,
+    load_model,
+    load_train_state,
+    remove_stale_temp_files,
+    rng_states,
+    save_checkpoint,
+    set_rng_states,
+)
+from dpdiff.model.dpdiff_ad import DPDiffAD
+from dpdiff.training import distributed as D
+from dpdiff.training.loggers import build_logger
+from dpdiff.utils.errors import CheckpointError, ConfigError, DataError, RunFolderError, TrainingDiverged, UsageError
+from dpdiff.utils.io import atomic_write_text
+from dpdiff.utils.progress import progress
+from dpdiff.utils.run_files import HISTORY_FILE
+
+if TYPE_CHECKING:
+    from dpdiff.features.cache import FeatureStore
+
+LOSS_KEYS = ("loss", "diff", "local", "global")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
+    """Refuse to clobber an existing run unless asked to (--overwrite) or continuing it (--resume)."""
+    run_dir = Path(run_dir)
+    if overwrite and resume:
+        raise UsageError("--overwrite and --resume contradict each other: pass one of them")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderError(f"{run_dir} exists and is not a folder")
+    present = [n for n in RUN_FILES if (run_dir / n).exists()]
+    if present and not (overwrite or resume):
+        raise RunFolderError(
+            f"{run_dir} already holds a dpdiff run ({', '.join(present)}); pass --resume to "
+            f"continue it or --overwrite to start again"
+        )
+    if resume and not (run_dir / STATE_FILE).exists():
+        load_train_state(run_dir)  # raises the "cannot resume" error
+    run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(run_dir)
+    if overwrite:
+        for name in RUN_FILES:  # resume state first: a later --resume must never pick up the old run
+            (run_dir / name).unlink(missing_ok=True)
+
+
+def training_samples(cfg: Config) -> list:
+    return split_samples(cfg)[0]
+
+
+def split_samples(cfg: Config) -> tuple[list, list]:
+    """(samples trained on, samples held out for calibration: ``train.calibration_fraction``, seeded by
+    ``train.seed``); too few held-out images for ``train.calibration_fpr`` is an error before training."""
+    if not cfg.data.root:
+        raise ConfigError("no data root: set data.root in the config or pass --data PATH")
+    samples = load_samples(cfg.data.format, Path(cfg.data.root), cfg.data.categories, "train", **cfg.data.options)
+    fraction, fpr = cfg.train.calibration_fraction, cfg.train.calibration_fpr
+    kept, held = hold_out_for_calibration(samples, fraction, cfg.train.seed)
+    if fraction > 0 and len(held) < min_normal_images(fpr):
+        raise ConfigError(
+            f"train.calibration_fraction={fraction:g} holds out {len(held)} of {len(samples)} normal "
+            f"images; calibrating at train.calibration_fpr={fpr:g} needs at least "
+            f"{min_normal_images(fpr)}: raise the fraction or the rate, or calibrate later with "
+            f"`dpdiff calibrate`"
+        )
+    return kept, held
+
+
+def _shared_training_samples(cfg: Config, info: D.DistInfo) -> list:
+    samples: list = []
+    error = None
+    try:
+        samples = training_samples(cfg)
+    except (FileNotFoundError, ValueError) as e:
+        error = e
+    D.raise_if_any_failed(error, info)
+    return samples
+
+
+def train_features(
+    cfg: Config, backbone, device, info: D.DistInfo | None = None, samples: list | None = None
+) -> tuple[torch.Tensor, list]:
+    """Backbone features (N, C, h, w) of all training images, and the samples, in order.
+
+    With several ranks each extracts its contiguous slice and the slices are gathered on every rank.
+    """
+    info = info or D.DistInfo(device=torch.device(device))
+    if samples is None:
+        samples = _shared_training_samples(cfg, info)
+    if cfg.train.feature_cache:
+        return _cached_train_features(cfg, backbone, device, info, samples), samples
+    dataset = ImageDataset(samples, cfg.backbone.image_size, backbone.mean, backbone.std, load_masks=False)
+    lo, hi = D.shard_range(len(dataset), info.rank, info.world_size)
+    local, error = None, None
+    try:
+        if hi > lo:
+            local = extract_features(
+                backbone,
+                Subset(dataset, range(lo, hi)),
+                cfg.train.feature_batch_size,
+                device,
+                cfg.train.num_workers,
+                desc="train features",
+            )
+    except (FileNotFoundError, ValueError) as e:
+        error = e
+    D.raise_if_any_failed(error, info)
+    if info.enabled:
+        shape = D.broadcast_object(tuple(local.shape[1:]) if local is not None else None, info)
+        if local is None:
+            local = torch.empty((0, *shape), dtype=torch.float16)
+        feats = D.all_gather_rows(local, len(dataset), info)
+    elif local is None:  # pragma: no cover - the samples are never empty (training_samples raises)
+        raise DataError("no training images to extract features from")
+    else:
+        feats = local
+    return feats, samples
+
+
+def _cached_train_features(cfg: Config, backbone, device, info: D.DistInfo, samples: list):
+    """Training tokens from the on-disk feature cache (features/cache.py); each rank fills its own slice."""
+    from dpdiff.features.cache import FeatureCache
+
+    cache = FeatureCache(cfg.train.cache_dir)
+    key = feature_cache_key(cfg)
+    lo, hi = D.shard_range(len(samples), info.rank, info.world_size)
+    error = None
+    try:
+        if hi > lo:
+            cache.get(
+                backbone,
+                key,
+                samples[lo:hi],
+                cfg.backbone.image_size,
+                cfg.train.feature_batch_size,
+                device,
+                cfg.train.num_workers,
+            )
+    except (FileNotFoundError, ValueError) as e:
+        error = e
+    D.raise_if_any_failed(error, info)  # collective: also the barrier before every rank reads all slices
+    return cache.get(backbone, key, samples, cfg.backbone.image_size, cfg.train.feature_batch_size, device)
+
+
+def check_finite_features(features: torch.Tensor | FeatureStore, samples: list | None, chunk: int = 256) -> None:
+    """ValueError naming the first image whose backbone features hold NaN or inf (read ``chunk`` maps at a time)."""
+    bad: list[int] = []
+    for i in range(0, features.shape[0], chunk):
+        block = torch.as_tensor(features[i : i + chunk])  # a tensor or a FeatureStore-like object
+        ok = torch.isfinite(block.reshape(block.shape[0], -1)).all(dim=1)
+        bad.extend((i + torch.nonzero(~ok).flatten()).tolist())
+    if not bad:
+        return
+    first = bad[0]
+    what = (
+        f"training image {str(samples[first].image_path)!r}"
+        if samples and first < len(samples)
+        else f"training item {first}"
+    )
+    more = f" (and {len(bad) - 1} more image(s))" if len(bad) > 1 else ""
+    raise DataError(
+        f"non-finite backbone features (NaN or inf) for {what}{more}: check the image file, the "
+        f"backbone weights (backbone.weights) and that values fit float16"
+    )
+
+
+def _image_ids(samples: list | None, root: str | None) -> list[str] | None:
+    if not samples:
+        return None
+    out = []
+    for s in samples:
+        p = Path(s.image_path)
+        try:
+            p = p.relative_to(root) if root else p
+        except ValueError:
+            pass
+        out.append(p.as_posix())
+    return out
+
+
+def _check_same_data(state: dict, n: int, ids: list[str] | None, run_dir: Path) -> None:
+    saved = state.get("data") or {}
+    path = Path(run_dir) / STATE_FILE
+    if "num_images" in saved and int(saved["num_images"]) != n:
+        raise DataError(
+            f"{path}: the checkpoint was trained on {saved['num_images']} images, the data now has {n}; "
+            f"resuming would draw different batches (start a new run instead)"
+        )
+    old = saved.get("images")
+    if old and ids and list(old) != list(ids):
+        # the first differing position (on the common prefix: the lists may differ in length)
+        i = next(k for k, (a, b) in enumerate(zip(old, ids, strict=False)) if a != b)
+        raise DataError(
+            f"{path}: the training images changed since the checkpoint: image {i} was {old[i]!r}, "
+            f"now {ids[i]!r}; resuming would draw different batches (start a new run instead)"
+        )
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(step: int, total_steps: int, schedule: str = "constant", warmup_steps: int = 0) -> float:
+    """Multiplier of ``train.lr`` at 0-based ``step``: linear warm-up over ``warmup_steps``, then constant or
+    cosine decay to 0 at ``total_steps``. A pure function of the step, so a resumed run uses the same lr."""
+    if schedule not in LR_SCHEDULES:
+        raise ConfigError(f"train.lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, max(0.0, (step - warmup_steps) / span))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_ema(model: nn.Module, decay: float) -> AveragedModel | None:
+    """Exponential moving average of ``model``'s weights (``torch.optim.swa_utils.AveragedModel``), or None
+    when ``decay`` <= 0. The decay warms up as min(decay, (1 + n) / (10 + n)) after n updates, so the random
+    initial weights do not linger in a short run."""
+    if decay <= 0:
+        return None
+    if decay >= 1:
+        raise ConfigError(f"train.ema_decay must be in [0, 1), got {decay}")
+
+    def ema_update(
+        averaged: list[torch.Tensor] | tuple[torch.Tensor, ...],
+        current: list[torch.Tensor] | tuple[torch.Tensor, ...],
+        num_averaged: torch.Tensor | int,
+    ) -> None:
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        torch._foreach_lerp_(averaged, current, 1.0 - d)
+
+    return AveragedModel(model, multi_avg_fn=ema_update, use_buffers=True)
+
+
+class _LossModule(nn.Module):
+    """forward = DPDiffAD.training_losses, so DistributedDataParallel can wrap the loss."""
+
+    def __init__(self, model: DPDiffAD):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor, noise: dict) -> dict[str, torch.Tensor]:
+        return self.model.training_losses(tokens, noise=noise)
+
+
+def _resume_state(run_dir: Path, overwrite: bool, resume: bool, cfg: Config) -> dict | None:
+    prepare_run_dir(run_dir, overwrite, resume)
+    if not resume:
+        return None
+    state = load_train_state(run_dir)
+    check_resume_config(run_dir, state, cfg)
+    return state
+
+
+class Trainer:
+    """One training run: ``setup`` (run folder, features, model, optimiser, EMA, or their resume state), then
+    ``fit`` (``step`` after step, the loss history logged and checkpoints saved on schedule).
+
+    Step ``s`` draws its batch indices and noise from a generator seeded by (train.seed, s) and its lr is
+    ``lr_factor(s)``, so a run resumed at any checkpoint continues exactly as an uninterrupted one.
+    """
+
+    # set by setup()
+    features: torch.Tensor | FeatureStore  # (N, C, h, w) backbone maps, or the feature cache's view of them
+    model: DPDiffAD
+    loss_module: nn.Module  # the model's loss, DDP-wrapped under torchrun
+    optimizer: torch.optim.Optimizer
+
+    def __init__(self, cfg: Config, run_dir: Path, info: D.DistInfo):
+        self.cfg, self.run_dir, self.info = cfg, Path(run_dir), info
+        self.device: torch.device = info.device
+        self.samples: list | None = None
+        self.ema: AveragedModel | None = None
+        self.batch_size = 0  # the global batch (train.batch_size, at most N)
+        self.lo, self.hi, self.share = 0, 0, 1.0  # this rank's rows of it and their part of the mean
+        self.start_step = 0
+        self.last_saved = 0
+        self.history: list[dict] = []  # one row per log interval (HISTORY_FILE)
+        self.running: dict[str, float] = {}  # loss sums since the last logged row
+        self.prev_train_s = 0.0  # training seconds before a resume
+        self.extract_s = 0.0
+        self.meta: dict = {}
+        self.data_state: dict = {}
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(
+        self,
+        overwrite: bool = False,
+        resume: bool = False,
+        features: torch.Tensor | FeatureStore | None = None,
+        samples: list | None = None,
+    ) -> Trainer:
+        """Prepare the run folder (``prepare_run_dir``), the training features and everything ``fit`` needs."""
+        cfg, info = self.cfg, self.info
+        state = D.on_main(lambda: _resume_state(self.run_dir, overwrite, resume, cfg), info)
+        seed_everything(cfg.train.seed)
+        self._load_features(features, samples)
+        ids = _image_ids(self.samples, cfg.data.root)
+        if state is not None:
+            _check_same_data(state, self.num_images, ids, self.run_dir)
+            self._restore(state)
+        else:
+            self._init_model()
+        self.model.train()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.ema = build_ema(self.model, cfg.train.ema_decay)
+        if state is not None:
+            self._restore_optimizer(state)
+        del state
+        self._distribute()
+        categories = sorted({s.category for s in self.samples}) if self.samples else (cfg.data.categories or [])
+        self.meta = {
+            "categories": categories,
+            "num_train_images": self.num_images,
+            "feature_extraction_s": round(self.extract_s, 2),
+            "world_size": info.world_size,
+        }
+        self.data_state = {"num_images": self.num_images, "images": ids}
+        return self
+
+    @property
+    def num_images(self) -> int:
+        return int(self.features.shape[0])
+
+    def _load_features(self, features: torch.Tensor | FeatureStore | None, samples: list | None) -> None:
+        if features is None:
+            t0 = time.perf_counter()
+            samples = _shared_training_samples(self.cfg, self.info)  # data errors before the (slow) backbone load
+            backbone = build_backbone_from_config(self.cfg)
+            features, samples = train_features(self.cfg, backbone, self.device, self.info, samples)
+            self.extract_s = time.perf_counter() - t0
+            del backbone
+        check_finite_features(features, samples)
+        self.features, self.samples = features, samples
+
+    def _init_model(self) -> None:
+        _, c, h, w = self.features.shape
+        # re-seed: feature extraction (DataLoader base seeds) may or may not have drawn from the global RNG,
+        # and the initial weights must depend on the seed alone (cached vs fresh features, CLI vs API)
+        torch.manual_seed(self.cfg.train.seed)
+        model = DPDiffAD(c, (h, w), self.cfg.model, self.cfg.loss)
+        mean, std = channel_statistics(self.features)
+        model.set_token_statistics(mean, std)
+        self.model = model.to(self.device)
+
+    def _restore(self, state: dict) -> None:
+        """Weights, progress (step, history, running sums, time) and RNG states from the resume state."""
+        _, c, h, w = self.features.shape
+        path = self.run_dir / STATE_FILE
+        if "model" in state:
+            if (int(state["in_dim"]), tuple(state["grid_size"])) != (c, (h, w)):
+                raise CheckpointError(
+                    f"{path}: checkpoint expects {state['in_dim']} channels on a "
+                    f"{tuple(state['grid_size'])} grid, the backbone gives {c} on {(h, w)}"
+                )
+            model = build_model_from_state(state["model"], c, (h, w), self.cfg, path)
+        else:  # resume state written before the weights were stored in it
+            model, _, payload = D.on_main(lambda: load_model(self.run_dir), self.info)
+            if int(payload.get("step", -1)) != int(state["step"]):
+                raise CheckpointError(
+                    f"{self.run_dir}: {STATE_FILE} is at step {state['step']} but the weights are "
+                    f"at step {payload.get('step')}; cannot resume exactly"
+                )
+        self.model = model.to(self.device)
+        self.start_step = self.last_saved = int(state["step"])
+        self.history = list(state.get("history", []))
+        self.running = dict(state.get("running", {}))
+        self.prev_train_s = float(state.get("train_s", 0.0))
+        set_rng_states(state.get("rng", {}))
+
+    def _restore_optimizer(self, state: dict) -> None:
+        cfg = self.cfg.train
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # lr/weight decay are checked equal; take the config's anyway
+            group["lr"], group["weight_decay"] = cfg.lr, cfg.weight_decay
+        if self.ema is not None:
+            if "ema" not in state:
+                raise ConfigError(
+                    f"{self.run_dir / STATE_FILE}: no EMA weights in the resume state (train.ema_decay "
+                    f"was off when it was written); resume with --set train.ema_decay=0 or start again"
+                )
+            self.ema.load_state_dict(state["ema"])
+
+    def _distribute(self) -> None:
+        """Wrap the loss for DistributedDataParallel and fix this rank's rows of every global batch."""
+        info, device = self.info, self.device
+        self.loss_module = _LossModule(self.model)
+        if info.enabled:
+            self.loss_module = nn.parallel.DistributedDataParallel(
+                self.loss_module, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        self.batch_size = min(self.cfg.train.batch_size, self.num_images)
+        if self.batch_size < info.world_size:
+            raise ConfigError(
+                f"train.batch_size={self.batch_size} is smaller than the number of processes ({info.world_size})"
+            )
+        self.lo, self.hi = D.shard_range(self.batch_size, info.rank, info.world_size)
+        self.share = (self.hi - self.lo) / self.batch_size  # this rank's part of the global mean
+
+    # ------------------------------------------------------------------ training
+
+    def fit(self) -> Path:
+        """Train from ``start_step`` to ``train.steps``; returns the run folder."""
+        steps = self.cfg.train.steps
+        t_start = time.perf_counter()
+        pbar = progress(
+            range(self.start_step, steps),
+            desc="train",
+            initial=self.start_step,
+            total=steps,
+            mininterval=2.0,
+            disable=not self.info.is_main,
+        )
+        logger = build_logger(self.cfg.train.logger, self.run_dir) if self.info.is_main else None
+        try:
+            for step in pbar:
+                self.step(step)
+                row = self._record(step + 1, t_start)
+                if row is not None and self.info.is_main:
+                    pbar.set_postfix(loss=f"{row['loss']:.4f}", diff=f"{row['diff']:.4f}")
+                    if logger is not None:
+                        logger.log(step + 1, self._watch_scalars(row, step, t_start))
+        finally:
+            if logger is not None:
+                logger.close()
+        if self.start_step >= steps:  # nothing left to do, keep files as they are
+            return self.run_dir
+        D.barrier(self.info)
+        return self.run_dir
+
+    def _watch_scalars(self, row: dict, step: int, t_start: float) -> dict[str, float]:
+        """What a training logger shows at a logged step: the loss terms, the lr and the speed so far."""
+        cfg = self.cfg.train
+        done_here = step + 1 - self.start_step
+        return {
+            **{f"loss/{'total' if k == 'loss' else k}": float(row[k]) for k in LOSS_KEYS if k in row},
+            "train/lr": cfg.lr * lr_factor(step, cfg.steps, cfg.lr_schedule, cfg.warmup_steps),
+            "train/steps_per_s": done_here / max(time.perf_counter() - t_start, 1e-9),
+        }
+
+    def _draw_batch(self, step: int) -> tuple[torch.Tensor, dict]:
+        """This rank's tokens and noise of step ``step``'s global batch, drawn from the (seed, step) generator."""
+        seed = self.cfg.train.seed * 1_000_003 + step
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randint(0, self.num_images, (self.batch_size,), generator=g)
+        g_dev = g if self.device.type == "cpu" else torch.Generator(self.device).manual_seed(seed)
+        keep = self.cfg.train.token_keep if step < self.cfg.train.steps - self.cfg.train.full_token_steps else 1.0
+        noise = self.model.draw_training_noise(
+            self.batch_size, g_dev, self.device, keep
+        )  # the global batch's draws ...
+        noise = {k: (v[self.lo : self.hi] if v is not None else None) for k, v in noise.items()}  # ... this rank's rows
+        tokens = tokens_from_maps(self.features[idx[self.lo : self.hi]].float()).to(self.device)
+        return tokens, noise
+
+    def step(self, step: int) -> torch.Tensor:
+        """One optimiser step (0-based ``step``, paper Eq. 19); returns the global mean of ``LOSS_KEYS``."""
+        cfg, info = self.cfg.train, self.info
+        tokens, noise = self._draw_batch(step)
+        losses = self.loss_module(tokens, noise)
+        local = torch.stack([losses[k].detach().float() for k in LOSS_KEYS])
+        global_losses = D.all_reduce_sum(local * self.share, info) if info.enabled else local
+        if not bool(torch.isfinite(global_losses).all()):
+            vals = ", ".join(f"{k}={float(v):.4g}" for k, v in zip(LOSS_KEYS, global_losses, strict=True))
+            raise TrainingDiverged(
+                f"training diverged: non-finite loss at step {step + 1} ({vals}); stopped without updating, "
+                f"{self._last_checkpoint_note()}. Lower train.lr or set train.grad_clip"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        (losses["loss"] * (self.share * info.world_size) if info.enabled else losses["loss"]).backward()
+        if cfg.grad_clip:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            if not bool(torch.isfinite(norm)):
+                raise TrainingDiverged(
+                    f"training diverged: non-finite gradient norm at step {step + 1}; stopped without updating, "
+                    f"{self._last_checkpoint_note()}. Lower train.lr"
+                )
+        lr = cfg.lr * lr_factor(step, cfg.steps, cfg.lr_schedule, cfg.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        for k, v in zip(LOSS_KEYS, global_losses.tolist(), strict=True):
+            self.running[k] = self.running.get(k, 0.0) + v
+        return global_losses
+
+    def _last_checkpoint_note(self) -> str:
+        return _last_checkpoint_note(self.run_dir, self.last_saved, self.cfg)
+
+    def _record(self, done: int, t_start: float) -> dict | None:
+        """After ``done`` steps: log a history row and/or save a checkpoint when due; returns the new row."""
+        cfg = self.cfg.train
+        log_now = done % cfg.log_every == 0 or done == cfg.steps
+        save_now = done % cfg.checkpoint_every == 0 or done == cfg.steps
+        row = None
+        if log_now:
+            k_steps = done % cfg.log_every or cfg.log_every
+            row = {"step": done, **{k: v / k_steps for k, v in self.running.items()}}
+            self.history.append(row)
+            self.running = {}
+        if not (log_now or save_now):
+            return row
+        error = None
+        if self.info.is_main:  # rank 0 writes; a failed write (disk full ...) stops every rank, not just this one
+            try:
+                if log_now:
+                    _write_history(self.run_dir / HISTORY_FILE, self.history)
+                if save_now:
+                    self._save(done, self.prev_train_s + time.perf_counter() - t_start)
+            except OSError as e:
+                error = e
+        D.raise_if_any_failed(error, self.info)
+        if save_now:
+            self.last_saved = done
+        return row
+
+    def _save(self, done: int, train_s: float) -> None:
+        """Write the resume state, the weights (the EMA's when on) and config.json after ``done`` steps."""
+        self.meta["train_s"] = round(train_s, 2)
+        self.meta["step"] = done
+        resume_state = {
+            "step": done,
+            "optimizer": self.optimizer.state_dict(),
+            "history": self.history,
+            "running": dict(self.running),
+            "rng": rng_states(),
+            "data": self.data_state,
+            "train_s": train_s,
+            "seed": self.cfg.train.seed,
+            "world_size": self.info.world_size,
+        }
+        if self.ema is not None:
+            resume_state["ema"] = self.ema.state_dict()
+        save_checkpoint(
+            self.run_dir,
+            self.model,
+            self.cfg,
+            self.meta,
+            resume_state,
+            inference_model=self.ema.module if self.ema is not None else None,
+        )
+
+
+def _last_checkpoint_note(run_dir: Path, last_saved: int, cfg: Config) -> str:
+    if last_saved > 0:
+        return f"the last good checkpoint (step {last_saved}) is kept in {run_dir}"
+    return f"no checkpoint was written yet (train.checkpoint_every={cfg.train.checkpoint_every})"
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(history[0].keys()))
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path, buf.getvalue())
+
+
+def load_history(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / HISTORY_FILE
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+__all__ = [
+    "Trainer",
+    "split_samples",
+    "training_samples",
+    "prepare_run_dir",
+    "build_backbone_from_config",
+    "train_features",
+    "load_history",
+    "check_finite_features",
+    "TrainingDiverged",
+]

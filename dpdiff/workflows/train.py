@@ -1,0 +1,80 @@
+"""``dpdiff train``: one unified model from a data set's normal images, then what the run folder needs to be used.
+
+:class:`~dpdiff.training.trainer.Trainer` trains (features, model, optimiser, checkpoints); this module runs it
+(data-parallel under ``torchrun``) and then, on rank 0, builds the token bank of ``inference.knn_weight`` and sets
+the thresholds on the held-out normal images (``train.calibration_fraction``), both with the inference
+:class:`~dpdiff.inference.detector.Detector`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from dpdiff.config import Config
+from dpdiff.inference.calibration import fpr_thresholds, min_normal_images
+from dpdiff.inference.detector import Detector
+from dpdiff.scoring.token_bank import build_token_bank
+from dpdiff.training import distributed as D
+from dpdiff.training.trainer import Trainer, split_samples
+from dpdiff.utils.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dpdiff.features.cache import FeatureStore
+
+__all__ = ["train", "save_token_bank", "calibrate_held_out"]
+
+
+def train(
+    cfg: Config,
+    run_dir: Path,
+    overwrite: bool = False,
+    resume: bool = False,
+    features: torch.Tensor | FeatureStore | None = None,
+    samples: list | None = None,
+) -> Path:
+    """Train one unified model on all configured categories; returns the run folder.
+
+    ``features`` (N, C, h, w) may be passed in to skip the backbone (benchmarks reuse them).
+    Under ``torchrun`` this trains data-parallel (see the module docstring).
+    """
+    if features is not None and cfg.train.calibration_fraction > 0:
+        raise ConfigError(
+            "train.calibration_fraction needs train() to read the images itself (no precomputed "
+            "features): the held-out images must not be in them"
+        )
+    with D.distributed_context(cfg.train.device) as info:
+        trainer = Trainer(cfg, Path(run_dir), info)
+        trainer.setup(overwrite, resume, features, samples)
+        run = trainer.fit()
+        if cfg.inference.knn_weight > 0 and info.is_main:  # before the calibration: thresholds on the summed score
+            save_token_bank(run, trainer.features, cfg.train.seed)
+        if cfg.train.calibration_fraction > 0 and info.is_main:
+            calibrate_held_out(run, cfg)
+        return run
+
+
+def save_token_bank(run_dir: Path, features, seed: int) -> Path:
+    """Build the run's token bank from its training features (``inference.knn_weight``; scoring/token_bank.py)
+    and write ``RUN/knn_bank.safetensors``."""
+    detector = Detector.load(run_dir, device="cpu")
+    return build_token_bank(detector, features, seed=seed).save(run_dir)
+
+
+def calibrate_held_out(run_dir: Path, cfg: Config) -> None:
+    """Thresholds at ``train.calibration_fpr`` on the held-out normal images (``calibration.json``): global,
+    and per category for the categories with enough held-out images. Each image is scored once."""
+    held = split_samples(cfg)[1]
+    detector = Detector.load(run_dir, device=cfg.train.device)
+    maps, scores = (t.numpy() for t in detector.score_images([s.image_path for s in held], desc="calibration"))
+    fpr, pixel_fpr = cfg.train.calibration_fpr, cfg.train.calibration_pixel_fpr
+    thresholds = {None: fpr_thresholds(scores, maps, fpr, pixel_fpr)}
+    categories = np.array([str(s.category) for s in held])
+    for category in sorted(set(categories)):
+        idx = np.flatnonzero(categories == category)
+        if idx.size >= min_normal_images(fpr):
+            thresholds[category] = fpr_thresholds(scores[idx], maps[idx], fpr, pixel_fpr)
+    detector.set_thresholds(thresholds, save=True)
