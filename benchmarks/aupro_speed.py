@@ -25,19 +25,15 @@ import argparse
 import csv
 import io
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import RESULTS
 from scipy import ndimage
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from dpdiff.metrics import aupro  # noqa: E402
-from dpdiff.metrics.anomaly import _integrate_pro  # noqa: E402  (same integration rule for both)
-from dpdiff.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
+from dpdiff.metrics import aupro, integrate_pro  # the same integration rule for both
+from dpdiff.utils.io import atomic_write_json, atomic_write_text
 
 GOAL_RATIO = 20.0
 GOAL_DIFF = 1e-3
@@ -87,10 +83,10 @@ def aupro_threshold_loop(
     pros.append(1.0)
     fpr, pro = np.asarray(fprs), np.asarray(pros)
     order = np.lexsort((pro, fpr))
-    return _integrate_pro(fpr[order], pro[order], fpr_limit)
+    return integrate_pro(fpr[order], pro[order], fpr_limit)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=100)
     p.add_argument("--size", type=int, default=256)
@@ -98,36 +94,56 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="timed rounds of dpdiff's aupro (median)")
     p.add_argument(
         "--output",
-        default=str(ROOT / "benchmarks" / "results" / "aupro_speed"),
+        default=str(RESULTS / "aupro_speed"),
         help="output stem (.json and .csv are added)",
     )
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
-    maps, masks = synthetic_maps(args.images, args.size)
-    print(
-        f"{args.images} maps of {args.size}x{args.size} ({maps.size / 1e6:.1f} M pixels), "
-        f"{int(masks.sum())} defect pixels"
-    )
+
+def time_both(maps: np.ndarray, masks: np.ndarray, rounds: int, thresholds: int) -> list[dict]:
+    """Rows (method, seconds, aupro) of dpdiff's :func:`aupro` (median of ``rounds``) and of the reference."""
     aupro(maps[:4], masks[:4])  # warm-up (imports, allocator)
     fast_times, fast_value = [], None
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         t0 = time.perf_counter()
         fast_value = aupro(maps, masks, FPR_LIMIT)
         fast_times.append(time.perf_counter() - t0)
     fast_s = statistics.median(fast_times)
     t0 = time.perf_counter()
-    ref_value = aupro_threshold_loop(maps, masks, args.thresholds)
+    ref_value = aupro_threshold_loop(maps, masks, thresholds)
     ref_s = time.perf_counter() - t0
-    ratio = ref_s / fast_s
-    diff = abs(fast_value - ref_value)
-    rows = [
+    return [
         {"method": "dpdiff aupro (exact, one sort)", "seconds": fast_s, "aupro": fast_value},
         {
-            "method": f"reference ({args.thresholds} thresholds, components per threshold)",
+            "method": f"reference ({thresholds} thresholds, components per threshold)",
             "seconds": ref_s,
             "aupro": ref_value,
         },
     ]
+
+
+def write_outputs(stem: Path, result: dict, rows: list[dict]) -> None:
+    """``stem``.json (``result``) and ``stem``.csv (``rows``), atomically."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(stem.with_suffix(".json"), result)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["method", "seconds", "aupro"], lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(stem.with_suffix(".csv"), buf.getvalue())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    maps, masks = synthetic_maps(args.images, args.size)
+    print(
+        f"{args.images} maps of {args.size}x{args.size} ({maps.size / 1e6:.1f} M pixels), "
+        f"{int(masks.sum())} defect pixels"
+    )
+    rows = time_both(maps, masks, args.rounds, args.thresholds)
+    (fast_s, fast_value), (ref_s, ref_value) = ((r["seconds"], r["aupro"]) for r in rows)
+    ratio = ref_s / fast_s
+    diff = abs(fast_value - ref_value)
     print("| method | seconds | AUPRO@0.3 |\n|---|---:|---:|")
     for r in rows:
         print(f"| {r['method']} | {r['seconds']:.3f} | {r['aupro']:.6f} |")
@@ -137,7 +153,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"|difference|: {diff:.2e} (goal <= {GOAL_DIFF:.0e}) {'OK' if diff <= GOAL_DIFF else 'ABOVE GOAL'}")
     stem = Path(args.output)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "images": args.images,
         "size": args.size,
@@ -148,12 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         "goal_ratio": GOAL_RATIO,
         "goal_difference": GOAL_DIFF,
     }
-    atomic_write_json(stem.with_suffix(".json"), result)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["method", "seconds", "aupro"], lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(stem.with_suffix(".csv"), buf.getvalue())
+    write_outputs(stem, result, rows)
     print(f"written {stem.with_suffix('.json')} and .csv")
     return 0
 

@@ -30,23 +30,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import RESULTS, ROOT, inference_settings
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from dpdiff.config import load_config
+from dpdiff.data.synthetic import generate_synthetic_dataset
+from dpdiff.experiments.benchmark import cpu_name, measure, random_model
+from dpdiff.experiments.demo import DEMO_PRESET
+from dpdiff.features import build_backbone_from_config
+from dpdiff.inference.detector import Detector
+from dpdiff.inference.export import export_onnx
+from dpdiff.inference.onnx_runtime import OnnxDetector
+from dpdiff.utils.io import atomic_write_json
+from dpdiff.utils.run_files import STATE_FILE
+from dpdiff.workflows.train import train
 
-from dpdiff.config import load_config  # noqa: E402
-from dpdiff.data.synthetic import generate_synthetic_dataset  # noqa: E402
-from dpdiff.experiments.benchmark import cpu_name, measure, random_model  # noqa: E402
-from dpdiff.experiments.demo import DEMO_PRESET  # noqa: E402
-from dpdiff.features import build_backbone_from_config  # noqa: E402
-from dpdiff.inference.detector import Detector  # noqa: E402
-from dpdiff.inference.export import export_onnx  # noqa: E402
-from dpdiff.inference.onnx_runtime import OnnxDetector  # noqa: E402
-from dpdiff.utils.io import atomic_write_json  # noqa: E402
-from dpdiff.utils.run_files import STATE_FILE  # noqa: E402
-from dpdiff.workflows.train import train  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
 DEMO_RUN = ROOT / "runs" / "demo" / "run"
 OWN_DEMO = ROOT / "runs" / "export_speed_demo"
 
@@ -94,29 +91,16 @@ def quick_detector(folder: Path) -> tuple[Detector, Path, str]:
     return Detector(backbone, model, cfg, "cpu"), data, "tiny random model (--quick)"
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny random model at 64 px (smoke run, seconds)")
     ap.add_argument("--rounds", type=int, default=3, help="timed passes over the test images (median reported)")
     ap.add_argument("--output", help="result JSON (default benchmarks/results/export.json, --quick: export_quick.json)")
-    args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="dpdiff_export_"))
-    detector, data, source = quick_detector(tmp) if args.quick else demo_detector()
-    cfg = detector.cfg
-    tests = sorted(data.glob("*/test/*/*.png"))
-    train_good = sorted(data.glob("*/train/good/*.png"))
-    print(f"model: {source}; {len(tests)} test images; calibrating on {len(train_good)} training images", flush=True)
-    detector.calibration_path = None  # thresholds in memory only: the run folder is left as it is
-    detector.calibration = None
-    detector.calibrate(train_good, target_fpr=0.05, save=False)
+    return ap.parse_args()
 
-    model_path = tmp / "model.onnx"
-    t0 = time.perf_counter()
-    summary = export_onnx(detector, model_path, overwrite=True, verify=False)
-    export_s = time.perf_counter() - t0
-    onnx_detector = OnnxDetector.load(model_path)
 
-    # consistency, through the public predict of each runtime
+def consistency_of(detector: Detector, onnx_detector: OnnxDetector, tests: list[Path]) -> dict:
+    """Scores, maps, ranking and decisions of the two runtimes on ``tests``, through the public predict of each."""
     torch_pred, onnx_pred = detector.predict(tests), onnx_detector.predict(tests)
     s_t = np.array([p.score for p in torch_pred], np.float64)
     s_o = np.array([p.score for p in onnx_pred], np.float64)
@@ -139,26 +123,55 @@ def main() -> int:
         and consistency["same_ranking"]
         and consistency["decisions_agree"] == len(tests)
     )
-    print(f"consistency: {consistency}", flush=True)
+    return consistency
 
-    # speed of the model call on the same preprocessed batches
-    bs = int(cfg.inference.batch_size)
-    batches = [detector.preprocess(tests[i : i + bs]) for i in range(0, len(tests), bs)]
-    numpy_batches = [b.numpy() for b in batches]
+
+def speed_of(detector: Detector, onnx_detector: OnnxDetector, tests: list[Path], rounds: int) -> dict:
+    """Images/s of the model call of each runtime on the same preprocessed batches (median of ``rounds`` passes)."""
+    bs = int(detector.cfg.inference.batch_size)
+    numpy_batches = [detector.preprocess(tests[i : i + bs]) for i in range(0, len(tests), bs)]
+    batches = [torch.from_numpy(b) for b in numpy_batches]
     device = torch.device("cpu")
+    scorer = detector.scorer()
 
-    def torch_pass():
-        return detector.score_batches(batches)
+    def torch_pass():  # the backbone and the scorer, as the detector runs a batch
+        noise = scorer.noise_source(torch.Generator(detector.device).manual_seed(int(detector.cfg.inference.seed)))
+        with torch.inference_mode():
+            return [scorer.score_features(detector.features(b), noise) for b in batches]
 
     def onnx_pass():
         return [onnx_detector.run(b) for b in numpy_batches]
 
     speed = {}
     for name, fn in (("torch_eager", torch_pass), ("onnxruntime", onnx_pass)):
-        m = measure(fn, device, warmup=1, rounds=args.rounds)
+        m = measure(fn, device, warmup=1, rounds=rounds)
         speed[name] = m | {"images_per_s": len(tests) / m["median_s"]}
         print(f"  {name}: {speed[name]['images_per_s']:.2f} images/s", flush=True)
     speed["onnx_over_torch"] = speed["onnxruntime"]["images_per_s"] / speed["torch_eager"]["images_per_s"]
+    return speed
+
+
+def main() -> int:
+    args = parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="dpdiff_export_"))
+    detector, data, source = quick_detector(tmp) if args.quick else demo_detector()
+    cfg = detector.cfg
+    tests = sorted(data.glob("*/test/*/*.png"))
+    train_good = sorted(data.glob("*/train/good/*.png"))
+    print(f"model: {source}; {len(tests)} test images; calibrating on {len(train_good)} training images", flush=True)
+    detector.calibration_path = None  # thresholds in memory only: the run folder is left as it is
+    detector.calibration = None
+    detector.calibrate(train_good, target_fpr=0.05, save=False)
+
+    model_path = tmp / "model.onnx"
+    t0 = time.perf_counter()
+    summary = export_onnx(detector, model_path, overwrite=True, verify=False)
+    export_s = time.perf_counter() - t0
+    onnx_detector = OnnxDetector.load(model_path)
+
+    consistency = consistency_of(detector, onnx_detector, tests)
+    print(f"consistency: {consistency}", flush=True)
+    speed = speed_of(detector, onnx_detector, tests, args.rounds)  # the model call on the same batches
 
     import onnxruntime
 
@@ -167,11 +180,8 @@ def main() -> int:
         "quick": bool(args.quick),
         "image_size": cfg.backbone.image_size,
         "map_size": detector.map_size,
-        "batch_size": bs,
-        "inference": {
-            k: getattr(cfg.inference, k)
-            for k in ("noise_step", "ddim_steps", "ensemble", "antithetic", "ensemble_reduce", "common_noise")
-        },
+        "batch_size": int(cfg.inference.batch_size),
+        "inference": inference_settings(cfg),
         "export": {"seconds": round(export_s, 2), "bytes": summary["bytes"], "opset": summary["opset"]},
         "consistency": consistency,
         "speed": speed,

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from dpdiff.config import load_config
-from dpdiff.data.mvtec import Sample
+from dpdiff.data.types import Sample
 from dpdiff.experiments.benchmark import benchmark_fps
 from dpdiff.training.distributed import DistInfo
 from dpdiff.training.trainer import Trainer

@@ -17,14 +17,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import RESULTS
 
-from dpdiff.data import shared_data_dir  # noqa: E402
-from dpdiff.metrics import METRIC_NAMES  # noqa: E402
-from dpdiff.metrics.tables import format_table_markdown  # noqa: E402
-from dpdiff.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
-from dpdiff.workflows.evaluate import evaluate  # noqa: E402
+from dpdiff.data import shared_data_dir
+from dpdiff.metrics import METRIC_NAMES
+from dpdiff.metrics.tables import format_table_markdown
+from dpdiff.utils.io import atomic_write_json, atomic_write_text
+from dpdiff.workflows.evaluate import evaluate
 
 CATEGORY = "magnetic_tile"
 
@@ -44,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="run folder trained on magnetic_tile")
     p.add_argument("--data", default=None, help="MTD root (default: ../shared/data/mtd)")
-    p.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "mtd_generic_vs_mvtec"))
+    p.add_argument("--output", default=str(RESULTS / "mtd_generic_vs_mvtec"))
     args = p.parse_args(argv)
     root = Path(args.data) if args.data else shared_data_dir() / "mtd"
     if not (root / CATEGORY).is_dir():

@@ -19,25 +19,23 @@ import time
 from pathlib import Path
 
 import torch
+from _common import RESULTS, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from dpdiff.config import load_config  # noqa: E402
-from dpdiff.data import shared_data_dir  # noqa: E402
-from dpdiff.data.dataset import ImageDataset  # noqa: E402
-from dpdiff.data.mvtec import load_split  # noqa: E402
-from dpdiff.experiments.compare import build_knn, dpdiff_score_features, knn_score_features, masks_and_labels  # noqa: E402
-from dpdiff.features import extract_features, resolve_device  # noqa: E402
-from dpdiff.inference.detector import Detector  # noqa: E402
-from dpdiff.metrics import compute_metrics  # noqa: E402
-from dpdiff.metrics.tables import write_results  # noqa: E402
-from dpdiff.model.checkpoint import load_model  # noqa: E402
-from dpdiff.training.trainer import build_backbone_from_config  # noqa: E402
-from dpdiff.workflows.train import train  # noqa: E402
+from dpdiff.config import load_config
+from dpdiff.data import shared_data_dir
+from dpdiff.data.dataset import ImageDataset
+from dpdiff.data.readers.mvtec import load_split
+from dpdiff.experiments.compare import build_knn, dpdiff_score_features, knn_score_features, masks_and_labels
+from dpdiff.features import extract_features, resolve_device
+from dpdiff.inference.detector import Detector
+from dpdiff.metrics import compute_metrics
+from dpdiff.metrics.tables import write_results
+from dpdiff.model.checkpoint import load_model
+from dpdiff.training.trainer import build_backbone_from_config
+from dpdiff.workflows.train import train
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="mtd_lite0", help="preset name or YAML file (default mtd_lite0)")
     ap.add_argument("--data", default=None, help="MTD root (default: $DPDIFF_SHARED_DATA/mtd)")
@@ -52,7 +50,7 @@ def main() -> int:
         ),
     )
     ap.add_argument("--run-dir", default=str(ROOT / "runs" / "bench_mtd"))
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument(
         "--noise-steps",
         type=int,
@@ -60,22 +58,11 @@ def main() -> int:
         default=None,
         help="also evaluate these inference noise steps (diagnostic rows)",
     )
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    cfg = load_config(args.config)
-    data = Path(args.data) if args.data else shared_data_dir() / "mtd"
-    if not data.is_dir():
-        print(f"MTD data not found at {data}; set DPDIFF_SHARED_DATA or --data", file=sys.stderr)
-        return 2
-    if args.steps:
-        cfg.train.steps = args.steps
-    cfg.data.root = str(data)
-    cfg.data.categories = ["magnetic_tile"]
-    torch.manual_seed(0)
-    device = resolve_device(cfg.train.device)
-    t_all = time.perf_counter()
 
-    backbone = build_backbone_from_config(cfg)
+def features(cfg, backbone, data: Path, device: torch.device) -> tuple:
+    """(train samples, train features, test features, test masks, test labels, seconds) of the Magnetic Tile split."""
     train_samples = load_split(data, "magnetic_tile", "train")
     test_samples = load_split(data, "magnetic_tile", "test")
     train_ds = ImageDataset(train_samples, cfg.backbone.image_size, backbone.mean, backbone.std, load_masks=False)
@@ -85,17 +72,13 @@ def main() -> int:
     test_feats = extract_features(backbone, test_ds, cfg.train.feature_batch_size, device, desc="test features")
     t_feat = time.perf_counter() - t0
     masks, labels = masks_and_labels(test_ds)
-    print(f"features: train {tuple(train_feats.shape)}, test {tuple(test_feats.shape)} in {t_feat:.1f}s")
+    return train_samples, train_feats, test_feats, masks, labels, t_feat
 
-    rows, timings = {}, {"feature_extraction_s": round(t_feat, 1)}
-    # ---- kNN memory bank (PatchCore-style)
-    t0 = time.perf_counter()
-    maps, scores = knn_score_features(build_knn(train_feats, args.coreset), test_feats, cfg)
-    rows[f"kNN memory bank (coreset {args.coreset:g})"] = compute_metrics(scores.numpy(), labels, maps.numpy(), masks)
-    timings["knn_s"] = round(time.perf_counter() - t0, 1)
-    print(f"kNN done in {timings['knn_s']}s")
 
-    # ---- DPDiff-AD
+def dpdiff_rows(cfg, backbone, train_feats, train_samples, test_feats, masks, labels, args, device, timings) -> dict:
+    """Train (or resume) DPDiff-AD in ``--run-dir`` and score the test features at the preset's noise step and at
+    each ``--noise-steps`` (diagnostic rows); the seconds go into ``timings``."""
+    rows = {}
     t0 = time.perf_counter()
     run_dir = Path(args.run_dir)
     resume = (run_dir / "train_state.pt").exists()
@@ -113,6 +96,38 @@ def main() -> int:
             name += " [diagnostic]"
         rows[name] = compute_metrics(scores.numpy(), labels, maps.numpy(), masks)
         timings[f"dpdiff_test_t{noise_step}_s"] = round(time.perf_counter() - t0, 1)
+    return rows
+
+
+def main() -> int:
+    args = parse_args()
+    cfg = load_config(args.config)
+    data = Path(args.data) if args.data else shared_data_dir() / "mtd"
+    if not data.is_dir():
+        print(f"MTD data not found at {data}; set DPDIFF_SHARED_DATA or --data", file=sys.stderr)
+        return 2
+    if args.steps:
+        cfg.train.steps = args.steps
+    cfg.data.root = str(data)
+    cfg.data.categories = ["magnetic_tile"]
+    torch.manual_seed(0)
+    device = resolve_device(cfg.train.device)
+    t_all = time.perf_counter()
+
+    backbone = build_backbone_from_config(cfg)
+    train_samples, train_feats, test_feats, masks, labels, t_feat = features(cfg, backbone, data, device)
+    print(f"features: train {tuple(train_feats.shape)}, test {tuple(test_feats.shape)} in {t_feat:.1f}s")
+
+    rows, timings = {}, {"feature_extraction_s": round(t_feat, 1)}
+    # ---- kNN memory bank (PatchCore-style)
+    t0 = time.perf_counter()
+    maps, scores = knn_score_features(build_knn(train_feats, args.coreset), test_feats, cfg)
+    rows[f"kNN memory bank (coreset {args.coreset:g})"] = compute_metrics(scores.numpy(), labels, maps.numpy(), masks)
+    timings["knn_s"] = round(time.perf_counter() - t0, 1)
+    print(f"kNN done in {timings['knn_s']}s")
+
+    # ---- DPDiff-AD
+    rows |= dpdiff_rows(cfg, backbone, train_feats, train_samples, test_feats, masks, labels, args, device, timings)
     timings["total_s"] = round(time.perf_counter() - t_all, 1)
 
     protocol = {

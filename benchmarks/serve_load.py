@@ -39,20 +39,16 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
+import torch
+from _common import RESULTS
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from dpdiff.config import load_config
+from dpdiff.experiments.benchmark import benchmark_fps, cpu_name
+from dpdiff.utils.io import atomic_write_json
 
-import httpx  # noqa: E402
-import torch  # noqa: E402
-
-from dpdiff.config import load_config  # noqa: E402
-from dpdiff.experiments.benchmark import benchmark_fps, cpu_name  # noqa: E402
-from dpdiff.utils.io import atomic_write_json  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
 #: The --quick model: lite0_cpu's backbone at 64 px with a one-block DiT of width 32 (as the tests' tiny config).
 QUICK_OVERRIDES = {
     "backbone.image_size": 64,
@@ -211,7 +207,7 @@ def load_level(url: str, images: list[bytes], clients: int, seconds: float, warm
 
 
 # ---------------------------------------------------------------------------------------------- main
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny model (64 px, 1-block DiT), 3 s per level")
     ap.add_argument("--run", help="a trained run folder to serve (default: random DiT weights for --config)")
@@ -225,7 +221,95 @@ def main() -> int:
     ap.add_argument("--bench-rounds", type=int, default=None, help="timed batches of dpdiff benchmark (default 3)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
     ap.add_argument("--output", help="JSON file (default benchmarks/results/serve.json; --quick: serve_quick.json)")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def prepare_model(args, tmp: Path) -> tuple:
+    """(config, run folder, "trained" | "random"): ``--run``, else random DiT weights for ``--config`` in ``tmp``."""
+    if args.run:
+        run = Path(args.run)
+        from dpdiff.model.checkpoint import read_run_config
+
+        cfg, _ = read_run_config(run)
+        return cfg, run, "trained"
+    cfg = load_config(args.config, QUICK_OVERRIDES if args.quick else None)
+    return cfg, random_run(cfg, tmp), "random"
+
+
+def benchmark_batches(cfg, batches: list[int], rounds: int, device: str) -> dict:
+    """``dpdiff benchmark``'s figures (benchmark_fps) at each batch size, while the server is idle."""
+    bench = {}
+    for batch in batches:
+        r = benchmark_fps(cfg, batch_size=batch, rounds=rounds, warmup=1, device=device)
+        bench[f"batch_{batch}"] = {
+            k: r[k] for k in ("batch_size", "full_fps", "full_ms_per_image", "backbone_fps", "torch_threads")
+        }
+        log(f"  dpdiff benchmark, batch {batch}: {r['full_fps']:.2f} images/s")
+    return bench
+
+
+def run_levels(
+    url: str, images: list[bytes], clients: list[int], level_s: float, warmup_s: float, deadline: float, budget_s: float
+) -> tuple[list[dict], list[int]]:
+    """(a row per client count run, the client counts left out): each level gets at most ``level_s`` timed seconds,
+    fewer when the time to ``deadline`` runs short (a level under 1 s is left out)."""
+    levels, skipped = [], []
+    for i, c in enumerate(clients):
+        left = deadline - time.monotonic() - 3.0  # keep time to stop the server and write
+        per_level = min(level_s, left / (len(clients) - i) - warmup_s)
+        if per_level < 1.0:
+            skipped.append(c)
+            log(f"  {c} clients: skipped (budget of {budget_s:g} s spent)")
+            continue
+        row = load_level(url, images, c, per_level, warmup_s)
+        levels.append(row)
+        log(
+            f"  {c} clients: {row['requests_per_s']:.2f} req/s, p50 {row['latency_ms']['p50']:.1f} ms, "
+            f"p95 {row['latency_ms']['p95']:.1f} ms, mean batch {row['mean_batch_size']:.2f}, "
+            f"{row['errors']} errors"
+        )
+    return levels, skipped
+
+
+def host_info() -> dict:
+    return {
+        "cpu": cpu_name(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "load_average_at_start": list(os.getloadavg()),
+    }
+
+
+def model_info(args, cfg, weights: str, size: int, health: dict) -> dict:
+    return {
+        "run": args.run,
+        "config": None if args.run else args.config,
+        "overrides": QUICK_OVERRIDES if args.quick and not args.run else {},
+        "dit_weights": weights,
+        "backbone": cfg.backbone.name,
+        "image_size": size,
+        "noise_step": cfg.inference.noise_step,
+        "ddim_steps": cfg.inference.ddim_steps,
+        "ensemble": cfg.inference.ensemble,
+        "device": health.get("device"),
+    }
+
+
+def serve_over_benchmark(levels: list[dict], bench: dict, clients: list[int]) -> dict:
+    """Requests/s of each level over ``dpdiff benchmark``'s images/s at the same batch (else the largest one)."""
+    ratios = {}
+    for row in levels:
+        ref = bench.get(f"batch_{row['clients']}") or bench.get(f"batch_{max(clients)}")
+        if row["requests_per_s"] and ref:
+            ratios[f"clients_{row['clients']}_over_batch_{ref['batch_size']}"] = row["requests_per_s"] / ref["full_fps"]
+    return ratios
+
+
+def main() -> int:
+    args = parse_args()
     t_script = time.monotonic()
     deadline = t_script + args.budget_s
     level_s = args.level_s or (3.0 if args.quick else 15.0)
@@ -236,16 +320,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="dpdiff_serve_load_") as tmp:
         tmp = Path(tmp)
-        if args.run:
-            run = Path(args.run)
-            from dpdiff.model.checkpoint import read_run_config
-
-            cfg, _ = read_run_config(run)
-            weights = "trained"
-        else:
-            cfg = load_config(args.config, QUICK_OVERRIDES if args.quick else None)
-            run = random_run(cfg, tmp)
-            weights = "random"
+        cfg, run, weights = prepare_model(args, tmp)
         size = int(cfg.backbone.image_size)
         images = test_images(size)
         log(f"model: {args.run or args.config} ({weights} DiT weights), {size} px; starting dpdiff serve")
@@ -255,63 +330,20 @@ def main() -> int:
         try:
             health = httpx.get(url + "/health").json()
             log(f"server up in {startup_s:.1f} s at {url}; dpdiff benchmark at batch 1 and {max(clients)}")
-            bench = {}
-            for batch in sorted({1, max(clients)}):
-                r = benchmark_fps(cfg, batch_size=batch, rounds=rounds, warmup=1, device=args.device)
-                bench[f"batch_{batch}"] = {
-                    k: r[k] for k in ("batch_size", "full_fps", "full_ms_per_image", "backbone_fps", "torch_threads")
-                }
-                log(f"  dpdiff benchmark, batch {batch}: {r['full_fps']:.2f} images/s")
-            levels, skipped = [], []
-            for i, c in enumerate(clients):
-                left = deadline - time.monotonic() - 3.0  # keep time to stop the server and write
-                per_level = min(level_s, left / (len(clients) - i) - warmup_s)
-                if per_level < 1.0:
-                    skipped.append(c)
-                    log(f"  {c} clients: skipped (budget of {args.budget_s:g} s spent)")
-                    continue
-                row = load_level(url, images, c, per_level, warmup_s)
-                levels.append(row)
-                log(
-                    f"  {c} clients: {row['requests_per_s']:.2f} req/s, p50 {row['latency_ms']['p50']:.1f} ms, "
-                    f"p95 {row['latency_ms']['p95']:.1f} ms, mean batch {row['mean_batch_size']:.2f}, "
-                    f"{row['errors']} errors"
-                )
+            bench = benchmark_batches(cfg, sorted({1, max(clients)}), rounds, args.device)
+            levels, skipped = run_levels(url, images, clients, level_s, warmup_s, deadline, args.budget_s)
             final_stats = httpx.get(url + "/health").json()["batches"]
         finally:
             stop_server(proc)
 
-    ratios = {}
-    for row in levels:
-        ref = bench.get(f"batch_{row['clients']}") or bench.get(f"batch_{max(clients)}")
-        if row["requests_per_s"] and ref:
-            ratios[f"clients_{row['clients']}_over_batch_{ref['batch_size']}"] = row["requests_per_s"] / ref["full_fps"]
+    ratios = serve_over_benchmark(levels, bench, clients)
     result = {
         "what": "dpdiff serve under load on loopback: requests/s and client-side latency per concurrency level, "
         "next to dpdiff benchmark's full-pipeline images/s (benchmark_fps) of the same config",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "host": {
-            "cpu": cpu_name(),
-            "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "load_average_at_start": list(os.getloadavg()),
-        },
-        "model": {
-            "run": args.run,
-            "config": None if args.run else args.config,
-            "overrides": QUICK_OVERRIDES if args.quick and not args.run else {},
-            "dit_weights": weights,
-            "backbone": cfg.backbone.name,
-            "image_size": size,
-            "noise_step": cfg.inference.noise_step,
-            "ddim_steps": cfg.inference.ddim_steps,
-            "ensemble": cfg.inference.ensemble,
-            "device": health.get("device"),
-        },
+        "host": host_info(),
+        "model": model_info(args, cfg, weights, size, health),
         "server": {
             "max_batch": args.max_batch,
             "max_wait_ms": args.max_wait_ms,

@@ -31,35 +31,32 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import json
 import os
 import platform
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+from _common import RESULTS
+from _speed_rss import bench_rss, rss_child
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from dpdiff.backbones import build_backbone  # noqa: E402
-from dpdiff.config import Config, load_config  # noqa: E402
-from dpdiff.data import shared_data_dir  # noqa: E402
-from dpdiff.data.dataset import ImageDataset  # noqa: E402
-from dpdiff.data.mvtec import load_split  # noqa: E402
-from dpdiff.experiments.benchmark import cpu_name, measure, random_model, random_vit  # noqa: E402
-from dpdiff.features import resolve_device, tokens_from_maps  # noqa: E402
-from dpdiff.features.cache import FeatureCache  # noqa: E402
-from dpdiff.inference.detector import Detector  # noqa: E402
-from dpdiff.training.distributed import DistInfo  # noqa: E402
-from dpdiff.training.trainer import Trainer  # noqa: E402
-from dpdiff.utils.io import atomic_write_json  # noqa: E402
+from dpdiff.backbones import build_backbone
+from dpdiff.config import Config, load_config
+from dpdiff.data import shared_data_dir
+from dpdiff.data.dataset import ImageDataset
+from dpdiff.data.readers.mvtec import load_split
+from dpdiff.experiments.benchmark import cpu_name, measure, random_model, random_vit
+from dpdiff.features import resolve_device, tokens_from_maps
+from dpdiff.features.cache import FeatureCache
+from dpdiff.inference.detector import Detector
+from dpdiff.scoring.noise import IndependentNoise
+from dpdiff.scoring.scorer import Scorer, ScoringSettings
+from dpdiff.training.distributed import DistInfo
+from dpdiff.training.trainer import Trainer
+from dpdiff.utils.io import atomic_write_json
 
 LITE_CFG = "lite0_cpu"  # packaged presets (dpdiff/configs/)
 PAPER_CFG = "paper_dinov2_b448"
@@ -93,16 +90,7 @@ def bench_inference(
     c, h, w = feats.shape[1:]
     model = random_model(c, (h, w), cfg, device)
     detector = Detector(backbone, model, cfg, device, **score_kw)  # what evaluation and prediction run
-    out: dict = {
-        "name": name,
-        "batch": batch,
-        "image_size": size,
-        "tokens": [int(c), int(h), int(w)],
-        "dit": {"hidden_dim": cfg.model.hidden_dim, "depth": cfg.model.depth, "num_heads": cfg.model.num_heads},
-        "ddim_steps": cfg.inference.ddim_steps,
-        "noise_step": cfg.inference.noise_step,
-        "score_options": {k: str(v) for k, v in score_kw.items()},
-    }
+    out = inference_header(name, cfg, batch, feats, score_kw)
     bb = measure(lambda: detector.features(images), device, warmup, rounds)
     out["backbone"] = bb | {"fps": batch / bb["median_s"]}
     print(f"  [{name}] backbone only: {fmt(out['backbone']['fps'])} img/s (batch {batch})", flush=True)
@@ -110,58 +98,94 @@ def bench_inference(
     def inference(ensemble: int):
         return dataclasses.replace(cfg.inference, ensemble=ensemble)
 
+    tokens = tokens_from_maps(feats.float())
+
     def dit(ensemble: int):
-        return detector.token_scores(feats, torch.Generator(device).manual_seed(0), inference(ensemble))
+        scorer = detector.scorer(inference(ensemble))
+        with torch.inference_mode():
+            return scorer.token_scores(tokens, scorer.noise_source(torch.Generator(device).manual_seed(0)))
 
     def full_pipeline(ensemble: int):
-        return detector(images, torch.Generator(device).manual_seed(0), inference(ensemble))
+        scorer = detector.scorer(inference(ensemble))
+        with torch.inference_mode():
+            noise = scorer.noise_source(torch.Generator(device).manual_seed(0))
+            return scorer.score_features(detector.features(images), noise)
 
     maps = dit(1)
-    post = measure(lambda: detector.postprocess(maps), device, warmup, rounds)
+    post = measure(lambda: detector.scorer().postprocess(maps), device, warmup, rounds)
     out["postprocess"] = post | {"ms_per_image": 1e3 * post["median_s"] / batch}
     for e in ensembles:
         dit_t = measure(lambda e=e: dit(e), device, warmup, rounds)
         full = measure(lambda e=e: full_pipeline(e), device, warmup, rounds)
-        row = {
-            "ensemble": e,
-            "full": full | {"fps": batch / full["median_s"]},
-            "dit_ms_per_image": 1e3 * dit_t["median_s"] / batch,
-            "fps_ratio_full_over_backbone": (batch / full["median_s"]) / out["backbone"]["fps"],
-            "goal_ratio": GOAL_FPS_RATIO,
-        }
-        row["meets_goal"] = row["fps_ratio_full_over_backbone"] >= GOAL_FPS_RATIO
-        # the shipped setting: the preset's own draws with no speed option on top (issue #13)
-        row["preset"] = not score_kw and e == int(cfg.inference.ensemble) and cfg.inference.antithetic
+        row = pipeline_row(e, batch, dit_t, full, out["backbone"]["fps"], cfg, score_kw)
         if per_draw_loop and e > 1:  # the former implementation: one reconstruct() per noise draw
-
-            def loop(e: int = e):
-                with torch.inference_mode():
-                    inf = cfg.inference
-                    g = torch.Generator(device).manual_seed(0)
-                    tok = tokens_from_maps(feats.float())
-                    total = None
-                    for _ in range(e):
-                        x0, x0_hat = model.reconstruct(tok, inf.noise_step, inf.ddim_steps, g)
-                        s = (x0_hat - x0).pow(2).sum(-1)
-                        total = s if total is None else total + s
-                    return total / e
-
-            lp = measure(loop, device, warmup, rounds)
+            lp = measure(lambda e=e: per_draw_loop_errors(model, feats, cfg, device, e), device, warmup, rounds)
             row["dit_per_draw_loop_ms_per_image"] = 1e3 * lp["median_s"] / batch
         out.setdefault("pipelines", []).append(row)
-        extra = (
-            f", per-draw loop {fmt(row['dit_per_draw_loop_ms_per_image'], 1)} ms/img"
-            if "dit_per_draw_loop_ms_per_image" in row
-            else ""
-        )
-        print(
-            f"  [{name}] full pipeline, ensemble {e}: {fmt(row['full']['fps'])} img/s -> ratio "
-            f"{fmt(row['fps_ratio_full_over_backbone'], 3)} (goal >= {GOAL_FPS_RATIO}); DiT "
-            f"{fmt(row['dit_ms_per_image'], 1)} ms/img{extra}, post {fmt(out['postprocess']['ms_per_image'], 1)} "
-            f"ms/img, backbone {fmt(1e3 / out['backbone']['fps'], 1)} ms/img",
-            flush=True,
-        )
+        print_pipeline_row(name, row, out)
     return out
+
+
+def inference_header(name: str, cfg: Config, batch: int, feats: torch.Tensor, score_kw: dict) -> dict:
+    """What :func:`bench_inference` measured with: batch, image size, tokens, DiT size, DDIM steps, options."""
+    c, h, w = feats.shape[1:]
+    return {
+        "name": name,
+        "batch": batch,
+        "image_size": cfg.backbone.image_size,
+        "tokens": [int(c), int(h), int(w)],
+        "dit": {"hidden_dim": cfg.model.hidden_dim, "depth": cfg.model.depth, "num_heads": cfg.model.num_heads},
+        "ddim_steps": cfg.inference.ddim_steps,
+        "noise_step": cfg.inference.noise_step,
+        "score_options": {k: str(v) for k, v in score_kw.items()},
+    }
+
+
+def pipeline_row(e: int, batch: int, dit_t: dict, full: dict, backbone_fps: float, cfg: Config, score_kw: dict) -> dict:
+    """One row of :func:`bench_inference`'s ``pipelines``: the full pipeline with ``e`` noise draws against the
+    backbone alone."""
+    row = {
+        "ensemble": e,
+        "full": full | {"fps": batch / full["median_s"]},
+        "dit_ms_per_image": 1e3 * dit_t["median_s"] / batch,
+        "fps_ratio_full_over_backbone": (batch / full["median_s"]) / backbone_fps,
+        "goal_ratio": GOAL_FPS_RATIO,
+    }
+    row["meets_goal"] = row["fps_ratio_full_over_backbone"] >= GOAL_FPS_RATIO
+    # the shipped setting: the preset's own draws with no speed option on top (issue #13)
+    row["preset"] = not score_kw and e == int(cfg.inference.ensemble) and cfg.inference.antithetic
+    return row
+
+
+def per_draw_loop_errors(model, feats: torch.Tensor, cfg: Config, device: torch.device, e: int) -> torch.Tensor:
+    """The former implementation of ``e`` noise draws: one ``reconstruct()`` per draw, errors averaged."""
+    with torch.inference_mode():
+        inf = cfg.inference
+        g = torch.Generator(device).manual_seed(0)
+        one_draw = Scorer(model, ScoringSettings(inf.noise_step, inf.ddim_steps))
+        tok = tokens_from_maps(feats.float())
+        total = None
+        for _ in range(e):
+            x0, x0_hat = one_draw.reconstruct(tok, IndependentNoise(g))
+            x0_hat = x0_hat[0]
+            s = (x0_hat - x0).pow(2).sum(-1)
+            total = s if total is None else total + s
+        return total / e
+
+
+def print_pipeline_row(name: str, row: dict, out: dict) -> None:
+    extra = (
+        f", per-draw loop {fmt(row['dit_per_draw_loop_ms_per_image'], 1)} ms/img"
+        if "dit_per_draw_loop_ms_per_image" in row
+        else ""
+    )
+    print(
+        f"  [{name}] full pipeline, ensemble {row['ensemble']}: {fmt(row['full']['fps'])} img/s -> ratio "
+        f"{fmt(row['fps_ratio_full_over_backbone'], 3)} (goal >= {GOAL_FPS_RATIO}); DiT "
+        f"{fmt(row['dit_ms_per_image'], 1)} ms/img{extra}, post {fmt(out['postprocess']['ms_per_image'], 1)} "
+        f"ms/img, backbone {fmt(1e3 / out['backbone']['fps'], 1)} ms/img",
+        flush=True,
+    )
 
 
 # ---------------------------------------------------------------------------------------- training speed
@@ -170,7 +194,7 @@ def training_samples(n: int | None) -> tuple[list, str]:
     if data.is_dir():
         samples = load_split(data, "magnetic_tile", "train")
         return (samples[:n] if n else samples), f"MTD train ({data})"
-    from dpdiff.data.mvtec import load_dataset
+    from dpdiff.data.readers.mvtec import load_dataset
     from dpdiff.data.synthetic import generate_synthetic_dataset
 
     root = Path(tempfile.mkdtemp(prefix="dpdiff_speed_synth_"))
@@ -199,27 +223,7 @@ def bench_training(
     backbone_steps: int,
 ) -> dict:
     out: dict = {"num_images": len(samples), "batch_size": cfg.train.batch_size}
-    cache = FeatureCache(cache_root)
-    t0 = time.perf_counter()
-    store = cache.get(backbone, None, samples, cfg.backbone.image_size, cfg.train.feature_batch_size, device)
-    cold = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    store = FeatureCache(cache_root).get(
-        backbone, None, samples, cfg.backbone.image_size, cfg.train.feature_batch_size, device
-    )
-    warm = time.perf_counter() - t0
-    out["cache"] = {
-        "cold_get_s": cold,
-        "extracted_images": cache.last_extracted,
-        "warm_get_s": warm,
-        "tokens_fp16_bytes": store.nbytes,
-        "shape": list(store.shape),
-    }
-    print(
-        f"  cache: first get {fmt(cold, 1)} s ({cache.last_extracted} images extracted), second get "
-        f"{fmt(warm * 1e3, 1)} ms (hit), tokens {store.nbytes / 2**20:.1f} MiB fp16",
-        flush=True,
-    )
+    store, out["cache"] = time_feature_cache(cfg, backbone, samples, cache_root, device)
     n, c, h, w = store.shape
     bs = min(cfg.train.batch_size, n)
     g = torch.Generator().manual_seed(123)
@@ -254,6 +258,33 @@ def bench_training(
         flush=True,
     )
     return out
+
+
+def time_feature_cache(cfg: Config, backbone, samples: list, cache_root: Path, device: torch.device) -> tuple:
+    """(the feature store of ``samples``, timings): a first ``FeatureCache.get`` (extracting what is missing) and a
+    second one from a fresh ``FeatureCache`` object (a hit)."""
+    cache = FeatureCache(cache_root)
+    t0 = time.perf_counter()
+    store = cache.get(backbone, None, samples, cfg.backbone.image_size, cfg.train.feature_batch_size, device)
+    cold = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    store = FeatureCache(cache_root).get(
+        backbone, None, samples, cfg.backbone.image_size, cfg.train.feature_batch_size, device
+    )
+    warm = time.perf_counter() - t0
+    info = {
+        "cold_get_s": cold,
+        "extracted_images": cache.last_extracted,
+        "warm_get_s": warm,
+        "tokens_fp16_bytes": store.nbytes,
+        "shape": list(store.shape),
+    }
+    print(
+        f"  cache: first get {fmt(cold, 1)} s ({cache.last_extracted} images extracted), second get "
+        f"{fmt(warm * 1e3, 1)} ms (hit), tokens {store.nbytes / 2**20:.1f} MiB fp16",
+        flush=True,
+    )
+    return store, info
 
 
 def real_trainer(cfg: Config, features, samples: list, run_dir: Path, device: torch.device) -> Trainer:
@@ -295,139 +326,6 @@ def bench_trainer_step(
                 )
     finally:
         torch.set_num_threads(before)
-    return out
-
-
-# ---------------------------------------------------------------------------------------- peak RSS
-def rss_child(args) -> int:
-    """Runs in a subprocess: train() with features from the cache / a tiny tensor / in-RAM extraction."""
-    torch.set_num_threads(args.threads)
-    from dpdiff.training.trainer import build_backbone_from_config
-    from dpdiff.workflows.train import train
-
-    cfg = load_config(LITE_CFG)
-    data = shared_data_dir() / "mtd"
-    cfg.data.root, cfg.data.categories = str(data), ["magnetic_tile"]
-    cfg.train.device, cfg.train.steps = "cpu", args.rss_steps
-    cfg.train.checkpoint_every = cfg.train.log_every = args.rss_steps
-    samples = load_split(data, "magnetic_tile", "train")[: args.n_images or None]
-    info: dict = {"mode": args.rss_child}
-    if args.rss_child == "cache":
-        backbone = build_backbone_from_config(cfg)
-        features = FeatureCache(args.cache_dir).get(
-            backbone, None, samples, cfg.backbone.image_size, cfg.train.feature_batch_size, "cpu"
-        )
-        info["tokens_fp16_bytes"] = features.nbytes
-        info["shards_are_memmap"] = all(isinstance(s, np.memmap) for s in features.shards)
-        del backbone
-    elif args.rss_child == "baseline":
-        backbone = build_backbone_from_config(cfg)
-        g = backbone.grid_size(cfg.backbone.image_size)
-        features = torch.randn(16, backbone.out_channels, *g).to(torch.float16)
-        samples = samples[:16]
-        del backbone
-    else:  # "ram": the path without cache, train() extracts into an in-RAM tensor
-        features, samples = None, None
-        if args.n_images:  # only the first n images: a one-category subset folder of symlinks
-            sub = Path(args.run_dir).parent / "mtd_subset"
-            dst = sub / "magnetic_tile" / "train" / "good"
-            dst.mkdir(parents=True, exist_ok=True)
-            for s in load_split(data, "magnetic_tile", "train")[: args.n_images]:
-                if not (dst / s.image_path.name).exists():
-                    os.symlink(s.image_path, dst / s.image_path.name)
-            cfg.data.root = str(sub)
-    gc.collect()
-    t0 = time.perf_counter()
-    train(cfg, Path(args.run_dir), overwrite=True, features=features, samples=samples)
-    info["train_s"] = time.perf_counter() - t0
-    info["vmhwm_kib"] = vm_hwm_kib()
-    info["ru_maxrss_kib_self"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    atomic_write_json(args.child_out, info)
-    return 0
-
-
-def vm_hwm_kib() -> int | None:
-    """Peak resident set of this process image since exec (``VmHWM``, KiB)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def run_rss_child(mode: str, args, tmp: Path) -> dict:
-    out_json = tmp / f"rss_{mode}.json"
-    log = tmp / f"rss_{mode}.log"
-    cmd = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--_rss-child",
-        mode,
-        "--threads",
-        str(args.threads),
-        "--rss-steps",
-        str(args.rss_steps),
-        "--n-images",
-        str(args.n_images or 0),
-        "--cache-dir",
-        str(args.cache_dir),
-        "--run-dir",
-        str(tmp / f"run_{mode}"),
-        "--child-out",
-        str(out_json),
-    ]
-    env = dict(os.environ, TQDM_DISABLE="1")
-    with open(log, "w") as fh:
-        p = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode != 0:
-        tail = log.read_text()[-2000:]
-        raise RuntimeError(f"RSS child '{mode}' failed (exit {p.returncode}):\n{tail}")
-    info = json.loads(out_json.read_text())
-    # Linux carries the launching process's peak over exec into ru_maxrss (the child starts from this
-    # process's memory image), so wait4's ru_maxrss is at least this benchmark's own peak: recorded,
-    # but the child's VmHWM (peak RSS of its own image since exec) is what is compared.
-    info["ru_maxrss_wait4_bytes"] = usage.ru_maxrss * 1024
-    if info.get("vmhwm_kib") is None:
-        raise RuntimeError("peak RSS needs /proc/self/status (Linux)")
-    info["peak_rss_bytes"] = info["vmhwm_kib"] * 1024
-    return info
-
-
-def bench_rss(args, tmp: Path) -> dict:
-    data = shared_data_dir() / "mtd"
-    if not data.is_dir():
-        msg = f"skipped: Magnetic Tile data not found at {data} (set DPDIFF_SHARED_DATA)"
-        print(f"  peak RSS: {msg}", flush=True)
-        return {"skipped": msg}
-    modes = ["baseline", "cache"] + (["ram"] if not args.quick else [])
-    res = {m: run_rss_child(m, args, tmp) for m in modes}
-    tokens = res["cache"]["tokens_fp16_bytes"]
-    base, cached = res["baseline"]["peak_rss_bytes"], res["cache"]["peak_rss_bytes"]
-    out = {
-        "steps": args.rss_steps,
-        "num_images": args.n_images or "all",
-        "tokens_fp16_bytes": tokens,
-        "peak_rss_bytes": {m: r["peak_rss_bytes"] for m, r in res.items()},
-        "children": res,
-        "budget_bytes": base + tokens,
-        "excess_over_baseline_bytes": cached - base,
-        "meets_goal": cached <= base + tokens,
-        "goal": "peak RSS(cache) <= peak RSS(baseline: same process, 16-image tensor) + fp16 token bytes",
-        "measure": "VmHWM of each child process (peak RSS since exec), read by the child at its end",
-    }
-    mib = 2**20
-    line = (
-        f"  peak RSS: cache {cached / mib:.0f} MiB vs baseline (model only) {base / mib:.0f} MiB + tokens "
-        f"{tokens / mib:.1f} MiB = budget {(base + tokens) / mib:.0f} MiB -> "
-        f"{'OK' if out['meets_goal'] else 'OVER'} (excess {(cached - base) / mib:.1f} MiB)"
-    )
-    if "ram" in res:
-        line += f"; in-RAM extraction path {res['ram']['peak_rss_bytes'] / mib:.0f} MiB"
-    print(line, flush=True)
     return out
 
 
@@ -491,7 +389,7 @@ def bench_inference_sections(
 
 
 # ---------------------------------------------------------------------------------------- main
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke version: small batches, few rounds, subsets")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
@@ -509,24 +407,11 @@ def main() -> int:
     ap.add_argument("--n-images", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--run-dir", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.rss_child:
-        return rss_child(args)
+    return ap.parse_args()
 
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    q = args.quick
-    warmup, rounds = (1, 2) if q else (2, 5)
-    args.rss_steps = args.rss_steps or (5 if q else 40)
-    args.n_images = args.n_images if args.n_images is not None else (48 if q else None)
-    out_path = (
-        Path(args.out) if args.out else ROOT / "benchmarks" / "results" / ("speed_quick.json" if q else "speed.json")
-    )
-    tmp = Path(tempfile.mkdtemp(prefix="dpdiff_speed_"))
-    own_cache = args.cache_dir is None
-    args.cache_dir = str(tmp / "cache") if own_cache else args.cache_dir
-    t_all = time.perf_counter()
 
+def environment(device: torch.device, quick: bool, warmup: int, rounds: int) -> dict:
+    """Where and how this run measures (printed, with a warning when other processes load the CPUs)."""
     env = {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
@@ -536,7 +421,7 @@ def main() -> int:
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "quick": q,
+        "quick": quick,
         "warmup_rounds": warmup,
         "timed_rounds": rounds,
         "statistic": "median",
@@ -545,7 +430,7 @@ def main() -> int:
     print(
         f"device {env['device']} ({env['device_name']}), compute float32, features float16, "
         f"{env['torch_threads']} torch threads, {env['cpu_count']} CPUs, torch {env['torch']}, "
-        f"load average {os.getloadavg()[0]:.2f}{' [QUICK smoke run]' if q else ''}",
+        f"load average {os.getloadavg()[0]:.2f}{' [QUICK smoke run]' if quick else ''}",
         flush=True,
     )
     if os.getloadavg()[0] > 0.5:
@@ -554,6 +439,48 @@ def main() -> int:
             f"CPUs, timings will be inflated and ratios distorted",
             flush=True,
         )
+    return env
+
+
+def bench_training_sections(
+    args, lite, lite_cfg: Config, device: torch.device, warmup: int, tmp: Path, results: dict
+) -> None:
+    """(2) training steps/s from the cache vs through the backbone and (2b) ``Trainer.step`` of the shipped preset,
+    into ``results["training"]`` (set after (2), so a failure in (2b) leaves (2) in the results)."""
+    q = args.quick
+    samples, source = training_samples(args.n_images)
+    print(f"(2) training steps/s, {len(samples)} images of {source}", flush=True)
+    results["training"] = training = bench_training(
+        lite_cfg, lite, samples, Path(args.cache_dir), device, warmup + 1, 5 if q else 30, 2 if q else 6
+    )
+    training["data"] = source
+    print("(2b) Trainer.step of the shipped preset, one and two threads, all tokens vs masked", flush=True)
+    store = FeatureCache(Path(args.cache_dir)).get(
+        lite, None, samples, lite_cfg.backbone.image_size, lite_cfg.train.feature_batch_size, device
+    )
+    training["trainer_step"] = bench_trainer_step(
+        lite_cfg, store, samples, tmp / "trainer", device, warmup + 1, 5 if q else 20
+    )
+
+
+def main() -> int:
+    args = parse_args()
+    if args.rss_child:
+        return rss_child(args, LITE_CFG)
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    q = args.quick
+    warmup, rounds = (1, 2) if q else (2, 5)
+    args.rss_steps = args.rss_steps or (5 if q else 40)
+    args.n_images = args.n_images if args.n_images is not None else (48 if q else None)
+    out_path = Path(args.out) if args.out else RESULTS / ("speed_quick.json" if q else "speed.json")
+    tmp = Path(tempfile.mkdtemp(prefix="dpdiff_speed_"))
+    own_cache = args.cache_dir is None
+    args.cache_dir = str(tmp / "cache") if own_cache else args.cache_dir
+    t_all = time.perf_counter()
+
+    env = environment(device, q, warmup, rounds)
     results: dict = {"env": env}
     try:
         lite_cfg = load_config(LITE_CFG)
@@ -563,22 +490,10 @@ def main() -> int:
         )
         results |= bench_inference_sections(args, lite, lite_cfg, device, warmup, rounds, tmp)
         if "train" not in args.skip or "rss" not in args.skip:
-            samples, source = training_samples(args.n_images)
-            print(f"(2) training steps/s, {len(samples)} images of {source}", flush=True)
-            results["training"] = bench_training(
-                lite_cfg, lite, samples, Path(args.cache_dir), device, warmup + 1, 5 if q else 30, 2 if q else 6
-            )
-            results["training"]["data"] = source
-            print("(2b) Trainer.step of the shipped preset, one and two threads, all tokens vs masked", flush=True)
-            store = FeatureCache(Path(args.cache_dir)).get(
-                lite, None, samples, lite_cfg.backbone.image_size, lite_cfg.train.feature_batch_size, device
-            )
-            results["training"]["trainer_step"] = bench_trainer_step(
-                lite_cfg, store, samples, tmp / "trainer", device, warmup + 1, 5 if q else 20
-            )
+            bench_training_sections(args, lite, lite_cfg, device, warmup, tmp, results)
         if "rss" not in args.skip:
             print(f"(3) peak RSS of train() ({args.rss_steps} steps), separate processes", flush=True)
-            results["peak_rss"] = bench_rss(args, tmp)
+            results["peak_rss"] = bench_rss(args, tmp, Path(__file__).resolve())
     finally:
         results["total_s"] = round(time.perf_counter() - t_all, 1)
         env["load_average_at_end"] = list(os.getloadavg())

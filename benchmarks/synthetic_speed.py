@@ -21,12 +21,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import RESULTS
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from dpdiff.data.synthetic import DEFECT_TYPES, category_specs, generate_synthetic_dataset, render_sample  # noqa: E402
-from dpdiff.utils.io import atomic_write_json  # noqa: E402
+from dpdiff.data.synthetic import DEFECT_TYPES, category_specs, generate_synthetic_dataset, render_sample
+from dpdiff.utils.io import atomic_write_json
 
 
 def nearest_centroid_accuracy(n: int, size: int = 64, fit: int = 3, held_out: int = 2) -> dict:
@@ -79,7 +77,7 @@ def main() -> int:
     ap.add_argument("--train", type=int, default=6, help="normal images per category (default 6)")
     ap.add_argument("--defects", type=int, default=len(DEFECT_TYPES), help="defective images per category")
     ap.add_argument("--distinct", type=int, default=0, help="also run the distinctness check on this many categories")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "synthetic_speed.json"))
+    ap.add_argument("--out", default=str(RESULTS / "synthetic_speed.json"))
     args = ap.parse_args()
 
     specs = category_specs(args.categories)

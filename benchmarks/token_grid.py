@@ -10,8 +10,8 @@ grids at equal steps; the 3000-step preset row is in benchmarks/results/accuracy
 inference; and a kNN memory bank on the same tokens built from every ``--knn-every``-th training image (a full
 bank at stride 8 holds 780k tokens: hours of exact search on 2 cores), so both grids get the same bank images.
 Reported: the 8 metric columns, training seconds per step, scoring images/s (backbone included). Writes
-``benchmarks/results/token_grid.{json,md}``. Reuses ``benchmarks/accuracy.py``'s ``Bench`` (feature cache, one
-training per folder, one JSON per row), so an interrupted run continues where it stopped.
+``benchmarks/results/token_grid.{json,md}``. Reuses the accuracy benchmark's ``Bench`` (_accuracy_harness.py: feature
+cache, one training per folder, one JSON per row), so an interrupted run continues where it stopped.
 """
 
 from __future__ import annotations
@@ -22,21 +22,15 @@ import sys
 from pathlib import Path
 
 import torch
+from _accuracy_harness import COLUMNS, PRESET, Bench
+from _common import RESULTS, ROOT, inference_settings
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from accuracy import COLUMNS, PRESET, Bench  # noqa: E402
-
-from dpdiff.config import load_config  # noqa: E402
-from dpdiff.data import shared_data_dir  # noqa: E402
-from dpdiff.model.checkpoint import read_run_config  # noqa: E402
-from dpdiff.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
+from dpdiff.config import load_config
+from dpdiff.data import shared_data_dir
+from dpdiff.model.checkpoint import read_run_config
+from dpdiff.utils.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("token_grid")
-RESULTS = ROOT / "benchmarks" / "results"
-SHIPPED_KEYS = ("noise_step", "ddim_steps", "ensemble", "antithetic", "ensemble_reduce", "common_noise")
 
 
 def main() -> int:
@@ -53,7 +47,7 @@ def main() -> int:
     if not root.is_dir():
         raise SystemExit(f"MTD not found at {root}: set DPDIFF_SHARED_DATA or pass --mtd")
     preset = load_config(PRESET)
-    shipped = {k: getattr(preset.inference, k) for k in SHIPPED_KEYS}
+    shipped = inference_settings(preset)
     out = Path(args.output)
     torch.manual_seed(0)
     rows: dict[str, dict] = {}
@@ -63,10 +57,10 @@ def main() -> int:
         bench = Bench("mtd", root, ["magnetic_tile"], cfg, out / f"stride{stride}", args.steps)
         run = bench.trained("preset", {})
         _, payload = read_run_config(run)
-        dp = bench._cached("dpdiff", lambda run=run, b=bench: b.dpdiff_row(run, shipped), shipped)
+        dp = bench.cached("dpdiff", lambda run=run, b=bench: b.dpdiff_row(run, shipped), shipped)
         dp["train_s_per_step"] = float(payload.get("train_s", float("nan"))) / args.steps
         rows[f"dpdiff, {grid}x{grid} tokens"] = dp
-        rows[f"knn raw (1/{args.knn_every} of the images), {grid}x{grid} tokens"] = bench._cached(
+        rows[f"knn raw (1/{args.knn_every} of the images), {grid}x{grid} tokens"] = bench.cached(
             f"knn_every_{args.knn_every}", lambda b=bench: b.knn_row(False, 1.0, args.knn_every)
         )
     summary = {

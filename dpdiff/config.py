@@ -8,9 +8,11 @@ Presets ship as package data in ``dpdiff/configs/<name>.yaml``: :func:`load_conf
 (a packaged preset) or ``base: PATH`` (relative to the file) and give only what differs; sections are
 merged key by key.
 
-What a key means to the rest of the package is said once, on its field (``dataclasses.field`` metadata):
+What a key means is said once, on its field (:func:`_setting`, ``dataclasses.field`` metadata):
 
-* ``choices``: the allowed values of an enumerated key;
+* ``help``: what it does; ``docs/configuration.md`` is generated from it (``python -m dpdiff.config_docs``);
+* ``choices``: the allowed values of an enumerated key, a tuple of :mod:`dpdiff.choices` that the modules
+  implementing the choice (and the command line) read too;
 * ``ge`` / ``gt`` / ``le`` / ``lt``: numeric bounds;
 * ``role``: :data:`RUNTIME` for where and how a computation runs (device, workers, logging, checkpoint
   interval, feature cache): the same weights and the same scores whatever its value; :data:`LOCATION` for
@@ -20,16 +22,14 @@ What a key means to the rest of the package is said once, on its field (``datacl
 :func:`weight_neutral_keys` (run-time keys + the test-time sections) is what resuming
 (model/checkpoint.py) and the ablation training key (experiments/ablate.py) build on.
 
-This module imports nothing from dpdiff but the bottom-layer ``dpdiff.utils.errors``.
+This module imports nothing from dpdiff but the bottom-layer ``dpdiff.choices``, ``dpdiff.config_checks`` (one
+value against its declaration) and ``dpdiff.utils.errors``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -37,6 +37,18 @@ from typing import Any
 
 import yaml
 
+from dpdiff.choices import (
+    DENOISER_NAMES,
+    ENSEMBLE_REDUCTIONS,
+    FORMAT_CHOICES,
+    IMAGE_SCORE_RULES,
+    LOGGERS,
+    LR_SCHEDULES,
+    MASK_RESIZE_MODES,
+    PREDICTION_TARGETS,
+    SCORING_MODES,
+)
+from dpdiff.config_checks import check_relations, check_value, field_hints
 from dpdiff.utils.errors import ConfigError, ConfigKeyError
 
 #: Field role: where/how a computation runs; changes neither the trained weights nor the scores.
@@ -55,20 +67,19 @@ _YAML_SUFFIXES = (".yaml", ".yml")
 def _setting(
     default: Any = MISSING,
     *,
+    help: str,
     factory: Any = MISSING,
-    choices: tuple | None = None,
+    choices: tuple[str, ...] | None = None,
     ge: float | None = None,
     gt: float | None = None,
     le: float | None = None,
     lt: float | None = None,
     role: str | None = None,
 ) -> Any:
-    """A dataclass field carrying its allowed values (``choices``, bounds) and its ``role``."""
-    meta = {
-        k: v
-        for k, v in (("choices", choices), ("ge", ge), ("gt", gt), ("le", le), ("lt", lt), ("role", role))
-        if v is not None
-    }
+    """A dataclass field (``default`` or ``factory``, as ``dataclasses.field``) whose metadata carries its
+    ``help`` text, its allowed values (``choices``, bounds) and its ``role``."""
+    limits = (("choices", choices), ("ge", ge), ("gt", gt), ("le", le), ("lt", lt), ("role", role))
+    meta = {k: v for k, v in limits if v is not None} | {"help": help}
     if factory is not MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -76,152 +87,232 @@ def _setting(
 
 @dataclass
 class BackboneConfig:
-    name: str = "tf_efficientnet_lite0"
-    layers: list[int] | None = None  # None: the backbone's default (ViT-B: blocks 6-11; Lite0: stages 2,3)
-    weights: str | None = _setting(None, role=LOCATION)  # local file; None = the installed package's weights
-    # (Lite) / required (DINOv2)
-    image_size: int = _setting(256, ge=1)
-    feature_stride: int | None = _setting(None, ge=1)  # CNNs: token grid = image_size // feature_stride (default 16)
-    normalize_intensity: bool = False  # beyond the paper: each image standardised to zero mean, unit std (one
-    # gain and offset per image) before the backbone, against exposure/gain shifts between units
-    # (backbones/base.py FeatureExtractor.set_intensity_normalization)
+    name: str = _setting("tf_efficientnet_lite0", help="the backbone (backbones/registry.py)")
+    layers: list[int] | None = _setting(
+        None, help="feature layers averaged into tokens; null: the backbone's default (ViT-B: blocks 6-11; Lite0: 2, 3)"
+    )
+    weights: str | None = _setting(
+        None, role=LOCATION, help="local weights file; null: the installed package's weights (Lite), required (DINOv2)"
+    )
+    image_size: int = _setting(256, ge=1, help="input side in pixels")
+    feature_stride: int | None = _setting(None, ge=1, help="CNNs: token grid = image_size // feature_stride; null: 16")
+    normalize_intensity: bool = _setting(
+        False,
+        help="beyond the paper: each image standardised to zero mean, unit std (one gain and offset per image) "
+        "before the backbone, against exposure/gain shifts between units "
+        "(backbones/base.py FeatureExtractor.set_intensity_normalization)",
+    )
 
 
 @dataclass
 class ModelConfig:
-    num_local_prototypes: int = _setting(8, ge=0)  # M (paper)
-    num_global_prototypes: int = _setting(2, ge=0)  # K (paper); 0 builds no global extractor
-    use_local_prototypes: bool = True
-    use_global_prototypes: bool = True
-    prototype_heads: int = _setting(4, ge=1)
-    hidden_dim: int = _setting(256, ge=4)  # DiT width (choice); divisible by num_heads and by 4 (2-D sincos)
-    depth: int = _setting(4, ge=1)  # DiT blocks (choice)
-    num_heads: int = _setting(4, ge=1)
-    mlp_ratio: float = _setting(4.0, gt=0)
-    prototype_cross_attention: bool = True  # False = diffusion-only ablation (Table 5 row 3)
-    denoiser: str = _setting("dit", choices=("dit", "unet", "uvit"))  # dit (paper, Eq. 16-17) | unet | uvit:
-    # Table 9 variants (docs/method.md); model/denoisers.py DENOISERS
-    diffusion: bool = True  # False = prototype-only ablation (Table 5 rows 1-2): no denoiser is
-    # built or trained; score with inference.scoring=prototype
-    num_timesteps: int = _setting(1000, ge=1)  # T (paper)
-    beta_start: float = _setting(1e-4, gt=0, lt=1)  # paper; <= beta_end
-    beta_end: float = _setting(0.02, gt=0, lt=1)  # paper
-    standardize_tokens: bool = True  # choice: per-channel z-score of tokens before diffusion
-    ot_epsilon: float = _setting(0.05, gt=0)  # choice: entropic regularisation of Eq. (13)
-    ot_iters: int = _setting(50, ge=1)
-    ot_cost_per_channel: bool = True  # choice: cost / C so epsilon is width-independent
-    train_max_timestep: int | None = _setting(None, ge=0)  # choice: None = uniform over all T (paper);
-    # else t ~ U[0, this] (clipped to T - 1)
-    output_skip: bool = True  # choice (issue #13): eps = denoiser(...) + W x_t with a learned CxC W
-    # (zero-init), so the noise head has full rank even when hidden_dim < C;
-    # W x_t is the exact Bayes noise predictor for Gaussian tokens
-    prediction: str = _setting("eps", choices=("eps", "v", "x0"))  # what the network is trained to output:
-    # eps (paper, Eq. 18) | v = sqrt(abar) eps - sqrt(1-abar) x0 | x0; all are converted to eps for DDIM
-    # (model/dpdiff_ad.py DPDiffAD.predict_noise)
+    num_local_prototypes: int = _setting(8, ge=0, help="M (paper)")
+    num_global_prototypes: int = _setting(2, ge=0, help="K (paper); 0 builds no global extractor")
+    use_local_prototypes: bool = _setting(True, help="use the local prototypes")
+    use_global_prototypes: bool = _setting(True, help="use the global prototypes")
+    prototype_heads: int = _setting(4, ge=1, help="attention heads of the prototype extractors")
+    hidden_dim: int = _setting(
+        256, ge=4, help="DiT width (choice); divisible by num_heads and by 4 (2-D sincos position embedding)"
+    )
+    depth: int = _setting(4, ge=1, help="DiT blocks (choice)")
+    num_heads: int = _setting(4, ge=1, help="attention heads of the denoiser")
+    mlp_ratio: float = _setting(4.0, gt=0, help="MLP width / hidden_dim in the denoiser blocks")
+    prototype_cross_attention: bool = _setting(
+        True, help="false: diffusion-only ablation (Table 5 row 3), no cross-attention to the prototypes"
+    )
+    denoiser: str = _setting(
+        "dit",
+        choices=DENOISER_NAMES,
+        help="dit (paper, Eq. 16-17) | unet | uvit: Table 9 variants (docs/method.md; model/denoisers.py DENOISERS)",
+    )
+    diffusion: bool = _setting(
+        True,
+        help="false: prototype-only ablation (Table 5 rows 1-2): no denoiser is built or trained; score with "
+        "inference.scoring=prototype",
+    )
+    num_timesteps: int = _setting(1000, ge=1, help="T (paper)")
+    beta_start: float = _setting(1e-4, gt=0, lt=1, help="paper; <= beta_end")
+    beta_end: float = _setting(0.02, gt=0, lt=1, help="paper")
+    standardize_tokens: bool = _setting(True, help="choice: per-channel z-score of tokens before diffusion")
+    ot_epsilon: float = _setting(0.05, gt=0, help="choice: entropic regularisation of Eq. (13)")
+    ot_iters: int = _setting(50, ge=1, help="Sinkhorn iterations of Eq. (13)")
+    ot_cost_per_channel: bool = _setting(True, help="choice: cost / C so epsilon is width-independent")
+    train_max_timestep: int | None = _setting(
+        None, ge=0, help="choice: null = t uniform over all T (paper); else t ~ U[0, this] (clipped to T - 1)"
+    )
+    output_skip: bool = _setting(
+        True,
+        help="choice (issue #13): eps = denoiser(...) + W x_t with a learned CxC W (zero-init), so the noise head "
+        "has full rank even when hidden_dim < C; W x_t is the exact Bayes noise predictor for Gaussian tokens",
+    )
+    prediction: str = _setting(
+        "eps",
+        choices=PREDICTION_TARGETS,
+        help="what the network is trained to output: eps (paper, Eq. 18) | v = sqrt(abar) eps - sqrt(1-abar) x0 "
+        "| x0; all are converted to eps for DDIM (model/dpdiff_ad.py DPDiffAD.predict_noise)",
+    )
 
 
 @dataclass
 class LossConfig:
-    lambda_local: float = _setting(0.2, ge=0)  # lambda_1 (paper)
-    lambda_global: float = _setting(0.001, ge=0)  # lambda_2 (paper)
+    lambda_local: float = _setting(0.2, ge=0, help="lambda_1 (paper): weight of the local prototype loss")
+    lambda_global: float = _setting(0.001, ge=0, help="lambda_2 (paper): weight of the global prototype loss")
 
 
 @dataclass
 class TrainConfig:
-    batch_size: int = _setting(32, ge=1)  # paper
-    lr: float = _setting(1e-4, gt=0)  # paper (Adam)
-    weight_decay: float = _setting(0.0, ge=0)
-    steps: int = _setting(2000, ge=1)
-    seed: int = _setting(0, ge=0)
-    device: str = _setting("auto", role=RUNTIME)  # auto | cpu | cuda | cuda:N
-    num_workers: int = _setting(0, ge=0, role=RUNTIME)
-    log_every: int = _setting(25, ge=1, role=RUNTIME)
-    checkpoint_every: int = _setting(500, ge=1, role=RUNTIME)
-    logger: str = _setting("none", choices=("none", "tensorboard"), role=RUNTIME)  # training curves beside
-    # loss_history.csv: tensorboard = event files in RUN/tensorboard (training/loggers.py LOGGERS)
-    feature_batch_size: int = _setting(16, ge=1, role=RUNTIME)  # images per backbone batch
-    grad_clip: float | None = _setting(1.0, ge=0)  # choice: stabilises the noisy diffusion loss (None or 0 = off)
-    ema_decay: float = _setting(0.999, ge=0, lt=1)  # choice: EMA of the weights, used at inference and saved as
-    # model.safetensors (0 = off); decay warms up as (1+n)/(10+n)
-    lr_schedule: str = _setting("cosine", choices=("constant", "cosine"))  # choice: cosine decays to 0 at
-    # train.steps (training/trainer.py LR_SCHEDULES)
-    warmup_steps: int = _setting(100, ge=0)  # choice: linear lr warm-up (0 = off)
-    token_keep: float = _setting(1.0, gt=0, le=1)  # beyond the paper (Zheng et al. 2023, masked training): the
-    # DiT sees a random subset of this fraction of each image's tokens per step (loss on those; prototypes
-    # from all tokens); 1 = every token (the paper). Inference always uses every token
-    full_token_steps: int = _setting(0, ge=0)  # with token_keep < 1: the last N steps use every token
-    # (the unmasked fine-tuning that closes the train/test gap)
-    feature_cache: bool = _setting(False, role=RUNTIME)  # memory-mapped fp16 token cache reused across runs
-    # (features/cache.py)
-    cache_dir: str | None = _setting(None, role=RUNTIME)  # default $DPDIFF_CACHE or ~/.cache/dpdiff/features
-    calibration_fraction: float = _setting(0.0, ge=0, lt=1)  # hold out this fraction of each category's normal
-    # training images (seeded by train.seed) and calibrate the decision
-    # thresholds on them after training (inference/calibration.py); 0 = off
-    calibration_fpr: float = _setting(0.01, gt=0, lt=1)  # target false-alarm rate of that
-    # calibration; needs >= 1/fpr - 1 held-out images (99 for 0.01)
-    calibration_pixel_fpr: float = _setting(0.001, gt=0, lt=1)  # the pixel threshold's own rate: share of a
-    # normal image's map pixels above it (inference/calibration.py DEFAULT_PIXEL_FPR)
+    batch_size: int = _setting(32, ge=1, help="images per step (paper)")
+    lr: float = _setting(1e-4, gt=0, help="learning rate (paper; Adam)")
+    weight_decay: float = _setting(0.0, ge=0, help="Adam weight decay")
+    steps: int = _setting(2000, ge=1, help="training steps")
+    seed: int = _setting(0, ge=0, help="seed of the initial weights, the batches and the noise")
+    device: str = _setting("auto", role=RUNTIME, help="auto | cpu | cuda | cuda:N")
+    num_workers: int = _setting(0, ge=0, role=RUNTIME, help="data loader worker processes")
+    log_every: int = _setting(25, ge=1, role=RUNTIME, help="log the losses every this many steps")
+    checkpoint_every: int = _setting(500, ge=1, role=RUNTIME, help="write train_state.pt every this many steps")
+    logger: str = _setting(
+        "none",
+        choices=LOGGERS,
+        role=RUNTIME,
+        help="training curves beside loss_history.csv: tensorboard = event files in RUN/tensorboard "
+        "(training/loggers.py LOGGERS)",
+    )
+    feature_batch_size: int = _setting(16, ge=1, role=RUNTIME, help="images per backbone batch")
+    grad_clip: float | None = _setting(
+        1.0, ge=0, help="choice: gradient norm clip, stabilises the noisy diffusion loss (null or 0 = off)"
+    )
+    ema_decay: float = _setting(
+        0.999,
+        ge=0,
+        lt=1,
+        help="choice: EMA of the weights, used at inference and saved as model.safetensors (0 = off); "
+        "decay warms up as (1+n)/(10+n)",
+    )
+    lr_schedule: str = _setting(
+        "cosine", choices=LR_SCHEDULES, help="choice: cosine decays to 0 at train.steps (training/trainer.py lr_factor)"
+    )
+    warmup_steps: int = _setting(100, ge=0, help="choice: linear lr warm-up (0 = off)")
+    token_keep: float = _setting(
+        1.0,
+        gt=0,
+        le=1,
+        help="beyond the paper (Zheng et al. 2023, masked training): the DiT sees a random subset of this "
+        "fraction of each image's tokens per step (loss on those; prototypes from all tokens); 1 = every token "
+        "(the paper). Inference always uses every token",
+    )
+    full_token_steps: int = _setting(
+        0,
+        ge=0,
+        help="with token_keep < 1: the last N steps use every token (the unmasked fine-tuning that closes the "
+        "train/test gap)",
+    )
+    feature_cache: bool = _setting(
+        False, role=RUNTIME, help="memory-mapped fp16 token cache reused across runs (features/cache.py)"
+    )
+    cache_dir: str | None = _setting(
+        None, role=RUNTIME, help="folder of the feature cache; null: $DPDIFF_CACHE or ~/.cache/dpdiff/features"
+    )
+    calibration_fraction: float = _setting(
+        0.0,
+        ge=0,
+        lt=1,
+        help="hold out this fraction of each category's normal training images (seeded by train.seed) and "
+        "calibrate the decision thresholds on them after training (inference/calibration.py); 0 = off",
+    )
+    calibration_fpr: float = _setting(
+        0.01,
+        gt=0,
+        lt=1,
+        help="target false-alarm rate of that calibration; needs >= 1/fpr - 1 held-out images (99 for 0.01)",
+    )
+    calibration_pixel_fpr: float = _setting(
+        0.001,
+        gt=0,
+        lt=1,
+        help="the pixel threshold's own rate: share of a normal image's map pixels above it "
+        "(inference/calibration.py DEFAULT_PIXEL_FPR)",
+    )
 
 
 @dataclass
 class InferenceConfig:
-    noise_step: int = _setting(100, ge=0)  # choice (paper: "moderate"): 0-based index of t in 0..T-1
-    ddim_steps: int = _setting(3, ge=1)  # paper: 3 is best (Fig. 6)
-    ensemble: int = _setting(2, ge=1)  # choice: noise draws per image (the paper: 1)
-    antithetic: bool = True  # choice: draws come in pairs (eps, -eps) for tokens and prototypes;
-    # an odd ensemble leaves the last draw unpaired (issue #13: one pair
-    # ~ 16 independent draws)
-    ensemble_reduce: str = _setting("error_of_mean", choices=("mean_error", "error_of_mean"))
-    # error_of_mean (score the mean reconstruction) | mean_error
-    # (model/dpdiff_ad.py ENSEMBLE_REDUCTIONS)
-    common_noise: bool = True  # choice: every image gets the same noise draws (seeded with
-    # inference.seed): a score depends on the image alone, not its batch
-    scoring: str = _setting("reconstruction", choices=("reconstruction", "prototype"))
-    # reconstruction (Eq. 22) | prototype (Table 5 rows 1-2: per token
-    # 1 - max cosine similarity to the image's own prototypes, no diffusion)
-    seed: int = _setting(0, ge=0)
-    smoothing_sigma: float = _setting(4.0, ge=0)  # choice: Gaussian sigma in pixels after upsampling (0 = off)
-    pool_size: int = _setting(16, ge=1)  # choice: AvgPool kernel (pixels) of Eq. (24)
-    image_score: str = _setting("pooled_max", choices=("pooled_max", "top_percent_mean"))
-    # pooled_max (Eq. 24, paper/ADer) | top_percent_mean (Dinomaly)
-    top_percent: float = _setting(1.0, gt=0, le=100)  # top_percent_mean: mean of the highest this-% pixels
-    batch_size: int = _setting(16, ge=1)
-    knn_weight: float = _setting(0.0, ge=0)  # beyond the paper: add this times the z-scored distance to a coreset
-    # bank of normal training tokens to the z-scored reconstruction error (scoring/token_bank.py); 0 = the paper.
-    # The bank is built by `dpdiff train` when this is > 0 at training time
+    noise_step: int = _setting(100, ge=0, help='choice (paper: "moderate"): 0-based index of t in 0..T-1')
+    ddim_steps: int = _setting(3, ge=1, help="DDIM steps back to t = 0 (paper: 3 is best, Fig. 6)")
+    ensemble: int = _setting(2, ge=1, help="choice: noise draws per image (the paper: 1)")
+    antithetic: bool = _setting(
+        True,
+        help="choice: draws come in pairs (eps, -eps) for tokens and prototypes; an odd ensemble leaves the last "
+        "draw unpaired (issue #13: one pair ~ 16 independent draws)",
+    )
+    ensemble_reduce: str = _setting(
+        "error_of_mean",
+        choices=ENSEMBLE_REDUCTIONS,
+        help="error_of_mean (score the mean reconstruction) | mean_error (the mean of the draws' errors)",
+    )
+    common_noise: bool = _setting(
+        True,
+        help="choice: every image gets the same noise draws (seeded with inference.seed): a score depends on the "
+        "image alone, not its batch",
+    )
+    scoring: str = _setting(
+        "reconstruction",
+        choices=SCORING_MODES,
+        help="reconstruction (Eq. 22) | prototype (Table 5 rows 1-2: per token 1 - max cosine similarity to the "
+        "image's own prototypes, no diffusion)",
+    )
+    seed: int = _setting(0, ge=0, help="seed of the noise draws")
+    smoothing_sigma: float = _setting(4.0, ge=0, help="choice: Gaussian sigma in pixels after upsampling (0 = off)")
+    pool_size: int = _setting(16, ge=1, help="choice: AvgPool kernel (pixels) of Eq. (24)")
+    image_score: str = _setting(
+        "pooled_max", choices=IMAGE_SCORE_RULES, help="pooled_max (Eq. 24, paper/ADer) | top_percent_mean (Dinomaly)"
+    )
+    top_percent: float = _setting(1.0, gt=0, le=100, help="top_percent_mean: mean of the highest this-% pixels")
+    batch_size: int = _setting(16, ge=1, help="images per inference batch")
+    knn_weight: float = _setting(
+        0.0,
+        ge=0,
+        help="beyond the paper: add this times the z-scored distance to a coreset bank of normal training tokens "
+        "to the z-scored reconstruction error (scoring/token_bank.py); 0 = the paper. The bank is built by "
+        "`dpdiff train` when this is > 0 at training time",
+    )
 
 
 @dataclass
 class EvaluationConfig:
-    """The evaluation protocol; every results file records it (docs/datasets.md, "Evaluation protocol")."""
-
-    resolution: int | None = _setting(None, ge=1)  # maps and masks at this size; None = backbone.image_size
-    # (Dinomaly: 256)
-    mask_threshold: float = _setting(0.0, ge=0, lt=1)  # mask value in [0, 1] must be > this (Dinomaly 0, ADer 0.5)
-    mask_resize: str = _setting("nearest", choices=("nearest", "bilinear"))  # resampling of the mask before
-    # thresholding (data/dataset.py MASK_RESIZE_MODES)
+    resolution: int | None = _setting(
+        None, ge=1, help="maps and masks at this size; null: backbone.image_size (Dinomaly: 256)"
+    )
+    mask_threshold: float = _setting(0.0, ge=0, lt=1, help="mask value in [0, 1] must be > this (Dinomaly 0, ADer 0.5)")
+    mask_resize: str = _setting(
+        "nearest", choices=MASK_RESIZE_MODES, help="resampling of the mask before thresholding (data/images.py)"
+    )
 
 
 @dataclass
 class DataConfig:
-    root: str | None = _setting(None, role=LOCATION)
-    categories: list[str] | None = None  # None = all categories found under root
+    root: str | None = _setting(None, role=LOCATION, help="the dataset folder")
+    categories: list[str] | None = _setting(None, help="categories to use; null: all categories found under root")
     format: str = _setting(
-        "mvtec", choices=("mvtec", "mpdd", "visa", "realiad", "realiad_variety", "btad", "generic", "auto")
-    )  # data/formats.py FORMATS, or auto
-    options: dict = field(default_factory=dict)  # reader options, e.g. {resolution: 512} for Real-IAD
-    # (docs/datasets.md)
+        "mvtec",
+        choices=FORMAT_CHOICES,
+        help="dataset layout: a reader of dpdiff.data FORMATS (docs/datasets.md), or auto (detected from root)",
+    )
+    options: dict = _setting(factory=dict, help="reader options (docs/datasets.md), e.g. Real-IAD {resolution: 512}")
 
 
 @dataclass
 class Config:
-    backbone: BackboneConfig = _setting(factory=BackboneConfig)
-    model: ModelConfig = _setting(factory=ModelConfig)
-    loss: LossConfig = _setting(factory=LossConfig)
-    train: TrainConfig = _setting(factory=TrainConfig)
-    inference: InferenceConfig = _setting(factory=InferenceConfig, role=TEST_TIME)
-    evaluation: EvaluationConfig = _setting(factory=EvaluationConfig, role=TEST_TIME)
-    data: DataConfig = _setting(factory=DataConfig)
+    backbone: BackboneConfig = _setting(factory=BackboneConfig, help="the frozen feature extractor")
+    model: ModelConfig = _setting(factory=ModelConfig, help="the DPDiff-AD network: prototypes and denoiser")
+    loss: LossConfig = _setting(factory=LossConfig, help="the weights of the training loss, Eq. (19)")
+    train: TrainConfig = _setting(factory=TrainConfig, help="training: optimisation, run-time, calibration")
+    inference: InferenceConfig = _setting(
+        factory=InferenceConfig, role=TEST_TIME, help="scoring: noise, DDIM reconstruction, maps and image scores"
+    )
+    evaluation: EvaluationConfig = _setting(
+        factory=EvaluationConfig, role=TEST_TIME, help="the evaluation protocol, recorded in every results file"
+    )
+    data: DataConfig = _setting(factory=DataConfig, help="the dataset: where, which layout, which categories")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -257,135 +348,14 @@ class Config:
         where = f"{source}: " if source and source not in ("<dict>", "overrides") else ""
         for sec in fields(self):
             section = getattr(self, sec.name)
-            hints = _hints(type(section))
+            hints = field_hints(type(section))
             for f in fields(section):
-                _check_value(f"{sec.name}.{f.name}", getattr(section, f.name), hints[f.name], f.metadata, where)
-        _check_relations(self, where)
+                check_value(f"{sec.name}.{f.name}", getattr(section, f.name), hints[f.name], f.metadata, where)
+        check_relations(self, where)
         return self
 
 
-# ----------------------------------------------------------------------------- validation
-
-
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    """The resolved annotations of a config section class (computed once per class)."""
-    if cls not in _HINTS:
-        _HINTS[cls] = typing.get_type_hints(cls)
-    return _HINTS[cls]
-
-
-def _type_text(hint: Any) -> str:
-    """``list[int] | None`` -> ``"a list of int, or null"`` (YAML words: null, true/false)."""
-    args = typing.get_args(hint)
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        parts = [_type_text(a) for a in args if a is not type(None)]
-        return " or ".join(parts) + (", or null" if type(None) in args else "")
-    origin = typing.get_origin(hint)
-    if origin is list:
-        return f"a list of {_type_text(args[0])}" if args else "a list"
-    if hint is dict or origin is dict:
-        return "a mapping"
-    if hint is bool:
-        return "bool (true/false)"
-    return getattr(hint, "__name__", str(hint))
-
-
-def _type_ok(value: Any, hint: Any) -> bool:
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return any(_type_ok(value, a) for a in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:  # an int is a valid float (YAML `lr: 1`)
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    origin = typing.get_origin(hint)
-    if origin is list:
-        (item,) = typing.get_args(hint) or (Any,)
-        return isinstance(value, (list, tuple)) and (item is Any or all(_type_ok(v, item) for v in value))
-    if hint is dict or origin is dict:
-        return isinstance(value, dict)
-    return isinstance(value, hint)
-
-
-def _number_hint(value: Any, hint: Any) -> str:
-    """How to write a value YAML read as the wrong type: text where a number belongs ('1e3': YAML 1.1 reads
-    exponent numbers without a dot and a signed exponent as text), numbers where text belongs (BTAD's `01`)."""
-    wants_text = hint is str or any(a is str or str in typing.get_args(a) for a in typing.get_args(hint))
-    if wants_text and not isinstance(value, str):
-        return "; quote text values in YAML, e.g. '01'"
-    if not isinstance(value, str):
-        return ""
-    try:
-        number = float(value)
-    except ValueError:
-        return ""
-    wants_int = hint is int or int in typing.get_args(hint)
-    if wants_int and number.is_integer():
-        return f"; YAML reads {value!r} as text: write the integer {int(number)}"
-    if not wants_int:
-        return f"; YAML reads {value!r} as text: write {number!r}"
-    return ""
-
-
-def _bounds_text(meta: Mapping) -> str:
-    lo = (">= " + _num(meta["ge"])) if "ge" in meta else ("> " + _num(meta["gt"])) if "gt" in meta else ""
-    hi = ("<= " + _num(meta["le"])) if "le" in meta else ("< " + _num(meta["lt"])) if "lt" in meta else ""
-    return " and ".join(p for p in (lo, hi) if p)
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
-
-
-def _in_bounds(value: float, meta: Mapping) -> bool:
-    checks = (
-        ("ge", lambda b: value >= b),
-        ("gt", lambda b: value > b),
-        ("le", lambda b: value <= b),
-        ("lt", lambda b: value < b),
-    )
-    return all(test(meta[name]) for name, test in checks if name in meta)  # NaN fails every bound
-
-
-def _check_value(key: str, value: Any, hint: Any, meta: Mapping, where: str) -> None:
-    if not _type_ok(value, hint):
-        raise ConfigError(
-            f"{where}{key}: expected {_type_text(hint)}, got {value!r} ({type(value).__name__})"
-            f"{_number_hint(value, hint)}"
-        )
-    if value is None:
-        return
-    choices = meta.get("choices")
-    if choices is not None and value not in choices:
-        raise ConfigError(f"{where}{key}: {value!r} is not allowed; choose one of {', '.join(choices)}")
-    bounds = _bounds_text(meta)
-    if bounds and not _in_bounds(value, meta):
-        raise ConfigError(f"{where}{key}: must be {bounds}, got {value!r}")
-
-
-def _check_relations(cfg: Config, where: str) -> None:
-    m, inf = cfg.model, cfg.inference
-    for divisor, why in ((m.num_heads, "model.num_heads (attention heads)"), (4, "4 (2-D sincos position embedding)")):
-        if m.hidden_dim % divisor:
-            raise ConfigError(
-                f"{where}model.hidden_dim: {m.hidden_dim} is not divisible by {why}; "
-                f"use a multiple of {math.lcm(m.num_heads, 4)}"
-            )
-    if m.beta_start > m.beta_end:
-        raise ConfigError(f"{where}model.beta_start: {m.beta_start} is above model.beta_end {m.beta_end}")
-    if inf.noise_step >= m.num_timesteps:
-        raise ConfigError(
-            f"{where}inference.noise_step: must be < model.num_timesteps ({m.num_timesteps}), "
-            f"got {inf.noise_step} (0-based index of t)"
-        )
+# ----------------------------------------------------------------------------- building from a mapping
 
 
 def _from_dict(cls, d: dict[str, Any], source: str):

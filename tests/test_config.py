@@ -5,6 +5,7 @@ file it replaced."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import math
 import typing
 from pathlib import Path
@@ -347,7 +348,7 @@ def test_validation_runs_on_every_load(tmp_path):
 
 
 def test_cli_refuses_a_bad_set_value_at_once_and_writes_nothing(tmp_path, monkeypatch, capsys):
-    import dpdiff.training.trainer as train_mod
+    import dpdiff.workflows.train as train_mod
 
     def must_not_run(*a, **kw):
         raise AssertionError("training (data, backbone) started despite an invalid --set")
@@ -383,21 +384,82 @@ def test_cli_unknown_preset_is_an_error(tmp_path, capsys):
 # ----------------------------------------------------------------------------- keys, roles, flattening
 
 
-def test_choices_match_the_modules_that_use_them():
-    from dpdiff.data.dataset import MASK_RESIZE_MODES
-    from dpdiff.data.formats import FORMATS
+def test_each_choice_list_is_defined_once_in_dpdiff_choices():
+    """The config's choices, the registries and the modules that implement a choice use the tuples of
+    dpdiff/choices.py; a registry of implementations is checked against its tuple when it is imported."""
+    from dpdiff import choices
+    from dpdiff.data import FORMATS
+    from dpdiff.data.images import MASK_RESIZE_MODES
+    from dpdiff.inference.export import QUANTIZE_CHOICES
+    from dpdiff.model import postprocess
     from dpdiff.model.denoisers import DENOISERS
-    from dpdiff.model.dpdiff_ad import ENSEMBLE_REDUCTIONS, SCORING_MODES
-    from dpdiff.model.postprocess import IMAGE_SCORE_RULES
-    from dpdiff.training.trainer import LR_SCHEDULES
+    from dpdiff.training import trainer
+    from dpdiff.training.loggers import LOGGERS
 
-    assert set(allowed_values("model.denoiser")) == set(DENOISERS)
-    assert set(allowed_values("inference.scoring")) == set(SCORING_MODES)
-    assert set(allowed_values("inference.ensemble_reduce")) == set(ENSEMBLE_REDUCTIONS)
-    assert set(allowed_values("inference.image_score")) == set(IMAGE_SCORE_RULES)
-    assert set(allowed_values("train.lr_schedule")) == set(LR_SCHEDULES)
-    assert set(allowed_values("evaluation.mask_resize")) == set(MASK_RESIZE_MODES)
-    assert set(allowed_values("data.format")) == set(FORMATS) | {"auto"} == set(FORMAT_CHOICES)
+    declared = {
+        "model.denoiser": choices.DENOISER_NAMES,
+        "model.prediction": choices.PREDICTION_TARGETS,
+        "train.logger": choices.LOGGERS,
+        "train.lr_schedule": choices.LR_SCHEDULES,
+        "inference.ensemble_reduce": choices.ENSEMBLE_REDUCTIONS,
+        "inference.scoring": choices.SCORING_MODES,
+        "inference.image_score": choices.IMAGE_SCORE_RULES,
+        "evaluation.mask_resize": choices.MASK_RESIZE_MODES,
+        "data.format": choices.FORMAT_CHOICES,
+    }
+    assert {k for k in config_keys() if "choices" in key_metadata(k)} == set(declared)
+    for key, names in declared.items():
+        assert key_metadata(key)["choices"] is names and allowed_values(key) == names, key
+    # the implementations use the same objects
+    assert trainer.LR_SCHEDULES is choices.LR_SCHEDULES
+    assert postprocess.IMAGE_SCORE_RULES is choices.IMAGE_SCORE_RULES
+    assert tuple(DENOISERS) == choices.DENOISER_NAMES
+    # lists still written a second time outside dpdiff/choices.py (data, training/loggers.py, export, the command
+    # line): kept in step here until those modules import the tuples
+    assert set(FORMATS) == set(choices.DATA_FORMATS) and choices.FORMAT_CHOICES[-1] == choices.AUTO_FORMAT
+    assert set(FORMAT_CHOICES) == set(choices.FORMAT_CHOICES)
+    assert tuple(MASK_RESIZE_MODES) == choices.MASK_RESIZE_MODES
+    assert tuple(LOGGERS) == choices.LOGGERS
+    assert tuple(QUANTIZE_CHOICES) == choices.QUANTIZE_CHOICES
+
+
+# Literal copies of a dpdiff/choices.py list still written in a module that should import it instead (their
+# owners' modules: data, training/loggers.py); remove an entry when its module imports the tuple.
+KNOWN_COPIES = {("data/images.py", "MASK_RESIZE_MODES"), ("training/loggers.py", "LOGGERS")}
+
+
+def test_no_choice_list_is_written_a_second_time():
+    """No module spells out the names of a choice list again (a tuple, list or set literal of the same names)."""
+    from dpdiff import choices
+
+    lists = {n: set(v) for n, v in vars(choices).items() if n.isupper() and isinstance(v, tuple) and len(v) > 1}
+    lists["DATA_FORMATS"] = set(choices.DATA_FORMATS)
+    package = Path(choices.__file__).parent
+    copies = set()
+    for path in sorted(package.rglob("*.py")):
+        if path.name == "choices.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and len(node.elts) > 1:
+                names = {e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+                copies |= {(path.relative_to(package).as_posix(), n) for n, v in lists.items() if names == v}
+    assert copies <= KNOWN_COPIES, f"import these from dpdiff/choices.py instead: {sorted(copies - KNOWN_COPIES)}"
+
+
+def test_a_registry_that_differs_from_its_list_fails_at_import():
+    from dpdiff.choices import check_registry
+
+    check_registry("ok", {"b": 1, "a": 2}, ("a", "b"))
+    with pytest.raises(RuntimeError, match=r"model/denoisers.py DENOISERS.*missing: \['uvit'\].*not listed: \['x'\]"):
+        check_registry("model/denoisers.py DENOISERS", ["dit", "unet", "x"], ("dit", "unet", "uvit"))
+
+
+def test_every_key_has_help():
+    for key in config_keys():
+        text = key_metadata(key).get("help")
+        assert isinstance(text, str) and text.strip() and "\n" not in text, key
+    for section in dataclasses.fields(Config):
+        assert section.metadata.get("help"), section.name
 
 
 def test_weight_neutral_keys_are_the_run_time_keys_and_the_test_time_sections():
@@ -484,8 +546,19 @@ def test_one_flattener_keeps_mapping_values_whole():
     assert flat["data.options"] == {"resolution": 512} and flat["model.depth"] == 4
 
 
+def _dpdiff_imports(module) -> set[str]:
+    tree = ast.parse(Path(module.__file__).read_text())
+    assert not [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level > 0]
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    return {n for n in names if n == "dpdiff" or n.startswith("dpdiff.")}
+
+
 def test_config_imports_no_other_dpdiff_module():
-    """config.py is imported by the model and everything above it: it must not import them back."""
-    tree = ast.parse(Path(config_mod.__file__).read_text())
-    local = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level > 0]
-    assert set(local) <= {"errors", "io"}, local
+    """config.py is imported by the model and everything above it: it must not import them back. Its helpers
+    sit at the bottom with it: the choice lists import nothing, the value checks only the errors."""
+    from dpdiff import choices, config_checks
+
+    assert _dpdiff_imports(config_mod) <= {"dpdiff.choices", "dpdiff.config_checks", "dpdiff.utils.errors"}
+    assert _dpdiff_imports(choices) == set()
+    assert _dpdiff_imports(config_checks) <= {"dpdiff.utils.errors"}

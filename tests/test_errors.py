@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from dpdiff import cli
+from dpdiff.cli import evaluate as cli_evaluate
 from dpdiff.cli import main
 from dpdiff.utils import errors
 from dpdiff.utils import progress as progress_mod
@@ -49,7 +50,7 @@ def test_every_error_is_a_dpdiff_error_and_its_old_builtin_type(cls):
 def test_the_package_raises_the_shared_classes():
     from dpdiff import config
     from dpdiff.backbones import CheckpointError as BackboneCheckpointError
-    from dpdiff.data.layout import LayoutError
+    from dpdiff.data.readers.layout import LayoutError
     from dpdiff.training.trainer import TrainingDiverged as TrainTrainingDiverged
 
     assert BackboneCheckpointError is CheckpointError and TrainTrainingDiverged is TrainingDiverged
@@ -61,7 +62,7 @@ def test_the_package_raises_the_shared_classes():
 
 def test_user_errors_at_their_sites(tmp_path):
     from dpdiff.backbones import build_backbone
-    from dpdiff.data.mvtec import load_split
+    from dpdiff.data.readers.mvtec import load_split
     from dpdiff.model.checkpoint import load_model
     from dpdiff.training.trainer import prepare_run_dir
 
@@ -82,7 +83,7 @@ def test_user_errors_at_their_sites(tmp_path):
 
 
 def test_a_rank_rebuilds_the_nearest_portable_error_type():
-    from dpdiff.data.layout import LayoutError
+    from dpdiff.data.readers.layout import LayoutError
     from dpdiff.training.distributed import _portable_type_name
 
     assert _portable_type_name(LayoutError("x")) == "DataError"  # LayoutError is not importable by name on rank 1
@@ -136,7 +137,7 @@ def test_a_multi_line_message_is_reported_on_one_line(monkeypatch, capsys):
     def fail(args):
         raise DataError("first line\n  second line\n")
 
-    monkeypatch.setattr(cli, "cmd_test", fail)
+    monkeypatch.setattr(cli_evaluate, "cmd_test", fail)
     assert main(["test", "run"]) == 2
     assert _error_line(capsys) == "dpdiff: error: first line; second line"
 
@@ -150,7 +151,7 @@ def test_a_bug_propagates_with_its_traceback(monkeypatch, bug):
     def broken(args):
         raise bug
 
-    monkeypatch.setattr(cli, "cmd_test", broken)
+    monkeypatch.setattr(cli_evaluate, "cmd_test", broken)
     with pytest.raises(type(bug)) as info:
         main(["test", "run"])
     assert info.value is bug
@@ -174,7 +175,7 @@ def test_weights_are_passed_on_by_test_predict_and_report(monkeypatch, tmp_path)
     monkeypatch.setattr(ev, "evaluate_and_report", record("test", {"per_category": {}, "mean": {}, "output_dir": "e"}))
     monkeypatch.setattr(ev, "rebuild_report", record("report", {"html": "r.html", "files_dir": "f", "seconds": 0.0}))
     monkeypatch.setattr(ev, "predict_and_draw", record("predict", Prediction()))
-    monkeypatch.setattr(cli, "_print_table", lambda result: None)
+    monkeypatch.setattr(cli_evaluate, "print_table", lambda result: None)
     w = str(tmp_path / "dinov2_vitb14_reg4_pretrain.pth")
     assert main(["test", "run", "--weights", w]) == 0
     assert main(["report", "run", "--weights", w]) == 0

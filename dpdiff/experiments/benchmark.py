@@ -35,7 +35,8 @@ from dpdiff.backbones.base import FeatureExtractor
 from dpdiff.config import Config, InferenceConfig
 from dpdiff.features import resolve_device
 from dpdiff.inference.detector import Detector
-from dpdiff.model.dpdiff_ad import DPDiffAD, _autocast_dtype
+from dpdiff.model.dpdiff_ad import DPDiffAD
+from dpdiff.scoring.scorer import resolve_autocast_dtype
 from dpdiff.utils.errors import ConfigError
 
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -145,11 +146,11 @@ def build_benchmark_backbone(cfg: Config, weights_random_ok: bool = True) -> tup
 
     A DINOv2 backbone without ``backbone.weights`` gets random weights when ``weights_random_ok`` (timing
     only); otherwise (and for every other case) this is ``build_backbone_from_config``."""
-    from dpdiff.backbones.registry import _ALIASES, BACKBONES
+    from dpdiff.backbones.registry import BACKBONES, canonical_name
     from dpdiff.features import build_backbone_from_config
 
     b = cfg.backbone
-    info = BACKBONES.get(_ALIASES.get(b.name, b.name))
+    info = BACKBONES.get(canonical_name(b.name))
     if info is not None and info["family"] == "dinov2" and not b.weights and weights_random_ok:
         layers = info["default_layers"] if b.layers is None else b.layers
         return random_vit(info["timm_name"], layers, b.image_size, b.feature_stride, name=b.name), "random"
@@ -166,14 +167,21 @@ def time_detector(
     inference: InferenceConfig | None = None,
 ) -> tuple[dict, dict]:
     """(backbone-only timing, full-pipeline timing) of ``detector`` on the normalised batch ``images``
-    (:func:`measure`): ``detector.features(images)`` and ``detector(images)``, the call evaluation and
-    prediction make, each full call with a fresh generator seeded with ``seed`` (the caller's RNG is left
-    alone); ``inference``: other inference options than the detector's (e.g. another ensemble size)."""
+    (:func:`measure`): ``detector.features(images)``, and the backbone plus the detector's scorer
+    (:meth:`Detector.scorer`, ``score_features``), what evaluation and prediction run per batch, each full call
+    with a fresh generator seeded with ``seed`` (the caller's RNG is left alone); ``inference``: other inference
+    options than the detector's (e.g. another ensemble size)."""
     dev = detector.device
     images = images.to(dev)
+    scorer = detector.scorer(inference)
+
+    def full_call():
+        noise = scorer.noise_source(torch.Generator(dev).manual_seed(seed))
+        return scorer.score_features(detector.features(images), noise)
+
     with torch.inference_mode():
         bb = measure(lambda: detector.features(images), dev, warmup, rounds)
-        full = measure(lambda: detector(images, torch.Generator(dev).manual_seed(seed), inference), dev, warmup, rounds)
+        full = measure(full_call, dev, warmup, rounds)
     return bb, full
 
 
@@ -200,14 +208,14 @@ def benchmark_fps(
     if dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     dev = resolve_device(device)
-    amp = _autocast_dtype(dev, DTYPES[dtype])  # validates the device/dtype pair
+    amp = resolve_autocast_dtype(dev, DTYPES[dtype])  # validates the device/dtype pair
     load_avg = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     if backbone is None:
         with torch.random.fork_rng(devices=[]):  # building may random-init before loading weights
             backbone, weights = build_benchmark_backbone(cfg, weights_random_ok)
     else:
         weights = "given"
-    size, inf = int(cfg.backbone.image_size), cfg.inference
+    size = int(cfg.backbone.image_size)
     grid_h, grid_w = backbone.grid_size(size)
     grid = (int(grid_h), int(grid_w))
     model = random_model(int(backbone.out_channels), grid, cfg, dev, seed)
@@ -215,6 +223,27 @@ def benchmark_fps(
     g = torch.Generator().manual_seed(seed)
     images = torch.randn(int(batch_size), 3, size, size, generator=g)
     bb, full = time_detector(detector, images, int(warmup), int(rounds), seed)
+    return _fps_result(cfg, detector, weights, dtype, batch_size, warmup, rounds, bb, full) | {
+        "load_average_at_start": load_avg
+    }
+
+
+def _fps_result(
+    cfg: Config,
+    detector: Detector,
+    weights: str,
+    dtype: str,
+    batch_size: int,
+    warmup: int,
+    rounds: int,
+    bb: dict,
+    full: dict,
+) -> dict:
+    """:func:`benchmark_fps`'s result (without the load average) from the backbone-only and full timings."""
+    dev, backbone, inf = detector.device, detector.backbone, cfg.inference
+    size = int(cfg.backbone.image_size)
+    grid_h, grid_w = backbone.grid_size(size)
+    grid = (int(grid_h), int(grid_w))
     backbone_fps = batch_size / bb["median_s"]
     full_fps = batch_size / full["median_s"]
     return {
@@ -249,7 +278,6 @@ def benchmark_fps(
         "backbone_ms_per_image": 1e3 * bb["median_s"] / batch_size,
         "full_ms_per_image": 1e3 * full["median_s"] / batch_size,
         "timings": {"backbone": bb, "full": full},
-        "load_average_at_start": load_avg,
     }
 
 

@@ -15,7 +15,8 @@ from dpdiff.baselines.knn import KNNMemoryBank
 from dpdiff.config import Config
 from dpdiff.data.dataset import ImageDataset
 from dpdiff.features import tokens_from_maps
-from dpdiff.inference.detector import Detector, map_size, postprocess_maps
+from dpdiff.inference.detector import Detector, map_size
+from dpdiff.scoring.scorer import postprocess_maps
 
 # ``map_size`` is dpdiff.inference.detector.map_size (the one rule), importable from here for experiments/scale.py
 __all__ = ["masks_and_labels", "map_size", "build_knn", "knn_score_features", "dpdiff_score_features"]
@@ -55,10 +56,20 @@ def knn_score_features(bank: KNNMemoryBank, feats, cfg: Config, batch_size: int 
 def dpdiff_score_features(
     detector: Detector, feats, batch_size: int | None = None, seed: int | None = None, inference=None
 ):
-    """(pixel maps (N, R, R), image scores (N,)) of DPDiff-AD on precomputed backbone maps, through the
-    detector's own batch loop (:meth:`Detector.score_batches`): one generator seeded with ``seed`` (default
-    ``inference.seed``) consumed in batch order."""
+    """(pixel maps (N, R, R), image scores (N,)) float32 CPU tensors of DPDiff-AD on precomputed backbone maps,
+    through the detector's own scorer (:meth:`Detector.scorer`, as it runs it): one generator seeded with
+    ``seed`` (default ``inference.seed``) consumed in batch order."""
     inf = inference or detector.cfg.inference
     bs = int(batch_size or inf.batch_size)
-    chunks = (feats[i : i + bs] for i in range(0, feats.shape[0], bs))
-    return detector.score_batches(chunks, features=True, seed=seed, inference=inf)
+    generator = torch.Generator(detector.device).manual_seed(int(inf.seed if seed is None else seed))
+    scorer = detector.scorer(inf)
+    noise = scorer.noise_source(generator)
+    maps, scores = [], []
+    for i in range(0, feats.shape[0], bs):
+        with torch.inference_mode():
+            m, s = scorer.score_features(torch.as_tensor(feats[i : i + bs]), noise)
+            maps.append(m.float().cpu())
+            scores.append(s.float().cpu())
+    if not maps:
+        raise ValueError("no images to score")
+    return torch.cat(maps), torch.cat(scores)

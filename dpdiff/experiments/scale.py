@@ -43,12 +43,13 @@ from typing import Any
 
 import torch
 
+from dpdiff.baselines.knn import KNNMemoryBank
 from dpdiff.config import RUNTIME, Config, keys_with_role
-from dpdiff.data.formats import load_samples
+from dpdiff.data.readers import load_samples
 from dpdiff.data.synthetic import ensure_synthetic_dataset, read_marker
 from dpdiff.experiments.compare import build_knn, dpdiff_score_features, knn_score_features, masks_and_labels
 from dpdiff.features import build_backbone_from_config, feature_cache_key, resolve_device
-from dpdiff.features.cache import FeatureCache
+from dpdiff.features.cache import FeatureCache, FeatureStore
 from dpdiff.inference.detector import Detector, scoring_dataset
 from dpdiff.metrics import compute_metrics
 from dpdiff.metrics.paper_tables import DELTA_ROW, load_results, scale_table, write_table
@@ -255,17 +256,9 @@ def _evaluate_count(
         {"data.root": str(data), "data.categories": cats, "data.format": "mvtec", "train.steps": steps}
     )
     timings = {}
-    bkey = feature_cache_key(cfg)
-    fb = cfg.train.feature_batch_size
 
     t0 = time.perf_counter()
-    train_samples = load_samples("mvtec", data, cats, "train")
-    train_feats = cache.get(
-        backbone, bkey, train_samples, cfg.backbone.image_size, fb, device, desc=f"N={n} train features"
-    )
-    tests = _test_samples(data, cats)
-    flat = [x for c in cats for x in tests[c]]
-    test_feats = cache.get(backbone, bkey, flat, cfg.backbone.image_size, fb, device, desc=f"N={n} test features")
+    train_samples, train_feats, tests, test_feats = _count_features(n, cats, data, cfg, backbone, cache, device)
     timings["features_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -279,6 +272,56 @@ def _evaluate_count(
     t0 = time.perf_counter()
     bank = build_knn(train_feats, s.coreset, seed=s.seed)
     timings["knn_build_s"] = time.perf_counter() - t0
+    per_cat, secs = _score_categories(cats, tests, test_feats, detector, bank, run_cfg)
+    timings["dpdiff_test_s"], timings["knn_test_s"] = secs["dpdiff"], secs["knn"]
+
+    protocol = _protocol(run_cfg, s)
+    means, files = {}, {}
+    for m in METHODS:
+        paths = write_results(per_cat[m], folder / m, stem=RESULTS_STEM, protocol=protocol)
+        means[m] = json.loads(Path(paths["json"]).read_text())["mean"]
+        files[m] = str(paths["json"])
+    record = {
+        "categories": n,
+        "category_names": cats,
+        "train_images": len(train_samples),
+        "train_steps": steps,
+        "test_images": sum(len(tests[c]) for c in cats),
+        "mean": means,
+        "results": files,
+        "timings": {k: round(v, 2) for k, v in timings.items()},
+    }
+    atomic_write_json(folder / DONE_FILE, record)  # last: this count is finished
+    return record
+
+
+def _count_features(
+    n: int, cats: list[str], data: Path, cfg: Config, backbone, cache: FeatureCache, device: torch.device
+) -> tuple[list, FeatureStore, dict[str, list], FeatureStore]:
+    """(training samples, their features, test samples per category, the test features in category order) of the
+    first ``n`` categories, from the feature cache."""
+    bkey = feature_cache_key(cfg)
+    fb = cfg.train.feature_batch_size
+    train_samples = load_samples("mvtec", data, cats, "train")
+    train_feats = cache.get(
+        backbone, bkey, train_samples, cfg.backbone.image_size, fb, device, desc=f"N={n} train features"
+    )
+    tests = _test_samples(data, cats)
+    flat = [x for c in cats for x in tests[c]]
+    test_feats = cache.get(backbone, bkey, flat, cfg.backbone.image_size, fb, device, desc=f"N={n} test features")
+    return train_samples, train_feats, tests, test_feats
+
+
+def _score_categories(
+    cats: list[str],
+    tests: dict[str, list],
+    test_feats: FeatureStore,
+    detector: Detector,
+    bank: KNNMemoryBank,
+    run_cfg: Config,
+) -> tuple[dict[str, dict], dict[str, float]]:
+    """(method -> category -> metrics, method -> scoring seconds) of DPDiff-AD and the kNN bank, category by
+    category."""
     per_cat: dict[str, dict] = {m: {} for m in METHODS}
     secs = {m: 0.0 for m in METHODS}
     pos = 0
@@ -295,26 +338,7 @@ def _evaluate_count(
         maps, scores = knn_score_features(bank, feats, run_cfg)
         secs["knn"] += time.perf_counter() - t0
         per_cat["knn"][c] = compute_metrics(scores.numpy(), labels, maps.numpy(), masks)
-    timings["dpdiff_test_s"], timings["knn_test_s"] = secs["dpdiff"], secs["knn"]
-
-    protocol = _protocol(run_cfg, s)
-    means, files = {}, {}
-    for m in METHODS:
-        paths = write_results(per_cat[m], folder / m, stem=RESULTS_STEM, protocol=protocol)
-        means[m] = json.loads(Path(paths["json"]).read_text())["mean"]
-        files[m] = str(paths["json"])
-    record = {
-        "categories": n,
-        "category_names": cats,
-        "train_images": len(train_samples),
-        "train_steps": steps,
-        "test_images": len(flat),
-        "mean": means,
-        "results": files,
-        "timings": {k: round(v, 2) for k, v in timings.items()},
-    }
-    atomic_write_json(folder / DONE_FILE, record)  # last: this count is finished
-    return record
+    return per_cat, secs
 
 
 def _protocol(cfg: Config, s: ScaleSettings) -> dict:

@@ -1,12 +1,17 @@
-"""The one inference pipeline: ``Detector`` (preprocessing + backbone + DPDiffAD + map post-processing).
+"""The PyTorch runtime: :class:`Detector` (backbone + :class:`~dpdiff.scoring.scorer.Scorer` on DPDiffAD).
 
 Evaluation, prediction, the report's probe images, the kNN comparison and the FPS benchmark (paper Table 4)
-all score images through :class:`Detector`, so what is timed and reported is what users run:
+all score images with the pieces of :class:`Detector`, so what is timed and reported is what users run:
 
     images --preprocess--> (B,3,S,S) --backbone--> tokens --DDIM reconstruction error (Eq. 20-22)-->
     token maps (B,h,w) --upsample, smooth, image score (Eq. 23-24)--> pixel maps (B,R,R), scores (B,)
 
-``R`` is :func:`map_size`: the evaluation resolution, by default the input size ``S``.
+Inputs, decoding, preprocessing, batching, thresholds and decisions are the shared
+:class:`~dpdiff.inference.predictor.Predictor`'s; this runtime runs preprocessed batches: the backbone
+(:meth:`Detector.features`) and the scoring protocol (:meth:`Detector.scorer`), with the runtime's options
+(rows per DiT call, autocast, ``torch.compile``). ``R`` is :func:`map_size`: the evaluation resolution, by
+default the input size ``S`` (the rule lives in :func:`dpdiff.scoring.scorer.map_size`, re-exported here
+with :func:`~dpdiff.scoring.scorer.postprocess_maps`).
 """
 
 from __future__ import annotations
@@ -14,11 +19,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -26,18 +29,15 @@ from torch.utils.data import DataLoader, Subset
 
 from dpdiff.backbones.base import FeatureExtractor
 from dpdiff.config import Config, InferenceConfig
-from dpdiff.data.dataset import ImageDataset, normalized_image_tensor
-from dpdiff.data.mvtec import Sample
-from dpdiff.features import build_backbone_from_config, resolve_device, tokens_from_maps
+from dpdiff.data.dataset import ImageDataset
+from dpdiff.data.types import Sample
+from dpdiff.features import build_backbone_from_config, resolve_device
 from dpdiff.inference.calibration import read_calibration, scoring_fingerprint
 from dpdiff.inference.predictor import Detector as DetectorBase
-from dpdiff.inference.predictor import ImageInput
-from dpdiff.inference.predictor import as_pil as _as_pil
-from dpdiff.inference.predictor import flatten_inputs as _flatten_inputs
+from dpdiff.inference.predictor import ImageInput, Preprocessing
 from dpdiff.model.checkpoint import load_model
-from dpdiff.model.dpdiff_ad import DPDiffAD, _autocast_dtype
-from dpdiff.model.postprocess import postprocess
-from dpdiff.model.prototypes import prototype_similarity_maps
+from dpdiff.model.dpdiff_ad import DPDiffAD
+from dpdiff.scoring.scorer import Scorer, map_size, postprocess_maps, resolve_autocast_dtype
 from dpdiff.scoring.token_bank import TokenBank
 from dpdiff.utils.errors import CheckpointError, ConfigKeyError
 from dpdiff.utils.progress import progress
@@ -50,22 +50,8 @@ CPU_MAX_ROWS = 16
 
 
 def inference_row_cap(device: torch.device) -> int | None:
-    """Rows per DiT call for ``DPDiffAD.token_scores(max_batch=...)``: results are identical either way."""
+    """Rows per DiT call (the scorer's ``max_rows``) on ``device``: results are identical either way."""
     return CPU_MAX_ROWS if torch.device(device).type == "cpu" else None
-
-
-def token_score_options(inference: InferenceConfig) -> dict:
-    """The keyword arguments of :meth:`~dpdiff.model.dpdiff_ad.DPDiffAD.token_scores` that ``inference.*`` sets
-    (the DDIM reconstruction of Eq. 20-21 and the score of Eq. 22); the caller adds the noise source and how the
-    rows are run."""
-    return {
-        "noise_step": inference.noise_step,
-        "ddim_steps": inference.ddim_steps,
-        "ensemble": inference.ensemble,
-        "scoring": inference.scoring,
-        "ensemble_reduce": inference.ensemble_reduce,
-        "antithetic": inference.antithetic,
-    }
 
 
 def scoring_settings(cfg: Config) -> dict:
@@ -81,54 +67,18 @@ def scoring_settings(cfg: Config) -> dict:
     return {"inference": inference, "map_size": map_size(cfg), "backbone": backbone}
 
 
-def map_size(cfg: Config) -> int:
-    """Side ``R`` of the pixel maps (and of the masks they are scored against): ``evaluation.resolution``,
-    by default the input image size ``backbone.image_size``. The one place this rule lives."""
-    return int(cfg.evaluation.resolution or cfg.backbone.image_size)
-
-
-def postprocess_maps(token_maps: torch.Tensor, cfg: Config, inference: InferenceConfig | None = None):
-    """Token maps (B, h, w) -> (pixel maps (B, R, R), image scores (B,)) with the config's post-processing:
-    bilinear upsampling to :func:`map_size`, Gaussian smoothing, the image-score rule (Eq. 23-24)."""
-    inf = inference or cfg.inference
-    return postprocess(
-        token_maps,
-        map_size(cfg),
-        inf.smoothing_sigma,
-        inf.pool_size,
-        image_score=inf.image_score,
-        top_percent=inf.top_percent,
-    )
-
-
-@dataclass
-class Probe:
-    """What the report shows of a few images (:meth:`Detector.probe`), as float32 numpy arrays.
-
-    ``x0``/``x0_hat`` (B, N, C): standardised tokens before and after one DDIM reconstruction from
-    ``inference.noise_step`` (Eq. 20-21; paper Fig. 7); ``sim_local``/``sim_global`` (B, h, w): each token's
-    highest cosine similarity to the image's local/global prototypes (Eq. 10; Fig. 8), None without them;
-    ``maps`` (B, R, R) and ``scores`` (B,): the anomaly maps and image scores, as :meth:`Detector.score_images`
-    gives them (None when not asked for)."""
-
-    x0: np.ndarray
-    x0_hat: np.ndarray
-    sim_local: np.ndarray | None
-    sim_global: np.ndarray | None
-    maps: np.ndarray | None
-    scores: np.ndarray | None
-
-
 class Detector(DetectorBase):
-    """Backbone + DPDiffAD + post-processing: images -> (pixel maps (B,R,R), image scores (B,)).
+    """Backbone + DPDiffAD scored by the :class:`~dpdiff.scoring.scorer.Scorer`: images -> (pixel maps
+    (B,R,R), image scores (B,)).
 
     The public ``dpdiff.Detector``: :meth:`load` a run folder (or a ``dpdiff export`` ``.onnx``), then
     ``predict`` images and ``calibrate`` thresholds (:class:`~dpdiff.inference.predictor.Predictor`, whose
     docstring is the contract of :class:`~dpdiff.inference.predictor.Prediction`).
 
-    ``autocast_dtype`` (``torch.bfloat16``/``torch.float16`` or "bf16"/"fp16"; default off) runs the backbone
-    and the DiT under ``torch.autocast``; ``compile`` uses a ``torch.compile``d DiT. Both are speed options
-    (``dpdiff benchmark --dtype``) that change results at rounding level only; post-processing stays float32.
+    The runtime's options: ``autocast_dtype`` (``torch.bfloat16``/``torch.float16`` or "bf16"/"fp16"; default
+    off) runs the backbone and the DiT under ``torch.autocast``; ``compile`` uses a ``torch.compile``d DiT. Both
+    are speed options (``dpdiff benchmark --dtype``) that change results at rounding level only; post-processing
+    stays float32. On a CPU the DiT runs at most :data:`CPU_MAX_ROWS` rows per call.
     """
 
     @classmethod
@@ -166,7 +116,7 @@ class Detector(DetectorBase):
         self.backbone = backbone.to(self.device).eval()
         self.model = model.to(self.device).eval()
         self.cfg = cfg
-        self.autocast_dtype = _autocast_dtype(self.device, autocast_dtype)  # an unsupported pair raises
+        self.autocast_dtype = resolve_autocast_dtype(self.device, autocast_dtype)  # an unsupported pair raises
         self.compile = bool(compile)
         self.run_dir: Path | None = None  # set by load_detector: where the token bank (knn_weight) is read
         self.token_bank: TokenBank | None = None
@@ -175,19 +125,12 @@ class Detector(DetectorBase):
     def map_size(self) -> int:
         return map_size(self.cfg)
 
-    # ------------------------------------------------------------------------------------------ the steps
-    def preprocess(self, images: ImageInput | Sequence[ImageInput]) -> torch.Tensor:
-        """Images -> the normalised batch (B, 3, S, S) on the CPU, exactly as the datasets prepare them
-        (:func:`dpdiff.data.dataset.normalized_image_tensor`: 8-bit RGB, direct bicubic resize to S, then
-        ``(x - mean) / std`` with the backbone's statistics). Float tensors are taken as 8-bit images
-        (rounded to 1/255), so a file, its PIL image, its uint8 array and ``array / 255`` as a tensor all
-        give the same batch."""
-        size = int(self.cfg.backbone.image_size)
-        pil = [_as_pil(item, i) for i, item in enumerate(_flatten_inputs(images))]
-        if not pil:
-            raise ValueError("no images given")
-        return torch.stack([normalized_image_tensor(im, size, self.backbone.mean, self.backbone.std) for im in pil])
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The input size ``backbone.image_size`` and the backbone's normalisation statistics."""
+        return Preprocessing(int(self.cfg.backbone.image_size), tuple(self.backbone.mean), tuple(self.backbone.std))
 
+    # ------------------------------------------------------------------------------------------ the steps
     def _amp(self):
         if self.autocast_dtype is None:
             return nullcontext()
@@ -195,30 +138,26 @@ class Detector(DetectorBase):
 
     @torch.inference_mode()
     def features(self, batch: torch.Tensor) -> torch.Tensor:
-        """Backbone feature maps (B, C, h, w) of a normalised batch."""
+        """Backbone feature maps (B, C, h, w) of a normalised batch (B, 3, S, S) (:meth:`preprocess`)."""
         with self._amp():
-            return self.backbone(batch.to(self.device))
+            return self.backbone(torch.as_tensor(batch).to(self.device))
 
-    @torch.inference_mode()
-    def token_scores(
-        self, feats: torch.Tensor, generator: torch.Generator | None = None, inference: InferenceConfig | None = None
-    ) -> torch.Tensor:
-        """Per-token anomaly scores (B, h, w) of backbone maps: the reconstruction error (Eq. 22) or the
-        prototype score, as ``inference.scoring`` says."""
+    def scorer(self, inference: InferenceConfig | None = None) -> Scorer:
+        """The :class:`~dpdiff.scoring.scorer.Scorer` of the model with the config's inference settings
+        (``inference``: other ones), run as this runtime runs it (:func:`inference_row_cap` rows per DiT call,
+        the detector's autocast and compile options), with the run's token bank when ``knn_weight`` > 0.
+        ``scorer.score_features(detector.features(batch), scorer.noise_source(generator))`` is what
+        ``score_images`` computes for one batch."""
         inf = inference or self.cfg.inference
-        tokens = tokens_from_maps(feats.float().to(self.device))
-        errors = self.model.token_scores(
-            tokens,
-            generator=generator,
-            common_noise_seed=inf.seed if inf.common_noise else None,
-            max_batch=inference_row_cap(self.device),
+        return Scorer.from_config(
+            self.model,
+            self.cfg,
+            inf,
+            bank=self.bank() if inf.knn_weight else None,
+            max_rows=inference_row_cap(self.device),
             autocast_dtype=self.autocast_dtype,
             compile=self.compile,
-            **token_score_options(inf),
         )
-        if not inf.knn_weight:
-            return errors
-        return self.bank().combine(errors, self.model.standardize(tokens), inf.knn_weight)
 
     def bank(self) -> TokenBank:
         """The run's token bank (``inference.knn_weight``), read from the run folder on first use."""
@@ -230,104 +169,32 @@ class Detector(DetectorBase):
             self.token_bank = TokenBank.load(self.run_dir, self.device)
         return self.token_bank
 
-    @torch.inference_mode()
-    def postprocess(self, token_maps: torch.Tensor, inference: InferenceConfig | None = None):
-        """Token maps -> (pixel maps (B, R, R), image scores (B,)) (Eq. 23-24)."""
-        return postprocess_maps(token_maps, self.cfg, inference)
+    def _run_batches(self, batches: Iterable) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return _scored_batches(self, batches)
 
-    def score_features(
-        self, feats: torch.Tensor, inference: InferenceConfig | None = None, generator: torch.Generator | None = None
-    ):
-        """(pixel maps, image scores) on the device, from backbone maps (e.g. from the feature cache)."""
-        return self.postprocess(self.token_scores(feats, generator, inference), inference)
 
-    def __call__(
-        self, batch: torch.Tensor, generator: torch.Generator | None = None, inference: InferenceConfig | None = None
-    ):
-        """(pixel maps (B, R, R), image scores (B,)) on the device of a normalised batch (B, 3, S, S)."""
-        return self.score_features(self.features(batch), inference, generator)
-
-    # ------------------------------------------------------------------------------------------ batch loops
-    def score_batches(
-        self,
-        batches: Iterable[torch.Tensor],
-        *,
-        features: bool = False,
-        seed: int | None = None,
-        inference: InferenceConfig | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(maps (N, R, R), scores (N,)) as float32 CPU tensors of normalised image batches (or backbone
-        maps with ``features=True``). One generator seeded with ``seed`` (default ``inference.seed``) is
-        consumed in batch order, so the result depends only on the inputs and their batching."""
-        inf = inference or self.cfg.inference
-        generator = torch.Generator(self.device).manual_seed(int(inf.seed if seed is None else seed))
-        maps, scores = [], []
-        for batch in batches:
-            if features:
-                m, s = self.score_features(torch.as_tensor(batch), inf, generator)
-            else:
-                m, s = self(batch, generator, inf)
-            maps.append(m.float().cpu())
-            scores.append(s.float().cpu())
-        if not maps:
-            raise ValueError("no images to score")
-        return torch.cat(maps), torch.cat(scores)
-
-    def _input_chunks(self, images, batch_size: int | None, desc: str | None = None) -> Iterable[torch.Tensor]:
-        """Normalised batches of ``batch_size`` (default ``inference.batch_size``) images, prepared lazily."""
-        items = _flatten_inputs(images)
-        bs = max(1, int(batch_size or self.cfg.inference.batch_size))
-        for lo in progress(range(0, len(items), bs), desc=desc, leave=False, disable=desc is None):
-            yield self.preprocess(items[lo : lo + bs])
-
-    def score_images(
-        self,
-        images: ImageInput | Sequence[ImageInput],
-        batch_size: int | None = None,
-        seed: int | None = None,
-        desc: str | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(maps (B, R, R), scores (B,)) as float32 CPU tensors of any images :meth:`preprocess` takes, in
-        batches of ``batch_size`` (default ``inference.batch_size``): the same numbers as evaluation gives
-        for the same files in the same order. ``desc``: show a progress bar with this label."""
-        return self.score_batches(self._input_chunks(images, batch_size, desc), seed=seed)
-
-    @torch.inference_mode()
-    def probe(
-        self, images: ImageInput | Sequence[ImageInput], with_maps: bool = True, batch_size: int | None = None
-    ) -> Probe:
-        """What the report shows of a few images (:class:`Probe`): prototype similarity maps, tokens before
-        and after one DDIM reconstruction (generator seeded with ``inference.seed``, consumed in batch
-        order) and, with ``with_maps``, the anomaly maps and scores (as :meth:`score_images`)."""
-        inf = self.cfg.inference
-        reconstruction = torch.Generator(self.device).manual_seed(int(inf.seed))
-        scoring = torch.Generator(self.device).manual_seed(int(inf.seed))
-        parts = []
-        for batch in self._input_chunks(images, batch_size, desc="probe images"):
-            feats = self.features(batch)
-            part = self._probe_batch(feats, reconstruction)
-            if with_maps:
-                m, s = self.score_features(feats, inf, scoring)
-                part |= {"maps": m.float().cpu(), "scores": s.float().cpu()}
-            parts.append(part)
-        joined: dict[str, Any] = {
-            k: (torch.cat([p[k] for p in parts]).numpy() if parts and k in parts[0] else None)
-            for k in ("x0", "x0_hat", "sim_local", "sim_global", "maps", "scores")
-        }
-        return Probe(**joined)
-
-    def _probe_batch(self, feats: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        inf, model = self.cfg.inference, self.model
-        tokens = tokens_from_maps(feats.float())
-        x0 = model.standardize(tokens)
-        p_local, p_global = model.prototypes(x0)
-        h, w = model.grid_size
-        out = {}
-        for key, protos in (("sim_local", p_local), ("sim_global", p_global)):
-            if protos is not None:
-                out[key] = prototype_similarity_maps(x0, protos).amax(1).view(-1, h, w).float().cpu()
-        x0, x0_hat = model.reconstruct(tokens, inf.noise_step, inf.ddim_steps, generator)
-        return out | {"x0": x0.float().cpu(), "x0_hat": x0_hat.float().cpu()}
+def _scored_batches(
+    detector: Detector,
+    batches: Iterable,
+    *,
+    features: bool = False,
+    seed: int | None = None,
+    inference: InferenceConfig | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(maps (B, R, R), scores (B,)) float32 numpy arrays of each normalised image batch (or of backbone maps
+    with ``features=True``), in order. One generator seeded with ``seed`` (default ``inference.seed``) is
+    consumed in batch order (the noise of ``inference.common_noise=false``), so the result depends only on the
+    inputs and their batching; ``inference``: other inference options than the detector's."""
+    inf = inference or detector.cfg.inference
+    generator = torch.Generator(detector.device).manual_seed(int(inf.seed if seed is None else seed))
+    scorer = detector.scorer(inf)
+    noise = scorer.noise_source(generator)
+    for batch in batches:
+        with torch.inference_mode():
+            feats = torch.as_tensor(batch) if features else detector.features(batch)
+            maps, scores = scorer.score_features(feats, noise)
+            out = maps.float().cpu().numpy(), scores.float().cpu().numpy()
+        yield out
 
 
 # ---------------------------------------------------------------------------------------------- loading, datasets
@@ -404,16 +271,18 @@ def score_dataset(
             pos += n
 
     t0 = time.perf_counter()
-    maps, scores = detector.score_batches(batches(), features=features is not None, seed=seed)
+    parts = list(_scored_batches(detector, batches(), features=features is not None, seed=seed))
     seconds = time.perf_counter() - t0
-    return maps.numpy(), scores.numpy(), np.concatenate(labels), np.concatenate(masks), seconds
+    if not parts:
+        raise ValueError("no images to score")
+    maps, scores = (np.concatenate(p) for p in zip(*parts, strict=True))
+    return maps, scores, np.concatenate(labels), np.concatenate(masks), seconds
 
 
 __all__ = [
     "CPU_MAX_ROWS",
     "Detector",
     "ImageInput",
-    "Probe",
     "apply_test_overrides",
     "inference_row_cap",
     "load_detector",
@@ -422,5 +291,4 @@ __all__ = [
     "scoring_settings",
     "score_dataset",
     "scoring_dataset",
-    "token_score_options",
 ]

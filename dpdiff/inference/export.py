@@ -7,11 +7,11 @@ reconstruction (Eq. 20-21), the reconstruction error (Eq. 22), upsampling, Gauss
 score (Eq. 23-24). The batch size is dynamic.
 
 The noise: with ``inference.common_noise`` (the default) every image gets the same draws, from a generator
-seeded with ``inference.seed`` (:meth:`DPDiffAD._draw_noise`), so a score depends on the image alone. Those
-draws, (E, 1, N, C) for the tokens and (E, 1, P, C) for the prototypes (antithetic pairs included), are
-computed once here by that same method and stored in the graph as constants, broadcast over the batch; the
-scoring itself is :meth:`DPDiffAD.token_scores` and :func:`~dpdiff.inference.detector.postprocess_maps`
-unchanged (the ONE pipeline), traced with the noise source bound to the constants. A run scored with
+seeded with ``inference.seed`` (:class:`~dpdiff.scoring.noise.CommonNoise`), so a score depends on the image
+alone. Those draws, (E, 1, N, C) for the tokens and (E, 1, P, C) for the prototypes (antithetic pairs
+included), are made once here by that same source and stored in the graph as constants; the scoring itself is
+the detector's :class:`~dpdiff.scoring.scorer.Scorer` unchanged (the ONE pipeline), traced with those constants
+as its noise source (:class:`~dpdiff.scoring.noise.FixedNoise`, broadcast over the batch). A run scored with
 ``inference.common_noise=false`` cannot be exported (its scores depend on the batch).
 
 The model's metadata (``metadata_props``) holds ``dpdiff.preprocess`` (size, mean, std, resampling),
@@ -23,7 +23,6 @@ The model's metadata (``metadata_props``) holds ``dpdiff.preprocess`` (size, mea
 from __future__ import annotations
 
 import contextlib
-import inspect
 import io
 import json
 import logging
@@ -38,8 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from dpdiff.features import tokens_from_maps
-from dpdiff.inference.detector import Detector, postprocess_maps, token_score_options
-from dpdiff.model.dpdiff_ad import DPDiffAD
+from dpdiff.inference.detector import Detector
+from dpdiff.scoring.noise import FixedNoise
+from dpdiff.scoring.scorer import Scorer
 from dpdiff.utils.errors import ConfigError, MissingDependencyError, RunFolderError
 from dpdiff.utils.io import atomic_write_bytes
 
@@ -48,7 +48,6 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ScoringGraph",
     "export_onnx",
-    "fixed_noise",
     "DEFAULT_OPSET",
     "INPUT_NAME",
     "OUTPUT_NAMES",
@@ -91,40 +90,24 @@ class ScoringGraph(nn.Module):
         self.backbone = static_same_padding(detector.backbone, torch.zeros(1, 3, size, size))
         self.model = detector.model
         self.bank = detector.bank() if inf.knn_weight else None  # beyond the paper: inference.knn_weight
-        noise_x, noise_p = self._common_noise()
-        self.register_buffer("noise_x", noise_x)
-        self.register_buffer("noise_p", noise_p)
+        noise = self._common_noise()
+        self.register_buffer("noise_x", noise.noise_x)
+        self.register_buffer("noise_p", noise.noise_p)
+        # one DiT call over all rows (a row loop would be traced for one batch size), float32, not compiled
+        self.scorer = Scorer.from_config(self.model, cfg, bank=self.bank)
 
-    def _common_noise(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _common_noise(self) -> FixedNoise:
         model, inf = self.model, self.cfg.inference
-        n_tokens = model.grid_size[0] * model.grid_size[1]
-        x0 = torch.zeros(1, n_tokens, model.in_dim)
-        p = model.num_prototypes
-        p0 = torch.zeros(1, p, model.in_dim) if p else None
         if inf.scoring != "reconstruction":
-            return x0.new_zeros(0), x0.new_zeros(0)
+            return FixedNoise(torch.zeros(0), torch.zeros(0))
+        n_tokens = model.grid_size[0] * model.grid_size[1]
         ensemble = max(1, int(inf.ensemble))
-        eps_x, eps_p = model._draw_noise(x0, p0, ensemble, None, inf.antithetic, int(inf.seed))
-        eps_p = eps_p.view(ensemble, 1, p, -1) if eps_p is not None else x0.new_zeros(0)
-        return eps_x.reshape(ensemble, 1, n_tokens, -1).contiguous(), eps_p.contiguous()
+        return FixedNoise.common(int(inf.seed), n_tokens, model.num_prototypes, model.in_dim, ensemble, inf.antithetic)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        inf = self.cfg.inference
-        feats = self.backbone(images)
-        tokens = tokens_from_maps(feats.float())
-        with fixed_noise(self.model, self.noise_x, self.noise_p):
-            token_scores = inspect.unwrap(DPDiffAD.token_scores)  # without inference_mode: tracing cannot enter it
-            token_maps = token_scores(
-                self.model,
-                tokens,
-                generator=None,
-                common_noise_seed=int(inf.seed),
-                max_batch=None,
-                **token_score_options(inf),
-            )  # one DiT call over all rows: a row loop would be traced for one batch size
-        if self.bank is not None:
-            token_maps = self.bank.combine(token_maps, self.model.standardize(tokens), inf.knn_weight)
-        return postprocess_maps(token_maps, self.cfg)
+        tokens = tokens_from_maps(self.backbone(images).float())
+        token_maps = self.scorer.token_scores(tokens, FixedNoise(self.noise_x, self.noise_p))
+        return self.scorer.postprocess(token_maps)
 
 
 class _StaticSamePadConv(nn.Module):
@@ -173,25 +156,6 @@ def static_same_padding(backbone: nn.Module, example: torch.Tensor) -> nn.Module
             _StaticSamePadConv(conv, pad_same_arg(list(size), conv.weight.shape[-2:], conv.stride, conv.dilation)),
         )
     return copy
-
-
-@contextlib.contextmanager
-def fixed_noise(model: nn.Module, noise_x: torch.Tensor, noise_p: torch.Tensor):
-    """Within the block, ``model._draw_noise`` returns the given draws (E, 1, N, C) / (E, 1, P, C), broadcast
-    over the batch and stacked draw-major, exactly as the common-noise draws it would make itself."""
-
-    def draw(x0, p0, ensemble, generator, antithetic=False, common=None):
-        e = noise_x.shape[0]
-        b = x0.shape[0]
-        eps_x = noise_x.expand(e, b, *x0.shape[1:]).reshape(e * b, *x0.shape[1:])
-        eps_p = None if p0 is None else noise_p.expand(e, b, *p0.shape[1:]).reshape(e * b, *p0.shape[1:])
-        return eps_x, eps_p
-
-    model.__dict__["_draw_noise"] = draw
-    try:
-        yield
-    finally:
-        del model.__dict__["_draw_noise"]
 
 
 def _dpdiff_version() -> str:
@@ -264,20 +228,7 @@ def export_onnx(
     graph = ScoringGraph(detector).eval()
     size = int(detector.cfg.backbone.image_size)
     example = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32))
-    buf = io.BytesIO()
-    with torch.no_grad(), _quiet_tracer(), _constant_pads(opset):
-        torch.onnx.export(
-            graph,
-            (example,),
-            buf,  # type: ignore[arg-type]  # the TorchScript exporter writes to a file object too
-            dynamo=False,
-            opset_version=int(opset),
-            input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
-            do_constant_folding=True,
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAMES[0]: {0: "batch"}, OUTPUT_NAMES[1]: {0: "batch"}},
-        )
-    proto = onnx.load_from_string(buf.getvalue())
+    proto = onnx.load_from_string(_trace(graph, example, opset))
     for key, value in _metadata(detector).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -301,6 +252,24 @@ def export_onnx(
     atomic_write_bytes(output, data)
     logger.info("exported %s (%.1f MB)", output, len(data) / 1e6)
     return summary
+
+
+def _trace(graph: ScoringGraph, example: torch.Tensor, opset: int) -> bytes:
+    """The ONNX bytes of ``graph`` traced on ``example`` by the TorchScript exporter, batch axis dynamic."""
+    buf = io.BytesIO()
+    with torch.no_grad(), _quiet_tracer(), _constant_pads(opset):
+        torch.onnx.export(
+            graph,
+            (example,),
+            buf,  # type: ignore[arg-type]  # the TorchScript exporter writes to a file object too
+            dynamo=False,
+            opset_version=int(opset),
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            do_constant_folding=True,
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAMES[0]: {0: "batch"}, OUTPUT_NAMES[1]: {0: "batch"}},
+        )
+    return buf.getvalue()
 
 
 def _quantize_int8(data: bytes) -> bytes:

@@ -1,7 +1,8 @@
 """Run a ``dpdiff export`` model with onnxruntime: :class:`OnnxDetector`, the same ``predict``/``calibrate`` as
-the PyTorch :class:`~dpdiff.inference.detector.Detector` (:class:`~dpdiff.inference.predictor.Predictor`).
+the PyTorch :class:`~dpdiff.inference.detector.Detector` (the shared :class:`~dpdiff.inference.predictor.Predictor`
+pipeline; this runtime only runs preprocessed batches in the session).
 
-The images are preprocessed exactly as for PyTorch (:func:`dpdiff.data.images.normalized_image_array`, numpy and
+The images are preprocessed exactly as for PyTorch (:class:`~dpdiff.inference.predictor.Preprocessing`, numpy and
 Pillow, with the size, mean and std from the model's metadata); the graph does the rest. Nothing here imports
 torch: an edge box needs onnxruntime and the light packages README's "An edge box without torch" lists.
 Thresholds come from the model's metadata (the run's ``calibration.json`` at export time) or, when
@@ -16,15 +17,14 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from dpdiff.config import Config
-from dpdiff.data.images import normalized_image_array
 from dpdiff.inference.calibration import Calibration, read_calibration
-from dpdiff.inference.predictor import Detector, ImageInput, as_pil, flatten_inputs
+from dpdiff.inference.predictor import Detector, Preprocessing
 from dpdiff.utils.errors import CheckpointError, MissingDependencyError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -104,8 +104,7 @@ class OnnxDetector(Detector):
         try:
             self.cfg = Config.from_dict(json.loads(metadata["config"]), source=f"{where} metadata")
             pre = json.loads(metadata["preprocess"])
-            self.image_size = int(pre["image_size"])
-            self.mean, self.std = tuple(pre["mean"]), tuple(pre["std"])
+            self._preprocessing = Preprocessing(int(pre["image_size"]), tuple(pre["mean"]), tuple(pre["std"]))
             self._map_size = int(metadata["map_size"])
             self._fingerprint = json.loads(metadata["fingerprint"])
         except (KeyError, TypeError, ValueError) as e:
@@ -142,29 +141,17 @@ class OnnxDetector(Detector):
     def fingerprint(self) -> dict:
         return self._fingerprint
 
-    def preprocess(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
-        """Images -> the normalised batch (B, 3, S, S) float32, as :meth:`Detector.preprocess`."""
-        pil = [as_pil(item, i) for i, item in enumerate(flatten_inputs(images))]
-        if not pil:
-            raise ValueError("no images given")
-        return np.stack([normalized_image_array(im, self.image_size, self.mean, self.std) for im in pil])
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The input size, mean and std of the model's metadata."""
+        return self._preprocessing
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(maps (B, R, R), scores (B,)) of a normalised batch."""
+        """(maps (B, R, R), scores (B,)) of a normalised batch (:meth:`preprocess`)."""
         maps, scores = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
         return maps, scores
 
-    def score_images(
-        self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None, **_: object
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(maps (B, R, R), scores (B,)) as float32 numpy arrays, in batches of ``batch_size``."""
-        items = flatten_inputs(images)
-        bs = max(1, int(batch_size or self.cfg.inference.batch_size))
-        maps, scores = [], []
-        for lo in range(0, len(items), bs):
-            m, s = self.run(self.preprocess(items[lo : lo + bs]))
-            maps.append(m)
-            scores.append(s)
-        if not maps:
-            raise ValueError("no images to score")
-        return np.concatenate(maps), np.concatenate(scores)
+    def _run_batches(self, batches: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for batch in batches:  # the graph holds its noise: every batch alike
+            maps, scores = self.run(batch)
+            yield np.asarray(maps, dtype=np.float32), np.asarray(scores, dtype=np.float32)

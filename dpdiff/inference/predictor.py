@@ -1,6 +1,7 @@
-"""Decisions on images, shared by the PyTorch :class:`~dpdiff.inference.detector.Detector` and the onnxruntime
-:class:`~dpdiff.inference.onnx_runtime.OnnxDetector`: :class:`Prediction` (the public result) and
-:class:`Predictor` (``predict`` and ``calibrate`` on top of a runtime's ``score_images``).
+"""The one predictor pipeline, shared by the PyTorch :class:`~dpdiff.inference.detector.Detector` and the
+onnxruntime :class:`~dpdiff.inference.onnx_runtime.OnnxDetector`: :class:`Prediction` (the public result) and
+:class:`Predictor` (inputs, decoding, preprocessing, batching, thresholds and decisions: ``predict``,
+``iter_predict``, ``score_images``, ``calibrate``), on top of a runtime that only runs preprocessed batches.
 
 The contract (stable; ``dpdiff serve`` and user code rely on it):
 
@@ -23,6 +24,7 @@ prediction. A :class:`Prediction` holds:
 * ``image_threshold``, ``pixel_threshold`` (float or None): the thresholds used;
 * ``category`` (str or None): the category the caller named (its thresholds are used when calibrated for it,
   else the global ones);
+* ``model_map`` (float32 ``(R, R)``): the model's map before resizing, at the map size (what overlays draw);
 
 and ``to_dict()`` gives the JSON-ready fields without arrays (plus ``height``, ``width``,
 ``max_pixel_score`` and ``defect_pixels``).
@@ -39,15 +41,15 @@ import logging
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import numpy as np
 from PIL import Image
 
-from dpdiff.data.images import load_image_rgb, read_mask_values, resize_binarise_mask
-from dpdiff.data.mvtec import IMAGE_EXTENSIONS
+from dpdiff.data.images import load_image_rgb, normalized_image_array, read_mask_values, resize_binarise_mask
+from dpdiff.data.types import list_images  # re-exported: callers import it from here
 from dpdiff.inference.calibration import (
     DEFAULT_PIXEL_FPR,
     Calibration,
@@ -72,6 +74,7 @@ __all__ = [
     "ImageInput",
     "Prediction",
     "Predictor",
+    "Preprocessing",
     "Skipped",
     "as_pil",
     "flatten_inputs",
@@ -110,6 +113,7 @@ class Prediction:
     image_threshold: float | None
     pixel_threshold: float | None
     category: str | None = None
+    model_map: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as plain JSON types, without the arrays: their size, the largest map value and the
@@ -139,22 +143,6 @@ class Skipped:
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Every image file under ``folder`` (recursively, sorted; hidden files skipped). FileNotFoundError when
-    it is not a folder, DataError when it holds no image."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder}")
-    paths = sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
-    if not paths:
-        raise DataError(f"{folder}: no images found (extensions {sorted(IMAGE_EXTENSIONS)})")
-    return paths
-
-
 def flatten_inputs(images, expand_folders: bool = False) -> list:
     """One entry per image: a (B, 3, H, W) tensor becomes B (3, H, W) tensors; a single image a list of one;
     with ``expand_folders`` a folder path becomes the images under it (:func:`list_images`)."""
@@ -197,8 +185,8 @@ def as_pil(item, position: int) -> Image.Image:
         if not bool(torch.isfinite(t).all()) or float(t.min()) < 0.0 or float(t.max()) > 1.0:
             raise ValueError(
                 f"image {position}: tensor values must be finite and in [0, 1], got "
-                f"[{float(t.min()):.4g}, {float(t.max()):.4g}] (an already normalised batch goes to "
-                f"Detector(batch), not to preprocess/score_images)"
+                f"[{float(t.min()):.4g}, {float(t.max()):.4g}] (an already normalised batch is not an image: "
+                f"score its backbone maps with Detector.scorer(), not preprocess/score_images)"
             )
         return Image.fromarray((t * 255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
     raise TypeError(
@@ -245,12 +233,12 @@ def decide(
     category: str | None,
     all_masks: bool = False,
 ) -> Prediction:
-    """The :class:`Prediction` of one scored image: map at its own size, decision and mask by ``thresholds``;
-    the mask of an image judged normal is empty unless ``all_masks``."""
+    """The :class:`Prediction` of one scored image (``anomaly_map``: the model's (R, R) map): map at its own
+    size, decision and mask by ``thresholds``; the mask of an image judged normal is empty unless ``all_masks``."""
     full = resize_map(anomaly_map, size_hw)
     score = float(score)
     if thresholds is None:
-        return Prediction(name, score, None, None, full, None, None, None, category)
+        return Prediction(name, score, None, None, full, None, None, None, category, anomaly_map)
     anomalous = bool(score > thresholds.image)
     mask = None
     if thresholds.pixel is not None:
@@ -265,18 +253,38 @@ def decide(
         thresholds.image,
         thresholds.pixel,
         category,
+        anomaly_map,
     )
 
 
 # ---------------------------------------------------------------------------------------------- the base class
-class Predictor:
-    """``predict`` and ``calibrate`` for a runtime that scores images.
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes the model's input, as in training (:func:`~dpdiff.data.images.normalized_image_array`:
+    8-bit RGB, direct PIL bicubic resize to ``size`` x ``size``, ``(x / 255 - mean) / std`` per channel, float32
+    (3, S, S)); the same numpy and Pillow code for every runtime, so every runtime gets the same bits."""
 
-    A subclass provides ``score_images(images, batch_size=None)`` returning (maps (B, R, R), scores (B,)) of
-    PIL images (tensors or arrays), ``map_size`` (R), ``cfg`` (the run's :class:`~dpdiff.config.Config`) and
-    ``fingerprint()`` (:func:`~dpdiff.inference.calibration.scoring_fingerprint` of its model and settings).
-    ``calibration`` (None until calibrated) and ``calibration_path`` (where ``calibrate`` saves; None: kept
-    in memory only) are set by the loaders."""
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """PIL images -> the normalised batch (B, 3, S, S) float32."""
+        return np.stack([normalized_image_array(im, self.size, self.mean, self.std) for im in images])
+
+
+class Predictor:
+    """The one predictor pipeline: input flattening, decoding, preprocessing, batching, thresholds and the
+    decision, for every runtime. Public: :meth:`predict`, :meth:`iter_predict`, :meth:`score_images`,
+    :meth:`calibrate` (and ``Detector.load``).
+
+    A runtime (the PyTorch :class:`~dpdiff.inference.detector.Detector`, the onnxruntime
+    :class:`~dpdiff.inference.onnx_runtime.OnnxDetector`) provides ``_run_batches`` (preprocessed batches in,
+    (maps (B, R, R), scores (B,)) float32 arrays out), ``fingerprint()`` (what thresholds are valid for:
+    :func:`~dpdiff.inference.calibration.scoring_fingerprint` of its model and settings), and what it was loaded
+    with: ``cfg`` (the run's :class:`~dpdiff.config.Config`), ``map_size`` (R) and ``preprocessing``
+    (:class:`Preprocessing`). ``calibration`` (None until calibrated) and ``calibration_path`` (where
+    ``calibrate`` saves; None: kept in memory only) are set by the loaders."""
 
     calibration: Calibration | None = None
     calibration_path: Path | None = None
@@ -288,40 +296,59 @@ class Predictor:
         """Side R of the model's maps."""
         raise NotImplementedError
 
-    def score_images(self, images: Any, batch_size: int | None = None) -> tuple[Any, Any]:  # pragma: no cover
-        """(maps (B, R, R), scores (B,)) of the images, as tensors or arrays."""
+    @property
+    def preprocessing(self) -> Preprocessing:  # pragma: no cover - abstract
+        """How images become the model's input."""
         raise NotImplementedError
+
+    def _run_batches(self, batches: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(maps (B, R, R), scores (B,)) float32 of each preprocessed batch (B, 3, S, S), in order, the batches
+        scored as one noise stream (where the runtime draws noise: the PyTorch runtime's generator seeded with
+        ``inference.seed`` is consumed batch after batch)."""
+        raise NotImplementedError  # pragma: no cover - abstract
 
     def fingerprint(self) -> dict:  # pragma: no cover - abstract
         """What thresholds are valid for (:func:`~dpdiff.inference.calibration.scoring_fingerprint`)."""
         raise NotImplementedError
 
-    @property
-    def calibrated(self) -> bool:
-        """True when global thresholds are set (predictions then carry decisions)."""
-        return self.calibration is not None and self.calibration.overall is not None
-
-    def thresholds(self, category: str | None = None) -> Thresholds | None:
-        """The thresholds ``predict`` uses for ``category`` (its own when calibrated for it, else the global
-        ones); None when uncalibrated."""
-        return None if self.calibration is None else self.calibration.thresholds(category)
+    # ---------------------------------------------------------------------------- scoring
+    def preprocess(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
+        """Images (anything :data:`ImageInput` names but folders) -> the normalised batch (B, 3, S, S) float32,
+        exactly as the datasets prepare them (:class:`Preprocessing`). Float tensors are taken as 8-bit images
+        (rounded to 1/255), so a file, its PIL image, its uint8 array and ``array / 255`` as a tensor all give
+        the same batch."""
+        pils = [as_pil(item, i) for i, item in enumerate(flatten_inputs(images))]
+        if not pils:
+            raise ValueError("no images given")
+        return self.preprocessing(pils)
 
     def _batch_size(self, batch_size: int | None) -> int:
         return max(1, int(batch_size or self.cfg.inference.batch_size))
 
-    def _scored(self, pils: list[Image.Image], batch_size: int | None) -> tuple[np.ndarray, np.ndarray]:
-        maps, scores = self.score_images(pils, batch_size=batch_size)
-        return np.asarray(maps, dtype=np.float32), np.asarray(scores, dtype=np.float32)
+    def score_images(
+        self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None, desc: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(maps (N, R, R), scores (N,)) as float32 numpy arrays of the images (as :meth:`preprocess` takes
+        them), in batches of ``batch_size`` (default ``inference.batch_size``) scored as one noise stream: the
+        same numbers as evaluation gives for the same files in the same order. ``desc``: show a progress bar
+        with this label."""
+        items = flatten_inputs(images)
+        if not items:
+            raise ValueError("no images given")
+        bs = self._batch_size(batch_size)
+        chunks = (
+            self.preprocess(items[lo : lo + bs])
+            for lo in progress(range(0, len(items), bs), desc=desc, leave=False, disable=desc is None)
+        )
+        maps, scores = zip(*self._run_batches(chunks), strict=True)
+        return np.concatenate(maps), np.concatenate(scores)
 
-    def iter_scored(
-        self,
-        images: ImageInput | Sequence[ImageInput],
-        batch_size: int | None = None,
-        skip_bad: bool = False,
-        desc: str | None = None,
-    ):
+    def _iter_scored(
+        self, images: ImageInput | Sequence[ImageInput], batch_size: int | None, skip_bad: bool, desc: str | None
+    ) -> Iterator[tuple[str | None, np.ndarray, float, tuple[int, int]] | Skipped]:
         """Per image, in order: ``(name, map (R, R) float32, score, (H, W))``, or a :class:`Skipped` for an
-        unreadable file when ``skip_bad`` (else a DataError naming it). Scored a batch at a time."""
+        unreadable file when ``skip_bad`` (else a DataError naming it). Each batch is decoded once and scored
+        on its own (a fresh noise stream per batch)."""
         items = flatten_inputs(images, expand_folders=True)
         if not items:
             raise ValueError("no images given")
@@ -331,9 +358,9 @@ class Predictor:
             good = [x for x in loaded if not isinstance(x, Skipped)]
             done: Iterator[tuple[str | None, np.ndarray, float, tuple[int, int]]] = iter(())
             if good:
-                maps, scores = self._scored([pil for _, pil in good], bs)
+                maps, scores = next(iter(self._run_batches([self.preprocessing([pil for _, pil in good])])))
                 sizes = [(pil.height, pil.width) for _, pil in good]
-                done = iter(zip([n for n, _ in good], maps, scores.tolist(), sizes, strict=True))
+                done = iter(zip([n for n, _ in good], maps, np.asarray(scores).tolist(), sizes, strict=True))
             for x in loaded:  # the inputs' order, skipped files in their place
                 yield x if isinstance(x, Skipped) else next(done)
 
@@ -344,11 +371,13 @@ class Predictor:
         batch_size: int | None = None,
         skip_bad: bool = False,
         all_masks: bool = False,
-    ) -> Iterable[Prediction | Skipped]:
+        desc: str | None = None,
+    ) -> Iterator[Prediction | Skipped]:
         """:meth:`predict` one batch at a time (memory stays bounded by a batch); with ``skip_bad`` an
-        unreadable file yields a :class:`Skipped` in its place instead of raising a DataError."""
+        unreadable file yields a :class:`Skipped` in its place instead of raising a DataError. ``desc``: show a
+        progress bar with this label."""
         thresholds = self.thresholds(category)
-        for item in self.iter_scored(images, batch_size, skip_bad):
+        for item in self._iter_scored(images, batch_size, skip_bad, desc):
             if isinstance(item, Skipped):
                 yield item
             else:
@@ -368,10 +397,20 @@ class Predictor:
         return cast(list[Prediction], list(self.iter_predict(images, category, batch_size, all_masks=all_masks)))
 
     # ------------------------------------------------------------------------------------------ calibration
+    @property
+    def calibrated(self) -> bool:
+        """True when global thresholds are set (predictions then carry decisions)."""
+        return self.calibration is not None and self.calibration.overall is not None
+
+    def thresholds(self, category: str | None = None) -> Thresholds | None:
+        """The thresholds ``predict`` uses for ``category`` (its own when calibrated for it, else the global
+        ones); None when uncalibrated."""
+        return None if self.calibration is None else self.calibration.thresholds(category)
+
     def _score_all(self, items: list, batch_size: int | None, skip_bad: bool):
         """(maps (N, R, R), scores (N,), kept positions, skipped) of ``items``."""
         maps, scores, kept, skipped = [], [], [], []
-        for i, item in enumerate(self.iter_scored(items, batch_size, skip_bad, desc="calibration images")):
+        for i, item in enumerate(self._iter_scored(items, batch_size, skip_bad, desc="calibration images")):
             if isinstance(item, Skipped):
                 skipped.append(item)
                 continue
@@ -448,7 +487,7 @@ class Predictor:
 
     def _calibrate_labelled(self, normal: list, labelled, batch_size, skip_bad):
         if isinstance(labelled, (str, os.PathLike)):
-            from dpdiff.data.formats import load_samples
+            from dpdiff.data.readers import load_samples
 
             samples = load_samples("auto", Path(labelled), None, "test")
             rows = [(s.image_path, int(s.label), s.mask_path) for s in samples]

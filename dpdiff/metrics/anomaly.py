@@ -50,6 +50,7 @@ __all__ = [
     "f1_max",
     "aupro",
     "aupro_reference",
+    "integrate_pro",
     "compute_metrics",
     "mean_ad",
 ]
@@ -274,7 +275,7 @@ class _PixelCurve:
             raise DataError("AUPRO: there are no normal pixels; the false-positive rate is undefined")
         fpr = np.concatenate(([0.0], self.fps / float(self.n_neg)))
         pro = np.concatenate(([0.0], self.pro))
-        return _integrate_pro(fpr, pro, fpr_limit)
+        return integrate_pro(fpr, pro, fpr_limit)
 
 
 def _check_fpr_limit(fpr_limit: float) -> None:
@@ -282,8 +283,10 @@ def _check_fpr_limit(fpr_limit: float) -> None:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
 
 
-def _integrate_pro(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float) -> float:
-    """Area under a PRO curve (fpr ascending, starting at 0) up to ``fpr_limit``, normalised."""
+def integrate_pro(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float) -> float:
+    """Area under a PRO curve (fpr ascending, starting at 0) up to ``fpr_limit``, normalised: the curve is cut
+    (linearly interpolated) at ``fpr_limit``, integrated with the trapezoid rule and divided by ``fpr_limit``. The
+    integration rule of :func:`aupro` and :func:`aupro_reference` (and of ``benchmarks/aupro_speed.py``)."""
     j = int(np.searchsorted(fpr, fpr_limit, side="left"))  # first point with fpr >= limit
     if j >= len(fpr):
         raise ValueError("PRO curve does not reach fpr_limit")  # cannot happen: last FPR is 1
@@ -421,4 +424,4 @@ def aupro_reference(
     fpr = np.asarray(fprs)
     pro = np.asarray(pros)
     order = np.lexsort((pro, fpr))
-    return _integrate_pro(fpr[order], pro[order], fpr_limit)
+    return integrate_pro(fpr[order], pro[order], fpr_limit)

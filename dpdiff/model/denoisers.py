@@ -11,13 +11,16 @@ prototypes (Eq. 16-17) unless ``model.prototype_cross_attention`` is false:
 
 from __future__ import annotations
 
+from dpdiff.choices import DENOISER_NAMES, check_registry
 from dpdiff.config import ModelConfig
 from dpdiff.model.denoiser_base import PrototypeDenoiser
 from dpdiff.model.dit import PrototypeDiT
 from dpdiff.model.unet import PrototypeUNet
 from dpdiff.model.uvit import PrototypeUViT
 
+#: ``model.denoiser`` name -> network; the names are :data:`dpdiff.choices.DENOISER_NAMES` (checked on import).
 DENOISERS: dict[str, type[PrototypeDenoiser]] = {"dit": PrototypeDiT, "unet": PrototypeUNet, "uvit": PrototypeUViT}
+check_registry("model/denoisers.py DENOISERS", DENOISERS, DENOISER_NAMES)
 
 
 def build_denoiser(cfg: ModelConfig, in_dim: int, grid: tuple[int, int]) -> PrototypeDenoiser:

@@ -2,12 +2,12 @@
 
 ``DPDiffAD`` holds every trainable part (prototype extractors, DiT) and the fixed buffers (noise
 schedule, token statistics). The frozen backbone lives outside, so a checkpoint is small and the
-model works on cached tokens. Tokens enter as (B, N, C) in backbone space.
+model works on cached tokens. Tokens enter as (B, N, C) in backbone space. Scoring at test time (the
+reconstruction protocol of Eq. 20-24: noise step, DDIM steps, noise draws, the error and its reduction) is
+:class:`dpdiff.scoring.scorer.Scorer`'s, with this model's networks.
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -15,18 +15,12 @@ from torch import nn
 
 from dpdiff.config import LossConfig, ModelConfig
 from dpdiff.model.denoisers import build_denoiser
-from dpdiff.model.diffusion import NoiseSchedule, ddim_reconstruct, q_sample
-from dpdiff.model.prototypes import (
-    PrototypeExtractor,
-    global_prototype_loss,
-    local_prototype_loss,
-    prototype_similarity_maps,
-)
+from dpdiff.model.diffusion import NoiseSchedule, q_sample
+from dpdiff.model.prototypes import PrototypeExtractor, global_prototype_loss, local_prototype_loss
 from dpdiff.utils.errors import ConfigError
 
 LOCAL, GLOBAL = 0, 1
-#: ``inference.scoring`` modes: Eq. (22) reconstruction error, or prototype similarity (Table 5 rows 1-2).
-SCORING_MODES = ("reconstruction", "prototype")
+# ``inference.scoring`` and ``inference.ensemble_reduce`` (dpdiff/choices.py): implemented by dpdiff/scoring/scorer.py
 
 
 class DPDiffAD(nn.Module):
@@ -94,7 +88,9 @@ class DPDiffAD(nn.Module):
         p_global = self.global_extractor(x0) if self.global_extractor is not None else None
         return p_local, p_global
 
-    def _stack_prototypes(self, p_local, p_global):
+    def stack_prototypes(self, p_local, p_global):
+        """(P_0 (B, M+K, C), their types (M+K,) LOCAL/GLOBAL) of what the denoiser cross-attends to, or
+        (None, None) when it attends to no prototypes."""
         parts, types = [], []
         if p_local is not None:
             parts.append(p_local)
@@ -166,7 +162,7 @@ class DPDiffAD(nn.Module):
         if self.denoiser is None:  # prototype-only ablation: Eq. (19) without L_diff
             total = self.loss_cfg.lambda_local * l_local + self.loss_cfg.lambda_global * l_global
             return {"loss": total, "diff": zero, "local": l_local, "global": l_global}
-        p0, types = self._stack_prototypes(p_local, p_global)
+        p0, types = self.stack_prototypes(p_local, p_global)
 
         t, eps_x = noise["t"], noise["eps_x"]
         if t is None or eps_x is None:
@@ -251,232 +247,6 @@ class DPDiffAD(nn.Module):
         self.__dict__["_noise_head_basis"] = (key, basis)
         return basis
 
-    # ---------------------------------------------------------------- inference (Eq. 20-22)
-    def _denoiser_for_inference(self, compile: bool):
-        """The DiT, or (``compile=True``) a cached ``torch.compile`` of it. The compiled wrapper is kept
-        out of ``_modules`` so ``state_dict`` and checkpoints are unchanged."""
-        if self.denoiser is None:
-            raise ConfigError(
-                "this model has no denoiser (model.diffusion=false): score it with inference.scoring=prototype"
-            )
-        if not compile:
-            return self.denoiser
-        fn = self.__dict__.get("_compiled_denoiser")
-        if fn is None:
-            fn = torch.compile(self.denoiser, dynamic=False)
-            self.__dict__["_compiled_denoiser"] = fn
-        return fn
-
-    def _draw_noise(
-        self,
-        x0: torch.Tensor,
-        p0: torch.Tensor | None,
-        ensemble: int,
-        generator: torch.Generator | None,
-        antithetic: bool = False,
-        common: int | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Noise for ``ensemble`` draws, stacked draw-major ((E*B, ...)). The generator is consumed in the
-        order of ``ensemble`` sequential single-draw runs (x-noise, then prototype noise, per draw), so a
-        seeded batched run reproduces the former per-draw loop.
-
-        ``antithetic``: draws 2k+1 are the negatives of draws 2k (token AND prototype noise), so each pair
-        sums to zero exactly; an odd last draw stays independent. For a denoiser that is locally linear in
-        the noise, the pair's mean reconstruction cancels the noise-induced error entirely (issue #13).
-
-        ``common`` (a seed): every image of the batch gets the SAME draws, from a generator seeded with it
-        (common random numbers; ``generator`` is not used). A score then depends on the image alone, not on
-        the batch it came in or its position, so batched, single-image, served and exported inference agree,
-        and differences between images are not blurred by different noise."""
-        eps_x: list[torch.Tensor] = []
-        eps_p: list[torch.Tensor] = []
-        shared = common is not None
-        if common is not None:  # one draw of shape (1, N, C) shared by every image of the batch
-            generator = torch.Generator(device=x0.device).manual_seed(int(common))
-        x_shape = (1, *x0.shape[1:]) if shared else x0.shape
-        for e in range(ensemble):
-            if antithetic and e % 2 == 1:
-                eps_x.append(-eps_x[-1])
-                if p0 is not None:
-                    eps_p.append(-eps_p[-1])
-                continue
-            eps_x.append(torch.randn(x_shape, device=x0.device, generator=generator))
-            if p0 is not None:
-                p_shape = (1, *p0.shape[1:]) if shared else p0.shape
-                eps_p.append(torch.randn(p_shape, device=x0.device, generator=generator))
-        if shared:
-            eps_x = [e.expand_as(x0) for e in eps_x]
-        if p0 is None:
-            return torch.cat(eps_x), None
-        if shared:
-            eps_p = [e.expand_as(p0) for e in eps_p]
-        return torch.cat(eps_x), torch.cat(eps_p)
-
-    def _reconstruct_draws(
-        self,
-        tokens: torch.Tensor,
-        noise_step: int,
-        ddim_steps: int,
-        ensemble: int,
-        generator: torch.Generator | None,
-        autocast_dtype,
-        compile: bool,
-        max_batch: int | None,
-        antithetic: bool = False,
-        common_noise_seed: int | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x0 (B,N,C), x0_hat (E,B,N,C)): all E noise draws denoised as one batch of E*B rows (or in
-        row chunks of ``max_batch``; the noise is drawn up front, so chunking never changes a result)."""
-        if not 0 <= noise_step < self.cfg.num_timesteps:
-            raise ConfigError(
-                f"noise_step must be in [0, {self.cfg.num_timesteps - 1}], got {noise_step} (inference.noise_step)"
-            )
-        denoiser = self._denoiser_for_inference(compile)
-        ensemble = max(1, int(ensemble))
-        x0 = self.standardize(tokens)
-        amp_dtype = _autocast_dtype(x0.device, autocast_dtype)
-
-        def amp():
-            if amp_dtype is None:
-                return contextlib.nullcontext()
-            return torch.autocast(x0.device.type, dtype=amp_dtype)
-
-        with amp():
-            p_local, p_global = self.prototypes(x0)
-        if amp_dtype is not None:
-            p_local = p_local.float() if p_local is not None else None
-            p_global = p_global.float() if p_global is not None else None
-        p0, types = self._stack_prototypes(p_local, p_global)
-        eps_x, eps_p = self._draw_noise(x0, p0, ensemble, generator, antithetic, common_noise_seed)
-        b = x0.shape[0]
-        x0_all = x0.repeat(ensemble, 1, 1) if ensemble > 1 else x0
-        p0_all = None if p0 is None else (p0.repeat(ensemble, 1, 1) if ensemble > 1 else p0)
-        rows = x0_all.shape[0]
-        step = rows if not max_batch else max(1, int(max_batch))
-        outs = []
-        for r in range(0, rows, step):
-            sl = slice(r, r + step)
-            t0 = torch.full((x0_all[sl].shape[0],), noise_step, dtype=torch.long, device=x0.device)
-            x_t = q_sample(x0_all[sl], t0, eps_x[sl], self.alphas_cumprod)
-            p0_c = None if p0_all is None else p0_all[sl]
-            eps_p_c = None if eps_p is None else eps_p[sl]
-
-            def eps_fn(x_s: torch.Tensor, t_batch: torch.Tensor, s: int, p0_c=p0_c, eps_p_c=eps_p_c) -> torch.Tensor:
-                # Eq. (20): P_s is P_0 perturbed to the same step s (one fixed noise draw for the run)
-                p_s = q_sample(p0_c, t_batch, eps_p_c, self.alphas_cumprod) if p0_c is not None else None
-                if amp_dtype is None:
-                    return self.predict_noise(denoiser, x_s, t_batch, p_s, types)
-                with amp():
-                    return self.predict_noise(denoiser, x_s, t_batch, p_s, types).float()
-
-            outs.append(ddim_reconstruct(x_t, noise_step, ddim_steps, eps_fn, self.alphas_cumprod))
-        x0_hat = outs[0] if len(outs) == 1 else torch.cat(outs)
-        return x0, x0_hat.view(ensemble, b, *x0.shape[1:])
-
-    @torch.inference_mode()
-    def reconstruct(
-        self,
-        tokens: torch.Tensor,
-        noise_step: int,
-        ddim_steps: int,
-        generator: torch.Generator | None = None,
-        *,
-        autocast_dtype: torch.dtype | str | None = None,
-        compile: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Noise standardised tokens to ``noise_step``, denoise with DDIM; returns (x0, x0_hat).
-
-        ``autocast_dtype`` (``torch.bfloat16``/``torch.float16`` or "bf16"/"fp16"; default off) runs the
-        networks under ``torch.autocast`` where the device supports it; ``compile=True`` uses a cached
-        ``torch.compile`` of the DiT. Both are speed options that change results at rounding level only.
-        """
-        x0, x0_hat = self._reconstruct_draws(
-            tokens, noise_step, ddim_steps, 1, generator, autocast_dtype, compile, None
-        )
-        return x0, x0_hat[0]
-
-    @torch.inference_mode()
-    def prototype_token_scores(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Prototype-only scoring (Table 5 rows 1-2, no diffusion): per token 1 - max cosine similarity
-        (``prototype_similarity_maps``) to the image's own prototypes (Eq. 10), local and/or global ones,
-        whichever the model has, in standardised token space (where Eq. 11 trains them); (B, h, w)."""
-        x0 = self.standardize(tokens)
-        parts = [p for p in self.prototypes(x0) if p is not None]
-        if not parts:
-            raise ConfigError(
-                "inference.scoring=prototype needs local or global prototypes; this model has none "
-                "(model.use_local_prototypes / model.use_global_prototypes are off)"
-            )
-        sims = prototype_similarity_maps(x0, torch.cat(parts, dim=1))  # (B, M+K, N)
-        return (1.0 - sims.max(dim=1).values).view(tokens.shape[0], *self.grid_size)
-
-    @torch.inference_mode()
-    def token_scores(
-        self,
-        tokens: torch.Tensor,
-        noise_step: int,
-        ddim_steps: int,
-        ensemble: int = 1,
-        generator: torch.Generator | None = None,
-        *,
-        autocast_dtype: torch.dtype | str | None = None,
-        compile: bool = False,
-        max_batch: int | None = None,
-        scoring: str = "reconstruction",
-        ensemble_reduce: str = "error_of_mean",
-        antithetic: bool = False,
-        common_noise_seed: int | None = None,
-    ) -> torch.Tensor:
-        """Eq. (22)-(23): per-token squared L2 reconstruction error, reshaped to (B, h, w).
-
-        ``ensemble_reduce``: ``mean_error`` averages the E squared errors ||x0 - x0_hat_e||^2;
-        ``error_of_mean`` scores ||x0 - mean_e x0_hat_e||^2, which divides the noise-induced variance
-        of the reconstruction by E while keeping the anomaly's bias (measured on MTD, t=100, 16
-        draws: image AUROC 75.4 -> 87.9, docs/method.md).
-
-        The ``ensemble`` noise draws run as one batch of ``ensemble * B`` rows (``max_batch`` caps the rows
-        per DiT call); the seeded generator is consumed exactly as ``ensemble`` sequential
-        :meth:`reconstruct` calls would, and the maps are averaged in draw order.
-        ``scoring="prototype"`` returns :meth:`prototype_token_scores` instead (no diffusion, no noise; the
-        other arguments are ignored). ``antithetic`` pairs the draws; ``common_noise_seed`` gives every image
-        the same draws from a generator with that seed instead of ``generator`` (see :meth:`_draw_noise`).
-
-        A rank-deficient noise head (:meth:`noise_head_basis`) is scored in the span of its output layer.
-        """
-        if scoring not in SCORING_MODES:
-            raise ValueError(f"inference.scoring must be one of {SCORING_MODES}, got {scoring!r}")
-        if scoring == "prototype":
-            return self.prototype_token_scores(tokens)
-        ensemble = max(1, int(ensemble))
-        if ensemble_reduce not in ENSEMBLE_REDUCTIONS:
-            raise ValueError(f"inference.ensemble_reduce must be one of {ENSEMBLE_REDUCTIONS}, got {ensemble_reduce!r}")
-        x0, x0_hat = self._reconstruct_draws(
-            tokens,
-            noise_step,
-            ddim_steps,
-            ensemble,
-            generator,
-            autocast_dtype,
-            compile,
-            max_batch,
-            antithetic,
-            common_noise_seed,
-        )
-        basis = self.noise_head_basis()
-        if basis is not None:  # projected-error fallback for a rank-deficient head
-            basis = basis.to(x0.device)
-            x0, x0_hat = x0 @ basis, x0_hat @ basis
-        if ensemble_reduce == "error_of_mean":
-            return (x0_hat.mean(0) - x0).pow(2).sum(-1).view(tokens.shape[0], *self.grid_size)
-        s = (x0_hat - x0).pow(2).sum(-1)  # (E, B, N)
-        total = s[0]
-        for e in range(1, ensemble):  # same summation order as the former per-draw loop
-            total = total + s[e]
-        return (total / ensemble).view(tokens.shape[0], *self.grid_size)
-
-
-ENSEMBLE_REDUCTIONS = ("mean_error", "error_of_mean")
-
 
 def _output_weight(denoiser: nn.Module) -> torch.Tensor | None:
     """The weight of the denoiser's last layer (C, hidden[, 1, 1]): DiT/U-ViT ``out_proj``, U-Net ``out_conv``."""
@@ -485,30 +255,3 @@ def _output_weight(denoiser: nn.Module) -> torch.Tensor | None:
         if isinstance(layer, (nn.Linear, nn.Conv2d)):
             return layer.weight
     return None
-
-
-_AUTOCAST_NAMES = {
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "half": torch.float16,
-}
-
-
-def _autocast_dtype(device: torch.device, dtype: torch.dtype | str | None) -> torch.dtype | None:
-    """Resolve an autocast dtype for ``device`` (``None`` = off); an unsupported combination is an
-    error, never silently ignored."""
-    if dtype is None:
-        return None
-    if isinstance(dtype, str):
-        if dtype.lower() not in _AUTOCAST_NAMES:
-            raise ValueError(f"autocast_dtype must be one of {sorted(_AUTOCAST_NAMES)}, got {dtype!r}")
-        dtype = _AUTOCAST_NAMES[dtype.lower()]
-    if dtype not in (torch.bfloat16, torch.float16):
-        raise ValueError(f"autocast_dtype must be torch.bfloat16 or torch.float16, got {dtype}")
-    if not torch.amp.is_autocast_available(device.type):
-        raise ValueError(f"autocast is not available on device type {device.type!r}")
-    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-        raise ValueError("this CUDA device does not support bfloat16; use autocast_dtype=torch.float16")
-    return dtype

@@ -8,6 +8,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from dpdiff.choices import IMAGE_SCORE_RULES  # inference.image_score; re-exported here
+
 
 def gaussian_kernel1d(sigma: float, device=None) -> torch.Tensor:
     radius = max(1, int(math.ceil(4.0 * sigma)))  # truncate at 4 sigma, as scipy.ndimage does
@@ -98,9 +100,6 @@ def image_scores(pixel_maps: torch.Tensor, pool_size: int) -> torch.Tensor:
     sums = _box_sums_1d(_box_sums_1d(x - mean, kw, 2), kh, 1)  # (B, H-kh+1, W-kw+1) window sums
     scores = sums.flatten(1).amax(dim=1) / (kh * kw) + mean.flatten()
     return scores.to(pixel_maps.dtype)
-
-
-IMAGE_SCORE_RULES = ("pooled_max", "top_percent_mean")
 
 
 def top_percent_scores(pixel_maps: torch.Tensor, percent: float) -> torch.Tensor:

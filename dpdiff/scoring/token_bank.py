@@ -87,7 +87,8 @@ class TokenBank(nn.Module):
 @torch.inference_mode()
 def build_token_bank(detector, features, seed: int = 0) -> TokenBank:
     """The bank of a trained model from its training ``features`` (N, C, h, w) (module docstring); ``detector``:
-    the run's :class:`~dpdiff.inference.detector.Detector` (its DiT errors give the error statistics)."""
+    the run's :class:`~dpdiff.inference.detector.Detector` (the reconstruction errors of its
+    :meth:`~dpdiff.inference.detector.Detector.scorer` give the error statistics)."""
     n = int(features.shape[0])
     if n < 2:
         raise ValueError(
@@ -106,8 +107,14 @@ def build_token_bank(detector, features, seed: int = 0) -> TokenBank:
     bank = pool[greedy_coreset(pool, fraction, seed=seed)] if fraction < 1.0 else pool
     held = torch.as_tensor(features[odd]).float()
     plain = dataclasses.replace(detector.cfg.inference, knn_weight=0.0)  # the reconstruction error alone
-    errors = torch.cat([detector.token_scores(held[i : i + 32], inference=plain) for i in range(0, held.shape[0], 32)])
-    errors = errors.cpu()
+    scorer = detector.scorer(plain)
+    noise = scorer.noise_source()  # with inference.common_noise=false: torch's global generator
+    errors = torch.cat(
+        [
+            scorer.token_scores(tokens_from_maps(held[i : i + 32].float().to(scorer.device)), noise)
+            for i in range(0, held.shape[0], 32)
+        ]
+    ).cpu()
     x0 = model.standardize(tokens_from_maps(held))
     partial = TokenBank(bank, torch.tensor([0.0, 1.0, 0.0, 1.0]))
     dist = torch.cat([partial.distances(x0[i : i + 32]) for i in range(0, x0.shape[0], 32)])

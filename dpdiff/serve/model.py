@@ -12,13 +12,18 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 from PIL import Image
 
 from dpdiff.serve.limits import ApiError
 from dpdiff.utils.errors import UsageError
 from dpdiff.utils.run_files import CONFIG_FILE
+
+if TYPE_CHECKING:  # pragma: no cover - types only: a .onnx is served without torch
+    from dpdiff.inference.detector import Detector as TorchDetector
+    from dpdiff.inference.onnx_runtime import OnnxDetector
+    from dpdiff.inference.predictor import Detector
 
 __all__ = ["ServedModel", "Job"]
 
@@ -41,11 +46,11 @@ class Job:
 class ServedModel:
     """A loaded detector and what ``/health`` says about it.
 
-    ``detector``: a :class:`~dpdiff.Detector` or :class:`~dpdiff.OnnxDetector` (``predict(images, category,
-    batch_size)``, ``calibration``); ``categories``: the names a request may give (the run's training categories
-    and the calibrated ones)."""
+    ``detector``: either runtime's :class:`~dpdiff.Detector` (the PyTorch one or :class:`~dpdiff.OnnxDetector`;
+    ``predict(images, category, batch_size)``, ``calibration``); ``categories``: the names a request may give
+    (the run's training categories and the calibrated ones)."""
 
-    detector: Any
+    detector: Detector
     runtime: str
     info: dict = field(default_factory=dict)
     categories: tuple[str, ...] = ()
@@ -57,7 +62,7 @@ class ServedModel:
     ) -> ServedModel:
         """``run``: a run folder (``dpdiff train``) or a ``.onnx`` export; ``onnx``: serve this export of the
         run folder with onnxruntime instead of PyTorch (the folder then only names the training categories)."""
-        from dpdiff.inference.predictor import Detector  # a .onnx loads without torch
+        from dpdiff.inference import predictor  # Detector.load picks the runtime: a .onnx loads without torch
 
         given = Path(run)
         onnx_path = Path(onnx) if onnx is not None else None
@@ -69,19 +74,19 @@ class ServedModel:
         elif not given.is_dir():
             raise FileNotFoundError(f"run folder not found: {given} (give a `dpdiff train` output folder or a .onnx)")
         meta = _run_meta(run_dir) if run_dir is not None else {}
-        detector: Any  # an OnnxDetector (its session) or the PyTorch Detector (its device)
+        detector: Detector
         if onnx_path is not None:
-            detector = Detector.load(onnx_path, device=device)
+            detector = predictor.Detector.load(onnx_path, device=device)
             if run_dir is not None and "config" in meta and meta["config"] != detector.cfg.to_dict():
                 raise UsageError(
                     f"{onnx_path} was exported from another run than {run_dir} (their configurations differ); "
                     f"export {run_dir} with `dpdiff export` or serve the .onnx alone"
                 )
             runtime, where = "onnx", onnx_path.resolve()
-            device_name = detector.session.get_providers()[0]
+            device_name = cast("OnnxDetector", detector).session.get_providers()[0]
         else:
-            detector = Detector.load(given, weights=weights, device=device)
-            runtime, where, device_name = "torch", given.resolve(), str(detector.device)
+            detector = predictor.Detector.load(given, weights=weights, device=device)
+            runtime, where, device_name = "torch", given.resolve(), str(cast("TorchDetector", detector).device)
         cfg = detector.cfg
         calibration = detector.calibration
         categories = set(meta.get("categories") or cfg.data.categories or [])

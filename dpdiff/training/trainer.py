@@ -1,6 +1,6 @@
 """The Trainer: DPDiff-AD trained on frozen-backbone tokens (paper Eq. 19, Adam, batch 32).
 
-The backbone runs once over the training images (``extract_features``); the loop then samples
+The backbone runs once over the training images (``extract_features``, in :mod:`.inputs`); the loop then samples
 batches of tokens. Every step's batch indices and noise come from a generator seeded by
 (seed, step), so a resumed run draws exactly what an uninterrupted one would. ``dpdiff.workflows.train.train``
 is the entry point; a ``Trainer`` holds one run's state (model, optimiser, EMA, lr schedule, loss history).
@@ -30,20 +30,14 @@ import numpy as np
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
-from torch.utils.data import Subset
 
+from dpdiff.choices import LR_SCHEDULES  # train.lr_schedule; re-exported here
 from dpdiff.config import Config
-from dpdiff.data.dataset import ImageDataset
-from dpdiff.data.formats import load_samples
-from dpdiff.data.splits import hold_out_for_calibration
 from dpdiff.features import (
     build_backbone_from_config,
     channel_statistics,
-    extract_features,
-    feature_cache_key,
     tokens_from_maps,
 )
-from dpdiff.metrics.thresholds import min_normal_images
 from dpdiff.model.checkpoint import (
     RUN_FILES,
     STATE_FILE,
@@ -58,8 +52,17 @@ from dpdiff.model.checkpoint import (
 )
 from dpdiff.model.dpdiff_ad import DPDiffAD
 from dpdiff.training import distributed as D
+from dpdiff.training.inputs import (
+    check_finite_features,
+    check_same_data,
+    image_ids,
+    shared_training_samples,
+    split_samples,
+    train_features,
+    training_samples,
+)
 from dpdiff.training.loggers import build_logger
-from dpdiff.utils.errors import CheckpointError, ConfigError, DataError, RunFolderError, TrainingDiverged, UsageError
+from dpdiff.utils.errors import CheckpointError, ConfigError, RunFolderError, TrainingDiverged, UsageError
 from dpdiff.utils.io import atomic_write_text
 from dpdiff.utils.progress import progress
 from dpdiff.utils.run_files import HISTORY_FILE
@@ -96,161 +99,6 @@ def prepare_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
     if overwrite:
         for name in RUN_FILES:  # resume state first: a later --resume must never pick up the old run
             (run_dir / name).unlink(missing_ok=True)
-
-
-def training_samples(cfg: Config) -> list:
-    return split_samples(cfg)[0]
-
-
-def split_samples(cfg: Config) -> tuple[list, list]:
-    """(samples trained on, samples held out for calibration: ``train.calibration_fraction``, seeded by
-    ``train.seed``); too few held-out images for ``train.calibration_fpr`` is an error before training."""
-    if not cfg.data.root:
-        raise ConfigError("no data root: set data.root in the config or pass --data PATH")
-    samples = load_samples(cfg.data.format, Path(cfg.data.root), cfg.data.categories, "train", **cfg.data.options)
-    fraction, fpr = cfg.train.calibration_fraction, cfg.train.calibration_fpr
-    kept, held = hold_out_for_calibration(samples, fraction, cfg.train.seed)
-    if fraction > 0 and len(held) < min_normal_images(fpr):
-        raise ConfigError(
-            f"train.calibration_fraction={fraction:g} holds out {len(held)} of {len(samples)} normal "
-            f"images; calibrating at train.calibration_fpr={fpr:g} needs at least "
-            f"{min_normal_images(fpr)}: raise the fraction or the rate, or calibrate later with "
-            f"`dpdiff calibrate`"
-        )
-    return kept, held
-
-
-def _shared_training_samples(cfg: Config, info: D.DistInfo) -> list:
-    samples: list = []
-    error = None
-    try:
-        samples = training_samples(cfg)
-    except (FileNotFoundError, ValueError) as e:
-        error = e
-    D.raise_if_any_failed(error, info)
-    return samples
-
-
-def train_features(
-    cfg: Config, backbone, device, info: D.DistInfo | None = None, samples: list | None = None
-) -> tuple[torch.Tensor, list]:
-    """Backbone features (N, C, h, w) of all training images, and the samples, in order.
-
-    With several ranks each extracts its contiguous slice and the slices are gathered on every rank.
-    """
-    info = info or D.DistInfo(device=torch.device(device))
-    if samples is None:
-        samples = _shared_training_samples(cfg, info)
-    if cfg.train.feature_cache:
-        return _cached_train_features(cfg, backbone, device, info, samples), samples
-    dataset = ImageDataset(samples, cfg.backbone.image_size, backbone.mean, backbone.std, load_masks=False)
-    lo, hi = D.shard_range(len(dataset), info.rank, info.world_size)
-    local, error = None, None
-    try:
-        if hi > lo:
-            local = extract_features(
-                backbone,
-                Subset(dataset, range(lo, hi)),
-                cfg.train.feature_batch_size,
-                device,
-                cfg.train.num_workers,
-                desc="train features",
-            )
-    except (FileNotFoundError, ValueError) as e:
-        error = e
-    D.raise_if_any_failed(error, info)
-    if info.enabled:
-        shape = D.broadcast_object(tuple(local.shape[1:]) if local is not None else None, info)
-        if local is None:
-            local = torch.empty((0, *shape), dtype=torch.float16)
-        feats = D.all_gather_rows(local, len(dataset), info)
-    elif local is None:  # pragma: no cover - the samples are never empty (training_samples raises)
-        raise DataError("no training images to extract features from")
-    else:
-        feats = local
-    return feats, samples
-
-
-def _cached_train_features(cfg: Config, backbone, device, info: D.DistInfo, samples: list):
-    """Training tokens from the on-disk feature cache (features/cache.py); each rank fills its own slice."""
-    from dpdiff.features.cache import FeatureCache
-
-    cache = FeatureCache(cfg.train.cache_dir)
-    key = feature_cache_key(cfg)
-    lo, hi = D.shard_range(len(samples), info.rank, info.world_size)
-    error = None
-    try:
-        if hi > lo:
-            cache.get(
-                backbone,
-                key,
-                samples[lo:hi],
-                cfg.backbone.image_size,
-                cfg.train.feature_batch_size,
-                device,
-                cfg.train.num_workers,
-            )
-    except (FileNotFoundError, ValueError) as e:
-        error = e
-    D.raise_if_any_failed(error, info)  # collective: also the barrier before every rank reads all slices
-    return cache.get(backbone, key, samples, cfg.backbone.image_size, cfg.train.feature_batch_size, device)
-
-
-def check_finite_features(features: torch.Tensor | FeatureStore, samples: list | None, chunk: int = 256) -> None:
-    """ValueError naming the first image whose backbone features hold NaN or inf (read ``chunk`` maps at a time)."""
-    bad: list[int] = []
-    for i in range(0, features.shape[0], chunk):
-        block = torch.as_tensor(features[i : i + chunk])  # a tensor or a FeatureStore-like object
-        ok = torch.isfinite(block.reshape(block.shape[0], -1)).all(dim=1)
-        bad.extend((i + torch.nonzero(~ok).flatten()).tolist())
-    if not bad:
-        return
-    first = bad[0]
-    what = (
-        f"training image {str(samples[first].image_path)!r}"
-        if samples and first < len(samples)
-        else f"training item {first}"
-    )
-    more = f" (and {len(bad) - 1} more image(s))" if len(bad) > 1 else ""
-    raise DataError(
-        f"non-finite backbone features (NaN or inf) for {what}{more}: check the image file, the "
-        f"backbone weights (backbone.weights) and that values fit float16"
-    )
-
-
-def _image_ids(samples: list | None, root: str | None) -> list[str] | None:
-    if not samples:
-        return None
-    out = []
-    for s in samples:
-        p = Path(s.image_path)
-        try:
-            p = p.relative_to(root) if root else p
-        except ValueError:
-            pass
-        out.append(p.as_posix())
-    return out
-
-
-def _check_same_data(state: dict, n: int, ids: list[str] | None, run_dir: Path) -> None:
-    saved = state.get("data") or {}
-    path = Path(run_dir) / STATE_FILE
-    if "num_images" in saved and int(saved["num_images"]) != n:
-        raise DataError(
-            f"{path}: the checkpoint was trained on {saved['num_images']} images, the data now has {n}; "
-            f"resuming would draw different batches (start a new run instead)"
-        )
-    old = saved.get("images")
-    if old and ids and list(old) != list(ids):
-        # the first differing position (on the common prefix: the lists may differ in length)
-        i = next(k for k, (a, b) in enumerate(zip(old, ids, strict=False)) if a != b)
-        raise DataError(
-            f"{path}: the training images changed since the checkpoint: image {i} was {old[i]!r}, "
-            f"now {ids[i]!r}; resuming would draw different batches (start a new run instead)"
-        )
-
-
-LR_SCHEDULES = ("constant", "cosine")
 
 
 def lr_factor(step: int, total_steps: int, schedule: str = "constant", warmup_steps: int = 0) -> float:
@@ -352,9 +200,9 @@ class Trainer:
         state = D.on_main(lambda: _resume_state(self.run_dir, overwrite, resume, cfg), info)
         seed_everything(cfg.train.seed)
         self._load_features(features, samples)
-        ids = _image_ids(self.samples, cfg.data.root)
+        ids = image_ids(self.samples, cfg.data.root)
         if state is not None:
-            _check_same_data(state, self.num_images, ids, self.run_dir)
+            check_same_data(state, self.num_images, ids, self.run_dir)
             self._restore(state)
         else:
             self._init_model()
@@ -382,7 +230,7 @@ class Trainer:
     def _load_features(self, features: torch.Tensor | FeatureStore | None, samples: list | None) -> None:
         if features is None:
             t0 = time.perf_counter()
-            samples = _shared_training_samples(self.cfg, self.info)  # data errors before the (slow) backbone load
+            samples = shared_training_samples(self.cfg, self.info)  # data errors before the (slow) backbone load
             backbone = build_backbone_from_config(self.cfg)
             features, samples = train_features(self.cfg, backbone, self.device, self.info, samples)
             self.extract_s = time.perf_counter() - t0

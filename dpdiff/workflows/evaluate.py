@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from dpdiff.config import Config
-from dpdiff.data.formats import load_samples
+from dpdiff.data.readers import load_samples
 from dpdiff.figure_data import OverlayItem, ReportData, overlay_picks
 from dpdiff.inference.detector import apply_test_overrides, load_detector, map_size, score_dataset, scoring_dataset
 from dpdiff.metrics import compute_metrics
@@ -138,7 +138,7 @@ def _output_folder(run_dir: Path, output_dir: Path | None, overwrite: bool) -> P
 def _data_format(fmt: str, root: Path) -> str:
     """The dataset layout, detected from ``root``'s contents for ``auto``."""
     if fmt == "auto":
-        from dpdiff.data.formats import detect_format
+        from dpdiff.data.readers import detect_format
 
         fmt = detect_format(root)
     return fmt
@@ -224,7 +224,7 @@ OBJECT_METRIC_NAMES = ("O-AUROC", "O-AP", "O-F1max")
 def object_level_metrics(samples, scores) -> dict:
     """Image metrics over physical objects: an object's score is the max over its views, its label
     the max of its views' labels (Real-IAD multi-view protocol)."""
-    from dpdiff.data.realiad import object_scores
+    from dpdiff.data.readers.realiad import object_scores
     from dpdiff.metrics import image_metrics
 
     _, obj_labels, obj_scores = object_scores(samples, scores)

@@ -23,7 +23,7 @@ from PIL import Image
 
 from dpdiff.figure_data import OverlayItem
 from dpdiff.inference.detector import Detector
-from dpdiff.inference.predictor import Predictor, Skipped, decide, list_images
+from dpdiff.inference.predictor import Predictor, Skipped, list_images
 from dpdiff.utils.errors import RunFolderError
 from dpdiff.utils.io import atomic_write_bytes, atomic_write_text
 from dpdiff.utils.run_files import OVERLAYS_DIR, PREDICTIONS_FILE
@@ -96,13 +96,12 @@ def predict(
     write_masks = thresholds is not None and thresholds.pixel is not None
     out.mkdir(parents=True, exist_ok=True)
     rows, kept, skipped = [], [], []
-    for item in detector.iter_scored(paths, skip_bad=skip_bad, desc="predict"):
-        if isinstance(item, Skipped):
-            skipped.append(item)
-            rows.append([item.image, "", "", "", "", "", f"skipped: {item.reason}"])
+    for p in detector.iter_predict(paths, category, skip_bad=skip_bad, all_masks=all_masks, desc="predict"):
+        if isinstance(p, Skipped):
+            skipped.append(p)
+            rows.append([p.image, "", "", "", "", "", f"skipped: {p.reason}"])
             continue
-        name, small_map, score, size_hw = item
-        p = decide(name, small_map, score, size_hw, thresholds, category, all_masks)
+        name, small_map = str(p.image), p.model_map
         rel = Path(name).relative_to(images).with_suffix(".png").as_posix()
         if p.mask is not None and (p.is_anomalous or all_masks):
             atomic_write_bytes(out / MASKS_DIR / rel, _mask_png(p.mask))

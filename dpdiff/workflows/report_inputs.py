@@ -9,19 +9,92 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch.utils.data import Subset
 
-from dpdiff.data.formats import detect_format, load_samples
+from dpdiff.data.readers import detect_format, load_samples
+from dpdiff.features import tokens_from_maps
 from dpdiff.figure_data import TSNE_MAX_TOKENS, PathMap, ProbeOutputs, ReportData, select_probes, token_sample
 from dpdiff.inference.detector import Detector, apply_test_overrides, load_detector, score_dataset, scoring_dataset
+from dpdiff.inference.predictor import ImageInput, flatten_inputs
+from dpdiff.model.prototypes import prototype_similarity_maps
+from dpdiff.scoring.noise import IndependentNoise, NoiseSource
+from dpdiff.scoring.scorer import Scorer, ScoringSettings
 from dpdiff.utils.errors import DataError
 from dpdiff.utils.progress import progress
 from dpdiff.utils.run_files import EVAL_DIR, IMAGE_SCORES_FILE, REPORT_DATA_FILE, RESULTS_FILE
 
-__all__ = ["add_probe_outputs", "collect_from_scores", "evaluation_detector", "prepare_report_data"]
+__all__ = ["Probe", "add_probe_outputs", "collect_from_scores", "evaluation_detector", "prepare_report_data", "probe"]
+
+
+@dataclass
+class Probe:
+    """What the report shows of a few images (:func:`probe`), as float32 numpy arrays.
+
+    ``x0``/``x0_hat`` (B, N, C): standardised tokens before and after one DDIM reconstruction from
+    ``inference.noise_step`` (Eq. 20-21; paper Fig. 7); ``sim_local``/``sim_global`` (B, h, w): each token's
+    highest cosine similarity to the image's local/global prototypes (Eq. 10; Fig. 8), None without them;
+    ``maps`` (B, R, R) and ``scores`` (B,): the anomaly maps and image scores, as ``detector.score_images``
+    gives them (None when not asked for)."""
+
+    x0: np.ndarray
+    x0_hat: np.ndarray
+    sim_local: np.ndarray | None
+    sim_global: np.ndarray | None
+    maps: np.ndarray | None
+    scores: np.ndarray | None
+
+
+def probe(
+    detector: Detector,
+    images: ImageInput | Sequence[ImageInput],
+    with_maps: bool = True,
+    batch_size: int | None = None,
+) -> Probe:
+    """What the report shows of a few images (:class:`Probe`), from the detector's pieces: prototype similarity
+    maps, tokens before and after one DDIM reconstruction (one independent draw per image from a generator
+    seeded with ``inference.seed``, consumed in batch order) and, with ``with_maps``, the anomaly maps and
+    scores (as ``detector.score_images``)."""
+    inf = detector.cfg.inference
+    one_draw = Scorer(detector.model, ScoringSettings(inf.noise_step, inf.ddim_steps))
+    reconstruction = IndependentNoise(torch.Generator(detector.device).manual_seed(int(inf.seed)))
+    scorer = detector.scorer()
+    scoring = scorer.noise_source(torch.Generator(detector.device).manual_seed(int(inf.seed)))
+    items = flatten_inputs(images)
+    bs = max(1, int(batch_size or inf.batch_size))
+    parts = []
+    for lo in progress(range(0, len(items), bs), desc="probe images", leave=False):
+        with torch.inference_mode():
+            feats = detector.features(torch.from_numpy(detector.preprocess(items[lo : lo + bs])))
+            part = _probe_batch(one_draw, feats, reconstruction)
+            if with_maps:
+                m, s = scorer.score_features(feats, scoring)
+                part |= {"maps": m.float().cpu(), "scores": s.float().cpu()}
+        parts.append(part)
+    joined = {
+        k: (torch.cat([p[k] for p in parts]).numpy() if parts and k in parts[0] else None)
+        for k in ("x0", "x0_hat", "sim_local", "sim_global", "maps", "scores")
+    }
+    return Probe(**joined)  # type: ignore[arg-type]  # x0 and x0_hat are always there
+
+
+def _probe_batch(one_draw: Scorer, feats: torch.Tensor, noise: NoiseSource) -> dict[str, torch.Tensor]:
+    model = one_draw.model
+    tokens = tokens_from_maps(feats.float())
+    x0 = model.standardize(tokens)
+    p_local, p_global = model.prototypes(x0)
+    h, w = model.grid_size
+    out = {}
+    for key, protos in (("sim_local", p_local), ("sim_global", p_global)):
+        if protos is not None:
+            out[key] = prototype_similarity_maps(x0, protos).amax(1).view(-1, h, w).float().cpu()
+    x0, x0_hat = one_draw.reconstruct(tokens, noise)
+    return out | {"x0": x0.float().cpu(), "x0_hat": x0_hat[0].float().cpu()}
 
 
 def add_probe_outputs(
@@ -31,22 +104,22 @@ def add_probe_outputs(
     tsne_tokens: int = TSNE_MAX_TOKENS,
     seed: int = 0,
 ) -> ReportData:
-    """Run the probe images of ``data`` through ``detector.probe`` and keep what the report shows
+    """Run the probe images of ``data`` through :func:`probe` and keep what the report shows
     (``data.probe_outputs``): the prototype similarity maps and ``tsne_tokens`` tokens before/after the
     reconstruction, sampled with ``seed``. ``data_root`` re-roots the image paths when the data moved."""
     _, use = select_probes(data)
     paths = PathMap(data.data_root, data_root)
-    probe = detector.probe([paths.existing(data.probes[k]["image"]) for k in use], with_maps=False)
+    outputs = probe(detector, [paths.existing(data.probes[k]["image"]) for k in use], with_maps=False)
     tokens, note = token_sample(
-        probe.x0,
-        probe.x0_hat,
+        outputs.x0,
+        outputs.x0_hat,
         data.probe_masks(use),
         [data.probes[k]["category"] for k in use],
         detector.model.grid_size,
         int(tsne_tokens),
         seed,
     )
-    data.probe_outputs = ProbeOutputs(list(use), probe.sim_local, probe.sim_global, tokens, note)
+    data.probe_outputs = ProbeOutputs(list(use), outputs.sim_local, outputs.sim_global, tokens, note)
     return data
 
 

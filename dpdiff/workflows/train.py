@@ -69,7 +69,7 @@ def calibrate_held_out(run_dir: Path, cfg: Config) -> None:
     and per category for the categories with enough held-out images. Each image is scored once."""
     held = split_samples(cfg)[1]
     detector = Detector.load(run_dir, device=cfg.train.device)
-    maps, scores = (t.numpy() for t in detector.score_images([s.image_path for s in held], desc="calibration"))
+    maps, scores = detector.score_images([s.image_path for s in held], desc="calibration")
     fpr, pixel_fpr = cfg.train.calibration_fpr, cfg.train.calibration_pixel_fpr
     thresholds = {None: fpr_thresholds(scores, maps, fpr, pixel_fpr)}
     categories = np.array([str(s.category) for s in held])

@@ -287,3 +287,36 @@ def test_intensity_normalization_makes_features_blind_to_gain_and_offset():
         torch.testing.assert_close(backbone(brighter), backbone(x), rtol=1e-4, atol=1e-4)
         backbone.set_intensity_normalization(False)
         assert not torch.allclose(backbone(brighter), backbone(x), rtol=1e-3, atol=1e-3)
+
+
+def test_aliases_resolve_to_registered_backbones():
+    from dpdiff.backbones.registry import ALIASES, canonical_name
+
+    assert ALIASES and all(target in BACKBONES for target in ALIASES.values())
+    assert canonical_name("efficientnet_lite0") == "tf_efficientnet_lite0"
+    assert canonical_name("dinov2_vitb14_reg4") == "dinov2_vitb14_reg"
+    assert canonical_name("dinov2_vitb14") == "dinov2_vitb14"
+    assert build_backbone("efficientnet_lite0", image_size=64).name == "tf_efficientnet_lite0"
+
+
+def test_register_backbone_decorator(monkeypatch):
+    """``@register_backbone(name, **info)`` (as timm's ``register_model``): the builder gets build_backbone's options;
+    a name registered twice, or an alias, is refused."""
+    from dpdiff.backbones import registry
+
+    monkeypatch.setattr(registry, "BACKBONES", dict(registry.BACKBONES))
+    monkeypatch.setattr(registry, "_BUILDERS", dict(registry._BUILDERS))
+    seen = []
+
+    @registry.register_backbone("toy_backbone", family="toy", description="a test backbone")
+    def toy_backbone(**options):
+        seen.append(options)
+        return "built"
+
+    assert registry.BACKBONES["toy_backbone"] == {"family": "toy", "description": "a test backbone"}
+    assert registry.build_backbone("toy_backbone", layers=[1], image_size=32) == "built"
+    assert seen == [dict(layers=[1], weights=None, image_size=32, feature_stride=None, local_aggregation=True)]
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register_backbone("toy_backbone")(toy_backbone)
+    with pytest.raises(ValueError, match="alias"):
+        registry.register_backbone("efficientnet_lite0")(toy_backbone)

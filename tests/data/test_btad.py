@@ -19,8 +19,8 @@ import pytest
 from image_files import write_box_mask  # tests/data/image_files.py
 from PIL import Image
 
-from dpdiff.data.btad import KO_DEFECT, find_btad_mask, list_categories, load_btad
-from dpdiff.data.formats import FORMATS, LayoutError, detect_format, list_categories_for, load_samples
+from dpdiff.data.readers import FORMATS, LayoutError, detect_format, list_categories_for, load_samples
+from dpdiff.data.readers.btad import KO_DEFECT, find_btad_mask, list_categories, load_btad
 
 SIZE = (24, 20)  # tiny, not square (the readers must not care)
 #: category -> (image extension, mask extension), as in the BTAD download

@@ -11,7 +11,8 @@ from PIL import Image
 
 from dpdiff.data import shared_data_dir
 from dpdiff.data.dataset import ImageDataset, load_image_array, load_image_rgb, load_mask
-from dpdiff.data.mvtec import Sample, load_split
+from dpdiff.data.readers.mvtec import load_split
+from dpdiff.data.types import Sample
 
 S = 16
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.1)

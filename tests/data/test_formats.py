@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from image_files import write_box_mask, write_image  # tests/data/image_files.py
 
-from dpdiff.data.formats import FORMATS, LayoutError, detect_format, list_categories_for, load_samples
-from dpdiff.data.mvtec import load_dataset
+from dpdiff.data.readers import FORMATS, LayoutError, detect_format, list_categories_for, load_samples
+from dpdiff.data.readers.mvtec import load_dataset
 
 
 def _img(path: Path, size=(8, 8)):
@@ -104,13 +104,13 @@ def test_load_samples_never_returns_anomalies_for_training(tmp_path, monkeypatch
     """Whatever a reader returns, the training split of load_samples holds normal samples only."""
     import logging
 
-    from dpdiff.data import formats
-    from dpdiff.data.mvtec import Sample
+    from dpdiff.data.readers import registry
+    from dpdiff.data.types import Sample
 
     def leaky(root, categories, split):
         return [Sample(root / "a.png", None, 0, "good", "c"), Sample(root / "b.png", root / "m.png", 1, "bad", "c")]
 
-    monkeypatch.setitem(formats.FORMATS, "leaky", formats.FormatSpec("leaky", "test", lambda root: ["c"], leaky))
+    monkeypatch.setitem(registry.FORMATS, "leaky", registry.FormatSpec("leaky", "test", lambda root: ["c"], leaky))
     with caplog.at_level(logging.WARNING, logger="dpdiff.data"):
         train = load_samples("leaky", tmp_path, None, "train")
     assert [s.image_path.name for s in train] == ["a.png"]

@@ -8,9 +8,9 @@ import pytest
 from image_files import write_box_mask, write_image  # tests/data/image_files.py
 
 from dpdiff.data import shared_data_dir
-from dpdiff.data.formats import LayoutError, load_samples
-from dpdiff.data.generic import load_generic
-from dpdiff.data.mvtec import load_split
+from dpdiff.data.readers import LayoutError, load_samples
+from dpdiff.data.readers.generic import load_generic
+from dpdiff.data.readers.mvtec import load_split
 
 
 def _img(path: Path, size=(10, 8)):

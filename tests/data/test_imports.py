@@ -1,4 +1,4 @@
-"""dpdiff.data has no import cycle, and every public name is importable from where it was."""
+"""dpdiff.data has no import cycle (sub-packages included), and every public name is importable from its module."""
 
 from __future__ import annotations
 
@@ -15,17 +15,21 @@ PACKAGE = "dpdiff.data"
 PACKAGE_DIR = Path(dpdiff.data.__file__).resolve().parent
 
 
-def _module_name(path: Path) -> str:
-    return PACKAGE if path.name == "__init__.py" else f"{PACKAGE}.{path.stem}"
+def _module_name(path: Path, package_dir: Path) -> str:
+    parts = path.relative_to(package_dir).with_suffix("").parts
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join((PACKAGE, *parts))
 
 
 def import_graph(package_dir: Path = PACKAGE_DIR) -> dict[str, set[str]]:
-    """``{module: modules of the package it imports}``, counting imports inside functions too.
+    """``{module: modules of the package it imports}`` (sub-packages included), counting imports inside
+    functions too.
 
     ``from . import x`` counts as an import of the package itself (its ``__init__`` runs) and of
     ``x`` when ``x`` is a sub-module, as static import checkers do.
     """
-    modules = {_module_name(p): p for p in sorted(package_dir.glob("*.py"))}
+    modules = {_module_name(p, package_dir): p for p in sorted(package_dir.rglob("*.py"))}
     graph: dict[str, set[str]] = {m: set() for m in modules}
     for mod, path in modules.items():
         is_pkg = path.name == "__init__.py"
@@ -75,7 +79,15 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_import_cycle_in_dpdiff_data():
     graph = import_graph()
-    assert {"dpdiff.data.formats", "dpdiff.data.realiad", "dpdiff.data.realiad_variety_splits"} <= set(graph)
+    assert {
+        "dpdiff.data.types",
+        "dpdiff.data.readers",
+        "dpdiff.data.readers.registry",
+        "dpdiff.data.readers.realiad",
+        "dpdiff.data.readers.realiad_variety_splits",
+        "dpdiff.data.synthetic",
+        "dpdiff.data.synthetic.writer",
+    } <= set(graph)
     assert find_cycles(graph) == []
 
 
@@ -99,17 +111,26 @@ PUBLIC = {
         "FORMATS LayoutError detect_format list_categories_for load_samples Sample load_dataset "
         "shared_data_dir generate_synthetic_dataset"
     ).split(),
-    "dpdiff.data.formats": (
+    "dpdiff.data.types": "IMAGE_EXTENSIONS Sample is_image_file list_images".split(),
+    "dpdiff.data.readers": (
         "FORMATS AUTO FormatSpec LayoutError MPDD_CATEGORIES detect_format list_categories_for load_samples"
     ).split(),
-    "dpdiff.data.generic": "LayoutError expect_dir expect_file load_generic".split(),
-    "dpdiff.data.realiad": (
+    "dpdiff.data.readers.registry": (
+        "FORMATS AUTO FormatSpec LayoutError MPDD_CATEGORIES detect_format list_categories_for load_samples"
+    ).split(),
+    "dpdiff.data.readers.mvtec": "SPLITS list_categories load_split load_dataset find_mask count_samples".split(),
+    "dpdiff.data.readers.generic": "LayoutError expect_dir expect_file load_generic".split(),
+    "dpdiff.data.readers.realiad": (
         "RESOLUTIONS NORMAL_CLASS NG_WITHOUT_MASK find_json_dir list_categories list_variety_categories "
         "load_realiad load_realiad_variety object_id group_by_object object_scores REALIAD VARIETY"
     ).split(),
-    "dpdiff.data.realiad_variety_splits": "S1 S2 S3 SUBSETS SUBSET_NAMES FULL subset_categories".split(),
-    "dpdiff.data.visa": "SPLIT_CSV load_visa read_split_csv list_categories".split(),
-    "dpdiff.data.btad": "load_btad list_categories KO_DEFECT".split(),
+    "dpdiff.data.readers.realiad_variety_splits": "S1 S2 S3 SUBSETS SUBSET_NAMES FULL subset_categories".split(),
+    "dpdiff.data.readers.visa": "SPLIT_CSV load_visa read_split_csv list_categories".split(),
+    "dpdiff.data.readers.btad": "load_btad list_categories KO_DEFECT".split(),
+    "dpdiff.data.synthetic": (
+        "DEFECT_TYPES MIN_CHANGE MAX_AREA DEFECT_MIN_AREA PALETTES VARIANTS FAMILIES CategorySpec category_specs "
+        "render_sample generate_synthetic_dataset ensure_synthetic_dataset read_marker"
+    ).split(),
 }
 
 
@@ -125,8 +146,10 @@ def test_public_names_importable_first_in_a_fresh_interpreter(module):
 
 
 def test_layout_error_is_one_class_everywhere():
-    from dpdiff.data import formats, generic, layout, realiad, visa
+    from dpdiff.data import readers
+    from dpdiff.data.readers import generic, layout, realiad, registry, visa
 
-    assert formats.LayoutError is generic.LayoutError is layout.LayoutError is dpdiff.data.LayoutError
-    assert realiad.find_json_dir.__module__ == "dpdiff.data.realiad_layout"
+    assert readers.LayoutError is registry.LayoutError is generic.LayoutError is layout.LayoutError
+    assert layout.LayoutError is dpdiff.data.LayoutError
+    assert realiad.find_json_dir.__module__ == "dpdiff.data.readers.realiad_layout"
     assert visa.LayoutError is layout.LayoutError

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from dpdiff.data.dataset import ImageDataset, load_mask, read_mask_values, resize_binarise_mask
-from dpdiff.data.mvtec import Sample
+from dpdiff.data.types import Sample
 
 
 def _save(tmp_path, name, array, mode=None):

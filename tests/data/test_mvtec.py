@@ -11,7 +11,8 @@ from image_files import write_box_mask, write_image  # tests/data/image_files.py
 from PIL import Image
 
 from dpdiff.data import shared_data_dir
-from dpdiff.data.mvtec import IMAGE_EXTENSIONS, Sample, count_samples, list_categories, load_dataset, load_split
+from dpdiff.data.readers.mvtec import count_samples, list_categories, load_dataset, load_split
+from dpdiff.data.types import IMAGE_EXTENSIONS, Sample
 
 
 def _img(path: Path, size=(12, 10), value=128, mode="L"):
@@ -136,7 +137,7 @@ def test_missing_ground_truth_folder_means_image_labels_only(mvtec_root, caplog)
     import shutil
 
     shutil.rmtree(mvtec_root / "tile" / "ground_truth" / "hole")
-    with caplog.at_level("INFO", logger="dpdiff.data.mvtec"):
+    with caplog.at_level("INFO", logger="dpdiff.data.readers.mvtec"):
         samples = load_split(mvtec_root, "tile", "test")
     holes = [s for s in samples if s.defect == "hole"]
     assert holes and all(s.label == 1 and s.mask_path is None and not s.mask_known for s in holes)

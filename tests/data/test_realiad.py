@@ -12,9 +12,8 @@ import pytest
 from image_files import write_box_mask, write_image  # tests/data/image_files.py
 from PIL import Image
 
-from dpdiff.data.formats import LayoutError, detect_format, list_categories_for, load_samples
-from dpdiff.data.mvtec import Sample
-from dpdiff.data.realiad import (
+from dpdiff.data.readers import LayoutError, detect_format, list_categories_for, load_samples
+from dpdiff.data.readers.realiad import (
     find_json_dir,
     group_by_object,
     list_categories,
@@ -24,8 +23,9 @@ from dpdiff.data.realiad import (
     object_id,
     object_scores,
 )
-from dpdiff.data.realiad_layout import match_categories, normalize_category
-from dpdiff.data.realiad_variety_splits import S1, S2, S3, SUBSETS, subset_categories
+from dpdiff.data.readers.realiad_layout import match_categories, normalize_category
+from dpdiff.data.readers.realiad_variety_splits import S1, S2, S3, SUBSETS, subset_categories
+from dpdiff.data.types import Sample
 
 PAPER = Path(__file__).resolve().parents[3] / "shared" / "paper" / "DPDiff-AD.txt"
 
@@ -307,7 +307,7 @@ def test_anomalous_training_entries_are_left_out_and_counted(realiad_root, caplo
     with caplog.at_level(logging.WARNING, logger="dpdiff.data"):
         train = load_samples("realiad", realiad_root, ["audiojack"], "train", json_dir="realiad_jsons_fuiad_0.1")
     assert len(train) == 5 and all(s.label == 0 and s.defect == "good" for s in train)
-    msgs = [r.getMessage() for r in caplog.records if r.name == "dpdiff.data.realiad"]
+    msgs = [r.getMessage() for r in caplog.records if r.name == "dpdiff.data.readers.realiad"]
     assert len(msgs) == 1 and "left out 10 anomalous training rows" in msgs[0]
     assert str(jd / "audiojack.json") in msgs[0]
     # ng_without_mask does not bring them back into training

@@ -13,8 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dpdiff.data import synthetic
-from dpdiff.data.mvtec import list_categories, load_dataset, load_split
+from dpdiff.data.readers.mvtec import list_categories, load_dataset, load_split
 from dpdiff.data.synthetic import (
     BACKGROUNDS,
     DEFECT_MIN_AREA,
@@ -26,9 +25,11 @@ from dpdiff.data.synthetic import (
     MIN_CHANGE,
     PALETTES,
     VARIANTS,
+    _common,
     category_specs,
     ensure_synthetic_dataset,
     generate_synthetic_dataset,
+    objects,
     read_marker,
     render_sample,
 )
@@ -63,7 +64,7 @@ def _covering_specs() -> list:
 
 def test_deterministic_bytes(tmp_path):
     a = generate_synthetic_dataset(tmp_path / "a", num_categories=8, seed=3, **SMALL)
-    synthetic._bank.cache_clear()  # no hidden state: a fresh process must give the same bytes
+    _common._bank.cache_clear()  # no hidden state: a fresh process must give the same bytes
     b = generate_synthetic_dataset(tmp_path / "b", num_categories=8, seed=3, **SMALL)
     assert a == b
     fa, fb = _files(tmp_path / "a"), _files(tmp_path / "b")
@@ -173,7 +174,7 @@ def test_new_defect_types_look_as_named():
     # shape deviation of an object moves its outline: the changed pixels hug the outline
     for k in range(4):
         img, mask, clean = render_sample(obj, 128, np.random.default_rng([3, k]), "shape_deviation")
-        fg = synthetic._RENDERERS[obj.family](obj.params, np.random.default_rng([3, k]), 128).fg
+        fg = objects._RENDERERS[obj.family](obj.params, np.random.default_rng([3, k]), 128).fg
         to_outline = distance_transform_edt(~((fg > 0.02) & (fg < 0.98)))
         assert to_outline[mask].max() <= 0.17 * 2.2 * 64 + 2
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dpdiff.data.formats import LayoutError, detect_format, list_categories_for, load_samples
-from dpdiff.data.visa import SPLIT_CSV, list_categories, load_visa
+from dpdiff.data.readers import LayoutError, detect_format, list_categories_for, load_samples
+from dpdiff.data.readers.visa import SPLIT_CSV, list_categories, load_visa
 
 HEADER = "object,split,label,image,mask"
 
@@ -165,7 +165,7 @@ def test_2cls_split_file_never_puts_anomalies_in_training(visa_root, caplog):
         ("pcb1", "0000.JPG"),
     ]
     assert all(s.label == 0 and s.mask_path is None and s.defect == "good" for s in train)
-    msgs = [r.getMessage() for r in caplog.records if r.name == "dpdiff.data.visa"]
+    msgs = [r.getMessage() for r in caplog.records if r.name == "dpdiff.data.readers.visa"]
     assert len(msgs) == 1 and "left out 2 anomalous training rows" in msgs[0] and str(two_cls) in msgs[0]
     # only the requested categories are counted
     caplog.clear()

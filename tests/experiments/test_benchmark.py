@@ -85,19 +85,20 @@ def test_benchmark_fps_lite0_tiny_dit(lite_cfg):
 
 
 def test_benchmark_times_the_detector_users_run(lite_cfg, monkeypatch):
-    """The full-pipeline FPS times Detector.__call__ itself (what evaluate/predict run), once per round."""
-    from dpdiff.inference.detector import Detector
+    """The full-pipeline FPS times the detector's scorer on backbone maps (what evaluate/predict run per batch),
+    once per round."""
+    from dpdiff.scoring.scorer import Scorer
 
-    calls, real = [], Detector.__call__
+    calls, real = [], Scorer.score_features
 
-    def spy(self, batch, generator=None, inference=None):
-        calls.append((tuple(batch.shape), self.map_size))
-        return real(self, batch, generator, inference)
+    def spy(self, feats, noise):
+        calls.append((tuple(feats.shape[:2]), self.settings.map_size, self.max_rows))
+        return real(self, feats, noise)
 
-    monkeypatch.setattr(Detector, "__call__", spy)
+    monkeypatch.setattr(Scorer, "score_features", spy)
     cfg = lite_cfg(**{"evaluation.resolution": 32})
     r = benchmark_fps(cfg, batch_size=2, rounds=2, warmup=1, device="cpu")
-    assert calls == [((2, 3, 64, 64), 32)] * 3 and r["map_size"] == 32
+    assert calls == [((2, 152), 32, 16)] * 3 and r["map_size"] == 32  # CPU: 16 rows per DiT call
 
 
 def test_benchmark_fps_given_tiny_vit_and_bfloat16(lite_cfg):

@@ -14,7 +14,7 @@ from PIL import Image
 import dpdiff.features.cache as cache_mod
 from dpdiff.backbones import build_backbone, build_vit
 from dpdiff.data.dataset import ImageDataset
-from dpdiff.data.mvtec import Sample
+from dpdiff.data.types import Sample
 from dpdiff.features import channel_statistics, extract_features, tokens_from_maps
 from dpdiff.features.cache import FeatureCache, FeatureStore, weights_sha256
 

@@ -1,5 +1,6 @@
-"""The one inference pipeline (dpdiff/inference/detector.py): Detector is exactly DPDiffAD.token_scores + postprocess
-on the dataset's preprocessing, for every kind of image input, and the report's probe is the same model calls."""
+"""The one inference pipeline (dpdiff/inference/detector.py): Detector is exactly the Scorer's token scores +
+postprocess on the dataset's preprocessing, for every kind of image input, and the report's probe
+(dpdiff/workflows/report_inputs.py) is the same model calls."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dpdiff.data.dataset import ImageDataset
-from dpdiff.data.mvtec import Sample
+from dpdiff.data.types import Sample
 from dpdiff.experiments import compare
 from dpdiff.experiments.benchmark import random_model
 from dpdiff.features import build_backbone_from_config
 from dpdiff.inference.detector import Detector, map_size, score_dataset
 from dpdiff.model.postprocess import postprocess
+from dpdiff.scoring.noise import CommonNoise, IndependentNoise
+from dpdiff.scoring.scorer import Scorer, ScoringSettings
 from dpdiff.workflows.evaluate import protocol_description
+from dpdiff.workflows.report_inputs import probe
 
 N_IMAGES, HEIGHT, WIDTH, BATCH = 5, 70, 90, 3  # non-square images (resized to 64 px), batches of 3 + 2
 MAP_SIZE = 48  # evaluation resolution != input size
@@ -60,9 +64,9 @@ def image_files(images, tmp_path_factory) -> list:
     return paths
 
 
-def by_hand(detector: Detector, images: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+def by_hand(detector: Detector, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """The paper's pipeline written out: resize (PIL bicubic) + normalise, backbone, tokens, Eq. 20-22 via
-    DPDiffAD.token_scores with one generator over the batches, Eq. 23-24 via postprocess."""
+    the Scorer's token scores with one generator over the batches, Eq. 23-24 via postprocess."""
     cfg, inf, model = detector.cfg, detector.cfg.inference, detector.model
     s = cfg.backbone.image_size
     mean = np.asarray(detector.backbone.mean, np.float32)[:, None, None]
@@ -78,23 +82,21 @@ def by_hand(detector: Detector, images: list[np.ndarray]) -> tuple[torch.Tensor,
             for a in images
         ]
     )
-    generator = torch.Generator().manual_seed(inf.seed)
+    noise = CommonNoise(inf.seed) if inf.common_noise else IndependentNoise(torch.Generator().manual_seed(inf.seed))
+    settings = ScoringSettings(
+        inf.noise_step,
+        inf.ddim_steps,
+        inf.ensemble,
+        scoring=inf.scoring,
+        ensemble_reduce=inf.ensemble_reduce,
+        antithetic=inf.antithetic,
+    )
     maps, scores = [], []
     with torch.inference_mode():
         for lo in range(0, len(images), BATCH):
             feats = detector.backbone(torch.from_numpy(x[lo : lo + BATCH]))
             tokens = feats.flatten(2).transpose(1, 2)  # (B, h*w, C)
-            token_maps = model.token_scores(
-                tokens,
-                inf.noise_step,
-                inf.ddim_steps,
-                inf.ensemble,
-                generator,
-                scoring=inf.scoring,
-                ensemble_reduce=inf.ensemble_reduce,
-                antithetic=inf.antithetic,
-                common_noise_seed=inf.seed if inf.common_noise else None,
-            )
+            token_maps = Scorer(model, settings).token_scores(tokens, noise)
             m, sc = postprocess(
                 token_maps,
                 MAP_SIZE,
@@ -105,7 +107,7 @@ def by_hand(detector: Detector, images: list[np.ndarray]) -> tuple[torch.Tensor,
             )
             maps.append(m)
             scores.append(sc)
-    return torch.cat(maps), torch.cat(scores)
+    return torch.cat(maps).numpy(), torch.cat(scores).numpy()
 
 
 @pytest.mark.parametrize("common_noise", [False, True])
@@ -114,12 +116,12 @@ def test_detector_is_token_scores_plus_postprocess(backbone, tiny_config, images
     maps, scores = detector.score_images(images)
     want_maps, want_scores = by_hand(detector, images)
     assert maps.shape == (N_IMAGES, MAP_SIZE, MAP_SIZE) and scores.shape == (N_IMAGES,)
-    assert torch.equal(maps, want_maps) and torch.equal(scores, want_scores)
+    assert np.array_equal(maps, want_maps) and np.array_equal(scores, want_scores)
     assert float(maps.std()) > 0 and len(set(scores.tolist())) == N_IMAGES  # not a degenerate comparison
     # the noise matters: another seed changes the scores (so the equality above pins the generator use)
     other = make_detector(backbone, tiny_config, common_noise)
     other.cfg.inference.seed = 8
-    assert not torch.equal(other.score_images(images)[1], scores)
+    assert not np.array_equal(other.score_images(images)[1], scores)
 
 
 def test_every_input_kind_gives_the_same_maps(backbone, tiny_config, images, image_files):
@@ -136,8 +138,8 @@ def test_every_input_kind_gives_the_same_maps(backbone, tiny_config, images, ima
     }
     for name, given in variants.items():
         m, s = detector.score_images(given)
-        assert torch.equal(m, maps) and torch.equal(s, scores), name
-    assert torch.equal(detector.preprocess(images), detector.preprocess(image_files))
+        assert np.array_equal(m, maps) and np.array_equal(s, scores), name
+    assert np.array_equal(detector.preprocess(images), detector.preprocess(image_files))
 
 
 def test_score_images_is_what_evaluation_computes(backbone, tiny_config, image_files):
@@ -152,8 +154,21 @@ def test_score_images_is_what_evaluation_computes(backbone, tiny_config, image_f
     )
     maps, scores, labels, masks, _ = score_dataset(detector, ds, BATCH, "test", seed=detector.cfg.inference.seed)
     m, s = detector.score_images(image_files)
-    assert np.array_equal(maps, m.numpy()) and np.array_equal(scores, s.numpy())
+    assert np.array_equal(maps, m) and np.array_equal(scores, s)
     assert masks.shape == (N_IMAGES, MAP_SIZE, MAP_SIZE) and not masks.any() and not labels.any()
+
+
+def test_predict_is_score_images_with_decisions(backbone, tiny_config, image_files):
+    """predict decodes each image once and scores it as score_images does (common noise: batch-independent);
+    a prediction carries the model's map and the map at the image's own size."""
+    detector = make_detector(backbone, tiny_config, common_noise=True)
+    maps, scores = detector.score_images(image_files)
+    preds = detector.predict(image_files, batch_size=2)
+    assert [p.score for p in preds] == scores.tolist()
+    assert all(np.array_equal(p.model_map, m) for p, m in zip(preds, maps, strict=True))
+    assert [p.image for p in preds] == [str(f) for f in image_files]
+    assert all(p.anomaly_map.shape == (HEIGHT, WIDTH) for p in preds)
+    assert preds[0].is_anomalous is None  # uncalibrated: scores only
 
 
 def test_one_map_size_rule(backbone, tiny_config):
@@ -166,35 +181,36 @@ def test_one_map_size_rule(backbone, tiny_config):
 
 def test_probe_is_the_same_model_calls(backbone, tiny_config, image_files):
     detector = make_detector(backbone, tiny_config, common_noise=True)
-    probe = detector.probe(image_files)
+    shown = probe(detector, image_files)
     m, s = detector.score_images(image_files)
-    assert np.array_equal(probe.maps, m.numpy()) and np.array_equal(probe.scores, s.numpy())
+    assert np.array_equal(shown.maps, m) and np.array_equal(shown.scores, s)
     model, inf = detector.model, detector.cfg.inference
     h, w = model.grid_size
-    generator = torch.Generator().manual_seed(inf.seed)
-    batch = detector.preprocess(image_files)
+    one_draw = Scorer(model, ScoringSettings(inf.noise_step, inf.ddim_steps))  # one independent draw per image
+    noise = IndependentNoise(torch.Generator().manual_seed(inf.seed))
+    batch = torch.from_numpy(detector.preprocess(image_files))
     with torch.inference_mode():
         for lo in range(0, N_IMAGES, BATCH):
             tokens = detector.backbone(batch[lo : lo + BATCH]).flatten(2).transpose(1, 2)
-            x0, x0_hat = model.reconstruct(tokens, inf.noise_step, inf.ddim_steps, generator)
-            assert np.array_equal(probe.x0[lo : lo + BATCH], x0.numpy())
-            assert np.array_equal(probe.x0_hat[lo : lo + BATCH], x0_hat.numpy())
+            x0, x0_hat = one_draw.reconstruct(tokens, noise)
+            assert np.array_equal(shown.x0[lo : lo + BATCH], x0.numpy())
+            assert np.array_equal(shown.x0_hat[lo : lo + BATCH], x0_hat[0].numpy())
             p_local, p_global = model.prototypes(x0)
-            for got, protos in ((probe.sim_local, p_local), (probe.sim_global, p_global)):
+            for got, protos in ((shown.sim_local, p_local), (shown.sim_global, p_global)):
                 cos = F.cosine_similarity(x0[:, :, None], protos[:, None], dim=-1)  # (B, N, M)
                 want = cos.max(-1).values.view(-1, h, w).numpy()
                 np.testing.assert_allclose(got[lo : lo + BATCH], want, atol=1e-5)
-    assert probe.x0.shape == probe.x0_hat.shape == (N_IMAGES, h * w, model.in_dim)
-    assert not np.array_equal(probe.x0, probe.x0_hat)
-    without = detector.probe(image_files, with_maps=False)
-    assert without.maps is None and np.array_equal(without.x0_hat, probe.x0_hat)
+    assert shown.x0.shape == shown.x0_hat.shape == (N_IMAGES, h * w, model.in_dim)
+    assert not np.array_equal(shown.x0, shown.x0_hat)
+    without = probe(detector, image_files, with_maps=False)
+    assert without.maps is None and np.array_equal(without.x0_hat, shown.x0_hat)
 
 
 def test_bad_inputs_are_named(backbone, tiny_config, images):
     detector = make_detector(backbone, tiny_config, common_noise=True)
-    normalised = detector.preprocess(images[:1])
-    with pytest.raises(ValueError, match=r"\[0, 1\].*Detector\(batch\)"):
-        detector.score_images(normalised)  # an already normalised batch goes to detector(batch)
+    normalised = torch.from_numpy(detector.preprocess(images[:1]))
+    with pytest.raises(ValueError, match=r"\[0, 1\].*Detector.scorer"):
+        detector.score_images(normalised)  # an already normalised batch goes to the scorer, through the backbone
     with pytest.raises(ValueError, match="uint8"):
         detector.preprocess([images[0].astype(np.float64)])
     with pytest.raises(ValueError, match=r"\(3, H, W\)"):
@@ -205,5 +221,7 @@ def test_bad_inputs_are_named(backbone, tiny_config, images):
         detector.preprocess(["nope.png"])
     with pytest.raises(ValueError, match="no images"):
         detector.score_images([])
-    maps, scores = detector(normalised)  # the normalised batch, scored directly
+    scorer = detector.scorer()
+    with torch.inference_mode():  # the normalised batch, scored directly
+        maps, scores = scorer.score_features(detector.features(normalised), scorer.noise_source())
     assert maps.shape == (1, MAP_SIZE, MAP_SIZE) and torch.isfinite(scores).all()

@@ -14,9 +14,17 @@ from dpdiff.model.dpdiff_ad import DPDiffAD
 from dpdiff.model.prototypes import prototype_similarity_maps
 from dpdiff.model.unet import PrototypeUNet
 from dpdiff.model.uvit import PrototypeUViT
+from dpdiff.scoring.noise import IndependentNoise
+from dpdiff.scoring.scorer import Scorer, ScoringSettings
 
 NAMES = ("dit", "unet", "uvit")
 C = 12
+
+
+def _scores(model, tokens, noise_step, ddim_steps, ensemble=1, generator=None, **settings) -> torch.Tensor:
+    """The scorer's per-token scores of ``model`` (independent draws from ``generator``)."""
+    scorer = Scorer(model, ScoringSettings(noise_step, ddim_steps, ensemble, **settings))
+    return scorer.token_scores(tokens, IndependentNoise(generator))
 
 
 def _cfg(name: str, cross: bool = True, **kw) -> ModelConfig:
@@ -115,7 +123,7 @@ def test_dpdiffad_trains_and_scores_with_each_denoiser(name):
     losses["loss"].backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if n.startswith("denoiser.out"))
     model.eval()
-    s = model.token_scores(torch.randn(2, 16, C), 100, 3, 2, torch.Generator().manual_seed(1))
+    s = _scores(model, torch.randn(2, 16, C), 100, 3, 2, torch.Generator().manual_seed(1))
     assert s.shape == (2, 4, 4) and torch.isfinite(s).all()
 
 
@@ -123,24 +131,24 @@ def test_prototype_scoring_is_one_minus_max_cosine():
     torch.manual_seed(0)
     model = DPDiffAD(C, (4, 4), _cfg("dit")).eval()
     tokens = torch.randn(2, 16, C) * 3 + 1
-    got = model.token_scores(tokens, 100, 3, scoring="prototype")
+    got = _scores(model, tokens, 100, 3, scoring="prototype")
     x0 = model.standardize(tokens)
     p_local, p_global = model.prototypes(x0)
     sims = prototype_similarity_maps(x0, torch.cat([p_local, p_global], 1))
     assert torch.allclose(got, (1 - sims.max(1).values).view(2, 4, 4), atol=1e-6)
     assert (got >= 0).all() and (got <= 2).all()
     # deterministic (no noise) and independent of the diffusion arguments
-    assert torch.equal(got, model.token_scores(tokens, 5, 1, 4, scoring="prototype"))
+    assert torch.equal(got, _scores(model, tokens, 5, 1, 4, scoring="prototype"))
     # only the local prototypes when the global ones are off
     local_only = DPDiffAD(C, (4, 4), _cfg("dit", use_global_prototypes=False)).eval()
     x0 = local_only.standardize(tokens)
     ref = 1 - prototype_similarity_maps(x0, local_only.prototypes(x0)[0]).max(1).values
-    assert torch.allclose(local_only.prototype_token_scores(tokens), ref.view(2, 4, 4), atol=1e-6)
+    assert torch.allclose(_scores(local_only, tokens, 100, 3, scoring="prototype"), ref.view(2, 4, 4), atol=1e-6)
     with pytest.raises(ValueError, match="scoring"):
-        model.token_scores(tokens, 100, 3, scoring="knn")
+        _scores(model, tokens, 100, 3, scoring="knn")
     bare = DPDiffAD(C, (4, 4), _cfg("dit", use_local_prototypes=False, use_global_prototypes=False)).eval()
     with pytest.raises(ValueError, match="prototypes"):
-        bare.token_scores(tokens, 100, 3, scoring="prototype")
+        _scores(bare, tokens, 100, 3, scoring="prototype")
 
 
 def test_prototype_only_model_has_no_denoiser():
@@ -153,9 +161,9 @@ def test_prototype_only_model_has_no_denoiser():
     losses["loss"].backward()
     assert model.local_extractor.queries.grad.abs().sum() > 0
     model.eval()
-    assert model.token_scores(torch.randn(2, 16, C), 100, 3, scoring="prototype").shape == (2, 4, 4)
+    assert _scores(model, torch.randn(2, 16, C), 100, 3, scoring="prototype").shape == (2, 4, 4)
     with pytest.raises(ValueError, match="scoring=prototype"):
-        model.token_scores(torch.randn(2, 16, C), 100, 3)
+        _scores(model, torch.randn(2, 16, C), 100, 3)
     with pytest.raises(ValueError, match="needs local or global"):
         DPDiffAD(C, (4, 4), _cfg("dit", diffusion=False, use_local_prototypes=False, use_global_prototypes=False))
 

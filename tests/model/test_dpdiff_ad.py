@@ -4,6 +4,8 @@ import torch
 from dpdiff.config import ModelConfig
 from dpdiff.model.dpdiff_ad import DPDiffAD
 from dpdiff.model.prototypes import local_prototype_loss
+from dpdiff.scoring.noise import IndependentNoise
+from dpdiff.scoring.scorer import Scorer, ScoringSettings
 
 
 def small_model(**kw):
@@ -72,11 +74,12 @@ def test_token_scores_shape_and_determinism():
     torch.manual_seed(0)
     model = small_model().eval()
     tokens = torch.randn(2, 16, 12)
-    s1 = model.token_scores(tokens, 100, 3, generator=torch.Generator().manual_seed(1))
-    s2 = model.token_scores(tokens, 100, 3, generator=torch.Generator().manual_seed(1))
+    scorer = Scorer(model, ScoringSettings(100, 3))
+    s1 = scorer.token_scores(tokens, IndependentNoise(torch.Generator().manual_seed(1)))
+    s2 = scorer.token_scores(tokens, IndependentNoise(torch.Generator().manual_seed(1)))
     assert s1.shape == (2, 4, 4) and torch.equal(s1, s2)
     with pytest.raises(ValueError):
-        model.token_scores(tokens, 1000, 3)
+        Scorer(model, ScoringSettings(1000, 3)).token_scores(tokens, IndependentNoise())
 
 
 def test_training_reduces_diffusion_loss_on_structured_tokens():

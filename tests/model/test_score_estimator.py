@@ -10,6 +10,8 @@ from sklearn.metrics import roc_auc_score
 
 from dpdiff.config import LossConfig, ModelConfig
 from dpdiff.model.dpdiff_ad import DPDiffAD
+from dpdiff.scoring.noise import CommonNoise, IndependentNoise
+from dpdiff.scoring.scorer import Scorer, ScoringSettings
 from dpdiff.training.trainer import build_ema, lr_factor
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -26,18 +28,27 @@ def model_with_weights(seed=0, **kw):
     return m
 
 
+def token_scores(model, tokens, noise_step, ddim_steps, ensemble, generator, antithetic=False, common_noise_seed=None):
+    """The scorer's per-token scores; ``common_noise_seed``: common draws from that seed, else independent ones
+    from ``generator``."""
+    noise = CommonNoise(common_noise_seed) if common_noise_seed is not None else IndependentNoise(generator)
+    settings = ScoringSettings(noise_step, ddim_steps, ensemble, antithetic=antithetic)
+    return Scorer(model, settings).token_scores(tokens, noise)
+
+
 def test_antithetic_pairs_sum_to_zero_exactly_for_tokens_and_prototypes():
     model = model_with_weights()
     x0 = torch.randn(3, 16, C)
     p0 = torch.randn(3, model.num_prototypes, C)
-    eps_x, eps_p = model._draw_noise(x0, p0, 5, torch.Generator().manual_seed(0), antithetic=True)
+    eps_x, eps_p = IndependentNoise(torch.Generator().manual_seed(0)).draw(x0, p0, 5, antithetic=True)
+    assert eps_p is not None
     b = x0.shape[0]
     for e in (0, 2):
         assert torch.equal(eps_x[e * b : (e + 1) * b] + eps_x[(e + 1) * b : (e + 2) * b], torch.zeros_like(x0))
         assert torch.equal(eps_p[e * b : (e + 1) * b] + eps_p[(e + 1) * b : (e + 2) * b], torch.zeros_like(p0))
     assert not torch.equal(eps_x[:b], eps_x[2 * b : 3 * b])  # pairs are independent of each other
     assert not torch.equal(eps_x[4 * b :], -eps_x[3 * b : 4 * b])  # an odd last draw is a fresh one
-    plain, _ = model._draw_noise(x0, p0, 2, torch.Generator().manual_seed(0), antithetic=False)
+    plain, _ = IndependentNoise(torch.Generator().manual_seed(0)).draw(x0, p0, 2, antithetic=False)
     assert not torch.equal(plain[:b] + plain[b:], torch.zeros_like(x0))
 
 
@@ -68,9 +79,9 @@ def test_noise_head_has_full_rank_with_the_skip_and_not_without_it():
 def test_projected_error_fallback_scores_the_range_of_the_output_layer_only():
     model = model_with_weights(output_skip=False)
     tokens = torch.randn(2, 16, C)
-    got = model.token_scores(tokens, 100, 1, 2, torch.Generator().manual_seed(3), antithetic=True)
-    x0, x0_hat = model._reconstruct_draws(
-        tokens, 100, 1, 2, torch.Generator().manual_seed(3), None, False, None, antithetic=True
+    got = token_scores(model, tokens, 100, 1, 2, torch.Generator().manual_seed(3), antithetic=True)
+    x0, x0_hat = Scorer(model, ScoringSettings(100, 1, 2, antithetic=True)).reconstruct(
+        tokens, IndependentNoise(torch.Generator().manual_seed(3))
     )
     q = model.noise_head_basis()
     err = (x0_hat.mean(0) - x0) @ q
@@ -109,7 +120,7 @@ def test_tiny_trained_model_scores_an_off_distribution_token_higher():
     shift = torch.zeros(C)
     shift[-3:] = 1.0  # 1.0 along the weakest directions: about 20 of their standard deviations
     tokens[:12, 5] += shift  # one anomalous token in each of the first 12 images
-    scores = model.token_scores(tokens, 100, 1, 2, torch.Generator().manual_seed(2), antithetic=True)
+    scores = token_scores(model, tokens, 100, 1, 2, torch.Generator().manual_seed(2), antithetic=True)
     flat = scores.view(24, -1)
     labels = torch.zeros_like(flat, dtype=torch.long)
     labels[:12, 5] = 1
@@ -150,15 +161,15 @@ def test_common_noise_makes_a_score_independent_of_its_batch():
     model = model_with_weights()
     tokens = torch.randn(5, 16, C)
     kw = dict(antithetic=True, common_noise_seed=7)
-    batch = model.token_scores(tokens, 100, 1, 4, torch.Generator().manual_seed(0), **kw)
+    batch = token_scores(model, tokens, 100, 1, 4, torch.Generator().manual_seed(0), **kw)
     for i in range(5):  # alone, with another running generator: the same score
-        alone = model.token_scores(tokens[i : i + 1], 100, 1, 4, torch.Generator().manual_seed(i + 1), **kw)
+        alone = token_scores(model, tokens[i : i + 1], 100, 1, 4, torch.Generator().manual_seed(i + 1), **kw)
         torch.testing.assert_close(alone[0], batch[i], rtol=1e-5, atol=1e-6)
-    reordered = model.token_scores(tokens.flip(0), 100, 1, 4, None, **kw)
+    reordered = token_scores(model, tokens.flip(0), 100, 1, 4, None, **kw)
     torch.testing.assert_close(reordered.flip(0), batch, rtol=1e-5, atol=1e-6)
-    other_seed = model.token_scores(tokens, 100, 1, 4, None, antithetic=True, common_noise_seed=8)
+    other_seed = token_scores(model, tokens, 100, 1, 4, None, antithetic=True, common_noise_seed=8)
     assert not torch.allclose(other_seed, batch, rtol=1e-3)
     # without it, the same image scores differently in another batch position (independent draws)
-    free = model.token_scores(tokens, 100, 1, 4, torch.Generator().manual_seed(0), antithetic=True)
-    free_alone = model.token_scores(tokens[3:4], 100, 1, 4, torch.Generator().manual_seed(0), antithetic=True)
+    free = token_scores(model, tokens, 100, 1, 4, torch.Generator().manual_seed(0), antithetic=True)
+    free_alone = token_scores(model, tokens[3:4], 100, 1, 4, torch.Generator().manual_seed(0), antithetic=True)
     assert not torch.allclose(free[3], free_alone[0], rtol=1e-3)

@@ -40,14 +40,16 @@ def test_training_builds_the_bank_and_scores_add_the_two_z_scores(runs, tiny_dat
     detector = Detector.load(with_bank)
     bank = detector.bank()
     assert 0 < bank.tokens.shape[0] and bank.tokens.shape[1] == detector.model.in_dim
-    feats = detector.features(detector.preprocess(_test_images(tiny_data)[:4]))
-    x0 = detector.model.standardize(tokens_from_maps(feats))
+    tokens = tokens_from_maps(detector.features(torch.from_numpy(detector.preprocess(_test_images(tiny_data)[:4]))))
+    x0 = detector.model.standardize(tokens)
     plain_cfg = apply_test_overrides(detector.cfg, {"knn_weight": 0.0})
-    errors = detector.token_scores(feats, inference=plain_cfg.inference)
+    plain_scorer, scorer = detector.scorer(plain_cfg.inference), detector.scorer()
+    assert plain_scorer.bank is None and scorer.bank is bank
+    errors = plain_scorer.token_scores(tokens, plain_scorer.noise_source())
     nearest = torch.cdist(x0, bank.tokens.expand(x0.shape[0], -1, -1)).amin(-1).view_as(errors)  # brute force
     mu_e, sd_e, mu_d, sd_d = bank.stats.tolist()
     want = (errors - mu_e) / sd_e + (nearest - mu_d) / sd_d
-    torch.testing.assert_close(detector.token_scores(feats), want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(scorer.token_scores(tokens, scorer.noise_source()), want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.integration

@@ -21,7 +21,7 @@ from PIL import Image
 import dpdiff.training.trainer as train_mod
 from dpdiff.cli import main
 from dpdiff.data.dataset import ImageDataset
-from dpdiff.data.mvtec import Sample
+from dpdiff.data.types import Sample
 from dpdiff.features import extract_features
 from dpdiff.model.checkpoint import CONFIG_FILE, MODEL_FILE, STATE_FILE, load_train_state
 from dpdiff.model.dpdiff_ad import DPDiffAD

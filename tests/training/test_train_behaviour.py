@@ -13,6 +13,8 @@ from sklearn.metrics import roc_auc_score
 
 from dpdiff.features import tokens_from_maps
 from dpdiff.model.checkpoint import load_model
+from dpdiff.scoring.noise import IndependentNoise
+from dpdiff.scoring.scorer import Scorer, ScoringSettings
 from dpdiff.workflows.train import train
 
 C, H, W = 16, 4, 4  # channels, token grid
@@ -54,13 +56,9 @@ def test_trained_model_scores_planted_anomalies_higher(tmp_path, tiny_config):
     good = _normal_maps(8, basis, g)
     bad, planted = _plant_anomalies(_normal_maps(8, basis, g), odd, g)
     inf = saved.inference
-    token_maps = model.eval().token_scores(
-        tokens_from_maps(torch.cat([good, bad])),
-        inf.noise_step,
-        inf.ddim_steps,
-        inf.ensemble,
-        torch.Generator().manual_seed(0),
-        antithetic=inf.antithetic,
+    settings = ScoringSettings(inf.noise_step, inf.ddim_steps, inf.ensemble, antithetic=inf.antithetic)
+    token_maps = Scorer(model.eval(), settings).token_scores(
+        tokens_from_maps(torch.cat([good, bad])), IndependentNoise(torch.Generator().manual_seed(0))
     )
     image_scores = token_maps.flatten(1).max(dim=1).values
     labels = [0] * len(good) + [1] * len(bad)

@@ -20,10 +20,10 @@ from PIL import Image
 
 from dpdiff.cli import main
 from dpdiff.data.synthetic import generate_synthetic_dataset
-from dpdiff.experiments import evaluation
 from dpdiff.figure_data import REPORT_DATA_FILE, ReportData, token_labels, unpack_mask
 from dpdiff.training.trainer import load_history
 from dpdiff.viz.report import build_report
+from dpdiff.workflows import reporting as evaluation
 from dpdiff.workflows.reporting import evaluate_and_report, rebuild_report
 from dpdiff.workflows.train import train
 

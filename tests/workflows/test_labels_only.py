@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from dpdiff.cli import main
-from dpdiff.data.formats import load_samples
+from dpdiff.data.readers import load_samples
 from dpdiff.inference.detector import Detector
 from dpdiff.metrics.tables import NOT_AVAILABLE
 from dpdiff.utils.run_files import CALIBRATION_FILE
@@ -54,7 +54,7 @@ def run(labels_only, tmp_path_factory, tiny_config) -> Path:
 
 
 def test_reader_accepts_a_set_without_masks_and_says_so(labels_only, caplog):
-    with caplog.at_level("INFO", logger="dpdiff.data.mvtec"):
+    with caplog.at_level("INFO", logger="dpdiff.data.readers.mvtec"):
         samples = load_samples("mvtec", labels_only, None, "test")
     defective = [s for s in samples if s.label == 1]
     assert defective and all(s.mask_path is None and not s.mask_known for s in defective)

@@ -1,8 +1,8 @@
 """Real-IAD / Real-IAD Variety on-disk layout: JSON folders, category names, name normalisation.
 
-Shared by :mod:`dpdiff.data.realiad` (the readers) and :mod:`dpdiff.data.realiad_variety_splits`
+Shared by :mod:`dpdiff.data.readers.realiad` (the readers) and :mod:`dpdiff.data.readers.realiad_variety_splits`
 (the paper's S1/S2/S3 subsets), so that neither imports the other's module at run time (no import
-cycle). The public names are re-exported by :mod:`dpdiff.data.realiad`.
+cycle). The public names are re-exported by :mod:`dpdiff.data.readers.realiad`.
 
 JSON folders (looked up under the dataset root, in order)::
 
@@ -31,7 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dpdiff.data.layout import LayoutError, expect_dir
+from dpdiff.data.readers.layout import LayoutError, expect_dir
 from dpdiff.utils.errors import DataError
 
 __all__ = [

@@ -1,8 +1,8 @@
 """Dataset-format registry: one entry point for every on-disk layout the project reads.
 
-::
+Its public names are those of :mod:`dpdiff.data.readers` (and of :mod:`dpdiff.data`)::
 
-    from dpdiff.data.formats import load_samples, list_categories_for, detect_format
+    from dpdiff.data.readers import load_samples, list_categories_for, detect_format
     train = load_samples("visa", root, None, "train")
     test = load_samples("realiad", root, ["audiojack"], "test", resolution=1024)
     fmt = detect_format(root)            # or load_samples("auto", root, ...)
@@ -25,7 +25,7 @@ Formats (:data:`FORMATS`; layouts and sources in ``docs/datasets.md``):
   ``normal_dir``, ``abnormal_dir``, ``mask_dir``, ``train_normal_dir``, ``category``,
   ``allow_missing_masks``.
 
-Every reader returns a list of :class:`dpdiff.data.mvtec.Sample`. The training split never holds
+Every reader returns a list of :class:`dpdiff.data.types.Sample`. The training split never holds
 anomalies: readers of split files (VisA CSVs, Real-IAD JSONs) leave out anomalous training rows
 and log how many, and :func:`load_samples` drops (and logs) any label-1 training sample a reader
 might still return. A root that does not match the
@@ -52,23 +52,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dpdiff.data.btad import list_categories as _btad_list_categories
-from dpdiff.data.btad import load_btad
-from dpdiff.data.generic import load_generic
-from dpdiff.data.layout import LayoutError, expect_dir, keep_normal_training
-from dpdiff.data.mvtec import Sample
-from dpdiff.data.mvtec import list_categories as _mvtec_list_categories
-from dpdiff.data.mvtec import load_dataset as _mvtec_load_dataset
-from dpdiff.data.realiad import RESOLUTIONS as _REALIAD_RESOLUTIONS
-from dpdiff.data.realiad import list_categories as _realiad_list_categories
-from dpdiff.data.realiad import list_variety_categories as _variety_list_categories
-from dpdiff.data.realiad import load_realiad, load_realiad_variety
-from dpdiff.data.visa import SPLIT_CSV as _VISA_SPLIT_CSV
-from dpdiff.data.visa import list_categories as _visa_list_categories
-from dpdiff.data.visa import load_visa
-
 # explicit submodule imports (never ``from . import ...``, which imports this package's
 # __init__, itself importing this module: an import cycle)
+from dpdiff.data.readers.btad import list_categories as _btad_list_categories
+from dpdiff.data.readers.btad import load_btad
+from dpdiff.data.readers.generic import load_generic
+from dpdiff.data.readers.layout import LayoutError, expect_dir, keep_normal_training
+from dpdiff.data.readers.mvtec import list_categories as _mvtec_list_categories
+from dpdiff.data.readers.mvtec import load_dataset as _mvtec_load_dataset
+from dpdiff.data.readers.realiad import RESOLUTIONS as _REALIAD_RESOLUTIONS
+from dpdiff.data.readers.realiad import list_categories as _realiad_list_categories
+from dpdiff.data.readers.realiad import list_variety_categories as _variety_list_categories
+from dpdiff.data.readers.realiad import load_realiad, load_realiad_variety
+from dpdiff.data.readers.visa import SPLIT_CSV as _VISA_SPLIT_CSV
+from dpdiff.data.readers.visa import list_categories as _visa_list_categories
+from dpdiff.data.readers.visa import load_visa
+from dpdiff.data.types import Sample
 from dpdiff.utils.errors import ConfigError
 
 __all__ = [

@@ -27,7 +27,7 @@ as PNG; ``realiadvariety_1024`` is the usual downsampled copy); some category ar
 to a nested ``<cat>/<cat>/`` folder; the JSONs come in ``realiadvariety_jsons.zip`` and are found
 under ``<root>/realiadvariety_jsons/[<wrapper>/]<cat>.json`` (or ``<root>/realiad_jsons/``).
 Category names are the JSON stems; the paper's subsets are matched to them ignoring case,
-hyphens, underscores and spaces (:mod:`dpdiff.data.realiad_layout`).
+hyphens, underscores and spaces (:mod:`dpdiff.data.readers.realiad_layout`).
 
 Labels (the official rule of ``Tencent/AnomalyDetection_Real-IAD`` ``datasets/explicit_dataset.py``:
 ``as_normal = mask_path is None or anomaly_class == normal_class``):
@@ -60,9 +60,9 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePath
 
-from dpdiff.data.layout import LayoutError, expect_dir, keep_normal_training, resolve_categories
-from dpdiff.data.mvtec import GOOD, Sample
-from dpdiff.data.realiad_layout import (
+from dpdiff.data.readers.layout import LayoutError, expect_dir, keep_normal_training, resolve_categories
+from dpdiff.data.readers.mvtec import GOOD
+from dpdiff.data.readers.realiad_layout import (
     REALIAD,
     VARIETY,
     _Variant,
@@ -73,7 +73,8 @@ from dpdiff.data.realiad_layout import (
     list_variety_categories,
     normalize_category,
 )
-from dpdiff.data.realiad_variety_splits import SUBSET_NAMES, subset_categories
+from dpdiff.data.readers.realiad_variety_splits import SUBSET_NAMES, subset_categories
+from dpdiff.data.types import Sample
 from dpdiff.utils.errors import ConfigError, DataError
 
 __all__ = [
@@ -233,45 +234,65 @@ def _load(
 
     out: list[Sample] = []
     for cat in categories:
-        jpath = jd / f"{cat}.json"
-        doc = _read_json(jpath, variant)
-        meta = doc.get("meta")
-        if not isinstance(meta, dict):
-            meta = {}
-        normal_class = meta.get("normal_class", NORMAL_CLASS)
-        entries = _entries(doc, split, jpath, variant)
-        if split == "train":  # never anomalies in training (FUIAD variants list some there)
-            entries = keep_normal_training(
-                entries,
-                lambda e, normal_class=normal_class: str(e["anomaly_class"]) != normal_class,
-                f"{variant.name} split file {str(jpath)!r}",
-                logger,
-            )
-        if not entries:
-            raise DataError(f"{variant.name} category {cat!r} has no {split!r} samples in {str(jpath)!r}")
-        cat_dir = _category_dir(img_root, cat, meta, entries[0]["image_path"])
-        for e in entries:
-            image = cat_dir / e["image_path"]
-            if verify_files and not image.is_file():
-                raise LayoutError(f"expected image {str(image)!r} (listed in {str(jpath)!r})", image)
-            cls = str(e["anomaly_class"])
-            mask_rel = e.get("mask_path")
-            if cls == normal_class:
-                out.append(Sample(image, None, 0, GOOD, cat))
-                continue
-            if mask_rel:
-                mask = cat_dir / mask_rel
-                if verify_files and not mask.is_file():
-                    raise LayoutError(
-                        f"expected mask {str(mask)!r} of image {str(image)!r} (listed in {str(jpath)!r})", mask
-                    )
-                out.append(Sample(image, mask, 1, cls, cat))
-            elif ng_without_mask == "normal":
-                out.append(Sample(image, None, 0, cls, cat))
-            elif ng_without_mask == "anomaly":
-                out.append(Sample(image, None, 1, cls, cat))
-            # "drop": skipped
+        out.extend(_category_samples(variant, jd / f"{cat}.json", img_root, cat, split, ng_without_mask, verify_files))
     return out
+
+
+def _category_samples(
+    variant: _Variant,
+    jpath: Path,
+    img_root: Path,
+    cat: str,
+    split: str,
+    ng_without_mask: str,
+    verify_files: bool,
+) -> list[Sample]:
+    """The samples of one category, in the order of its split file ``jpath``."""
+    doc = _read_json(jpath, variant)
+    meta = doc.get("meta")
+    if not isinstance(meta, dict):
+        meta = {}
+    normal_class = meta.get("normal_class", NORMAL_CLASS)
+    entries = _entries(doc, split, jpath, variant)
+    if split == "train":  # never anomalies in training (FUIAD variants list some there)
+        entries = keep_normal_training(
+            entries,
+            lambda e, normal_class=normal_class: str(e["anomaly_class"]) != normal_class,
+            f"{variant.name} split file {str(jpath)!r}",
+            logger,
+        )
+    if not entries:
+        raise DataError(f"{variant.name} category {cat!r} has no {split!r} samples in {str(jpath)!r}")
+    cat_dir = _category_dir(img_root, cat, meta, entries[0]["image_path"])
+    out: list[Sample] = []
+    for e in entries:
+        sample = _entry_sample(e, cat_dir, cat, normal_class, jpath, ng_without_mask, verify_files)
+        if sample is not None:
+            out.append(sample)
+    return out
+
+
+def _entry_sample(
+    e: dict, cat_dir: Path, cat: str, normal_class: str, jpath: Path, ng_without_mask: str, verify_files: bool
+) -> Sample | None:
+    """The sample of one split-file entry (``None``: an anomaly without a mask, with ``ng_without_mask="drop"``)."""
+    image = cat_dir / e["image_path"]
+    if verify_files and not image.is_file():
+        raise LayoutError(f"expected image {str(image)!r} (listed in {str(jpath)!r})", image)
+    cls = str(e["anomaly_class"])
+    mask_rel = e.get("mask_path")
+    if cls == normal_class:
+        return Sample(image, None, 0, GOOD, cat)
+    if mask_rel:
+        mask = cat_dir / mask_rel
+        if verify_files and not mask.is_file():
+            raise LayoutError(f"expected mask {str(mask)!r} of image {str(image)!r} (listed in {str(jpath)!r})", mask)
+        return Sample(image, mask, 1, cls, cat)
+    if ng_without_mask == "normal":
+        return Sample(image, None, 0, cls, cat)
+    if ng_without_mask == "anomaly":
+        return Sample(image, None, 1, cls, cat)
+    return None  # "drop": skipped
 
 
 def load_realiad(
@@ -289,7 +310,7 @@ def load_realiad(
     ``json_dir``: another JSON folder (e.g. ``"realiad_jsons_sv"``, next to or inside
     ``realiad_jsons/``); ``ng_without_mask``: see the
     module docstring; ``verify_files``: check every image/mask exists (first missing one raises
-    :class:`~dpdiff.data.generic.LayoutError` naming it).
+    :class:`~dpdiff.data.readers.generic.LayoutError` naming it).
     """
     return _load(REALIAD, root, categories, split, resolution, json_dir, ng_without_mask, verify_files)
 
@@ -305,7 +326,7 @@ def load_realiad_variety(
 ) -> list[Sample]:
     """Real-IAD Variety samples; as :func:`load_realiad` with image folder ``realiadvariety_<resolution>``.
 
-    ``categories`` may be a subset name of :mod:`dpdiff.data.realiad_variety_splits`
+    ``categories`` may be a subset name of :mod:`dpdiff.data.readers.realiad_variety_splits`
     (``"S1"``, ``"S2"``, ``"S3"``, ``"Full"``); a subset's names are matched to the categories on
     disk ignoring case, hyphens, underscores and spaces (the samples carry the on-disk names).
     """

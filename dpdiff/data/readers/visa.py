@@ -17,7 +17,7 @@ is empty for normal rows. In the 1-class split the training rows are all normal.
 The 2-class split files next to it (``split_csv/2cls_highshot.csv``, ``split_csv/2cls_fewshot.csv``,
 same columns; choose one with ``split_csv=``) list anomalies in their training rows. Training is
 unsupervised here: ``split="train"`` keeps the normal rows only, and a warning
-``left out N anomalous training rows of <file>`` is logged (logger ``dpdiff.data.visa``).
+``left out N anomalous training rows of <file>`` is logged (logger ``dpdiff.data.readers.visa``).
 
 Masks store the *defect class id* per pixel (0 = background, 1..9 = the object's defect types
 listed in spot-diff's ``utils/id2class.py``), so they look black; some re-distributed copies are
@@ -36,8 +36,9 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from dpdiff.data.layout import LayoutError, expect_dir, expect_file, keep_normal_training, resolve_categories
-from dpdiff.data.mvtec import GOOD, Sample
+from dpdiff.data.readers.layout import LayoutError, expect_dir, expect_file, keep_normal_training, resolve_categories
+from dpdiff.data.readers.mvtec import GOOD
+from dpdiff.data.types import Sample
 from dpdiff.utils.errors import DataError
 
 __all__ = [
@@ -139,7 +140,7 @@ def load_visa(
     """VisA samples of ``categories`` (all when ``None``) for ``split`` (``"train"``/``"test"``).
 
     ``verify_files``: check that every image (and mask) listed exists; the first missing one
-    raises :class:`~dpdiff.data.generic.LayoutError` naming it. ``split="train"`` returns the
+    raises :class:`~dpdiff.data.readers.generic.LayoutError` naming it. ``split="train"`` returns the
     normal training rows only (anomalous ones, as in the 2cls split files, are left out and
     counted in a logged warning).
     """
@@ -160,33 +161,7 @@ def load_visa(
         )
     by_cat: dict[str, list[Sample]] = {c: [] for c in categories}
     for r in selected:
-        label = _LABELS[r["label"]]
-        image = root / r["image"]
-        if verify_files and not image.is_file():
-            raise LayoutError(
-                f"expected image {str(image)!r} (VisA split file line {r['_line']}: {r['image']!r} relative "
-                f"to the VisA root)",
-                image,
-            )
-        mask = None
-        if label == 1:
-            if r["mask"]:
-                mask = root / r["mask"]
-                if verify_files and not mask.is_file():
-                    if not allow_missing_masks:
-                        raise LayoutError(
-                            f"expected mask {str(mask)!r} for anomalous image {str(image)!r} (VisA split file "
-                            f"line {r['_line']}; pass allow_missing_masks=True to accept it without a mask)",
-                            mask,
-                        )
-                    mask = None
-            elif not allow_missing_masks:
-                raise LayoutError(
-                    f"anomalous image {str(image)!r} has an empty mask field (VisA split file line {r['_line']}; "
-                    f"pass allow_missing_masks=True to accept it without a mask)",
-                    image,
-                )
-        by_cat[r["object"]].append(Sample(image, mask, label, ANOMALY_DEFECT if label else GOOD, r["object"]))
+        by_cat[r["object"]].append(_row_sample(root, r, allow_missing_masks, verify_files))
 
     out: list[Sample] = []
     for c in categories:
@@ -195,3 +170,34 @@ def load_visa(
             raise DataError(f"VisA category {c!r} has no {split!r} rows in the split file")
         out.extend(samples)
     return out
+
+
+def _row_sample(root: Path, r: dict[str, str], allow_missing_masks: bool, verify_files: bool) -> Sample:
+    """The sample of one split-file row (checks its image and mask exist when ``verify_files``)."""
+    label = _LABELS[r["label"]]
+    image = root / r["image"]
+    if verify_files and not image.is_file():
+        raise LayoutError(
+            f"expected image {str(image)!r} (VisA split file line {r['_line']}: {r['image']!r} relative "
+            f"to the VisA root)",
+            image,
+        )
+    mask = None
+    if label == 1:
+        if r["mask"]:
+            mask = root / r["mask"]
+            if verify_files and not mask.is_file():
+                if not allow_missing_masks:
+                    raise LayoutError(
+                        f"expected mask {str(mask)!r} for anomalous image {str(image)!r} (VisA split file "
+                        f"line {r['_line']}; pass allow_missing_masks=True to accept it without a mask)",
+                        mask,
+                    )
+                mask = None
+        elif not allow_missing_masks:
+            raise LayoutError(
+                f"anomalous image {str(image)!r} has an empty mask field (VisA split file line {r['_line']}; "
+                f"pass allow_missing_masks=True to accept it without a mask)",
+                image,
+            )
+    return Sample(image, mask, label, ANOMALY_DEFECT if label else GOOD, r["object"])

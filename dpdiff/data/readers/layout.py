@@ -1,9 +1,9 @@
 """Helpers shared by every dataset reader: the layout error, path checks, the category list, the training-row
 filter.
 
-This module imports nothing else from :mod:`dpdiff.data`, so every reader (and
-:mod:`dpdiff.data.formats`) can import it without creating an import cycle. The public names are
-re-exported where they were defined before (:mod:`dpdiff.data.generic`, :mod:`dpdiff.data.formats`).
+This module imports nothing else from :mod:`dpdiff.data`, so every reader (and the format registry,
+:mod:`dpdiff.data.readers.registry`) can import it without creating an import cycle. :class:`LayoutError` is
+re-exported by :mod:`dpdiff.data.readers.generic`, :mod:`dpdiff.data.readers` and :mod:`dpdiff.data`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class LayoutError(DataError, FileNotFoundError):
 
     ``path`` is the first offending path (the one that was expected and is missing, or that has
     the wrong content). A :class:`~dpdiff.utils.errors.DataError` (so a ``ValueError``) and a
-    :class:`FileNotFoundError`, so callers catching either (as for :mod:`dpdiff.data.mvtec`) also catch it.
+    :class:`FileNotFoundError`, so callers catching either (as for :mod:`dpdiff.data.readers.mvtec`) also catch it.
     """
 
     def __init__(self, message: str, path: Path | str | None = None):

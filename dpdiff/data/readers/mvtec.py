@@ -14,7 +14,7 @@ this order, as ``<stem>_mask.png``, ``<stem>_mask.<any image ext>``, ``<stem>.pn
 
 Rules:
 
-* Image files are recognised by extension (:data:`IMAGE_EXTENSIONS`, case-insensitive); other
+* Image files are recognised by extension (:data:`dpdiff.data.types.IMAGE_EXTENSIONS`, case-insensitive); other
   files (``.txt``, ``Thumbs.db`` ...) are skipped, and hidden files/folders (leading ``.``) are
   ignored everywhere.
 * The training split is ``train/good`` only (unsupervised setting); every training sample is
@@ -34,17 +34,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from dpdiff.data.layout import resolve_categories
+from dpdiff.data.readers.layout import resolve_categories
+from dpdiff.data.types import IMAGE_EXTENSIONS, Sample, is_image_file
 from dpdiff.utils.errors import DataError
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "SPLITS",
-    "Sample",
-    "is_image_file",
     "list_categories",
     "load_split",
     "load_dataset",
@@ -54,40 +51,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Extensions recognised as images (compared lower-cased).
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 SPLITS = ("train", "test")
 GOOD = "good"
 
 
-@dataclass(frozen=True)
-class Sample:
-    """One image of an MVTec-layout dataset."""
-
-    image_path: Path
-    #: ``None`` for good images, and for defective images with image labels only.
-    mask_path: Path | None
-    #: 0 good, 1 defective.
-    label: int
-    #: ``"good"`` or the defect folder name.
-    defect: str
-    category: str
-
-    @property
-    def mask_known(self) -> bool:
-        """Whether the ground truth is known pixel by pixel: a normal image (no defect pixel) or a defective
-        image with a mask. The pixel metrics use these images only."""
-        return self.label == 0 or self.mask_path is not None
-
-
 def _visible(path: Path) -> bool:
     return not path.name.startswith(".")
-
-
-def is_image_file(path: Path) -> bool:
-    """True for a visible regular file whose extension is in :data:`IMAGE_EXTENSIONS`."""
-    path = Path(path)
-    return _visible(path) and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
 
 
 def _list_images(folder: Path) -> list[Path]:

@@ -13,7 +13,7 @@ For data that follows no benchmark layout (an in-house line camera, a customer's
   folder or a list of folders (MVTec-style ``test/<defect>`` folders).
 * Masks (``mask_dir``) are matched to an abnormal image ``<stem>.<ext>`` by stem, in this order:
   ``<stem>_mask.png``, ``<stem>_mask.<any image ext>``, ``<stem>.png``, ``<stem>.<any image ext>``
-  (case-insensitive, the same rule as :func:`dpdiff.data.mvtec.find_mask`). ``mask_dir`` is
+  (case-insensitive, the same rule as :func:`dpdiff.data.readers.mvtec.find_mask`). ``mask_dir`` is
 
   - ``None``: no masks at all (``mask_path=None``; classification-only data);
   - one folder: for each abnormal folder ``A`` the masks are looked up in ``mask_dir/<A.name>``
@@ -23,12 +23,12 @@ For data that follows no benchmark layout (an in-house line camera, a customer's
 
   With a ``mask_dir``, an abnormal image without a mask raises :class:`FileNotFoundError`
   naming the image and the first mask path tried, unless ``allow_missing_masks=True``.
-* Images are recognised by extension (:data:`dpdiff.data.mvtec.IMAGE_EXTENSIONS`), hidden
+* Images are recognised by extension (:data:`dpdiff.data.types.IMAGE_EXTENSIONS`), hidden
   files are ignored, files are sorted by name; folders are not searched recursively.
 * Masks are binarised later with ``> 0`` (:func:`dpdiff.data.dataset.load_mask`).
 
-This module also exports :class:`LayoutError` (defined in :mod:`dpdiff.data.layout`), the error
-every reader in :mod:`dpdiff.data.formats` raises when a dataset root does not match the expected
+This module also exports :class:`LayoutError` (defined in :mod:`dpdiff.data.readers.layout`), the error
+every reader in :mod:`dpdiff.data.readers` raises when a dataset root does not match the expected
 layout.
 """
 
@@ -37,8 +37,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from dpdiff.data.layout import LayoutError, expect_dir, expect_file
-from dpdiff.data.mvtec import GOOD, Sample, _index_folder, _list_images, find_mask
+from dpdiff.data.readers.layout import LayoutError, expect_dir, expect_file
+from dpdiff.data.readers.mvtec import GOOD, _index_folder, _list_images, find_mask
+from dpdiff.data.types import Sample
 from dpdiff.utils.errors import ConfigError
 
 __all__ = ["LayoutError", "expect_dir", "expect_file", "load_generic"]

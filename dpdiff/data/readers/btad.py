@@ -18,7 +18,7 @@ Layout of the BTAD download (``btad.zip``; sources in ``docs/datasets.md``)::
   ``ground_truth/ko/<stem>.bmp`` (same stem, no ``_mask`` suffix; names matched
   case-insensitively). A defective image without a mask raises :class:`LayoutError` naming the
   image and both names tried, unless ``allow_missing_masks=True``.
-* Images are recognised by extension (:data:`dpdiff.data.mvtec.IMAGE_EXTENSIONS`), hidden files
+* Images are recognised by extension (:data:`dpdiff.data.types.IMAGE_EXTENSIONS`), hidden files
   are ignored, files are sorted by name; within a category the ``ok`` test images come first.
 """
 
@@ -27,8 +27,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from dpdiff.data.layout import LayoutError, expect_dir, resolve_categories
-from dpdiff.data.mvtec import GOOD, Sample, _index_folder, _list_images, _list_subdirs
+from dpdiff.data.readers.layout import LayoutError, expect_dir, resolve_categories
+from dpdiff.data.readers.mvtec import GOOD, _index_folder, _list_images, _list_subdirs
+from dpdiff.data.types import Sample
 
 __all__ = [
     "BTAD_CATEGORIES",

@@ -12,7 +12,7 @@ The names are the paper's spelling (including the upper-case ``D_sub_connector``
 dataset folders spell some of them differently (``D-sub-connector``, ``chip-inductor``,
 ``common-mode-choke``, ``lilypad_led``, ...: 1 of the 30 S1 names, 7 of the 60 S2 names, 20 of the
 100 S3 names differ). :func:`subset_categories` therefore matches every name to the categories on
-disk through one normalisation (:func:`dpdiff.data.realiad_layout.normalize_category`: case,
+disk through one normalisation (:func:`dpdiff.data.readers.realiad_layout.normalize_category`: case,
 hyphens, underscores and spaces ignored) and returns the on-disk spelling; a name that matches
 nothing is an error listing it with the closest names on disk.
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dpdiff.data.realiad_layout import list_variety_categories, match_categories, normalize_category
+from dpdiff.data.readers.realiad_layout import list_variety_categories, match_categories, normalize_category
 from dpdiff.utils.errors import ConfigError
 
 __all__ = ["S1", "S2", "S3", "SUBSETS", "SUBSET_NAMES", "FULL", "subset_categories", "normalize_category"]
@@ -148,7 +148,7 @@ def subset_categories(name: str, root: Path | str | None = None, json_dir: Path 
 
     Without ``root``: the paper's names, in the paper's order. With ``root`` (a Real-IAD Variety
     root): the names of the categories found on disk
-    (:func:`dpdiff.data.realiad_layout.list_variety_categories`) that match the paper's names
+    (:func:`dpdiff.data.readers.realiad_layout.list_variety_categories`) that match the paper's names
     ignoring case, hyphens, underscores and spaces, in the paper's order (``"D_sub_connector"``
     gives ``"D-sub-connector"`` when that is the folder/JSON name). A name that matches nothing
     (or several names) raises :class:`ValueError` listing every such name with the closest names

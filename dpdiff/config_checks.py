@@ -1,0 +1,141 @@
+"""One configuration value against its declaration: the type from the section's annotation, the ``choices``
+and the numeric bounds of its field metadata (``dpdiff.config._setting``). :func:`check_value` raises a
+:class:`ConfigError` naming the key, the value and what is allowed; :func:`type_text` and :func:`bounds_text`
+say what is allowed in words (the error messages and ``docs/configuration.md`` use the same words).
+
+A bottom-layer module beside ``dpdiff.config``: it imports nothing from dpdiff but ``dpdiff.utils.errors``.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+from dpdiff.utils.errors import ConfigError
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def field_hints(cls: type) -> dict[str, Any]:
+    """The resolved annotations of a config section class (computed once per class)."""
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def type_text(hint: Any) -> str:
+    """``list[int] | None`` -> ``"a list of int, or null"`` (YAML words: null, true/false)."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        parts = [type_text(a) for a in args if a is not type(None)]
+        return " or ".join(parts) + (", or null" if type(None) in args else "")
+    origin = typing.get_origin(hint)
+    if origin is list:
+        return f"a list of {type_text(args[0])}" if args else "a list"
+    if hint is dict or origin is dict:
+        return "a mapping"
+    if hint is bool:
+        return "bool (true/false)"
+    return getattr(hint, "__name__", str(hint))
+
+
+def type_ok(value: Any, hint: Any) -> bool:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(type_ok(value, a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:  # an int is a valid float (YAML `lr: 1`)
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        return isinstance(value, (list, tuple)) and (item is Any or all(type_ok(v, item) for v in value))
+    if hint is dict or origin is dict:
+        return isinstance(value, dict)
+    return isinstance(value, hint)
+
+
+def _number_hint(value: Any, hint: Any) -> str:
+    """How to write a value YAML read as the wrong type: text where a number belongs ('1e3': YAML 1.1 reads
+    exponent numbers without a dot and a signed exponent as text), numbers where text belongs (BTAD's `01`)."""
+    wants_text = hint is str or any(a is str or str in typing.get_args(a) for a in typing.get_args(hint))
+    if wants_text and not isinstance(value, str):
+        return "; quote text values in YAML, e.g. '01'"
+    if not isinstance(value, str):
+        return ""
+    try:
+        number = float(value)
+    except ValueError:
+        return ""
+    wants_int = hint is int or int in typing.get_args(hint)
+    if wants_int and number.is_integer():
+        return f"; YAML reads {value!r} as text: write the integer {int(number)}"
+    if not wants_int:
+        return f"; YAML reads {value!r} as text: write {number!r}"
+    return ""
+
+
+def bounds_text(meta: Mapping) -> str:
+    lo = (">= " + _num(meta["ge"])) if "ge" in meta else ("> " + _num(meta["gt"])) if "gt" in meta else ""
+    hi = ("<= " + _num(meta["le"])) if "le" in meta else ("< " + _num(meta["lt"])) if "lt" in meta else ""
+    return " and ".join(p for p in (lo, hi) if p)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _in_bounds(value: float, meta: Mapping) -> bool:
+    checks = (
+        ("ge", lambda b: value >= b),
+        ("gt", lambda b: value > b),
+        ("le", lambda b: value <= b),
+        ("lt", lambda b: value < b),
+    )
+    return all(test(meta[name]) for name, test in checks if name in meta)  # NaN fails every bound
+
+
+def check_value(key: str, value: Any, hint: Any, meta: Mapping, where: str) -> None:
+    if not type_ok(value, hint):
+        raise ConfigError(
+            f"{where}{key}: expected {type_text(hint)}, got {value!r} ({type(value).__name__})"
+            f"{_number_hint(value, hint)}"
+        )
+    if value is None:
+        return
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{where}{key}: {value!r} is not allowed; choose one of {', '.join(choices)}")
+    bounds = bounds_text(meta)
+    if bounds and not _in_bounds(value, meta):
+        raise ConfigError(f"{where}{key}: must be {bounds}, got {value!r}")
+
+
+def check_relations(cfg: Any, where: str) -> None:
+    """The relations between keys of a ``Config``: hidden_dim divisible, beta_start <= beta_end, noise_step < T."""
+    m, inf = cfg.model, cfg.inference
+    for divisor, why in ((m.num_heads, "model.num_heads (attention heads)"), (4, "4 (2-D sincos position embedding)")):
+        if m.hidden_dim % divisor:
+            raise ConfigError(
+                f"{where}model.hidden_dim: {m.hidden_dim} is not divisible by {why}; "
+                f"use a multiple of {math.lcm(m.num_heads, 4)}"
+            )
+    if m.beta_start > m.beta_end:
+        raise ConfigError(f"{where}model.beta_start: {m.beta_start} is above model.beta_end {m.beta_end}")
+    if inf.noise_step >= m.num_timesteps:
+        raise ConfigError(
+            f"{where}inference.noise_step: must be < model.num_timesteps ({m.num_timesteps}), "
+            f"got {inf.noise_step} (0-based index of t)"
+        )
+
+
+__all__ = ["field_hints", "type_text", "type_ok", "bounds_text", "check_value", "check_relations"]
