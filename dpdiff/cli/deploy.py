@@ -113,10 +113,10 @@ def add_predict_arguments(r: argparse.ArgumentParser) -> None:
 
 
 def add_export_arguments(x: argparse.ArgumentParser) -> None:
-    from dpdiff.inference.export import QUANTIZE_CHOICES  # imports torch: only for `dpdiff export`
+    from dpdiff.choices import EXPORT_FORMATS, QUANTIZE_CHOICES
 
     x.add_argument("run", help="run folder written by `dpdiff train`")
-    x.add_argument("--format", choices=["onnx"], default="onnx", help="export format (onnx)")
+    x.add_argument("--format", choices=EXPORT_FORMATS, default="onnx", help="export format (onnx)")
     x.add_argument("--output", "-o", required=True, help="the .onnx file to write")
     x.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17, default 17)")
     x.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-PyTorch check on two images")

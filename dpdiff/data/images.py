@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dpdiff.choices import MASK_RESIZE_MODES
 from dpdiff.utils.errors import DataError
 
 __all__ = [
@@ -106,7 +107,6 @@ def load_image_array(path: Path | str, size: int) -> np.ndarray:
     return np.asarray(_resize_rgb(load_image_rgb(path), int(size)), dtype=np.uint8).copy()
 
 
-MASK_RESIZE_MODES = ("nearest", "bilinear")
 #: Integer masks whose largest value is at most this are label ids (0/1, class ids), not intensities.
 LABEL_ID_MAX = 15
 

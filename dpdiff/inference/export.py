@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dpdiff.choices import QUANTIZE_CHOICES
 from dpdiff.features import tokens_from_maps
 from dpdiff.inference.detector import Detector
 from dpdiff.scoring.noise import FixedNoise
@@ -195,7 +196,6 @@ def _metadata(detector: Detector) -> dict[str, str]:
 
 
 #: ``quantize`` choices of :func:`export_onnx`: onnxruntime dynamic quantisation of the matrix products.
-QUANTIZE_CHOICES = ("int8",)
 
 
 def export_onnx(

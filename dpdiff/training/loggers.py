@@ -12,12 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+from dpdiff.choices import LOGGERS
 from dpdiff.utils.errors import MissingDependencyError
 
 __all__ = ["LOGGERS", "TENSORBOARD_DIR", "TrainingLogger", "build_logger"]
 
 #: ``train.logger`` choices.
-LOGGERS = ("none", "tensorboard")
 #: Folder of the TensorBoard event files in a run folder.
 TENSORBOARD_DIR = "tensorboard"
 

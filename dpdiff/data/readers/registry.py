@@ -52,6 +52,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dpdiff.choices import AUTO_FORMAT, DATA_FORMATS, check_registry
+
 # explicit submodule imports (never ``from . import ...``, which imports this package's
 # __init__, itself importing this module: an import cycle)
 from dpdiff.data.readers.btad import list_categories as _btad_list_categories
@@ -81,7 +83,7 @@ __all__ = [
     "load_samples",
 ]
 
-AUTO = "auto"
+AUTO = AUTO_FORMAT
 logger = logging.getLogger(__name__)
 MPDD_CATEGORIES = frozenset({"bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes"})
 
@@ -228,6 +230,7 @@ FORMATS: dict[str, FormatSpec] = {
         ("normal_dir", "abnormal_dir", "mask_dir", "train_normal_dir", "category", "allow_missing_masks"),
     ),
 }
+check_registry("data formats (dpdiff.data.FORMATS)", FORMATS, DATA_FORMATS)
 
 
 def _spec(format: str, root: Path) -> FormatSpec:
