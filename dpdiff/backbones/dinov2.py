@@ -58,7 +58,7 @@ from dpdiff.backbones.base import (
     read_checkpoint,
     resize_map,
 )
-from dpdiff.backbones.registry import register_backbone
+from dpdiff.backbones.registry import register_variants
 from dpdiff.utils.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
@@ -277,13 +277,4 @@ def _build_dinov2(
     )
 
 
-def _register_dinov2(name: str) -> None:
-    """One registry entry per DINOv2 variant (timm's ``@register_model`` pattern, applied per name)."""
-
-    @register_backbone(name, **_dinov2_info(name))
-    def build(**options) -> DinoV2Extractor:
-        return _build_dinov2(name, **options)
-
-
-for _name in DINOV2_MODELS:
-    _register_dinov2(_name)
+register_variants(DINOV2_MODELS, _dinov2_info, _build_dinov2)

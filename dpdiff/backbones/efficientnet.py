@@ -58,7 +58,7 @@ from dpdiff.backbones.base import (
     read_checkpoint,
     resize_map,
 )
-from dpdiff.backbones.registry import register_backbone
+from dpdiff.backbones.registry import register_variants
 from dpdiff.utils.errors import CheckpointError, ConfigError, MissingDependencyError
 
 if TYPE_CHECKING:
@@ -302,13 +302,4 @@ def _lite_info(name: str) -> dict:
     )
 
 
-def _register_lite(name: str) -> None:
-    """One registry entry per EfficientNet-Lite variant (timm's ``@register_model`` pattern, applied per name)."""
-
-    @register_backbone(name, **_lite_info(name))
-    def build(**options) -> EfficientNetLiteExtractor:
-        return EfficientNetLiteExtractor(name, **options)
-
-
-for _name in LITE_NAMES:
-    _register_lite(_name)
+register_variants(LITE_NAMES, _lite_info, EfficientNetLiteExtractor)

@@ -8,6 +8,7 @@ them (they import it).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
@@ -62,6 +63,13 @@ def register_backbone(name: str, **info) -> Callable[[B], B]:
         return builder
 
     return decorate
+
+
+def register_variants(names, info: Callable[[str], dict], build: Callable[..., FeatureExtractor]) -> None:
+    """Register one entry per name of a model family (timm's ``@register_model`` pattern, applied per name):
+    ``info(name)`` is the entry's description, ``build(name, **options)`` builds the extractor."""
+    for variant in names:
+        register_backbone(variant, **info(variant))(functools.partial(build, variant))
 
 
 def canonical_name(name: str) -> str:
