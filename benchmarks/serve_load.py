@@ -47,6 +47,7 @@ from PIL import Image
 
 from dpdiff.config import load_config
 from dpdiff.experiments.benchmark import benchmark_fps, cpu_name
+from dpdiff.serve.server import stop_server_process
 from dpdiff.utils.io import atomic_write_json
 
 #: The --quick model: lite0_cpu's backbone at 64 px with a one-block DiT of width 32 (as the tests' tiny config).
@@ -139,13 +140,7 @@ def start_server(run: Path, args, log_path: Path) -> tuple[subprocess.Popen, str
 
 
 def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+    stop_server_process(proc)
 
 
 # ---------------------------------------------------------------------------------------------- load

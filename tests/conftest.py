@@ -159,3 +159,19 @@ def headless_chromium() -> Callable[..., list[str]]:
         return [exe, *HEADLESS_CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args]
 
     return command
+
+
+def _train_tiny_run(data: Path, tmp_path_factory, tiny_config: Callable[..., Config], name: str) -> Path:
+    """A tiny trained run on ``data`` (the tests' tiny config) with independent draws: after a few steps an
+    antithetic pair reconstructs the tokens almost exactly (scores ~1e-6), which would leave nothing to rank."""
+    from dpdiff.workflows.train import train
+
+    out = tmp_path_factory.mktemp(name) / "run"
+    train(tiny_config(data).override({"inference.antithetic": False}), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def train_tiny_run() -> Callable[..., Path]:
+    """Function: ``train_tiny_run(data, tmp_path_factory, tiny_config, name)`` -> a tiny trained run folder."""
+    return _train_tiny_run

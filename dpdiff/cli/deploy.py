@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 
 from dpdiff.cli.common import is_worker_rank
-from dpdiff.cli.parser import DEVICE_HELP, WEIGHTS_HELP, Command
+from dpdiff.cli.parser import DEVICE_HELP, WEIGHTS_HELP, Command, add_shared_options
 from dpdiff.utils.errors import UsageError
 
 
@@ -106,9 +106,7 @@ def add_predict_arguments(r: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write defect masks and contours for images judged normal too (default: anomalous images only)",
     )
-    r.add_argument("--weights", help=WEIGHTS_HELP)
-    r.add_argument("--device", default=None)
-    r.add_argument("--overwrite", action="store_true")
+    add_shared_options(r)
     r.set_defaults(func=cmd_predict)
 
 
@@ -127,8 +125,7 @@ def add_export_arguments(x: argparse.ArgumentParser) -> None:
         help="INT8 dynamic quantisation of the matrix products (onnxruntime); an option: scores differ from "
         "the float model by the quantisation error (benchmarks/export_speed.py measures it)",
     )
-    x.add_argument("--weights", help=WEIGHTS_HELP)
-    x.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    add_shared_options(x, device=False, overwrite_help="replace an existing file")
     x.set_defaults(func=cmd_export)
 
 

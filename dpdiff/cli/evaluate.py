@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from dpdiff.cli.common import is_worker_rank, parse_overrides, print_table
-from dpdiff.cli.parser import WEIGHTS_HELP, Command, format_choices
+from dpdiff.cli.parser import WEIGHTS_HELP, Command, add_shared_options, format_choices
 from dpdiff.utils.errors import UsageError
 
 
@@ -98,9 +98,7 @@ def add_test_arguments(e: argparse.ArgumentParser) -> None:
         "evaluation.mask_resize=bilinear inference.image_score=top_percent_mean) and data.* "
         "(e.g. data.options={...} for --format generic)",
     )
-    e.add_argument("--device", default=None)
-    e.add_argument("--weights", help=WEIGHTS_HELP)
-    e.add_argument("--overwrite", action="store_true")
+    add_shared_options(e)
     e.add_argument(
         "--no-report",
         action="store_true",
@@ -114,9 +112,7 @@ def add_report_arguments(rp: argparse.ArgumentParser) -> None:
     rp.add_argument("--eval", help="evaluation folder (default RUN/eval)")
     rp.add_argument("--output", "-o", help="HTML file (default EVAL/report.html; PNGs in <stem>_files/)")
     rp.add_argument("--data", help="dataset root, when the test images moved since `dpdiff test`")
-    rp.add_argument("--device", default=None)
-    rp.add_argument("--weights", help=WEIGHTS_HELP)
-    rp.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    add_shared_options(rp, overwrite_help="replace an existing report")
     rp.set_defaults(func=cmd_report)
 
 

@@ -110,6 +110,24 @@ def add_common_options(sp: argparse.ArgumentParser, config: bool = True) -> None
     sp.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
+def add_shared_options(
+    p: argparse.ArgumentParser,
+    *,
+    device: bool = True,
+    device_help: str | None = None,
+    weights: bool = True,
+    weights_help: str | None = WEIGHTS_HELP,
+    overwrite_help: str | None = None,
+) -> None:
+    """The options most verbs share, in this order: ``--device``, ``--weights`` (backbone checkpoint),
+    ``--overwrite``."""
+    if device:
+        p.add_argument("--device", default=None, help=device_help)
+    if weights:
+        p.add_argument("--weights", help=weights_help)
+    p.add_argument("--overwrite", action="store_true", help=overwrite_help)
+
+
 def format_choices() -> list[str]:
     """The ``--format`` choices of a dataset: the readers of :data:`dpdiff.data.readers.FORMATS`, then ``auto``
     (detect the layout)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dpdiff.cli.common import config_from_args, config_overrides, print_table
-from dpdiff.cli.parser import DEVICE_HELP, Command, add_common_options, format_choices
+from dpdiff.cli.parser import DEVICE_HELP, Command, add_common_options, add_shared_options, format_choices
 from dpdiff.utils.errors import UsageError
 
 
@@ -224,11 +224,11 @@ def add_ablate_arguments(ab: argparse.ArgumentParser) -> None:
         help="also write each row's HTML report (default: only its data; `dpdiff report` builds it later)",
     )
     ab.add_argument("--dry-run", action="store_true", help="list the rows, trainings and what is already done")
-    ab.add_argument("--device", default=None, help=DEVICE_HELP)
-    ab.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace the table files (finished trainings/evaluations are still reused)",
+    add_shared_options(
+        ab,
+        device_help=DEVICE_HELP,
+        weights=False,
+        overwrite_help="replace the table files (finished trainings/evaluations are still reused)",
     )
     ab.set_defaults(func=cmd_ablate)
 
@@ -267,12 +267,11 @@ def add_scale_arguments(sc: argparse.ArgumentParser) -> None:
     )
     sc.add_argument("--seed", type=int, default=None, help="synthetic data and training seed (default 0)")
     sc.add_argument("--coreset", type=float, default=None, help="kNN memory bank coreset fraction (default 1.0: all)")
-    sc.add_argument("--weights", help="backbone checkpoint (DINOv2 presets)")
-    sc.add_argument("--device", default=None, help=DEVICE_HELP)
-    sc.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="redo every count (a folder made with other settings is refused without it)",
+    add_shared_options(
+        sc,
+        device_help=DEVICE_HELP,
+        weights_help="backbone checkpoint (DINOv2 presets)",
+        overwrite_help="redo every count (a folder made with other settings is refused without it)",
     )
     sc.set_defaults(func=cmd_scale)
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import subprocess
 from pathlib import Path
 
 from dpdiff.serve.app import ServeSettings, create_app
 from dpdiff.serve.model import ServedModel
 
-__all__ = ["run_server", "DEFAULT_HOST", "DEFAULT_PORT", "MAX_CONNECTIONS"]
+__all__ = ["run_server", "stop_server_process", "DEFAULT_HOST", "DEFAULT_PORT", "MAX_CONNECTIONS"]
 
 log = logging.getLogger(__name__)
 
@@ -62,3 +63,15 @@ def run_server(
         timeout_keep_alive=5,
         timeout_graceful_shutdown=10,
     )
+
+
+def stop_server_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """Stop a ``dpdiff serve`` subprocess (tests, the load benchmark): SIGTERM (uvicorn finishes the requests in
+    flight), then SIGKILL when it has not exited within ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)

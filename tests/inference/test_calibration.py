@@ -129,11 +129,8 @@ def normal_data(tmp_path_factory, tiny_dataset) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run(normal_data, tmp_path_factory, tiny_config) -> Path:
-    out = tmp_path_factory.mktemp("calib_run") / "run"
-    # independent draws: after 6 steps an antithetic pair reconstructs the tokens almost exactly (scores ~1e-6)
-    train(tiny_config(normal_data).override({"inference.antithetic": False}), out)
-    return out
+def run(normal_data, tmp_path_factory, tiny_config, train_tiny_run) -> Path:
+    return train_tiny_run(normal_data, tmp_path_factory, tiny_config, "calib_run")
 
 
 def test_false_alarm_rate_on_new_normal_images_is_the_target(run, normal_data):

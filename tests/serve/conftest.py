@@ -8,10 +8,12 @@ import base64
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ import pytest
 from PIL import Image
 
 import dpdiff
+from dpdiff.serve.server import stop_server_process
 from dpdiff.workflows.train import train
 
 SERVER_START_TIMEOUT_S = 90
@@ -126,13 +129,7 @@ def running_server(run: Path, folder: Path, *options: str, token: str | None = N
             time.sleep(0.2)
         yield server
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=15)
+        stop_server_process(proc)
 
 
 # ---------------------------------------------------------------------------------------------- the browser
@@ -328,3 +325,19 @@ def token_server(tiny_run, tmp_path_factory):
     with running_server(tiny_run.run, tmp_path_factory.mktemp("token_server"), token=TOKEN) as srv:
         srv.token = TOKEN
         yield srv
+
+
+def _png_bomb_header(width: int, height: int) -> bytes:
+    """A PNG signature and IHDR declaring width x height, then a tiny IDAT: a decompression-bomb header."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="session")
+def png_bomb_header():
+    """Function: ``png_bomb_header(width, height)`` -> PNG bytes whose header claims that size over a few bytes."""
+    return _png_bomb_header

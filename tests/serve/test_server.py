@@ -9,9 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import itertools
-import struct
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -164,20 +162,19 @@ def _png(width: int, height: int, noise: bool = False) -> bytes:
     return buf.getvalue()
 
 
-def _bomb_header(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-
-
 def _chunked(data: bytes, size: int = 256 * 1024):
     for i in range(0, len(data), size):
         yield data[i : i + size]
 
 
-def _bad_requests(tiny_run, limits):
+def _raw_multipart(body: bytes) -> dict:
+    """A POST /predict whose multipart body (boundary ``zz``) is written out by hand."""
+    return dict(
+        method="POST", url="/predict", content=body, headers={"Content-Type": "multipart/form-data; boundary=zz"}
+    )
+
+
+def _bad_requests(tiny_run, limits, bomb_header):
     """(name, request kwargs, expected status, expected error code) for each class of bad input."""
     good = tiny_run.images[0].read_bytes()
     max_batch, oversized = limits["max_batch"], int((limits["max_image_mb"] + 0.5) * 2**20)
@@ -219,7 +216,7 @@ def _bad_requests(tiny_run, limits):
         ("decompression bomb", dict(method="POST", url="/predict", content=bomb), 413, "too_many_pixels"),
         (
             "bomb header (10 gigapixels)",
-            dict(method="POST", url="/predict", content=_bomb_header(100_000, 100_000)),
+            dict(method="POST", url="/predict", content=bomb_header(100_000, 100_000)),
             413,
             "too_many_pixels",
         ),
@@ -231,12 +228,7 @@ def _bad_requests(tiny_run, limits):
         ),
         (
             "no file in the multipart body",
-            dict(
-                method="POST",
-                url="/predict",
-                content=b'--zz\r\nContent-Disposition: form-data; name="category"\r\n\r\nnut\r\n--zz--\r\n',
-                headers={"Content-Type": "multipart/form-data; boundary=zz"},
-            ),
+            _raw_multipart(b'--zz\r\nContent-Disposition: form-data; name="category"\r\n\r\nnut\r\n--zz--\r\n'),
             400,
             "empty_body",
         ),
@@ -255,12 +247,7 @@ def _bad_requests(tiny_run, limits):
         ),
         (
             "multipart part without a name",
-            dict(
-                method="POST",
-                url="/predict",
-                content=b"--zz\r\nContent-Disposition: form-data\r\n\r\nabc\r\n--zz--\r\n",
-                headers={"Content-Type": "multipart/form-data; boundary=zz"},
-            ),
+            _raw_multipart(b"--zz\r\nContent-Disposition: form-data\r\n\r\nabc\r\n--zz--\r\n"),
             400,
             "bad_multipart",
         ),
@@ -275,9 +262,9 @@ def _bad_requests(tiny_run, limits):
     ]
 
 
-def test_bad_input_gets_a_4xx_and_the_server_stays_healthy(client, tiny_run, server):
+def test_bad_input_gets_a_4xx_and_the_server_stays_healthy(client, tiny_run, server, png_bomb_header):
     seen = set()
-    for name, kwargs, status, code in _bad_requests(tiny_run, server.limits):
+    for name, kwargs, status, code in _bad_requests(tiny_run, server.limits, png_bomb_header):
         r = client.request(**kwargs)
         assert r.status_code == status, (name, r.status_code, r.text[:300])
         body = r.json()

@@ -17,7 +17,6 @@ from dpdiff.inference.detector import Detector
 from dpdiff.metrics.tables import NOT_AVAILABLE
 from dpdiff.utils.run_files import CALIBRATION_FILE
 from dpdiff.workflows.reporting import evaluate_and_report
-from dpdiff.workflows.train import train
 
 TINY_DATA_CHANGES = {"test_good_per_category": 4, "test_defect_per_category": 4}  # read by tiny_data
 PIXEL_METRICS = ("P-AUROC", "P-AP", "P-F1max", "P-AUPRO")
@@ -46,11 +45,8 @@ def mixed(tiny_data, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run(labels_only, tmp_path_factory, tiny_config) -> Path:
-    out = tmp_path_factory.mktemp("labels_only_run") / "run"
-    # independent draws: after 6 steps an antithetic pair reconstructs the tokens almost exactly
-    train(tiny_config(labels_only).override({"inference.antithetic": False}), out)
-    return out
+def run(labels_only, tmp_path_factory, tiny_config, train_tiny_run) -> Path:
+    return train_tiny_run(labels_only, tmp_path_factory, tiny_config, "labels_only_run")
 
 
 def test_reader_accepts_a_set_without_masks_and_says_so(labels_only, caplog):

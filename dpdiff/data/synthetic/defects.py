@@ -67,6 +67,15 @@ def _on_object(scene: _Scene, sl, R: np.ndarray) -> np.ndarray:
     return R & (scene.fg[sl] >= 0.5) if scene.is_object else R
 
 
+def _stroke_region(scene, A: np.ndarray, B: np.ndarray, half_w: float, S: int):
+    """(window slices, distance to the polyline, the stroke's pixels on the object, the clean pixels) of a stroke
+    of half-width ``half_w`` along the segments ``A -> B`` (scratches and cracks)."""
+    sl = _segments_window(A, B, 2 * half_w, S)
+    dist = _segment_distance(A, B, sl, S)
+    R = _on_object(scene, sl, dist <= half_w)
+    return sl, dist, R, scene.base[sl]
+
+
 def _scratch(scene, rng, S):
     cx, cy = _pick_centre(scene, rng, S)
     L = float(rng.uniform(0.5, 1.0)) * (0.8 if scene.is_object else 1.0)
@@ -79,10 +88,7 @@ def _scratch(scene, rng, S):
     pts = ((1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2).astype(np.float32)
     half_w = max(1.5, S / 64.0) / S  # half of (width in px) in units (1 px = 2/S)
     A, B = pts[:-1], pts[1:]
-    sl = _segments_window(A, B, 2 * half_w, S)
-    dist = _segment_distance(A, B, sl, S)
-    R = _on_object(scene, sl, dist <= half_w)
-    clean = scene.base[sl]
+    sl, dist, R, clean = _stroke_region(scene, A, B, half_w, S)
     if not R.any():
         return sl, R, clean
     prof = np.clip(1 - 0.5 * (dist / half_w) ** 2, 0.5, 1)
@@ -212,10 +218,7 @@ def _crack(scene, rng, S):
     seg = np.asarray(segs, np.float32)
     A, B = seg[:, :2], seg[:, 2:]
     half_w = max(1.3, S / 110.0) / S
-    sl = _segments_window(A, B, 2 * half_w, S)
-    dist = _segment_distance(A, B, sl, S)
-    R = _on_object(scene, sl, dist <= half_w)
-    clean = scene.base[sl]
+    sl, dist, R, clean = _stroke_region(scene, A, B, half_w, S)
     if not R.any():
         return sl, R, clean
     depth = np.clip(1.2 - 0.5 * (dist / half_w) ** 2, 0.7, 1.0)[..., None]
