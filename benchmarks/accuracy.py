@@ -339,7 +339,7 @@ def write_frontier(summary: dict, folder: Path) -> None:
             )
         for i, p in enumerate(p for p in mine if p["row"].startswith("knn/")):  # no training: a level to reach
             ax.axhline(100 * p["I-AUROC"], color=f"C{1 + i}", ls="--", lw=0.9, label=p["row"][4:34])
-        ax.legend(fontsize=6, loc="lower right")
+        ax.legend(fontsize=6, loc="best", framealpha=0.6)  # never over a training dot if avoidable
         ax.set_title(ds)
         ax.set_xlim(left=0)  # the banks train for 0 minutes
         ax.set_xlabel("training minutes (2 CPU cores)")
