@@ -164,8 +164,9 @@ def test_predict_is_score_images_with_decisions(backbone, tiny_config, image_fil
     detector = make_detector(backbone, tiny_config, common_noise=True)
     maps, scores = detector.score_images(image_files)
     preds = detector.predict(image_files, batch_size=2)
-    assert [p.score for p in preds] == scores.tolist()
-    assert all(np.array_equal(p.model_map, m) for p, m in zip(preds, maps, strict=True))
+    # other batch sizes (5 vs 2+2+1) change the matrix products' blocking: equal up to float rounding only
+    np.testing.assert_allclose([p.score for p in preds], scores, rtol=1e-5)
+    np.testing.assert_allclose(np.stack([p.model_map for p in preds]), maps, rtol=1e-5, atol=1e-6)
     assert [p.image for p in preds] == [str(f) for f in image_files]
     assert all(p.anomaly_map.shape == (HEIGHT, WIDTH) for p in preds)
     assert preds[0].is_anomalous is None  # uncalibrated: scores only
