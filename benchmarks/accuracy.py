@@ -95,6 +95,7 @@ TRAINING_ROWS: dict[str, dict] = {
     # the frontier (issue #21/#22): accuracy against training minutes, and the paper's prototype grids (Tables 6-8)
     "1000 steps": {"train.steps": 1000},
     "masked training: 50% of the tokens, last 300 steps all": {"train.token_keep": 0.5, "train.full_token_steps": 300},
+    "masked 50%, last 1000 of 3000 steps all": {"train.token_keep": 0.5, "train.full_token_steps": 1000},
     "1500 steps, masked 50%, last 150 all": {
         "train.steps": 1500,
         "train.token_keep": 0.5,

@@ -39,7 +39,7 @@ DATA_FORMATS = ("mvtec", "mpdd", "visa", "realiad", "realiad_variety", "btad", "
 #: ``data.format`` (and the command line's ``--format`` of a dataset): a reader or :data:`AUTO_FORMAT`.
 FORMAT_CHOICES = (*DATA_FORMATS, AUTO_FORMAT)
 #: ``dpdiff export --format``.
-EXPORT_FORMATS = ("onnx",)
+EXPORT_FORMATS = ("onnx", "openvino")
 #: ``dpdiff export --quantize`` (inference/export.py).
 QUANTIZE_CHOICES = ("int8",)
 

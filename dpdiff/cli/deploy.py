@@ -44,14 +44,21 @@ def cmd_export(args) -> int:
     if Path(args.run).suffix.lower() == ".onnx":
         raise UsageError(f"{args.run} is already an ONNX model; pass the run folder it was exported from")
     detector = Detector.load(Path(args.run), weights=args.weights, device="cpu")
-    summary = export_onnx(
-        detector,
-        Path(args.output),
-        opset=args.opset,
-        overwrite=args.overwrite,
-        verify=not args.no_verify,
-        quantize=args.quantize,
-    )
+    if args.format == "openvino":
+        from dpdiff.inference.openvino_runtime import export_openvino
+
+        summary = export_openvino(
+            detector, Path(args.output), overwrite=args.overwrite, verify=not args.no_verify, quantize=args.quantize
+        )
+    else:
+        summary = export_onnx(
+            detector,
+            Path(args.output),
+            opset=args.opset,
+            overwrite=args.overwrite,
+            verify=not args.no_verify,
+            quantize=args.quantize,
+        )
     print(
         f"exported {summary['file']} ({summary['bytes'] / 1e6:.1f} MB, opset {summary['opset']}, input "
         f"(batch, 3, {summary['image_size']}, {summary['image_size']}), quantization {summary['quantization']})"
@@ -114,8 +121,13 @@ def add_export_arguments(x: argparse.ArgumentParser) -> None:
     from dpdiff.choices import EXPORT_FORMATS, QUANTIZE_CHOICES
 
     x.add_argument("run", help="run folder written by `dpdiff train`")
-    x.add_argument("--format", choices=EXPORT_FORMATS, default="onnx", help="export format (onnx)")
-    x.add_argument("--output", "-o", required=True, help="the .onnx file to write")
+    x.add_argument(
+        "--format",
+        choices=EXPORT_FORMATS,
+        default="onnx",
+        help="onnx (onnxruntime, CPU or CUDA) or openvino (OpenVINO IR .xml + .bin, CPU; needs the openvino package)",
+    )
+    x.add_argument("--output", "-o", required=True, help="the .onnx (or, with --format openvino, .xml) file to write")
     x.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17, default 17)")
     x.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-PyTorch check on two images")
     x.add_argument(

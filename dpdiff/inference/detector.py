@@ -85,13 +85,12 @@ class Detector(DetectorBase):
     def load(cls, run_dir: str | os.PathLike, weights: str | None = None, device: str = "auto"):
         """The detector of a run folder (``dpdiff train`` output) with its thresholds (``RUN/calibration.json``
         when present and made for these weights and settings); ``weights``: the backbone checkpoint, when it is
-        not where the run's config says. A ``.onnx`` file (``dpdiff export``) loads an
-        :class:`~dpdiff.inference.onnx_runtime.OnnxDetector` instead (onnxruntime, same ``predict``/``calibrate``)."""
+        not where the run's config says. An exported model (``dpdiff export``: ``.onnx``, or OpenVINO's ``.xml``)
+        loads its runtime's detector instead (:data:`~dpdiff.inference.predictor.RUNTIMES`; same
+        ``predict``/``calibrate``)."""
         path = Path(run_dir)
-        if path.suffix.lower() == ".onnx":
-            from dpdiff.inference.onnx_runtime import OnnxDetector
-
-            return OnnxDetector.load(path, device=device)
+        if path.suffix.lower() in (".onnx", ".xml"):
+            return DetectorBase.load(path, device=device)
         detector = load_detector(path, device, weights=weights)
         detector.calibration_path = path / CALIBRATION_FILE
         detector.calibration = read_calibration(detector.calibration_path, detector.fingerprint())

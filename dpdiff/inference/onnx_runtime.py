@@ -79,6 +79,11 @@ def read_metadata(session, where: str) -> dict[str, str]:
     export."""
     props = session.get_modelmeta().custom_metadata_map or {}
     meta = {k[len(_PREFIX) :]: v for k, v in props.items() if k.startswith(_PREFIX)}
+    return check_metadata(meta, where)
+
+
+def check_metadata(meta: dict[str, str], where: str) -> dict[str, str]:
+    """``meta`` when it holds what a dpdiff export carries; CheckpointError naming what is missing otherwise."""
     missing = [k for k in _REQUIRED if k not in meta]
     if missing:
         raise CheckpointError(

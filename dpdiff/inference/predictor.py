@@ -521,7 +521,11 @@ class Predictor:
 #: The runtimes :meth:`Detector.load` picks from, by the suffix of the path it is given ("" for a run folder):
 #: ``"module:class"``, imported only when used (so the onnxruntime path never loads torch). A runtime plugs in
 #: here with its ``load(path, weights=None, device="auto")`` classmethod.
-RUNTIMES = {".onnx": "dpdiff.inference.onnx_runtime:OnnxDetector", "": "dpdiff.inference.detector:Detector"}
+RUNTIMES = {
+    ".onnx": "dpdiff.inference.onnx_runtime:OnnxDetector",
+    ".xml": "dpdiff.inference.openvino_runtime:OpenVinoDetector",
+    "": "dpdiff.inference.detector:Detector",
+}
 
 
 class Detector(Predictor):
@@ -538,6 +542,6 @@ class Detector(Predictor):
         suffix = Path(path).suffix.lower()
         module, _, name = RUNTIMES.get(suffix, RUNTIMES[""]).partition(":")
         runtime = getattr(importlib.import_module(module), name)
-        if suffix == ".onnx":
+        if suffix in (".onnx", ".xml"):  # exported models: the backbone is in the graph
             return runtime.load(path, device=device)
         return runtime.load(path, weights=weights, device=device)

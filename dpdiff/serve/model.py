@@ -67,7 +67,7 @@ class ServedModel:
         given = Path(run)
         onnx_path = Path(onnx) if onnx is not None else None
         run_dir: Path | None = given
-        if given.suffix.lower() == ".onnx":
+        if given.suffix.lower() in (".onnx", ".xml"):  # an export: onnxruntime, or OpenVINO's IR
             if onnx_path is not None:
                 raise UsageError(f"two ONNX models ({given} and --onnx {onnx_path}); give a run folder with --onnx")
             run_dir, onnx_path = None, given
@@ -82,7 +82,7 @@ class ServedModel:
                     f"{onnx_path} was exported from another run than {run_dir} (their configurations differ); "
                     f"export {run_dir} with `dpdiff export` or serve the .onnx alone"
                 )
-            runtime, where = "onnx", onnx_path.resolve()
+            runtime, where = ("openvino" if onnx_path.suffix.lower() == ".xml" else "onnx"), onnx_path.resolve()
             device_name = cast("OnnxDetector", detector).session.get_providers()[0]
         else:
             detector = predictor.Detector.load(given, weights=weights, device=device)

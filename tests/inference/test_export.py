@@ -209,3 +209,34 @@ def test_the_onnx_runtime_and_its_service_need_no_torch(exported, data):
     assert got["type"] == "OnnxDetector" and got["runtime"] == "onnx"
     want = [p.score for p in OnnxDetector.load(path).predict(images)]  # here, with torch loaded
     np.testing.assert_allclose(got["scores"], want, rtol=1e-6)
+
+
+def test_openvino_export_scores_like_onnxruntime_with_the_same_thresholds(run, data, exported, tmp_path):
+    """`dpdiff export --format openvino`: the IR (float32 weights) loads through `Detector.load`, scores like the
+    ONNX export (same decisions, thresholds from the metadata), and an existing output is refused."""
+    pytest.importorskip("openvino")
+    from dpdiff.inference.openvino_runtime import OpenVinoDetector
+
+    xml = tmp_path / "model.xml"
+    assert main(["export", str(run), "--format", "openvino", "--output", str(xml)]) == 0
+    assert xml.is_file() and xml.with_suffix(".bin").is_file()
+    images = _defective(data) + sorted(data.glob("*/train/good/*.png"))
+    ov_detector = Detector.load(xml)
+    assert isinstance(ov_detector, OpenVinoDetector)
+    ov_pred, onnx_pred = ov_detector.predict(images), Detector.load(exported[0]).predict(images)
+    s_v = np.array([p.score for p in ov_pred])
+    s_o = np.array([p.score for p in onnx_pred])
+    assert np.all(np.abs(s_v - s_o) <= SCORE_RTOL * np.abs(s_o))
+    assert (
+        max(float(np.abs(a.anomaly_map - b.anomaly_map).max()) for a, b in zip(ov_pred, onnx_pred, strict=True))
+        < MAP_ATOL
+    )
+    assert [p.is_anomalous for p in ov_pred] == [p.is_anomalous for p in onnx_pred]
+    assert ov_pred[0].image_threshold == onnx_pred[0].image_threshold is not None
+    from dpdiff.serve.model import ServedModel  # `dpdiff serve model.xml` loads it the same way
+
+    served = ServedModel.load(xml)
+    assert served.detector.predict(images[:2])[0].score == pytest.approx(ov_pred[0].score, rel=1e-6)
+    before = xml.read_bytes()
+    assert main(["export", str(run), "--format", "openvino", "--output", str(xml)]) != 0  # exists: refused
+    assert xml.read_bytes() == before
