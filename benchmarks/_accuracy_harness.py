@@ -27,9 +27,10 @@ from dpdiff.features import (
     tokens_from_maps,
 )
 from dpdiff.features.cache import FeatureCache
-from dpdiff.inference.detector import Detector, postprocess_maps
+from dpdiff.inference.detector import Detector
 from dpdiff.metrics import METRIC_NAMES, add_mean_row, compute_metrics
 from dpdiff.model.checkpoint import config_differences, load_model, read_run_config
+from dpdiff.scoring.scorer import postprocess_maps
 from dpdiff.scoring.token_bank import build_token_bank
 from dpdiff.utils.io import atomic_write_json
 from dpdiff.workflows.train import train

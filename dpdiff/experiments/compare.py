@@ -15,8 +15,8 @@ from dpdiff.baselines.knn import KNNMemoryBank
 from dpdiff.config import Config
 from dpdiff.data.dataset import ImageDataset
 from dpdiff.features import tokens_from_maps
-from dpdiff.inference.detector import Detector, map_size
-from dpdiff.scoring.scorer import postprocess_maps
+from dpdiff.inference.detector import Detector
+from dpdiff.scoring.scorer import map_size, postprocess_maps
 
 # ``map_size`` is dpdiff.inference.detector.map_size (the one rule), importable from here for experiments/scale.py
 __all__ = ["masks_and_labels", "map_size", "build_knn", "knn_score_features", "dpdiff_score_features"]

@@ -9,9 +9,8 @@ all score images with the pieces of :class:`Detector`, so what is timed and repo
 Inputs, decoding, preprocessing, batching, thresholds and decisions are the shared
 :class:`~dpdiff.inference.predictor.Predictor`'s; this runtime runs preprocessed batches: the backbone
 (:meth:`Detector.features`) and the scoring protocol (:meth:`Detector.scorer`), with the runtime's options
-(rows per DiT call, autocast, ``torch.compile``). ``R`` is :func:`map_size`: the evaluation resolution, by
-default the input size ``S`` (the rule lives in :func:`dpdiff.scoring.scorer.map_size`, re-exported here
-with :func:`~dpdiff.scoring.scorer.postprocess_maps`).
+(rows per DiT call, autocast, ``torch.compile``). ``R`` is :func:`dpdiff.scoring.scorer.map_size`: the evaluation
+resolution, by default the input size ``S``.
 """
 
 from __future__ import annotations
@@ -33,11 +32,11 @@ from dpdiff.data.dataset import ImageDataset
 from dpdiff.data.types import Sample
 from dpdiff.features import build_backbone_from_config, resolve_device
 from dpdiff.inference.calibration import read_calibration, scoring_fingerprint
+from dpdiff.inference.predictor import EXPORT_SUFFIXES, ImageInput, Preprocessing
 from dpdiff.inference.predictor import Detector as DetectorBase
-from dpdiff.inference.predictor import ImageInput, Preprocessing
 from dpdiff.model.checkpoint import load_model
 from dpdiff.model.dpdiff_ad import DPDiffAD
-from dpdiff.scoring.scorer import Scorer, map_size, postprocess_maps, resolve_autocast_dtype
+from dpdiff.scoring.scorer import Scorer, map_size, resolve_autocast_dtype
 from dpdiff.scoring.token_bank import TokenBank
 from dpdiff.utils.errors import CheckpointError, ConfigKeyError
 from dpdiff.utils.progress import progress
@@ -89,7 +88,7 @@ class Detector(DetectorBase):
         loads its runtime's detector instead (:data:`~dpdiff.inference.predictor.RUNTIMES`; same
         ``predict``/``calibrate``)."""
         path = Path(run_dir)
-        if path.suffix.lower() in (".onnx", ".xml"):
+        if path.suffix.lower() in EXPORT_SUFFIXES:
             return DetectorBase.load(path, device=device)
         detector = load_detector(path, device, weights=weights)
         detector.calibration_path = path / CALIBRATION_FILE
@@ -285,8 +284,6 @@ __all__ = [
     "apply_test_overrides",
     "inference_row_cap",
     "load_detector",
-    "map_size",
-    "postprocess_maps",
     "scoring_settings",
     "score_dataset",
     "scoring_dataset",

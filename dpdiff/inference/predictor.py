@@ -49,7 +49,7 @@ import numpy as np
 from PIL import Image
 
 from dpdiff.data.images import load_image_rgb, normalized_image_array, read_mask_values, resize_binarise_mask
-from dpdiff.data.types import list_images  # re-exported: callers import it from here
+from dpdiff.data.types import list_images
 from dpdiff.inference.calibration import (
     DEFAULT_PIXEL_FPR,
     Calibration,
@@ -78,7 +78,6 @@ __all__ = [
     "Skipped",
     "as_pil",
     "flatten_inputs",
-    "list_images",
     "resize_map",
 ]
 
@@ -526,6 +525,8 @@ RUNTIMES = {
     ".xml": "dpdiff.inference.openvino_runtime:OpenVinoDetector",
     "": "dpdiff.inference.detector:Detector",
 }
+#: the file suffixes of exported models (their backbone is in the graph: no ``weights``)
+EXPORT_SUFFIXES = tuple(suffix for suffix in RUNTIMES if suffix)
 
 
 class Detector(Predictor):
@@ -542,6 +543,6 @@ class Detector(Predictor):
         suffix = Path(path).suffix.lower()
         module, _, name = RUNTIMES.get(suffix, RUNTIMES[""]).partition(":")
         runtime = getattr(importlib.import_module(module), name)
-        if suffix in (".onnx", ".xml"):  # exported models: the backbone is in the graph
+        if suffix in EXPORT_SUFFIXES:
             return runtime.load(path, device=device)
         return runtime.load(path, weights=weights, device=device)

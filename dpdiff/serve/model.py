@@ -67,7 +67,7 @@ class ServedModel:
         given = Path(run)
         onnx_path = Path(onnx) if onnx is not None else None
         run_dir: Path | None = given
-        if given.suffix.lower() in (".onnx", ".xml"):  # an export: onnxruntime, or OpenVINO's IR
+        if given.suffix.lower() in predictor.EXPORT_SUFFIXES:  # an export: onnxruntime, or OpenVINO's IR
             if onnx_path is not None:
                 raise UsageError(f"two ONNX models ({given} and --onnx {onnx_path}); give a run folder with --onnx")
             run_dir, onnx_path = None, given

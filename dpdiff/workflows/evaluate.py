@@ -15,10 +15,11 @@ import numpy as np
 from dpdiff.config import Config
 from dpdiff.data.readers import load_samples
 from dpdiff.figure_data import OverlayItem, ReportData, overlay_picks
-from dpdiff.inference.detector import apply_test_overrides, load_detector, map_size, score_dataset, scoring_dataset
+from dpdiff.inference.detector import apply_test_overrides, load_detector, score_dataset, scoring_dataset
 from dpdiff.metrics import compute_metrics
 from dpdiff.metrics.tables import add_mean_row, write_results
 from dpdiff.model.checkpoint import read_run_config
+from dpdiff.scoring.scorer import map_size
 from dpdiff.utils.errors import ConfigError
 from dpdiff.utils.io import atomic_write_text
 from dpdiff.utils.run_files import (

@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dpdiff.data.types import list_images
 from dpdiff.figure_data import OverlayItem
 from dpdiff.inference.detector import Detector
-from dpdiff.inference.predictor import Predictor, Skipped, list_images
+from dpdiff.inference.predictor import Predictor, Skipped
 from dpdiff.utils.errors import RunFolderError
 from dpdiff.utils.io import atomic_write_bytes, atomic_write_text
 from dpdiff.utils.run_files import OVERLAYS_DIR, PREDICTIONS_FILE

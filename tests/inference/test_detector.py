@@ -15,10 +15,10 @@ from dpdiff.data.types import Sample
 from dpdiff.experiments import compare
 from dpdiff.experiments.benchmark import random_model
 from dpdiff.features import build_backbone_from_config
-from dpdiff.inference.detector import Detector, map_size, score_dataset
+from dpdiff.inference.detector import Detector, score_dataset
 from dpdiff.model.postprocess import postprocess
 from dpdiff.scoring.noise import CommonNoise, IndependentNoise
-from dpdiff.scoring.scorer import Scorer, ScoringSettings
+from dpdiff.scoring.scorer import Scorer, ScoringSettings, map_size
 from dpdiff.workflows.evaluate import protocol_description
 from dpdiff.workflows.report_inputs import probe
 
