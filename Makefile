@@ -4,12 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all lint dist venv clean
+.PHONY: demo test test-all lint docs dist venv clean
 
-$(STAMP): requirements.txt requirements-test.txt pyproject.toml
+$(STAMP): requirements.txt requirements-test.txt requirements-docs.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt -r requirements-test.txt
+	$(PY) -m pip install -q -r requirements.txt -r requirements-test.txt -r requirements-docs.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
@@ -33,6 +33,13 @@ lint: $(STAMP)
 	done; \
 	exit $$status
 
+# The documentation site (mkdocs.yml, docs/) into site/, offline: `--strict` makes every warning an error, broken
+# internal links and anchors included (mkdocs.yml `validation:`); the Markdown outside docs/ (README, CONTRIBUTING,
+# CHANGELOG) is checked by tools/check_md_links.py, since MkDocs does not read it.
+docs: $(STAMP)
+	$(PY) tools/check_md_links.py README.md CONTRIBUTING.md CHANGELOG.md
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 # sdist + wheel into dist/, built with the pinned setuptools of .venv (offline: no isolated build
 # environment is downloaded), then checked with twine. tests/test_packaging.py installs such a wheel.
 dist: $(STAMP)
@@ -41,4 +48,4 @@ dist: $(STAMP)
 	$(VENV)/bin/twine check --strict dist/*
 
 clean:
-	rm -rf $(VENV) runs dist
+	rm -rf $(VENV) runs dist site

@@ -128,7 +128,12 @@ def _best(rows: list[dict]) -> dict:
 
 
 #: Real public sets converted by benchmarks/real_datasets.py (dpdiff.data.public_sets): name -> categories.
-REAL_SETS = {"elpv": ["mono", "poly"], "elpv_units": ["mono", "poly"], "bsdata": ["ball_screw"]}
+REAL_SETS = {
+    "elpv": ["mono", "poly"],
+    "elpv_units": ["mono", "poly"],
+    "bsdata": ["ball_screw"],
+    "kolektorsdd": ["commutator"],
+}
 
 
 def _dataset_spec(name: str, out: Path, cfg: Config, args) -> tuple[Path, list[str]]:

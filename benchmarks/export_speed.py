@@ -42,6 +42,7 @@ from dpdiff.inference.export import export_onnx
 from dpdiff.inference.onnx_runtime import OnnxDetector
 from dpdiff.utils.io import atomic_write_json
 from dpdiff.utils.run_files import STATE_FILE
+from dpdiff.utils.sizes import hw_json
 from dpdiff.workflows.train import train
 
 DEMO_RUN = ROOT / "runs" / "demo" / "run"
@@ -179,7 +180,7 @@ def main() -> int:
         "model": source,
         "quick": bool(args.quick),
         "image_size": cfg.backbone.image_size,
-        "map_size": detector.map_size,
+        "map_size": hw_json(detector.map_size),
         "batch_size": int(cfg.inference.batch_size),
         "inference": inference_settings(cfg),
         "export": {"seconds": round(export_s, 2), "bytes": summary["bytes"], "opset": summary["opset"]},

@@ -32,8 +32,8 @@ from dpdiff.utils.io import atomic_write_json
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _masks(samples, size: int) -> tuple[np.ndarray, np.ndarray]:
-    masks = np.zeros((len(samples), size, size), bool)
+def _masks(samples, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    masks = np.zeros((len(samples), *size), bool)  # size: the detector's (Hm, Wm)
     known = np.ones(len(samples), bool)
     for i, s in enumerate(samples):
         if s.label and s.mask_path is not None:

@@ -4,6 +4,8 @@
     python benchmarks/real_datasets.py elpv --output runs/real_data/elpv
     git clone https://github.com/2Obe/BSData /tmp/BSData         # BSData (CC BY-SA 4.0)
     python benchmarks/real_datasets.py bsdata --source /tmp/BSData --output runs/real_data/bsdata
+    git clone https://github.com/stoy95536/KolektorSDD_Yolov8_Datasets /tmp/KolektorSDD   # CC BY-NC-SA 4.0
+    python benchmarks/real_datasets.py kolektorsdd --source /tmp/KolektorSDD --output runs/real_data/kolektorsdd
 
 The split (fixed seed, never a defective image in training) and the sources are documented in
 ``dpdiff.data.public_sets``; the data are never committed. A finished conversion is not redone.

@@ -32,6 +32,8 @@ SCORING_MODES = ("reconstruction", "prototype")
 IMAGE_SCORE_RULES = ("pooled_max", "top_percent_mean")
 #: ``evaluation.mask_resize``: resampling of a mask before thresholding (data/images.py).
 MASK_RESIZE_MODES = ("nearest", "bilinear")
+#: ``data.resize``: how an image becomes the model input's H x W (data/geometry.py ``ImageGeometry``).
+RESIZE_MODES = ("stretch", "keep_aspect")
 #: ``data.format`` value that detects the layout from the folder.
 AUTO_FORMAT = "auto"
 #: The dataset readers; registry ``dpdiff.data.FORMATS`` (its order differs: this is the config's message order).
@@ -66,6 +68,7 @@ __all__ = [
     "SCORING_MODES",
     "IMAGE_SCORE_RULES",
     "MASK_RESIZE_MODES",
+    "RESIZE_MODES",
     "AUTO_FORMAT",
     "DATA_FORMATS",
     "FORMAT_CHOICES",

@@ -46,6 +46,7 @@ from dpdiff.choices import (
     LR_SCHEDULES,
     MASK_RESIZE_MODES,
     PREDICTION_TARGETS,
+    RESIZE_MODES,
     SCORING_MODES,
 )
 from dpdiff.config_checks import check_relations, check_value, field_hints
@@ -94,8 +95,16 @@ class BackboneConfig:
     weights: str | None = _setting(
         None, role=LOCATION, help="local weights file; null: the installed package's weights (Lite), required (DINOv2)"
     )
-    image_size: int = _setting(256, ge=1, help="input side in pixels")
-    feature_stride: int | None = _setting(None, ge=1, help="CNNs: token grid = image_size // feature_stride; null: 16")
+    image_size: int | list[int] = _setting(
+        256,
+        ge=1,
+        help="model input in pixels: one int (a square side) or [height, width], each a multiple of the feature "
+        "stride (16 for the EfficientNet-Lite presets, 14 for DINOv2); token grid = H/stride x W/stride "
+        "(docs/datasets.md, Image geometry)",
+    )
+    feature_stride: int | None = _setting(
+        None, ge=1, help="CNNs: token grid = image_size // feature_stride (per side); null: 16"
+    )
     normalize_intensity: bool = _setting(
         False,
         help="beyond the paper: each image standardised to zero mean, unit std (one gain and offset per image) "
@@ -232,6 +241,26 @@ class TrainConfig:
         help="the pixel threshold's own rate: share of a normal image's map pixels above it "
         "(inference/calibration.py DEFAULT_PIXEL_FPR)",
     )
+    init_from: str | None = _setting(
+        None,
+        role=LOCATION,
+        help="add categories to a trained run: start from this run folder's weights (its EMA weights) and train "
+        "on data.categories (new ones only) mixed with a replay of the run's own training images; the new run "
+        "knows the union (training/init_from.py, docs/guides/add-category.md); null = a fresh model",
+    )
+    replay: int | None = _setting(
+        None,
+        ge=1,
+        help="with train.init_from: at most this many training images per old category are replayed (drawn with "
+        "train.seed); null = all of them (their tokens come from the feature cache when train.feature_cache)",
+    )
+    replay_fraction: float = _setting(
+        0.5,
+        gt=0,
+        lt=1,
+        help="with train.init_from: the share of every batch drawn from the replayed images of the old "
+        "categories (the rest from the new ones)",
+    )
 
 
 @dataclass
@@ -279,8 +308,12 @@ class InferenceConfig:
 
 @dataclass
 class EvaluationConfig:
-    resolution: int | None = _setting(
-        None, ge=1, help="maps and masks at this size; null: backbone.image_size (Dinomaly: 256)"
+    resolution: int | list[int] | None = _setting(
+        None,
+        ge=1,
+        help="maps and masks compared at this size: one int (the side of a square input; with a non-square "
+        "image_size the long side, the short one following the input's aspect) or [height, width]; null: "
+        "backbone.image_size (Dinomaly: 256)",
     )
     mask_threshold: float = _setting(0.0, ge=0, lt=1, help="mask value in [0, 1] must be > this (Dinomaly 0, ADer 0.5)")
     mask_resize: str = _setting(
@@ -298,6 +331,18 @@ class DataConfig:
         help="dataset layout: a reader of dpdiff.data FORMATS (docs/datasets.md), or auto (detected from root)",
     )
     options: dict = _setting(factory=dict, help="reader options (docs/datasets.md), e.g. Real-IAD {resolution: 512}")
+    resize: str = _setting(
+        "stretch",
+        choices=RESIZE_MODES,
+        help="stretch: each image resized directly to backbone.image_size (aspect not kept) | keep_aspect: "
+        "letterboxed, fitted inside it with its aspect kept and padded (for images of differing aspect; a camera "
+        "of fixed aspect sets image_size to [H, W] of that aspect instead); docs/datasets.md, Image geometry",
+    )
+    roi: list[float] | None = _setting(
+        None,
+        help="region of interest [x0, y0, x1, y1] cut out of every image before anything else (training, test, "
+        "predict, serve): integers = pixels, otherwise fractions of the image in [0, 1]; maps are 0 outside it",
+    )
 
 
 @dataclass

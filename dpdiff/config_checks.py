@@ -116,7 +116,9 @@ def check_value(key: str, value: Any, hint: Any, meta: Mapping, where: str) -> N
     if choices is not None and value not in choices:
         raise ConfigError(f"{where}{key}: {value!r} is not allowed; choose one of {', '.join(choices)}")
     bounds = bounds_text(meta)
-    if bounds and not _in_bounds(value, meta):
+    # a list (an [height, width] size) is bounded element by element
+    items = value if isinstance(value, (list, tuple)) else [value]
+    if bounds and not all(_in_bounds(v, meta) for v in items):
         raise ConfigError(f"{where}{key}: must be {bounds}, got {value!r}")
 
 
@@ -131,10 +133,35 @@ def check_relations(cfg: Any, where: str) -> None:
             )
     if m.beta_start > m.beta_end:
         raise ConfigError(f"{where}model.beta_start: {m.beta_start} is above model.beta_end {m.beta_end}")
+    for key, size in (
+        ("backbone.image_size", cfg.backbone.image_size),
+        ("evaluation.resolution", cfg.evaluation.resolution),
+    ):
+        if isinstance(size, list) and len(size) != 2:
+            raise ConfigError(f"{where}{key}: expected one int or [height, width], got {size!r}")
+    if cfg.data.roi is not None:
+        _check_roi(cfg.data.roi, where)
     if inf.noise_step >= m.num_timesteps:
         raise ConfigError(
             f"{where}inference.noise_step: must be < model.num_timesteps ({m.num_timesteps}), "
             f"got {inf.noise_step} (0-based index of t)"
+        )
+
+
+def _check_roi(roi: list, where: str) -> None:
+    """``data.roi``: [x0, y0, x1, y1] with x0 < x1, y0 < y1; all integers = pixels (>= 0), else fractions in [0, 1]."""
+    if len(roi) != 4:
+        raise ConfigError(f"{where}data.roi: expected [x0, y0, x1, y1] (pixels or fractions), got {roi!r}")
+    x0, y0, x1, y1 = roi
+    if not (x0 < x1 and y0 < y1):
+        raise ConfigError(f"{where}data.roi: need x0 < x1 and y0 < y1 (a box [x0, y0, x1, y1]), got {roi!r}")
+    if all(isinstance(v, int) for v in roi):
+        if x0 < 0 or y0 < 0:
+            raise ConfigError(f"{where}data.roi: pixel coordinates must be >= 0, got {roi!r}")
+    elif not all(0.0 <= float(v) <= 1.0 for v in roi):
+        raise ConfigError(
+            f"{where}data.roi: {roi!r} holds a non-integer, so it is read as fractions of the image, which must "
+            f"lie in [0, 1]; write a pixel box with integers only (e.g. [100, 40, 900, 420])"
         )
 
 

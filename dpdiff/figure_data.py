@@ -60,8 +60,14 @@ def pack_mask(mask: np.ndarray) -> np.ndarray:
     return np.packbits(np.asarray(mask, bool).reshape(-1))
 
 
-def unpack_mask(packed: np.ndarray, size: int) -> np.ndarray:
-    return np.unpackbits(packed, count=size * size).astype(bool).reshape(size, size)
+def unpack_mask(packed: np.ndarray, size: int | tuple[int, int] | list[int]) -> np.ndarray:
+    """The bool mask of :func:`pack_mask` at ``size`` (a square side or (H, W))."""
+    h, w = _hw(size)
+    return np.unpackbits(packed, count=h * w).astype(bool).reshape(h, w)
+
+
+def _hw(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
 
 
 class PathMap:
@@ -91,17 +97,19 @@ class PathMap:
 # ---------------------------------------------------------------------------------------------------- overlays
 @dataclass
 class OverlayItem:
-    """One overlay PNG: ``image`` shown at ``size`` px with ``map`` on top (colour scale ``vmin..vmax``),
+    """One overlay PNG: ``image`` shown at ``size`` px (a square side or (H, W); cut to ``roi``, the region of
+    interest ``[x0, y0, x1, y1]`` of ``data.roi``, first) with ``map`` on top (colour scale ``vmin..vmax``),
     the ground-truth contour of ``mask`` when given; written to ``file`` (relative to the output folder)."""
 
     image: str
     map: np.ndarray
     file: str
-    size: int
+    size: int | tuple[int, int]
     vmin: float
     vmax: float
     title: str
     mask: np.ndarray | None = None
+    roi: list | None = None
 
 
 def overlay_picks(labels: np.ndarray, scores: np.ndarray, n: int) -> list[int]:
@@ -203,9 +211,10 @@ class ReportData:
     positives and false negatives, the category's colour scale, and the probe images (paths, labels,
     masks) for the prototype maps and the t-SNE; ``probe_outputs`` once the model has run on them. Feed it
     each category's arrays as evaluate scores them. ``maps_recomputed``: the maps were recomputed after the
-    evaluation (``dpdiff report`` without ``report_data.npz``)."""
+    evaluation (``dpdiff report`` without ``report_data.npz``). ``map_size``: (Hm, Wm) of the maps and masks (one
+    int: a square); ``roi``: ``data.roi`` (the images are cut to it before the maps are laid on them)."""
 
-    map_size: int
+    map_size: int | tuple[int, int]
     data_root: str = ""
     examples_per_category: int = 2
     probes_defective: int = 2
@@ -215,6 +224,7 @@ class ReportData:
     scales: dict = field(default_factory=dict)
     probe_outputs: ProbeOutputs | None = None
     maps_recomputed: bool = False
+    roi: list | None = None
 
     def select(self, labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """Indices of (the worst false positives, the worst false negatives, the probe images)."""
@@ -279,9 +289,11 @@ class ReportData:
             )
 
     def probe_masks(self, index: list[int]) -> np.ndarray:
-        """(len(index), S, S) bool ground truth of the probes at ``index``."""
+        """(len(index), Hm, Wm) bool ground truth of the probes at ``index``."""
         s = self.map_size
-        return np.stack([unpack_mask(self.probes[k]["mask"], s) for k in index]) if index else np.zeros((0, s, s), bool)
+        if not index:
+            return np.zeros((0, *_hw(s)), bool)
+        return np.stack([unpack_mask(self.probes[k]["mask"], s) for k in index])
 
     # -------------------------------------------------------------------------------------------- npz
     def save(self, path: Path) -> Path:
@@ -359,12 +371,12 @@ def _column(rows: list[dict], key: str, dtype=None) -> np.ndarray:
 
 
 def _to_arrays(data: ReportData) -> dict[str, np.ndarray]:
-    s = data.map_size
-    maps = np.stack([e["map"] for e in data.examples]) if data.examples else np.zeros((0, s, s), np.float32)
+    h, w = _hw(data.map_size)
+    maps = np.stack([e["map"] for e in data.examples]) if data.examples else np.zeros((0, h, w), np.float32)
     finite = maps[np.isfinite(maps)]
     if not finite.size or float(np.abs(finite).max()) < 6e4:
         maps = maps.astype(np.float16)  # half the size; float32 kept for maps beyond float16's range
-    nbytes = (s * s + 7) // 8
+    nbytes = (h * w + 7) // 8
 
     def packed(rows):
         return np.stack([r["mask"] for r in rows]) if rows else np.zeros((0, nbytes), np.uint8)
@@ -373,7 +385,7 @@ def _to_arrays(data: ReportData) -> dict[str, np.ndarray]:
     po = data.probe_outputs
     meta = {
         "format_version": DATA_FORMAT_VERSION,
-        "map_size": s,
+        "map_size": h if h == w else [h, w],
         "data_root": data.data_root,
         "examples_per_category": data.examples_per_category,
         "categories": cats,
@@ -384,6 +396,8 @@ def _to_arrays(data: ReportData) -> dict[str, np.ndarray]:
             "tokens": None if po.tokens is None else {"images": po.tokens.images, "seed": po.tokens.seed},
         },
     }
+    if data.roi is not None:
+        meta["roi"] = list(data.roi)
     arrays = {
         "meta_json": np.array(json.dumps(meta)),
         "ex_map": maps,
@@ -407,9 +421,12 @@ def _to_arrays(data: ReportData) -> dict[str, np.ndarray]:
 
 
 def _from_arrays(cls, d: dict, meta: dict) -> ReportData:
-    s = int(meta["map_size"])
+    size = meta["map_size"]
     data = cls(
-        map_size=s, data_root=meta.get("data_root", ""), examples_per_category=int(meta.get("examples_per_category", 2))
+        map_size=int(size) if isinstance(size, int) else (int(size[0]), int(size[1])),
+        data_root=meta.get("data_root", ""),
+        examples_per_category=int(meta.get("examples_per_category", 2)),
+        roi=meta.get("roi"),
     )
     for i, row in enumerate(_rows(d, "ex_", _EXAMPLE_KEYS)):
         data.examples.append(row | {"map": d["ex_map"][i].astype(np.float32), "mask": d["ex_mask"][i]})

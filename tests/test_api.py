@@ -1,4 +1,4 @@
-"""The Python API (dpdiff/__init__.py, issue #14): the README example runs, every input kind gives the same
+"""The Python API (dpdiff/__init__.py, issue #14): the documented example runs, every input kind gives the same
 prediction, fit trains and calibrates, and bad inputs are errors naming the file (or skipped rows)."""
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from dpdiff.utils.run_files import CALIBRATION_FILE
 from dpdiff.workflows.train import train
 
 REPO = Path(__file__).resolve().parents[1]
+#: the page of the documentation site that holds the example ("Use from Python")
+EXAMPLE_PAGE = REPO / "docs" / "guides" / "python-api.md"
 EXAMPLE = re.compile(r"<!-- api-example:start -->\s*```python\n(.*?)```\s*<!-- api-example:end -->", re.S)
 
 
@@ -36,14 +38,14 @@ def demo_like(tmp_path_factory, tiny_config, tiny_dataset) -> Path:
     return base
 
 
-def test_readme_example_runs(demo_like, monkeypatch, capsys):
-    """The README's "Use from Python" example, as written, on a folder laid out like the demo's output."""
-    match = EXAMPLE.search((REPO / "README.md").read_text(encoding="utf-8"))
-    assert match, "README.md has no api-example block"
+def test_documented_example_runs(demo_like, monkeypatch, capsys):
+    """The "Use from Python" example of the docs, as written, on a folder laid out like the demo's output."""
+    match = EXAMPLE.search(EXAMPLE_PAGE.read_text(encoding="utf-8"))
+    assert match, f"{EXAMPLE_PAGE} has no api-example block"
     code = match.group(1)
     assert len(code.strip().splitlines()) <= 6
     monkeypatch.chdir(demo_like)
-    exec(compile(code, "README.md", "exec"), {})
+    exec(compile(code, str(EXAMPLE_PAGE), "exec"), {})
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 10 + 4  # every synth_nut test image
     assert all(re.fullmatch(r"\S+\.png \d+\.\d\d (True|False) \d+", line) for line in lines), lines

@@ -388,7 +388,7 @@ def test_each_choice_list_is_defined_once_in_dpdiff_choices():
     """The config's choices, the registries and the modules that implement a choice use the tuples of
     dpdiff/choices.py; a registry of implementations is checked against its tuple when it is imported."""
     from dpdiff import choices
-    from dpdiff.data import FORMATS
+    from dpdiff.data import FORMATS, geometry
     from dpdiff.data.images import MASK_RESIZE_MODES
     from dpdiff.inference.export import QUANTIZE_CHOICES
     from dpdiff.model import postprocess
@@ -406,6 +406,7 @@ def test_each_choice_list_is_defined_once_in_dpdiff_choices():
         "inference.image_score": choices.IMAGE_SCORE_RULES,
         "evaluation.mask_resize": choices.MASK_RESIZE_MODES,
         "data.format": choices.FORMAT_CHOICES,
+        "data.resize": choices.RESIZE_MODES,
     }
     assert {k for k in config_keys() if "choices" in key_metadata(k)} == set(declared)
     for key, names in declared.items():
@@ -414,6 +415,7 @@ def test_each_choice_list_is_defined_once_in_dpdiff_choices():
     assert trainer.LR_SCHEDULES is choices.LR_SCHEDULES
     assert postprocess.IMAGE_SCORE_RULES is choices.IMAGE_SCORE_RULES
     assert tuple(DENOISERS) == choices.DENOISER_NAMES
+    assert geometry.RESIZE_MODES is choices.RESIZE_MODES
     # lists still written a second time outside dpdiff/choices.py (data, training/loggers.py, export, the command
     # line): kept in step here until those modules import the tuples
     assert set(FORMATS) == set(choices.DATA_FORMATS) and choices.FORMAT_CHOICES[-1] == choices.AUTO_FORMAT
@@ -474,7 +476,7 @@ def test_weight_neutral_keys_are_the_run_time_keys_and_the_test_time_sections():
         "train.cache_dir",
     }
     assert keys_with_role(RUNTIME) == runtime
-    assert keys_with_role(LOCATION) == {"data.root", "backbone.weights"}
+    assert keys_with_role(LOCATION) == {"data.root", "backbone.weights", "train.init_from"}
     assert sections_with_role(TEST_TIME) == ("inference", "evaluation")
     test_time = {k for k in config_keys() if k.split(".")[0] in ("inference", "evaluation")}
     assert weight_neutral_keys() == runtime | test_time
@@ -507,6 +509,8 @@ def _another_valid_value(cfg: Config, key: str):
             "str | None": ["/x"],
             "int | None": [8],
             "float | None": [0.5],
+            "int | list[int] | None": [128, [128, 256]],
+            "list[float] | None": [[0, 0, 16, 16], [0.0, 0.0, 0.5, 0.5]],
         }[str(hint).replace("typing.", "")]
     for c in candidates:
         try:
@@ -526,14 +530,19 @@ def test_training_key_resume_and_scale_use_the_tags():
     cfg = Config()
     key = training_key(cfg)
     assert TRAINING_KEY_IGNORED == weight_neutral_keys()
-    assert RESUME_MUTABLE_KEYS == weight_neutral_keys() | {"data.root", "backbone.weights", "train.steps"}
+    assert RESUME_MUTABLE_KEYS == weight_neutral_keys() | {
+        "data.root",
+        "backbone.weights",
+        "train.init_from",
+        "train.steps",
+    }
     scale_kept = flatten_config(scale._comparable_config(cfg.to_dict()))
     for k in config_keys():
         changed = cfg.override({k: _another_valid_value(cfg, k)})
         # the ablation training key: every key but the weight-neutral ones
         assert (training_key(changed) == key) == is_weight_neutral(k), k
         # resume: also the file locations and the length may change
-        allowed = is_weight_neutral(k) or k in ("data.root", "backbone.weights", "train.steps")
+        allowed = is_weight_neutral(k) or k in ("data.root", "backbone.weights", "train.init_from", "train.steps")
         assert (config_differences(cfg.to_dict(), changed.to_dict()) == []) == allowed, k
         # a scale folder: everything but the run-time keys and the data keys scale sets itself
         assert (k in scale_kept) == (k not in keys_with_role(RUNTIME) | scale.SCALE_OWN_KEYS), k

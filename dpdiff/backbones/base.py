@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dpdiff.utils.errors import CheckpointError, ConfigError
+from dpdiff.utils.sizes import as_hw
 
 __all__ = [
     "CheckpointError",
@@ -26,6 +27,7 @@ __all__ = [
     "check_and_load",
     "resize_map",
     "check_layers",
+    "check_stride_multiple",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -39,7 +41,7 @@ class FeatureExtractor(nn.Module):
 
     ``forward(images)`` takes ``(B, 3, H, W)`` images that are *already normalised* with
     :attr:`mean` / :attr:`std` and returns a float32 ``(B, out_channels, h, w)`` map with
-    ``(h, w) == grid_size(H)`` for square inputs.
+    ``(h, w) == grid_size((H, W))``.
 
     All parameters have ``requires_grad=False`` and the module is pinned to eval mode:
     :meth:`train` ignores its argument, so calling ``.train()`` on a parent model keeps
@@ -75,7 +77,7 @@ class FeatureExtractor(nn.Module):
             self.__dict__["_intensity_hook"] = None
         return self
 
-    def grid_size(self, image_size: int) -> tuple[int, int]:  # pragma: no cover - abstract
+    def grid_size(self, image_size: int | Sequence[int]) -> tuple[int, int]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def extra_repr(self) -> str:
@@ -230,6 +232,23 @@ def resize_map(x: Tensor, size: Sequence[int]) -> Tensor:
     if x.shape[-2] >= h and x.shape[-1] >= w:
         return F.adaptive_avg_pool2d(x, (h, w))
     return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def check_stride_multiple(image_size: int | Sequence[int], stride: int, what: str, square_too: bool = False) -> None:
+    """ConfigError naming ``backbone.image_size`` unless each side of an ``[height, width]`` size (and of a square
+    one with ``square_too``: a ViT's patch grid) is a multiple of the feature ``stride``: the token grid is then
+    exactly H/stride x W/stride and a token covers the same pixels on both axes. A square int keeps the CNNs'
+    earlier behaviour (grid = side // stride)."""
+    if isinstance(image_size, int) and not square_too:
+        return
+    hw = as_hw(image_size, "backbone.image_size")
+    if any(side % stride for side in hw):
+        nearest = [max(stride, round(side / stride) * stride) for side in hw]
+        suggestion = nearest[0] if isinstance(image_size, int) else nearest
+        raise ConfigError(
+            f"{what}: backbone.image_size={image_size!r} must be divisible by the feature stride {stride} "
+            f"(the patch size of a ViT) on each side; e.g. {suggestion}"
+        )
 
 
 def check_layers(layers: Sequence[int], n: int, what: str) -> list[int]:

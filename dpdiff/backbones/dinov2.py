@@ -55,11 +55,13 @@ from dpdiff.backbones.base import (
     FeatureExtractor,
     check_and_load,
     check_layers,
+    check_stride_multiple,
     read_checkpoint,
     resize_map,
 )
 from dpdiff.backbones.registry import register_variants
 from dpdiff.utils.errors import CheckpointError, ConfigError
+from dpdiff.utils.sizes import as_hw, hw_json
 
 if TYPE_CHECKING:
     from timm.models.vision_transformer import VisionTransformer
@@ -118,16 +120,17 @@ class DinoV2Extractor(FeatureExtractor):
         layers: Sequence[int],
         weights: str,
         name: str,
-        image_size: int,
+        image_size: int | Sequence[int],
         feature_stride: int | None = None,
     ):
         super().__init__()
         depth = len(model.blocks)
         self.layers = check_layers(layers, depth, name)
-        self.name, self.image_size = name, int(image_size)
+        hw = as_hw(image_size, "backbone.image_size")
+        self.name, self.image_size = name, hw_json(hw)
         self.patch_size = int(model.patch_embed.patch_size[0])
         self.feature_stride = self.patch_size if feature_stride is None else int(feature_stride)
-        if self.feature_stride < 1 or self.image_size // self.feature_stride < 1:
+        if self.feature_stride < 1 or min(hw) // self.feature_stride < 1:
             raise ConfigError(f"feature_stride={feature_stride} invalid for image_size={image_size}")
         path = str(weights)
         sd = read_checkpoint(path)
@@ -150,9 +153,9 @@ class DinoV2Extractor(FeatureExtractor):
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
         self._freeze()
 
-    def grid_size(self, image_size: int) -> tuple[int, int]:
-        g = int(image_size) // self.feature_stride
-        return (g, g)
+    def grid_size(self, image_size: int | Sequence[int]) -> tuple[int, int]:
+        h, w = as_hw(image_size)
+        return (h // self.feature_stride, w // self.feature_stride)
 
     def forward(self, images: Tensor) -> Tensor:
         # intermediates_only=True: timm returns the list of block outputs alone (no final features)
@@ -182,13 +185,15 @@ class _ShapeOnly(nn.Module):
         return None
 
 
-def create_vit(arch: str | dict, image_size: int) -> VisionTransformer:
+def create_vit(arch: str | dict, image_size: int | Sequence[int]) -> VisionTransformer:
     """The timm ``VisionTransformer`` of ``arch`` (a timm model name, or ``VisionTransformer`` kwargs) for
     ``image_size`` inputs, without a classifier head, as initialised by timm (no weights are loaded here)."""
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
-    kw: dict[str, Any] = dict(img_size=int(image_size), num_classes=0)
+    h, w = as_hw(image_size, "backbone.image_size")
+    # timm takes (H, W) for a non-square input; one int keeps the square models exactly as they were built
+    kw: dict[str, Any] = dict(img_size=h if h == w else (h, w), num_classes=0)
     model = (
         timm.create_model(arch, pretrained=False, **kw)
         if isinstance(arch, str)
@@ -203,7 +208,7 @@ def build_vit(
     arch: str | dict,
     layers: Sequence[int] | None = None,
     weights: str | None = None,
-    image_size: int = 448,
+    image_size: int | Sequence[int] = 448,
     feature_stride: int | None = None,
     name: str | None = None,
 ) -> DinoV2Extractor:
@@ -218,11 +223,7 @@ def build_vit(
     if weights is None:
         raise ConfigError(NO_WEIGHTS_MSG)
     patch = PATCH if isinstance(arch, str) else int(arch.get("patch_size", 16))
-    if int(image_size) % patch != 0:
-        raise ConfigError(
-            f"{name}: image_size={image_size} must be divisible by the patch size {patch} "
-            f"(e.g. {int(image_size) // patch * patch} or {(int(image_size) // patch + 1) * patch})"
-        )
+    check_stride_multiple(image_size, patch, name, square_too=True)
     if not os.path.isfile(os.fspath(weights)):
         raise FileNotFoundError(f"weights file not found: {weights}")
     # build on the meta device (no slow random init), then materialise from the checkpoint
@@ -262,7 +263,7 @@ def _build_dinov2(
     name: str,
     layers: Sequence[int] | None,
     weights: str | None,
-    image_size: int,
+    image_size: int | Sequence[int],
     feature_stride: int | None,
     local_aggregation: bool = True,  # CNN only: ignored here
 ) -> DinoV2Extractor:

@@ -55,11 +55,13 @@ from dpdiff.backbones.base import (
     FeatureExtractor,
     check_and_load,
     check_layers,
+    check_stride_multiple,
     read_checkpoint,
     resize_map,
 )
 from dpdiff.backbones.registry import register_variants
 from dpdiff.utils.errors import CheckpointError, ConfigError, MissingDependencyError
+from dpdiff.utils.sizes import as_hw, hw_json
 
 if TYPE_CHECKING:
     from timm.models.efficientnet import EfficientNetFeatures
@@ -226,7 +228,7 @@ class EfficientNetLiteExtractor(FeatureExtractor):
         name: str = "tf_efficientnet_lite0",
         layers: Sequence[int] | None = None,
         weights: str | None = None,
-        image_size: int = 256,
+        image_size: int | Sequence[int] = 256,
         feature_stride: int | None = None,
         local_aggregation: bool = True,
     ):
@@ -237,8 +239,10 @@ class EfficientNetLiteExtractor(FeatureExtractor):
             raise ConfigError(f"unknown EfficientNet-Lite name {name!r}; known: {list(LITE_NAMES)}")
         layers = check_layers(LITE_DEFAULT_LAYERS if layers is None else layers, 5, name)
         feature_stride = LITE_DEFAULT_STRIDE if feature_stride is None else int(feature_stride)
-        if feature_stride < 1 or image_size // feature_stride < 1:
+        hw = as_hw(image_size, "backbone.image_size")
+        if feature_stride < 1 or min(hw) // feature_stride < 1:
             raise ConfigError(f"feature_stride={feature_stride} invalid for image_size={image_size}")
+        check_stride_multiple(image_size, feature_stride, name)
         # features_only=True on an EfficientNet name: timm builds an EfficientNetFeatures
         model = cast(
             "EfficientNetFeatures",
@@ -253,16 +257,16 @@ class EfficientNetLiteExtractor(FeatureExtractor):
         self.conv_stem, self.bn1 = model.conv_stem, model.bn1
         self.blocks = nn.Sequential(*list(model.blocks)[: max(self._block_ids) + 1])
         self.name, self.layers = name, layers
-        self.image_size, self.feature_stride = int(image_size), feature_stride
+        self.image_size, self.feature_stride = hw_json(hw), feature_stride
         self.local_aggregation = bool(local_aggregation)
         self.out_channels = int(sum(self.stage_channels))
         self.mean, self.std = HALF_MEAN, HALF_STD
         self.to(memory_format=torch.channels_last)
         self._freeze()
 
-    def grid_size(self, image_size: int) -> tuple[int, int]:
-        g = int(image_size) // self.feature_stride
-        return (g, g)
+    def grid_size(self, image_size: int | Sequence[int]) -> tuple[int, int]:
+        h, w = as_hw(image_size)
+        return (h // self.feature_stride, w // self.feature_stride)
 
     def forward(self, images: Tensor) -> Tensor:
         h, w = images.shape[-2] // self.feature_stride, images.shape[-1] // self.feature_stride

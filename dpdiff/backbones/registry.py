@@ -9,7 +9,7 @@ them (they import it).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
 from dpdiff.backbones.base import FeatureExtractor
@@ -26,7 +26,7 @@ class BackboneBuilder(Protocol):
         *,
         layers: list[int] | None,
         weights: str | None,
-        image_size: int,
+        image_size: int | Sequence[int],
         feature_stride: int | None,
         local_aggregation: bool,
     ) -> FeatureExtractor: ...
@@ -81,7 +81,7 @@ def build_backbone(
     name: str,
     layers: list[int] | None = None,
     weights: str | None = None,
-    image_size: int = 256,
+    image_size: int | Sequence[int] = 256,
     feature_stride: int | None = None,
     local_aggregation: bool = True,
 ) -> FeatureExtractor:
@@ -90,7 +90,7 @@ def build_backbone(
     ``layers``: stage indices (EfficientNet-Lite, 0..4) or 0-based block indices (DINOv2);
     ``None`` -> the backbone's defaults.  ``weights``: path to a checkpoint (required for
     DINOv2; EfficientNet-Lite defaults to the packaged ImageNet weights).
-    ``feature_stride``: output grid = ``image_size // feature_stride`` (default 16 for
+    ``feature_stride``: output grid = ``image_size // feature_stride`` per side (default 16 for
     EfficientNet-Lite, the patch size 14 for DINOv2).  ``local_aggregation`` (CNN only):
     PatchCore 3x3 neighbourhood averaging of each stage.
     """

@@ -30,7 +30,8 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys (a verb without one of them, or given none, leaves its key alone), in this order: ``--data``
     (data.root), ``--format`` (data.format), ``--categories`` (data.categories), ``--cache``/``--cache-dir``
     (train.feature_cache, train.cache_dir), ``--weights`` (backbone.weights), ``--device`` (train.device),
-    ``--logger`` (train.logger). ``dpdiff ablate`` lists them in this order."""
+    ``--logger`` (train.logger), ``--init-from`` (train.init_from), ``--replay`` (train.replay). ``dpdiff ablate``
+    lists them in this order."""
     overrides = parse_overrides(getattr(args, "set", None))
     _copy_options(args, _DATA_OPTIONS, overrides)
     if getattr(args, "cache", False) or getattr(args, "cache_dir", None):
@@ -46,6 +47,8 @@ _RUN_OPTIONS = (
     ("weights", "backbone.weights", str),
     ("device", "train.device", None),
     ("logger", "train.logger", None),
+    ("init_from", "train.init_from", str),
+    ("replay", "train.replay", None),
 )
 
 

@@ -59,9 +59,11 @@ def cmd_export(args) -> int:
             verify=not args.no_verify,
             quantize=args.quantize,
         )
+    size = summary["image_size"]  # one int (a square) or [height, width]
+    h, w = (size, size) if isinstance(size, int) else size
     print(
         f"exported {summary['file']} ({summary['bytes'] / 1e6:.1f} MB, opset {summary['opset']}, input "
-        f"(batch, 3, {summary['image_size']}, {summary['image_size']}), quantization {summary['quantization']})"
+        f"(batch, 3, {h}, {w}), quantization {summary['quantization']})"
     )
     if "max_abs_map_diff" in summary:
         print(

@@ -22,6 +22,18 @@ def _train_run_dir(args) -> tuple[Path, bool]:
     return run, resume
 
 
+def _add_category_base(args):
+    """``--init-from RUN``: RUN's own configuration (or ``--config``) with a quarter of its steps unless
+    ``--set train.steps=N``; --data/--categories/--replay/--set apply on top (training/init_from.py)."""
+    from dpdiff.cli.common import parse_overrides
+    from dpdiff.config import load_config
+    from dpdiff.training.init_from import add_category_config
+
+    steps = parse_overrides(args.set).get("train.steps")
+    given = load_config(args.config) if args.config else None
+    return add_category_config(args.init_from, base=given, steps=steps)
+
+
 def cmd_train(args) -> int:
     from dpdiff.training.distributed import env_world
     from dpdiff.workflows.train import train
@@ -39,6 +51,8 @@ def cmd_train(args) -> int:
                 f"--config (only rank 0 needs the run folder)"
             )
         base = resume_config(run)
+    elif getattr(args, "init_from", None):
+        base = _add_category_base(args)
     cfg = config_from_args(args, base)
     run = train(cfg, run, overwrite=args.overwrite, resume=resume)
     if env_world()[0] == 0:
@@ -71,6 +85,20 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
         choices=LOGGERS,
         help="training curves beside loss_history.csv: tensorboard = event files in RUN/tensorboard "
         "(pip install tensorboard; `tensorboard --logdir RUN/tensorboard`) (train.logger)",
+    )
+    t.add_argument(
+        "--init-from",
+        metavar="RUN",
+        help="add categories to the trained run RUN: start from its weights and train on --data/--categories "
+        "(new categories only) mixed with a replay of RUN's images, for a quarter of its steps by default; "
+        "writes a new run (--output) that knows the union (train.init_from; docs/guides/add-category.md)",
+    )
+    t.add_argument(
+        "--replay",
+        type=int,
+        metavar="K",
+        help="with --init-from: replay at most K training images per old category (default: all; "
+        "train.replay); their share of every batch is train.replay_fraction (0.5)",
     )
     t.add_argument(
         "--resume",

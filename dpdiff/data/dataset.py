@@ -1,11 +1,13 @@
 """The torch ``Dataset`` used for training and evaluation (image and mask reading: :mod:`dpdiff.data.images`).
 
 Resize policy
-    Every image is resized directly to ``S x S`` (aspect ratio *not* kept, no crop), as Dinomaly,
+    By default every image is resized directly to ``S x S`` (aspect ratio *not* kept, no crop), as Dinomaly,
     ADer and MambaAD do for MVTec-AD/VisA/MPDD. This matters for MTD, whose images are not
     square and vary in size (103-632 x 222-403): a crop would cut defects off. Images use PIL
     bicubic resampling (PIL's resize is antialiased: the filter support grows when downscaling);
-    masks use nearest neighbour so they stay binary and aligned with the image.
+    masks use nearest neighbour so they stay binary and aligned with the image. Non-square inputs, the
+    letterbox (``data.resize: keep_aspect``) and the region of interest (``data.roi``) are
+    :class:`dpdiff.data.geometry.ImageGeometry`'s: the dataset takes one and applies it to images and masks.
 
 Image conversion and the model input: :mod:`dpdiff.data.images` (numpy and Pillow, shared with the onnxruntime
 runner); :func:`normalized_image_tensor` is its torch form.
@@ -18,6 +20,7 @@ Masks
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,6 +28,7 @@ import torch
 from PIL import Image
 
 from dpdiff.backbones.base import IMAGENET_MEAN, IMAGENET_STD  # the default normalisation (re-exported)
+from dpdiff.data.geometry import ImageGeometry, as_geometry
 from dpdiff.data.images import (
     load_image_array,
     load_image_rgb,
@@ -36,6 +40,7 @@ from dpdiff.data.images import (
 )
 from dpdiff.data.types import Sample
 from dpdiff.utils.errors import DataError
+from dpdiff.utils.sizes import as_hw
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -50,9 +55,12 @@ __all__ = [
 
 
 def normalized_image_tensor(
-    im: Image.Image, size: int, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor
+    im: Image.Image,
+    size: int | Sequence[int],
+    mean: Sequence[float] | torch.Tensor,
+    std: Sequence[float] | torch.Tensor,
 ) -> torch.Tensor:
-    """:func:`~dpdiff.data.images.normalized_image_array` as a ``FloatTensor (3, size, size)``."""
+    """:func:`~dpdiff.data.images.normalized_image_array` as a ``FloatTensor (3, H, W)``."""
     as_list = [np.asarray(v, dtype=np.float32).reshape(-1) for v in (mean, std)]
     return torch.from_numpy(normalized_image_array(im, size, as_list[0], as_list[1]))
 
@@ -65,37 +73,42 @@ def _as_triple(v, name: str) -> tuple[float, float, float]:
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Samples -> ``{"image", "mask", "label", "index"}``.
+    """Samples -> ``{"image", "mask", "label", "index", "image_hw"}``.
 
-    ``image``: ``FloatTensor (3, S, S)`` normalised with ``mean``/``std``;
-    ``mask``: ``FloatTensor (1, R, R)`` in {0, 1} (``R = mask_size``, default ``S``; binarised with
-    ``mask_threshold`` after ``mask_resize`` resampling) (zeros for good images, for samples without a
-    mask, and for every sample when ``load_masks=False``); ``label``: 0 good / 1 defective;
-    ``index``: position in ``samples`` (use ``dataset.samples[index]`` for path/category/defect).
+    ``image_size``: an :class:`~dpdiff.data.geometry.ImageGeometry` (input size, resize mode, region of
+    interest), or a size (one int or ``(H, W)``: the plain geometry, a direct resize of the whole image).
+    ``image``: ``FloatTensor (3, H, W)`` normalised with ``mean``/``std`` (:meth:`ImageGeometry.model_input`);
+    ``mask``: ``FloatTensor (1, Hm, Wm)`` in {0, 1} on the evaluation frame (``mask_size``, default the
+    geometry's map size; the ROI cut out, binarised with ``mask_threshold`` after ``mask_resize`` resampling)
+    (zeros for good images, for samples without a mask, and for every sample when ``load_masks=False``);
+    ``label``: 0 good / 1 defective; ``index``: position in ``samples`` (use ``dataset.samples[index]`` for
+    path/category/defect); ``image_hw``: the image's own (H, W) (``LongTensor (2,)``), to bring its maps back.
     """
 
     def __init__(
         self,
         samples: Sequence[Sample],
-        image_size: int,
+        image_size: int | Sequence[int] | ImageGeometry,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         load_masks: bool = True,
-        mask_size: int | None = None,
+        mask_size: int | Sequence[int] | None = None,
         mask_threshold: float = 0.0,
         mask_resize: str = "nearest",
     ):
         self.samples = list(samples)
-        self.image_size = int(image_size)
-        if self.image_size <= 0:
-            raise ValueError(f"image_size must be positive, got {image_size}")
+        geometry = as_geometry(image_size)
+        if mask_size:
+            geometry = dataclasses.replace(geometry, map_size=as_hw(mask_size, "mask_size"))
+        self.geometry = geometry
+        self.image_size = geometry.size
         self.mean = _as_triple(mean, "mean")
         self.std = _as_triple(std, "std")
         if min(self.std) <= 0:
             raise ValueError(f"std must be positive, got {self.std}")
         self.load_masks = bool(load_masks)
         # evaluation protocol (config ``evaluation``): masks at their own resolution and binarisation rule
-        self.mask_size = int(mask_size) if mask_size else self.image_size
+        self.mask_size = geometry.map_hw
         self.mask_threshold = float(mask_threshold)
         self.mask_resize = mask_resize
         resize_binarise_mask(np.zeros((1, 1), np.float32), 1, self.mask_threshold, self.mask_resize)  # validate
@@ -105,15 +118,15 @@ class ImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def to_tensor(self, im: Image.Image) -> torch.Tensor:
-        return normalized_image_tensor(im, self.image_size, self._mean_t, self._std_t)
+    def to_tensor(self, im: Image.Image, source: str | None = None) -> torch.Tensor:
+        return torch.from_numpy(self.geometry.model_input(im, self.mean, self.std, source=source))
 
     def __getitem__(self, i: int) -> dict:
         if i < 0:
             i += len(self.samples)
         s = self.samples[i]
         im = load_image_rgb(s.image_path)
-        S = self.mask_size
+        image = self.to_tensor(im, str(s.image_path))
         if self.load_masks and s.mask_path is not None:
             m = read_mask_values(s.mask_path)
             if (m.shape[1], m.shape[0]) != im.size:
@@ -121,9 +134,9 @@ class ImageDataset(torch.utils.data.Dataset):
                     f"mask {str(s.mask_path)!r} has size {m.shape[1]}x{m.shape[0]} (WxH) but its image "
                     f"{str(s.image_path)!r} has size {im.size[0]}x{im.size[1]}"
                 )
-            mask = torch.from_numpy(
-                resize_binarise_mask(m, S, self.mask_threshold, self.mask_resize).astype(np.float32)
-            )[None]
+            binary = self.geometry.eval_mask(m, self.mask_threshold, self.mask_resize, str(s.mask_path))
+            mask = torch.from_numpy(binary.astype(np.float32))[None]
         else:
-            mask = torch.zeros(1, S, S, dtype=torch.float32)
-        return {"image": self.to_tensor(im), "mask": mask, "label": int(s.label), "index": i}
+            mask = torch.zeros(1, *self.mask_size, dtype=torch.float32)
+        image_hw = torch.tensor([im.size[1], im.size[0]], dtype=torch.int64)
+        return {"image": image, "mask": mask, "label": int(s.label), "index": i, "image_hw": image_hw}

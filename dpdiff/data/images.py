@@ -8,8 +8,9 @@ Image conversion (:func:`load_image_rgb`)
     as [0, 1] if their maximum is <= 1, else as [0, 255]. Alpha is dropped (not composited), as
     ``PIL.Image.convert("RGB")`` does in the reference implementations. EXIF orientation is *not*
     applied (masks have none, and the reference implementations do not either).
-    Model input (:func:`normalized_image_array`): direct bicubic resize to ``S x S``, float in [0, 1], then
-    ``(x - mean) / std`` per channel.
+    Model input (:func:`normalized_image_array`): direct bicubic resize to ``H x W``, float in [0, 1], then
+    ``(x - mean) / std`` per channel. The region of interest and the letterbox (``data.roi``,
+    ``data.resize``) are :mod:`dpdiff.data.geometry`'s, around this function.
 
 Masks (:func:`read_mask_values`, :func:`resize_binarise_mask`)
     Read as values in [0, 1] (0/1-encoded masks as 0/1), resized nearest and binarised with ``> 0``
@@ -26,6 +27,7 @@ from PIL import Image
 
 from dpdiff.choices import MASK_RESIZE_MODES
 from dpdiff.utils.errors import DataError
+from dpdiff.utils.sizes import as_hw
 
 __all__ = [
     "MASK_RESIZE_MODES",
@@ -83,28 +85,34 @@ def load_image_rgb(path: Path | str) -> Image.Image:
     return _to_rgb(_open(path))
 
 
-def _resize_rgb(im: Image.Image, size: int) -> Image.Image:
-    if im.size == (size, size):
+def _resize_rgb(im: Image.Image, size: int | Sequence[int]) -> Image.Image:
+    h, w = as_hw(size)
+    if im.size == (w, h):
         return im
-    return im.resize((size, size), Image.Resampling.BICUBIC)
+    return im.resize((w, h), Image.Resampling.BICUBIC)
 
 
 def normalized_image_array(
-    im: Image.Image, size: int, mean: Sequence[float] | np.ndarray, std: Sequence[float] | np.ndarray
+    im: Image.Image,
+    size: int | Sequence[int],
+    mean: Sequence[float] | np.ndarray,
+    std: Sequence[float] | np.ndarray,
 ) -> np.ndarray:
-    """The model input of one image, float32 ``(3, size, size)``: converted to 8-bit RGB (module docstring),
-    resized directly to ``size x size`` (PIL bicubic, aspect not kept), scaled to [0, 1], then
-    ``(x - mean) / std`` per channel. Training, evaluation, ``Detector.preprocess`` and the onnxruntime
-    runner all use it (in float32, so every runtime gets the same bits)."""
-    a = np.asarray(_resize_rgb(_to_rgb(im), int(size)), dtype=np.float32) / np.float32(255.0)
+    """The model input of one image, float32 ``(3, H, W)`` (``size``: a square side or ``(H, W)``): converted to
+    8-bit RGB (module docstring), resized directly to ``H x W`` (PIL bicubic, aspect not kept), scaled to [0, 1],
+    then ``(x - mean) / std`` per channel. Training, evaluation, ``Detector.preprocess`` and the onnxruntime
+    runner all use it, through :class:`dpdiff.data.geometry.ImageGeometry` (in float32, so every runtime gets
+    the same bits)."""
+    a = np.asarray(_resize_rgb(_to_rgb(im), size), dtype=np.float32) / np.float32(255.0)
     mean_a = np.asarray(mean, dtype=np.float32).reshape(1, 1, 3)
     std_a = np.asarray(std, dtype=np.float32).reshape(1, 1, 3)
     return np.ascontiguousarray(((a - mean_a) / std_a).transpose(2, 0, 1))
 
 
-def load_image_array(path: Path | str, size: int) -> np.ndarray:
-    """``uint8`` array ``(size, size, 3)``, resized like the model input (for visualisation)."""
-    return np.asarray(_resize_rgb(load_image_rgb(path), int(size)), dtype=np.uint8).copy()
+def load_image_array(path: Path | str, size: int | Sequence[int]) -> np.ndarray:
+    """``uint8`` array ``(H, W, 3)`` (``size``: a square side or ``(H, W)``), resized like the model input (for
+    visualisation)."""
+    return np.asarray(_resize_rgb(load_image_rgb(path), size), dtype=np.uint8).copy()
 
 
 #: Integer masks whose largest value is at most this are label ids (0/1, class ids), not intensities.
@@ -141,22 +149,25 @@ def read_mask(path: Path | str) -> np.ndarray:
     return read_mask_values(path) > 0
 
 
-def resize_binarise_mask(values: np.ndarray, size: int, threshold: float = 0.0, mode: str = "nearest") -> np.ndarray:
-    """Mask values in [0, 1] -> bool ``(size, size)``: resampled with ``mode`` (nearest | bilinear),
+def resize_binarise_mask(
+    values: np.ndarray, size: int | Sequence[int], threshold: float = 0.0, mode: str = "nearest"
+) -> np.ndarray:
+    """Mask values in [0, 1] -> bool ``(H, W)`` (``size``: a square side or ``(H, W)``): resampled with ``mode``
+    (nearest | bilinear),
     then ``> threshold``. The defaults (nearest, > 0) keep every labelled pixel; ``bilinear`` + 0.5
     is the rule of repositories that resize masks like images and threshold at one half."""
     if mode not in MASK_RESIZE_MODES:
         raise ValueError(f"mask_resize must be one of {MASK_RESIZE_MODES}, got {mode!r}")
     if not 0.0 <= float(threshold) < 1.0:
         raise ValueError(f"mask_threshold must be in [0, 1), got {threshold}")
-    if values.shape != (size, size):
+    h, w = as_hw(size)
+    if values.shape != (h, w):
         resample = Image.Resampling.NEAREST if mode == "nearest" else Image.Resampling.BILINEAR
-        values = np.asarray(
-            Image.fromarray(np.ascontiguousarray(values, dtype=np.float32)).resize((size, size), resample)
-        )
+        values = np.asarray(Image.fromarray(np.ascontiguousarray(values, dtype=np.float32)).resize((w, h), resample))
     return values > float(threshold)
 
 
-def load_mask(path: Path | str, size: int, threshold: float = 0.0, mode: str = "nearest") -> np.ndarray:
-    """Mask resized to ``(size, size)`` and binarised (default: nearest, ``> 0``) as a bool array."""
-    return resize_binarise_mask(read_mask_values(path), int(size), threshold, mode)
+def load_mask(path: Path | str, size: int | Sequence[int], threshold: float = 0.0, mode: str = "nearest") -> np.ndarray:
+    """Mask resized to ``size`` (a square side or ``(H, W)``) and binarised (default: nearest, ``> 0``) as a bool
+    array."""
+    return resize_binarise_mask(read_mask_values(path), size, threshold, mode)

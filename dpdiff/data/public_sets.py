@@ -23,6 +23,14 @@ licences). Nothing here downloads: each converter reads a copy the user obtained
   ``image_data.json``). One category ``ball_screw`` of BSD type 2 (type 1's 69 images are all annotated,
   so it has no normal images and is left out). An image with at least one pitting polygon is defective,
   its mask rasterised from the polygons; an image without annotation is normal. Split as for ELPV.
+* **KolektorSDD** (Tabernik et al. 2019, "Segmentation-based deep-learning approach for surface-defect
+  detection", J. Intell. Manuf.; Kolektor Group / ViCoS, CC BY-NC-SA 4.0): 399 grey photographs of
+  electrical commutators (500 x about 1260 px, tall), 52 with a crack (thin: a median 0.5 % of the image).
+  Source: a clone of the public repository ``stoy95536/KolektorSDD_Yolov8_Datasets`` (the original images as
+  ``Datasets/images/{train,val}/NNN.jpg``, the original pixel labels as YOLO polygons in
+  ``Datasets/labels/.../NNN.txt``: normalised ``x y`` pairs after a class id, empty for a good image). One
+  category ``commutator``; masks are the polygons rasterised at the image's size. Split as for ELPV (the
+  repository's own train/val split mixes defective images into training and is not used).
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ from dpdiff.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PUBLIC_SETS", "convert_elpv", "convert_bsdata", "split_normals"]
+__all__ = ["PUBLIC_SETS", "convert_elpv", "convert_bsdata", "convert_kolektorsdd", "split_normals"]
 
 #: ``done.json`` in a converted folder records the source and split; a finished conversion is not redone.
 DONE_FILE = "done.json"
@@ -219,9 +227,65 @@ def convert_bsdata(source: Path, out: Path, train_fraction: float = 0.8, seed: i
     return _finish(out, record | {"counts": counts, "left_out": "BSD type 1 (no normal images)"})
 
 
+def _yolo_polygons(label_file: Path, size: tuple[int, int]) -> Image.Image | None:
+    """The union of a YOLO segmentation label's polygons (``class x1 y1 x2 y2 ...``, coordinates normalised to
+    [0, 1]) as an L image (0/255) of ``size`` (W, H); None for an empty label (a good image)."""
+    polygons = []
+    for line in label_file.read_text().splitlines():
+        values = line.split()[1:]
+        if len(values) >= 6:
+            xy = [float(v) for v in values[: len(values) // 2 * 2]]
+            polygons.append([(xy[i] * size[0], xy[i + 1] * size[1]) for i in range(0, len(xy), 2)])
+    if not polygons:
+        return None
+    mask = Image.new("L", size, 0)
+    draw = ImageDraw.Draw(mask)
+    for polygon in polygons:
+        draw.polygon(polygon, fill=255, outline=255)
+    return mask
+
+
+def convert_kolektorsdd(source: Path, out: Path, train_fraction: float = 0.8, seed: int = 0) -> dict:
+    """KolektorSDD (module docstring) from a clone ``source`` of ``stoy95536/KolektorSDD_Yolov8_Datasets`` into
+    ``out`` (MVTec layout, one category ``commutator``, masks ``ground_truth/crack/<stem>_mask.png``)."""
+    source = Path(source)
+    images = sorted((source / "Datasets" / "images").glob("*/*.jpg"))
+    if not images:
+        raise DataError(f"KolektorSDD: no {source}/Datasets/images/*/*.jpg (expected a clone of the repository)")
+    out = Path(out)
+    record = {"source": str(source), "seed": seed, "train_fraction": train_fraction, "dataset": "kolektorsdd"}
+    if (done := _already_done(out, record)) is not None:
+        return done
+    normal: list[str] = []
+    defective: list[tuple[Path, Image.Image]] = []
+    for image in images:
+        label = source / "Datasets" / "labels" / image.parent.name / f"{image.stem}.txt"
+        if not label.is_file():
+            raise DataError(f"KolektorSDD: {label} missing (every image has a label file, empty when good)")
+        with Image.open(image) as im:
+            size = im.size
+        mask = _yolo_polygons(label, size)
+        if mask is None:
+            normal.append(str(image.relative_to(source)))
+        else:
+            defective.append((image, mask))
+    cat = out / "commutator"
+    train, test_good = split_normals(normal, train_fraction, seed)
+    for split, names in (("train", train), ("test", test_good)):
+        for name in names:
+            _copy(source / name, cat / split / "good" / Path(name).name)
+    for image, mask in defective:
+        _copy(image, cat / "test" / "crack" / image.name)
+        (cat / "ground_truth" / "crack").mkdir(parents=True, exist_ok=True)
+        mask.save(cat / "ground_truth" / "crack" / f"{image.stem}_mask.png")
+    counts = {"commutator": {"train": len(train), "test_good": len(test_good), "test_defective": len(defective)}}
+    return _finish(out, record | {"counts": counts, "left_out": "none"})
+
+
 #: name -> (converter, whether it needs --source)
 PUBLIC_SETS: dict[str, tuple[Callable[..., dict], bool]] = {
     "elpv": (convert_elpv, False),
     "elpv_units": (functools.partial(convert_elpv, split="units"), False),
     "bsdata": (convert_bsdata, True),
+    "kolektorsdd": (convert_kolektorsdd, True),
 }

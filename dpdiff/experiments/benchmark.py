@@ -38,6 +38,7 @@ from dpdiff.inference.detector import Detector
 from dpdiff.model.dpdiff_ad import DPDiffAD
 from dpdiff.scoring.scorer import resolve_autocast_dtype
 from dpdiff.utils.errors import ConfigError
+from dpdiff.utils.sizes import as_hw, hw_json
 
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PAPER_BATCH_SIZE = 64  # Table 4 measures FPS at batch size 64
@@ -100,7 +101,7 @@ def random_model(
 def random_vit(
     arch: str | dict,
     layers: Sequence[int] | None,
-    image_size: int,
+    image_size: int | Sequence[int],
     feature_stride: int | None = None,
     name: str | None = None,
     seed: int = 0,
@@ -215,13 +216,13 @@ def benchmark_fps(
             backbone, weights = build_benchmark_backbone(cfg, weights_random_ok)
     else:
         weights = "given"
-    size = int(cfg.backbone.image_size)
-    grid_h, grid_w = backbone.grid_size(size)
+    h, w = as_hw(cfg.backbone.image_size)
+    grid_h, grid_w = backbone.grid_size((h, w))
     grid = (int(grid_h), int(grid_w))
     model = random_model(int(backbone.out_channels), grid, cfg, dev, seed)
     detector = Detector(backbone, model, cfg, dev, autocast_dtype=amp)
     g = torch.Generator().manual_seed(seed)
-    images = torch.randn(int(batch_size), 3, size, size, generator=g)
+    images = torch.randn(int(batch_size), 3, h, w, generator=g)
     bb, full = time_detector(detector, images, int(warmup), int(rounds), seed)
     return _fps_result(cfg, detector, weights, dtype, batch_size, warmup, rounds, bb, full) | {
         "load_average_at_start": load_avg
@@ -241,7 +242,7 @@ def _fps_result(
 ) -> dict:
     """:func:`benchmark_fps`'s result (without the load average) from the backbone-only and full timings."""
     dev, backbone, inf = detector.device, detector.backbone, cfg.inference
-    size = int(cfg.backbone.image_size)
+    size = as_hw(cfg.backbone.image_size)
     grid_h, grid_w = backbone.grid_size(size)
     grid = (int(grid_h), int(grid_w))
     backbone_fps = batch_size / bb["median_s"]
@@ -253,7 +254,7 @@ def _fps_result(
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "batch_size": int(batch_size),
-        "image_size": size,
+        "image_size": hw_json(size),
         "backbone": getattr(backbone, "name", cfg.backbone.name),
         "backbone_weights": weights,
         "tokens": [int(backbone.out_channels), *grid],
@@ -266,7 +267,7 @@ def _fps_result(
         "noise_step": inf.noise_step,
         "ddim_steps": inf.ddim_steps,
         "ensemble": max(1, int(inf.ensemble)),
-        "map_size": detector.map_size,
+        "map_size": hw_json(detector.map_size),
         "smoothing_sigma": inf.smoothing_sigma,
         "pool_size": inf.pool_size,
         "warmup": int(warmup),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from PIL import Image
 
 from dpdiff.baselines.knn import KNNMemoryBank
 from dpdiff.config import Config
@@ -19,14 +20,38 @@ from dpdiff.inference.detector import Detector
 from dpdiff.scoring.scorer import map_size, postprocess_maps
 
 # ``map_size`` is dpdiff.inference.detector.map_size (the one rule), importable from here for experiments/scale.py
-__all__ = ["masks_and_labels", "map_size", "build_knn", "knn_score_features", "dpdiff_score_features"]
+__all__ = [
+    "masks_and_labels",
+    "map_size",
+    "eval_frame_maps",
+    "build_knn",
+    "knn_score_features",
+    "dpdiff_score_features",
+]
 
 
 def masks_and_labels(dataset: ImageDataset) -> tuple[np.ndarray, np.ndarray]:
-    """(masks bool (N, R, R) at the dataset's mask size, labels (N,)) of a test dataset, in order."""
+    """(masks bool (N, Hm, Wm) at the dataset's mask size, on its evaluation frame, labels (N,)) of a test dataset,
+    in order."""
     masks = np.stack([dataset[i]["mask"][0].numpy() > 0.5 for i in range(len(dataset))])
     labels = np.array([s.label for s in dataset.samples])
     return masks, labels
+
+
+def eval_frame_maps(maps, dataset: ImageDataset) -> np.ndarray:
+    """Maps (N, Hm, Wm) of ``dataset``'s images on the model's input frame (:func:`knn_score_features`,
+    :func:`dpdiff_score_features`) -> on the evaluation frame its masks are on
+    (:meth:`~dpdiff.data.geometry.ImageGeometry.eval_map`): the maps themselves unless letterboxed
+    (``data.resize: keep_aspect``), then cut to each image's content and resized back."""
+    maps = np.asarray(maps, dtype=np.float32)
+    geometry = dataset.geometry
+    if geometry.resize == "stretch":
+        return maps
+    out = np.empty_like(maps)
+    for i, s in enumerate(dataset.samples):
+        with Image.open(s.image_path) as im:  # the header only: the image's own size
+            out[i] = geometry.eval_map(maps[i], (im.height, im.width))
+    return out
 
 
 def build_knn(
@@ -44,7 +69,8 @@ def build_knn(
 
 @torch.no_grad()
 def knn_score_features(bank: KNNMemoryBank, feats, cfg: Config, batch_size: int = 64):
-    """(pixel maps (N, R, R), image scores (N,)) of the kNN baseline, post-processed like DPDiff-AD."""
+    """(pixel maps (N, Hm, Wm) on the input frame (:func:`eval_frame_maps`), image scores (N,)) of the kNN
+    baseline, post-processed like DPDiff-AD."""
     maps, scores = [], []
     for i in range(0, feats.shape[0], batch_size):
         m, s = postprocess_maps(bank.score_maps(torch.as_tensor(feats[i : i + batch_size])), cfg)
@@ -56,7 +82,8 @@ def knn_score_features(bank: KNNMemoryBank, feats, cfg: Config, batch_size: int 
 def dpdiff_score_features(
     detector: Detector, feats, batch_size: int | None = None, seed: int | None = None, inference=None
 ):
-    """(pixel maps (N, R, R), image scores (N,)) float32 CPU tensors of DPDiff-AD on precomputed backbone maps,
+    """(pixel maps (N, Hm, Wm) on the input frame, image scores (N,)) float32 CPU tensors of DPDiff-AD on
+    precomputed backbone maps,
     through the detector's own scorer (:meth:`Detector.scorer`, as it runs it): one generator seeded with
     ``seed`` (default ``inference.seed``) consumed in batch order."""
     inf = inference or detector.cfg.inference

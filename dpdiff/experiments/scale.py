@@ -45,6 +45,7 @@ import torch
 
 from dpdiff.baselines.knn import KNNMemoryBank
 from dpdiff.config import RUNTIME, Config, keys_with_role
+from dpdiff.data.geometry import ImageGeometry
 from dpdiff.data.readers import load_samples
 from dpdiff.data.synthetic import ensure_synthetic_dataset, read_marker
 from dpdiff.experiments.compare import build_knn, dpdiff_score_features, knn_score_features, masks_and_labels
@@ -302,13 +303,12 @@ def _count_features(
     first ``n`` categories, from the feature cache."""
     bkey = feature_cache_key(cfg)
     fb = cfg.train.feature_batch_size
+    geometry = ImageGeometry.from_config(cfg)
     train_samples = load_samples("mvtec", data, cats, "train")
-    train_feats = cache.get(
-        backbone, bkey, train_samples, cfg.backbone.image_size, fb, device, desc=f"N={n} train features"
-    )
+    train_feats = cache.get(backbone, bkey, train_samples, geometry, fb, device, desc=f"N={n} train features")
     tests = _test_samples(data, cats)
     flat = [x for c in cats for x in tests[c]]
-    test_feats = cache.get(backbone, bkey, flat, cfg.backbone.image_size, fb, device, desc=f"N={n} test features")
+    test_feats = cache.get(backbone, bkey, flat, geometry, fb, device, desc=f"N={n} test features")
     return train_samples, train_feats, tests, test_feats
 
 

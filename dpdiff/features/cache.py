@@ -7,7 +7,7 @@ Layout (``root`` = ``FeatureCache(root)``, default ``$DPDIFF_CACHE``, else
 ``$XDG_CACHE_HOME/dpdiff/features``, else ``~/.cache/dpdiff/features``)::
 
     root/weights_sha256.json                 memo: weights file (path, size, mtime_ns) -> sha256
-    root/<backbone>-<size>-<keyhash>/        one folder per backbone key
+    root/<backbone>-<size>-<keyhash>/        one folder per backbone key (<size>: S, or HxW)
         key.json                             the key, for people (the folder name is its hash)
         shard-<id>.npy                       fp16 maps (n, C, h, w), NumPy .npy, read memory-mapped
         shard-<id>.json                      index: the n image identities, in row order
@@ -15,7 +15,8 @@ Layout (``root`` = ``FeatureCache(root)``, default ``$DPDIFF_CACHE``, else
 Key (``backbone_fingerprint``): backbone class, name, layers, feature stride, local aggregation,
 patch size, backbone image size, output channels, normalisation mean/std, sha256 of the weights
 file (``backbone.weights_path``; a backbone without one is hashed from its state dict), the
-requested image size, the caller's ``backbone_key`` dict, torch and timm versions, and a hash of
+requested image geometry (input size; resize mode and region of interest unless plain, so a cache made at
+another geometry is never reused), the caller's ``backbone_key`` dict, torch and timm versions, and a hash of
 the source files that define the extractor and the image preprocessing. Any change selects
 another folder, i.e. invalidates.
 
@@ -49,6 +50,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from dpdiff.data.geometry import ImageGeometry, as_geometry
 from dpdiff.data.types import Sample
 from dpdiff.features.store import FeatureStore, ShardWriter
 from dpdiff.utils.io import TEMP_SUFFIX, atomic_write, atomic_write_json, slugify, to_jsonable
@@ -162,10 +164,11 @@ def _code_sha256(backbone: torch.nn.Module) -> str:
 
     from dpdiff.backbones import base as _base
     from dpdiff.data import dataset as _dataset
+    from dpdiff.data import geometry as _geometry
     from dpdiff.data import images as _images
 
     files = set()
-    for obj in (type(backbone), _base, _dataset, _images):
+    for obj in (type(backbone), _base, _dataset, _geometry, _images):
         try:
             f = inspect.getsourcefile(obj)
         except TypeError:
@@ -184,15 +187,17 @@ def _code_sha256(backbone: torch.nn.Module) -> str:
 
 def backbone_fingerprint(
     backbone: torch.nn.Module,
-    image_size: int,
+    image_size: int | Sequence[int] | ImageGeometry,
     backbone_key: dict | None = None,
     memo_file: str | os.PathLike | None = None,
 ) -> dict:
-    """Everything that determines the cached maps (see the module docstring), as a JSON-able dict."""
+    """Everything that determines the cached maps (see the module docstring), as a JSON-able dict.
+    ``image_size``: the image geometry (:class:`~dpdiff.data.geometry.ImageGeometry`: input size, resize mode,
+    region of interest) or a size (the plain geometry); a plain square one keys as ``image_size: S`` alone."""
     key: dict = {
         "format": FORMAT_VERSION,
         "dtype": "float16",
-        "image_size": int(image_size),
+        **as_geometry(image_size).input_key(),
         "class": f"{type(backbone).__module__}.{type(backbone).__qualname__}",
     }
     for attr in _BACKBONE_ATTRS:  # under their own names: backbone.image_size is not the requested size
@@ -261,12 +266,19 @@ class FeatureCache:
     def weights_memo(self) -> Path:
         return self.root / WEIGHTS_MEMO
 
-    def key(self, backbone: torch.nn.Module, image_size: int, backbone_key: dict | None = None) -> dict:
+    def key(
+        self,
+        backbone: torch.nn.Module,
+        image_size: int | Sequence[int] | ImageGeometry,
+        backbone_key: dict | None = None,
+    ) -> dict:
         return backbone_fingerprint(backbone, image_size, backbone_key, self.weights_memo)
 
     def key_dir(self, key: dict) -> Path:
         backbone = slugify(key.get("backbone.name", "backbone"), default="backbone", max_length=60)
-        name = f"{backbone}-{int(key['image_size'])}-{_key_hash(key)}"
+        size = key["image_size"]
+        side = str(int(size)) if isinstance(size, int) else "x".join(str(int(v)) for v in size)
+        name = f"{backbone}-{side}-{_key_hash(key)}"
         return self.root / name
 
     # ---------------------------------------------------------------- reading
@@ -318,7 +330,7 @@ class FeatureCache:
         backbone: FeatureExtractor,
         samples: list[Sample],
         idents: list[tuple[str, int, int]],
-        image_size: int,
+        image_size: int | Sequence[int] | ImageGeometry,
         batch_size: int,
         device,
         num_workers: int,
@@ -367,13 +379,14 @@ class FeatureCache:
         backbone: FeatureExtractor,
         backbone_key: dict | None,
         samples: Sequence[Sample | str | os.PathLike],
-        image_size: int,
+        image_size: int | Sequence[int] | ImageGeometry,
         batch_size: int = 16,
         device: torch.device | str = "cpu",
         num_workers: int = 0,
         desc: str = "features (cache)",
     ) -> FeatureStore:
-        """Maps of ``samples`` (``Sample``s or image paths) at ``image_size``, extracting what is missing.
+        """Maps of ``samples`` (``Sample``s or image paths) at ``image_size`` (a size or an
+        :class:`~dpdiff.data.geometry.ImageGeometry`, part of the key), extracting what is missing.
 
         ``backbone_key``: extra options to key on (e.g. the backbone config section); everything the
         backbone object itself knows (name, layers, stride, weights hash ...) is keyed on anyway.
@@ -411,7 +424,7 @@ class FeatureCache:
         return self._store(key_dir, idents, arrays, paths, table)
 
     def _open_key_dir(
-        self, backbone: FeatureExtractor, image_size: int, backbone_key: dict | None
+        self, backbone: FeatureExtractor, image_size: int | Sequence[int] | ImageGeometry, backbone_key: dict | None
     ) -> tuple[dict, Path]:
         """(key, key folder) of this backbone and image size, the folder (and its ``key.json``) made if new."""
         try:

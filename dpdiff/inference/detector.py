@@ -3,14 +3,15 @@
 Evaluation, prediction, the report's probe images, the kNN comparison and the FPS benchmark (paper Table 4)
 all score images with the pieces of :class:`Detector`, so what is timed and reported is what users run:
 
-    images --preprocess--> (B,3,S,S) --backbone--> tokens --DDIM reconstruction error (Eq. 20-22)-->
-    token maps (B,h,w) --upsample, smooth, image score (Eq. 23-24)--> pixel maps (B,R,R), scores (B,)
+    images --preprocess--> (B,3,H,W) --backbone--> tokens --DDIM reconstruction error (Eq. 20-22)-->
+    token maps (B,h,w) --upsample, smooth, image score (Eq. 23-24)--> pixel maps (B,Hm,Wm), scores (B,)
 
 Inputs, decoding, preprocessing, batching, thresholds and decisions are the shared
 :class:`~dpdiff.inference.predictor.Predictor`'s; this runtime runs preprocessed batches: the backbone
 (:meth:`Detector.features`) and the scoring protocol (:meth:`Detector.scorer`), with the runtime's options
-(rows per DiT call, autocast, ``torch.compile``). ``R`` is :func:`dpdiff.scoring.scorer.map_size`: the evaluation
-resolution, by default the input size ``S``.
+(rows per DiT call, autocast, ``torch.compile``). ``(Hm, Wm)`` is :func:`dpdiff.scoring.scorer.map_size`: the
+evaluation resolution, by default the input size ``(H, W)``; the image geometry (``data.resize``, ``data.roi``) is
+:class:`dpdiff.data.geometry.ImageGeometry`'s.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from torch.utils.data import DataLoader, Subset
 from dpdiff.backbones.base import FeatureExtractor
 from dpdiff.config import Config, InferenceConfig
 from dpdiff.data.dataset import ImageDataset
+from dpdiff.data.geometry import ImageGeometry
 from dpdiff.data.types import Sample
 from dpdiff.features import build_backbone_from_config, resolve_device
 from dpdiff.inference.calibration import read_calibration, scoring_fingerprint
@@ -41,6 +43,7 @@ from dpdiff.scoring.token_bank import TokenBank
 from dpdiff.utils.errors import CheckpointError, ConfigKeyError
 from dpdiff.utils.progress import progress
 from dpdiff.utils.run_files import CALIBRATION_FILE
+from dpdiff.utils.sizes import as_hw, hw_json
 
 #: Rows (image x noise draw) per DiT call on a CPU. Measured (benchmarks/speed.py, Lite0 @256, DiT
 #: 128x4, batch 16, 4 draws): one call over all 64 rows 159 ms/img, 16-row calls 118 ms/img - the
@@ -60,10 +63,15 @@ def scoring_settings(cfg: Config) -> dict:
     if not inference.get("knn_weight"):  # only when on: fingerprints made before the option stay valid
         inference.pop("knn_weight", None)
     b = cfg.backbone
-    backbone = {"name": b.name, "layers": b.layers, "image_size": b.image_size, "feature_stride": b.feature_stride}
+    geometry = ImageGeometry.from_config(cfg)
+    size = hw_json(geometry.size)  # a square one as one int: fingerprints made before [H, W] existed stay valid
+    backbone = {"name": b.name, "layers": b.layers, "image_size": size, "feature_stride": b.feature_stride}
     if b.normalize_intensity:  # only when on: fingerprints made before the option stay valid
         backbone["normalize_intensity"] = True
-    return {"inference": inference, "map_size": map_size(cfg), "backbone": backbone}
+    settings = {"inference": inference, "map_size": hw_json(geometry.map_hw), "backbone": backbone}
+    if not geometry.is_plain:  # only then: the letterbox and the region of interest change every map
+        settings["geometry"] = {"resize": geometry.resize, "roi": None if geometry.roi is None else list(geometry.roi)}
+    return settings
 
 
 class Detector(DetectorBase):
@@ -120,13 +128,14 @@ class Detector(DetectorBase):
         self.token_bank: TokenBank | None = None
 
     @property
-    def map_size(self) -> int:
+    def map_size(self) -> tuple[int, int]:
         return map_size(self.cfg)
 
     @property
     def preprocessing(self) -> Preprocessing:
-        """The input size ``backbone.image_size`` and the backbone's normalisation statistics."""
-        return Preprocessing(int(self.cfg.backbone.image_size), tuple(self.backbone.mean), tuple(self.backbone.std))
+        """The image geometry of the config (input size, resize mode, region of interest) and the backbone's
+        normalisation statistics."""
+        return Preprocessing(ImageGeometry.from_config(self.cfg), tuple(self.backbone.mean), tuple(self.backbone.std))
 
     # ------------------------------------------------------------------------------------------ the steps
     def _amp(self):
@@ -220,10 +229,11 @@ def load_detector(run_dir: Path, device: str = "auto", weights: str | None = Non
     if weights is not None:
         cfg.backbone.weights = weights
     backbone = build_backbone_from_config(cfg)
-    if backbone.out_channels != model.in_dim or tuple(backbone.grid_size(cfg.backbone.image_size)) != model.grid_size:
+    grid = tuple(backbone.grid_size(as_hw(cfg.backbone.image_size)))
+    if backbone.out_channels != model.in_dim or grid != tuple(model.grid_size):
         raise CheckpointError(
             f"{run_dir}: backbone {cfg.backbone.name} gives {backbone.out_channels} channels on a "
-            f"{backbone.grid_size(cfg.backbone.image_size)} grid, the checkpoint expects "
+            f"{grid} grid, the checkpoint expects "
             f"{model.in_dim} on {model.grid_size}"
         )
     detector = Detector(backbone, model, cfg, dev)
@@ -232,15 +242,15 @@ def load_detector(run_dir: Path, device: str = "auto", weights: str | None = Non
 
 
 def scoring_dataset(detector: Detector, samples: Sequence[Sample]) -> ImageDataset:
-    """``samples`` as :func:`score_dataset` scores them with ``detector``: images at the backbone's input size,
-    normalised with its statistics, masks at the map size (``evaluation.mask_threshold``/``mask_resize``)."""
+    """``samples`` as :func:`score_dataset` scores them with ``detector``: images by the config's geometry
+    (input size, resize mode, region of interest), normalised with the backbone's statistics, masks on the
+    evaluation frame at the map size (``evaluation.mask_threshold``/``mask_resize``)."""
     cfg = detector.cfg
     return ImageDataset(
         samples,
-        cfg.backbone.image_size,
+        ImageGeometry.from_config(cfg),
         detector.backbone.mean,
         detector.backbone.std,
-        mask_size=detector.map_size,
         mask_threshold=cfg.evaluation.mask_threshold,
         mask_resize=cfg.evaluation.mask_resize,
     )
@@ -254,10 +264,12 @@ def score_dataset(
     features: torch.Tensor | None = None,
     seed: int = 0,
 ):
-    """Returns (maps float32 (N,R,R), scores (N,), labels (N,), masks bool (N,R,R), seconds); ``features``:
-    the dataset's backbone maps, precomputed (the images are then not run through the backbone)."""
+    """Returns (maps float32 (N,Hm,Wm), scores (N,), labels (N,), masks bool (N,Hm,Wm), seconds), maps and masks
+    on the evaluation frame (:meth:`~dpdiff.data.geometry.ImageGeometry.eval_map`: a letterboxed map cut to its
+    content); ``features``: the dataset's backbone maps, precomputed (the images are then not run through the
+    backbone)."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    labels, masks = [], []
+    labels, masks, sizes = [], [], []
 
     def batches():
         pos = 0
@@ -265,6 +277,7 @@ def score_dataset(
             n = len(batch["label"])
             labels.append(np.asarray(batch["label"]))
             masks.append(batch["mask"][:, 0].numpy() > 0.5)
+            sizes.extend(tuple(int(v) for v in hw) for hw in batch["image_hw"].tolist())
             yield batch["image"] if features is None else features[pos : pos + n]
             pos += n
 
@@ -274,6 +287,10 @@ def score_dataset(
     if not parts:
         raise ValueError("no images to score")
     maps, scores = (np.concatenate(p) for p in zip(*parts, strict=True))
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    geometry = getattr(base, "geometry", None)
+    if geometry is not None and geometry.resize != "stretch":  # a stretched map is on the evaluation frame already
+        maps = np.stack([geometry.eval_map(m, hw) for m, hw in zip(maps, sizes, strict=True)])
     return maps, scores, np.concatenate(labels), np.concatenate(masks), seconds
 
 

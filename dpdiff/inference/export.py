@@ -1,10 +1,11 @@
 """``dpdiff export``: the whole scoring pipeline as one ONNX graph that scores like PyTorch.
 
-The graph maps a preprocessed image batch ``images`` (B, 3, S, S) (8-bit RGB, PIL-bicubic resized to S x S,
-``(x / 255 - mean) / std``; the values are in the model's metadata) to ``maps`` (B, R, R) and ``scores``
-(B,): backbone, tokens, token standardisation, prototypes (Eq. 8-13), the fixed noise draws, the DDIM
-reconstruction (Eq. 20-21), the reconstruction error (Eq. 22), upsampling, Gaussian smoothing and the image
-score (Eq. 23-24). The batch size is dynamic.
+The graph maps a preprocessed image batch ``images`` (B, 3, H, W) (8-bit RGB, the region of interest cut out,
+PIL-bicubic resized or letterboxed to H x W by :class:`dpdiff.data.geometry.ImageGeometry`, ``(x / 255 - mean) /
+std``; the geometry and the values are in the model's metadata) to ``maps`` (B, Hm, Wm) and ``scores`` (B,):
+backbone, tokens, token standardisation, prototypes (Eq. 8-13), the fixed noise draws, the DDIM reconstruction
+(Eq. 20-21), the reconstruction error (Eq. 22), upsampling, Gaussian smoothing and the image score (Eq. 23-24).
+The batch size is dynamic, H x W fixed.
 
 The noise: with ``inference.common_noise`` (the default) every image gets the same draws, from a generator
 seeded with ``inference.seed`` (:class:`~dpdiff.scoring.noise.CommonNoise`), so a score depends on the image
@@ -43,6 +44,7 @@ from dpdiff.scoring.noise import FixedNoise
 from dpdiff.scoring.scorer import Scorer
 from dpdiff.utils.errors import ConfigError, MissingDependencyError, RunFolderError
 from dpdiff.utils.io import atomic_write_bytes
+from dpdiff.utils.sizes import as_hw, hw_json
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ def _need_onnx():
 
 
 class ScoringGraph(nn.Module):
-    """(B, 3, S, S) normalised images -> (maps (B, R, R), scores (B,)): the detector's pipeline with its common
+    """(B, 3, H, W) normalised images -> (maps (B, Hm, Wm), scores (B,)): the detector's pipeline with its common
     noise draws as buffers ``noise_x`` (E, 1, N, C) and ``noise_p`` (E, 1, P, C) (empty with no prototypes)."""
 
     noise_x: torch.Tensor
@@ -87,8 +89,8 @@ class ScoringGraph(nn.Module):
                 "depends on the batch the image came in, which a fixed graph cannot reproduce"
             )
         self.cfg = cfg
-        size = int(cfg.backbone.image_size)
-        self.backbone = static_same_padding(detector.backbone, torch.zeros(1, 3, size, size))
+        h, w = as_hw(cfg.backbone.image_size)
+        self.backbone = static_same_padding(detector.backbone, torch.zeros(1, 3, h, w))
         self.model = detector.model
         self.bank = detector.bank() if inf.knn_weight else None  # beyond the paper: inference.knn_weight
         noise = self._common_noise()
@@ -128,7 +130,7 @@ def static_same_padding(backbone: nn.Module, example: torch.Tensor) -> nn.Module
     """A copy of ``backbone`` whose dynamic "SAME"-padding convolutions (timm ``Conv2dSame``, in the
     ``tf_efficientnet_lite*`` backbones) pad by constants: traced, their padding arithmetic on the input size
     would become graph ops, and the spatial sizes downstream unknown (the ONNX export of the adaptive pooling
-    that brings the stages to one grid needs them). ``example`` (1, 3, S, S) fixes the input size; the
+    that brings the stages to one grid needs them). ``example`` (1, 3, H, W) fixes the input size; the
     original is left as it is."""
     from timm.layers.conv2d_same import Conv2dSame
     from timm.layers.padding import pad_same_arg
@@ -172,25 +174,27 @@ def _metadata(detector: Detector) -> dict[str, str]:
     cfg = detector.cfg
     t = detector.thresholds()
     mean, std = cast(Sequence[float], detector.backbone.mean), cast(Sequence[float], detector.backbone.std)
+    geometry = detector.geometry
     preprocess = {
-        "image_size": int(cfg.backbone.image_size),
+        "image_size": hw_json(geometry.size),
         "mean": [float(v) for v in mean],
         "std": [float(v) for v in std],
         "color": "8-bit RGB",
-        "resize": "PIL bicubic, directly to image_size x image_size (aspect not kept)",
+        "resize": "PIL bicubic, " + geometry.describe().removeprefix("images: "),
         "normalize": "(x / 255 - mean) / std per channel, NCHW float32",
+        "geometry": geometry.to_dict(),  # dpdiff.data.geometry.ImageGeometry.from_dict
     }
     meta = {
         "version": _dpdiff_version(),
         "preprocess": json.dumps(preprocess),
         "config": json.dumps(cfg.to_dict()),
-        "map_size": str(detector.map_size),
+        "map_size": json.dumps(hw_json(detector.map_size)),
         "fingerprint": json.dumps(detector.fingerprint()),
         "calibration": json.dumps(detector.calibration.to_dict()) if detector.calibration is not None else "",
         "image_threshold": "" if t is None else repr(float(t.image)),
         "pixel_threshold": "" if t is None or t.pixel is None else repr(float(t.pixel)),
-        "outputs": "maps (B, R, R) float32 anomaly maps; scores (B,) float32 image scores; anomalous when "
-        "score > image_threshold",
+        "outputs": "maps (B, Hm, Wm) float32 anomaly maps (on the input frame: map_size); scores (B,) float32 "
+        "image scores; anomalous when score > image_threshold",
     }
     return {METADATA_PREFIX + k: v for k, v in meta.items()}
 
@@ -226,8 +230,8 @@ def export_onnx(
     if quantize is not None and quantize not in QUANTIZE_CHOICES:
         raise ConfigError(f"quantize must be one of {QUANTIZE_CHOICES} or None, got {quantize!r}")
     graph = ScoringGraph(detector).eval()
-    size = int(detector.cfg.backbone.image_size)
-    example = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32))
+    h, w = detector.geometry.size
+    example = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, h, w)).astype(np.float32))
     proto = onnx.load_from_string(_trace(graph, example, opset))
     for key, value in _metadata(detector).items():
         entry = proto.metadata_props.add()
@@ -243,8 +247,8 @@ def export_onnx(
         "opset": int(opset),
         "input": INPUT_NAME,
         "outputs": list(OUTPUT_NAMES),
-        "image_size": size,
-        "map_size": detector.map_size,
+        "image_size": hw_json((h, w)),
+        "map_size": hw_json(detector.map_size),
         "quantization": quantize or "none",
     }
     if verify:

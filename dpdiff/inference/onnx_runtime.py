@@ -23,9 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from dpdiff.config import Config
+from dpdiff.data.geometry import ImageGeometry
 from dpdiff.inference.calibration import Calibration, read_calibration
 from dpdiff.inference.predictor import Detector, Preprocessing
-from dpdiff.utils.errors import CheckpointError, MissingDependencyError, UsageError
+from dpdiff.utils.errors import CheckpointError, ConfigError, MissingDependencyError, UsageError
+from dpdiff.utils.sizes import as_hw
 
 logger = logging.getLogger(__name__)
 
@@ -109,10 +111,15 @@ class OnnxDetector(Detector):
         try:
             self.cfg = Config.from_dict(json.loads(metadata["config"]), source=f"{where} metadata")
             pre = json.loads(metadata["preprocess"])
-            self._preprocessing = Preprocessing(int(pre["image_size"]), tuple(pre["mean"]), tuple(pre["std"]))
-            self._map_size = int(metadata["map_size"])
+            # the geometry (region of interest, letterbox) where the export recorded it; exports made before
+            # it existed resized the whole image directly to image_size
+            geometry = ImageGeometry.from_dict(pre["geometry"]) if "geometry" in pre else None
+            self._map_size = as_hw(json.loads(metadata["map_size"]))
+            if geometry is None:
+                geometry = ImageGeometry(as_hw(pre["image_size"]), map_size=self._map_size)
+            self._preprocessing = Preprocessing(geometry, tuple(pre["mean"]), tuple(pre["std"]))
             self._fingerprint = json.loads(metadata["fingerprint"])
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, ConfigError) as e:
             raise CheckpointError(f"{where}: unreadable dpdiff metadata ({e}); export the run again") from e
         cal = metadata.get("calibration") or ""
         self.calibration = Calibration.from_dict(json.loads(cal), f"{where} metadata") if cal else None
@@ -139,8 +146,8 @@ class OnnxDetector(Detector):
         return detector
 
     @property
-    def map_size(self) -> int:
-        """Side R of the model's maps (from its metadata)."""
+    def map_size(self) -> tuple[int, int]:
+        """(Hm, Wm) of the model's maps (from its metadata)."""
         return self._map_size
 
     def fingerprint(self) -> dict:
@@ -152,7 +159,7 @@ class OnnxDetector(Detector):
         return self._preprocessing
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(maps (B, R, R), scores (B,)) of a normalised batch (:meth:`preprocess`)."""
+        """(maps (B, Hm, Wm), scores (B,)) of a normalised batch (:meth:`preprocess`)."""
         maps, scores = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
         return maps, scores
 

@@ -17,17 +17,21 @@ prediction. A :class:`Prediction` holds:
   boundary;
 * ``is_anomalous`` (bool or None when uncalibrated): ``score > image_threshold``;
 * ``anomaly_map`` (float32 ``(H, W)``): the pixel anomaly map at the image's own size (the model's map,
-  bilinearly resized);
+  bilinearly resized; with ``data.resize: keep_aspect`` cut to the letterbox's content first; with ``data.roi``
+  placed in the region of interest and 0 outside it: :meth:`dpdiff.data.geometry.ImageGeometry.map_to_image`);
 * ``mask`` (bool ``(H, W)`` or None when uncalibrated or without a pixel threshold): ``anomaly_map >
   pixel_threshold``, the defect region, on an image judged anomalous; all False on an image judged normal
   (an operator reads any marked pixel as "defect here"), unless ``predict(..., all_masks=True)``;
 * ``image_threshold``, ``pixel_threshold`` (float or None): the thresholds used;
 * ``category`` (str or None): the category the caller named (its thresholds are used when calibrated for it,
   else the global ones);
-* ``model_map`` (float32 ``(R, R)``): the model's map before resizing, at the map size (what overlays draw);
+* ``model_map`` (float32 ``(Hm, Wm)``): the model's map before resizing, at the map size, on the evaluation frame
+  (the region of interest stretched to the map size; what overlays draw);
+* ``roi`` (``[x0, y0, x1, y1]`` pixels or None): the region of interest used (``data.roi``); the map is 0
+  outside it;
 
 and ``to_dict()`` gives the JSON-ready fields without arrays (plus ``height``, ``width``,
-``max_pixel_score`` and ``defect_pixels``).
+``max_pixel_score`` and ``defect_pixels``; ``roi`` only when one was used).
 
 ``Predictor.calibrate(normal_images=None, target_fpr=0.01, category=None, *, labelled=None, ...)`` sets the
 thresholds (:mod:`dpdiff.inference.calibration`), keeps them on the predictor and, for a detector loaded from a
@@ -48,7 +52,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 import numpy as np
 from PIL import Image
 
-from dpdiff.data.images import load_image_rgb, normalized_image_array, read_mask_values, resize_binarise_mask
+from dpdiff.data.geometry import ImageGeometry, resize_map
+from dpdiff.data.images import load_image_rgb, read_mask_values
 from dpdiff.data.types import list_images
 from dpdiff.inference.calibration import (
     DEFAULT_PIXEL_FPR,
@@ -78,7 +83,6 @@ __all__ = [
     "Skipped",
     "as_pil",
     "flatten_inputs",
-    "resize_map",
 ]
 
 #: What the predictors take: a file path (or a folder of images, for ``predict``/``calibrate``), a PIL image,
@@ -113,6 +117,7 @@ class Prediction:
     pixel_threshold: float | None
     category: str | None = None
     model_map: np.ndarray | None = field(default=None, repr=False, compare=False)
+    roi: list[int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as plain JSON types, without the arrays: their size, the largest map value and the
@@ -130,7 +135,7 @@ class Prediction:
             "width": int(w),
             "max_pixel_score": float(self.anomaly_map.max()),
             "defect_pixels": None if self.mask is None else int(self.mask.sum()),
-        }
+        } | ({} if self.roi is None else {"roi": list(self.roi)})
 
 
 @dataclass
@@ -213,16 +218,6 @@ def _load(items: Sequence, offset: int, skip_bad: bool) -> list[tuple[str | None
     return out
 
 
-def resize_map(anomaly_map: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    """A (R, R) map resized to (H, W) bilinearly (PIL, float32): the inverse of the model's direct resize of
-    the image to S x S, so the map lines up with the original image."""
-    m = np.asarray(anomaly_map, dtype=np.float32)
-    if m.shape == tuple(size_hw):
-        return m.copy()
-    out = Image.fromarray(m).resize((int(size_hw[1]), int(size_hw[0])), Image.Resampling.BILINEAR)
-    return np.asarray(out, dtype=np.float32).copy()
-
-
 def decide(
     name: str | None,
     anomaly_map: np.ndarray,
@@ -231,13 +226,20 @@ def decide(
     thresholds: Thresholds | None,
     category: str | None,
     all_masks: bool = False,
+    geometry: ImageGeometry | None = None,
 ) -> Prediction:
-    """The :class:`Prediction` of one scored image (``anomaly_map``: the model's (R, R) map): map at its own
-    size, decision and mask by ``thresholds``; the mask of an image judged normal is empty unless ``all_masks``."""
-    full = resize_map(anomaly_map, size_hw)
+    """The :class:`Prediction` of one scored image (``anomaly_map``: the model's (Hm, Wm) map, on its input
+    frame): map at its own size (``geometry``'s :meth:`~dpdiff.data.geometry.ImageGeometry.map_to_image`; None: a
+    direct resize), decision and mask by ``thresholds``; the mask of an image judged normal is empty unless
+    ``all_masks``."""
+    if geometry is None:
+        full, small, roi = resize_map(anomaly_map, size_hw), anomaly_map, None
+    else:
+        full = geometry.map_to_image(anomaly_map, size_hw, source=name)
+        small, roi = geometry.eval_map(anomaly_map, size_hw), geometry.roi_pixels(size_hw)
     score = float(score)
     if thresholds is None:
-        return Prediction(name, score, None, None, full, None, None, None, category, anomaly_map)
+        return Prediction(name, score, None, None, full, None, None, None, category, small, roi)
     anomalous = bool(score > thresholds.image)
     mask = None
     if thresholds.pixel is not None:
@@ -252,24 +254,42 @@ def decide(
         thresholds.image,
         thresholds.pixel,
         category,
-        anomaly_map,
+        small,
+        roi,
     )
 
 
 # ---------------------------------------------------------------------------------------------- the base class
 @dataclass(frozen=True)
 class Preprocessing:
-    """How an image becomes the model's input, as in training (:func:`~dpdiff.data.images.normalized_image_array`:
-    8-bit RGB, direct PIL bicubic resize to ``size`` x ``size``, ``(x / 255 - mean) / std`` per channel, float32
-    (3, S, S)); the same numpy and Pillow code for every runtime, so every runtime gets the same bits."""
+    """How an image becomes the model's input, as in training (:meth:`~dpdiff.data.geometry.ImageGeometry.model_input`:
+    8-bit RGB, the region of interest cut out, PIL bicubic resize (direct, or letterboxed) to the input's
+    ``(H, W)``, ``(x / 255 - mean) / std`` per channel, float32 (3, H, W)); the same numpy and Pillow code for
+    every runtime, so every runtime gets the same bits. ``geometry``: an
+    :class:`~dpdiff.data.geometry.ImageGeometry`, or a size (one int or ``(H, W)``: a direct resize)."""
 
-    size: int
+    geometry: ImageGeometry
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
-    def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """PIL images -> the normalised batch (B, 3, S, S) float32."""
-        return np.stack([normalized_image_array(im, self.size, self.mean, self.std) for im in images])
+    def __post_init__(self) -> None:
+        if not isinstance(self.geometry, ImageGeometry):
+            object.__setattr__(self, "geometry", ImageGeometry(self.geometry))
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The input's (H, W)."""
+        return self.geometry.size
+
+    def __call__(self, images: Sequence[Image.Image], names: Sequence[str | None] | None = None) -> np.ndarray:
+        """PIL images -> the normalised batch (B, 3, H, W) float32 (``names``: the files, named in errors)."""
+        names = names if names is not None else [None] * len(images)
+        return np.stack(
+            [
+                self.geometry.model_input(im, self.mean, self.std, source=name)
+                for im, name in zip(images, names, strict=True)
+            ]
+        )
 
 
 class Predictor:
@@ -279,11 +299,12 @@ class Predictor:
 
     A runtime (the PyTorch :class:`~dpdiff.inference.detector.Detector`, the onnxruntime
     :class:`~dpdiff.inference.onnx_runtime.OnnxDetector`) provides ``_run_batches`` (preprocessed batches in,
-    (maps (B, R, R), scores (B,)) float32 arrays out), ``fingerprint()`` (what thresholds are valid for:
+    (maps (B, Hm, Wm), scores (B,)) float32 arrays out), ``fingerprint()`` (what thresholds are valid for:
     :func:`~dpdiff.inference.calibration.scoring_fingerprint` of its model and settings), and what it was loaded
-    with: ``cfg`` (the run's :class:`~dpdiff.config.Config`), ``map_size`` (R) and ``preprocessing``
-    (:class:`Preprocessing`). ``calibration`` (None until calibrated) and ``calibration_path`` (where
-    ``calibrate`` saves; None: kept in memory only) are set by the loaders."""
+    with: ``cfg`` (the run's :class:`~dpdiff.config.Config`), ``map_size`` ((Hm, Wm)) and ``preprocessing``
+    (:class:`Preprocessing`, whose ``geometry`` also brings the maps back onto the images). ``calibration`` (None
+    until calibrated) and ``calibration_path`` (where ``calibrate`` saves; None: kept in memory only) are set by
+    the loaders."""
 
     calibration: Calibration | None = None
     calibration_path: Path | None = None
@@ -291,8 +312,8 @@ class Predictor:
 
     # ---------------------------------------------------------------------------- what a runtime provides
     @property
-    def map_size(self) -> int:  # pragma: no cover - abstract
-        """Side R of the model's maps."""
+    def map_size(self) -> tuple[int, int]:  # pragma: no cover - abstract
+        """(Hm, Wm) of the model's maps."""
         raise NotImplementedError
 
     @property
@@ -301,7 +322,7 @@ class Predictor:
         raise NotImplementedError
 
     def _run_batches(self, batches: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(maps (B, R, R), scores (B,)) float32 of each preprocessed batch (B, 3, S, S), in order, the batches
+        """(maps (B, Hm, Wm), scores (B,)) float32 of each preprocessed batch (B, 3, H, W), in order, the batches
         scored as one noise stream (where the runtime draws noise: the PyTorch runtime's generator seeded with
         ``inference.seed`` is consumed batch after batch)."""
         raise NotImplementedError  # pragma: no cover - abstract
@@ -310,9 +331,14 @@ class Predictor:
         """What thresholds are valid for (:func:`~dpdiff.inference.calibration.scoring_fingerprint`)."""
         raise NotImplementedError
 
+    @property
+    def geometry(self) -> ImageGeometry:
+        """The image geometry (:class:`~dpdiff.data.geometry.ImageGeometry`) of :attr:`preprocessing`."""
+        return self.preprocessing.geometry
+
     # ---------------------------------------------------------------------------- scoring
     def preprocess(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
-        """Images (anything :data:`ImageInput` names but folders) -> the normalised batch (B, 3, S, S) float32,
+        """Images (anything :data:`ImageInput` names but folders) -> the normalised batch (B, 3, H, W) float32,
         exactly as the datasets prepare them (:class:`Preprocessing`). Float tensors are taken as 8-bit images
         (rounded to 1/255), so a file, its PIL image, its uint8 array and ``array / 255`` as a tensor all give
         the same batch."""
@@ -327,7 +353,7 @@ class Predictor:
     def score_images(
         self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None, desc: str | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(maps (N, R, R), scores (N,)) as float32 numpy arrays of the images (as :meth:`preprocess` takes
+        """(maps (N, Hm, Wm), scores (N,)) as float32 numpy arrays of the images (as :meth:`preprocess` takes
         them), in batches of ``batch_size`` (default ``inference.batch_size``) scored as one noise stream: the
         same numbers as evaluation gives for the same files in the same order. ``desc``: show a progress bar
         with this label."""
@@ -345,9 +371,9 @@ class Predictor:
     def _iter_scored(
         self, images: ImageInput | Sequence[ImageInput], batch_size: int | None, skip_bad: bool, desc: str | None
     ) -> Iterator[tuple[str | None, np.ndarray, float, tuple[int, int]] | Skipped]:
-        """Per image, in order: ``(name, map (R, R) float32, score, (H, W))``, or a :class:`Skipped` for an
-        unreadable file when ``skip_bad`` (else a DataError naming it). Each batch is decoded once and scored
-        on its own (a fresh noise stream per batch)."""
+        """Per image, in order: ``(name, map (Hm, Wm) float32 on the input frame, score, (H, W))``, or a
+        :class:`Skipped` for an unreadable file when ``skip_bad`` (else a DataError naming it). Each batch is
+        decoded once and scored on its own (a fresh noise stream per batch)."""
         items = flatten_inputs(images, expand_folders=True)
         if not items:
             raise ValueError("no images given")
@@ -357,7 +383,8 @@ class Predictor:
             good = [x for x in loaded if not isinstance(x, Skipped)]
             done: Iterator[tuple[str | None, np.ndarray, float, tuple[int, int]]] = iter(())
             if good:
-                maps, scores = next(iter(self._run_batches([self.preprocessing([pil for _, pil in good])])))
+                batch = self.preprocessing([pil for _, pil in good], [n for n, _ in good])
+                maps, scores = next(iter(self._run_batches([batch])))
                 sizes = [(pil.height, pil.width) for _, pil in good]
                 done = iter(zip([n for n, _ in good], maps, np.asarray(scores).tolist(), sizes, strict=True))
             for x in loaded:  # the inputs' order, skipped files in their place
@@ -381,7 +408,7 @@ class Predictor:
                 yield item
             else:
                 name, small_map, score, size_hw = item
-                yield decide(name, small_map, score, size_hw, thresholds, category, all_masks)
+                yield decide(name, small_map, score, size_hw, thresholds, category, all_masks, self.geometry)
 
     def predict(
         self,
@@ -407,13 +434,14 @@ class Predictor:
         return None if self.calibration is None else self.calibration.thresholds(category)
 
     def _score_all(self, items: list, batch_size: int | None, skip_bad: bool):
-        """(maps (N, R, R), scores (N,), kept positions, skipped) of ``items``."""
+        """(maps (N, Hm, Wm) on the evaluation frame, scores (N,), kept positions, skipped) of ``items``."""
         maps, scores, kept, skipped = [], [], [], []
+        geometry = self.geometry
         for i, item in enumerate(self._iter_scored(items, batch_size, skip_bad, desc="calibration images")):
             if isinstance(item, Skipped):
                 skipped.append(item)
                 continue
-            maps.append(item[1])
+            maps.append(geometry.eval_map(item[1], item[3]))
             scores.append(item[2])
             kept.append(i)
         if not maps:
@@ -499,7 +527,7 @@ class Predictor:
         rows = [rows[i] for i in kept]
         labels = np.array([int(r[1]) for r in rows], dtype=np.int64)
         masks = np.zeros(maps.shape, dtype=bool)
-        size, ev = self.map_size, self.cfg.evaluation
+        geometry, ev = self.geometry, self.cfg.evaluation
         # the pixel threshold from the images whose ground truth is known pixel by pixel: normal images and
         # defective ones with a mask; image labels only (no mask anywhere): no pixel threshold
         known = np.array([not label or mask is not None for _, label, mask in rows], dtype=bool)
@@ -510,7 +538,7 @@ class Predictor:
                     if isinstance(mask, (str, os.PathLike))
                     else np.asarray(mask, dtype=np.float32)
                 )
-                masks[i] = resize_binarise_mask(values, size, ev.mask_threshold, ev.mask_resize)
+                masks[i] = geometry.eval_mask(values, ev.mask_threshold, ev.mask_resize, _name(mask))
         if not masks.any():
             logger.info("calibrate: no defect masks in the labelled images: image threshold only")
             return f1_thresholds(scores, labels, None, None), skipped

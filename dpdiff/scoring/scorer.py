@@ -30,6 +30,7 @@ from torch import nn
 
 from dpdiff.choices import ENSEMBLE_REDUCTIONS, SCORING_MODES
 from dpdiff.config import Config, InferenceConfig
+from dpdiff.data.geometry import evaluation_size
 from dpdiff.features import tokens_from_maps
 from dpdiff.model.diffusion import ddim_reconstruct, q_sample
 from dpdiff.model.dpdiff_ad import DPDiffAD
@@ -44,14 +45,15 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Scorer", "ScoringSettings", "map_size", "postprocess_maps", "resolve_autocast_dtype"]
 
 
-def map_size(cfg: Config) -> int:
-    """Side ``R`` of the pixel maps (and of the masks they are scored against): ``evaluation.resolution``,
-    by default the input image size ``backbone.image_size``. The one place this rule lives."""
-    return int(cfg.evaluation.resolution or cfg.backbone.image_size)
+def map_size(cfg: Config) -> tuple[int, int]:
+    """Size ``(Hm, Wm)`` of the pixel maps (and of the masks they are scored against): ``evaluation.resolution``,
+    by default the input size ``backbone.image_size``
+    (:func:`dpdiff.data.geometry.evaluation_size`, the one place this rule lives)."""
+    return evaluation_size(cfg.backbone.image_size, cfg.evaluation.resolution)
 
 
 def postprocess_maps(token_maps: torch.Tensor, cfg: Config, inference: InferenceConfig | None = None):
-    """Token maps (B, h, w) -> (pixel maps (B, R, R), image scores (B,)) with the config's post-processing:
+    """Token maps (B, h, w) -> (pixel maps (B, Hm, Wm), image scores (B,)) with the config's post-processing:
     bilinear upsampling to :func:`map_size`, Gaussian smoothing, the image-score rule (Eq. 23-24). For token
     maps of other scorers (the kNN baseline); DPDiff-AD's go through :meth:`Scorer.postprocess`, the same."""
     inf = inference or cfg.inference
@@ -80,7 +82,7 @@ class ScoringSettings:
     common_noise: bool = False
     seed: int = 0
     knn_weight: float = 0.0
-    map_size: int | None = None
+    map_size: int | tuple[int, int] | None = None
     smoothing_sigma: float = 4.0
     pool_size: int = 16
     image_score: str = "pooled_max"

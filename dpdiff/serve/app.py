@@ -221,8 +221,7 @@ class _Service:
     # ------------------------------------------------------------------------------------------ lifetime
     def warm_up(self) -> None:
         """One grey image through the model and the overlay drawing (lazy imports, first-call set-up)."""
-        size = int(self.model.info["image_size"])
-        job = Job(Image.new("RGB", (size, size), (128, 128, 128)))
+        job = Job(Image.new("RGB", self.model.warm_up_size(), (128, 128, 128)))
         (prediction,) = self.model.predict_batch([job])
         prediction_json(prediction, job.image, "", with_overlay=True, with_mask=True)
 
@@ -342,6 +341,7 @@ class _Service:
         name, body, fields = await self.single_upload(request)
         category, overlay, mask = self.options(request, fields)
         image = await run_in_threadpool(decode_image, body, self.settings.max_pixels, name or "image")
+        self.model.check_image(image, name or "image")
         job = Job(image, category)
         (outcome,) = await self.score([job])
         out = await run_in_threadpool(_render, outcome, job, name, overlay, mask)
@@ -358,6 +358,8 @@ class _Service:
         images = await run_in_threadpool(
             lambda: [decode_image(f.data, max_pixels, n) for f, n in zip(files, names, strict=True)]
         )
+        for image, n in zip(images, names, strict=True):
+            self.model.check_image(image, n)
         jobs = [Job(image, category) for image in images]
         outcomes = await self.score(jobs)
         results = await run_in_threadpool(

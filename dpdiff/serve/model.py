@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, cast
 from PIL import Image
 
 from dpdiff.serve.limits import ApiError
-from dpdiff.utils.errors import UsageError
+from dpdiff.utils.errors import DataError, UsageError
 from dpdiff.utils.run_files import CONFIG_FILE
+from dpdiff.utils.sizes import as_hw, hw_json
 
 if TYPE_CHECKING:  # pragma: no cover - types only: a .onnx is served without torch
     from dpdiff.inference.detector import Detector as TorchDetector
@@ -96,8 +97,10 @@ class ServedModel:
             "path": str(where),
             "preset": meta.get("preset") or _matching_preset(cfg),
             "backbone": cfg.backbone.name,
-            "image_size": int(cfg.backbone.image_size),
-            "map_size": int(detector.map_size),
+            "image_size": hw_json(detector.geometry.size),
+            "map_size": hw_json(detector.map_size),
+            "resize": detector.geometry.resize,
+            "roi": None if detector.geometry.roi is None else list(detector.geometry.roi),
             "runtime": runtime,
             "device": device_name,
             "training_step": meta.get("step"),
@@ -121,6 +124,26 @@ class ServedModel:
             known = ", ".join(self.categories) or "none (send no category)"
             raise ApiError(422, "unknown_category", f"unknown category {category!r}; this model knows: {known}")
         return category
+
+    def check_image(self, image, name: str) -> None:
+        """422 ``roi_outside_image`` when ``image`` is smaller than the model's pixel region of interest
+        (``data.roi``), before it joins a batch (where it would fail the other images too)."""
+        geometry = getattr(self.detector, "geometry", None)  # a stand-in predictor may have none
+        if geometry is None:
+            return
+        try:
+            geometry.roi_box(image.size, name)
+        except DataError as e:
+            raise ApiError(422, "roi_outside_image", str(e)) from None
+
+    def warm_up_size(self) -> tuple[int, int]:
+        """(width, height) of the warm-up image: the model's input, grown to hold a pixel region of interest."""
+        h, w = as_hw(self.info["image_size"])
+        geometry = getattr(self.detector, "geometry", None)
+        roi = None if geometry is None else geometry.roi
+        if roi is not None and all(isinstance(v, int) for v in roi):
+            w, h = max(w, int(roi[2])), max(h, int(roi[3]))
+        return w, h
 
     def predict_batch(self, jobs: Sequence[Job]) -> list:
         """One :class:`~dpdiff.Prediction` per job, in order: ``detector.predict`` once for the whole batch (as

@@ -94,6 +94,9 @@ def prediction_json(
             "pixel": _opt_float(prediction.pixel_threshold),
         },
     }
+    roi = getattr(prediction, "roi", None)
+    if roi is not None:  # data.roi: the map is 0 outside this box
+        out["roi"] = [int(v) for v in roi]
     if with_overlay:
         out["overlay_png"] = overlay_png(image, prediction.anomaly_map, prediction.mask, prediction.pixel_threshold)
     if with_mask:

@@ -6,6 +6,7 @@ calls these in ``setup``.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,12 +15,14 @@ from torch.utils.data import Subset
 
 from dpdiff.config import Config
 from dpdiff.data.dataset import ImageDataset
+from dpdiff.data.geometry import ImageGeometry
 from dpdiff.data.readers import load_samples
 from dpdiff.data.splits import hold_out_for_calibration
 from dpdiff.features import extract_features, feature_cache_key
 from dpdiff.metrics.thresholds import min_normal_images
 from dpdiff.model.checkpoint import STATE_FILE
 from dpdiff.training import distributed as D
+from dpdiff.training.init_from import InitSource, init_source, replay_subset
 from dpdiff.utils.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -42,20 +45,62 @@ def training_samples(cfg: Config) -> list:
 
 def split_samples(cfg: Config) -> tuple[list, list]:
     """(samples trained on, samples held out for calibration: ``train.calibration_fraction``, seeded by
-    ``train.seed``); too few held-out images for ``train.calibration_fpr`` is an error before training."""
-    if not cfg.data.root:
-        raise ConfigError("no data root: set data.root in the config or pass --data PATH")
-    samples = load_samples(cfg.data.format, Path(cfg.data.root), cfg.data.categories, "train", **cfg.data.options)
+    ``train.seed``); too few held-out images for ``train.calibration_fpr`` is an error before training.
+
+    With ``train.init_from`` (adding categories to RUN): the new categories' split plus RUN's own split, the
+    replay (``train.replay`` per old category) of RUN's training images trained on and exactly RUN's held-out
+    images held out (:func:`_union_split`)."""
+    source = init_source(cfg)
+    kept, held = _own_split(cfg) if source is None else _union_split(cfg, source)
     fraction, fpr = cfg.train.calibration_fraction, cfg.train.calibration_fpr
-    kept, held = hold_out_for_calibration(samples, fraction, cfg.train.seed)
     if fraction > 0 and len(held) < min_normal_images(fpr):
         raise ConfigError(
-            f"train.calibration_fraction={fraction:g} holds out {len(held)} of {len(samples)} normal "
+            f"train.calibration_fraction={fraction:g} holds out {len(held)} of {len(kept) + len(held)} normal "
             f"images; calibrating at train.calibration_fpr={fpr:g} needs at least "
             f"{min_normal_images(fpr)}: raise the fraction or the rate, or calibrate later with "
             f"`dpdiff calibrate`"
         )
     return kept, held
+
+
+def _own_split(cfg: Config) -> tuple[list, list]:
+    """The split of ``data.root``/``data.categories`` alone (``train.calibration_fraction``, ``train.seed``)."""
+    if not cfg.data.root:
+        raise ConfigError("no data root: set data.root in the config or pass --data PATH")
+    samples = load_samples(cfg.data.format, Path(cfg.data.root), cfg.data.categories, "train", **cfg.data.options)
+    return hold_out_for_calibration(samples, cfg.train.calibration_fraction, cfg.train.seed)
+
+
+def _union_split(cfg: Config, source: InitSource) -> tuple[list, list]:
+    """(new categories' training images + the replay of RUN's, new held-out images + RUN's held-out ones)."""
+    new_kept, new_held = _own_split(cfg)
+    clash = sorted({str(s.category) for s in new_kept + new_held} & set(source.categories))
+    if clash:
+        raise ConfigError(
+            f"data.categories: {', '.join(map(repr, clash))} already in {source.run_dir} (train.init_from, "
+            f"categories {source.categories}); an add run trains new categories only: pass --categories with "
+            f"the new ones (data.categories), or, to retrain a category RUN knows, train from scratch on the union"
+        )
+    old_kept, old_held = _recorded_split(source)
+    return new_kept + replay_subset(old_kept, cfg.train.replay, cfg.train.seed), new_held + old_held
+
+
+def _recorded_split(source: InitSource) -> tuple[list, list]:
+    """RUN's own (training, held-out) images, as RUN drew them: its data root, format and the categories it
+    recorded (not whatever the root holds now), its seed and hold-out fraction; for a RUN that itself added
+    categories, recursively the union it trained on."""
+    old = copy.deepcopy(source.cfg)
+    parent = init_source(old)
+    inherited = set(parent.categories) if parent is not None else set()
+    old.data.categories = [c for c in source.categories if c not in inherited]
+    try:
+        return split_samples(old)
+    except (FileNotFoundError, DataError) as e:
+        raise DataError(
+            f"train.init_from: the replay reads the training images of {source.run_dir} where it recorded them "
+            f"(data.root={old.data.root!r} in {source.run_dir / 'config.json'}), and they are not all there "
+            f"({e}); make them available at that path"
+        ) from e
 
 
 def shared_training_samples(cfg: Config, info: D.DistInfo) -> list:
@@ -81,7 +126,8 @@ def train_features(
         samples = shared_training_samples(cfg, info)
     if cfg.train.feature_cache:
         return _cached_train_features(cfg, backbone, device, info, samples), samples
-    dataset = ImageDataset(samples, cfg.backbone.image_size, backbone.mean, backbone.std, load_masks=False)
+    geometry = ImageGeometry.from_config(cfg)
+    dataset = ImageDataset(samples, geometry, backbone.mean, backbone.std, load_masks=False)
     lo, hi = D.shard_range(len(dataset), info.rank, info.world_size)
     local, error = None, None
     try:
@@ -115,6 +161,7 @@ def _cached_train_features(cfg: Config, backbone, device, info: D.DistInfo, samp
 
     cache = FeatureCache(cfg.train.cache_dir)
     key = feature_cache_key(cfg)
+    geometry = ImageGeometry.from_config(cfg)  # part of the cache key: another geometry, other maps
     lo, hi = D.shard_range(len(samples), info.rank, info.world_size)
     error = None
     try:
@@ -123,7 +170,7 @@ def _cached_train_features(cfg: Config, backbone, device, info: D.DistInfo, samp
                 backbone,
                 key,
                 samples[lo:hi],
-                cfg.backbone.image_size,
+                geometry,
                 cfg.train.feature_batch_size,
                 device,
                 cfg.train.num_workers,
@@ -131,7 +178,7 @@ def _cached_train_features(cfg: Config, backbone, device, info: D.DistInfo, samp
     except (FileNotFoundError, ValueError) as e:
         error = e
     D.raise_if_any_failed(error, info)  # collective: also the barrier before every rank reads all slices
-    return cache.get(backbone, key, samples, cfg.backbone.image_size, cfg.train.feature_batch_size, device)
+    return cache.get(backbone, key, samples, geometry, cfg.train.feature_batch_size, device)
 
 
 def check_finite_features(features: torch.Tensor | FeatureStore, samples: list | None, chunk: int = 256) -> None:

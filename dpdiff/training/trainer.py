@@ -14,6 +14,10 @@ Data parallel: under ``torchrun`` (``WORLD_SIZE`` > 1) each rank extracts the fe
 of the training images, all ranks gather them, every rank draws the same global batch and noise and
 trains on its slice with DistributedDataParallel; ``train.batch_size`` stays the global batch, so
 the result matches one process. Only rank 0 writes files (``distributed.py``).
+
+Adding categories (``train.init_from``, :mod:`.init_from`): the model starts from RUN's weights instead of a fresh
+initialisation and every batch draws ``train.replay_fraction`` of its rows from the old categories' (replayed)
+images, the rest from the new ones; everything else (EMA, lr schedule, checkpoints, resume, DDP) is the same.
 """
 
 from __future__ import annotations
@@ -52,6 +56,14 @@ from dpdiff.model.checkpoint import (
 )
 from dpdiff.model.dpdiff_ad import DPDiffAD
 from dpdiff.training import distributed as D
+from dpdiff.training.init_from import (
+    InitSource,
+    check_output_is_not_source,
+    init_source,
+    load_init_weights,
+    replay_batch_rows,
+    replay_rows,
+)
 from dpdiff.training.inputs import (
     check_finite_features,
     check_same_data,
@@ -185,6 +197,9 @@ class Trainer:
         self.extract_s = 0.0
         self.meta: dict = {}
         self.data_state: dict = {}
+        # train.init_from: (rows of the old categories, rows of the new ones) and how many old rows per batch
+        self.replay: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.replay_batch = 0
 
     # ------------------------------------------------------------------ setup
 
@@ -195,8 +210,20 @@ class Trainer:
         features: torch.Tensor | FeatureStore | None = None,
         samples: list | None = None,
     ) -> Trainer:
-        """Prepare the run folder (``prepare_run_dir``), the training features and everything ``fit`` needs."""
+        """Prepare the run folder (``prepare_run_dir``), the training features and everything ``fit`` needs.
+
+        With ``train.init_from`` the model starts from RUN's weights, on every rank before DDP wraps it (a resumed
+        add run takes its own resume state instead; RUN must still be readable for its replay images)."""
         cfg, info = self.cfg, self.info
+        source = init_source(cfg)  # the refusals (not a run, another backbone/model) before anything is written
+        if source is not None:
+            check_output_is_not_source(self.run_dir, source)  # before prepare_run_dir: --overwrite deletes files
+            if features is not None:
+                raise ConfigError(
+                    "train.init_from reads the new and the replayed images itself: pass no precomputed features "
+                    "(train.feature_cache reuses their tokens)"
+                )
+            shared_training_samples(cfg, info)  # a category RUN knows is refused before the run folder is made
         state = D.on_main(lambda: _resume_state(self.run_dir, overwrite, resume, cfg), info)
         seed_everything(cfg.train.seed)
         self._load_features(features, samples)
@@ -204,6 +231,9 @@ class Trainer:
         if state is not None:
             check_same_data(state, self.num_images, ids, self.run_dir)
             self._restore(state)
+        elif source is not None:
+            _, c, h, w = self.features.shape
+            self.model = load_init_weights(source, c, (h, w)).to(self.device)
         else:
             self._init_model()
         self.model.train()
@@ -220,8 +250,26 @@ class Trainer:
             "feature_extraction_s": round(self.extract_s, 2),
             "world_size": info.world_size,
         }
+        if source is not None:
+            self._set_replay(source)
         self.data_state = {"num_images": self.num_images, "images": ids}
         return self
+
+    def _set_replay(self, source: InitSource) -> None:
+        """The batch mix of an add run and its record in ``config.json`` (``init_from``)."""
+        if self.samples is None:  # pragma: no cover - setup refuses precomputed features with init_from
+            raise ConfigError("train.init_from needs the training samples")
+        self.replay = replay_rows(self.samples, source)
+        self.replay_batch = replay_batch_rows(self.batch_size, self.cfg.train.replay_fraction)
+        old = set(source.categories)
+        self.meta["init_from"] = {
+            "run": str(source.run_dir),
+            "step": source.step,
+            "old_categories": source.categories,
+            "new_categories": sorted({str(s.category) for s in self.samples} - old),
+            "replay_images": int(self.replay[0].numel()),
+            "replay_rows_per_batch": self.replay_batch,
+        }
 
     @property
     def num_images(self) -> int:
@@ -347,7 +395,17 @@ class Trainer:
         """This rank's tokens and noise of step ``step``'s global batch, drawn from the (seed, step) generator."""
         seed = self.cfg.train.seed * 1_000_003 + step
         g = torch.Generator().manual_seed(seed)
-        idx = torch.randint(0, self.num_images, (self.batch_size,), generator=g)
+        if self.replay is None:
+            idx = torch.randint(0, self.num_images, (self.batch_size,), generator=g)
+        else:  # an add run: a fixed share of every batch from the old categories' images, the rest from the new
+            old, new = self.replay
+            n_old = self.replay_batch
+            idx = torch.cat(
+                [
+                    old[torch.randint(0, old.numel(), (n_old,), generator=g)],
+                    new[torch.randint(0, new.numel(), (self.batch_size - n_old,), generator=g)],
+                ]
+            )
         g_dev = g if self.device.type == "cpu" else torch.Generator(self.device).manual_seed(seed)
         keep = self.cfg.train.token_keep if step < self.cfg.train.steps - self.cfg.train.full_token_steps else 1.0
         noise = self.model.draw_training_noise(

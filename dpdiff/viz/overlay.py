@@ -185,14 +185,15 @@ def save_overlay(
 
 def save_overlay_items(items: Iterable[OverlayItem], folder: str | Path) -> list[Path]:
     """Draw the overlays kept by evaluation or prediction (:class:`~dpdiff.figure_data.OverlayItem`): each
-    image read and resized like the model input, its map on top, written to ``folder / item.file``."""
-    from dpdiff.data.dataset import load_image_array
+    image read, cut to its region of interest and resized to the map's frame, its map on top, written to
+    ``folder / item.file``."""
+    from dpdiff.data.geometry import eval_image_array
 
     written = []
     for it in progress(list(items), desc="overlays", leave=False):
         written.append(
             save_overlay(
-                load_image_array(it.image, it.size),
+                eval_image_array(it.image, it.size, getattr(it, "roi", None)),
                 it.map,
                 Path(folder) / it.file,
                 mask=it.mask,

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from dpdiff.config import Config
+from dpdiff.data.geometry import ImageGeometry
 from dpdiff.data.readers import load_samples
 from dpdiff.figure_data import OverlayItem, ReportData, overlay_picks
 from dpdiff.inference.detector import apply_test_overrides, load_detector, score_dataset, scoring_dataset
 from dpdiff.metrics import compute_metrics
 from dpdiff.metrics.tables import add_mean_row, write_results
 from dpdiff.model.checkpoint import read_run_config
-from dpdiff.scoring.scorer import map_size
 from dpdiff.utils.errors import ConfigError
 from dpdiff.utils.io import atomic_write_text
 from dpdiff.utils.run_files import (
@@ -31,23 +31,29 @@ from dpdiff.utils.run_files import (
     RESULTS_FILE,
     RESULTS_STEM,
 )
+from dpdiff.utils.sizes import hw_json, hw_text
 from dpdiff.workflows.report_inputs import add_probe_outputs
 
 
 def protocol_description(cfg: Config) -> dict:
     """Every setting that changes the numbers, recorded in each results file (docs/datasets.md)."""
     inf, ev = cfg.inference, cfg.evaluation
-    res = map_size(cfg)
+    geometry = ImageGeometry.from_config(cfg)
+    res = geometry.map_hw
     if inf.image_score == "pooled_max":
         rule = f"max of AvgPool(k={inf.pool_size}, stride 1) of the pixel map (Eq. 24)"
     else:
         rule = f"mean of the top {inf.top_percent}% pixels of the pixel map"
-    return {
-        "evaluation_resolution": res,
-        "input_resolution": cfg.backbone.image_size,
-        "resize": f"images: direct resize to {cfg.backbone.image_size}^2 (aspect not kept); "
-        f"maps: token grid bilinearly upsampled to {res}^2",
-        "mask_rule": f"mask values in [0,1] resized ({ev.mask_resize}) to {res}^2, defect where > {ev.mask_threshold}",
+    maps = f"maps: token grid bilinearly upsampled to {hw_text(res)}"
+    if geometry.resize == "keep_aspect":
+        maps += ", cut to the letterbox's content and resized back to it (the padding is not scored)"
+    where = "" if geometry.roi is None else " of the region of interest (pixels outside it are not evaluated)"
+    out = {
+        "evaluation_resolution": hw_json(res),
+        "input_resolution": hw_json(geometry.size),
+        "resize": f"{geometry.describe()}; {maps}",
+        "mask_rule": f"mask values in [0,1]{where} resized ({ev.mask_resize}) to {hw_text(res)}, "
+        f"defect where > {ev.mask_threshold}",
         "mask_threshold": ev.mask_threshold,
         "mask_resize": ev.mask_resize,
         "image_score_rule": inf.image_score,
@@ -59,6 +65,9 @@ def protocol_description(cfg: Config) -> dict:
         "inference": asdict(inf),
         "evaluation": asdict(ev),
     }
+    if not geometry.is_plain:  # only then: results files of the plain geometry stay as they were
+        out["geometry"] = geometry.to_dict()
+    return out
 
 
 def evaluate(
@@ -91,7 +100,9 @@ def evaluate(
     root, cats = _test_data(run_dir, cfg, data_root, categories)
     out = _output_folder(run_dir, output_dir, overwrite)
     fmt = _data_format(data_format or cfg.data.format, root)
-    report_data = ReportData(detector.map_size, str(root.absolute()), examples_per_category=report_examples)
+    report_data = ReportData(
+        detector.map_size, str(root.absolute()), examples_per_category=report_examples, roi=_roi(cfg)
+    )
     tally = _TestTally()
     for cat in cats:
         _test_category(detector, fmt, root, cat, tally, report_data, overlays_per_category)
@@ -178,7 +189,14 @@ def _test_category(
         )
     if overlays_per_category > 0:
         tally.overlays += category_overlays(
-            f"{OVERLAYS_DIR}/{cat}", samples, maps, scores, masks, detector.map_size, overlays_per_category
+            f"{OVERLAYS_DIR}/{cat}",
+            samples,
+            maps,
+            scores,
+            masks,
+            detector.map_size,
+            overlays_per_category,
+            _roi(cfg),
         )
 
 
@@ -253,7 +271,14 @@ def write_object_level(per_category: dict, out: Path, protocol: dict) -> dict:
     return rows
 
 
-def category_overlays(folder: str, samples, maps, scores, masks, size: int, n: int) -> list[OverlayItem]:
+def _roi(cfg: Config) -> list | None:
+    """``data.roi`` as the figures draw it: the images are cut to it before the maps are laid on them."""
+    return None if cfg.data.roi is None else list(cfg.data.roi)
+
+
+def category_overlays(
+    folder: str, samples, maps, scores, masks, size: int | tuple[int, int], n: int, roi: list | None = None
+) -> list[OverlayItem]:
     """The overlays of one category (:func:`~dpdiff.figure_data.overlay_picks`), files under ``folder``, on
     the colour scale of all its maps (min .. 99.9th percentile)."""
     vmin, vmax = float(np.min(maps)), float(np.percentile(maps, 99.9))
@@ -271,6 +296,7 @@ def category_overlays(folder: str, samples, maps, scores, masks, size: int, n: i
                 vmax,
                 f"{smp.category}/{smp.defect} score={scores[i]:.3g}",
                 mask=masks[i].copy() if smp.label and smp.mask_path is not None else None,
+                roi=roi,
             )
         )
     return items

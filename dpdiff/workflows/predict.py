@@ -124,13 +124,17 @@ def predict(
     writer.writerow(CSV_COLUMNS)
     writer.writerows(rows)
     atomic_write_text(csv_path, buf.getvalue())
-    items = _overlay_items(kept, detector.map_size, thresholds, all_masks)
+    roi = detector.geometry.roi
+    items = _overlay_items(kept, detector.map_size, thresholds, all_masks, None if roi is None else list(roi))
     return PredictionFiles(csv_path, out / MASKS_DIR if write_masks else None, items, skipped, len(rows) - len(skipped))
 
 
-def _overlay_items(kept: list, size: int, thresholds, all_masks: bool = False) -> list[OverlayItem]:
-    """The anomaly map (one colour scale for the folder) with the predicted mask's contour (at map size), on
-    the images judged anomalous (all of them with ``all_masks``)."""
+def _overlay_items(
+    kept: list, size: tuple[int, int], thresholds, all_masks: bool = False, roi: list | None = None
+) -> list[OverlayItem]:
+    """The anomaly map (one colour scale for the folder) with the predicted mask's contour (at map size, on the
+    evaluation frame: the region of interest ``roi`` stretched to it), on the images judged anomalous (all of
+    them with ``all_masks``)."""
     if not kept:
         return []
     maps = np.stack([k[2] for k in kept])
@@ -143,5 +147,5 @@ def _overlay_items(kept: list, size: int, thresholds, all_masks: bool = False) -
         title = f"score={p.score:.3g}"
         if p.is_anomalous is not None:
             title += f" ({p.normalized_score:.2f}x threshold: {'ANOMALOUS' if p.is_anomalous else 'normal'})"
-        items.append(OverlayItem(name, small_map, f"{OVERLAYS_DIR}/{rel}", size, vmin, vmax, title, mask))
+        items.append(OverlayItem(name, small_map, f"{OVERLAYS_DIR}/{rel}", size, vmin, vmax, title, mask, roi))
     return items

@@ -162,7 +162,13 @@ def collect_from_scores(
         raise FileNotFoundError(f"test data root {root!s} not found; pass --data PATH")
     fmt = cfg.data.format if cfg.data.format != "auto" else detect_format(root)
     key = _relative_key(root, Path(cfg.data.root) if cfg.data.root else None)
-    data = ReportData(detector.map_size, str(root.absolute()), examples_per_category=examples_per_category)
+    roi = detector.cfg.data.roi
+    data = ReportData(
+        detector.map_size,
+        str(root.absolute()),
+        examples_per_category=examples_per_category,
+        roi=None if roi is None else list(roi),
+    )
     data.maps_recomputed = True
     for cat in progress(
         list(dict.fromkeys(r["category"] for r in rows)), desc="report: recompute shown maps", leave=False

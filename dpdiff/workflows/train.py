@@ -4,6 +4,10 @@
 (data-parallel under ``torchrun``) and then, on rank 0, builds the token bank of ``inference.knn_weight`` and sets
 the thresholds on the held-out normal images (``train.calibration_fraction``), both with the inference
 :class:`~dpdiff.inference.detector.Detector`.
+
+Adding categories to a trained run is the same path with ``train.init_from`` set
+(:func:`dpdiff.training.init_from.add_category_config`): the Trainer starts from RUN's weights and replays its
+images, and the token bank and the thresholds are built on the union (RUN's held-out images stay held out).
 """
 
 from __future__ import annotations

@@ -196,6 +196,14 @@ def test_dinov2_timm_safetensors_wrappers_and_resampling(tmp_path):
     ex4 = build_vit(TINY_VIT_REG, layers=[3], weights=str(p), image_size=224, feature_stride=28)
     with torch.no_grad():
         assert ex4(torch.randn(1, 3, 224, 224)).shape == (1, 32, 8, 8)
+    # a non-square input [H, W] (issue #24): pos_embed resampled 37x37 -> 16x32, the grid follows
+    ex5 = build_vit(TINY_VIT_REG, layers=[3], weights=str(p), image_size=[224, 448])
+    assert ex5.vit.pos_embed.shape[1] == 16 * 32 and ex5.grid_size((224, 448)) == (16, 32)
+    with torch.no_grad():
+        y = ex5(torch.randn(1, 3, 224, 448))
+    assert y.shape == (1, 32, 16, 32) and torch.isfinite(y).all()
+    with pytest.raises(ValueError, match=r"backbone.image_size=\[224, 450\].*divisible"):
+        build_vit(TINY_VIT_REG, layers=[3], weights=str(p), image_size=[224, 450])
 
 
 def test_dinov2_errors(tmp_path):

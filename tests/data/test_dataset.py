@@ -67,8 +67,10 @@ def test_image_modes_become_rgb(images):
 def test_item_fields_and_normalisation(images):
     ds = ImageDataset([_sample(images["gray"])], S, MEAN, STD)
     item = ds[0]
-    assert set(item) == {"image", "mask", "label", "index"}
+    assert set(item) == {"image", "mask", "label", "index", "image_hw"}
     assert item["label"] == 0 and item["index"] == 0
+    h, w = np.asarray(load_image_rgb(images["gray"])).shape[:2]
+    assert item["image_hw"].tolist() == [h, w]  # the image's own size, to bring its maps back
     assert item["mask"].shape == (1, S, S) and item["mask"].dtype == torch.float32 and item["mask"].sum() == 0
     expected = (100 / 255 - np.array(MEAN)) / np.array(STD)
     np.testing.assert_allclose(item["image"][:, 5, 5].numpy(), expected, atol=1e-5)

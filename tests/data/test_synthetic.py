@@ -250,3 +250,62 @@ def test_ensure_extends_reuses_and_checks_settings(tmp_path):
     (tmp_path / "foreign" / "x").mkdir(parents=True)
     with pytest.raises(FileExistsError):
         ensure_synthetic_dataset(tmp_path / "foreign", 1, **kw)
+
+
+def test_wide_images_with_small_defects(tmp_path):
+    """(height, width) images and max_defect_fraction: a 384x1024 set whose every mask covers more than 0 and at
+    most 0.5 % of the image, exactly the changed pixels; the marker records both settings."""
+    from dpdiff.data.synthetic import defect_area_bounds
+
+    kw = dict(image_size=(384, 1024), max_defect_fraction=0.005, seed=1, **_per_category(1, 1, len(DEFECT_TYPES)))
+    names = generate_synthetic_dataset(tmp_path / "w", num_categories=4, **kw)
+    fractions = []
+    for cat in names:
+        for s in load_split(tmp_path / "w", cat, "test"):
+            img = np.asarray(Image.open(s.image_path))
+            assert img.shape == (384, 1024, 3)
+            if s.label:
+                m = np.asarray(Image.open(s.mask_path)) > 0
+                assert m.shape == (384, 1024)
+                fractions.append(m.mean())
+                lo, hi = defect_area_bounds(s.defect, (384, 1024), 0.005)
+                assert 0 < lo <= m.mean() <= hi <= 0.005
+    assert len(fractions) == 4 * len(DEFECT_TYPES)
+    assert 0 < min(fractions) and max(fractions) <= 0.005
+    assert np.median(fractions) < 0.002  # small defects, not all at the bound
+    marker = read_marker(tmp_path / "w")
+    assert marker["image_size"] == [384, 1024] and marker["max_defect_fraction"] == 0.005
+    # reused only with the same geometry
+    assert ensure_synthetic_dataset(tmp_path / "w", 4, progress=False, **kw) == names
+    with pytest.raises(FileExistsError, match="max_defect_fraction"):
+        ensure_synthetic_dataset(tmp_path / "w", 4, progress=False, **{**kw, "max_defect_fraction": None})
+    with pytest.raises(FileExistsError, match="image_size"):
+        ensure_synthetic_dataset(tmp_path / "w", 4, progress=False, **{**kw, "image_size": 384})
+
+
+@pytest.mark.parametrize("size", [(96, 256), (200, 80)])
+def test_non_square_masks_are_exactly_the_changed_pixels(size):
+    for spec in _covering_specs()[:6]:
+        for j, defect in enumerate(DEFECT_TYPES):
+            seed = [spec.index, j, *size]
+            img, mask, clean = render_sample(spec, size, np.random.default_rng(seed), defect, max_defect_fraction=0.01)
+            assert img.shape == clean.shape == (*size, 3) and mask.shape == size
+            changed = (img != clean).any(-1)
+            assert mask.any() and not (changed & ~mask).any(), (spec.name, defect)
+            assert changed[mask].mean() >= 0.99 and 0 < mask.mean() <= 0.01
+            again, m2, _ = render_sample(spec, size, np.random.default_rng(seed), None, max_defect_fraction=0.01)
+            np.testing.assert_array_equal(again, clean)
+
+
+def test_defect_fraction_bound_and_square_pairs():
+    spec = category_specs(1)[0]
+    a = render_sample(spec, 64, np.random.default_rng(0), "hole")
+    b = render_sample(spec, (64, 64), np.random.default_rng(0), "hole")  # a square pair is the square path
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="max_defect_fraction"):
+        render_sample(spec, 64, 0, "hole", max_defect_fraction=1e-4)  # under 16 pixels of a 64x64 image
+    with pytest.raises(ValueError, match="image_size"):
+        render_sample(spec, (8, 64), 0)
+    with pytest.raises(ValueError, match="max_defect_fraction"):
+        generate_synthetic_dataset(Path("unused"), num_categories=1, max_defect_fraction=1.5)

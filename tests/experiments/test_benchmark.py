@@ -98,7 +98,7 @@ def test_benchmark_times_the_detector_users_run(lite_cfg, monkeypatch):
     monkeypatch.setattr(Scorer, "score_features", spy)
     cfg = lite_cfg(**{"evaluation.resolution": 32})
     r = benchmark_fps(cfg, batch_size=2, rounds=2, warmup=1, device="cpu")
-    assert calls == [((2, 152), 32, 16)] * 3 and r["map_size"] == 32  # CPU: 16 rows per DiT call
+    assert calls == [((2, 152), (32, 32), 16)] * 3 and r["map_size"] == 32  # CPU: 16 rows per DiT call
 
 
 def test_benchmark_fps_given_tiny_vit_and_bfloat16(lite_cfg):

@@ -174,10 +174,10 @@ def test_predict_is_score_images_with_decisions(backbone, tiny_config, image_fil
 
 def test_one_map_size_rule(backbone, tiny_config):
     detector = make_detector(backbone, tiny_config, common_noise=True)
-    assert detector.map_size == map_size(detector.cfg) == MAP_SIZE
-    assert protocol_description(detector.cfg)["evaluation_resolution"] == MAP_SIZE
+    assert detector.map_size == map_size(detector.cfg) == (MAP_SIZE, MAP_SIZE)  # (Hm, Wm)
+    assert protocol_description(detector.cfg)["evaluation_resolution"] == MAP_SIZE  # a square: one int, as before
     assert compare.map_size is map_size  # the comparison uses the same function, not a copy
-    assert map_size(tiny_config()) == 64  # default: the input size
+    assert map_size(tiny_config()) == (64, 64)  # default: the input size
 
 
 def test_probe_is_the_same_model_calls(backbone, tiny_config, image_files):

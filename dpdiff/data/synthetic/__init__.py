@@ -41,6 +41,13 @@ pixel of the region is changed by at least :data:`MIN_CHANGE` (in [0, 1] units, 
 then the same noise is added to the clean and the defective image, so pixels outside the mask are
 bit-identical to the defect-free rendering (see :func:`render_sample`).
 
+Geometry (``image_size=(height, width)``, ``max_defect_fraction``): images may be wide or tall, as from a
+line camera. Coordinates are in units of half the short side, so a wide image shows more of a texture along its
+long side and objects keep their size in pixels on a wider background; a defect keeps its size in pixels and so
+covers a smaller fraction of a wide image. ``max_defect_fraction`` shrinks every defect so that none covers more
+than that fraction of the image (e.g. 0.005: small defects on large images; :func:`defect_area_bounds`). The
+defaults (a square, default defect sizes) give the same bytes as before these options existed.
+
 Modules: :mod:`~dpdiff.data.synthetic.categories` (factors, order, parameters),
 :mod:`~dpdiff.data.synthetic.scenes` (textures, nut, chip), :mod:`~dpdiff.data.synthetic.objects` (parametric
 objects), :mod:`~dpdiff.data.synthetic.defects` (defects, :func:`render_sample`),
@@ -67,6 +74,7 @@ from dpdiff.data.synthetic.defects import (
     MAX_AREA,
     MIN_AREA,
     MIN_CHANGE,
+    defect_area_bounds,
     render_sample,
 )
 from dpdiff.data.synthetic.writer import ensure_synthetic_dataset, generate_synthetic_dataset, read_marker
@@ -88,6 +96,7 @@ __all__ = [
     "CategorySpec",
     "category_specs",
     "render_sample",
+    "defect_area_bounds",
     "generate_synthetic_dataset",
     "ensure_synthetic_dataset",
     "read_marker",

@@ -6,10 +6,11 @@ Each defect function returns (window slices, region R (bool, window), new values
 from __future__ import annotations
 
 import colorsys
+from collections.abc import Sequence
 
 import numpy as np
 
-from dpdiff.data.synthetic._common import _col, _grid, _lerp, _rotate, _smooth
+from dpdiff.data.synthetic._common import Size, _col, _ext, _grid, _hw, _lerp, _px, _rotate, _smooth
 from dpdiff.data.synthetic.categories import CategorySpec
 from dpdiff.data.synthetic.objects import _RENDERERS
 from dpdiff.data.synthetic.scenes import _Scene, _window
@@ -32,10 +33,15 @@ MIN_AREA, MAX_AREA = 0.003, 0.05
 DEFECT_MIN_AREA = {d: (0.001 if d in ("scratch", "crack") else MIN_AREA) for d in DEFECT_TYPES}
 
 
-def _pick_centre(scene: _Scene, rng: np.random.Generator, S: int, margin: float = 0.7) -> tuple[float, float]:
-    """A centre in [-1, 1] units: anywhere (textures) or on the object interior (objects)."""
+def _pick_centre(scene: _Scene, rng: np.random.Generator, S: Size, margin: float = 0.7) -> tuple[float, float]:
+    """A centre in units: anywhere but the outer ``1 - margin`` units (textures) or on the object interior
+    (objects)."""
     if not scene.is_object:
-        return float(rng.uniform(-margin, margin)), float(rng.uniform(-margin, margin))
+        if isinstance(S, int):
+            return float(rng.uniform(-margin, margin)), float(rng.uniform(-margin, margin))
+        ex, ey = _ext(S)
+        mx, my = ex - 1.0 + margin, ey - 1.0 + margin
+        return float(rng.uniform(-mx, mx)), float(rng.uniform(-my, my))
     idx = np.flatnonzero(scene.fg.ravel() > 0.99)
     k = int(idx[rng.integers(len(idx))])
     X, Y = _grid(S)
@@ -67,7 +73,7 @@ def _on_object(scene: _Scene, sl, R: np.ndarray) -> np.ndarray:
     return R & (scene.fg[sl] >= 0.5) if scene.is_object else R
 
 
-def _stroke_region(scene, A: np.ndarray, B: np.ndarray, half_w: float, S: int):
+def _stroke_region(scene, A: np.ndarray, B: np.ndarray, half_w: float, S: Size):
     """(window slices, distance to the polyline, the stroke's pixels on the object, the clean pixels) of a stroke
     of half-width ``half_w`` along the segments ``A -> B`` (scratches and cracks)."""
     sl = _segments_window(A, B, 2 * half_w, S)
@@ -76,9 +82,9 @@ def _stroke_region(scene, A: np.ndarray, B: np.ndarray, half_w: float, S: int):
     return sl, dist, R, scene.base[sl]
 
 
-def _scratch(scene, rng, S):
+def _scratch(scene: _Scene, rng: np.random.Generator, S: Size):
     cx, cy = _pick_centre(scene, rng, S)
-    L = float(rng.uniform(0.5, 1.0)) * (0.8 if scene.is_object else 1.0)
+    L = float(rng.uniform(0.5, 1.0)) * (0.8 if scene.is_object else 1.0) * scene.defect_scale
     a = float(rng.uniform(0, np.pi))
     d = np.array([np.cos(a), np.sin(a)]) * L / 2
     bend = np.array([-d[1], d[0]]) * float(rng.uniform(-0.5, 0.5))
@@ -86,7 +92,7 @@ def _scratch(scene, rng, S):
     c = np.array([cx, cy])
     p0, p1, p2 = c - d, c + bend, c + d
     pts = ((1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2).astype(np.float32)
-    half_w = max(1.5, S / 64.0) / S  # half of (width in px) in units (1 px = 2/S)
+    half_w = max(1.5, _px(S) / 64.0) / _px(S)  # half of (width in px) in units (1 px = 2 / short side)
     A, B = pts[:-1], pts[1:]
     sl, dist, R, clean = _stroke_region(scene, A, B, half_w, S)
     if not R.any():
@@ -96,9 +102,10 @@ def _scratch(scene, rng, S):
     return sl, R, clean + (delta * prof)[..., None]
 
 
-def _hole(scene, rng, S):
+def _hole(scene: _Scene, rng: np.random.Generator, S: Size):
     cx, cy = _pick_centre(scene, rng, S)
-    sl, e = _blob(rng, S, cx, cy, float(rng.uniform(0.05, 0.13)), float(rng.uniform(0.05, 0.13)), 0.12)
+    k = scene.defect_scale
+    sl, e = _blob(rng, S, cx, cy, float(rng.uniform(0.05, 0.13)) * k, float(rng.uniform(0.05, 0.13)) * k, 0.12)
     R = _on_object(scene, sl, e < 1)
     clean = scene.base[sl]
     if not R.any():
@@ -108,9 +115,9 @@ def _hole(scene, rng, S):
     return sl, R, _lerp(clean, target, 0.85 * depth)
 
 
-def _stain(scene, rng, S):
+def _stain(scene: _Scene, rng: np.random.Generator, S: Size):
     cx, cy = _pick_centre(scene, rng, S)
-    r = float(rng.uniform(0.09, 0.2))
+    r = float(rng.uniform(0.09, 0.2)) * scene.defect_scale
     sl, e = _blob(rng, S, cx, cy, r, r * float(rng.uniform(0.6, 1.0)), 0.0, reach=1.3)
     field_ = (1 - e) + 0.3 * _smooth(rng, S, 10)[sl]
     R = _on_object(scene, sl, (field_ > 0.25) & (e < 1.3))
@@ -123,7 +130,7 @@ def _stain(scene, rng, S):
     return sl, R, clean + strength[..., None] * shift
 
 
-def _missing(scene, rng, S):
+def _missing(scene: _Scene, rng: np.random.Generator, S: Size):
     if scene.is_object:  # a chunk of the object's outline
         edge = np.flatnonzero(((scene.fg > 0.5) & (scene.fg < 1.0)).ravel())
         if len(edge) == 0:
@@ -131,40 +138,40 @@ def _missing(scene, rng, S):
         k = int(edge[rng.integers(len(edge))])
         X, Y = _grid(S)
         cx, cy = float(X.flat[k]), float(Y.flat[k])
-        r = float(rng.uniform(0.1, 0.2))
+        r = float(rng.uniform(0.1, 0.2)) * scene.defect_scale
         sl, e = _blob(rng, S, cx, cy, r, r * float(rng.uniform(0.6, 1.0)), 0.1)
         R = (e < 1) & (scene.fg[sl] > 0.02)
     else:
         cx, cy = _pick_centre(scene, rng, S)
-        r = float(rng.uniform(0.07, 0.15))
+        r = float(rng.uniform(0.07, 0.15)) * scene.defect_scale
         sl, e = _blob(rng, S, cx, cy, r, r * float(rng.uniform(0.5, 1.0)), 0.2)
         R = e < 1
     return sl, R, np.array(scene.bg[sl], dtype=np.float32)
 
 
-def _foreign(scene, rng, S):
+def _foreign(scene: _Scene, rng: np.random.Generator, S: Size):
     cx, cy = _pick_centre(scene, rng, S)
-    r = float(rng.uniform(0.06, 0.12))
+    r = float(rng.uniform(0.06, 0.12)) * scene.defect_scale
     sl, e = _blob(rng, S, cx, cy, r, r * float(rng.uniform(0.5, 1.0)), 0.25)
     R = _on_object(scene, sl, e < 1)
     if not R.any():
         return sl, R, scene.base[sl]
     X, Y = _grid(S)
     u, v = _rotate(X[sl], Y[sl], cx, cy, float(rng.uniform(0, np.pi)))
-    f = float(rng.uniform(25, 45))
+    f = float(rng.uniform(25, 45)) / scene.defect_scale  # the pattern shrinks with the patch
     kind = int(rng.integers(3))
     if kind == 0:  # fine checker
         t = ((np.floor(u * f / 2) + np.floor(v * f / 2)) % 2).astype(np.float32)
     elif kind == 1:  # fibres
         t = (0.5 + 0.5 * np.sin(u * f * np.pi + 3 * _smooth(rng, S, 12)[sl])).astype(np.float32)
     else:  # speckle
-        t = (_smooth(rng, S, S // 3)[sl] > 0).astype(np.float32)
+        t = (_smooth(rng, S, _px(S) // 3)[sl] > 0).astype(np.float32)
     c0 = np.asarray(colorsys.hls_to_rgb(float(rng.uniform(0, 1)), float(rng.uniform(0.2, 0.35)), 0.9), np.float32)
     c1 = np.asarray(colorsys.hls_to_rgb(float(rng.uniform(0, 1)), float(rng.uniform(0.65, 0.8)), 0.9), np.float32)
     return sl, R, _lerp(c0, c1, t)
 
 
-def _segment_distance(A: np.ndarray, B: np.ndarray, sl, S: int) -> np.ndarray:
+def _segment_distance(A: np.ndarray, B: np.ndarray, sl, S: Size) -> np.ndarray:
     """Distance (units) from every pixel centre of window ``sl`` to the nearest segment A[i]-B[i]."""
     X, Y = _grid(S)
     xs, ys = X[sl], Y[sl]
@@ -174,27 +181,28 @@ def _segment_distance(A: np.ndarray, B: np.ndarray, sl, S: int) -> np.ndarray:
     return np.sqrt(((P - (A + tt * AB)) ** 2).sum(-1)).min(1).reshape(xs.shape)
 
 
-def _segments_window(A: np.ndarray, B: np.ndarray, pad: float, S: int):
+def _segments_window(A: np.ndarray, B: np.ndarray, pad: float, S: Size):
     pts = np.concatenate([A, B])
     lo, hi = pts.min(0), pts.max(0)
     return _window((lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, (hi[0] - lo[0]) / 2 + pad, (hi[1] - lo[1]) / 2 + pad, S)
 
 
-def _crack(scene, rng, S):
+def _crack(scene: _Scene, rng: np.random.Generator, S: Size):
     """A thin jagged dark (on dark surfaces: light) line, a random walk both ways from a point, with
     branches; on objects the walk turns away from the outline, so the crack stays on the part."""
     cx, cy = _pick_centre(scene, rng, S)
-    L = float(rng.uniform(0.35, 0.6)) * (0.7 if scene.is_object else 1.0)
+    L = float(rng.uniform(0.35, 0.6)) * (0.7 if scene.is_object else 1.0) * scene.defect_scale
     n = 9
     step = L / n
     a0 = float(rng.uniform(0, np.pi))
-    h = S / 2.0
+    h = _px(S) / 2.0
+    (H, W), (ex, ey) = _hw(S), _ext(S)
 
     def inside(x: float, y: float) -> bool:
         if not scene.is_object:
             return True
-        ix, iy = int((x + 1) * h), int((y + 1) * h)
-        return 0 <= ix < S and 0 <= iy < S and scene.fg[iy, ix] > 0.9
+        ix, iy = int((x + ex) * h), int((y + ey) * h)
+        return 0 <= ix < W and 0 <= iy < H and scene.fg[iy, ix] > 0.9
 
     segs = []
     walks = [((cx, cy), a0, n), ((cx, cy), a0 + np.pi, n)]
@@ -217,7 +225,7 @@ def _crack(scene, rng, S):
         segs.append((cx, cy, cx + 1e-3, cy))
     seg = np.asarray(segs, np.float32)
     A, B = seg[:, :2], seg[:, 2:]
-    half_w = max(1.3, S / 110.0) / S
+    half_w = max(1.3, _px(S) / 110.0) / _px(S)
     sl, dist, R, clean = _stroke_region(scene, A, B, half_w, S)
     if not R.any():
         return sl, R, clean
@@ -227,10 +235,10 @@ def _crack(scene, rng, S):
     return sl, R, clean + float(rng.uniform(0.3, 0.4)) * depth
 
 
-def _colour_deviation(scene, rng, S):
+def _colour_deviation(scene: _Scene, rng: np.random.Generator, S: Size):
     """A crisp-edged region re-coloured in a different hue, its texture (luminance) kept."""
     cx, cy = _pick_centre(scene, rng, S)
-    r = float(rng.uniform(0.1, 0.2))
+    r = float(rng.uniform(0.1, 0.2)) * scene.defect_scale
     sl, e = _blob(rng, S, cx, cy, r, r * float(rng.uniform(0.6, 1.0)), 0.15)
     R = _on_object(scene, sl, e < 1)
     clean = scene.base[sl]
@@ -245,10 +253,10 @@ def _colour_deviation(scene, rng, S):
 
 
 def _bilinear(img: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
-    """``img`` (S, S, 3) sampled at pixel coordinates (px, py) (edge-clamped)."""
-    S = img.shape[0]
-    px = np.clip(px, 0, S - 1.001)
-    py = np.clip(py, 0, S - 1.001)
+    """``img`` (H, W, 3) sampled at pixel coordinates (px, py) (edge-clamped)."""
+    H, W = img.shape[:2]
+    px = np.clip(px, 0, W - 1.001)
+    py = np.clip(py, 0, H - 1.001)
     x0, y0 = np.floor(px).astype(np.int64), np.floor(py).astype(np.int64)
     fx, fy = (px - x0)[..., None], (py - y0)[..., None]
     top = img[y0, x0] * (1 - fx) + img[y0, x0 + 1] * fx
@@ -256,38 +264,39 @@ def _bilinear(img: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
     return (top * (1 - fy) + bot * fy).astype(np.float32)
 
 
-def _shape_deviation(scene, rng, S):
+def _shape_deviation(scene: _Scene, rng: np.random.Generator, S: Size):
     """Geometry deviation. Objects: the outline bulges out or is dented in (the image is displaced
     along the outline's normal around a point of it). Textures: a local swirl of the pattern with a
     slight bump shading (a deformed, embossed spot)."""
     X, Y = _grid(S)
-    h = S / 2.0
+    h = _px(S) / 2.0
+    ex, ey = _ext(S)
     if scene.is_object:
         edge = np.flatnonzero(((scene.fg > 0.2) & (scene.fg < 0.8)).ravel())
         k = int(edge[rng.integers(len(edge))]) if len(edge) else int(np.argmax(scene.fg))
-        iy, ix = divmod(k, S)
+        iy, ix = divmod(k, _hw(S)[1])
         cx, cy = float(X.flat[k]), float(Y.flat[k])
         patch = scene.fg[max(0, iy - 3) : iy + 4, max(0, ix - 3) : ix + 4]
         gy, gx = np.gradient(patch)
         n = -np.array([gx.mean(), gy.mean()], np.float32)  # fg decreases outwards
         n /= float(np.linalg.norm(n)) + 1e-6
-        r = float(rng.uniform(0.11, 0.17))
+        r = float(rng.uniform(0.11, 0.17)) * scene.defect_scale
         amp = float(rng.uniform(0.5, 0.8)) * r * (1 if rng.random() < 0.5 else -1)
         sl = _window(cx, cy, 2.2 * r, 2.2 * r, S)
         dx, dy = X[sl] - cx, Y[sl] - cy
         w = np.exp(-(dx * dx + dy * dy) * (1 / (r * r)))
         sx, sy = X[sl] - amp * w * n[0], Y[sl] - amp * w * n[1]
-        new = _bilinear(scene.base, (sx + 1) * h - 0.5, (sy + 1) * h - 0.5)
+        new = _bilinear(scene.base, (sx + ex) * h - 0.5, (sy + ey) * h - 0.5)
         return sl, w > 0.02, new
     cx, cy = _pick_centre(scene, rng, S)
-    r = float(rng.uniform(0.08, 0.15))
+    r = float(rng.uniform(0.08, 0.15)) * scene.defect_scale
     sl = _window(cx, cy, 1.6 * r, 1.6 * r, S)
     dx, dy = X[sl] - cx, Y[sl] - cy
     w = np.exp(-(dx * dx + dy * dy) * (1 / (r * r)))
     ang = float(rng.uniform(1.2, 2.2)) * (1 if rng.random() < 0.5 else -1) * w
     c, s = np.cos(ang), np.sin(ang)
     sx, sy = cx + c * dx - s * dy, cy + s * dx + c * dy
-    new = _bilinear(scene.base, (sx + 1) * h - 0.5, (sy + 1) * h - 0.5)
+    new = _bilinear(scene.base, (sx + ex) * h - 0.5, (sy + ey) * h - 0.5)
     new *= (1 + float(rng.uniform(0.1, 0.18)) * (1 if rng.random() < 0.5 else -1) * w)[..., None]
     return sl, w > 0.3, new
 
@@ -311,13 +320,67 @@ _DEFECTS = {
 assert tuple(_DEFECTS) == DEFECT_TYPES
 
 
+def _image_size(image_size: int | Sequence[int]) -> Size:
+    """``S`` (square) or ``(height, width)``, each at least 16 pixels; a square given as a pair becomes ``S``
+    (the original generator's path, same bytes)."""
+    if isinstance(image_size, bool):
+        raise ValueError(f"image_size must be an int or (height, width), got {image_size!r}")
+    if isinstance(image_size, (int, np.integer)):
+        S = int(image_size)
+        if S < 16:
+            raise ValueError(f"image_size must be >= 16, got {image_size}")
+        return S
+    try:
+        h, w = (int(v) for v in image_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"image_size must be an int or (height, width), got {image_size!r}") from None
+    if min(h, w) < 16:
+        raise ValueError(f"image_size must be >= 16 on both sides, got {image_size!r}")
+    return h if h == w else (h, w)
+
+
+def _defect_scale(S: Size, max_defect_fraction: float | None) -> tuple[float, float]:
+    """(size factor of the defects in units, area ratio of the image to its short side's square).
+
+    Coordinates are in units of half the short side, so a defect has the same size in pixels in a wide image
+    as in the square of its short side, and covers ``ratio = short**2 / (H * W)`` times the fraction of the
+    image. ``max_defect_fraction`` shrinks every defect's size by ``k`` (area by ``k**2``) so that the largest
+    allowed defect (:data:`MAX_AREA` of the square) covers at most that fraction of the image."""
+    h, w = _hw(S)
+    ratio = _px(S) ** 2 / float(h * w)
+    if max_defect_fraction is None:
+        return 1.0, ratio
+    return min(1.0, float(np.sqrt(max_defect_fraction / (MAX_AREA * ratio)))), ratio
+
+
+def defect_area_bounds(
+    defect: str, image_size: int | Sequence[int], max_defect_fraction: float | None = None
+) -> tuple[float, float]:
+    """The (min, max) fraction of the image a ``defect`` mask of :func:`render_sample` covers: by default
+    ``DEFECT_MIN_AREA[defect]``-:data:`MAX_AREA` of a square image (of the short side's square for
+    ``(height, width)``); with ``max_defect_fraction`` both bounds shrink by the same factor, the upper one to
+    ``max_defect_fraction`` (or less)."""
+    S = _image_size(image_size)
+    k, ratio = _defect_scale(S, max_defect_fraction)
+    lo, hi = DEFECT_MIN_AREA[defect] * (k * k * ratio), MAX_AREA * (k * k * ratio)
+    return lo, hi if max_defect_fraction is None else min(hi, float(max_defect_fraction))
+
+
 def _apply_defect(
-    scene: _Scene, defect: str, rng: np.random.Generator, S: int, noise: np.ndarray | None = None
+    scene: _Scene,
+    defect: str,
+    rng: np.random.Generator,
+    S: Size,
+    noise: np.ndarray | None = None,
+    max_defect_fraction: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw ``defect`` on the scene: (defective noise-free image, mask). The change of a pixel is measured
-    after adding ``noise`` (S, S, 1) and clipping to [0, 1], as the written image will have it."""
+    after adding ``noise`` (H, W, 1) and clipping to [0, 1], as the written image will have it. The mask's
+    area lies within :func:`defect_area_bounds`."""
     fn, restrict = _DEFECTS[defect]
     restrict = restrict(scene) if callable(restrict) else restrict
+    lo, hi = defect_area_bounds(defect, S, max_defect_fraction)
+    H, W = _hw(S)
     for attempt in range(100):
         sl, R, new = fn(scene, rng, S)
         clean = scene.base[sl]
@@ -335,37 +398,53 @@ def _apply_defect(
                 c = clean[weak]
                 direction = np.where(c.mean(-1, keepdims=True) > 0.5, -1.0, 1.0).astype(np.float32)
                 new[weak] = np.clip(c + 1.5 * MIN_CHANGE * direction, 0.0, 1.0)
-        frac = R.sum() / float(S * S)
-        if DEFECT_MIN_AREA[defect] <= frac <= MAX_AREA:
+        frac = R.sum() / float(H * W)
+        if lo <= frac <= hi:
             out = scene.base.copy()
             out[sl][R] = new[R]
-            mask = np.zeros((S, S), bool)
+            mask = np.zeros((H, W), bool)
             mask[sl] = R
             return out, mask
-    raise RuntimeError(f"could not place a {defect!r} defect of {DEFECT_MIN_AREA[defect]:.1%}-{MAX_AREA:.0%} area")
+    raise RuntimeError(f"could not place a {defect!r} defect of {lo:.2%}-{hi:.2%} area")
 
 
 def _quantise(x: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def render_sample(spec: CategorySpec, image_size: int, rng: np.random.Generator | int, defect: str | None = None):
+def render_sample(
+    spec: CategorySpec,
+    image_size: int | Sequence[int],
+    rng: np.random.Generator | int,
+    defect: str | None = None,
+    max_defect_fraction: float | None = None,
+):
     """Render one image of ``spec``.
 
-    Returns ``(image uint8 (S,S,3), mask bool (S,S), clean uint8 (S,S,3))``: ``clean`` is the same
+    ``image_size``: ``S`` (a square) or ``(height, width)``: a non-square image shows more of a texture along
+    its long side, objects keep their size in pixels (that of the short side's square) on a wider background.
+    ``max_defect_fraction`` (e.g. 0.005): defects are shrunk so that none covers more than this fraction of the
+    image (:func:`defect_area_bounds`); ``None`` keeps their default sizes.
+
+    Returns ``(image uint8 (H,W,3), mask bool (H,W), clean uint8 (H,W,3))``: ``clean`` is the same
     image without the defect (identical to ``image`` when ``defect`` is None, mask all False).
     """
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
-    S = int(image_size)
-    if S < 16:
-        raise ValueError(f"image_size must be >= 16, got {image_size}")
+    S = _image_size(image_size)
+    H, W = _hw(S)
+    if max_defect_fraction is not None and not (0.0 < max_defect_fraction < 1.0 and max_defect_fraction * H * W >= 16):
+        raise ValueError(
+            f"max_defect_fraction must be in (0, 1) and leave a defect at least 16 pixels of the {H}x{W} image, "
+            f"got {max_defect_fraction!r}"
+        )
     scene = _RENDERERS[spec.family](spec.params, rng, S)
+    scene.defect_scale = _defect_scale(S, max_defect_fraction)[0]
     noise = (_smooth(rng, S, 0) * np.float32(spec.params["sigma"]))[..., None]
     clean = _quantise(scene.base + noise)
     if defect is None:
-        return clean, np.zeros((S, S), bool), clean
+        return clean, np.zeros((H, W), bool), clean
     if defect not in _DEFECTS:
         raise ValueError(f"unknown defect type {defect!r}; expected one of {DEFECT_TYPES}")
-    img, R = _apply_defect(scene, defect, rng, S, noise)
+    img, R = _apply_defect(scene, defect, rng, S, noise, max_defect_fraction)
     return _quantise(img + noise), R, clean

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dpdiff.data.synthetic._common import _box_sdf, _col, _coverage, _grid, _lerp, _rotate, _smooth
+from dpdiff.data.synthetic._common import Size, _box_sdf, _col, _coverage, _grid, _hw, _lerp, _px, _rotate, _smooth
 from dpdiff.data.synthetic.categories import _BG_COLOURS, SHAPES
 from dpdiff.data.synthetic.scenes import (
     _cells,
@@ -37,13 +37,13 @@ _LAYOUT_SLOTS = {
 }
 
 
-def _background(kind: str, rng: np.random.Generator, S: int, light: np.ndarray) -> np.ndarray:
+def _background(kind: str, rng: np.random.Generator, S: Size, light: np.ndarray) -> np.ndarray:
     colour = _col(*_BG_COLOURS[kind])
     if kind == "pcb":
         img = colour * _traces(S) * (1 + 0.03 * _smooth(rng, S, 8))[..., None]
     elif kind == "cloth":
         X, Y = _grid(S)
-        f = np.float32(np.pi * min(40.0, S / 5.0))
+        f = np.float32(np.pi * min(40.0, _px(S) / 5.0))
         weave = 0.92 + 0.05 * np.cos(X * f) * np.cos(Y * f) + 0.04 * _smooth(rng, S, 6)
         img = colour * weave[..., None]
     else:
@@ -51,7 +51,7 @@ def _background(kind: str, rng: np.random.Generator, S: int, light: np.ndarray) 
     return _lit(img, light)
 
 
-def _shape_sdf(p: dict, u: np.ndarray, v: np.ndarray, R: float, S: int):
+def _shape_sdf(p: dict, u: np.ndarray, v: np.ndarray, R: float, S: Size):
     """Signed distance (units, < 0 inside) of one instance and its detail maps: ``dark`` (recesses,
     grooves; darkens) and ``accent`` (printed or two-tone parts in the secondary colour), in [0, 1]."""
     shape = p["shape"]
@@ -77,7 +77,7 @@ def _shape_sdf(p: dict, u: np.ndarray, v: np.ndarray, R: float, S: int):
         dark = 0.8 * _coverage(slot, S)
     elif shape == "capsule":
         d = _box_sdf(u, v, R, 0.42 * R, 0.42 * R)
-        accent = np.clip(u * (S / 2) + 0.5, 0, 1)  # two-tone halves
+        accent = np.clip(u * (_px(S) / 2) + 0.5, 0, 1)  # two-tone halves
         g = u * (1 / (0.02 * R))
         dark = 0.4 * np.exp(-(g * g))
     elif shape == "cap":
@@ -107,14 +107,14 @@ def _shape_sdf(p: dict, u: np.ndarray, v: np.ndarray, R: float, S: int):
     return d, dark, accent
 
 
-def _material_colour_map(p: dict, u, v, d, R: float, lx: float, ly: float, rng, sl, S: int) -> np.ndarray:
+def _material_colour_map(p: dict, u, v, d, R: float, lx: float, ly: float, rng, sl, S: Size) -> np.ndarray:
     """Surface colour (h, w, 3) of one instance: the material's shading under a light from (lx, ly)."""
     mat = p["material"]
     lin = (u * lx + v * ly) * (1 / R)
     bevel = np.clip(-d * (1 / (0.12 * R)), 0, 1)  # 0 on the outline, 1 inside
     colour = p["colour"]
     if mat == "metal":
-        streak = _smooth(rng, S, max(8, S // 2), 3)[sl]
+        streak = _smooth(rng, S, max(8, _px(S) // 2), 3)[sl]
         hx, hy = u - 0.35 * R * lx, v - 0.35 * R * ly
         spec = 0.22 * np.exp(-(hx * hx + hy * hy) * (1 / (0.09 * R * R)))
         t = 0.78 + 0.14 * lin + 0.05 * streak
@@ -123,7 +123,7 @@ def _material_colour_map(p: dict, u, v, d, R: float, lx: float, ly: float, rng, 
         t = 0.9 + 0.06 * lin + 0.02 * _smooth(rng, S, 12)[sl]
         col = colour * t[..., None]
     elif mat == "rubber":
-        t = 0.95 + 0.05 * lin + 0.1 * _smooth(rng, S, _cells(S / 3, S))[sl]
+        t = 0.95 + 0.05 * lin + 0.1 * _smooth(rng, S, _cells(_px(S) / 3, S))[sl]
         col = colour * t[..., None]
     elif mat == "glossy":
         hx, hy = u - 0.45 * R * lx, v - 0.45 * R * ly
@@ -135,12 +135,12 @@ def _material_colour_map(p: dict, u, v, d, R: float, lx: float, ly: float, rng, 
     return col * (0.72 + 0.28 * bevel)[..., None]
 
 
-def _render_object(p: dict, rng: np.random.Generator, S: int) -> _Scene:
+def _render_object(p: dict, rng: np.random.Generator, S: Size) -> _Scene:
     X, Y = _grid(S)
     light = _illumination(rng, S)
     bg = _background(p["background"], rng, S, light)
     base = bg.copy()
-    fg = np.zeros((S, S), np.float32)
+    fg = np.zeros(_hw(S), np.float32)
     slots, scale = _LAYOUT_SLOTS[p["layout"]]
     la = p["light_angle"] + float(rng.normal(0, 0.25))
     for sx, sy in slots:

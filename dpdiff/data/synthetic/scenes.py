@@ -7,19 +7,34 @@ from functools import lru_cache
 
 import numpy as np
 
-from dpdiff.data.synthetic._common import _HI, _LO, _box_sdf, _col, _coverage, _grid, _lerp, _rotate, _smooth
+from dpdiff.data.synthetic._common import (
+    _HI,
+    _LO,
+    Size,
+    _box_sdf,
+    _col,
+    _coverage,
+    _ext,
+    _grid,
+    _hw,
+    _lerp,
+    _px,
+    _rotate,
+    _smooth,
+)
 
 
 @dataclass
 class _Scene:
-    base: np.ndarray  # (S, S, 3) noise-free normal image in [_LO, _HI]
-    fg: np.ndarray  # (S, S) object coverage (ones for textures)
-    bg: np.ndarray  # (S, S, 3) what a missing part reveals (may be a broadcast view)
+    base: np.ndarray  # (H, W, 3) noise-free normal image in [_LO, _HI]
+    fg: np.ndarray  # (H, W) object coverage (ones for textures)
+    bg: np.ndarray  # (H, W, 3) what a missing part reveals (may be a broadcast view)
     is_object: bool
+    defect_scale: float = 1.0  # defects' sizes (in units) are multiplied by this (render_sample's max_defect_fraction)
 
 
-def _illumination(rng: np.random.Generator, S: int) -> np.ndarray:
-    """Brightness gain times low-frequency illumination (part of the normal variation), (S, S, 1)."""
+def _illumination(rng: np.random.Generator, S: Size) -> np.ndarray:
+    """Brightness gain times low-frequency illumination (part of the normal variation), (H, W, 1)."""
     gain = float(rng.uniform(0.93, 1.07))
     light = _smooth(rng, S, 3) * (0.04 * gain)
     light += gain
@@ -32,20 +47,20 @@ def _lit(img: np.ndarray, light: np.ndarray) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
-def _window(cx: float, cy: float, rx: float, ry: float, S: int) -> tuple[slice, slice]:
+def _window(cx: float, cy: float, rx: float, ry: float, S: Size) -> tuple[slice, slice]:
     """Pixel slices covering [cx - rx, cx + rx] x [cy - ry, cy + ry] (units), clipped to the image."""
-    h = S / 2.0
-    x0, x1 = int(np.floor((cx - rx + 1) * h)), int(np.ceil((cx + rx + 1) * h)) + 1
-    y0, y1 = int(np.floor((cy - ry + 1) * h)), int(np.ceil((cy + ry + 1) * h)) + 1
-    return slice(max(0, y0), min(S, max(0, y1))), slice(max(0, x0), min(S, max(0, x1)))
+    h = _px(S) / 2.0
+    (H, W), (ex, ey) = _hw(S), _ext(S)
+    x0, x1 = int(np.floor((cx - rx + ex) * h)), int(np.ceil((cx + rx + ex) * h)) + 1
+    y0, y1 = int(np.floor((cy - ry + ey) * h)), int(np.ceil((cy + ry + ey) * h)) + 1
+    return slice(max(0, y0), min(H, max(0, y1))), slice(max(0, x0), min(W, max(0, x1)))
 
 
 def _texture_scene(base: np.ndarray, substrate: np.ndarray) -> _Scene:
-    S = base.shape[0]
-    return _Scene(base, np.ones((S, S), np.float32), np.broadcast_to(substrate, base.shape), False)
+    return _Scene(base, np.ones(base.shape[:2], np.float32), np.broadcast_to(substrate, base.shape), False)
 
 
-def _render_stripes(p: dict, rng: np.random.Generator, S: int) -> _Scene:
+def _render_stripes(p: dict, rng: np.random.Generator, S: Size) -> _Scene:
     X, Y = _grid(S)
     th = p["angle"] + float(rng.normal(0, np.deg2rad(2.0)))
     f = p["freq"] * float(rng.uniform(0.98, 1.02)) * np.pi  # phase per unit (width 2 -> freq cycles)
@@ -75,19 +90,23 @@ def _render_stripes(p: dict, rng: np.random.Generator, S: int) -> _Scene:
             pu = pu + 1.3 * np.sin(pv * 0.22)
         t = 0.5 + 0.4 * np.sin(pu) + 0.1 * np.sin(3 * pu)
         t *= 0.9 + 0.1 * np.cos(4 * pv)  # fine cross-hatching
-    t += 0.08 * _smooth(rng, S, S // 4)
+    t += 0.08 * _smooth(rng, S, _px(S) // 4)
     np.clip(t, 0, 1, out=t)
     base = _lit(_lerp(p["c0"], p["c1"], t), _illumination(rng, S))
     dark = float((p["c0"] + p["c1"]).mean()) / 2 > 0.45
     return _texture_scene(base, _col(0.08, 0.08, 0.08) if dark else _col(0.9, 0.9, 0.88))
 
 
-def _render_leather(p: dict, rng: np.random.Generator, S: int) -> _Scene:
-    n = 0.55 * _smooth(rng, S, 6) + 0.3 * _smooth(rng, S, 20) + 0.35 * _smooth(rng, S, int(p["grain"] * S / 256) + 8)
+def _render_leather(p: dict, rng: np.random.Generator, S: Size) -> _Scene:
+    n = (
+        0.55 * _smooth(rng, S, 6)
+        + 0.3 * _smooth(rng, S, 20)
+        + 0.35 * _smooth(rng, S, int(p["grain"] * _px(S) / 256) + 8)
+    )
     c = _smooth(rng, S, 10) * (1 / 0.12)
     variant = p.get("variant", "pebbled")
     if variant == "smooth":  # fine-grained, almost no pebbles, soft creases
-        n = 0.35 * _smooth(rng, S, 6) + 0.12 * _smooth(rng, S, _cells(S / 3, S))
+        n = 0.35 * _smooth(rng, S, 6) + 0.12 * _smooth(rng, S, _cells(_px(S) / 3, S))
     crease = (0.9 / 0.78 * p["crease"]) * np.exp(-(c * c))
     if variant == "creased":  # a second, denser crease network
         c2 = _smooth(rng, S, 18) * (1 / 0.1)
@@ -98,15 +117,18 @@ def _render_leather(p: dict, rng: np.random.Generator, S: int) -> _Scene:
 
 
 @lru_cache(maxsize=16)
-def _vignette(S: int) -> np.ndarray:
+def _vignette(S: Size) -> np.ndarray:
     X, Y = _grid(S)
+    if not isinstance(S, int):  # the same fall-off from the centre to the edges whatever the aspect ratio
+        ex, ey = _ext(S)
+        X, Y = X * np.float32(1 / ex), Y * np.float32(1 / ey)
     a = (1.0 - 0.12 * (X * X + Y * Y))[..., None]
     a.setflags(write=False)
     return a
 
 
 def _placement(
-    rng: np.random.Generator, S: int, max_degrees: float
+    rng: np.random.Generator, S: Size, max_degrees: float
 ) -> tuple[np.ndarray, np.ndarray, float, float, float]:
     """The pixel grid (X, Y) and a random placement of a single object: centre (cx, cy) within +-0.05 of the
     image centre, then rotation th within +-``max_degrees`` (drawn from ``rng`` in this order)."""
@@ -116,7 +138,7 @@ def _placement(
     return X, Y, cx, cy, th
 
 
-def _render_nut(p: dict, rng: np.random.Generator, S: int) -> _Scene:
+def _render_nut(p: dict, rng: np.random.Generator, S: Size) -> _Scene:
     X, Y, cx, cy, th = _placement(rng, S, 12)
     R, r = p["radius"], p["hole"]
     sl = _window(cx, cy, R + 0.02, R + 0.02, S)
@@ -143,20 +165,20 @@ def _render_nut(p: dict, rng: np.random.Generator, S: int) -> _Scene:
     base = bg.copy()
     obj = _lit(p["metal"] * t[..., None], light[sl])
     base[sl] += (obj - base[sl]) * fg_w[..., None]
-    fg = np.zeros((S, S), np.float32)
+    fg = np.zeros(_hw(S), np.float32)
     fg[sl] = fg_w
     return _Scene(base, fg, bg, True)
 
 
 @lru_cache(maxsize=16)
-def _traces(S: int) -> np.ndarray:
+def _traces(S: Size) -> np.ndarray:
     _, Y = _grid(S)
     a = (0.9 + 0.1 * (np.abs(((Y + 1) * 6) % 1 - 0.5) < 0.06)).astype(np.float32)[..., None]
     a.setflags(write=False)
     return a
 
 
-def _render_chip(p: dict, rng: np.random.Generator, S: int) -> _Scene:
+def _render_chip(p: dict, rng: np.random.Generator, S: Size) -> _Scene:
     X, Y, cx, cy, th = _placement(rng, S, 5)
     hx, hy, n = p["hx"], p["hy"], p["pins"]
     plen = 0.14
@@ -183,15 +205,15 @@ def _render_chip(p: dict, rng: np.random.Generator, S: int) -> _Scene:
     w = base[sl]
     w *= (1 - fg_body - fg_pin)[..., None]
     w += _lit(body_col, light[sl]) * fg_body[..., None] + _lit(pin_col, light[sl]) * fg_pin[..., None]
-    fg = np.zeros((S, S), np.float32)
+    fg = np.zeros(_hw(S), np.float32)
     fg[sl] = fg_body + fg_pin
     return _Scene(base, fg, bg, True)
 
 
-def _render_grid(p: dict, rng: np.random.Generator, S: int) -> _Scene:
+def _render_grid(p: dict, rng: np.random.Generator, S: Size) -> _Scene:
     X, Y = _grid(S)
     u, v = _rotate(X, Y, 0.0, 0.0, p["angle"])
-    brushed = _smooth(rng, S, max(8, S // 2), 4)  # streaks along x
+    brushed = _smooth(rng, S, max(8, _px(S) // 2), 4)  # streaks along x
     pitch = p["pitch"]
     pu = u * (1 / pitch) + float(rng.uniform(0, 1))
     pv = v * (1 / pitch) + float(rng.uniform(0, 1))
@@ -219,7 +241,7 @@ def _render_grid(p: dict, rng: np.random.Generator, S: int) -> _Scene:
     else:  # checker plates brushed in alternating directions, with grooves
         checker = (iu + iv) % 2 == 0
         g = (0.5 - np.maximum(np.abs(fu), np.abs(fv))) * (pitch / 0.01)
-        brushed_v = _smooth(rng, S, 4, max(8, S // 2))
+        brushed_v = _smooth(rng, S, 4, max(8, _px(S) // 2))
         t = 0.78 + 0.05 * np.where(checker, brushed, brushed_v) + 0.05 * checker - 0.35 * np.exp(-(g * g))
     base = _lit(p["metal"] * t[..., None], _illumination(rng, S))
     return _texture_scene(base, _col(0.1, 0.09, 0.08))
@@ -231,12 +253,12 @@ def _hash2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (x - np.floor(x)).astype(np.float32)
 
 
-def _cells(n: float, S: int) -> int:
+def _cells(n: float, S: Size) -> int:
     """Noise cells across the image, at most a third of the pixels (finer noise would alias)."""
-    return int(max(2, min(round(n), S // 3)))
+    return int(max(2, min(round(n), _px(S) // 3)))
 
 
-def _texture_frame(p: dict, rng: np.random.Generator, S: int, angle: float, jitter_deg: float = 2.0):
+def _texture_frame(p: dict, rng: np.random.Generator, S: Size, angle: float, jitter_deg: float = 2.0):
     """Rotated coordinates with a random translation (the normal variation of a surface)."""
     X, Y = _grid(S)
     th = angle + float(rng.normal(0, np.deg2rad(jitter_deg)))
@@ -244,7 +266,7 @@ def _texture_frame(p: dict, rng: np.random.Generator, S: int, angle: float, jitt
     return u + np.float32(rng.uniform(-1, 1)), v + np.float32(rng.uniform(-1, 1))
 
 
-def _render_wood(p: dict, rng: np.random.Generator, S: int) -> _Scene:
+def _render_wood(p: dict, rng: np.random.Generator, S: Size) -> _Scene:
     X, Y = _grid(S)
     along, across = (Y, X) if p["vertical"] else (X, Y)
     warp = p["warp"] * _smooth(rng, S, 3) + 0.03 * _smooth(rng, S, 7)
@@ -261,14 +283,14 @@ def _render_wood(p: dict, rng: np.random.Generator, S: int) -> _Scene:
     ring = pos * p["freq"]
     t = ring - np.floor(ring)
     late = np.maximum(t**4, knot)  # dark late-wood lines (and knot cores)
-    rows, cols = (3, max(4, S // 2)) if p["vertical"] else (max(4, S // 2), 3)
+    rows, cols = (3, max(4, _px(S) // 2)) if p["vertical"] else (max(4, _px(S) // 2), 3)
     fibres = _smooth(rng, S, rows, cols)  # streaks along the grain
     m = np.clip(0.15 + 0.6 * late + 0.08 * fibres, 0, 1)
     base = _lit(_lerp(p["c0"], p["c1"] * 0.8 + p["c0"] * 0.2, m), _illumination(rng, S))
     return _texture_scene(base, _col(0.08, 0.07, 0.06))
 
 
-def _render_marble(p: dict, rng: np.random.Generator, S: int) -> _Scene:
+def _render_marble(p: dict, rng: np.random.Generator, S: Size) -> _Scene:
     u, v = _texture_frame(p, rng, S, p["angle"], 4.0)
     turb = _smooth(rng, S, 3) + 0.5 * _smooth(rng, S, 7) + 0.25 * _smooth(rng, S, _cells(15, S))
     s = np.abs(np.sin((u * p["freq"] + p["turbulence"] * 0.35 * turb) * np.pi))
@@ -283,7 +305,7 @@ def _render_marble(p: dict, rng: np.random.Generator, S: int) -> _Scene:
     return _texture_scene(base, _col(0.08, 0.08, 0.08))
 
 
-def _render_tiles(p: dict, rng: np.random.Generator, S: int) -> _Scene:
+def _render_tiles(p: dict, rng: np.random.Generator, S: Size) -> _Scene:
     u, v = _texture_frame(p, rng, S, p["angle"])
     s3 = np.float32(np.sqrt(3.0))
     qx, qy = u * (1 / p["cell"]), v * (1 / p["cell"])
@@ -301,14 +323,14 @@ def _render_tiles(p: dict, rng: np.random.Generator, S: int) -> _Scene:
         else:
             hd = np.maximum(np.abs(gx), 0.5 * np.abs(gx) + (s3 / 2) * np.abs(gy))  # 0.5 on the tile edge
         tile = _hash2(np.round((qx - gx) * 2), np.round((qy - gy) * 2 / s3))
-    grout = np.clip((hd - (0.5 - p["grout"])) * (p["cell"] * S / 2), 0, 1)  # antialiased over ~1 px
+    grout = np.clip((hd - (0.5 - p["grout"])) * (p["cell"] * _px(S) / 2), 0, 1)  # antialiased over ~1 px
     bevel = np.clip((hd - 0.3) * 4, 0, 1)
     col = p["c0"] * (0.88 + 0.22 * tile - 0.12 * bevel)[..., None]
     base = _lit(_lerp(col, p["c1"], grout), _illumination(rng, S))
     return _texture_scene(base, _col(0.07, 0.07, 0.07))
 
 
-def _render_dots(p: dict, rng: np.random.Generator, S: int) -> _Scene:
+def _render_dots(p: dict, rng: np.random.Generator, S: Size) -> _Scene:
     u, v = _texture_frame(p, rng, S, p["angle"])
     pv = v * (1 / p["pitch"])
     row = np.floor(pv)
@@ -321,15 +343,15 @@ def _render_dots(p: dict, rng: np.random.Generator, S: int) -> _Scene:
     else:  # polka dots
         d = (np.sqrt(fu * fu + fv * fv) - p["radius"]) * p["pitch"]
     dot = _coverage(d, S)
-    fabric = 0.94 + 0.05 * _smooth(rng, S, _cells(S / 4, S))
+    fabric = 0.94 + 0.05 * _smooth(rng, S, _cells(_px(S) / 4, S))
     base = _lit(_lerp(p["c0"] * fabric[..., None], p["c1"], dot), _illumination(rng, S))
     return _texture_scene(base, _col(0.9, 0.9, 0.88) if float(p["c0"].mean()) < 0.45 else _col(0.08, 0.08, 0.08))
 
 
-def _render_terrazzo(p: dict, rng: np.random.Generator, S: int) -> _Scene:
+def _render_terrazzo(p: dict, rng: np.random.Generator, S: Size) -> _Scene:
     c = _cells(p["cells"], S)
-    grain = 0.05 * _smooth(rng, S, _cells(S / 4, S))
-    k = S / 16.0  # edge sharpness of the chips
+    grain = 0.05 * _smooth(rng, S, _cells(_px(S) / 4, S))
+    k = _px(S) / 16.0  # edge sharpness of the chips
     density = p["density"] - (0.45 if p["variant"] == "dense" else 0.0)
     if p["variant"] == "flakes":  # elongated flakes
         chips1 = np.clip((_smooth(rng, S, c, _cells(c / 3, S)) - density) * k, 0, 1)
@@ -343,7 +365,7 @@ def _render_terrazzo(p: dict, rng: np.random.Generator, S: int) -> _Scene:
     return _texture_scene(base, _col(0.9, 0.9, 0.88) if float(p["c0"].mean()) < 0.45 else _col(0.08, 0.08, 0.08))
 
 
-def _render_bricks(p: dict, rng: np.random.Generator, S: int) -> _Scene:
+def _render_bricks(p: dict, rng: np.random.Generator, S: Size) -> _Scene:
     u, v = _texture_frame(p, rng, S, p["angle"], 1.0)
     h = p["height"]
     w = h * p["ratio"]
@@ -358,13 +380,13 @@ def _render_bricks(p: dict, rng: np.random.Generator, S: int) -> _Scene:
         pu = u * (1 / w) + 0.5 * (row % 2)
     col_i = np.floor(pu)
     dist = np.minimum(np.minimum(pu - col_i, col_i + 1 - pu) * w, np.minimum(pv - row, row + 1 - pv) * h)
-    mortar = np.clip((0.11 * h - dist) * (S / 2) + 0.5, 0, 1)
-    shade = 0.82 + 0.3 * _hash2(row, col_i) + 0.06 * _smooth(rng, S, _cells(S / 5, S))
+    mortar = np.clip((0.11 * h - dist) * (_px(S) / 2) + 0.5, 0, 1)
+    shade = 0.82 + 0.3 * _hash2(row, col_i) + 0.06 * _smooth(rng, S, _cells(_px(S) / 5, S))
     base = _lit(_lerp(p["c0"] * shade[..., None], p["c1"], mortar), _illumination(rng, S))
     return _texture_scene(base, _col(0.07, 0.07, 0.07))
 
 
-def _render_knurled(p: dict, rng: np.random.Generator, S: int) -> _Scene:
+def _render_knurled(p: dict, rng: np.random.Generator, S: Size) -> _Scene:
     X, Y = _grid(S)
     a = p["angle"] + float(rng.normal(0, np.deg2rad(1.5)))
     f = 2 * np.pi / p["pitch"]
@@ -380,6 +402,6 @@ def _render_knurled(p: dict, rng: np.random.Generator, S: int) -> _Scene:
         p2 = np.zeros_like(p2)
     t = (0.5 + 0.5 * np.cos(p1)) * (0.5 + 0.5 * np.cos(p2))  # diamond pyramids
     ridge = 0.5 + 0.5 * np.sin(p1 + p2)  # lit flank
-    m = np.clip(0.55 * t + 0.3 * ridge * t + 0.04 * _smooth(rng, S, _cells(S / 3, S)), 0, 1)
+    m = np.clip(0.55 * t + 0.3 * ridge * t + 0.04 * _smooth(rng, S, _cells(_px(S) / 3, S)), 0, 1)
     base = _lit(_lerp(p["c0"] * 0.55, p["c1"] * 0.5 + p["c0"] * 0.5, m), _illumination(rng, S))
     return _texture_scene(base, _col(0.07, 0.07, 0.07))

@@ -8,14 +8,15 @@ import os
 import shutil
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from dpdiff.data.synthetic.categories import CategorySpec, category_specs
-from dpdiff.data.synthetic.defects import DEFECT_TYPES, render_sample
+from dpdiff.data.synthetic.defects import DEFECT_TYPES, _image_size, render_sample
 from dpdiff.utils.io import atomic_write_text
 
 _MARKER = ".dpdiff_synthetic.json"
@@ -49,8 +50,17 @@ def _save_png(arr: np.ndarray, path: Path, level: int = 1) -> None:
     Path(path).write_bytes(_png_bytes(arr, level))
 
 
+#: Settings written to the marker only when not at their default, so a default dataset's marker is unchanged.
+_OPTIONAL_SETTINGS = {"max_defect_fraction": None}
+
+
 def _settings(
-    train_per_category: int, test_good_per_category: int, test_defect_per_category: int, image_size: int, seed: int
+    train_per_category: int,
+    test_good_per_category: int,
+    test_defect_per_category: int,
+    image_size: int | Sequence[int],
+    seed: int,
+    max_defect_fraction: float | None = None,
 ) -> dict:
     for name, val in (
         ("train_per_category", train_per_category),
@@ -61,17 +71,21 @@ def _settings(
             raise ValueError(f"{name} must be >= 0, got {val}")
     if train_per_category < 1:
         raise ValueError("train_per_category must be >= 1")
-    if int(image_size) < 16:
-        raise ValueError(f"image_size must be >= 16, got {image_size}")
-    return dict(
+    size = _image_size(image_size)  # S, or (height, width) if not square
+    if max_defect_fraction is not None and not 0.0 < float(max_defect_fraction) < 1.0:
+        raise ValueError(f"max_defect_fraction must be in (0, 1) (a fraction of the image), got {max_defect_fraction}")
+    settings: dict[str, Any] = dict(
         train_per_category=int(train_per_category),
         test_good_per_category=int(test_good_per_category),
         test_defect_per_category=int(test_defect_per_category),
-        image_size=int(image_size),
+        image_size=size if isinstance(size, int) else list(size),  # as JSON gives it back
         seed=int(seed),
         defect_types=list(DEFECT_TYPES),
         version=GENERATOR_VERSION,
     )
+    if max_defect_fraction is not None:
+        settings["max_defect_fraction"] = float(max_defect_fraction)
+    return settings
 
 
 def read_marker(root: str | os.PathLike) -> dict | None:
@@ -101,7 +115,8 @@ def _render_category(
 ) -> None:
     """Render the images (and masks) of one category in their fixed order and hand each to ``save(array, path)``
     (``save(array, path, mask_level)`` for a mask); creates the category's folders."""
-    S, seed = settings["image_size"], settings["seed"]
+    S = settings["image_size"] if isinstance(settings["image_size"], int) else tuple(settings["image_size"])
+    seed, max_frac = settings["seed"], settings.get("max_defect_fraction")
 
     def rng_for(split_code: int, k: int, index: int = spec.index) -> np.random.Generator:
         return np.random.default_rng([int(seed), index, split_code, k])
@@ -115,7 +130,7 @@ def _render_category(
     counters = {d: 0 for d in DEFECT_TYPES}
     for k in range(settings["test_defect_per_category"]):
         defect = DEFECT_TYPES[k % len(DEFECT_TYPES)]
-        img, mask, _ = render_sample(spec, S, rng_for(2, k), defect)
+        img, mask, _ = render_sample(spec, S, rng_for(2, k), defect, max_defect_fraction=max_frac)
         n = counters[defect]
         counters[defect] += 1
         img_dir, gt_dir = cat_dir / "test" / defect, cat_dir / "ground_truth" / defect
@@ -176,9 +191,10 @@ def generate_synthetic_dataset(
     train_per_category: int = 48,
     test_good_per_category: int = 12,
     test_defect_per_category: int = 12,
-    image_size: int = 256,
+    image_size: int | Sequence[int] = 256,
     seed: int = 0,
     png_compress_level: int = 1,
+    max_defect_fraction: float | None = None,
 ) -> list[str]:
     """Write the dataset in MVTec-AD layout under ``root`` and return the category names.
 
@@ -189,9 +205,17 @@ def generate_synthetic_dataset(
     categories are generated with it. A category folder that already exists is replaced if
     ``root`` was made by this function (marker file ``.dpdiff_synthetic.json``), else it is an error.
     ``png_compress_level`` (zlib 0-9): 0 writes ~1.4x larger files about 1.5x faster.
+
+    ``image_size``: ``S`` (squares) or ``(height, width)`` (wide or tall images, e.g. ``(384, 1024)`` for a
+    line camera: textures continue along the long side, objects keep their size in pixels on a wider
+    background). ``max_defect_fraction`` (e.g. 0.005): defects are shrunk so that each covers at most this
+    fraction of the image (small defects on large images, :func:`~dpdiff.data.synthetic.defects.defect_area_bounds`).
+    With both at their defaults the output is byte-identical to earlier versions.
     """
     root = Path(root)
-    settings = _settings(train_per_category, test_good_per_category, test_defect_per_category, image_size, seed)
+    settings = _settings(
+        train_per_category, test_good_per_category, test_defect_per_category, image_size, seed, max_defect_fraction
+    )
     specs = category_specs(num_categories, seed)
     root.mkdir(parents=True, exist_ok=True)
     if not (root / _MARKER).is_file():
@@ -210,10 +234,11 @@ def ensure_synthetic_dataset(
     train_per_category: int = 48,
     test_good_per_category: int = 12,
     test_defect_per_category: int = 12,
-    image_size: int = 256,
+    image_size: int | Sequence[int] = 256,
     seed: int = 0,
     png_compress_level: int = 1,
     progress: bool = True,
+    max_defect_fraction: float | None = None,
 ) -> list[str]:
     """Like :func:`generate_synthetic_dataset`, but reuse what ``root`` already holds: only the
     categories not yet complete are written (a dataset made for fewer categories is extended; one
@@ -223,7 +248,9 @@ def ensure_synthetic_dataset(
     module. Returns the first ``num_categories`` names.
     """
     root = Path(root)
-    settings = _settings(train_per_category, test_good_per_category, test_defect_per_category, image_size, seed)
+    settings = _settings(
+        train_per_category, test_good_per_category, test_defect_per_category, image_size, seed, max_defect_fraction
+    )
     marker = read_marker(root)
     if marker is None:
         if root.exists() and any(root.iterdir()):
@@ -231,7 +258,8 @@ def ensure_synthetic_dataset(
         complete: list[str] = []
         have = 0
     else:
-        diff = {k: (marker.get(k), v) for k, v in settings.items() if marker.get(k) != v}
+        wanted = {**_OPTIONAL_SETTINGS, **settings}  # an optional setting absent from one side is its default
+        diff = {k: (marker.get(k), v) for k, v in wanted.items() if marker.get(k) != v}
         if diff:
             what = ", ".join(f"{k}: {a!r} there, {b!r} asked" for k, (a, b) in diff.items())
             raise FileExistsError(f"{root} holds a synthetic dataset made with other settings ({what})")

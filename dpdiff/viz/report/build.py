@@ -13,6 +13,7 @@ from dpdiff.utils.errors import RunFolderError, UsageError
 from dpdiff.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from dpdiff.utils.run_files import EVAL_DIR, HISTORY_FILE, REPORT_DATA_FILE, REPORT_FILE, RESULTS_FILE, report_files_dir
 from dpdiff.viz.report.figures import Figure, example_figures, loss_figures, proto_figures, tsne_figures
+from dpdiff.viz.report.images import display_size
 from dpdiff.viz.report.page import Section, render_page
 
 __all__ = ["DISPLAY_MAX", "build_report", "check_report_target"]
@@ -40,7 +41,7 @@ def _draw(
     data: ReportData, paths: PathMap, rel: str, files_dir: Path, history: list[dict] | None, timings: dict
 ) -> tuple[dict[str, list[Figure]], dict[str, str]]:
     """The figures of each section (examples, proto, tsne, loss) and the notes on what is left out."""
-    size = min(int(data.map_size), DISPLAY_MAX)
+    size = display_size(data.map_size, DISPLAY_MAX)
     figs: dict[str, list[Figure]] = {"proto": [], "tsne": [], "loss": []}
     notes: dict[str, str] = {}
     t = time.perf_counter()

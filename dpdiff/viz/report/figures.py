@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpdiff.data.dataset import load_image_array
+from dpdiff.data.geometry import eval_image_array
 from dpdiff.figure_data import ANOMALOUS_TOKEN_FRACTION, PathMap, ReportData, select_probes, unpack_mask
 from dpdiff.utils.io import atomic_write_text, slugify
 from dpdiff.utils.progress import progress
@@ -50,11 +50,11 @@ def _example_caption(e: dict) -> str:
     )
 
 
-def example_figures(data: ReportData, rel: str, paths: PathMap, size: int) -> list[Figure]:
+def example_figures(data: ReportData, rel: str, paths: PathMap, size: int | tuple[int, int]) -> list[Figure]:
     """One figure per false positive/negative; sets each example's ``png`` (its file)."""
     figs = []
     for e in progress(data.examples, desc="report: false positives/negatives", leave=False):
-        img = load_image_array(paths.existing(e["image"]), size)
+        img = eval_image_array(paths.existing(e["image"]), size, data.roi)
         amap = resize_map(e["map"], size)
         mask = resize_mask(unpack_mask(e["mask"], data.map_size), size) if e["kind"] == "fn" else None
         vmin, vmax = data.scales.get(e["category"], (None, None))
@@ -78,7 +78,7 @@ def example_figures(data: ReportData, rel: str, paths: PathMap, size: int) -> li
     return figs
 
 
-def proto_figures(data: ReportData, rel: str, paths: PathMap, size: int) -> list[Figure]:
+def proto_figures(data: ReportData, rel: str, paths: PathMap, size: int | tuple[int, int]) -> list[Figure]:
     """Image (+ ground truth), L-Proto and G-Proto similarity maps of one defective and one normal probe of
     each of the first categories."""
     po = data.probe_outputs
@@ -88,7 +88,7 @@ def proto_figures(data: ReportData, rel: str, paths: PathMap, size: int) -> list
     for k in progress(select_probes(data)[0], desc="report: prototype maps", leave=False):
         p, i = data.probes[k], po.index.index(k)
         cat = p["category"]
-        img = load_image_array(paths.existing(p["image"]), size)
+        img = eval_image_array(paths.existing(p["image"]), size, data.roi)
         mask = resize_mask(unpack_mask(p["mask"], data.map_size), size)
         edge = mask_boundary(mask) if mask.any() else None
         first = img.copy()

@@ -9,7 +9,15 @@ from PIL import Image, ImageDraw, ImageFont
 
 from dpdiff.viz.overlay import CONTOUR_RGB, HEAT_ALPHA, heat_colors
 
-__all__ = ["heat_blend", "labelled_panels", "png_bytes", "resize_map", "resize_mask", "upsample_grid"]
+__all__ = [
+    "display_size",
+    "heat_blend",
+    "labelled_panels",
+    "png_bytes",
+    "resize_map",
+    "resize_mask",
+    "upsample_grid",
+]
 
 
 def png_bytes(arr: np.ndarray) -> bytes:
@@ -18,29 +26,41 @@ def png_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def resize_map(m: np.ndarray, size: int) -> np.ndarray:
-    """A (S, S) float map at (size, size), bilinear."""
-    if m.shape == (size, size):
+def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+
+
+def resize_map(m: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """A float map at ``size`` (a square side or (H, W)), bilinear."""
+    h, w = _hw(size)
+    if m.shape == (h, w):
         return m
-    return np.asarray(
-        Image.fromarray(np.asarray(m, np.float32), mode="F").resize((size, size), Image.Resampling.BILINEAR)
-    )
+    return np.asarray(Image.fromarray(np.asarray(m, np.float32), mode="F").resize((w, h), Image.Resampling.BILINEAR))
 
 
-def resize_mask(m: np.ndarray, size: int) -> np.ndarray:
-    """A (S, S) bool mask at (size, size), nearest neighbour."""
-    if m.shape == (size, size):
+def resize_mask(m: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """A bool mask at ``size`` (a square side or (H, W)), nearest neighbour."""
+    h, w = _hw(size)
+    if m.shape == (h, w):
         return m
-    return np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((size, size), Image.Resampling.NEAREST)) > 127
+    return np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((w, h), Image.Resampling.NEAREST)) > 127
 
 
-def upsample_grid(grid_map: np.ndarray, size: int) -> np.ndarray:
-    """A (h, w) token-grid map at (size, size), bilinear as the anomaly maps are upsampled (Eq. 23)."""
+def upsample_grid(grid_map: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """A (h, w) token-grid map at ``size`` (a square side or (H, W)), bilinear as the anomaly maps are upsampled
+    (Eq. 23)."""
     import torch
     import torch.nn.functional as F
 
     t = torch.from_numpy(np.asarray(grid_map, np.float32))[None, None]
-    return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
+    return F.interpolate(t, size=_hw(size), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def display_size(map_size: int | tuple[int, int], largest: int) -> tuple[int, int]:
+    """(H, W) of a figure panel: the map size, scaled down (aspect kept) so its long side is at most ``largest``."""
+    h, w = _hw(map_size)
+    f = min(1.0, largest / max(h, w))
+    return max(1, round(h * f)), max(1, round(w * f))
 
 
 def _font(size: int = 13):
