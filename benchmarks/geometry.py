@@ -5,19 +5,30 @@ the aspect ratio, or cutting tiles, find small defects that today's 256 px squar
     python benchmarks/geometry.py --minutes 8              # equal training minutes per row instead of equal steps
     python benchmarks/geometry.py --rows square_256,tiles_384_px
     python benchmarks/geometry.py --quick --rows square_256   # smoke run: tiny data, 20 steps (a minute or two)
+    python benchmarks/geometry.py --datasets synthetic,bsdata # also the real BSData ball screws (1130 x 460)
 
-Data: ``dpdiff.data.synthetic`` at ``--image-hw`` (default 384 x 1024, height x width) with every defect under
-``--max-defect-fraction`` (default 0.5 %) of the image, ``--categories`` (default 10) categories.
+Data (``--datasets``, default ``synthetic``):
+
+* ``synthetic``: ``dpdiff.data.synthetic`` at ``--image-hw`` (default 384 x 1024, height x width) with every defect
+  under ``--max-defect-fraction`` (default 0.5 %) of the image, ``--categories`` (default 10) categories;
+  results ``geometry.{json,md}``;
+* ``bsdata``: BSData (ball screw drive surfaces, 1130 x 460 photographs with small pitting defects; CC BY 4.0,
+  Schlagenhauf et al., KIT), converted by ``benchmarks/real_datasets.py bsdata`` under ``--real-data`` (as
+  ``benchmarks/accuracy.py`` finds real sets; never committed), category ``ball_screw``, rows ``square 256``,
+  ``keep aspect [128, 320]`` and ``tiles 384 px``; results ``geometry_bsdata.{json,md}``. ``--quick`` uses a
+  few images of it (symlinked into the output folder).
 
 Rows (:data:`ROWS`, each a DPDiff-AD training of the shipped ``lite0_cpu`` preset plus a kNN bank on the same
 tokens):
 
 * ``square 256``: today's default, the whole image stretched to 256 x 256 (16 x 16 tokens);
 * ``keep aspect [128, 320]``: ``backbone.image_size: [128, 320]`` (8 x 20 tokens, the camera's aspect within 6 %);
-* ``tiles 384 px`` / ``tiles 192 px``: ``data.tiling: {tile: [s, s], overlap: 0.25}`` at ``image_size`` 256: each
-  image cut into s x s tiles (:class:`dpdiff.data.tiling.TilingSpec`), every tile a model input (16 x 16 tokens);
-  training samples are the tiles of the normal images; a test image's tile maps are stitched
-  (:class:`dpdiff.data.tiling.Stitcher`, cosine-window overlap averaging) into one map at the image's size.
+* ``tiles 384 px`` / ``tiles 192 px``: ``data.tiling: {tile: [s, s], overlap: 0.25}`` at ``image_size`` 256, run
+  by the library: ``train()`` learns on the tiles of the normal images (read, cut and cached by the package,
+  ``train.feature_cache`` under the row's folder), and the test images are scored by the library's tiled path
+  (``Detector.iter_predict``: tiles cut by ``ImageGeometry.tile_plan``, scored in batches, stitched with the
+  cosine window, the map at the image's size); the kNN bank scores the same tiles (cut by ``tile_plan``) and its
+  maps are stitched the same way (``dpdiff.data.tiling.Stitcher`` on the plan's frame).
 
 Training budget: ``--steps`` (default 1000) for every row, or ``--minutes``: each row's steps from its own
 measured seconds per step (a 20-step probe training of that row), so rows with fewer tokens per input get more
@@ -39,9 +50,8 @@ stitched exactly as DPDiff-AD's maps.
 Resumable: one folder per row under ``--output`` holds its features (fp16 ``.npy``, memory-mapped), its training
 (``train(..., resume=True)``) and one JSON per scored row; a stored row made with other settings is recomputed.
 Writes ``benchmarks/results/geometry.{json,md}`` atomically after every row (``--quick``: under the output folder).
-The keys ``backbone.image_size: [H, W]`` and ``data.resize`` are read by ``ImageGeometry``; ``data.tiling`` is
-recorded in the row's config when the installed package declares it, and the tiles are cut here with
-``dpdiff.data.tiling`` either way.
+The keys ``backbone.image_size: [H, W]``, ``data.resize`` and ``data.tiling`` are the row's config, read by
+``ImageGeometry``.
 """
 
 from __future__ import annotations
@@ -63,19 +73,21 @@ from PIL import Image
 
 from dpdiff.baselines.knn import KNNMemoryBank
 from dpdiff.config import Config, load_config
-from dpdiff.data.geometry import ImageGeometry, resize_map
+from dpdiff.data.geometry import Box, ImageGeometry, resize_map
 from dpdiff.data.images import resize_binarise_mask
 from dpdiff.data.readers import load_samples
 from dpdiff.data.synthetic import ensure_synthetic_dataset
-from dpdiff.data.tiling import Box, Stitcher, TilingSpec, to_xyxy
+from dpdiff.data.tiling import Stitcher
 from dpdiff.experiments.compare import build_knn, dpdiff_score_features
 from dpdiff.features import build_backbone_from_config, resolve_device
 from dpdiff.features.store import FeatureStore, ShardWriter
 from dpdiff.inference.detector import Detector
+from dpdiff.inference.predictor import Skipped
 from dpdiff.metrics import add_mean_row, compute_metrics
 from dpdiff.model.checkpoint import config_differences, load_model, read_run_config
 from dpdiff.model.postprocess import image_scores, top_percent_scores
 from dpdiff.scoring.scorer import postprocess_maps
+from dpdiff.training.inputs import train_features
 from dpdiff.utils.io import atomic_write_json, atomic_write_text
 from dpdiff.workflows.train import train
 
@@ -99,6 +111,10 @@ ROWS = [
     Row("tiles 384 px", tiling={"tile": [384, 384], "overlap": 0.25}),
     Row("tiles 192 px", tiling={"tile": [192, 192], "overlap": 0.25}),
 ]
+#: The rows run on each data set (``--datasets``): BSData's 1130 x 460 images get one tile size (2 x 4 tiles).
+DATASET_ROWS = {"synthetic": [r.name for r in ROWS], "bsdata": ["square 256", "keep aspect [128, 320]", "tiles 384 px"]}
+#: The converted real sets this benchmark reads (benchmarks/real_datasets.py): name -> categories.
+REAL_SETS = {"bsdata": ["ball_screw"]}
 
 
 def _row_config(preset: Config, row: Row, root: Path, categories: list[str], steps: int) -> Config:
@@ -107,51 +123,53 @@ def _row_config(preset: Config, row: Row, root: Path, categories: list[str], ste
         "data.categories": categories,
         "data.format": "mvtec",
         "train.steps": steps,
-        "train.calibration_fraction": 0.0,  # features are passed in: train() cannot hold images out itself
+        "train.calibration_fraction": 0.0,  # every row trains on all normal images (no thresholds needed here)
+        "data.tiling": row.tiling,
         **row.overrides,
     }
-    if row.tiling is not None and hasattr(preset.data, "tiling"):  # recorded where the package knows the key
-        overrides["data.tiling"] = row.tiling
     return preset.override(overrides)
 
 
 class Inputs:
-    """A row's model inputs: the tiles (boxes) of every image and their backbone features, written once to
-    ``folder`` as fp16 ``.npy`` and read back memory-mapped (a 192 px tile row of 320 training images holds ~7k
-    inputs)."""
+    """A row's model inputs: the tiles (``ImageGeometry.tile_plan``'s crops) of every image and their backbone
+    features, written once to ``folder`` as fp16 ``.npy`` and read back memory-mapped (a 192 px tile row of 320
+    training images holds ~7k inputs). Untiled: one input per image, the whole image (crop None)."""
 
-    def __init__(self, cfg: Config, tiling: TilingSpec | None, device: str):
-        self.cfg, self.tiling, self.device = cfg, tiling, device
+    def __init__(self, cfg: Config, device: str):
+        self.cfg, self.device = cfg, device
         self.geometry = ImageGeometry.from_config(cfg)
+        self.tiled = self.geometry.tiling is not None
         self.backbone = build_backbone_from_config(cfg).to(device).eval()
 
-    def boxes(self, image_hw: tuple[int, int]) -> list[Box]:
-        if self.tiling is None:
-            return [(0, 0, image_hw[0], image_hw[1])]
-        return self.tiling.boxes(image_hw)
+    def boxes(self, image_hw: tuple[int, int]) -> list[Box | None]:
+        if not self.tiled:
+            return [None]
+        return list(self.geometry.tile_plan((image_hw[1], image_hw[0])).crops)
 
     def _batches(self, samples: list, batch: int):
-        """(image index, box, model input (3, H, W)) in order, ``batch`` inputs at a time."""
+        """(image index, crop, model input (3, H, W)) in order, ``batch`` inputs at a time."""
         buf: list = []
         for i, s in enumerate(samples):
             with Image.open(s.image_path) as im:
                 im.load()
                 for box in self.boxes((im.height, im.width)):
-                    crop = None if self.tiling is None else to_xyxy(box)
-                    buf.append((i, box, self.geometry.model_input(im, self.backbone.mean, self.backbone.std, crop)))
+                    buf.append((i, box, self.geometry.model_input(im, self.backbone.mean, self.backbone.std, box)))
                     if len(buf) == batch:
                         yield buf
                         buf = []
         if buf:
             yield buf
 
-    def features(self, samples: list, path: Path, batch: int = 16) -> tuple[FeatureStore, list[int], list[Box], float]:
-        """(features of every input, image index of each, box of each, seconds to make them) for ``samples``;
+    def features(
+        self, samples: list, path: Path, batch: int = 16
+    ) -> tuple[FeatureStore, list[int], list[Box | None], float]:
+        """(features of every input, image index of each, crop of each, seconds to make them) for ``samples``;
         from ``path`` (``.npy`` + ``.json``) when a complete earlier pass wrote them."""
         meta_path = path.with_suffix(".json")
-        if meta_path.exists() and path.exists():
-            meta = json.loads(meta_path.read_text())
-            owner, boxes, secs = meta["owner"], [tuple(b) for b in meta["boxes"]], float(meta["seconds"])
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() and path.exists() else {}
+        if "crops" in meta:  # (files of the version that cut (y0, x0, y1, x1) boxes itself are made again)
+            owner, secs = meta["owner"], float(meta["seconds"])
+            boxes: list[Box | None] = [None if b is None else tuple(b) for b in meta["crops"]]
         else:
             n = sum(len(self.boxes(_image_hw(s.image_path))) for s in samples)
             tmp = path.with_suffix(".npy.partial")
@@ -173,7 +191,8 @@ class Inputs:
                 raise
             secs = time.perf_counter() - t0
             tmp.replace(path)
-            atomic_write_json(meta_path, {"owner": owner, "boxes": [list(b) for b in boxes], "seconds": secs})
+            crops = [None if b is None else list(b) for b in boxes]
+            atomic_write_json(meta_path, {"owner": owner, "crops": crops, "seconds": secs})
         arr = np.load(path, mmap_mode="r")
         store = FeatureStore([arr], np.zeros(len(arr), np.int32), np.arange(len(arr)))
         return store, owner, boxes, secs
@@ -208,18 +227,20 @@ class Evaluation:
         values = np.asarray(Image.open(s.mask_path).convert("L"), np.float32) / 255.0
         return resize_binarise_mask(values, self.hw)
 
-    def frame_maps(
-        self, maps: np.ndarray, owner: list[int], boxes: list[Box], geometry: ImageGeometry, tiled: bool
-    ) -> np.ndarray:
-        """(N_images, h, w) float32 on the evaluation frame from the per-input maps ``maps`` (N_inputs, Hm, Wm)."""
+    def frame_maps(self, maps: np.ndarray, owner: list[int], geometry: ImageGeometry) -> np.ndarray:
+        """(N_images, h, w) float32 on the evaluation frame from the per-input maps ``maps`` (N_inputs, Hm, Wm),
+        the tiles of an image in ``tile_plan`` order, stitched as the library stitches them (its plan's frame,
+        the cosine window, ``map_to_image``)."""
         out = np.zeros((len(self.samples), *self.hw), np.float32)
         owner_arr = np.asarray(owner)
+        h, w = self.image_hw
         for i in range(len(self.samples)):
             idx = np.flatnonzero(owner_arr == i)
-            if tiled:
-                st = Stitcher(self.image_hw)
-                st.add(maps[idx], [boxes[j] for j in idx])
-                full = st.result()
+            if geometry.tiling is not None:
+                plan = geometry.tile_plan((w, h))
+                st = Stitcher(plan.frame_hw)
+                st.add([geometry.tile_content(maps[j], plan) for j in idx], plan.frame_boxes)
+                full = geometry.map_to_image(st.result(), self.image_hw)
             else:
                 full = geometry.map_to_image(maps[idx[0]], self.image_hw)
             out[i] = resize_map(full, self.hw)
@@ -244,8 +265,9 @@ def _image_scores(maps: np.ndarray, cfg: Config) -> np.ndarray:
     return image_scores(t, inf.pool_size).numpy()
 
 
-def _trained(cfg: Config, run_dir: Path, feats: FeatureStore, samples: list) -> Path:
-    """``train`` into ``run_dir`` (resumed when interrupted; refused when the stored config differs)."""
+def _trained(cfg: Config, run_dir: Path, feats: FeatureStore | None, samples: list | None) -> Path:
+    """``train`` into ``run_dir`` (resumed when interrupted; refused when the stored config differs); ``feats``
+    None (tile rows): ``train()`` reads, cuts and caches the training tiles itself."""
     if (run_dir / "config.json").exists():
         stored, payload = read_run_config(run_dir)
         changed = config_differences(stored.to_dict(), cfg.to_dict())
@@ -257,14 +279,13 @@ def _trained(cfg: Config, run_dir: Path, feats: FeatureStore, samples: list) -> 
         if int(payload.get("step", -1)) >= cfg.train.steps:
             return run_dir
     resume = (run_dir / "train_state.pt").exists()
-    log.info(
-        "training %s (%d steps, %d inputs)%s", run_dir.name, cfg.train.steps, len(feats), " resumed" if resume else ""
-    )
+    n = "library tiles" if feats is None else f"{len(feats)} inputs"
+    log.info("training %s (%d steps, %s)%s", run_dir.name, cfg.train.steps, n, " resumed" if resume else "")
     train(cfg, run_dir, overwrite=not resume, resume=resume, features=feats, samples=samples)
     return run_dir
 
 
-def _steps_for(cfg: Config, folder: Path, feats: FeatureStore, samples: list, minutes: float) -> int:
+def _steps_for(cfg: Config, folder: Path, feats: FeatureStore | None, samples: list | None, minutes: float) -> int:
     """Steps that fit ``minutes`` at this row's measured speed: a 20-step probe training (memoised)."""
     memo = folder / "step_time.json"
     if memo.exists():
@@ -297,18 +318,26 @@ def run_row(row: Row, args, preset: Config, root: Path, categories: list[str], e
     folder = out / slug(row.name)
     folder.mkdir(parents=True, exist_ok=True)
     device = resolve_device("cpu")
-    tiling = TilingSpec.parse(row.tiling)
     cfg = _row_config(preset, row, root, categories, args.steps)
-    inputs = Inputs(cfg, tiling, device)
+    inputs = Inputs(cfg, device)
+    tiled = inputs.tiled
+    if tiled:  # the library reads, cuts and caches the training tiles (its feature cache, under this folder)
+        cfg = cfg.override({"train.feature_cache": True, "train.cache_dir": str(folder / "feature_cache")})
     train_samples = load_samples("mvtec", root, categories, "train")
-    train_feats, train_owner, _, _ = inputs.features(train_samples, folder / "train_features.npy")
-    per_input_samples = [train_samples[i] for i in train_owner]  # each tile carries its image's category
+    if tiled:
+        given: tuple = (None, None)
+    else:
+        train_feats, train_owner, _, _ = inputs.features(train_samples, folder / "train_features.npy")
+        given = (train_feats, [train_samples[i] for i in train_owner])
     if args.minutes:
-        cfg = cfg.override({"train.steps": _steps_for(cfg, folder, train_feats, per_input_samples, args.minutes)})
-    run = _trained(cfg, folder / "run", train_feats, per_input_samples)
-    test_feats, owner, boxes, feat_s = inputs.features(ev.samples, folder / "test_features.npy")
+        cfg = cfg.override({"train.steps": _steps_for(cfg, folder, *given, args.minutes)})
+    run = _trained(cfg, folder / "run", *given)
+    if tiled:  # the kNN bank's tokens: the very tiles train() learned on, read back from the library's cache
+        train_feats, tiles = train_features(cfg, inputs.backbone, device)
+        index = {str(s.image_path): i for i, s in enumerate(train_samples)}
+        train_owner = [index[str(t.image_path)] for t in tiles]
+    test_feats, owner, _, feat_s = inputs.features(ev.samples, folder / "test_features.npy")
     n_img, mp = len(ev.samples), ev.image_hw[0] * ev.image_hw[1] / 1e6
-    tiled = tiling is not None
     protocol = {
         "config_overrides": row.overrides,
         "tiling": row.tiling,
@@ -323,10 +352,21 @@ def run_row(row: Row, args, preset: Config, root: Path, categories: list[str], e
     def dpdiff_row() -> dict:
         model, run_cfg, payload = load_model(run, device)
         detector = Detector(inputs.backbone, model, run_cfg, device)
-        t0 = time.perf_counter()
-        maps = dpdiff_score_features(detector, test_feats)[0].numpy()
-        frame = ev.frame_maps(maps, owner, boxes, inputs.geometry, tiled)
-        secs = time.perf_counter() - t0 + feat_s
+        if tiled:  # the library's tiled path end to end: decode, cut, backbone, score, stitch, map at image size
+            t0 = time.perf_counter()
+            frame = np.stack(
+                [
+                    resize_map(p.anomaly_map, ev.hw)
+                    for p in detector.iter_predict([s.image_path for s in ev.samples])
+                    if not isinstance(p, Skipped)
+                ]
+            )
+            secs = time.perf_counter() - t0
+        else:
+            t0 = time.perf_counter()
+            maps = dpdiff_score_features(detector, test_feats)[0].numpy()
+            frame = ev.frame_maps(maps, owner, inputs.geometry)
+            secs = time.perf_counter() - t0 + feat_s
         m = ev.metrics(frame, _image_scores(frame, run_cfg))
         m.update(images_per_s=n_img / secs, megapixels_per_s=n_img * mp / secs, train_s=payload.get("train_s"))
         return m | {"protocol": protocol}
@@ -343,7 +383,7 @@ def run_row(row: Row, args, preset: Config, root: Path, categories: list[str], e
         for i in range(0, len(test_feats), 64):
             with torch.no_grad():
                 parts.append(postprocess_maps(bank.score_maps(test_feats[i : i + 64]), cfg)[0].numpy())
-        frame = ev.frame_maps(np.concatenate(parts), owner, boxes, inputs.geometry, tiled)
+        frame = ev.frame_maps(np.concatenate(parts), owner, inputs.geometry)
         secs = time.perf_counter() - t0 + feat_s
         m = ev.metrics(frame, _image_scores(frame, cfg))
         m.update(images_per_s=n_img / secs, megapixels_per_s=n_img * mp / secs, bank_tokens=int(bank.bank.shape[0]))
@@ -356,14 +396,18 @@ def run_row(row: Row, args, preset: Config, root: Path, categories: list[str], e
     return {"dpdiff": dp, "knn": kn}
 
 
-def write_results(summary: dict, folder: Path) -> None:
+def write_results(summary: dict, folder: Path, stem: str = "geometry") -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(folder / "geometry.json", summary)
+    atomic_write_json(folder / f"{stem}.json", summary)
     p = summary["protocol"]
     h, w = p["image_hw"]
+    what = (
+        f"defects under {100 * p['max_defect_fraction']:g} % of the image"
+        if p.get("max_defect_fraction") is not None
+        else f"{p.get('source', 'real data')}"
+    )
     lines = [
-        f"# Geometry: {w}x{h} (width x height) images, defects under {100 * p['max_defect_fraction']:g} % of the "
-        f"image, {p['categories']} categories",
+        f"# Geometry: {w}x{h} (width x height) images, {what}, {p['categories']} categories",
         "",
         f"Evaluated at the images' own aspect ratio ({p['eval_hw'][1]}x{p['eval_hw'][0]}); training "
         f"{p['budget']}; {p['torch_threads']} torch thread(s). images/s and MP/s: the scoring pass (decoding, "
@@ -383,7 +427,7 @@ def write_results(summary: dict, folder: Path) -> None:
                 + " | ".join(pct(m.get(k)) for k in METRICS)
                 + f" | {m['images_per_s']:.2f} | {m['megapixels_per_s']:.2f} |"
             )
-    atomic_write_text(folder / "geometry.md", "\n".join(lines) + "\n")
+    atomic_write_text(folder / f"{stem}.md", "\n".join(lines) + "\n")
 
 
 def parse_args() -> argparse.Namespace:
@@ -405,7 +449,48 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--knn-every", type=int, default=2, help="kNN bank: every k-th training image")
     ap.add_argument("--knn-tokens", type=int, default=50_000, help="kNN bank: at most this many tokens")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 categories, 192x512 images, 20 steps")
+    ap.add_argument(
+        "--datasets", default="synthetic", help="comma-separated: synthetic, bsdata (the converted real set)"
+    )
+    ap.add_argument(
+        "--real-data",
+        default=str(ROOT / "runs" / "real_data"),
+        help="folder of the converted public sets (benchmarks/real_datasets.py), one sub-folder each",
+    )
     return ap.parse_args()
+
+
+def _real_dataset(name: str, args, out: Path) -> tuple[Path, list[str]]:
+    """(root, categories) of a converted real set (as ``benchmarks/accuracy.py`` finds them); ``--quick``: a few
+    of its images symlinked into ``out`` (``--train`` normal training images, ``--test-good`` /
+    ``--test-defect`` test images per category), so the smoke run stays small."""
+    root = Path(args.real_data) / name
+    if not (root / "done.json").is_file():
+        raise SystemExit(
+            f"{name} not converted at {root}: run `python benchmarks/real_datasets.py {name} --output {root}`"
+        )
+    cats = REAL_SETS[name]
+    if not args.quick:
+        return root, cats
+    sub = out / "data"
+    for cat in cats:
+        for split_dir in sorted((root / cat).glob("*/*")):
+            if not split_dir.is_dir() or split_dir.parent.name not in ("train", "test"):
+                continue
+            n = (
+                args.train
+                if split_dir.parent.name == "train"
+                else (args.test_good if split_dir.name == "good" else args.test_defect)
+            )
+            dest = sub / cat / split_dir.parent.name / split_dir.name
+            dest.mkdir(parents=True, exist_ok=True)
+            for f in sorted(p for p in split_dir.iterdir() if p.is_file())[:n]:
+                if not (dest / f.name).exists():
+                    (dest / f.name).symlink_to(f.resolve())
+        gt = sub / cat / "ground_truth"
+        if not gt.exists():
+            gt.symlink_to((root / cat / "ground_truth").resolve())
+    return sub, cats
 
 
 def main() -> int:
@@ -420,32 +505,52 @@ def main() -> int:
     unknown = [s for s in chosen if s not in by_slug]
     if unknown:
         raise SystemExit(f"--rows: unknown rows {unknown}; choose from {', '.join(by_slug)}")
-    h, w = (int(v) for v in args.image_hw.split(","))
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    bad = [d for d in datasets if d != "synthetic" and d not in REAL_SETS]
+    if bad:
+        raise SystemExit(f"--datasets: unknown {bad}; choose from synthetic, {', '.join(REAL_SETS)}")
     out = Path(args.output)
     results = Path(args.results) if args.results else (out / "summary" if args.quick else RESULTS)
-    data = out / "data"
-    categories = ensure_synthetic_dataset(
-        data,
-        args.categories,
-        train_per_category=args.train,
-        test_good_per_category=args.test_good,
-        test_defect_per_category=args.test_defect,
-        image_size=(h, w),
-        max_defect_fraction=args.max_defect_fraction,
-        seed=0,
-    )
+    for name in datasets:
+        rows = [s for s in chosen if by_slug[s].name in DATASET_ROWS[name]]
+        if rows:
+            run_dataset(name, rows, by_slug, args, out, results)
+    return 0
+
+
+def run_dataset(name: str, chosen: list[str], by_slug: dict, args, out: Path, results: Path) -> None:
+    """Every chosen row on one data set; results ``geometry.{json,md}`` (synthetic) or ``geometry_<name>``."""
+    stem = "geometry" if name == "synthetic" else f"geometry_{name}"
+    if name != "synthetic":
+        out = out / name
+        data, categories = _real_dataset(name, args, out)
+    else:
+        data = out / "data"
+        h, w = (int(v) for v in args.image_hw.split(","))
+        categories = ensure_synthetic_dataset(
+            data,
+            args.categories,
+            train_per_category=args.train,
+            test_good_per_category=args.test_good,
+            test_defect_per_category=args.test_defect,
+            image_size=(h, w),
+            max_defect_fraction=args.max_defect_fraction,
+            seed=0,
+        )
     preset = load_config(PRESET)
     test_samples = sorted(load_samples("mvtec", data, categories, "test"), key=lambda s: str(s.image_path))
     ev = Evaluation(test_samples, args.eval_long_side)
     torch.manual_seed(0)
-    previous = results / "geometry.json"
+    previous = results / f"{stem}.json"
     summary = json.loads(previous.read_text()) if previous.exists() and not args.quick else {"rows": {}}
     summary["protocol"] = {
         "data": str(data),
-        "image_hw": [h, w],
-        "max_defect_fraction": args.max_defect_fraction,
+        "dataset": name,
+        "image_hw": list(ev.image_hw),
+        "max_defect_fraction": args.max_defect_fraction if name == "synthetic" else None,
+        "source": None if name == "synthetic" else "BSData ball screws (CC BY 4.0), pitting",
         "categories": len(categories),
-        "train_images": args.train * len(categories),
+        "train_images": len(load_samples("mvtec", data, categories, "train")),
         "test_images": len(test_samples),
         "eval_hw": list(ev.hw),
         "budget": f"{args.minutes:g} min per row" if args.minutes else f"{args.steps} steps per row",
@@ -455,10 +560,9 @@ def main() -> int:
     for s in chosen:
         row = by_slug[s]
         summary["rows"][row.name] = run_row(row, args, preset, data, categories, ev, out)
-        write_results(summary, results)  # after every row: a stopped run keeps what it finished
-        log.info("wrote %s", results / "geometry.md")
-    print((results / "geometry.md").read_text())
-    return 0
+        write_results(summary, results, stem)  # after every row: a stopped run keeps what it finished
+        log.info("wrote %s", results / f"{stem}.md")
+    print((results / f"{stem}.md").read_text())
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """DPDiff-AD: dual prototype-conditioned diffusion for multi-class unsupervised anomaly detection.
 
-The Python API (README "Use from Python")::
+The Python API (docs/guides/python-api.md)::
 
     import dpdiff
     detector = dpdiff.fit("path/to/mvtec", config="lite0_cpu", output="runs/mvtec")   # or:

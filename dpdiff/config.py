@@ -343,6 +343,13 @@ class DataConfig:
         help="region of interest [x0, y0, x1, y1] cut out of every image before anything else (training, test, "
         "predict, serve): integers = pixels, otherwise fractions of the image in [0, 1]; maps are 0 outside it",
     )
+    tiling: dict | None = _setting(
+        None,
+        help="tiles for images much larger than the model input: null (the whole image is one input) | {tile: [h, "
+        "w], overlap: 0.25} (tiles of h x w pixels of the region of interest) | {grid: [rows, cols], overlap: 0.25}; "
+        "training learns on the tiles of the normal images, scoring cuts every image into tiles, scores them in "
+        "batches of inference.batch_size and stitches their maps (cosine window); docs/guides/high-resolution.md",
+    )
 
 
 @dataclass

@@ -141,11 +141,47 @@ def check_relations(cfg: Any, where: str) -> None:
             raise ConfigError(f"{where}{key}: expected one int or [height, width], got {size!r}")
     if cfg.data.roi is not None:
         _check_roi(cfg.data.roi, where)
+    if cfg.data.tiling is not None:
+        check_tiling(cfg.data.tiling, where)
     if inf.noise_step >= m.num_timesteps:
         raise ConfigError(
             f"{where}inference.noise_step: must be < model.num_timesteps ({m.num_timesteps}), "
             f"got {inf.noise_step} (0-based index of t)"
         )
+
+
+#: Largest ``data.tiling.overlap`` (as ``dpdiff.data.tiling.MAX_OVERLAP``, which this module cannot import).
+MAX_TILE_OVERLAP = 0.9
+
+
+def check_tiling(value: Any, where: str = "") -> None:
+    """``data.tiling``: null, ``{tile: [h, w] | n, overlap}`` or ``{grid: [rows, cols], overlap}`` (positive ints,
+    overlap in [0, 0.9], default 0.25). The same rule as ``dpdiff.data.tiling.TilingSpec.parse`` (a test holds
+    them together), here without importing it: config sits below every other module."""
+    if value is None:
+        return
+    form = "null, {tile: [h, w], overlap: 0.25} or {grid: [rows, cols], overlap: 0.25}"
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}data.tiling must be {form}, got {value!r}")
+    unknown = sorted(set(map(str, value)) - {"tile", "grid", "overlap"})
+    if unknown:
+        raise ConfigError(f"{where}data.tiling: unknown keys {unknown}; expected tile or grid, and overlap")
+    has_tile, has_grid = value.get("tile") is not None, value.get("grid") is not None
+    if has_tile == has_grid:
+        raise ConfigError(
+            f"{where}data.tiling needs exactly one of tile: [h, w] (pixels) or grid: [rows, cols], got {value!r}"
+        )
+    overlap = value.get("overlap", 0.25)
+    if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0.0 <= overlap <= MAX_TILE_OVERLAP:
+        raise ConfigError(
+            f"{where}data.tiling.overlap must be in [0, {MAX_TILE_OVERLAP}] (a fraction of the tile), got {overlap!r}"
+        )
+    name = "tile" if has_tile else "grid"
+    pair = value[name]
+    pair = [pair, pair] if isinstance(pair, int) and not isinstance(pair, bool) else pair
+    ok = isinstance(pair, (list, tuple)) and len(pair) == 2
+    if not ok or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in pair):
+        raise ConfigError(f"{where}data.tiling.{name} must be two positive integers [h, w], got {value[name]!r}")
 
 
 def _check_roi(roi: list, where: str) -> None:
@@ -165,4 +201,12 @@ def _check_roi(roi: list, where: str) -> None:
         )
 
 
-__all__ = ["field_hints", "type_text", "type_ok", "bounds_text", "check_value", "check_relations"]
+__all__ = [
+    "field_hints",
+    "type_text",
+    "type_ok",
+    "bounds_text",
+    "check_value",
+    "check_relations",
+    "check_tiling",
+]

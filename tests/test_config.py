@@ -511,6 +511,7 @@ def _another_valid_value(cfg: Config, key: str):
             "float | None": [0.5],
             "int | list[int] | None": [128, [128, 256]],
             "list[float] | None": [[0, 0, 16, 16], [0.0, 0.0, 0.5, 0.5]],
+            "dict | None": [{"tile": [64, 64], "overlap": 0.25}],
         }[str(hint).replace("typing.", "")]
     for c in candidates:
         try:

@@ -153,7 +153,8 @@ def add_serve_arguments(sv: argparse.ArgumentParser) -> None:
     sv.add_argument(
         "--host",
         default="127.0.0.1",
-        help="address to listen on (default 127.0.0.1: this machine only; see README for a reverse proxy)",
+        help="address to listen on (default 127.0.0.1: this machine only; see docs/guides/export-and-serve.md for a "
+        "reverse proxy)",
     )
     sv.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     sv.add_argument(
@@ -200,6 +201,6 @@ EXPORT = Command(
 SERVE = Command(
     "serve",
     "HTTP service + web page for line-side inspection: POST images, get scores, "
-    "decisions and overlays (see README, Serve)",
+    "decisions and overlays (see docs/guides/export-and-serve.md, Serve)",
     add_serve_arguments,
 )

@@ -118,24 +118,33 @@ class ImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def to_tensor(self, im: Image.Image, source: str | None = None) -> torch.Tensor:
-        return torch.from_numpy(self.geometry.model_input(im, self.mean, self.std, source=source))
+    def to_tensor(
+        self, im: Image.Image, source: str | None = None, crop: tuple[int, int, int, int] | None = None
+    ) -> torch.Tensor:
+        return torch.from_numpy(self.geometry.model_input(im, self.mean, self.std, crop=crop, source=source))
+
+    def eval_mask(self, i: int, image_wh: Sequence[int]) -> np.ndarray:
+        """Sample ``i``'s mask on the evaluation frame, bool ``(Hm, Wm)`` (all False without one or with
+        ``load_masks=False``); ``image_wh``: its image's ``(W, H)``, which the mask must match."""
+        s = self.samples[i]
+        if not (self.load_masks and s.mask_path is not None):
+            return np.zeros(self.mask_size, dtype=bool)
+        m = read_mask_values(s.mask_path)
+        if (m.shape[1], m.shape[0]) != tuple(image_wh):
+            raise DataError(
+                f"mask {str(s.mask_path)!r} has size {m.shape[1]}x{m.shape[0]} (WxH) but its image "
+                f"{str(s.image_path)!r} has size {image_wh[0]}x{image_wh[1]}"
+            )
+        return self.geometry.eval_mask(m, self.mask_threshold, self.mask_resize, str(s.mask_path))
 
     def __getitem__(self, i: int) -> dict:
         if i < 0:
             i += len(self.samples)
         s = self.samples[i]
         im = load_image_rgb(s.image_path)
-        image = self.to_tensor(im, str(s.image_path))
+        image = self.to_tensor(im, str(s.image_path), s.crop)  # a tile (data.tiling) when the sample is one
         if self.load_masks and s.mask_path is not None:
-            m = read_mask_values(s.mask_path)
-            if (m.shape[1], m.shape[0]) != im.size:
-                raise DataError(
-                    f"mask {str(s.mask_path)!r} has size {m.shape[1]}x{m.shape[0]} (WxH) but its image "
-                    f"{str(s.image_path)!r} has size {im.size[0]}x{im.size[1]}"
-                )
-            binary = self.geometry.eval_mask(m, self.mask_threshold, self.mask_resize, str(s.mask_path))
-            mask = torch.from_numpy(binary.astype(np.float32))[None]
+            mask = torch.from_numpy(self.eval_mask(i, im.size).astype(np.float32))[None]
         else:
             mask = torch.zeros(1, *self.mask_size, dtype=torch.float32)
         image_hw = torch.tensor([im.size[1], im.size[0]], dtype=torch.int64)

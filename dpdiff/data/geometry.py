@@ -23,10 +23,20 @@ Three frames (docs/datasets.md, "Image geometry"):
 
 The tiling hook: :meth:`ImageGeometry.model_input` and :meth:`ImageGeometry.map_to_image` take an extra ``crop``
 box in ROI coordinates (a tile), applied after the ROI.
+
+Tiles (``data.tiling``, :class:`~dpdiff.data.tiling.TilingSpec`; docs/guides/high-resolution.md): the ROI crop is
+cut into tiles (:meth:`ImageGeometry.tile_plan`), each tile is a model input of its own (``model_input(im,
+crop=tile)``), and the tiles' maps are stitched (cosine window, :class:`~dpdiff.data.tiling.Stitcher`) into a
+**frame**: the ROI crop scaled by ``map_size / tile_size``, so every tile's map lands there at its own resolution
+(no resampling for full tiles). With tiling the maps a predictor hands on are frames: :meth:`map_to_image`
+resizes the frame to the ROI (0 outside it) and :meth:`eval_map` to the evaluation frame ``(Hm, Wm)`` of the ROI
+crop; the image score is the configured rule on the frame (:func:`~dpdiff.data.tiling.frame_score`). One tile
+covering the whole ROI gives a frame equal to the model's map, so the untiled map and score exactly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,13 +47,26 @@ from PIL import Image
 
 from dpdiff.choices import RESIZE_MODES
 from dpdiff.data.images import _to_rgb, load_image_rgb, normalized_image_array, resize_binarise_mask
+from dpdiff.data.tiling import Box as TileBox
+from dpdiff.data.tiling import TilingSpec, to_xyxy
+from dpdiff.data.types import Sample
 from dpdiff.utils.errors import ConfigError, DataError
 from dpdiff.utils.sizes import as_hw, hw_json
 
 if TYPE_CHECKING:  # pragma: no cover
     from dpdiff.config import Config
 
-__all__ = ["Box", "ImageGeometry", "as_geometry", "eval_image_array", "evaluation_size", "resize_map"]
+__all__ = [
+    "Box",
+    "ImageGeometry",
+    "TilePlan",
+    "as_geometry",
+    "eval_image_array",
+    "evaluation_size",
+    "image_wh",
+    "resize_map",
+    "tile_samples",
+]
 
 #: A pixel box ``(x0, y0, x1, y1)``: columns x0..x1-1, rows y0..y1-1 (PIL's ``crop`` convention).
 Box = tuple[int, int, int, int]
@@ -101,6 +124,24 @@ def _check_roi(roi: Sequence[Any] | None) -> tuple[int | float, ...] | None:
     return tuple(float(v) for v in values)
 
 
+def _half_up(num: int, den: int) -> int:
+    """``round(num / den)`` with halves rounded up, in integers (exact: tile boxes on the frame stay aligned)."""
+    return (2 * num + den) // (2 * den)
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How one image is tiled (:meth:`ImageGeometry.tile_plan`): ``crops`` = the tiles as ``(x0, y0, x1, y1)``
+    boxes in ROI coordinates (``model_input``'s ``crop``), ``frame_boxes`` = where each tile's map lands in the
+    frame (``(y0, x0, y1, x1)``, :class:`~dpdiff.data.tiling.Stitcher`'s order), ``frame_hw`` = the frame's size
+    (the ROI crop scaled by map size / tile size), ``tile_wh`` = the tiles' size in pixels."""
+
+    crops: list[Box]
+    frame_boxes: list[TileBox]
+    frame_hw: tuple[int, int]
+    tile_wh: tuple[int, int]
+
+
 @dataclass(frozen=True)
 class ImageGeometry:
     """The geometry of the model input (module docstring): ``size`` = (H, W) of the input, ``resize``
@@ -111,8 +152,14 @@ class ImageGeometry:
     resize: str = "stretch"
     roi: tuple[int | float, ...] | None = None
     map_size: tuple[int, int] | None = None
+    #: ``data.tiling`` (module docstring): None = the whole ROI is one model input (no tiles).
+    tiling: TilingSpec | None = None
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "tiling", TilingSpec.parse(self.tiling))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         object.__setattr__(self, "size", as_hw(self.size, "backbone.image_size"))
         if self.resize not in RESIZE_MODES:
             raise ConfigError(f"data.resize: {self.resize!r} is not allowed; choose one of {', '.join(RESIZE_MODES)}")
@@ -132,6 +179,7 @@ class ImageGeometry:
             cfg.data.resize,
             tuple(roi) if roi is not None else None,
             evaluation_size(size, cfg.evaluation.resolution),
+            TilingSpec.parse(cfg.data.tiling),
         )
 
     @classmethod
@@ -143,16 +191,21 @@ class ImageGeometry:
             str(d.get("resize", "stretch")),
             tuple(roi) if roi is not None else None,
             as_hw(d["map_size"]) if d.get("map_size") is not None else None,
+            TilingSpec.parse(d.get("tiling")),
         )
 
     def to_dict(self) -> dict:
-        """JSON-ready: ``{"size": [H, W], "resize", "roi", "map_size": [Hm, Wm]}``."""
-        return {
+        """JSON-ready: ``{"size": [H, W], "resize", "roi", "map_size": [Hm, Wm]}``, and ``"tiling"`` (the
+        config value) only when tiled (untiled dicts stay as they were before tiles existed)."""
+        out: dict[str, Any] = {
             "size": list(self.size),
             "resize": self.resize,
             "roi": None if self.roi is None else list(self.roi),
             "map_size": list(self.map_hw),
         }
+        if self.tiling is not None:
+            out["tiling"] = self.tiling.to_config()
+        return out
 
     # ------------------------------------------------------------------------------------ properties
     @property
@@ -172,18 +225,21 @@ class ImageGeometry:
     def is_plain(self) -> bool:
         """True for today's geometry: a direct resize of the whole image (no ROI, no letterbox), whatever
         the sizes; nothing is cut or padded, and maps are used as they come."""
-        return self.resize == "stretch" and self.roi is None
+        return self.resize == "stretch" and self.roi is None and self.tiling is None
 
     def input_key(self) -> dict:
         """What the model input depends on (the feature cache key): size, resize mode, ROI. A plain square
         geometry is ``{"image_size": S}``, the key of caches made before the other forms existed."""
         if self.is_plain and self.size[0] == self.size[1]:
             return {"image_size": self.size[0]}
-        return {
+        key: dict[str, Any] = {
             "image_size": list(self.size),
             "resize": self.resize,
             "roi": None if self.roi is None else list(self.roi),
         }
+        if self.tiling is not None:  # tile features are keyed per tile too (the crop is in the image identity)
+            key["tiling"] = self.tiling.to_config()
+        return key
 
     def describe(self) -> str:
         """One line for results files and logs."""
@@ -194,7 +250,18 @@ class ImageGeometry:
             else (f"direct resize to {h}^2 (aspect not kept)" if h == w else f"direct resize to {h}x{w} (HxW)")
         )
         roi = "" if self.roi is None else f"region of interest {list(self.roi)} cut out first, then "
-        return f"images: {roi}{how}"
+        if self.tiling is None:
+            return f"images: {roi}{how}"
+        t = self.tiling
+        if t.tile is not None:
+            tiles = f"tiles of {t.tile[0]}x{t.tile[1]} px"
+        else:
+            rows, cols = t.grid or (0, 0)
+            tiles = f"a {rows}x{cols} grid of tiles"
+        return (
+            f"images: {roi}cut into {tiles} (overlap {t.overlap:g}), each {how}; tile maps stitched with a "
+            f"cosine window"
+        )
 
     # ------------------------------------------------------------------------------------ boxes
     def roi_box(self, image_wh: Sequence[int], source: str | None = None) -> Box:
@@ -228,6 +295,29 @@ class ImageGeometry:
         if not (0 <= cx0 < cx1 <= x1 - x0 and 0 <= cy0 < cy1 <= y1 - y0):
             raise ValueError(f"crop box {crop} is not inside the region of interest of size {x1 - x0}x{y1 - y0}")
         return x0 + cx0, y0 + cy0, x0 + cx1, y0 + cy1
+
+    def tile_plan(self, image_wh: Sequence[int], source: str | None = None) -> TilePlan:
+        """The tiles of an image of size ``(W, H)`` (module docstring) and where their maps land in the frame.
+
+        The frame is the ROI crop scaled by ``map_size / tile_size`` per axis (rounded half up, in integers), so
+        every tile's box in it is exactly ``(Hm, Wm)``: its map is added at its own resolution. Without
+        ``data.tiling``: one tile, the whole ROI (the frame is then the model's map)."""
+        x0, y0, x1, y1 = self.roi_box(image_wh, source)
+        rh, rw = y1 - y0, x1 - x0
+        boxes = self.tiling.boxes((rh, rw)) if self.tiling is not None else [(0, 0, rh, rw)]
+        th, tw = boxes[0][2] - boxes[0][0], boxes[0][3] - boxes[0][1]  # every box has this size
+        hm, wm = self.map_hw
+        fh, fw = max(1, _half_up(rh * hm, th)), max(1, _half_up(rw * wm, tw))
+        frame_boxes: list[TileBox] = []
+        for by0, bx0, by1, bx1 in boxes:
+            fy0, fx0 = min(_half_up(by0 * hm, th), fh - 1), min(_half_up(bx0 * wm, tw), fw - 1)
+            fy1, fx1 = max(_half_up(by1 * hm, th), fy0 + 1), max(_half_up(bx1 * wm, tw), fx0 + 1)
+            frame_boxes.append((fy0, fx0, min(fy1, fh), min(fx1, fw)))
+        return TilePlan([to_xyxy(b) for b in boxes], frame_boxes, (fh, fw), (tw, th))
+
+    def tile_content(self, model_map: np.ndarray, plan: TilePlan) -> np.ndarray:
+        """The part of one tile's model map that covers the tile (all of it, unless letterboxed)."""
+        return self._content(model_map, plan.tile_wh)
 
     def content_box(self, crop_wh: Sequence[int], frame_hw: Sequence[int] | None = None) -> Box:
         """Where a crop of size ``(w, h)`` lies in a frame of ``frame_hw`` (default: the model input's ``(H, W)``):
@@ -288,10 +378,16 @@ class ImageGeometry:
     ) -> np.ndarray:
         """A model map (any size, on the model's input frame) -> float32 ``(H_img, W_img)`` at the image's own
         size: cut to the content region (letterbox), resized bilinearly to the ROI (or ``crop``) and placed in
-        it; 0 outside. A plain geometry is one bilinear resize of the whole map (as before)."""
+        it; 0 outside. A plain geometry is one bilinear resize of the whole map (as before).
+
+        Tiled (``data.tiling``, no ``crop``): ``model_map`` is the stitched frame of the ROI (module docstring),
+        resized bilinearly to the ROI and placed in it; 0 outside."""
         h, w = int(image_hw[0]), int(image_hw[1])
         x0, y0, x1, y1 = self.crop_box((w, h), crop, source)
-        part = resize_map(self._content(model_map, (x1 - x0, y1 - y0)), (y1 - y0, x1 - x0))
+        if self.tiling is not None and crop is None:
+            part = resize_map(model_map, (y1 - y0, x1 - x0))
+        else:
+            part = resize_map(self._content(model_map, (x1 - x0, y1 - y0)), (y1 - y0, x1 - x0))
         if (x0, y0, x1, y1) == (0, 0, w, h):
             return part
         out = np.zeros((h, w), dtype=np.float32)
@@ -300,8 +396,11 @@ class ImageGeometry:
 
     def eval_map(self, model_map: np.ndarray, image_hw: Sequence[int]) -> np.ndarray:
         """A model map ``(Hm, Wm)`` on the evaluation frame (module docstring): the map itself unless letterboxed;
-        then its content region resized to ``(Hm, Wm)`` (the padding is not scored)."""
+        then its content region resized to ``(Hm, Wm)`` (the padding is not scored). Tiled: ``model_map`` is
+        the stitched frame of the ROI, resized to ``(Hm, Wm)``."""
         m = np.asarray(model_map, dtype=np.float32)
+        if self.tiling is not None:
+            return resize_map(m, self.map_hw)
         if self.resize == "stretch":
             return m
         x0, y0, x1, y1 = self.roi_box((int(image_hw[1]), int(image_hw[0])))
@@ -339,6 +438,31 @@ class ImageGeometry:
 
     def map_size_json(self) -> int | list[int]:
         return hw_json(self.map_hw)
+
+
+def image_wh(path: str | Path) -> tuple[int, int]:
+    """An image file's ``(W, H)``, read from its header (the pixels are not decoded)."""
+    try:
+        with Image.open(path) as im:
+            return int(im.size[0]), int(im.size[1])
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read image {str(path)!r}: {e}") from e
+
+
+def tile_samples(samples: Sequence[Sample], geometry: ImageGeometry) -> list[Sample]:
+    """The training items of ``samples`` under ``geometry``: each image's tiles (``data.tiling``; a
+    :class:`~dpdiff.data.types.Sample` per tile with its ``crop``, in the image's order, tiles row-major), or
+    ``samples`` unchanged without tiling. Samples that already are tiles stay as they are."""
+    if geometry.tiling is None:
+        return list(samples)
+    out: list[Sample] = []
+    for s in samples:
+        if s.crop is not None:
+            out.append(s)
+            continue
+        plan = geometry.tile_plan(image_wh(s.image_path), str(s.image_path))
+        out.extend(dataclasses.replace(s, crop=crop) for crop in plan.crops)
+    return out
 
 
 def as_geometry(size: int | Sequence[int] | ImageGeometry) -> ImageGeometry:

@@ -33,6 +33,7 @@ __all__ = [
     "Stitcher",
     "TilingSpec",
     "cosine_window",
+    "frame_score",
     "grid_boxes",
     "resize_bilinear",
     "stitch",
@@ -288,3 +289,40 @@ class TilingSpec:
         """The config value (``parse(spec.to_config()) == spec``)."""
         key = "tile" if self.tile is not None else "grid"
         return {key: list(self.tile if self.tile is not None else self.grid or ()), "overlap": self.overlap}
+
+
+def _box_sums(a: np.ndarray, k: int, axis: int) -> np.ndarray:
+    """Sums of every ``k`` consecutive elements along ``axis`` (length n -> n - k + 1), float64 prefix sums."""
+    c = np.cumsum(a, axis=axis, dtype=np.float64)
+    n = a.shape[axis]
+    first = np.take(c, [k - 1], axis=axis)
+    if k >= n:
+        return first
+    rest = np.take(c, np.arange(k, n), axis=axis) - np.take(c, np.arange(0, n - k), axis=axis)
+    return np.concatenate([first, rest], axis=axis)
+
+
+def frame_score(frame: np.ndarray, rule: str = "pooled_max", pool_size: int = 16, top_percent: float = 1.0) -> float:
+    """The image score of a stitched map (``inference.image_score``), in numpy for every runtime: ``pooled_max``
+    = the largest mean over a ``pool_size`` x ``pool_size`` window, stride 1, no padding (paper Eq. 24; the
+    kernel clamped to the map's side, as :func:`dpdiff.model.postprocess.image_scores`), ``top_percent_mean`` =
+    the mean of the highest ``top_percent`` % pixels (at least one). Float64 sums, so it agrees with the torch
+    rule on the same map to float32 rounding."""
+    m = np.asarray(frame, dtype=np.float32)
+    if m.ndim != 2 or m.size == 0:
+        raise ValueError(f"frame_score expects a non-empty 2-D map, got shape {m.shape}")
+    if rule == "top_percent_mean":
+        if not 0.0 < float(top_percent) <= 100.0:
+            raise ValueError(f"top_percent must be in (0, 100], got {top_percent}")
+        flat = m.reshape(-1)
+        k = max(1, int(round(flat.size * float(top_percent) / 100.0)))
+        return float(np.partition(flat, flat.size - k)[flat.size - k :].astype(np.float64).mean())
+    if rule != "pooled_max":
+        raise ValueError(f"image score rule must be pooled_max or top_percent_mean, got {rule!r}")
+    kh, kw = min(int(pool_size), m.shape[0]), min(int(pool_size), m.shape[1])
+    if kh <= 1 and kw <= 1:
+        return float(m.max())
+    if not np.isfinite(m).all():
+        return float("nan") if np.isnan(m).any() else float(m.max())
+    sums = _box_sums(_box_sums(m, kw, 1), kh, 0)
+    return float(sums.max() / (kh * kw))

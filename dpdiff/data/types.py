@@ -30,6 +30,9 @@ class Sample:
     #: ``"good"`` or the defect folder name.
     defect: str
     category: str
+    #: A tile of the image (``data.tiling``): a box ``(x0, y0, x1, y1)`` in the region of interest's pixels; None
+    #: (every reader's samples) = the whole image. Training items are tiles: ``dpdiff.data.geometry.tile_samples``.
+    crop: tuple[int, int, int, int] | None = None
 
     @property
     def mask_known(self) -> bool:

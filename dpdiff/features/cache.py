@@ -21,7 +21,8 @@ the source files that define the extractor and the image preprocessing. Any chan
 another folder, i.e. invalidates.
 
 Image identity: (absolute resolved path, size in bytes, mtime_ns), taken *before* the image is read,
-so an image edited during extraction is re-extracted next time, never served stale.
+so an image edited during extraction is re-extracted next time, never served stale. A tile (``data.tiling``: a
+sample with a ``crop``) is keyed per tile: its path gets ``#tile=x0,y0,x1,y1`` appended (:func:`item_identity`).
 
 Crash safety: a shard's data is written to a hidden temp file, fsync'ed, renamed to its final name
 (``dpdiff.utils.io.atomic_write``), and only then its index is written (atomically too). Lookups read
@@ -64,6 +65,7 @@ __all__ = [
     "CACHE_ENV",
     "default_cache_root",
     "file_identity",
+    "item_identity",
     "backbone_fingerprint",
     "weights_sha256",
 ]
@@ -103,6 +105,19 @@ def file_identity(path: str | os.PathLike) -> tuple[str, int, int]:
     except FileNotFoundError:
         raise FileNotFoundError(f"image file {str(path)!r} does not exist") from None
     return (str(p), int(st.st_size), int(st.st_mtime_ns))
+
+
+#: What follows an image's path in the identity of one of its tiles (:func:`item_identity`).
+TILE_MARK = "#tile="
+
+
+def item_identity(sample: Sample) -> tuple[str, int, int]:
+    """The cache identity of a sample: its file's (:func:`file_identity`), the tile box appended to the path
+    when the sample is a tile (``crop``), so each tile of an image is a row of its own."""
+    path, size, mtime_ns = file_identity(sample.image_path)
+    if sample.crop is None:
+        return path, size, mtime_ns
+    return f"{path}{TILE_MARK}{','.join(str(int(v)) for v in sample.crop)}", size, mtime_ns
 
 
 def _sha256_file(path: Path, chunk: int = 8 << 20) -> str:
@@ -394,7 +409,7 @@ class FeatureCache:
         wanted = [s if isinstance(s, Sample) else Sample(Path(s), None, 0, "good", "") for s in samples]
         if not wanted:
             raise ValueError("cannot get features for an empty list of images")
-        idents = [file_identity(s.image_path) for s in wanted]  # before reading: see module docstring
+        idents = [item_identity(s) for s in wanted]  # before reading: see module docstring
         key, key_dir = self._open_key_dir(backbone, image_size, backbone_key)
         self.last_extracted = 0
         arrays, paths, table = self._load(key_dir)
@@ -503,7 +518,8 @@ class FeatureCache:
                 alive = False
                 for it in items:
                     try:
-                        alive = file_identity(it[0]) == (str(it[0]), int(it[1]), int(it[2]))
+                        path = str(it[0]).partition(TILE_MARK)[0]  # a tile lives as long as its image
+                        alive = file_identity(path) == (path, int(it[1]), int(it[2]))
                     except (FileNotFoundError, OSError, IndexError, ValueError):
                         alive = False
                     if alive:

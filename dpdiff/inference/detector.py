@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,10 +32,11 @@ from dpdiff.backbones.base import FeatureExtractor
 from dpdiff.config import Config, InferenceConfig
 from dpdiff.data.dataset import ImageDataset
 from dpdiff.data.geometry import ImageGeometry
+from dpdiff.data.images import load_image_rgb
 from dpdiff.data.types import Sample
 from dpdiff.features import build_backbone_from_config, resolve_device
 from dpdiff.inference.calibration import read_calibration, scoring_fingerprint
-from dpdiff.inference.predictor import EXPORT_SUFFIXES, ImageInput, Preprocessing
+from dpdiff.inference.predictor import EXPORT_SUFFIXES, ImageInput, Preprocessing, image_score_rule, score_tiled
 from dpdiff.inference.predictor import Detector as DetectorBase
 from dpdiff.model.checkpoint import load_model
 from dpdiff.model.dpdiff_ad import DPDiffAD
@@ -69,8 +71,14 @@ def scoring_settings(cfg: Config) -> dict:
     if b.normalize_intensity:  # only when on: fingerprints made before the option stay valid
         backbone["normalize_intensity"] = True
     settings = {"inference": inference, "map_size": hw_json(geometry.map_hw), "backbone": backbone}
-    if not geometry.is_plain:  # only then: the letterbox and the region of interest change every map
-        settings["geometry"] = {"resize": geometry.resize, "roi": None if geometry.roi is None else list(geometry.roi)}
+    if not geometry.is_plain:  # only then: the letterbox, the region of interest and tiles change every map
+        described: dict[str, Any] = {
+            "resize": geometry.resize,
+            "roi": None if geometry.roi is None else list(geometry.roi),
+        }
+        if geometry.tiling is not None:
+            described["tiling"] = geometry.tiling.to_config()
+        settings["geometry"] = described
     return settings
 
 
@@ -267,7 +275,14 @@ def score_dataset(
     """Returns (maps float32 (N,Hm,Wm), scores (N,), labels (N,), masks bool (N,Hm,Wm), seconds), maps and masks
     on the evaluation frame (:meth:`~dpdiff.data.geometry.ImageGeometry.eval_map`: a letterboxed map cut to its
     content); ``features``: the dataset's backbone maps, precomputed (the images are then not run through the
-    backbone)."""
+    backbone). With ``data.tiling``: each image's tiles scored in batches of ``batch_size`` tiles and stitched
+    (:func:`~dpdiff.inference.predictor.score_tiled`), the maps the stitched ones on the evaluation frame."""
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    tiled_geometry = getattr(base, "geometry", None)
+    if tiled_geometry is not None and tiled_geometry.tiling is not None:
+        if features is not None:
+            raise ValueError("score_dataset: precomputed features cannot be scored with data.tiling (tiles)")
+        return _score_tiled_dataset(detector, dataset, batch_size, desc, seed)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     labels, masks, sizes = [], [], []
 
@@ -287,11 +302,42 @@ def score_dataset(
     if not parts:
         raise ValueError("no images to score")
     maps, scores = (np.concatenate(p) for p in zip(*parts, strict=True))
-    base = dataset.dataset if isinstance(dataset, Subset) else dataset
     geometry = getattr(base, "geometry", None)
     if geometry is not None and geometry.resize != "stretch":  # a stretched map is on the evaluation frame already
         maps = np.stack([geometry.eval_map(m, hw) for m, hw in zip(maps, sizes, strict=True)])
     return maps, scores, np.concatenate(labels), np.concatenate(masks), seconds
+
+
+def _score_tiled_dataset(detector: Detector, dataset: ImageDataset | Subset, batch_size: int, desc: str, seed: int):
+    """:func:`score_dataset` of a tiled geometry: the images read one at a time, their tiles scored as one noise
+    stream seeded by ``seed``, the stitched frames and the masks on the evaluation frame."""
+    base: ImageDataset = dataset.dataset if isinstance(dataset, Subset) else dataset  # type: ignore[assignment]
+    indices = list(dataset.indices) if isinstance(dataset, Subset) else list(range(len(base)))
+    geometry = base.geometry
+    masks: list[np.ndarray] = []
+
+    def images():
+        for i in progress(indices, desc=desc, leave=False):
+            s = base.samples[i]
+            pil = load_image_rgb(s.image_path)
+            masks.append(base.eval_mask(i, pil.size))
+            yield str(s.image_path), pil
+
+    def run(batches):
+        return _scored_batches(detector, batches, seed=seed)
+
+    t0 = time.perf_counter()
+    maps, scores = [], []
+    for _, frame, score, hw in score_tiled(  # type: ignore[misc]
+        run, images(), geometry, base.mean, base.std, max(1, int(batch_size)), image_score_rule(detector.cfg)
+    ):
+        maps.append(geometry.eval_map(frame, hw))
+        scores.append(score)
+    seconds = time.perf_counter() - t0
+    if not maps:
+        raise ValueError("no images to score")
+    labels = np.array([int(base.samples[i].label) for i in indices], dtype=np.int64)
+    return np.stack(maps), np.asarray(scores, np.float32), labels, np.stack(masks), seconds
 
 
 __all__ = [

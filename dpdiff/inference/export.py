@@ -194,7 +194,14 @@ def _metadata(detector: Detector) -> dict[str, str]:
         "image_threshold": "" if t is None else repr(float(t.image)),
         "pixel_threshold": "" if t is None or t.pixel is None else repr(float(t.pixel)),
         "outputs": "maps (B, Hm, Wm) float32 anomaly maps (on the input frame: map_size); scores (B,) float32 "
-        "image scores; anomalous when score > image_threshold",
+        "image scores; anomalous when score > image_threshold"
+        + (
+            "; tiled (preprocess.geometry.tiling): the batch is a batch of tiles, the predictor cuts the image "
+            "into tiles and stitches their maps (dpdiff.data.geometry); the image score is the image_score rule on "
+            "the stitched map"
+            if geometry.tiling is not None
+            else ""
+        ),
     }
     return {METADATA_PREFIX + k: v for k, v in meta.items()}
 

@@ -4,7 +4,8 @@ pipeline; this runtime only runs preprocessed batches in the session).
 
 The images are preprocessed exactly as for PyTorch (:class:`~dpdiff.inference.predictor.Preprocessing`, numpy and
 Pillow, with the size, mean and std from the model's metadata); the graph does the rest. Nothing here imports
-torch: an edge box needs onnxruntime and the light packages README's "An edge box without torch" lists.
+torch: an edge box needs onnxruntime and the light packages that docs/guides/export-and-serve.md ("An edge box
+without torch") lists.
 Thresholds come from the model's metadata (the run's ``calibration.json`` at export time) or, when
 present and made for the same weights and settings, from ``<model>.calibration.json`` beside the model,
 where :meth:`OnnxDetector.calibrate` saves. Thresholds are interchangeable with the run folder's: both

@@ -30,6 +30,12 @@ prediction. A :class:`Prediction` holds:
 * ``roi`` (``[x0, y0, x1, y1]`` pixels or None): the region of interest used (``data.roi``); the map is 0
   outside it;
 
+With ``data.tiling`` (docs/guides/high-resolution.md) every image is cut into tiles, the tiles are scored in
+batches of ``batch_size`` tiles (:func:`score_tiled`: at most one batch of tiles and the stitched maps of the
+images it touches are in memory, whatever the image's size), and the tile maps are stitched into one map; the
+score is the image-score rule applied to the stitched map; ``anomaly_map`` is that map at the image's size and
+``model_map`` at the evaluation size.
+
 and ``to_dict()`` gives the JSON-ready fields without arrays (plus ``height``, ``width``,
 ``max_pixel_score`` and ``defect_pixels``; ``roi`` only when one was used).
 
@@ -44,7 +50,8 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
@@ -52,8 +59,9 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 import numpy as np
 from PIL import Image
 
-from dpdiff.data.geometry import ImageGeometry, resize_map
+from dpdiff.data.geometry import ImageGeometry, TilePlan, resize_map
 from dpdiff.data.images import load_image_rgb, read_mask_values
+from dpdiff.data.tiling import Stitcher, frame_score
 from dpdiff.data.types import list_images
 from dpdiff.inference.calibration import (
     DEFAULT_PIXEL_FPR,
@@ -83,6 +91,7 @@ __all__ = [
     "Skipped",
     "as_pil",
     "flatten_inputs",
+    "score_tiled",
 ]
 
 #: What the predictors take: a file path (or a folder of images, for ``predict``/``calibrate``), a PIL image,
@@ -259,6 +268,108 @@ def decide(
     )
 
 
+# ---------------------------------------------------------------------------------------------- tiles
+#: Scores preprocessed batches (a runtime's ``_run_batches``): batches (B, 3, H, W) in, (maps, scores) out.
+RunBatches = Callable[[Iterable[np.ndarray]], Iterator[tuple[np.ndarray, np.ndarray]]]
+
+
+class _TiledImage:
+    """One image being scored tile by tile: its plan, and its stitcher (or its single tile's map and score)."""
+
+    def __init__(self, name: str | None, size_hw: tuple[int, int], plan: TilePlan) -> None:
+        self.name, self.size_hw, self.plan = name, size_hw, plan
+        self.left = len(plan.crops)
+        self.stitcher = Stitcher(plan.frame_hw) if self.left > 1 else None
+        self.single: tuple[np.ndarray, float] | None = None
+
+    def add(self, k: int, model_map: np.ndarray, score: float, geometry: ImageGeometry) -> None:
+        content = geometry.tile_content(model_map, self.plan)
+        if self.stitcher is not None:
+            self.stitcher.add([content], [self.plan.frame_boxes[k]])
+        else:
+            self.single = content, float(score)
+        self.left -= 1
+
+    def result(self, geometry: ImageGeometry, rule: Callable[[np.ndarray], float]):
+        """(name, frame, score, (H, W)): the stitched frame and the image-score rule applied to it."""
+        if self.stitcher is not None:
+            frame = self.stitcher.result()
+            return self.name, frame, rule(frame), self.size_hw
+        assert self.single is not None
+        content, score = self.single
+        if content.shape == tuple(self.plan.frame_hw):  # the frame is the tile's map: its own score is the rule's
+            return self.name, np.array(content, dtype=np.float32), score, self.size_hw
+        frame = resize_map(content, self.plan.frame_hw)
+        return self.name, frame, rule(frame), self.size_hw
+
+
+def score_tiled(
+    run_batches: RunBatches,
+    images: Iterable[tuple[str | None, Image.Image] | Skipped],
+    geometry: ImageGeometry,
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int,
+    rule: Callable[[np.ndarray], float],
+) -> Iterator[tuple[str | None, np.ndarray, float, tuple[int, int]] | Skipped]:
+    """Per image, in order, ``(name, frame, score, (H, W))`` (a :class:`Skipped` passes through in its place):
+    the image cut into its tiles (:meth:`~dpdiff.data.geometry.ImageGeometry.tile_plan`), the tiles scored by
+    ``run_batches`` in batches of ``batch_size`` tiles (a batch may hold the tiles of several images; all batches
+    are one call, i.e. one noise stream), the tile maps stitched into the frame (cosine window) and ``rule``
+    (the image-score rule) applied to it.
+
+    Memory: ``images`` is consumed lazily (an image is decoded when its tiles are next), so at most one batch
+    of tiles, the image being cut and the frames of the images whose tiles are in flight are held."""
+    states: deque[_TiledImage | Skipped] = deque()
+    pending: deque[list[tuple[_TiledImage, int]]] = deque()
+
+    def batches() -> Iterator[np.ndarray]:
+        buf: list[np.ndarray] = []
+        meta: list[tuple[_TiledImage, int]] = []
+        for entry in images:
+            if isinstance(entry, Skipped):
+                states.append(entry)
+                continue
+            name, pil = entry
+            state = _TiledImage(name, (pil.height, pil.width), geometry.tile_plan(pil.size, name))
+            states.append(state)
+            for k, crop in enumerate(state.plan.crops):
+                buf.append(geometry.model_input(pil, mean, std, crop=crop, source=name))
+                meta.append((state, k))
+                if len(buf) == batch_size:
+                    pending.append(meta)
+                    yield np.stack(buf)
+                    buf, meta = [], []
+        if buf:
+            pending.append(meta)
+            yield np.stack(buf)
+
+    def finished() -> Iterator[tuple[str | None, np.ndarray, float, tuple[int, int]] | Skipped]:
+        while states:
+            head = states[0]
+            if isinstance(head, _TiledImage) and head.left > 0:
+                return
+            states.popleft()
+            yield head if isinstance(head, Skipped) else head.result(geometry, rule)
+
+    for maps, scores in run_batches(batches()):
+        meta = pending.popleft()
+        for (state, k), m, sc in zip(meta, maps, np.asarray(scores).tolist(), strict=True):
+            state.add(k, m, sc, geometry)
+        yield from finished()
+    yield from finished()  # images after the last batch that had no tile left to score (skipped files)
+
+
+def image_score_rule(cfg: Config) -> Callable[[np.ndarray], float]:
+    """``inference.image_score`` (with ``pool_size``, ``top_percent``) as a function of one stitched map."""
+    inf = cfg.inference
+
+    def rule(frame: np.ndarray) -> float:
+        return frame_score(frame, inf.image_score, inf.pool_size, inf.top_percent)
+
+    return rule
+
+
 # ---------------------------------------------------------------------------------------------- the base class
 @dataclass(frozen=True)
 class Preprocessing:
@@ -356,11 +467,21 @@ class Predictor:
         """(maps (N, Hm, Wm), scores (N,)) as float32 numpy arrays of the images (as :meth:`preprocess` takes
         them), in batches of ``batch_size`` (default ``inference.batch_size``) scored as one noise stream: the
         same numbers as evaluation gives for the same files in the same order. ``desc``: show a progress bar
-        with this label."""
+        with this label. With ``data.tiling``: batches of ``batch_size`` tiles, the maps the stitched ones on the
+        evaluation frame (:meth:`~dpdiff.data.geometry.ImageGeometry.eval_map`)."""
         items = flatten_inputs(images)
         if not items:
             raise ValueError("no images given")
         bs = self._batch_size(batch_size)
+        if self.geometry.tiling is not None:  # tiles: the stitched maps on the evaluation frame
+            out = [
+                (self.geometry.eval_map(frame, hw), score)
+                for _, frame, score, hw in cast(
+                    Iterator[tuple[str | None, np.ndarray, float, tuple[int, int]]],
+                    self._tiled(((_name(it), as_pil(it, i)) for i, it in enumerate(items)), bs, desc, len(items)),
+                )
+            ]
+            return np.stack([m for m, _ in out]), np.asarray([s for _, s in out], np.float32)
         chunks = (
             self.preprocess(items[lo : lo + bs])
             for lo in progress(range(0, len(items), bs), desc=desc, leave=False, disable=desc is None)
@@ -373,11 +494,16 @@ class Predictor:
     ) -> Iterator[tuple[str | None, np.ndarray, float, tuple[int, int]] | Skipped]:
         """Per image, in order: ``(name, map (Hm, Wm) float32 on the input frame, score, (H, W))``, or a
         :class:`Skipped` for an unreadable file when ``skip_bad`` (else a DataError naming it). Each batch is
-        decoded once and scored on its own (a fresh noise stream per batch)."""
+        decoded once and scored on its own (a fresh noise stream per batch). With ``data.tiling`` the map is the
+        stitched frame (:func:`score_tiled`; all tile batches one noise stream)."""
         items = flatten_inputs(images, expand_folders=True)
         if not items:
             raise ValueError("no images given")
         bs = self._batch_size(batch_size)
+        if self.geometry.tiling is not None:  # tiles: one tile batch stream, images decoded one at a time
+            one_by_one = (_load([item], i, skip_bad)[0] for i, item in enumerate(items))
+            yield from self._tiled(one_by_one, bs, desc, total=len(items))
+            return
         for lo in progress(range(0, len(items), bs), desc=desc, leave=False, disable=desc is None):
             loaded = _load(items[lo : lo + bs], lo, skip_bad)
             good = [x for x in loaded if not isinstance(x, Skipped)]
@@ -389,6 +515,20 @@ class Predictor:
                 done = iter(zip([n for n, _ in good], maps, np.asarray(scores).tolist(), sizes, strict=True))
             for x in loaded:  # the inputs' order, skipped files in their place
                 yield x if isinstance(x, Skipped) else next(done)
+
+    def _tiled(
+        self,
+        loaded: Iterable[tuple[str | None, Image.Image] | Skipped],
+        batch_size: int,
+        desc: str | None,
+        total: int | None = None,
+    ) -> Iterator[tuple[str | None, np.ndarray, float, tuple[int, int]] | Skipped]:
+        """:func:`score_tiled` with this runtime, its preprocessing and its image-score rule (frames)."""
+        pre = self.preprocessing
+        shown = progress(loaded, desc=desc, leave=False, disable=desc is None, total=total)
+        return score_tiled(
+            self._run_batches, shown, pre.geometry, pre.mean, pre.std, batch_size, image_score_rule(self.cfg)
+        )
 
     def iter_predict(
         self,

@@ -8,7 +8,8 @@
     -> micro-batch queue (one model call per batch) -> JSON (overlay/mask PNGs on request)
 
 and every refusal is ``{"error": code, "message": text}`` with a 4xx status; nothing in a bad request reaches
-the model, and nothing is written to disk (multipart files stay in memory). See README "Serve".
+the model, and nothing is written to disk (multipart files stay in memory). See
+docs/guides/export-and-serve.md, "Serve".
 """
 
 from __future__ import annotations

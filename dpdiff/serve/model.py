@@ -101,6 +101,7 @@ class ServedModel:
             "map_size": hw_json(detector.map_size),
             "resize": detector.geometry.resize,
             "roi": None if detector.geometry.roi is None else list(detector.geometry.roi),
+            "tiling": None if detector.geometry.tiling is None else detector.geometry.tiling.to_config(),
             "runtime": runtime,
             "device": device_name,
             "training_step": meta.get("step"),

@@ -15,7 +15,7 @@ from torch.utils.data import Subset
 
 from dpdiff.config import Config
 from dpdiff.data.dataset import ImageDataset
-from dpdiff.data.geometry import ImageGeometry
+from dpdiff.data.geometry import ImageGeometry, tile_samples
 from dpdiff.data.readers import load_samples
 from dpdiff.data.splits import hold_out_for_calibration
 from dpdiff.features import extract_features, feature_cache_key
@@ -117,13 +117,16 @@ def shared_training_samples(cfg: Config, info: D.DistInfo) -> list:
 def train_features(
     cfg: Config, backbone, device, info: D.DistInfo | None = None, samples: list | None = None
 ) -> tuple[torch.Tensor, list]:
-    """Backbone features (N, C, h, w) of all training images, and the samples, in order.
+    """Backbone features (N, C, h, w) of all training items, and the items, in order: the images, or with
+    ``data.tiling`` their tiles (one :class:`~dpdiff.data.types.Sample` with its ``crop`` per tile, one token grid
+    each; the held-out calibration images stay whole: they are scored tiled and stitched like test images).
 
     With several ranks each extracts its contiguous slice and the slices are gathered on every rank.
     """
     info = info or D.DistInfo(device=torch.device(device))
     if samples is None:
         samples = shared_training_samples(cfg, info)
+    samples = tile_samples(samples, ImageGeometry.from_config(cfg))
     if cfg.train.feature_cache:
         return _cached_train_features(cfg, backbone, device, info, samples), samples
     geometry = ImageGeometry.from_config(cfg)
@@ -213,7 +216,8 @@ def image_ids(samples: list | None, root: str | None) -> list[str] | None:
             p = p.relative_to(root) if root else p
         except ValueError:
             pass
-        out.append(p.as_posix())
+        tile = "" if s.crop is None else "#tile=" + ",".join(str(int(v)) for v in s.crop)  # one id per tile
+        out.append(p.as_posix() + tile)
     return out
 
 

@@ -47,6 +47,12 @@ def protocol_description(cfg: Config) -> dict:
     maps = f"maps: token grid bilinearly upsampled to {hw_text(res)}"
     if geometry.resize == "keep_aspect":
         maps += ", cut to the letterbox's content and resized back to it (the padding is not scored)"
+    if geometry.tiling is not None:
+        maps = (
+            f"maps: each tile's token grid bilinearly upsampled to {hw_text(res)}, the tiles stitched (cosine "
+            f"window) on the region of interest scaled by map size / tile size, image score on that stitched map, "
+            f"which is resized (bilinear) to {hw_text(res)}"
+        )
     where = "" if geometry.roi is None else " of the region of interest (pixels outside it are not evaluated)"
     out = {
         "evaluation_resolution": hw_json(res),
