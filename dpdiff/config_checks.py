@@ -140,7 +140,7 @@ def check_relations(cfg: Any, where: str) -> None:
         if isinstance(size, list) and len(size) != 2:
             raise ConfigError(f"{where}{key}: expected one int or [height, width], got {size!r}")
     if cfg.data.roi is not None:
-        _check_roi(cfg.data.roi, where)
+        check_roi(cfg.data.roi, where)
     if cfg.data.tiling is not None:
         check_tiling(cfg.data.tiling, where)
     if inf.noise_step >= m.num_timesteps:
@@ -156,8 +156,8 @@ MAX_TILE_OVERLAP = 0.9
 
 def check_tiling(value: Any, where: str = "") -> None:
     """``data.tiling``: null, ``{tile: [h, w] | n, overlap}`` or ``{grid: [rows, cols], overlap}`` (positive ints,
-    overlap in [0, 0.9], default 0.25). The same rule as ``dpdiff.data.tiling.TilingSpec.parse`` (a test holds
-    them together), here without importing it: config sits below every other module."""
+    overlap in [0, 0.9], default 0.25). The one rule: the config check and ``dpdiff.data.tiling.TilingSpec.parse``
+    use it."""
     if value is None:
         return
     form = "null, {tile: [h, w], overlap: 0.25} or {grid: [rows, cols], overlap: 0.25}"
@@ -184,17 +184,21 @@ def check_tiling(value: Any, where: str = "") -> None:
         raise ConfigError(f"{where}data.tiling.{name} must be two positive integers [h, w], got {value[name]!r}")
 
 
-def _check_roi(roi: list, where: str) -> None:
-    """``data.roi``: [x0, y0, x1, y1] with x0 < x1, y0 < y1; all integers = pixels (>= 0), else fractions in [0, 1]."""
-    if len(roi) != 4:
-        raise ConfigError(f"{where}data.roi: expected [x0, y0, x1, y1] (pixels or fractions), got {roi!r}")
-    x0, y0, x1, y1 = roi
+def check_roi(roi: Any, where: str = "") -> None:
+    """``data.roi``: four finite numbers [x0, y0, x1, y1] with x0 < x1, y0 < y1; all integers = pixels (>= 0), else
+    fractions in [0, 1]. The one rule: the config check and :class:`dpdiff.data.geometry.ImageGeometry` use it."""
+    values = tuple(roi) if isinstance(roi, (list, tuple)) else ()
+    if len(values) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ConfigError(f"{where}data.roi: expected [x0, y0, x1, y1] (pixels or fractions of the image), got {roi!r}")
+    if not all(math.isfinite(float(v)) for v in values):
+        raise ConfigError(f"{where}data.roi: values must be finite, got {roi!r}")
+    x0, y0, x1, y1 = values
     if not (x0 < x1 and y0 < y1):
         raise ConfigError(f"{where}data.roi: need x0 < x1 and y0 < y1 (a box [x0, y0, x1, y1]), got {roi!r}")
-    if all(isinstance(v, int) for v in roi):
+    if all(isinstance(v, int) for v in values):
         if x0 < 0 or y0 < 0:
             raise ConfigError(f"{where}data.roi: pixel coordinates must be >= 0, got {roi!r}")
-    elif not all(0.0 <= float(v) <= 1.0 for v in roi):
+    elif not all(0.0 <= float(v) <= 1.0 for v in values):
         raise ConfigError(
             f"{where}data.roi: {roi!r} holds a non-integer, so it is read as fractions of the image, which must "
             f"lie in [0, 1]; write a pixel box with integers only (e.g. [100, 40, 900, 420])"
@@ -208,5 +212,6 @@ __all__ = [
     "bounds_text",
     "check_value",
     "check_relations",
+    "check_roi",
     "check_tiling",
 ]

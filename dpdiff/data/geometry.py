@@ -46,6 +46,7 @@ import numpy as np
 from PIL import Image
 
 from dpdiff.choices import RESIZE_MODES
+from dpdiff.config_checks import check_roi
 from dpdiff.data.images import _to_rgb, load_image_rgb, normalized_image_array, resize_binarise_mask
 from dpdiff.data.tiling import Box as TileBox
 from dpdiff.data.tiling import TilingSpec, to_xyxy
@@ -101,27 +102,13 @@ def evaluation_size(image_size: int | Sequence[int], resolution: int | Sequence[
 
 
 def _check_roi(roi: Sequence[Any] | None) -> tuple[int | float, ...] | None:
-    """``data.roi`` validated: four numbers x0 < x1, y0 < y1; all ints = pixels (>= 0), else fractions in [0, 1]."""
+    """``data.roi`` validated (:func:`dpdiff.config_checks.check_roi`): pixels as ints, fractions as floats."""
     if roi is None:
         return None
-    values = tuple(roi)
-    if len(values) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        raise ConfigError(f"data.roi: expected [x0, y0, x1, y1] (pixels or fractions of the image), got {roi!r}")
-    if not all(np.isfinite(float(v)) for v in values):
-        raise ConfigError(f"data.roi: values must be finite, got {roi!r}")
-    x0, y0, x1, y1 = values
-    if not (x0 < x1 and y0 < y1):
-        raise ConfigError(f"data.roi: need x0 < x1 and y0 < y1 (a box [x0, y0, x1, y1]), got {roi!r}")
-    if all(isinstance(v, int) for v in values):
-        if x0 < 0 or y0 < 0:
-            raise ConfigError(f"data.roi: pixel coordinates must be >= 0, got {roi!r}")
-        return tuple(int(v) for v in values)
-    if not all(0.0 <= float(v) <= 1.0 for v in values):
-        raise ConfigError(
-            f"data.roi: {roi!r} holds a non-integer, so it is read as fractions of the image, which must lie in "
-            f"[0, 1]; write pixel boxes with integers only (e.g. [100, 40, 900, 420])"
-        )
-    return tuple(float(v) for v in values)
+    check_roi(roi)
+    if all(isinstance(v, int) for v in roi):
+        return tuple(int(v) for v in roi)
+    return tuple(float(v) for v in roi)
 
 
 def _half_up(num: int, den: int) -> int:

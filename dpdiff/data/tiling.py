@@ -21,12 +21,14 @@ window is strictly positive, so pixels on the image's border, covered by one til
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
+
+from dpdiff.config_checks import MAX_TILE_OVERLAP, check_tiling
 
 __all__ = [
     "Box",
@@ -45,7 +47,7 @@ __all__ = [
 Box = tuple[int, int, int, int]
 
 #: Largest allowed overlap: beyond it the number of tiles explodes (0.9 already means 100x the tiles of 0).
-MAX_OVERLAP = 0.9
+MAX_OVERLAP = MAX_TILE_OVERLAP
 
 #: Weight of a window's outermost pixels relative to its centre's floor: keeps every weight clearly above 0
 #: (a pure Hann window at pixel centres is ~1e-5 at the edge of a 384 px tile, 1e-10 in its corners).
@@ -252,31 +254,16 @@ class TilingSpec:
             raise ValueError("TilingSpec needs exactly one of tile or grid")
 
     @classmethod
-    def parse(cls, value: Any, key: str = "data.tiling") -> TilingSpec | None:
-        """``value`` (a config value) as a spec, ``None`` for ``null``; ``ValueError`` naming ``key`` and the fault."""
-        if value is None:
-            return None
-        if isinstance(value, TilingSpec):
+    def parse(cls, value: Any) -> TilingSpec | None:
+        """``value`` (a config value) as a spec, ``None`` for ``null``; a ConfigError (a ValueError) naming
+        ``data.tiling`` and the fault, by the config's own rule (:func:`dpdiff.config_checks.check_tiling`)."""
+        if value is None or isinstance(value, TilingSpec):
             return value
-        if not isinstance(value, Mapping):
-            raise ValueError(
-                f"{key} must be null, {{tile: [h, w], overlap: 0.25}} or {{grid: [rows, cols], overlap: 0.25}}, "
-                f"got {value!r}"
-            )
-        unknown = sorted(set(map(str, value)) - {"tile", "grid", "overlap"})
-        if unknown:
-            raise ValueError(f"{key}: unknown keys {unknown}; expected tile or grid, and overlap")
-        has_tile, has_grid = value.get("tile") is not None, value.get("grid") is not None
-        if has_tile == has_grid:
-            raise ValueError(f"{key} needs exactly one of tile: [h, w] (pixels) or grid: [rows, cols], got {value!r}")
-        try:
-            overlap = _check_overlap(value.get("overlap", 0.25), f"{key}.overlap")
-            if has_tile:
-                return cls(tile=_pair(value["tile"], f"{key}.tile"), overlap=overlap)
-            return cls(grid=_pair(value["grid"], f"{key}.grid"), overlap=overlap)
-        except ValueError as e:
-            msg = str(e)
-            raise ValueError(msg if msg.startswith(key) else f"{key}: {msg}") from None
+        check_tiling(value)
+        overlap = float(value.get("overlap", 0.25))
+        if value.get("tile") is not None:
+            return cls(tile=_pair(value["tile"], "data.tiling.tile"), overlap=overlap)
+        return cls(grid=_pair(value["grid"], "data.tiling.grid"), overlap=overlap)
 
     def boxes(self, image_hw: Sequence[int]) -> list[Box]:
         """The tiles of an ``image_hw`` image (:func:`tile_boxes` or :func:`grid_boxes`)."""

@@ -112,8 +112,8 @@ def test_the_config_key_is_checked_at_the_boundary():
     ],
 )
 def test_the_config_check_and_the_tiling_parser_agree(value):
-    """config_checks.check_tiling (the boundary; config imports nothing above it) and TilingSpec.parse (what the
-    geometry uses) accept and refuse the same values."""
+    """config_checks.check_tiling (the config boundary) and TilingSpec.parse (what the geometry uses) accept and
+    refuse the same values (the parser applies the check, then builds the spec)."""
     from dpdiff.config_checks import check_tiling
 
     def accepted(check) -> bool:
