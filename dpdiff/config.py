@@ -186,6 +186,22 @@ class TrainConfig:
         help="training curves beside loss_history.csv: tensorboard = event files in RUN/tensorboard "
         "(training/loggers.py LOGGERS)",
     )
+    validate_every: int = _setting(
+        0,
+        ge=0,
+        role=RUNTIME,
+        help="to watch a training only: every this many steps and at the last step, score a fixed sample of the "
+        "data set's TEST images with the inference weights and log val/I-AUROC (and val/P-AUROC) to "
+        "RUN/validation.csv and train.logger. These are test images: never pick a checkpoint or a setting by "
+        "them when you report test metrics (training/validation.py); 0 = off",
+    )
+    validation_images: int = _setting(
+        64,
+        ge=1,
+        role=RUNTIME,
+        help="with train.validate_every: at most this many test images, drawn with train.seed, normal and "
+        "defective in turn per category; their backbone features are computed once and kept in memory",
+    )
     feature_batch_size: int = _setting(16, ge=1, role=RUNTIME, help="images per backbone batch")
     grad_clip: float | None = _setting(
         1.0, ge=0, help="choice: gradient norm clip, stabilises the noisy diffusion loss (null or 0 = off)"

@@ -471,6 +471,8 @@ def test_weight_neutral_keys_are_the_run_time_keys_and_the_test_time_sections():
         "train.log_every",
         "train.checkpoint_every",
         "train.logger",
+        "train.validate_every",
+        "train.validation_images",
         "train.feature_batch_size",
         "train.feature_cache",
         "train.cache_dir",

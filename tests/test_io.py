@@ -182,6 +182,7 @@ def test_run_file_names_are_the_ones_on_disk_and_re_exported_by_checkpoint():
         "config.json",
         "loss_history.csv",
         "loss_curves.png",
+        "validation.csv",
     )
     for name in ("MODEL_FILE", "CONFIG_FILE", "STATE_FILE", "RUN_FILES"):
         assert getattr(checkpoint, name) is getattr(run_files, name)

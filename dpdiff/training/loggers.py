@@ -2,7 +2,8 @@
 
 ``train.logger``: ``none`` (default) or ``tensorboard``: event files under ``RUN/tensorboard/`` with the loss
 terms (``loss/total``, ``loss/diff``, ``loss/local``, ``loss/global``), the learning rate (``train/lr``) and the
-speed (``train/steps_per_s``) at every logged step; ``tensorboard --logdir RUN/tensorboard`` shows them. The
+speed (``train/steps_per_s``) at every logged step, and with ``train.validate_every`` the validation metrics
+(``val/I-AUROC``, ``val/P-AUROC``; :mod:`.validation`); ``tensorboard --logdir RUN/tensorboard`` shows them. The
 TensorBoard writer (``torch.utils.tensorboard``, which needs the ``tensorboard`` package) is imported only when
 asked for, so nothing is required at import time.
 """
@@ -14,12 +15,9 @@ from typing import Protocol
 
 from dpdiff.choices import LOGGERS
 from dpdiff.utils.errors import MissingDependencyError
+from dpdiff.utils.run_files import TENSORBOARD_DIR  # the folder of the event files in a run folder (re-exported)
 
 __all__ = ["LOGGERS", "TENSORBOARD_DIR", "TrainingLogger", "build_logger"]
-
-#: ``train.logger`` choices.
-#: Folder of the TensorBoard event files in a run folder.
-TENSORBOARD_DIR = "tensorboard"
 
 
 class TrainingLogger(Protocol):
@@ -29,16 +27,18 @@ class TrainingLogger(Protocol):
 
 
 class TensorBoardLogger:
-    """Scalars to TensorBoard event files in ``log_dir`` (appended on resume)."""
+    """Scalars to TensorBoard event files in ``log_dir`` (appended on resume). ``purge_step``: a resumed run's
+    first step; TensorBoard then hides the events of the earlier run from that step on (written after the
+    checkpoint the run resumed from, they are logged again)."""
 
-    def __init__(self, log_dir: Path):
+    def __init__(self, log_dir: Path, purge_step: int | None = None):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:
             raise MissingDependencyError(
                 "train.logger=tensorboard needs the tensorboard package: pip install tensorboard"
             ) from e
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         for name, value in scalars.items():
@@ -49,10 +49,11 @@ class TensorBoardLogger:
         self.writer.close()
 
 
-def build_logger(name: str, run_dir: Path) -> TrainingLogger | None:
-    """The logger ``name`` (:data:`LOGGERS`) writing into ``run_dir``; None for ``none``."""
+def build_logger(name: str, run_dir: Path, purge_step: int | None = None) -> TrainingLogger | None:
+    """The logger ``name`` (:data:`LOGGERS`) writing into ``run_dir``; None for ``none``. ``purge_step``: see
+    :class:`TensorBoardLogger`."""
     if name == "none":
         return None
     if name == "tensorboard":
-        return TensorBoardLogger(Path(run_dir) / TENSORBOARD_DIR)
+        return TensorBoardLogger(Path(run_dir) / TENSORBOARD_DIR, purge_step)
     raise ValueError(f"train.logger must be one of {LOGGERS}, got {name!r}")

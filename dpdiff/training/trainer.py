@@ -15,6 +15,10 @@ of the training images, all ranks gather them, every rank draws the same global 
 trains on its slice with DistributedDataParallel; ``train.batch_size`` stays the global batch, so
 the result matches one process. Only rank 0 writes files (``distributed.py``).
 
+Validation (``train.validate_every``, :mod:`.validation`): rank 0 scores a fixed sample of test images with the
+inference weights every so many steps and at the last step, into ``validation.csv`` and the training logger; for
+watching a run only (test images: never a way to pick a checkpoint). Its backbone pass runs once, in ``setup``.
+
 Adding categories (``train.init_from``, :mod:`.init_from`): the model starts from RUN's weights instead of a fresh
 initialisation and every batch draws ``train.replay_fraction`` of its rows from the old categories' (replayed)
 images, the rest from the new ones; everything else (EMA, lr schedule, checkpoints, resume, DDP) is the same.
@@ -24,11 +28,13 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import random
+import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -73,14 +79,22 @@ from dpdiff.training.inputs import (
     train_features,
     training_samples,
 )
-from dpdiff.training.loggers import build_logger
+from dpdiff.training.loggers import TrainingLogger, build_logger
+from dpdiff.training.validation import (
+    VALIDATION_METRICS,
+    ValidationSet,
+    read_validation_rows,
+    write_validation_rows,
+)
 from dpdiff.utils.errors import CheckpointError, ConfigError, RunFolderError, TrainingDiverged, UsageError
 from dpdiff.utils.io import atomic_write_text
 from dpdiff.utils.progress import progress
-from dpdiff.utils.run_files import HISTORY_FILE
+from dpdiff.utils.run_files import HISTORY_FILE, TENSORBOARD_DIR, VALIDATION_FILE
 
 if TYPE_CHECKING:
     from dpdiff.features.cache import FeatureStore
+
+logger = logging.getLogger(__name__)
 
 LOSS_KEYS = ("loss", "diff", "local", "global")
 
@@ -111,6 +125,8 @@ def prepare_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
     if overwrite:
         for name in RUN_FILES:  # resume state first: a later --resume must never pick up the old run
             (run_dir / name).unlink(missing_ok=True)
+        # the old run's event files would show as the same run's curves in TensorBoard
+        shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
 
 
 def lr_factor(step: int, total_steps: int, schedule: str = "constant", warmup_steps: int = 0) -> float:
@@ -200,6 +216,12 @@ class Trainer:
         # train.init_from: (rows of the old categories, rows of the new ones) and how many old rows per batch
         self.replay: tuple[torch.Tensor, torch.Tensor] | None = None
         self.replay_batch = 0
+        # train.validate_every: the interval in effect (0 when off or skipped; the same on every rank), and on
+        # rank 0 the validation sample and the rows of validation.csv
+        self.validate_every = 0
+        self.validate_at_start = False  # a resumed run whose checkpoint step was due but has no row yet
+        self.validation: ValidationSet | None = None
+        self.validation_rows: list[dict] = []
 
     # ------------------------------------------------------------------ setup
 
@@ -226,7 +248,7 @@ class Trainer:
             shared_training_samples(cfg, info)  # a category RUN knows is refused before the run folder is made
         state = D.on_main(lambda: _resume_state(self.run_dir, overwrite, resume, cfg), info)
         seed_everything(cfg.train.seed)
-        self._load_features(features, samples)
+        backbone = self._load_features(features, samples)
         ids = image_ids(self.samples, cfg.data.root)
         if state is not None:
             check_same_data(state, self.num_images, ids, self.run_dir)
@@ -253,7 +275,28 @@ class Trainer:
         if source is not None:
             self._set_replay(source)
         self.data_state = {"num_images": self.num_images, "images": ids}
+        if cfg.train.validate_every > 0:
+            self.validate_every, self.validate_at_start = D.on_main(lambda: self._setup_validation(backbone), info)
         return self
+
+    def _setup_validation(self, backbone) -> tuple[int, bool]:
+        """Rank 0: the validation sample's features (one backbone pass, kept in memory) and the rows of
+        ``validation.csv`` a resumed run keeps (those up to its step: later ones were made by weights the resumed
+        run trains again). Returns (the interval in effect: ``train.validate_every``, or 0 when skipped, whether
+        the resumed step is due and has no row: a run stopped between its checkpoint and its validation)."""
+        cfg = self.cfg
+        if backbone is None:  # the training features were given: the validation images need the backbone
+            backbone = build_backbone_from_config(cfg)
+        self.validation = ValidationSet.build(cfg, backbone, self.device)
+        if self.validation is None:
+            return 0, False
+        path = self.run_dir / VALIDATION_FILE
+        self.validation_rows = [r for r in read_validation_rows(path) if int(r["step"]) <= self.start_step]
+        if path.exists():
+            write_validation_rows(path, self.validation_rows)
+        self.validate_every = cfg.train.validate_every
+        missing = self.start_step not in {int(r["step"]) for r in self.validation_rows}
+        return self.validate_every, self._validation_due(self.start_step) and missing
 
     def _set_replay(self, source: InitSource) -> None:
         """The batch mix of an add run and its record in ``config.json`` (``init_from``)."""
@@ -275,16 +318,19 @@ class Trainer:
     def num_images(self) -> int:
         return int(self.features.shape[0])
 
-    def _load_features(self, features: torch.Tensor | FeatureStore | None, samples: list | None) -> None:
+    def _load_features(self, features: torch.Tensor | FeatureStore | None, samples: list | None):
+        """Set the training features (extracted unless given) and samples; returns the backbone when it was built
+        (validation reuses it), else None."""
+        backbone = None
         if features is None:
             t0 = time.perf_counter()
             samples = shared_training_samples(self.cfg, self.info)  # data errors before the (slow) backbone load
             backbone = build_backbone_from_config(self.cfg)
             features, samples = train_features(self.cfg, backbone, self.device, self.info, samples)
             self.extract_s = time.perf_counter() - t0
-            del backbone
         check_finite_features(features, samples)
         self.features, self.samples = features, samples
+        return backbone if self.cfg.train.validate_every > 0 else None
 
     def _init_model(self) -> None:
         _, c, h, w = self.features.shape
@@ -364,22 +410,57 @@ class Trainer:
             mininterval=2.0,
             disable=not self.info.is_main,
         )
-        logger = build_logger(self.cfg.train.logger, self.run_dir) if self.info.is_main else None
+        # a resumed run logs again from the step after its checkpoint: the earlier run's later events are hidden
+        purge = self.start_step + 1 if self.start_step > 0 else None
+        watch = build_logger(self.cfg.train.logger, self.run_dir, purge) if self.info.is_main else None
         try:
+            if self.validate_at_start:  # resumed at a checkpoint whose validation did not finish
+                self._validate(self.start_step, watch)
             for step in pbar:
                 self.step(step)
                 row = self._record(step + 1, t_start)
                 if row is not None and self.info.is_main:
                     pbar.set_postfix(loss=f"{row['loss']:.4f}", diff=f"{row['diff']:.4f}")
-                    if logger is not None:
-                        logger.log(step + 1, self._watch_scalars(row, step, t_start))
+                    if watch is not None:
+                        watch.log(step + 1, self._watch_scalars(row, step, t_start))
+                if self._validation_due(step + 1):
+                    self._validate(step + 1, watch)
         finally:
-            if logger is not None:
-                logger.close()
+            if watch is not None:
+                watch.close()
         if self.start_step >= steps:  # nothing left to do, keep files as they are
             return self.run_dir
         D.barrier(self.info)
         return self.run_dir
+
+    def _validation_due(self, done: int) -> bool:
+        every = self.validate_every
+        return every > 0 and done > 0 and (done % every == 0 or done == self.cfg.train.steps)
+
+    def _validate(self, done: int, watch: TrainingLogger | None) -> None:
+        """Rank 0 scores the validation sample with the inference weights after ``done`` steps and writes the row
+        to ``validation.csv`` and the logger; every rank then waits for it (a failure stops every rank)."""
+        error = None
+        if self.info.is_main and self.validation is not None:
+            try:
+                # the weights inference would use: the EMA's when on (saved as model.safetensors)
+                model = cast(DPDiffAD, self.ema.module) if self.ema is not None else self.model
+                row = self.validation.run(model, done)
+                self.validation_rows = [r for r in self.validation_rows if int(r["step"]) != done] + [row]
+                write_validation_rows(self.run_dir / VALIDATION_FILE, self.validation_rows)
+                scalars = {f"val/{k}": float(row[k]) for k in VALIDATION_METRICS if row[k] is not None}
+                if watch is not None and scalars:
+                    watch.log(done, scalars)
+                logger.info(
+                    "step %d validation (%d test images, %.1f s): %s",
+                    done,
+                    row["images"],
+                    row["seconds"],
+                    ", ".join(f"{k} {v:.4f}" for k, v in scalars.items()) or "no metric defined",
+                )
+            except Exception as e:  # noqa: BLE001 - re-raised on every rank below
+                error = e
+        D.raise_if_any_failed(error, self.info)
 
     def _watch_scalars(self, row: dict, step: int, t_start: float) -> dict[str, float]:
         """What a training logger shows at a logged step: the loss terms, the lr and the speed so far."""

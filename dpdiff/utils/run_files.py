@@ -7,6 +7,8 @@ A run folder (``dpdiff train --output RUN``)::
     RUN/config.json           CONFIG_FILE    config + token grid + step
     RUN/loss_history.csv      HISTORY_FILE   logged losses
     RUN/loss_curves.png       LOSS_CURVES    their plot
+    RUN/validation.csv        VALIDATION_FILE   validation metrics while training (train.validate_every)
+    RUN/tensorboard/          TENSORBOARD_DIR   TensorBoard event files (train.logger=tensorboard)
     RUN/calibration.json      CALIBRATION_FILE  decision thresholds (`dpdiff calibrate`, train.calibration_fraction)
     RUN/knn_bank.safetensors  TOKEN_BANK_FILE   token bank of inference.knn_weight (scoring/token_bank.py)
     RUN/eval/                 EVAL_DIR       default output of `dpdiff test`
@@ -33,8 +35,10 @@ MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "loss_history.csv"
 LOSS_CURVES = "loss_curves.png"
+VALIDATION_FILE = "validation.csv"
+TENSORBOARD_DIR = "tensorboard"
 #: Files a training run writes; their presence marks a folder as holding a run.
-RUN_FILES = (STATE_FILE, MODEL_FILE, CONFIG_FILE, HISTORY_FILE, LOSS_CURVES)
+RUN_FILES = (STATE_FILE, MODEL_FILE, CONFIG_FILE, HISTORY_FILE, LOSS_CURVES, VALIDATION_FILE)
 
 EVAL_DIR = "eval"
 RESULTS_STEM = "results"
@@ -61,6 +65,8 @@ __all__ = [
     "CONFIG_FILE",
     "HISTORY_FILE",
     "LOSS_CURVES",
+    "VALIDATION_FILE",
+    "TENSORBOARD_DIR",
     "RUN_FILES",
     "EVAL_DIR",
     "RESULTS_STEM",

@@ -3,20 +3,32 @@
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
+import os
+import shlex
 import time
 from pathlib import Path
 
 from dpdiff.figure_data import PathMap, ReportData
 from dpdiff.utils.errors import RunFolderError, UsageError
 from dpdiff.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from dpdiff.utils.run_files import EVAL_DIR, HISTORY_FILE, REPORT_DATA_FILE, REPORT_FILE, RESULTS_FILE, report_files_dir
+from dpdiff.utils.run_files import (
+    EVAL_DIR,
+    HISTORY_FILE,
+    REPORT_DATA_FILE,
+    REPORT_FILE,
+    RESULTS_FILE,
+    TENSORBOARD_DIR,
+    VALIDATION_FILE,
+    report_files_dir,
+)
 from dpdiff.viz.report.figures import Figure, example_figures, loss_figures, proto_figures, tsne_figures
 from dpdiff.viz.report.images import display_size
 from dpdiff.viz.report.page import Section, render_page
 
-__all__ = ["DISPLAY_MAX", "build_report", "check_report_target"]
+__all__ = ["DISPLAY_MAX", "build_report", "check_report_target", "training_links"]
 
 #: Largest side (px) of the images shown in the report (larger evaluation maps are downscaled for display).
 DISPLAY_MAX = 256
@@ -81,7 +93,37 @@ def _draw(
     return figs, notes
 
 
-def _sections(figs: dict[str, list[Figure]], notes: dict[str, str], data: ReportData) -> list[Section]:
+def _href(target: Path, html_dir: Path) -> str:
+    """A link from the report's folder to ``target``: relative (the report and the run move together), or a
+    ``file://`` URI where no relative path exists (another drive)."""
+    try:
+        return Path(os.path.relpath(target.absolute(), html_dir.absolute())).as_posix()
+    except ValueError:
+        return target.absolute().as_uri()
+
+
+def training_links(run_dir: Path, html_dir: Path) -> str:
+    """HTML (trusted) linking the run's training curves, those it has: ``loss_history.csv``, ``validation.csv``
+    (``train.validate_every``) and the command that shows its TensorBoard events (``train.logger``); ``html_dir``:
+    the report's folder. Empty when the run has none of them."""
+    run_dir = Path(run_dir)
+    parts = []
+    for name, what in (
+        (HISTORY_FILE, "the losses"),
+        (VALIDATION_FILE, "validation metrics on test images while training, to watch it, not to pick a checkpoint"),
+    ):
+        if (run_dir / name).is_file():
+            parts.append(f'<a href="{html.escape(_href(run_dir / name, html_dir))}">{name}</a> ({html.escape(what)})')
+    events = run_dir / TENSORBOARD_DIR
+    if events.is_dir() and any(events.rglob("events.out.tfevents.*")):
+        command = f"tensorboard --logdir {shlex.quote(str(events))}"
+        parts.append(f"TensorBoard: <code>{html.escape(command)}</code>")
+    return "The run's curves: " + "; ".join(parts) + "." if parts else ""
+
+
+def _sections(
+    figs: dict[str, list[Figure]], notes: dict[str, str], data: ReportData, curves: str = ""
+) -> list[Section]:
     k = data.examples_per_category
     fps = [f for f, e in zip(figs["examples"], data.examples, strict=True) if e["kind"] == "fp"]
     fns = [f for f, e in zip(figs["examples"], data.examples, strict=True) if e["kind"] == "fn"]
@@ -106,7 +148,7 @@ def _sections(figs: dict[str, list[Figure]], notes: dict[str, str], data: Report
             notes.get("proto", ""),
         ),
         Section("Tokens before and after reconstruction (t-SNE, Fig. 7)", figs["tsne"], "", notes.get("tsne", "")),
-        Section("Training losses", figs["loss"], "", notes.get("loss", "")),
+        Section("Training losses", figs["loss"], curves, notes.get("loss", "")),
     ]
 
 
@@ -166,7 +208,8 @@ def build_report(
     for f in drawn:  # (the loss PNG is already written)
         atomic_write_bytes(out.parent / f.file, f.png)
     _write_examples_csv(data, files_dir / "examples.csv")
-    atomic_write_text(out, render_page(run_dir, eval_dir, results, _sections(figs, notes, data), notes.get("data", "")))
+    sections = _sections(figs, notes, data, training_links(run_dir, out.parent))
+    atomic_write_text(out, render_page(run_dir, eval_dir, results, sections, notes.get("data", "")))
     figures = [f.file for f in drawn + figs["loss"]]
     summary = {
         "html": str(out),
