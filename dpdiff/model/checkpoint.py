@@ -48,6 +48,13 @@ STATE_FORMAT = 2
 RESUME_MUTABLE_KEYS = weight_neutral_keys() | keys_with_role(LOCATION) | frozenset({"train.steps"})
 
 
+def describe_differences(diffs: list[tuple[str, Any, Any]], old: str, shown: int = 8) -> str:
+    """``diffs`` ((key, old value, new value), as :func:`config_differences` gives them) as one line for an error:
+    the first ``shown`` as ``key: <old> a, now b``, then how many more."""
+    listed = "; ".join(f"{k}: {old} {a!r}, now {b!r}" for k, a, b in diffs[:shown])
+    return listed + (f" (and {len(diffs) - shown} more)" if len(diffs) > shown else "")
+
+
 def resume_may_change(key: str) -> bool:
     """True for a dotted config key that may differ from the checkpoint's on resume (RESUME_MUTABLE_KEYS, and
     any key of a test-time section, also one an older version had)."""
@@ -196,11 +203,10 @@ def check_resume_config(run_dir: Path, state: dict[str, Any], cfg: Config) -> No
         pass  # compared as stored: the differences are then reported below
     diffs = config_differences(saved, cfg.to_dict())
     if diffs:
-        listed = "; ".join(f"{k}: checkpoint {va!r}, now {vb!r}" for k, va, vb in diffs[:8])
-        more = f" (and {len(diffs) - 8} more)" if len(diffs) > 8 else ""
+        listed = describe_differences(diffs, "checkpoint")
         raise ConfigError(
             f"{Path(run_dir) / STATE_FILE}: checkpoint was made with a different configuration: "
-            f"{listed}{more}. Resume with the run's own config (omit --config), or start a new "
+            f"{listed}. Resume with the run's own config (omit --config), or start a new "
             f"run (--overwrite or another --output)"
         )
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from dpdiff.config import LOCATION, Config, flatten_config, keys_with_role
-from dpdiff.model.checkpoint import CONFIG_FILE, MODEL_FILE, load_model, read_run_config
+from dpdiff.model.checkpoint import CONFIG_FILE, MODEL_FILE, describe_differences, load_model, read_run_config
 from dpdiff.model.dpdiff_ad import DPDiffAD
 from dpdiff.utils.errors import CheckpointError, ConfigError, UsageError
 
@@ -125,10 +125,9 @@ def check_compatible(source: InitSource, cfg: Config) -> None:
         and old.get(k) != new.get(k)
     ]
     if diffs:
-        listed = "; ".join(f"{k}: RUN {a!r}, now {b!r}" for k, a, b in diffs[:8])
-        more = f" (and {len(diffs) - 8} more)" if len(diffs) > 8 else ""
+        listed = describe_differences(diffs, "RUN")
         raise ConfigError(
-            f"train.init_from: {source.run_dir} was trained with another backbone or model shape: {listed}{more}. "
+            f"train.init_from: {source.run_dir} was trained with another backbone or model shape: {listed}. "
             f"Adding categories continues RUN's weights, so the backbone and model sections (and data.roi, "
             f"data.resize) must be RUN's: omit "
             f"--config (RUN's own configuration is used) or train a new model from scratch"
