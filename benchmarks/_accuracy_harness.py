@@ -6,6 +6,7 @@ where it stopped); :data:`PRESET` is the shipped preset it trains, :data:`COLUMN
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -30,6 +31,7 @@ from dpdiff.features.cache import FeatureCache
 from dpdiff.inference.detector import Detector
 from dpdiff.metrics import METRIC_NAMES, add_mean_row, compute_metrics
 from dpdiff.model.checkpoint import config_differences, load_model, read_run_config
+from dpdiff.scoring.image_gaussian import build_image_gaussian
 from dpdiff.scoring.scorer import postprocess_maps
 from dpdiff.scoring.token_bank import build_token_bank
 from dpdiff.utils.io import atomic_write_json
@@ -37,6 +39,8 @@ from dpdiff.workflows.train import train
 
 log = logging.getLogger("accuracy")
 PRESET = "lite0_cpu"  # packaged preset (dpdiff/configs/lite0_cpu.yaml)
+#: In a run folder: the inference settings its token bank and image Gaussian were built with, and the seconds.
+SCORING_FILES_MEMO = "scoring_files_settings.json"
 COLUMNS = list(METRIC_NAMES) + ["mAD"]
 
 
@@ -116,9 +120,41 @@ class Bench:
             train_feats = self.features_for(cfg)[1]
             train(cfg, run_dir, overwrite=not resume, resume=resume, features=train_feats, samples=self.train_samples)
             log.info("[%s] trained %s in %.0f s", self.name, variant, time.perf_counter() - t0)
+        self.scoring_files(run_dir, cfg)
         return run_dir
 
+    def scoring_files(self, run_dir: Path, cfg: Config) -> None:
+        """The token bank and the image Gaussian the inference settings of ``cfg`` need, built as ``dpdiff train``
+        builds them but with ``cfg``'s inference settings (their z-score statistics depend on them): a run trained
+        under another preset is scored with this one's. Rebuilt when the settings they were made with changed."""
+        inf = cfg.inference
+        if not (inf.knn_weight > 0 or inf.image_gaussian_weight > 0):
+            return
+        memo = run_dir / SCORING_FILES_MEMO
+        settings = {k: getattr(inf, k) for k in INFERENCE_KEYS}
+        if memo.is_file() and json.loads(memo.read_text()).get("settings") == settings:
+            return
+        t0 = time.perf_counter()
+        feats = self.features_for(cfg)[1]
+        model, run_cfg, _ = load_model(run_dir, self.device)
+        scoring = run_cfg.override({f"inference.{k}": v for k, v in dataclasses.asdict(inf).items()})
+        detector = self.detector(run_dir, self.features_for(cfg)[0], model, scoring)
+        if inf.knn_weight > 0:
+            detector.token_bank = build_token_bank(detector, feats, seed=cfg.train.seed)
+            detector.token_bank.save(run_dir)
+        if inf.image_gaussian_weight > 0:  # after the bank: its image scores include the bank's term
+            build_image_gaussian(detector, feats).save(run_dir)
+        # build_s: what `dpdiff train` adds after the last step (time_to_model.py adds it to the training time)
+        atomic_write_json(memo, {"settings": settings, "build_s": time.perf_counter() - t0})
+
     # ------------------------------------------------------------------ scoring
+    def detector(self, run_dir: Path, backbone, model, cfg: Config, runtime: dict | None = None) -> Detector:
+        """The run's Detector on ``backbone`` with ``cfg`` (``runtime``: Detector options); it reads the run's token
+        bank and image Gaussian from ``run_dir`` when the inference settings use them."""
+        detector = Detector(backbone, model, cfg, self.device, **(runtime or {}))
+        detector.run_dir = run_dir
+        return detector
+
     def _metrics(self, maps: np.ndarray, scores: np.ndarray) -> dict:
         per_cat = {}
         for c in self.categories:
@@ -164,7 +200,7 @@ class Bench:
         model, run_cfg, payload = load_model(run_dir, self.device)
         cfg = run_cfg.override({f"inference.{k}": v for k, v in inference.items()})
         backbone, _, test_feats = self.features_for(run_cfg)
-        detector = Detector(backbone, model, cfg, self.device, **(runtime or {}))
+        detector = self.detector(run_dir, backbone, model, cfg, runtime)
         t0 = time.perf_counter()
         maps, scores = dpdiff_score_features(detector, test_feats)
         secs = time.perf_counter() - t0
@@ -183,7 +219,7 @@ class Bench:
         model, run_cfg, _ = load_model(run_dir, self.device)
         cfg = run_cfg.override({f"inference.{k}": v for k, v in inference.items()})
         backbone = self.features_for(run_cfg)[0]
-        detector = Detector(backbone, model, cfg, self.device, **(runtime or {}))
+        detector = self.detector(run_dir, backbone, model, cfg, runtime)
         paths = [s.image_path for s in self.test_samples]
         detector.score_images(paths[:16], batch_size=16)  # warm-up
         t0 = time.perf_counter()
@@ -200,7 +236,7 @@ class Bench:
         category at test time)."""
         model, run_cfg, _ = load_model(run_dir, self.device)
         cfg = run_cfg.override({f"inference.{k}": v for k, v in inference.items()})
-        detector = Detector(self.backbone, model, cfg, self.device)
+        detector = self.detector(run_dir, self.backbone, model, cfg)
         train_cats = np.array([s.category for s in self.train_samples])
         own = model.prototypes
         maps = np.zeros((len(self.test_samples), *self.masks.shape[1:]), dtype=np.float32)
@@ -233,7 +269,7 @@ class Bench:
         token by token. ``parts``: the bank's distance alone."""
         model, run_cfg, _ = load_model(run_dir, self.device)
         cfg = run_cfg.override({f"inference.{k}": v for k, v in inference.items()} | {"inference.knn_weight": weight})
-        detector = Detector(self.backbone, model, cfg, self.device)
+        detector = self.detector(run_dir, self.backbone, model, cfg)
         detector.token_bank = build_token_bank(detector, self.train_feats, seed=cfg.train.seed)
         t0 = time.perf_counter()
         maps, scores = dpdiff_score_features(detector, self.test_feats)
@@ -276,8 +312,9 @@ class Bench:
         from sklearn.covariance import LedoitWolf
 
         model, run_cfg, _ = load_model(run_dir, self.device)
-        cfg = run_cfg.override({f"inference.{k}": v for k, v in inference.items()})
-        detector = Detector(self.backbone, model, cfg, self.device)
+        own = {f"inference.{k}": v for k, v in inference.items()} | {"inference.image_gaussian_weight": 0.0}
+        cfg = run_cfg.override(own)  # DPDiff-AD's score without the preset's own image Gaussian (no double count)
+        detector = self.detector(run_dir, self.backbone, model, cfg)
         n = self.train_feats.shape[0]
         even, odd = np.arange(0, n, 2), np.arange(1, n, 2)[:calibration_images]
         gauss = LedoitWolf().fit(self._mean_tokens(self.train_feats[even]))
@@ -303,7 +340,7 @@ class Bench:
 
         model, run_cfg, _ = load_model(run_dir, self.device)
         cfg = run_cfg.override({f"inference.{k}": v for k, v in inference.items()})
-        detector = Detector(self.backbone, model, cfg, self.device)
+        detector = self.detector(run_dir, self.backbone, model, cfg)
         dp = dpdiff_score_features(detector, self.test_feats)[1].numpy()
         bank = build_knn(self.train_feats[np.arange(0, self.train_feats.shape[0], 2)], 0.1, standardize=True)
         kn = knn_score_features(bank, self.test_feats, self.cfg)[1].numpy()

@@ -17,7 +17,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 #: The inference settings that decide a scored row (the row's cache key and its ``inference`` entry).
-INFERENCE_KEYS = ("noise_step", "ddim_steps", "ensemble", "antithetic", "ensemble_reduce", "common_noise")
+INFERENCE_KEYS = (
+    "noise_step",
+    "ddim_steps",
+    "ensemble",
+    "antithetic",
+    "ensemble_reduce",
+    "common_noise",
+    "knn_weight",
+    "image_gaussian_weight",
+)
 
 
 def inference_settings(cfg: Any) -> dict:

@@ -41,7 +41,6 @@ from _common import RESULTS, ROOT, inference_settings, pct
 
 from dpdiff.config import Config, load_config
 from dpdiff.experiments.compare import dpdiff_score_features
-from dpdiff.inference.detector import Detector
 from dpdiff.metrics import add_mean_row, compute_metrics
 from dpdiff.model.checkpoint import load_model, read_run_config
 from dpdiff.training.init_from import ADD_STEPS_DIVISOR, add_category_config
@@ -114,7 +113,7 @@ def _score(bench: Bench, run: Path, groups: dict[str, list[str]]) -> dict:
     """``run`` scored on the whole test set with the preset's inference: per group, the mean over its categories of
     every metric, and each category's row."""
     model, cfg, payload = load_model(run, bench.device)
-    detector = Detector(bench.backbone, model, cfg, bench.device)
+    detector = bench.detector(run, bench.backbone, model, cfg)
     maps, scores = (x.numpy() for x in dpdiff_score_features(detector, bench.test_feats))
     per_category = {}
     for c in sorted({c for cats in groups.values() for c in cats}):

@@ -129,6 +129,8 @@ def _row_config(preset: Config, row: Row, root: Path, categories: list[str], ste
         "data.tiling": row.tiling,
         **row.overrides,
     }
+    if row.tiling is not None:  # the image Gaussian scores whole images, not stitched tiles (a config error)
+        overrides["inference.image_gaussian_weight"] = 0.0
     return preset.override(overrides)
 
 
@@ -369,6 +371,7 @@ def run_row(row: Row, args, preset: Config, root: Path, categories: list[str], e
     def dpdiff_row() -> dict:
         model, run_cfg, payload = load_model(run, device)
         detector = Detector(inputs.backbone, model, run_cfg, device)
+        detector.run_dir = run  # the token bank and image Gaussian train() built, when the preset uses them
         if tiled:  # the library's tiled path end to end: decode, cut, backbone, score, stitch, map at image size
             t0 = time.perf_counter()
             frame = np.stack(

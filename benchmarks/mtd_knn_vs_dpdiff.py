@@ -86,6 +86,7 @@ def dpdiff_rows(cfg, backbone, train_feats, train_samples, test_feats, masks, la
     timings["dpdiff_train_s"] = round(time.perf_counter() - t0, 1)
     model, cfg_run, _ = load_model(run_dir, device)
     detector = Detector(backbone, model, cfg, device)
+    detector.run_dir = run_dir  # the token bank and image Gaussian train() built, when the preset uses them
     steps_to_eval = [cfg.inference.noise_step] + [s for s in (args.noise_steps or []) if s != cfg.inference.noise_step]
     for k, noise_step in enumerate(steps_to_eval):
         t0 = time.perf_counter()

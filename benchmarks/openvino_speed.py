@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from dpdiff.config import load_config
-from dpdiff.experiments.benchmark import cpu_name, random_model
+from dpdiff.experiments.benchmark import cpu_name, random_model, stand_in_scoring_files
 from dpdiff.features import build_backbone_from_config
 from dpdiff.inference.detector import Detector
 from dpdiff.inference.export import export_onnx
@@ -88,7 +88,7 @@ def main() -> int:
     backbone = build_backbone_from_config(cfg)
     size = cfg.backbone.image_size
     model = random_model(backbone.out_channels, tuple(backbone.grid_size(size)), cfg, "cpu", seed=0)
-    detector = Detector(backbone, model, cfg, "cpu")
+    detector = stand_in_scoring_files(Detector(backbone, model, cfg, "cpu"))  # the preset's bank and Gaussian
     batch = np.random.default_rng(0).normal(size=(16, 3, size, size)).astype(np.float32)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:

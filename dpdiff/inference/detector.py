@@ -40,6 +40,7 @@ from dpdiff.inference.predictor import EXPORT_SUFFIXES, ImageInput, Preprocessin
 from dpdiff.inference.predictor import Detector as DetectorBase
 from dpdiff.model.checkpoint import load_model
 from dpdiff.model.dpdiff_ad import DPDiffAD
+from dpdiff.scoring.image_gaussian import ImageGaussian
 from dpdiff.scoring.scorer import Scorer, map_size, resolve_autocast_dtype
 from dpdiff.scoring.token_bank import TokenBank
 from dpdiff.utils.errors import CheckpointError, ConfigKeyError
@@ -62,8 +63,9 @@ def scoring_settings(cfg: Config) -> dict:
     """The settings a score depends on besides the weights: the inference options (but the batch size), the
     map size and the backbone (name, layers, input size, stride; not where its weights file lives)."""
     inference = {k: v for k, v in dataclasses.asdict(cfg.inference).items() if k != "batch_size"}
-    if not inference.get("knn_weight"):  # only when on: fingerprints made before the option stay valid
-        inference.pop("knn_weight", None)
+    for key in ("knn_weight", "image_gaussian_weight"):  # only when on: fingerprints made before them stay valid
+        if not inference.get(key):
+            inference.pop(key, None)
     b = cfg.backbone
     geometry = ImageGeometry.from_config(cfg)
     size = hw_json(geometry.size)  # a square one as one int: fingerprints made before [H, W] existed stay valid
@@ -134,6 +136,7 @@ class Detector(DetectorBase):
         self.compile = bool(compile)
         self.run_dir: Path | None = None  # set by load_detector: where the token bank (knn_weight) is read
         self.token_bank: TokenBank | None = None
+        self.gaussian: ImageGaussian | None = None  # inference.image_gaussian_weight, read from run_dir
 
     @property
     def map_size(self) -> tuple[int, int]:
@@ -160,7 +163,8 @@ class Detector(DetectorBase):
     def scorer(self, inference: InferenceConfig | None = None) -> Scorer:
         """The :class:`~dpdiff.scoring.scorer.Scorer` of the model with the config's inference settings
         (``inference``: other ones), run as this runtime runs it (:func:`inference_row_cap` rows per DiT call,
-        the detector's autocast and compile options), with the run's token bank when ``knn_weight`` > 0.
+        the detector's autocast and compile options), with the run's token bank when ``knn_weight`` > 0 and its
+        image Gaussian when ``image_gaussian_weight`` > 0.
         ``scorer.score_features(detector.features(batch), scorer.noise_source(generator))`` is what
         ``score_images`` computes for one batch."""
         inf = inference or self.cfg.inference
@@ -169,6 +173,7 @@ class Detector(DetectorBase):
             self.cfg,
             inf,
             bank=self.bank() if inf.knn_weight else None,
+            image_gaussian=self.image_gaussian() if inf.image_gaussian_weight else None,
             max_rows=inference_row_cap(self.device),
             autocast_dtype=self.autocast_dtype,
             compile=self.compile,
@@ -183,6 +188,17 @@ class Detector(DetectorBase):
                 )
             self.token_bank = TokenBank.load(self.run_dir, self.device)
         return self.token_bank
+
+    def image_gaussian(self) -> ImageGaussian:
+        """The run's image Gaussian (``inference.image_gaussian_weight``), read from the run folder on first use."""
+        if self.gaussian is None:
+            if self.run_dir is None:
+                raise CheckpointError(
+                    "inference.image_gaussian_weight > 0 needs the run's image Gaussian: load the detector from its "
+                    "run folder"
+                )
+            self.gaussian = ImageGaussian.load(self.run_dir, self.device)
+        return self.gaussian
 
     def _run_batches(self, batches: Iterable) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         return _scored_batches(self, batches)

@@ -93,11 +93,12 @@ class ScoringGraph(nn.Module):
         self.backbone = static_same_padding(detector.backbone, torch.zeros(1, 3, h, w))
         self.model = detector.model
         self.bank = detector.bank() if inf.knn_weight else None  # beyond the paper: inference.knn_weight
+        self.image_gaussian = detector.image_gaussian() if inf.image_gaussian_weight else None  # beyond it too
         noise = self._common_noise()
         self.register_buffer("noise_x", noise.noise_x)
         self.register_buffer("noise_p", noise.noise_p)
         # one DiT call over all rows (a row loop would be traced for one batch size), float32, not compiled
-        self.scorer = Scorer.from_config(self.model, cfg, bank=self.bank)
+        self.scorer = Scorer.from_config(self.model, cfg, bank=self.bank, image_gaussian=self.image_gaussian)
 
     def _common_noise(self) -> FixedNoise:
         model, inf = self.model, self.cfg.inference
@@ -109,8 +110,7 @@ class ScoringGraph(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = tokens_from_maps(self.backbone(images).float())
-        token_maps = self.scorer.token_scores(tokens, FixedNoise(self.noise_x, self.noise_p))
-        return self.scorer.postprocess(token_maps)
+        return self.scorer.score_tokens(tokens, FixedNoise(self.noise_x, self.noise_p))
 
 
 class _StaticSamePadConv(nn.Module):

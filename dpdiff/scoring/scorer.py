@@ -5,8 +5,9 @@ and the training loss; :class:`Scorer` scores with it (as facebookresearch/DiT k
 ``diffusion/``): it noises the standardised tokens to ``noise_step`` with draws from a noise source
 (:mod:`dpdiff.scoring.noise`), denoises them back with ``ddim_steps`` DDIM steps (Eq. 20-21; ``ensemble`` draws,
 optionally antithetic pairs), reduces the draws to a per-token error (Eq. 22, ``ensemble_reduce``), adds the
-token bank's distance when ``knn_weight`` > 0 (:mod:`dpdiff.scoring.token_bank`) and post-processes the token
-maps to pixel maps and image scores (upsampling, smoothing, the image score rule, Eq. 23-24).
+token bank's distance when ``knn_weight`` > 0 (:mod:`dpdiff.scoring.token_bank`), post-processes the token
+maps to pixel maps and image scores (upsampling, smoothing, the image score rule, Eq. 23-24) and adds the image
+Gaussian's distance to the image score when ``image_gaussian_weight`` > 0 (:mod:`dpdiff.scoring.image_gaussian`).
 
 What the protocol is lives in :class:`ScoringSettings` (from ``inference.*``); how the rows run is the runtime's
 choice, given to the scorer by the PyTorch :class:`~dpdiff.inference.detector.Detector`: ``max_rows`` (image x
@@ -40,6 +41,7 @@ from dpdiff.scoring.noise import CommonNoise, IndependentNoise, NoiseSource
 from dpdiff.utils.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from dpdiff.scoring.image_gaussian import ImageGaussian
     from dpdiff.scoring.token_bank import TokenBank
 
 __all__ = ["Scorer", "ScoringSettings", "map_size", "postprocess_maps", "resolve_autocast_dtype"]
@@ -82,6 +84,7 @@ class ScoringSettings:
     common_noise: bool = False
     seed: int = 0
     knn_weight: float = 0.0
+    image_gaussian_weight: float = 0.0
     map_size: int | tuple[int, int] | None = None
     smoothing_sigma: float = 4.0
     pool_size: int = 16
@@ -102,6 +105,7 @@ class ScoringSettings:
             common_noise=inf.common_noise,
             seed=inf.seed,
             knn_weight=inf.knn_weight,
+            image_gaussian_weight=inf.image_gaussian_weight,
             map_size=map_size(cfg),
             smoothing_sigma=inf.smoothing_sigma,
             pool_size=inf.pool_size,
@@ -117,7 +121,8 @@ _COMPILED: weakref.WeakKeyDictionary[nn.Module, Callable] = weakref.WeakKeyDicti
 class Scorer:
     """Scores tokens with ``model`` by the protocol ``settings`` (module docstring).
 
-    ``bank``: the run's token bank (needed when ``settings.knn_weight`` > 0); ``max_rows``, ``autocast_dtype``
+    ``bank``: the run's token bank (needed when ``settings.knn_weight`` > 0); ``image_gaussian``: the run's image
+    Gaussian (needed when ``settings.image_gaussian_weight`` > 0); ``max_rows``, ``autocast_dtype``
     (``torch.bfloat16``/``torch.float16`` or "bf16"/"fp16"; None = off) and ``compile``: how the runtime runs
     the rows (module docstring)."""
 
@@ -127,17 +132,18 @@ class Scorer:
         settings: ScoringSettings,
         *,
         bank: TokenBank | None = None,
+        image_gaussian: ImageGaussian | None = None,
         max_rows: int | None = None,
         autocast_dtype: torch.dtype | str | None = None,
         compile: bool = False,
     ):
-        self.model, self.settings, self.bank = model, settings, bank
+        self.model, self.settings, self.bank, self.image_gaussian = model, settings, bank, image_gaussian
         self.max_rows, self.autocast_dtype, self.compile = max_rows, autocast_dtype, bool(compile)
 
     @classmethod
     def from_config(cls, model: DPDiffAD, cfg: Config, inference: InferenceConfig | None = None, **runtime) -> Scorer:
         """The scorer of ``cfg``'s inference settings (``inference``: other ones); ``runtime``: the keyword
-        arguments of :class:`Scorer` (``bank``, ``max_rows``, ``autocast_dtype``, ``compile``)."""
+        arguments of :class:`Scorer` (``bank``, ``image_gaussian``, ``max_rows``, ``autocast_dtype``, ``compile``)."""
         return cls(model, ScoringSettings.from_config(cfg, inference), **runtime)
 
     @property
@@ -155,7 +161,27 @@ class Scorer:
     @torch.no_grad()
     def score_features(self, feats: torch.Tensor, noise: NoiseSource) -> tuple[torch.Tensor, torch.Tensor]:
         """(pixel maps (B, R, R), image scores (B,)) on the model's device, of backbone maps (B, C, h, w)."""
-        return self.postprocess(self.token_scores(tokens_from_maps(feats.float().to(self.device)), noise))
+        return self.score_tokens(tokens_from_maps(feats.float().to(self.device)), noise)
+
+    @torch.no_grad()
+    def score_tokens(self, tokens: torch.Tensor, noise: NoiseSource) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pixel maps (B, R, R), image scores (B,)) of backbone tokens (B, N, C): :meth:`token_scores`,
+        :meth:`postprocess` and, when ``image_gaussian_weight`` > 0, the image Gaussian's term."""
+        maps, scores = self.postprocess(self.token_scores(tokens, noise))
+        return maps, self.image_scores(scores, tokens)
+
+    @torch.no_grad()
+    def image_scores(self, scores: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The maps' image scores (B,) as they are, or with ``image_gaussian_weight`` > 0 the z-scored sum with
+        the image Gaussian's distance of the images' backbone tokens (B, N, C)."""
+        weight = self.settings.image_gaussian_weight
+        if not weight:
+            return scores
+        if self.image_gaussian is None:
+            raise CheckpointError(
+                "inference.image_gaussian_weight > 0 needs the run's image Gaussian (Scorer(..., image_gaussian=...))"
+            )
+        return self.image_gaussian.combine(scores, tokens, weight)
 
     @torch.no_grad()
     def postprocess(self, token_maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,13 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dpdiff.baselines.knn import greedy_coreset
 from dpdiff.features import tokens_from_maps
-from dpdiff.utils.errors import CheckpointError
-from dpdiff.utils.io import atomic_write
+from dpdiff.scoring.run_tensors import load_run_tensors, save_run_tensors
 from dpdiff.utils.run_files import TOKEN_BANK_FILE
 
 logger = logging.getLogger(__name__)
@@ -68,19 +66,11 @@ class TokenBank(nn.Module):
         return (errors.float() - mu_e) / sd_e + float(weight) * (dist - mu_d) / sd_d
 
     def save(self, run_dir: Path) -> Path:
-        tensors = {"tokens": self.tokens.cpu(), "stats": self.stats.cpu()}
-        return atomic_write(Path(run_dir) / TOKEN_BANK_FILE, lambda tmp: save_file(tensors, tmp))
+        return save_run_tensors(run_dir, TOKEN_BANK_FILE, {"tokens": self.tokens, "stats": self.stats})
 
     @classmethod
     def load(cls, run_dir: Path, device: torch.device | str = "cpu") -> TokenBank:
-        path = Path(run_dir) / TOKEN_BANK_FILE
-        if not path.is_file():
-            raise CheckpointError(
-                f"{path} not found: inference.knn_weight > 0 needs the token bank that `dpdiff train` builds when "
-                f"inference.knn_weight > 0 at training time; retrain with --set inference.knn_weight=1, or score "
-                f"with inference.knn_weight=0"
-            )
-        t = load_file(str(path))
+        t = load_run_tensors(run_dir, TOKEN_BANK_FILE, "token bank", "knn_weight", "1")
         return cls(t["tokens"], t["stats"]).to(device)
 
 
@@ -106,7 +96,8 @@ def build_token_bank(detector, features, seed: int = 0) -> TokenBank:
     fraction = min(BANK_FRACTION, BANK_MAX_TOKENS / pool.shape[0])
     bank = pool[greedy_coreset(pool, fraction, seed=seed)] if fraction < 1.0 else pool
     held = torch.as_tensor(features[odd]).float()
-    plain = dataclasses.replace(detector.cfg.inference, knn_weight=0.0)  # the reconstruction error alone
+    # the reconstruction error alone (the image Gaussian, built after the bank, adds to image scores only)
+    plain = dataclasses.replace(detector.cfg.inference, knn_weight=0.0, image_gaussian_weight=0.0)
     scorer = detector.scorer(plain)
     noise = scorer.noise_source()  # with inference.common_noise=false: torch's global generator
     errors = torch.cat(

@@ -14,7 +14,8 @@ What is fitted on the training set and what is kept (checked in ``dpdiff/model``
 * the token statistics (``DPDiffAD.token_mean``/``token_std``, the per-channel z-score of ``model.standardize_tokens``)
   are RUN's, kept on purpose: they are a fixed input transform the weights were trained against, and refitting them
   on the union would move every old category's inputs (a forgetting of its own) before the first step;
-* the token bank (``inference.knn_weight``) and the calibration thresholds are rebuilt on the union by ``train``.
+* the token bank (``inference.knn_weight``), the image Gaussian (``inference.image_gaussian_weight``) and the
+  calibration thresholds are rebuilt on the union by ``train``.
 
 This module reads RUN (:func:`init_source`), refuses what cannot continue it (:func:`check_compatible`: another
 backbone or model shape), loads its weights (:func:`load_init_weights`) and gives the configuration of an add run

@@ -15,7 +15,8 @@ the run starts (:meth:`ValidationSet.build`); each validation only runs the diff
 (:func:`validation_metrics`) are the mean over categories of the per-category AUROC, as ``dpdiff test`` reports
 them. Not covered (a warning says so and training goes on): a data set without a labelled test split (no test
 folder, or one class only), and ``data.tiling`` (tiles are scored and stitched by the inference runtime).
-With ``inference.knn_weight`` > 0 the sample is scored without the token bank, which is built after training.
+With ``inference.knn_weight`` or ``inference.image_gaussian_weight`` > 0 the sample is scored without the token bank
+and the image Gaussian, which are built after training.
 """
 
 from __future__ import annotations
@@ -173,8 +174,8 @@ class ValidationSet:
         ``inference.seed`` (the same draws at every validation: the curves move with the weights only)."""
         cfg = self.cfg
         inference = cfg.inference
-        if inference.knn_weight:  # the token bank is built after training: score without it
-            inference = replace(inference, knn_weight=0.0)
+        if inference.knn_weight or inference.image_gaussian_weight:  # both are built after training: without them
+            inference = replace(inference, knn_weight=0.0, image_gaussian_weight=0.0)
         device = model.alphas_cumprod.device
         scorer = Scorer.from_config(model, cfg, inference, max_rows=_CPU_MAX_ROWS if device.type == "cpu" else None)
         noise = scorer.noise_source(torch.Generator(device).manual_seed(int(inference.seed)))

@@ -11,6 +11,8 @@ A run folder (``dpdiff train --output RUN``)::
     RUN/tensorboard/          TENSORBOARD_DIR   TensorBoard event files (train.logger=tensorboard)
     RUN/calibration.json      CALIBRATION_FILE  decision thresholds (`dpdiff calibrate`, train.calibration_fraction)
     RUN/knn_bank.safetensors  TOKEN_BANK_FILE   token bank of inference.knn_weight (scoring/token_bank.py)
+    RUN/image_gaussian.safetensors  IMAGE_GAUSSIAN_FILE  image Gaussian of inference.image_gaussian_weight
+                              (scoring/image_gaussian.py)
     RUN/eval/                 EVAL_DIR       default output of `dpdiff test`
 
 An evaluation folder (``dpdiff test``)::
@@ -50,6 +52,7 @@ REPORT_FILE = "report.html"
 REPORT_DATA_FILE = "report_data.npz"
 CALIBRATION_FILE = "calibration.json"
 TOKEN_BANK_FILE = "knn_bank.safetensors"
+IMAGE_GAUSSIAN_FILE = "image_gaussian.safetensors"
 PREDICTIONS_FILE = "scores.csv"
 
 
@@ -78,6 +81,7 @@ __all__ = [
     "REPORT_DATA_FILE",
     "CALIBRATION_FILE",
     "TOKEN_BANK_FILE",
+    "IMAGE_GAUSSIAN_FILE",
     "PREDICTIONS_FILE",
     "report_files_dir",
 ]

@@ -127,6 +127,7 @@ def test_single_count_writes_no_delta_table(tmp_path, tiny_set):
 
     cfg = load_config(scale_mod.SCALE_PRESET)
     cfg = cfg.override({k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in tiny_set)})
+    cfg = cfg.override({"inference.image_gaussian_weight": 0.0})  # 2 training images: the Gaussian needs 4
     s = ScaleSettings(counts=[1], images_per_category=2, test_good_per_category=1, test_defect_per_category=1, epochs=3)
     result = run_scale(cfg, tmp_path / "one", s, device="cpu", log=lambda *a: None)
     assert result["tables"] == {} and Path(result["plot"]).is_file()
