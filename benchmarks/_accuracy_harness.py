@@ -31,7 +31,7 @@ from dpdiff.features.cache import FeatureCache
 from dpdiff.inference.detector import Detector
 from dpdiff.metrics import METRIC_NAMES, add_mean_row, compute_metrics
 from dpdiff.model.checkpoint import config_differences, load_model, read_run_config
-from dpdiff.scoring.image_gaussian import build_image_gaussian
+from dpdiff.scoring.image_gaussian import build_image_gaussian, mean_tokens
 from dpdiff.scoring.scorer import postprocess_maps
 from dpdiff.scoring.token_bank import build_token_bank
 from dpdiff.utils.io import atomic_write_json
@@ -295,13 +295,8 @@ class Bench:
         return m
 
     def _mean_tokens(self, feats) -> np.ndarray:
-        """(N, C): each image's backbone tokens averaged over the grid."""
-        return np.concatenate(
-            [
-                tokens_from_maps(torch.as_tensor(feats[i : i + 64]).float()).mean(1).numpy()
-                for i in range(0, feats.shape[0], 64)
-            ]
-        )
+        """(N, C): each image's backbone tokens averaged over the grid (the image Gaussian's input)."""
+        return mean_tokens(feats).numpy()
 
     def global_row(self, run_dir: Path, inference: dict, calibration_images: int = 128) -> dict:
         """Beyond the paper (issue #21, dark defects): an image-level Gaussian (Rippel et al. 2020) on each image's

@@ -35,7 +35,7 @@ from dpdiff.utils.run_files import IMAGE_GAUSSIAN_FILE
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ImageGaussian", "build_image_gaussian", "STATS_IMAGES", "MIN_IMAGES"]
+__all__ = ["ImageGaussian", "build_image_gaussian", "mean_tokens", "STATS_IMAGES", "MIN_IMAGES"]
 
 #: Odd-numbered training images whose scores set the two z-scores.
 STATS_IMAGES = 128
@@ -84,7 +84,7 @@ class ImageGaussian(nn.Module):
         return cls(t["mean"], t["whitening"], t["stats"]).to(device)
 
 
-def _mean_tokens(features, batch: int = 64) -> torch.Tensor:
+def mean_tokens(features, batch: int = 64) -> torch.Tensor:
     """(N, C, h, w) backbone maps -> (N, C) mean tokens."""
     return torch.cat(
         [
@@ -108,7 +108,7 @@ def build_image_gaussian(detector, features) -> ImageGaussian:
             f"scale), got {n}"
         )
     even, odd = np.arange(0, n, 2), np.arange(1, n, 2)[:STATS_IMAGES]
-    fit = LedoitWolf().fit(_mean_tokens(features[even]).double().numpy())
+    fit = LedoitWolf().fit(mean_tokens(features[even]).double().numpy())
     partial = ImageGaussian.from_precision(fit.location_, fit.precision_, torch.tensor([0.0, 1.0, 0.0, 1.0]))
     held = torch.as_tensor(features[odd]).float()
     plain = dataclasses.replace(detector.cfg.inference, image_gaussian_weight=0.0)  # the maps' image score alone
